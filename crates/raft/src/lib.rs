@@ -1,0 +1,31 @@
+//! `longship-raft`: the pure Raft protocol core of longship.
+//!
+//! A deterministic state machine with no I/O, no threads, no clock and no OS
+//! randomness. Its inputs are messages, ticks and local requests; its output is
+//! an [`Update`] listing what to persist, what to send (and whether it may be
+//! sent before persisting), what to apply and which reads are ready.
+//!
+//! References cited in the code: "Raft §x" is the extended Raft paper
+//! (Ongaro & Ousterhout, 2014); "thesis §x" is Ongaro's PhD thesis (2014).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod codec;
+mod entry;
+mod ids;
+mod log_reader;
+mod membership;
+mod memlog;
+mod message;
+mod rng;
+
+pub use entry::{
+    CLIENT_ID_NOOP, ENTRY_OVERHEAD_BYTES, Entry, EntryType, HardState, SERIES_ID_NOOP,
+    SERIES_ID_REGISTER, SERIES_ID_UNREGISTER, SnapshotMeta, entries_size,
+};
+pub use ids::{Index, ReplicaId, ShardId, Term};
+pub use log_reader::{LogError, LogReader};
+pub use membership::{ConfigChange, ConfigChangeRejected, ConfigChangeType, Membership};
+pub use memlog::{MemLog, limit_size};
+pub use message::{CAMPAIGN_TRANSFER, MESSAGE_BATCH_VERSION, Message, MessageBatch, MessageType};
+pub use rng::Rng;
