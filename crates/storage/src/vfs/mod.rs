@@ -63,3 +63,11 @@ pub trait FileSystem: Send + Sync {
     /// Makes the directory's entries (creates, renames, removes) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 }
+
+mod faulty;
+mod mem;
+mod os;
+
+pub use faulty::{CrashMode, Fault, FaultProbabilities, FaultyFs};
+pub use mem::MemFs;
+pub use os::OsFs;
