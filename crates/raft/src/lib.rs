@@ -29,3 +29,18 @@ pub use membership::{ConfigChange, ConfigChangeRejected, ConfigChangeType, Membe
 pub use memlog::{MemLog, limit_size};
 pub use message::{CAMPAIGN_TRANSFER, MESSAGE_BATCH_VERSION, Message, MessageBatch, MessageType};
 pub use rng::Rng;
+
+mod config;
+mod log;
+mod progress;
+mod raft;
+mod read_only;
+mod update;
+
+pub use config::{Config, ConfigError};
+pub use log::RaftLog;
+pub use progress::{Inflights, Progress, ProgressState};
+pub use raft::{Raft, Role, Status};
+pub use read_only::{PendingRead, ReadOnly};
+pub use update::{LeaderInfo, ProposalError, ReadState, Update};
+pub mod testkit;

@@ -267,18 +267,21 @@ mod tests {
     #[test]
     fn ordered_change_rejects_stale_base() {
         let mut m = Membership::with_voters([(1, "a1")]);
-        m.apply(&add(ConfigChangeType::AddReplica, 2, 0), Index(5)).unwrap();
+        m.apply(&add(ConfigChangeType::AddReplica, 2, 0), Index(5))
+            .unwrap();
         assert_eq!(m.config_change_id, Index(5));
-        let err = m.apply(&add(ConfigChangeType::AddReplica, 3, 0 + 4), Index(6));
+        let err = m.apply(&add(ConfigChangeType::AddReplica, 3, 4), Index(6));
         assert!(matches!(err, Err(ConfigChangeRejected::Stale { .. })));
-        m.apply(&add(ConfigChangeType::AddReplica, 3, 5), Index(7)).unwrap();
+        m.apply(&add(ConfigChangeType::AddReplica, 3, 5), Index(7))
+            .unwrap();
         assert_eq!(m.voters.len(), 3);
     }
 
     #[test]
     fn removed_ids_never_return() {
         let mut m = Membership::with_voters([(1, "a1"), (2, "a2")]);
-        m.apply(&add(ConfigChangeType::RemoveReplica, 2, 0), Index(3)).unwrap();
+        m.apply(&add(ConfigChangeType::RemoveReplica, 2, 0), Index(3))
+            .unwrap();
         for t in [
             ConfigChangeType::AddReplica,
             ConfigChangeType::AddNonVoting,
@@ -295,7 +298,8 @@ mod tests {
     #[test]
     fn promotion_moves_non_voting_to_voters() {
         let mut m = Membership::with_voters([(1, "a1")]);
-        m.apply(&add(ConfigChangeType::AddNonVoting, 2, 0), Index(2)).unwrap();
+        m.apply(&add(ConfigChangeType::AddNonVoting, 2, 0), Index(2))
+            .unwrap();
         assert_eq!(m.quorum(), 1);
         m.apply(
             &ConfigChange {
@@ -316,7 +320,8 @@ mod tests {
     #[test]
     fn witness_counts_in_quorum_and_cannot_be_promoted() {
         let mut m = Membership::with_voters([(1, "a1"), (2, "a2")]);
-        m.apply(&add(ConfigChangeType::AddWitness, 3, 0), Index(2)).unwrap();
+        m.apply(&add(ConfigChangeType::AddWitness, 3, 0), Index(2))
+            .unwrap();
         assert_eq!(m.quorum(), 2);
         assert_eq!(
             m.apply(&add(ConfigChangeType::AddReplica, 3, 0), Index(3)),

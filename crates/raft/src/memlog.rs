@@ -34,7 +34,11 @@ impl MemLog {
             self.snapshot.index
         );
         let offset = (first.index.0 - self.snapshot.index.0 - 1) as usize;
-        assert!(offset <= self.entries.len(), "append at {} leaves a gap", first.index);
+        assert!(
+            offset <= self.entries.len(),
+            "append at {} leaves a gap",
+            first.index
+        );
         self.entries.truncate(offset);
         self.entries.extend_from_slice(entries);
     }
@@ -99,7 +103,10 @@ impl LogReader for MemLog {
             return Err(LogError::Compacted);
         }
         let off = (index.0 - self.snapshot.index.0 - 1) as usize;
-        self.entries.get(off).map(|e| e.term).ok_or(LogError::Unavailable)
+        self.entries
+            .get(off)
+            .map(|e| e.term)
+            .ok_or(LogError::Unavailable)
     }
 
     fn entries(&self, low: Index, high: Index, max_bytes: u64) -> Result<Vec<Entry>, LogError> {
@@ -156,7 +163,10 @@ mod tests {
         assert_eq!(log.first_index(), Index(2));
         assert_eq!(log.term(Index(1)), Ok(Term(1)));
         assert_eq!(log.term(Index(0)), Err(LogError::Compacted));
-        assert_eq!(log.entries(Index(1), Index(3), u64::MAX), Err(LogError::Compacted));
+        assert_eq!(
+            log.entries(Index(1), Index(3), u64::MAX),
+            Err(LogError::Compacted)
+        );
         assert_eq!(log.entries(Index(2), Index(3), 0).unwrap().len(), 1);
     }
 }

@@ -133,7 +133,12 @@ pub const CAMPAIGN_TRANSFER: u64 = 1;
 
 impl Message {
     /// A message of `msg_type` from `from` to `to`, other fields default.
-    pub fn new(msg_type: MessageType, shard_id: ShardId, from: ReplicaId, to: ReplicaId) -> Message {
+    pub fn new(
+        msg_type: MessageType,
+        shard_id: ShardId,
+        from: ReplicaId,
+        to: ReplicaId,
+    ) -> Message {
         Message {
             msg_type,
             shard_id,
