@@ -30,6 +30,7 @@ pub use memlog::{MemLog, limit_size};
 pub use message::{CAMPAIGN_TRANSFER, MESSAGE_BATCH_VERSION, Message, MessageBatch, MessageType};
 pub use rng::Rng;
 
+mod bootstrap;
 mod config;
 mod log;
 mod progress;
@@ -37,6 +38,7 @@ mod raft;
 mod read_only;
 mod update;
 
+pub use bootstrap::bootstrap_entries;
 pub use config::{Config, ConfigError};
 pub use log::RaftLog;
 pub use progress::{Inflights, Progress, ProgressState};

@@ -7,9 +7,10 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 
+use crate::bootstrap::bootstrap_entries;
 use crate::codec::decode_config_change;
 use crate::config::Config;
-use crate::entry::{Entry, EntryType, HardState};
+use crate::entry::{Entry, EntryType, HardState, SnapshotMeta};
 use crate::ids::{Index, ReplicaId, ShardId, Term};
 use crate::log_reader::LogReader;
 use crate::membership::Membership;
@@ -34,6 +35,20 @@ pub struct Node {
     pub dropped_reads: Vec<u64>,
     /// Results of applied config changes: (index, accepted).
     pub config_results: Vec<(Index, bool)>,
+    /// Membership after each applied config change (for snapshots).
+    pub membership_history: Vec<(Index, Membership)>,
+}
+
+impl Node {
+    /// The membership as of applied index `index`.
+    pub fn membership_at(&self, index: Index) -> Membership {
+        self.membership_history
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default()
+    }
 }
 
 /// Options of the nodes of a cluster.
@@ -108,9 +123,19 @@ impl Cluster {
             options,
             committed: BTreeMap::new(),
         };
+        let (entries, hard_state) = bootstrap_entries(&membership);
         for &id in voters {
-            c.add_node(ReplicaId(id), membership.clone());
+            c.add_node(ReplicaId(id), Membership::default());
+            let cfg = c.config_for(ReplicaId(id));
+            let node = c.nodes.get_mut(&ReplicaId(id)).expect("just added");
+            let mut log = MemLog::new();
+            log.append(&entries);
+            node.hard_state = hard_state;
+            node.raft = Raft::new(cfg, log, hard_state, Membership::default(), Index(0))
+                .expect("valid test config");
         }
+        // Apply the bootstrap entries so the nodes know their membership.
+        c.process_all();
         c
     }
 
@@ -133,8 +158,9 @@ impl Cluster {
         }
     }
 
-    /// Adds a node starting with an empty log and `membership` (empty for a
-    /// replica joining an existing shard).
+    /// Adds a node starting with an empty log and `membership` (normally
+    /// empty: a replica joining an existing shard learns the membership from
+    /// the log it replicates).
     pub fn add_node(&mut self, id: ReplicaId, membership: Membership) {
         let raft = Raft::new(
             self.config_for(id),
@@ -154,27 +180,44 @@ impl Cluster {
                 ready_reads: Vec::new(),
                 dropped_reads: Vec::new(),
                 config_results: Vec::new(),
+                membership_history: Vec::new(),
             },
         );
     }
 
     /// Restarts node `id` from its durable state: unpersisted state is lost,
-    /// the state machine restarts from the snapshot and re-applies.
-    pub fn restart(&mut self, id: ReplicaId, membership_at_start: Membership) {
+    /// the state machine restarts from the snapshot (with the snapshot's
+    /// membership) and re-applies the committed log after it.
+    pub fn restart(&mut self, id: ReplicaId) {
         let cfg = self.config_for(id);
         let node = self.nodes.get_mut(&id).expect("restart of unknown node");
         let log = node.raft.log().reader().clone();
         let snap = log.snapshot();
-        let membership = if snap.is_empty() {
-            membership_at_start
-        } else {
-            snap.membership.clone()
-        };
         let applied_index = snap.index;
         node.applied.retain(|i, _| *i <= applied_index);
         node.applied_index = applied_index;
-        node.raft = Raft::new(cfg, log, node.hard_state, membership, applied_index)
+        node.membership_history.retain(|(i, _)| *i <= applied_index);
+        node.raft = Raft::new(cfg, log, node.hard_state, snap.membership, applied_index)
             .expect("valid test config");
+    }
+
+    /// Takes a snapshot of node `id` at `index` (at most its applied index)
+    /// and compacts its durable log up to it.
+    pub fn compact(&mut self, id: ReplicaId, index: Index) {
+        let node = self.nodes.get_mut(&id).expect("compact of unknown node");
+        assert!(
+            index <= node.applied_index,
+            "compact at {index} beyond applied {}",
+            node.applied_index
+        );
+        let term = node.raft.log().term(index).expect("compact: index in log");
+        let membership = node.membership_at(index);
+        node.raft.log_reader_mut().set_snapshot(SnapshotMeta {
+            index,
+            term,
+            membership,
+            ..SnapshotMeta::default()
+        });
     }
 
     /// Node `id`.
@@ -278,6 +321,8 @@ impl Cluster {
                 .map(|(i, e)| (*i, e.clone()))
                 .collect();
             node.applied_index = s.index;
+            node.membership_history
+                .push((s.index, s.membership.clone()));
             node.raft.applied_to(s.index);
             let _ = writeln!(out, "  installed snapshot {}/{}", s.term.0, s.index.0);
         }
@@ -307,6 +352,10 @@ impl Cluster {
                 let cc = decode_config_change(&e.cmd).expect("valid config change in log");
                 let ok = node.raft.apply_config_change(&cc, e.index).is_ok();
                 node.config_results.push((e.index, ok));
+                if ok {
+                    node.membership_history
+                        .push((e.index, node.raft.membership().clone()));
+                }
                 let _ = writeln!(
                     out,
                     "  apply conf {} {:?} {} -> {}",

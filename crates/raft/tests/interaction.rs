@@ -11,7 +11,7 @@
 //!
 //! Commands (ids are replica ids; `*` lists are comma-separated):
 //! - `cluster voters=1,2,3 [prevote] [checkquorum] [lease] [election=N] [heartbeat=N] [max-append=N] [inflight=N] [max-uncommitted=N] [seed=N]`
-//! - `add-node ID [join]` — a node with the current membership of node 1, or empty (`join`)
+//! - `add-node ID` — a new replica with an empty log, joining: it learns the membership from the log it replicates
 //! - `campaign ID`, `tick ID [N]`, `tick-all [N]`, `tick-election ID` (ticks until the node's role changes, bounded)
 //! - `propose ID DATA`, `propose-conf ID add|remove|add-non-voting|add-witness TARGET [based-on=N]`
 //! - `read-index ID CTX`, `transfer ID TARGET`
@@ -33,12 +33,10 @@ use longship_raft::testkit::{
 };
 use longship_raft::{
     ConfigChange, ConfigChangeType, Index, Membership, Message, MessageType, ReplicaId,
-    SnapshotMeta,
 };
 
 struct Env {
     cluster: Option<Cluster>,
-    initial_membership: Membership,
 }
 
 fn id(s: &str) -> u64 {
@@ -99,18 +97,11 @@ impl Env {
                         .map_or(0, |v| v.parse().unwrap()),
                     seed: kv(args, "seed").map_or(1, |v| v.parse().unwrap()),
                 };
-                let c = Cluster::new(&voters, opts);
-                self.initial_membership = c.node(voters[0]).raft.membership().clone();
-                self.cluster = Some(c);
+                self.cluster = Some(Cluster::new(&voters, opts));
             }
             "add-node" => {
                 let n = ReplicaId(id(args[0]));
-                let m = if args.contains(&"join") {
-                    Membership::default()
-                } else {
-                    self.c().node(1).raft.membership().clone()
-                };
-                self.c().add_node(n, m);
+                self.c().add_node(n, Membership::default());
             }
             "campaign" => self.c().raft(id(args[0])).campaign(),
             "tick" => {
@@ -179,19 +170,8 @@ impl Env {
             "isolate" => self.c().isolate(id(args[0])),
             "heal" => self.c().heal(),
             "compact" => {
-                let x = id(args[0]);
-                let index = Index(args[1].parse().unwrap());
-                let raft = self.c().raft(x);
-                let term = raft.log().term(index).expect("compact: index in log");
-                let membership = raft.membership().clone();
-                let applied = raft.log().applied();
-                assert!(index <= applied, "compact beyond applied {applied}");
-                raft.log_reader_mut().set_snapshot(SnapshotMeta {
-                    index,
-                    term,
-                    membership,
-                    ..SnapshotMeta::default()
-                });
+                let x = ReplicaId(id(args[0]));
+                self.c().compact(x, Index(args[1].parse().unwrap()));
             }
             "report-snapshot" => {
                 let (l, t) = (id(args[0]), id(args[1]));
@@ -216,10 +196,7 @@ impl Env {
                 );
                 self.c().raft(l).step(m);
             }
-            "restart" => {
-                let m = self.initial_membership.clone();
-                self.c().restart(ReplicaId(id(args[0])), m);
-            }
+            "restart" => self.c().restart(ReplicaId(id(args[0]))),
             "status" => {
                 let which: Vec<u64> = match args.first() {
                     Some(x) => vec![id(x)],
@@ -388,10 +365,7 @@ fn conf(args: &[&str]) -> ConfigChange {
 /// Runs one file; returns the file's text with actual outputs.
 fn run_file(path: &Path) -> (String, String) {
     let text = std::fs::read_to_string(path).unwrap();
-    let mut env = Env {
-        cluster: None,
-        initial_membership: Membership::default(),
-    };
+    let mut env = Env { cluster: None };
     let mut rewritten = String::new();
     let blocks: Vec<&str> = text
         .split("\n\n")
