@@ -260,6 +260,11 @@ impl SnapshotStore {
         &self.shared
     }
 
+    /// The file system the store lives on.
+    pub fn file_system(&self) -> &Arc<dyn FileSystem> {
+        &self.shared.fs
+    }
+
     /// The store's directory.
     pub fn dir(&self) -> &Path {
         &self.shared.dir
