@@ -361,7 +361,9 @@ impl<L: LogReader> Raft<L> {
         if self.maybe_commit() {
             self.broadcast_append();
         } else {
-            self.send_append(m.from, false);
+            // A follower that was paused missed the broadcast of the latest
+            // commit index: send it (empty if nothing else is to be sent).
+            self.send_append(m.from, old_paused);
         }
         if m.from == self.transfer_target && caught_up {
             self.send_timeout_now(m.from);
