@@ -244,8 +244,19 @@ fn external_file_names_are_checked() {
         sink.write_external_file("ok-1.sst", &mut &b"1"[..]),
         Err(SnapshotError::InvalidArgument(_))
     ));
+    let src = Path::new("/sm/000042.sst");
+    fs.create_dir_all(src.parent().unwrap()).unwrap();
+    fs.create(src).unwrap().append(&bytes(4, 70_000)).unwrap();
+    assert_eq!(sink.copy_external_file("000042.sst", src).unwrap(), 70_000);
     let info = sink.commit().unwrap();
-    assert_eq!(info.external_files.len(), 1);
+    assert_eq!(info.external_files.len(), 2);
+    let mut got = Vec::new();
+    store
+        .open_external(Index(1), "000042.sst")
+        .unwrap()
+        .read_to_end(&mut got)
+        .unwrap();
+    assert_eq!(got, bytes(4, 70_000));
     assert!(matches!(
         store.open_external(Index(1), "missing"),
         Err(SnapshotError::InvalidArgument(_))

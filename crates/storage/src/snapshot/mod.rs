@@ -101,6 +101,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn handles_can_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<SnapshotStore>();
+        send_sync::<SnapshotSink>();
+        send_sync::<SnapshotReader>();
+        send_sync::<SnapshotReceiver>();
+        send_sync::<SnapshotError>();
+    }
+
+    #[test]
     fn dir_names_round_trip_and_sort() {
         let a = snapshot_dir_name(Index(9));
         let b = snapshot_dir_name(Index(0x10));

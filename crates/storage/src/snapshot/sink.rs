@@ -1,16 +1,18 @@
 //! Writing a new snapshot: [`SnapshotSink`].
 
 use std::io::{self, Read, Write};
+use std::path::Path;
 use std::sync::Arc;
 
 use longship_raft::{Index, SnapshotMeta};
 
 use super::DATA_FILE_NAME;
-use super::error::{Result, SnapshotError};
+use super::error::{Result, SnapshotError, io_err};
 use super::io::{CrcFileWriter, copy_from_reader};
 use super::meta::{EXTERNAL_FILES_MAX, ExternalFile, SnapshotInfo, validate_external_name};
 use super::staging::Staging;
 use super::store::Shared;
+use crate::vfs::File;
 
 /// A snapshot being written, returned by
 /// [`SnapshotStore::create`](super::SnapshotStore::create).
@@ -102,6 +104,15 @@ impl SnapshotSink {
         }
     }
 
+    /// Adds an external file `name` copied from the file at `src` on the
+    /// store's file system (for example a file an on-disk state machine
+    /// produced). Returns its length.
+    pub fn copy_external_file(&mut self, name: &str, src: &Path) -> Result<u64> {
+        let file = self.shared.fs.open_read(src).map_err(io_err("open", src))?;
+        let mut reader = VfsFileReader { file, offset: 0 };
+        self.write_external_file(name, &mut reader)
+    }
+
     /// Makes the snapshot durable and visible, atomically: fsyncs the data,
     /// writes and fsyncs the metadata file (sizes and checksums of every
     /// file, and its own checksum), fsyncs the temporary directory, renames
@@ -164,6 +175,20 @@ impl Write for SnapshotSink {
     /// comes only from `commit`, so there is nothing to do here.
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// Sequential `Read` over a vfs file.
+struct VfsFileReader {
+    file: Box<dyn File>,
+    offset: u64,
+}
+
+impl Read for VfsFileReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(self.offset, buf)?;
+        self.offset += n as u64;
+        Ok(n)
     }
 }
 
