@@ -1,7 +1,7 @@
 //! Errors of the snapshot store.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use longship_raft::{Index, ShardId};
 
@@ -142,19 +142,9 @@ impl SnapshotError {
     /// [`SnapshotReader`](crate::snapshot::SnapshotReader) must return it from
     /// `Read::read`); other I/O errors become [`SnapshotError::Io`].
     pub fn from_io(err: io::Error, op: &'static str, path: PathBuf) -> SnapshotError {
-        if err.get_ref().is_some_and(|e| e.is::<SnapshotError>()) {
-            match err.into_inner().map(|e| e.downcast::<SnapshotError>()) {
-                Some(Ok(e)) => return *e,
-                // Unreachable after the `is` check above; keep a sane error anyway.
-                _ => {
-                    return SnapshotError::InvalidArgument("unexpected wrapped I/O error".into());
-                }
-            }
-        }
-        SnapshotError::Io {
-            op,
-            path,
-            source: err,
+        match err.downcast::<SnapshotError>() {
+            Ok(e) => e,
+            Err(source) => SnapshotError::Io { op, path, source },
         }
     }
 
@@ -170,13 +160,13 @@ impl SnapshotError {
     }
 }
 
-/// Shorthand used throughout the module: attach an operation and path to an I/O error.
-pub(crate) fn io_err(
+/// Shorthand used throughout the module: attach an operation and path to an
+/// I/O error (the path is copied only if there is an error).
+pub(crate) fn io_err<'a>(
     op: &'static str,
-    path: impl Into<PathBuf>,
-) -> impl FnOnce(io::Error) -> SnapshotError {
-    let path = path.into();
-    move |source| SnapshotError::from_io(source, op, path)
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> SnapshotError + 'a {
+    move |source| SnapshotError::from_io(source, op, path.to_path_buf())
 }
 
 /// The result type of the snapshot store.
