@@ -8,17 +8,49 @@
 mod snapshot_util;
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use longship_raft::{Index, ReplicaId};
 use longship_storage::snapshot::{
     DATA_FILE_NAME, SnapshotError, SnapshotStore, parse_snapshot_dir_name,
 };
-use longship_storage::vfs::{CrashMode, Fault, FaultyFs, FileSystem};
+use longship_storage::vfs::{CrashMode, Fault, FaultyFs, FileSystem, OsFs};
 use snapshot_util::*;
 
-const ROOT: &str = "/node";
+/// A faulty file system and the directory the store lives in.
+struct Disk {
+    fs: FaultyFs,
+    root: PathBuf,
+    /// Keeps the OS directory alive for the OS-backed variant.
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Disk {
+    /// Over an in-memory file system.
+    fn mem(seed: u64) -> Disk {
+        Disk {
+            fs: FaultyFs::over_mem(seed),
+            root: PathBuf::from("/node"),
+            _tmp: None,
+        }
+    }
+
+    /// Over the OS file system, in a fresh temporary directory.
+    fn os(seed: u64) -> Disk {
+        let tmp = tempfile::tempdir().unwrap();
+        Disk {
+            fs: FaultyFs::new(Arc::new(OsFs::new()), seed),
+            root: tmp.path().join("node"),
+            _tmp: Some(tmp),
+        }
+    }
+
+    fn store(&self) -> SnapshotStore {
+        let fs: Arc<dyn FileSystem> = Arc::new(self.fs.clone());
+        SnapshotStore::open(fs, &self.root, SHARD, REPLICA).expect("open store")
+    }
+}
 
 /// The data every snapshot index holds in these tests.
 fn data_of(index: u64) -> Vec<u8> {
@@ -27,11 +59,6 @@ fn data_of(index: u64) -> Vec<u8> {
 
 fn ext_of(index: u64) -> Vec<u8> {
     bytes(index + 1000, 5_000)
-}
-
-fn store_on(fs: &FaultyFs) -> SnapshotStore {
-    let fs: Arc<dyn FileSystem> = Arc::new(fs.clone());
-    SnapshotStore::open(fs, Path::new(ROOT), SHARD, REPLICA).expect("open store")
 }
 
 fn commit(store: &SnapshotStore, index: u64) -> Result<(), SnapshotError> {
@@ -49,12 +76,12 @@ fn commit(store: &SnapshotStore, index: u64) -> Result<(), SnapshotError> {
 /// and holds its data; only committed snapshot directories remain.
 /// Returns the listed indexes.
 fn check_after_restart(
-    fs: &FaultyFs,
+    disk: &Disk,
     allowed: &[&[u64]],
     acked_state: Option<&[u64]>,
     what: &str,
 ) -> Vec<u64> {
-    let store = store_on(fs);
+    let store = disk.store();
     let listed: Vec<u64> = store.list().unwrap().iter().map(|i| i.get()).collect();
     assert!(
         allowed.contains(&listed.as_slice()),
@@ -70,7 +97,7 @@ fn check_after_restart(
         assert_eq!(info.data_size_bytes, data_of(i).len() as u64);
         assert_eq!(read_data(&store, i).unwrap(), data_of(i), "{what}");
     }
-    for name in names(fs, store.dir()) {
+    for name in names(&disk.fs, store.dir()) {
         assert!(
             parse_snapshot_dir_name(&name).is_some(),
             "{what}: leftover {name} after open"
@@ -92,33 +119,34 @@ fn check_after_restart(
 /// the state is one of `allowed`, and the last of them if `action`
 /// returned Ok. Returns how many runs ended in each allowed state.
 fn crash_at_every_op(
+    make: fn(u64) -> Disk,
     seed: u64,
     mode: CrashMode,
     setup: &dyn Fn(&SnapshotStore),
     action: &dyn Fn(&SnapshotStore) -> Result<(), SnapshotError>,
     allowed: &[&[u64]],
 ) -> Vec<usize> {
-    let fs = FaultyFs::over_mem(seed);
-    let store = store_on(&fs);
+    let disk = make(seed);
+    let store = disk.store();
     setup(&store);
-    let start = fs.op_count();
+    let start = disk.fs.op_count();
     action(&store).expect("action without faults");
-    let end = fs.op_count();
+    let end = disk.fs.op_count();
     assert!(end > start);
     let final_state = *allowed.last().expect("a final state");
 
     let mut seen = vec![0; allowed.len()];
     for k in start..=end {
-        let fs = FaultyFs::over_mem(seed);
-        let store = store_on(&fs);
+        let disk = make(seed);
+        let store = disk.store();
         setup(&store);
-        assert_eq!(fs.op_count(), start, "setup is deterministic");
-        fs.crash_after_op(Some(k));
+        assert_eq!(disk.fs.op_count(), start, "setup is deterministic");
+        disk.fs.crash_after_op(Some(k));
         let acked = action(&store).is_ok();
         drop(store);
-        fs.crash(mode).unwrap();
+        disk.fs.crash(mode).unwrap();
         let what = format!("seed {seed} {mode:?} crash after op {k} of {start}..={end}");
-        let listed = check_after_restart(&fs, allowed, acked.then_some(final_state), &what);
+        let listed = check_after_restart(&disk, allowed, acked.then_some(final_state), &what);
         let i = allowed
             .iter()
             .position(|a| *a == listed.as_slice())
@@ -136,6 +164,7 @@ fn crash_during_commit() {
     for seed in [1, 2] {
         for mode in MODES {
             let seen = crash_at_every_op(
+                Disk::mem,
                 seed,
                 mode,
                 &|s| commit(s, 10).unwrap(),
@@ -150,9 +179,23 @@ fn crash_during_commit() {
 }
 
 #[test]
+fn crash_during_commit_on_os_fs() {
+    // The same over the real file system (real renames of directories).
+    let seen = crash_at_every_op(
+        Disk::os,
+        11,
+        CrashMode::DropUnsynced,
+        &|s| commit(s, 10).unwrap(),
+        &|s| commit(s, 20),
+        &[&[10], &[20, 10]],
+    );
+    assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
+}
+
+#[test]
 fn crash_during_first_commit_into_a_new_directory() {
     for mode in MODES {
-        let seen = crash_at_every_op(3, mode, &|_| {}, &|s| commit(s, 5), &[&[], &[5]]);
+        let seen = crash_at_every_op(Disk::mem, 3, mode, &|_| {}, &|s| commit(s, 5), &[&[], &[5]]);
         assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
     }
 }
@@ -162,6 +205,7 @@ fn crash_during_keep_newest_never_shows_a_half_removed_snapshot() {
     // Removal goes one snapshot at a time, newest of the doomed first.
     for mode in MODES {
         let seen = crash_at_every_op(
+            Disk::mem,
             4,
             mode,
             &|s| {
@@ -188,6 +232,7 @@ fn crash_during_import() {
     };
     for mode in MODES {
         let seen = crash_at_every_op(
+            Disk::mem,
             6,
             mode,
             &setup,
@@ -232,7 +277,7 @@ fn crash_during_chunked_receive() {
         r.finish().map(|_| ())
     };
     for mode in MODES {
-        let seen = crash_at_every_op(7, mode, &setup, &action, &[&[], &[44]]);
+        let seen = crash_at_every_op(Disk::mem, 7, mode, &setup, &action, &[&[], &[44]]);
         assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
     }
 }
@@ -240,8 +285,9 @@ fn crash_during_chunked_receive() {
 #[test]
 fn injected_errors_and_torn_writes_fail_the_commit_cleanly() {
     let seed = 8;
-    let fs = FaultyFs::over_mem(seed);
-    let store = store_on(&fs);
+    let disk = Disk::mem(seed);
+    let fs = &disk.fs;
+    let store = disk.store();
     commit(&store, 10).unwrap();
     let start = fs.op_count();
     commit(&store, 20).unwrap();
@@ -249,8 +295,9 @@ fn injected_errors_and_torn_writes_fail_the_commit_cleanly() {
     let mut failures = 0;
     for fault in [Fault::Error, Fault::TornWrite] {
         for k in start + 1..=end {
-            let fs = FaultyFs::over_mem(seed);
-            let store = store_on(&fs);
+            let disk = Disk::mem(seed);
+            let fs = &disk.fs;
+            let store = disk.store();
             commit(&store, 10).unwrap();
             fs.schedule_fault(k, fault);
             let result = commit(&store, 20);
@@ -270,7 +317,7 @@ fn injected_errors_and_torn_writes_fail_the_commit_cleanly() {
             for &i in &listed {
                 store.verify(Index(i)).unwrap();
             }
-            let leftovers: Vec<String> = names(&fs, store.dir())
+            let leftovers: Vec<String> = names(fs, store.dir())
                 .into_iter()
                 .filter(|n| parse_snapshot_dir_name(n).is_none())
                 .collect();
@@ -278,7 +325,7 @@ fn injected_errors_and_torn_writes_fail_the_commit_cleanly() {
             // And the same holds after a crash.
             drop(store);
             fs.crash(CrashMode::DropUnsynced).unwrap();
-            let store = store_on(&fs);
+            let store = disk.store();
             for i in store.list().unwrap() {
                 store.verify(i).unwrap();
             }
@@ -289,8 +336,9 @@ fn injected_errors_and_torn_writes_fail_the_commit_cleanly() {
 
 #[test]
 fn a_failed_write_poisons_the_sink() {
-    let fs = FaultyFs::over_mem(9);
-    let store = store_on(&fs);
+    let disk = Disk::mem(9);
+    let fs = &disk.fs;
+    let store = disk.store();
     let mut sink = store.create(meta(3), 1).unwrap();
     // The next counted operation is the first data write (after the buffer fills).
     fs.schedule_fault(fs.op_count() + 1, Fault::TornWrite);
@@ -303,7 +351,7 @@ fn a_failed_write_poisons_the_sink() {
     ));
     assert!(matches!(sink.commit(), Err(SnapshotError::Poisoned)));
     assert!(store.list().unwrap().is_empty());
-    assert!(names(&fs, store.dir()).is_empty());
+    assert!(names(fs, store.dir()).is_empty());
 }
 
 fn snapshot_name(index: u64) -> String {
