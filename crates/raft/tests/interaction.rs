@@ -302,20 +302,17 @@ impl Env {
                 );
             }
             "check-logs-match" => {
-                // Raft §5.3 log matching over the committed prefix of every node.
-                let mut reference: Option<Vec<(u64, u64)>> = None;
-                for n in c.nodes.values() {
-                    let ents: Vec<(u64, u64)> =
-                        n.applied.values().map(|e| (e.index.0, e.term.0)).collect();
-                    if let Some(r) = &reference {
-                        let k = r.len().min(ents.len());
+                // Raft §5.3 log matching / §5.4.3 state-machine safety: every
+                // index applied on two nodes holds the same entry (same term).
+                let mut seen: std::collections::BTreeMap<u64, (u64, u64)> = Default::default();
+                for (rid, n) in &c.nodes {
+                    for e in n.applied.values() {
+                        let (term, first) = *seen.entry(e.index.0).or_insert((e.term.0, rid.0));
                         assert_eq!(
-                            &r[r.len() - k..],
-                            &ents[ents.len() - k..],
-                            "applied logs differ"
+                            term, e.term.0,
+                            "applied logs differ at index {}: node {first} has term {term}, node {} has term {}",
+                            e.index.0, rid.0, e.term.0
                         );
-                    } else {
-                        reference = Some(ents);
                     }
                 }
             }
@@ -393,7 +390,13 @@ fn run_file(path: &Path) -> (String, String) {
                     .cloned()
                     .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_default();
-                panic!("{}: command `{cmd}` failed: {msg}", path.display());
+                // The transcript so far shows how the cluster got there.
+                let lines: Vec<&str> = rewritten.lines().collect();
+                let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+                panic!(
+                    "{}: command `{cmd}` failed: {msg}\n--- transcript (last 60 lines) ---\n{tail}",
+                    path.display()
+                );
             }
         };
         let out = out.trim_end();
