@@ -601,3 +601,91 @@ pub fn last_term(r: &Raft<MemLog>) -> Term {
 pub fn durable_last_index(r: &Raft<MemLog>) -> Index {
     r.log().reader().last_index()
 }
+
+/// The update cycle split in two halves, for harnesses that delay a node's
+/// persistence while other nodes act (a leader's appends leave before its
+/// own write, thesis §10.2.1; a crash between the halves loses the write).
+/// Between the halves the node must not be stepped or ticked, as in an
+/// engine, whose worker runs the whole cycle for a replica at once.
+impl Cluster {
+    /// First half of node `id`'s update cycle: takes the update and queues
+    /// the messages that may leave before persistence. Returns `None` if
+    /// there was nothing to do, else the update (to hand to
+    /// [`process_finish`](Self::process_finish)) and the messages dropped by
+    /// cut links. With `trace`, describes what happened.
+    pub fn process_begin(
+        &mut self,
+        id: ReplicaId,
+        trace: Option<&mut String>,
+    ) -> Option<(Update, Vec<Message>)> {
+        let node = self.nodes.get_mut(&id)?;
+        if !node.raft.has_update() {
+            return None;
+        }
+        let u = node.raft.get_update();
+        let mut dropped = Vec::new();
+        let mut out = trace;
+        if let Some(out) = out.as_deref_mut() {
+            let _ = writeln!(out, "> {} {}", id.0, summarize_update(&u));
+        }
+        self.enqueue_traced(u.messages.clone(), out, &mut dropped);
+        Some((u, dropped))
+    }
+
+    /// Second half: persists what `u` asks for, queues the messages that
+    /// wait for persistence, applies committed entries and advances the core.
+    /// Returns the messages dropped by cut links.
+    pub fn process_finish(
+        &mut self,
+        id: ReplicaId,
+        u: &Update,
+        trace: Option<&mut String>,
+    ) -> Vec<Message> {
+        let mut dropped = Vec::new();
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return dropped;
+        };
+        let log = node.raft.log_reader_mut();
+        if let Some(s) = &u.snapshot {
+            log.apply_snapshot(s.clone());
+        }
+        log.append(&u.entries);
+        if let Some(hs) = u.hard_state {
+            node.hard_state = hs;
+        }
+        let mut out = trace;
+        if let Some(out) = out.as_deref_mut() {
+            let _ = writeln!(out, "  persisted {}", id.0);
+        }
+        self.enqueue_traced(
+            u.persisted_messages.clone(),
+            out.as_deref_mut(),
+            &mut dropped,
+        );
+        let mut scratch = String::new();
+        self.apply(id, u, out.unwrap_or(&mut scratch));
+        let node = self.nodes.get_mut(&id).expect("node");
+        node.raft.advance(u);
+        dropped
+    }
+
+    fn enqueue_traced(
+        &mut self,
+        msgs: Vec<Message>,
+        mut out: Option<&mut String>,
+        dropped: &mut Vec<Message>,
+    ) {
+        for m in msgs {
+            let cut = self.cut.contains(&(m.from, m.to));
+            if let Some(out) = out.as_deref_mut() {
+                let verb = if cut { "dropped" } else { "send" };
+                let _ = writeln!(out, "  {verb} {}", format_message(&m));
+            }
+            if cut {
+                dropped.push(m);
+            } else {
+                self.queue.push_back(m);
+            }
+        }
+    }
+}
