@@ -1,3 +1,42 @@
 //! longship: multi-group Raft consensus for Rust.
+//!
+//! One [`NodeHost`] per server hosts replicas of many Raft groups (shards)
+//! that share one log storage (a write-ahead log with one fsync per worker
+//! cycle for all shards), one transport and fixed worker pools. Applications
+//! implement a state machine trait ([`StateMachine`],
+//! [`ConcurrentStateMachine`] or [`OnDiskStateMachine`]); longship gives
+//! them proposals, linearizable reads, exactly-once client sessions,
+//! snapshots with log compaction, membership changes and leadership transfer.
+//!
+//! See [`NodeHost`] for an example.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+mod config;
+mod engine;
+mod error;
+pub mod events;
+mod host;
+mod metrics;
+mod nodehost;
+mod replica;
+mod request;
+mod rsm;
+mod session;
+mod sm;
+mod work;
+
+pub use config::{Config, NodeHostConfig};
+pub use error::{Error, Result};
+pub use events::EventListener;
+pub use longship_raft::{Index, ReplicaId, ShardId, Term};
+pub use metrics::Metrics;
+pub use nodehost::{
+    LeaderId, MembershipInfo, NodeHost, NodeHostBuilder, NodeHostInfo, NodeUser, ShardInfo,
+    SnapshotOption,
+};
+pub use request::RequestHandle;
+pub use session::Session;
+pub use sm::{
+    ConcurrentStateMachine, OnDiskStateMachine, SmEntry, SmError, SmResult, StateMachine, StopFlag,
+};

@@ -79,7 +79,10 @@ impl MemNetwork {
 
     /// Cuts the link from `from` to `to` (one way).
     pub fn cut(&self, from: &str, to: &str) {
-        self.state.lock().cut.insert((from.to_string(), to.to_string()));
+        self.state
+            .lock()
+            .cut
+            .insert((from.to_string(), to.to_string()));
     }
 
     /// Restores every link.
@@ -173,16 +176,25 @@ impl Transport for MemTransport {
     }
 
     fn start(&self, handler: Arc<dyn MessageHandler>) -> Result<(), SendError> {
-        self.network.state.lock().handlers.insert(self.address.clone(), handler);
+        self.network
+            .state
+            .lock()
+            .handlers
+            .insert(self.address.clone(), handler);
         Ok(())
     }
 
     fn send(&self, address: &str, batch: MessageBatch) -> Result<(), SendError> {
-        self.network.route(&self.address, address, Packet::Batch(batch)).map(|_| ())
+        self.network
+            .route(&self.address, address, Packet::Batch(batch))
+            .map(|_| ())
     }
 
     fn send_snapshot_chunk(&self, address: &str, chunk: SnapshotChunk) -> Result<(), SendError> {
-        match self.network.route(&self.address, address, Packet::Chunk(chunk))? {
+        match self
+            .network
+            .route(&self.address, address, Packet::Chunk(chunk))?
+        {
             true => Ok(()),
             false => Err(SendError::Unreachable(address.to_string())),
         }
@@ -222,7 +234,10 @@ mod tests {
         b.start(sink.clone()).unwrap();
         a.send("b", MessageBatch::default()).unwrap();
         assert_eq!(sink.batches.lock().len(), 1);
-        assert!(matches!(a.send("c", MessageBatch::default()), Err(SendError::Unreachable(_))));
+        assert!(matches!(
+            a.send("c", MessageBatch::default()),
+            Err(SendError::Unreachable(_))
+        ));
         net.cut("a", "b");
         assert!(a.send("b", MessageBatch::default()).is_err());
 
@@ -232,7 +247,10 @@ mod tests {
         let sink = Arc::new(Sink::default());
         b.start(sink.clone()).unwrap();
         a.send("b", MessageBatch::default()).unwrap();
-        assert!(matches!(a.send("b", MessageBatch::default()), Err(SendError::QueueFull(_))));
+        assert!(matches!(
+            a.send("b", MessageBatch::default()),
+            Err(SendError::QueueFull(_))
+        ));
         assert_eq!(sink.batches.lock().len(), 0);
         assert_eq!(q.deliver_all(), 1);
         assert_eq!(sink.batches.lock().len(), 1);

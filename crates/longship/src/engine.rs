@@ -1,0 +1,770 @@
+//! The workers: step (drive cores, persist, send), apply (state machines,
+//! request completion) and snapshot (save, stream). Each has a `run_once`
+//! that does one bounded round of work and returns whether it did any, so
+//! threads loop over it in production and the simulator calls it directly.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use longship_raft::codec::encode_message;
+use longship_raft::{
+    ConfigChangeRejected, Entry, Index, MESSAGE_BATCH_VERSION, Message, MessageBatch, MessageType,
+    ProposalError, ReplicaId, SnapshotMeta,
+};
+use longship_storage::logdb::Update as LogUpdate;
+use longship_transport::SnapshotChunk;
+
+use crate::error::Error;
+use crate::host::{Host, SnapshotJob};
+use crate::metrics::Metrics;
+use crate::replica::{ApplyTask, Command, CoreState, Replica, ReplicaRef};
+use crate::rsm::{Applied, AppliedState};
+use crate::sm::SmResult;
+
+/// Most apply tasks one replica gets per apply round (fairness between shards).
+const APPLY_TASKS_PER_ROUND: usize = 64;
+/// Snapshot stream chunk size.
+pub(crate) const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Ticks without traffic, in election timeouts, before a shard quiesces.
+const QUIESCE_ELECTION_TIMEOUTS: u64 = 10;
+
+pub(crate) fn proposal_error(e: ProposalError) -> Error {
+    match e {
+        ProposalError::NoLeader | ProposalError::TransferInProgress | ProposalError::NotReady => {
+            Error::Dropped
+        }
+        ProposalError::TooManyUncommittedBytes | ProposalError::TooManyPendingReads => {
+            Error::SystemBusy
+        }
+        ProposalError::PendingConfigChange => Error::PendingConfigChange,
+        ProposalError::Invalid => Error::Rejected("invalid request".into()),
+    }
+}
+
+// ---------------------------------------------------------------- step
+
+/// Drives the cores of the shards of one step worker.
+pub(crate) struct StepWorker {
+    pub(crate) host: Arc<Host>,
+    pub(crate) id: usize,
+}
+
+impl StepWorker {
+    /// One cycle: step every ready replica, then one persist for all of them.
+    pub(crate) fn run_once(&self) -> bool {
+        let host = &self.host;
+        let ready = host.step_ready[self.id].take();
+        if ready.is_empty() {
+            return false;
+        }
+        Metrics::add(&host.metrics.step_cycles, 1);
+        let mut work: Vec<(ReplicaRef, longship_raft::Update)> = Vec::new();
+        let mut extra: Vec<(ReplicaRef, Message)> = Vec::new();
+        for shard in ready {
+            let Some(r) = host.replica(shard) else {
+                continue;
+            };
+            if r.is_closed() || r.failed.lock().is_some() {
+                continue;
+            }
+            let mut core = r.core.lock();
+            self.drive(&r, &mut core, &mut extra);
+            if core.raft.has_update() {
+                let u = core.raft.get_update();
+                work.push((r.clone(), u));
+            }
+        }
+        // Leader replication leaves before the local write (thesis §10.2.1).
+        let mut early: Vec<(&Replica, &Message)> = extra.iter().map(|(r, m)| (&**r, m)).collect();
+        for (r, u) in &work {
+            early.extend(u.messages.iter().map(|m| (&**r, m)));
+        }
+        self.send(early);
+        let updates: Vec<LogUpdate> = work
+            .iter()
+            .filter(|(_, u)| u.needs_persist())
+            .map(|(_, u)| LogUpdate::from_raft(u))
+            .collect();
+        if !updates.is_empty() {
+            let n: usize = updates.iter().map(|u| u.entries.len()).sum();
+            if let Err(e) = host.logdb.save_raft_state(&updates) {
+                // What is on disk is unknown: nothing that depends on this
+                // write may leave. Stop the affected replicas.
+                tracing::error!(error = %e, "log storage write failed; stopping the replicas of this batch");
+                for (r, _) in &work {
+                    *r.failed.lock() = Some(format!("log storage write failed: {e}"));
+                    r.pending.lock().terminate();
+                }
+                return true;
+            }
+            Metrics::add(&host.metrics.persist_batches, 1);
+            Metrics::add(&host.metrics.entries_persisted, n as u64);
+        }
+        let late: Vec<(&Replica, &Message)> = work
+            .iter()
+            .flat_map(|(r, u)| u.persisted_messages.iter().map(move |m| (&**r, m)))
+            .collect();
+        self.send(late);
+        for (r, u) in work {
+            self.after_persist(&r, u);
+        }
+        true
+    }
+
+    /// Feeds a replica's queued inputs to its core.
+    fn drive(&self, r: &Replica, core: &mut CoreState, extra: &mut Vec<(ReplicaRef, Message)>) {
+        let host = &self.host;
+        let inbox = std::mem::take(&mut *r.inbox.lock());
+        let mut active = !inbox.proposals.is_empty()
+            || !inbox.reads.is_empty()
+            || !inbox.config_changes.is_empty()
+            || !inbox.commands.is_empty();
+        for m in inbox.messages {
+            match m.msg_type {
+                MessageType::Heartbeat | MessageType::HeartbeatResp => {}
+                MessageType::Quiesce => {
+                    if r.config.quiesce && !core.raft.is_leader() {
+                        core.quiesce.quiesced = true;
+                    }
+                    continue;
+                }
+                _ => active = true,
+            }
+            core.raft.step(m);
+        }
+        if active {
+            core.quiesce.idle_ticks = 0;
+            core.quiesce.quiesced = false;
+        }
+        let threshold = r.config.election_rtt * QUIESCE_ELECTION_TIMEOUTS;
+        for _ in 0..inbox.ticks {
+            if r.config.quiesce {
+                core.quiesce.idle_ticks += 1;
+                if !core.quiesce.quiesced && core.quiesce.idle_ticks >= threshold {
+                    core.quiesce.quiesced = true;
+                    if core.raft.is_leader() {
+                        // Followers go quiet at once instead of timing out.
+                        let me = core.raft.id();
+                        for to in core.raft.membership().all_members().filter(|&id| id != me) {
+                            let m = Message {
+                                term: core.raft.term(),
+                                ..Message::new(MessageType::Quiesce, r.shard_id, me, to)
+                            };
+                            if let Some(rr) = host.replica(r.shard_id) {
+                                extra.push((rr, m));
+                            }
+                        }
+                    }
+                }
+                if core.quiesce.quiesced {
+                    continue;
+                }
+            }
+            core.raft.tick();
+        }
+        if inbox.ticks > 0 {
+            r.pending.lock().expire(host.now());
+        }
+        if !inbox.proposals.is_empty() {
+            let keys: Vec<u64> = inbox.proposals.iter().map(|e| e.key).collect();
+            let n = keys.len() as u64;
+            if let Err(e) = core.raft.propose(inbox.proposals) {
+                let mut pending = r.pending.lock();
+                for k in keys {
+                    if let Some(p) = pending.proposals.remove(&k) {
+                        p.completer.complete(Err(proposal_error(e)));
+                    }
+                }
+                let counter = if matches!(proposal_error(e), Error::SystemBusy) {
+                    &host.metrics.proposals_busy
+                } else {
+                    &host.metrics.proposals_dropped
+                };
+                Metrics::add(counter, n);
+            }
+        }
+        for cc in inbox.config_changes {
+            let key = cc.key;
+            if let Err(e) = core.raft.propose(vec![cc]) {
+                if let Some(p) = r.pending.lock().config_changes.remove(&key) {
+                    p.completer.complete(Err(proposal_error(e)));
+                }
+            }
+        }
+        if !inbox.reads.is_empty() {
+            let ctx = host.random_id();
+            r.pending.lock().reads.insert(
+                ctx,
+                crate::replica::PendingRead {
+                    waiters: inbox.reads,
+                    index: None,
+                },
+            );
+            if let Err(e) = core.raft.read_index(ctx) {
+                if let Some(pr) = r.pending.lock().reads.remove(&ctx) {
+                    for (c, _) in pr.waiters {
+                        c.complete(Err(proposal_error(e)));
+                    }
+                }
+            }
+        }
+        for c in inbox.commands {
+            match c {
+                Command::Transfer(target) => {
+                    if let Err(e) = core.raft.transfer_leader(target) {
+                        tracing::info!(shard = %r.shard_id, %target, error = %e, "leader transfer not started");
+                    }
+                }
+            }
+        }
+        let applied = r.applied();
+        if applied <= core.raft.log().committed() {
+            core.raft.applied_to(applied);
+        }
+        let m = core.raft.membership();
+        if m.config_change_id.0 != r.addresses_version.load(Ordering::Acquire)
+            || r.addresses.read().is_empty()
+        {
+            let mut addrs = r.addresses.write();
+            addrs.clear();
+            for id in m.all_members() {
+                if let Some(a) = m.address(id) {
+                    addrs.insert(id, a.to_string());
+                }
+            }
+            r.addresses_version
+                .store(m.config_change_id.0, Ordering::Release);
+        }
+    }
+
+    /// Sends messages, batched per destination host. Snapshots go to the
+    /// snapshot workers to be streamed.
+    fn send(&self, msgs: Vec<(&Replica, &Message)>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let host = &self.host;
+        let mut by_addr: BTreeMap<String, Vec<Message>> = BTreeMap::new();
+        for (r, m) in msgs {
+            let Some(addr) = host.resolve(r, m.to) else {
+                tracing::debug!(shard = %m.shard_id, to = %m.to, "no address for message target; dropped");
+                continue;
+            };
+            if m.msg_type == MessageType::InstallSnapshot
+                && !m.snapshot.as_ref().is_some_and(|s| s.witness)
+            {
+                let job = SnapshotJob::Stream {
+                    message: m.clone(),
+                    address: addr,
+                };
+                if !host.push_snapshot_job(job) {
+                    report_snapshot_status(host, m, true);
+                }
+                continue;
+            }
+            by_addr.entry(addr).or_default().push(m.clone());
+        }
+        for (addr, messages) in by_addr {
+            let n = messages.len() as u64;
+            let targets: Vec<(longship_raft::ShardId, ReplicaId, ReplicaId)> = messages
+                .iter()
+                .map(|m| (m.shard_id, m.to, m.from))
+                .collect();
+            let batch = MessageBatch {
+                deployment_id: host.cfg.deployment_id,
+                source_address: host.cfg.raft_address.clone(),
+                bin_ver: MESSAGE_BATCH_VERSION,
+                messages,
+            };
+            match host.transport.send(&addr, batch) {
+                Ok(()) => Metrics::add(&host.metrics.messages_sent, n),
+                Err(longship_transport::SendError::Unreachable(_)) => {
+                    // Leaders stop pipelining to a peer that cannot be reached.
+                    for (shard, to, from) in targets {
+                        let m = Message::new(MessageType::Unreachable, shard, to, from);
+                        host.deliver_local(m);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// After the write: hand committed entries and snapshots to the apply
+    /// worker, resolve reads, report leadership, and advance the core.
+    fn after_persist(&self, r: &ReplicaRef, u: longship_raft::Update) {
+        let host = &self.host;
+        if let Some(l) = u.leader_change {
+            r.leader_id.store(l.leader_id.0, Ordering::Release);
+            r.leader_term.store(l.term.0, Ordering::Release);
+            if l.leader_id == r.replica_id {
+                Metrics::add(&host.metrics.elections_won, 1);
+            }
+            if let Some(listener) = &host.listener {
+                listener.leader_updated(crate::events::LeaderInfo {
+                    shard_id: r.shard_id,
+                    replica_id: r.replica_id,
+                    leader_id: l.leader_id,
+                    term: l.term,
+                });
+            }
+        }
+        let mut tasks = Vec::new();
+        if let Some(s) = &u.snapshot {
+            tasks.push(ApplyTask::Snapshot(s.clone()));
+        }
+        if !u.committed_entries.is_empty() {
+            tasks.push(ApplyTask::Entries(u.committed_entries.clone()));
+        }
+        if !tasks.is_empty() {
+            r.apply_queue.lock().extend(tasks);
+            host.mark_apply(r.shard_id);
+        }
+        if !u.ready_reads.is_empty() || !u.dropped_reads.is_empty() {
+            let applied = r.applied();
+            let mut pending = r.pending.lock();
+            for rs in &u.ready_reads {
+                if let Some(pr) = pending.reads.get_mut(&rs.context) {
+                    pr.index = Some(rs.index);
+                }
+            }
+            for ctx in &u.dropped_reads {
+                if let Some(pr) = pending.reads.remove(ctx) {
+                    for (c, _) in pr.waiters {
+                        c.complete(Err(Error::Dropped));
+                    }
+                }
+            }
+            complete_reads(host, &mut pending, applied);
+        }
+        let mut core = r.core.lock();
+        core.raft.advance(&u);
+        if core.raft.has_update() {
+            host.mark_step(r.shard_id);
+        }
+    }
+}
+
+/// Completes reads whose index is applied.
+pub(crate) fn complete_reads(host: &Host, pending: &mut crate::replica::Pending, applied: Index) {
+    pending.reads.retain(|_, pr| match pr.index {
+        Some(index) if index <= applied => {
+            for (c, _) in pr.waiters.drain(..) {
+                c.complete(Ok(index));
+                Metrics::add(&host.metrics.reads, 1);
+            }
+            false
+        }
+        _ => true,
+    });
+}
+
+fn report_snapshot_status(host: &Host, m: &Message, failed: bool) {
+    let status = Message {
+        reject: failed,
+        ..Message::new(MessageType::SnapshotStatus, m.shard_id, m.to, m.from)
+    };
+    host.deliver_local(status);
+}
+
+// ---------------------------------------------------------------- apply
+
+/// Applies committed entries of the shards of one apply worker.
+pub(crate) struct ApplyWorker {
+    pub(crate) host: Arc<Host>,
+    pub(crate) id: usize,
+}
+
+impl ApplyWorker {
+    /// One round: a bounded number of tasks of every ready replica.
+    pub(crate) fn run_once(&self) -> bool {
+        let host = &self.host;
+        let ready = host.apply_ready[self.id].take();
+        if ready.is_empty() {
+            return false;
+        }
+        for shard in ready {
+            let Some(r) = host.replica(shard) else {
+                continue;
+            };
+            if r.is_closed() || r.failed.lock().is_some() {
+                continue;
+            }
+            // A regular state machine being snapshotted: come back later
+            // (the snapshot worker marks the shard when it is done), and do
+            // not block the other shards of this worker meanwhile.
+            let Some(guard) = r.apply_lock.try_lock() else {
+                continue;
+            };
+            let mut done = 0;
+            let mut more = false;
+            loop {
+                if done == APPLY_TASKS_PER_ROUND {
+                    more = true;
+                    break;
+                }
+                let Some(task) = r.apply_queue.lock().pop_front() else {
+                    break;
+                };
+                done += 1;
+                let res = match task {
+                    ApplyTask::Entries(entries) => self.apply_entries(&r, &entries),
+                    ApplyTask::Snapshot(meta) => self.recover_snapshot(&r, &meta),
+                };
+                if let Err(e) = res {
+                    tracing::error!(shard = %r.shard_id, replica = %r.replica_id, error = %e, "replica failed");
+                    *r.failed.lock() = Some(e.to_string());
+                    r.pending.lock().terminate();
+                    break;
+                }
+            }
+            drop(guard);
+            if more {
+                host.mark_apply(shard);
+            }
+            self.maybe_schedule_snapshot(&r);
+            host.mark_step(shard);
+        }
+        true
+    }
+
+    fn apply_entries(&self, r: &Replica, entries: &[Entry]) -> Result<(), Error> {
+        let host = &self.host;
+        let mut out = Vec::new();
+        let mut membership_changed = Vec::new();
+        let res = r.rsm.apply(
+            entries,
+            &mut |cc, index| {
+                let mut core = r.core.lock();
+                core.raft.apply_config_change(cc, index)?;
+                membership_changed.push(index);
+                Ok(core.raft.membership().clone())
+            },
+            &mut out,
+        );
+        res.map_err(|e| Error::StateMachine(e.0))?;
+        let last = entries.last().map(|e| e.index).unwrap_or(Index(0));
+        if last > r.applied() {
+            r.applied_index.store(last.0, Ordering::Release);
+        }
+        Metrics::add(&host.metrics.entries_applied, entries.len() as u64);
+        let mut pending = r.pending.lock();
+        for a in out {
+            match a {
+                Applied::Result { key, result } => {
+                    if let Some(p) = pending.proposals.remove(&key) {
+                        p.completer.complete(Ok(result));
+                    }
+                }
+                Applied::SessionInvalid { key } => {
+                    if let Some(p) = pending.proposals.remove(&key) {
+                        p.completer.complete(Err(Error::InvalidSession));
+                    }
+                }
+                Applied::Session { key, ok } => {
+                    if let Some(p) = pending.proposals.remove(&key) {
+                        p.completer.complete(if ok {
+                            Ok(SmResult {
+                                value: 1,
+                                data: vec![],
+                            })
+                        } else {
+                            Err(Error::InvalidSession)
+                        });
+                    }
+                }
+                Applied::ConfigChange { key, outcome } => {
+                    if let Some(p) = pending.config_changes.remove(&key) {
+                        p.completer.complete(outcome.map_err(|e| match e {
+                            ConfigChangeRejected::Removed(id) => Error::ReplicaRemoved(id),
+                            other => Error::Rejected(other.to_string()),
+                        }));
+                    }
+                }
+            }
+        }
+        complete_reads(host, &mut pending, r.applied());
+        drop(pending);
+        if let Some(l) = &host.listener {
+            for index in membership_changed {
+                l.membership_changed(r.shard_id, r.replica_id, index);
+            }
+        }
+        Ok(())
+    }
+
+    fn recover_snapshot(&self, r: &Replica, meta: &SnapshotMeta) -> Result<(), Error> {
+        recover_from_store(r, meta)?;
+        r.applied_index.store(meta.index.0, Ordering::Release);
+        r.snapshot_index.store(meta.index.0, Ordering::Release);
+        complete_reads(&self.host, &mut r.pending.lock(), meta.index);
+        if let Some(l) = &self.host.listener {
+            l.snapshot_recovered(crate::events::SnapshotInfo {
+                shard_id: r.shard_id,
+                replica_id: r.replica_id,
+                index: meta.index,
+            });
+        }
+        Ok(())
+    }
+
+    fn maybe_schedule_snapshot(&self, r: &ReplicaRef) {
+        let every = r.config.snapshot_entries;
+        if every == 0 {
+            return;
+        }
+        let applied = r.applied().0;
+        let last = r.snapshot_index.load(Ordering::Acquire);
+        if applied >= last + every && !r.snapshotting.swap(true, Ordering::AcqRel) {
+            if !self.host.push_snapshot_job(SnapshotJob::Save(r.shard_id)) {
+                r.snapshotting.store(false, Ordering::Release);
+            }
+        }
+    }
+}
+
+/// Replaces the state machine's state by the snapshot at `meta.index` in
+/// the replica's store (a witness only takes the metadata).
+pub(crate) fn recover_from_store(r: &Replica, meta: &SnapshotMeta) -> Result<(), Error> {
+    let applied = AppliedState {
+        index: meta.index,
+        term: meta.term,
+        membership: meta.membership.clone(),
+    };
+    if meta.witness || r.config.is_witness {
+        r.rsm.set_applied(applied);
+        return Ok(());
+    }
+    let (_info, mut reader) = r.snapshots.open_snapshot(meta.index)?;
+    r.rsm
+        .recover(&mut reader, applied, &r.stop)
+        .map_err(|e| Error::StateMachine(e.0))?;
+    // Read to the end so the data file's checksum is verified.
+    std::io::copy(&mut reader, &mut std::io::sink())?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- snapshot
+
+/// Saves and streams snapshots.
+pub(crate) struct SnapshotWorker {
+    pub(crate) host: Arc<Host>,
+}
+
+impl SnapshotWorker {
+    /// Runs one queued job.
+    pub(crate) fn run_once(&self) -> bool {
+        let job = self.host.snapshot_jobs.lock().pop_front();
+        let Some(job) = job else {
+            self.host.snapshot_ready.take();
+            return false;
+        };
+        match job {
+            SnapshotJob::Save(shard) => {
+                if let Some(r) = self.host.replica(shard) {
+                    let res = save_snapshot(&self.host, &r);
+                    r.snapshotting.store(false, Ordering::Release);
+                    self.host.mark_apply(shard);
+                    let mut pending = r.pending.lock();
+                    for (c, _, opt) in pending.snapshots.drain(..) {
+                        let out = match &res {
+                            Ok(index) => match &opt.export_path {
+                                Some(path) => r
+                                    .snapshots
+                                    .export(*index, path)
+                                    .map(|_| *index)
+                                    .map_err(Error::from),
+                                None => Ok(*index),
+                            },
+                            Err(e) => Err(Error::Rejected(e.to_string())),
+                        };
+                        c.complete(out);
+                    }
+                    if let Err(e) = res {
+                        tracing::warn!(shard = %shard, error = %e, "snapshot not saved");
+                    }
+                }
+            }
+            SnapshotJob::Stream { message, address } => {
+                let failed = match stream_snapshot(&self.host, &message, &address) {
+                    Ok(()) => false,
+                    Err(e) => {
+                        tracing::info!(shard = %message.shard_id, to = %message.to, error = %e, "snapshot stream failed");
+                        true
+                    }
+                };
+                report_snapshot_status(&self.host, &message, failed);
+            }
+        }
+        true
+    }
+}
+
+/// Saves a snapshot of the replica's state machine at its applied index,
+/// records it in log storage, then compacts the log. Returns its index.
+pub(crate) fn save_snapshot(host: &Host, r: &Replica) -> Result<Index, Error> {
+    let guard = r.apply_lock.lock();
+    let applied = r.rsm.applied();
+    let last = Index(r.snapshot_index.load(Ordering::Acquire));
+    if applied.index == Index(0) || applied.index <= last {
+        return Err(Error::Rejected(format!(
+            "nothing new to snapshot (applied {}, last snapshot {})",
+            applied.index, last
+        )));
+    }
+    let overhead = r.compaction_override.swap(u64::MAX, Ordering::AcqRel);
+    let overhead = if overhead == u64::MAX {
+        r.config.compaction_overhead
+    } else {
+        overhead
+    };
+    let meta = SnapshotMeta {
+        index: applied.index,
+        term: applied.term,
+        membership: applied.membership.clone(),
+        on_disk_index: if r.rsm.sm.is_on_disk() {
+            applied.index
+        } else {
+            Index(0)
+        },
+        witness: r.config.is_witness,
+        file_size: 0,
+    };
+    let mut sink = r.snapshots.create(meta, 1)?;
+    let regular = matches!(r.rsm.sm, crate::rsm::UserSm::Regular(_));
+    if regular {
+        // Exclusive with updates for the whole save: this shard's apply waits,
+        // others do not (the apply worker skips a locked shard).
+        r.rsm
+            .save_regular(&mut sink, &r.stop)
+            .map_err(|e| Error::StateMachine(e.0))?;
+        drop(guard);
+    } else {
+        let prepared = r.rsm.prepare().map_err(|e| Error::StateMachine(e.0))?;
+        drop(guard);
+        r.rsm
+            .save_prepared(prepared, &mut sink, &r.stop)
+            .map_err(|e| Error::StateMachine(e.0))?;
+    }
+    let info = sink.commit()?;
+    host.logdb
+        .save_snapshot(r.shard_id, r.replica_id, &info.meta)?;
+    r.snapshot_index.store(info.meta.index.0, Ordering::Release);
+    Metrics::add(&host.metrics.snapshots_saved, 1);
+    if let Some(l) = &host.listener {
+        l.snapshot_created(crate::events::SnapshotInfo {
+            shard_id: r.shard_id,
+            replica_id: r.replica_id,
+            index: info.meta.index,
+        });
+    }
+    // Compact only once the snapshot is durable (DESIGN §2).
+    let compact_to = info.meta.index.minus(overhead);
+    let first = host.logdb.first_index(r.shard_id, r.replica_id);
+    if compact_to >= first {
+        host.logdb
+            .remove_entries_to(r.shard_id, r.replica_id, compact_to)?;
+        if let Some(l) = &host.listener {
+            l.log_compacted(crate::events::SnapshotInfo {
+                shard_id: r.shard_id,
+                replica_id: r.replica_id,
+                index: compact_to,
+            });
+        }
+    }
+    if let Err(e) = r.snapshots.keep_newest(2) {
+        tracing::warn!(error = %e, "old snapshots not removed");
+    }
+    Ok(info.meta.index)
+}
+
+/// Streams the snapshot named by an `InstallSnapshot` message in chunks.
+fn stream_snapshot(host: &Host, m: &Message, address: &str) -> Result<(), Error> {
+    let r = host
+        .replica(m.shard_id)
+        .ok_or(Error::ShardNotFound(m.shard_id))?;
+    let snap = m
+        .snapshot
+        .as_ref()
+        .ok_or_else(|| Error::Rejected("InstallSnapshot without snapshot".into()))?;
+    let (info, data) = r.snapshots.open_snapshot(snap.index)?;
+    let mut chunk_id = 0u64;
+    let base = SnapshotChunk {
+        deployment_id: host.cfg.deployment_id,
+        shard_id: m.shard_id,
+        to: m.to,
+        from: m.from,
+        index: snap.index,
+        term: snap.term,
+        ..SnapshotChunk::default()
+    };
+    let encoded_info = info.encode()?;
+    let mut files: Vec<(String, Box<dyn Read>)> = vec![(
+        longship_storage::snapshot::DATA_FILE_NAME.to_string(),
+        Box::new(data),
+    )];
+    for f in &info.external_files {
+        files.push((
+            f.name.clone(),
+            Box::new(r.snapshots.open_external(snap.index, &f.name)?),
+        ));
+    }
+    let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+    for (name, mut reader) in files {
+        let mut offset = 0u64;
+        loop {
+            if r.stop.is_set() || host.is_stopped() {
+                return Err(Error::Stopped);
+            }
+            let n = read_full(&mut *reader, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            let chunk = SnapshotChunk {
+                chunk_id,
+                info: if chunk_id == 0 {
+                    encoded_info.clone()
+                } else {
+                    Vec::new()
+                },
+                file_name: name.clone(),
+                offset,
+                data: buf[..n].to_vec(),
+                ..base.clone()
+            };
+            host.transport.send_snapshot_chunk(address, chunk)?;
+            Metrics::add(&host.metrics.snapshot_bytes_sent, n as u64);
+            chunk_id += 1;
+            offset += n as u64;
+        }
+    }
+    let mut message = Vec::new();
+    encode_message(m, &mut message);
+    let last = SnapshotChunk {
+        chunk_id,
+        info: if chunk_id == 0 {
+            encoded_info
+        } else {
+            Vec::new()
+        },
+        last: true,
+        message,
+        ..base
+    };
+    host.transport.send_snapshot_chunk(address, last)?;
+    Ok(())
+}
+
+/// Reads until `buf` is full or the reader ends.
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}

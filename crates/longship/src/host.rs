@@ -1,0 +1,309 @@
+//! The shared state of a NodeHost that every worker and API call uses:
+//! replicas, storage, transport, ready sets, logical time, and the handler
+//! of incoming traffic.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use longship_raft::codec::{Decoder, Limits, decode_message};
+use longship_raft::{Message, MessageBatch, MessageType, ReplicaId, Rng, ShardId};
+use longship_storage::logdb::LogDb;
+use longship_storage::snapshot::{SnapshotInfo, SnapshotReceiver};
+use longship_storage::vfs::FileSystem;
+use longship_transport::{MessageHandler, SnapshotChunk, Transport};
+use parking_lot::{Mutex, RwLock};
+
+use crate::config::NodeHostConfig;
+use crate::events::EventListener;
+use crate::metrics::Metrics;
+use crate::replica::{Replica, ReplicaRef};
+use crate::work::ReadySet;
+
+/// A snapshot stream being received: (shard, to, from, index).
+type ReceiverKey = (ShardId, ReplicaId, ReplicaId, u64);
+
+/// Work for snapshot workers.
+pub(crate) enum SnapshotJob {
+    /// Save a snapshot of the replica (automatic or requested).
+    Save(ShardId),
+    /// Stream the snapshot named by an `InstallSnapshot` message to `address`.
+    Stream { message: Message, address: String },
+}
+
+/// Shared NodeHost state.
+pub(crate) struct Host {
+    pub(crate) cfg: NodeHostConfig,
+    pub(crate) fs: Arc<dyn FileSystem>,
+    pub(crate) logdb: Arc<dyn LogDb>,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) replicas: RwLock<HashMap<ShardId, ReplicaRef>>,
+    /// Addresses learnt from incoming traffic: (shard, replica) -> address.
+    pub(crate) learned: RwLock<HashMap<(ShardId, ReplicaId), String>>,
+    pub(crate) step_ready: Vec<ReadySet>,
+    pub(crate) apply_ready: Vec<ReadySet>,
+    pub(crate) snapshot_jobs: Mutex<std::collections::VecDeque<SnapshotJob>>,
+    pub(crate) snapshot_ready: ReadySet,
+    /// Logical time in ticks (one per RTT).
+    pub(crate) now: AtomicU64,
+    pub(crate) stopped: AtomicBool,
+    pub(crate) rng: Mutex<Rng>,
+    pub(crate) listener: Option<Arc<dyn EventListener>>,
+    pub(crate) metrics: Metrics,
+    receivers: Mutex<BTreeMap<ReceiverKey, SnapshotReceiver>>,
+    pub(crate) snapshot_root: std::path::PathBuf,
+}
+
+/// Bound on snapshot jobs queued.
+pub(crate) const MAX_SNAPSHOT_JOBS: usize = 4096;
+/// Bound on snapshot streams received at once.
+pub(crate) const MAX_SNAPSHOT_RECEIVERS: usize = 64;
+
+impl Host {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        cfg: NodeHostConfig,
+        fs: Arc<dyn FileSystem>,
+        logdb: Arc<dyn LogDb>,
+        transport: Arc<dyn Transport>,
+        listener: Option<Arc<dyn EventListener>>,
+        seed: u64,
+    ) -> Host {
+        let snapshot_root = cfg.node_host_dir.join("snapshots");
+        Host {
+            step_ready: (0..cfg.step_workers).map(|_| ReadySet::default()).collect(),
+            apply_ready: (0..cfg.apply_workers)
+                .map(|_| ReadySet::default())
+                .collect(),
+            snapshot_jobs: Mutex::new(Default::default()),
+            snapshot_ready: ReadySet::default(),
+            cfg,
+            fs,
+            logdb,
+            transport,
+            replicas: RwLock::new(HashMap::new()),
+            learned: RwLock::new(HashMap::new()),
+            now: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+            rng: Mutex::new(Rng::new(seed)),
+            listener,
+            metrics: Metrics::default(),
+            receivers: Mutex::new(BTreeMap::new()),
+            snapshot_root,
+        }
+    }
+
+    pub(crate) fn now(&self) -> u64 {
+        self.now.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// A random non-zero 64-bit id (proposal keys, client ids, read contexts).
+    pub(crate) fn random_id(&self) -> u64 {
+        let mut rng = self.rng.lock();
+        loop {
+            let v = rng.next_u64();
+            if v != 0 && v < longship_raft::SERIES_ID_REGISTER {
+                return v;
+            }
+        }
+    }
+
+    pub(crate) fn replica(&self, shard: ShardId) -> Option<ReplicaRef> {
+        self.replicas.read().get(&shard).cloned()
+    }
+
+    pub(crate) fn step_worker_of(&self, shard: ShardId) -> usize {
+        (shard.0 % self.step_ready.len() as u64) as usize
+    }
+
+    pub(crate) fn apply_worker_of(&self, shard: ShardId) -> usize {
+        (shard.0 % self.apply_ready.len() as u64) as usize
+    }
+
+    pub(crate) fn mark_step(&self, shard: ShardId) {
+        self.step_ready[self.step_worker_of(shard)].mark(shard);
+    }
+
+    pub(crate) fn mark_apply(&self, shard: ShardId) {
+        self.apply_ready[self.apply_worker_of(shard)].mark(shard);
+    }
+
+    pub(crate) fn push_snapshot_job(&self, job: SnapshotJob) -> bool {
+        let mut q = self.snapshot_jobs.lock();
+        if q.len() >= MAX_SNAPSHOT_JOBS {
+            return false;
+        }
+        q.push_back(job);
+        drop(q);
+        self.snapshot_ready.mark(ShardId(0));
+        true
+    }
+
+    /// Advances logical time by one tick: every replica gets a tick.
+    pub(crate) fn tick(&self) {
+        self.now.fetch_add(1, Ordering::AcqRel);
+        let replicas: Vec<ReplicaRef> = self.replicas.read().values().cloned().collect();
+        for r in replicas {
+            r.inbox.lock().ticks += 1;
+            self.mark_step(r.shard_id);
+        }
+    }
+
+    /// The address of (shard, replica): from the replica's membership, else
+    /// from traffic received from it.
+    pub(crate) fn resolve(&self, replica: &Replica, to: ReplicaId) -> Option<String> {
+        if let Some(a) = replica.addresses.read().get(&to) {
+            return Some(a.clone());
+        }
+        self.learned.read().get(&(replica.shard_id, to)).cloned()
+    }
+
+    /// Queues a message for a local replica (bounded; drops when full).
+    pub(crate) fn deliver_local(&self, m: Message) -> bool {
+        let Some(r) = self.replica(m.shard_id) else {
+            Metrics::add(&self.metrics.messages_dropped, 1);
+            return false;
+        };
+        if (m.to != r.replica_id && !m.msg_type.is_local()) || r.is_closed() {
+            Metrics::add(&self.metrics.messages_dropped, 1);
+            return false;
+        }
+        {
+            let mut inbox = r.inbox.lock();
+            if inbox.messages.len() >= self.cfg.max_inbound_queue {
+                Metrics::add(&self.metrics.messages_dropped, 1);
+                return false;
+            }
+            inbox.messages.push(m);
+        }
+        self.mark_step(r.shard_id);
+        true
+    }
+
+    fn receiver_key(c: &SnapshotChunk) -> ReceiverKey {
+        (c.shard_id, c.to, c.from, c.index.0)
+    }
+
+    fn receive_chunk(&self, chunk: SnapshotChunk) -> Result<(), String> {
+        if chunk.deployment_id != self.cfg.deployment_id {
+            return Err(format!(
+                "snapshot chunk from deployment {}",
+                chunk.deployment_id
+            ));
+        }
+        let r = self
+            .replica(chunk.shard_id)
+            .filter(|r| r.replica_id == chunk.to && !r.is_closed())
+            .ok_or_else(|| {
+                format!(
+                    "snapshot for unknown replica {}/{}",
+                    chunk.shard_id, chunk.to
+                )
+            })?;
+        let key = Host::receiver_key(&chunk);
+        let mut receivers = self.receivers.lock();
+        if chunk.chunk_id == 0 {
+            receivers.remove(&key);
+            if receivers.len() >= MAX_SNAPSHOT_RECEIVERS {
+                return Err("too many snapshot streams".into());
+            }
+            let path = r.snapshots.dir().to_path_buf();
+            let info = SnapshotInfo::decode(&chunk.info, &path).map_err(|e| e.to_string())?;
+            if info.meta.index != chunk.index || info.shard != chunk.shard_id {
+                return Err("snapshot chunk does not match its description".into());
+            }
+            let rx = r.snapshots.begin_receive(info).map_err(|e| e.to_string())?;
+            receivers.insert(key, rx);
+        }
+        let Some(rx) = receivers.get_mut(&key) else {
+            return Err("snapshot chunk without a stream".into());
+        };
+        if !chunk.data.is_empty() {
+            if let Err(e) = rx.write_chunk(&chunk.file_name, chunk.offset, &chunk.data) {
+                receivers.remove(&key);
+                return Err(e.to_string());
+            }
+        }
+        if !chunk.last {
+            return Ok(());
+        }
+        let rx = receivers.remove(&key).expect("present");
+        drop(receivers);
+        let info = rx.finish().map_err(|e| e.to_string())?;
+        let mut d = Decoder::new(&chunk.message, Limits::default());
+        let m = decode_message(&mut d).map_err(|e| e.to_string())?;
+        if m.msg_type != MessageType::InstallSnapshot
+            || m.snapshot.as_ref().map(|s| s.index) != Some(info.meta.index)
+        {
+            return Err("snapshot stream ends without its InstallSnapshot message".into());
+        }
+        Metrics::add(&self.metrics.snapshots_received, 1);
+        if let Some(l) = &self.listener {
+            l.snapshot_received(crate::events::SnapshotInfo {
+                shard_id: chunk.shard_id,
+                replica_id: chunk.to,
+                index: chunk.index,
+            });
+        }
+        self.deliver_local(m);
+        Ok(())
+    }
+}
+
+/// The NodeHost side of the transport.
+pub(crate) struct Handler(pub(crate) Arc<Host>);
+
+impl MessageHandler for Handler {
+    fn handle_batch(&self, batch: MessageBatch) {
+        let host = &self.0;
+        if batch.deployment_id != host.cfg.deployment_id {
+            tracing::warn!(from = %batch.source_address, "dropping a batch from another deployment");
+            Metrics::add(&host.metrics.messages_dropped, batch.messages.len() as u64);
+            return;
+        }
+        Metrics::add(&host.metrics.messages_received, batch.messages.len() as u64);
+        for m in batch.messages {
+            if m.msg_type.is_local() {
+                Metrics::add(&host.metrics.messages_dropped, 1);
+                continue;
+            }
+            if !batch.source_address.is_empty() {
+                let key = (m.shard_id, m.from);
+                let known = host
+                    .learned
+                    .read()
+                    .get(&key)
+                    .is_some_and(|a| *a == batch.source_address);
+                if !known {
+                    host.learned
+                        .write()
+                        .insert(key, batch.source_address.clone());
+                }
+            }
+            host.deliver_local(m);
+        }
+    }
+
+    fn handle_snapshot_chunk(&self, chunk: SnapshotChunk) -> bool {
+        match self.0.receive_chunk(chunk) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "snapshot chunk refused");
+                false
+            }
+        }
+    }
+
+    fn handle_unreachable(&self, _address: &str, targets: &[(ShardId, ReplicaId)]) {
+        for &(shard, replica) in targets {
+            if let Some(r) = self.0.replica(shard) {
+                let m = Message::new(MessageType::Unreachable, shard, replica, r.replica_id);
+                self.0.deliver_local(m);
+            }
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Counters of a NodeHost, readable as Prometheus text.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// NodeHost counters (monotonic) and gauges.
+        #[derive(Default, Debug)]
+        pub struct Metrics {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        impl Metrics {
+            /// All counters as (name, value).
+            pub fn values(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters!(
+    /// Proposals accepted into a proposal queue.
+    proposals,
+    /// Proposals refused because a queue or the in-memory log was full.
+    proposals_busy,
+    /// Proposals dropped (no leader, transfer).
+    proposals_dropped,
+    /// Entries applied to state machines.
+    entries_applied,
+    /// Entries persisted by step workers.
+    entries_persisted,
+    /// `save_raft_state` calls (one fsync each).
+    persist_batches,
+    /// Elections won by replicas of this host.
+    elections_won,
+    /// Read-index requests served.
+    reads,
+    /// Messages sent.
+    messages_sent,
+    /// Messages received.
+    messages_received,
+    /// Received messages dropped (unknown shard or replica, wrong deployment, full queue).
+    messages_dropped,
+    /// Snapshots saved locally.
+    snapshots_saved,
+    /// Snapshots received from leaders.
+    snapshots_received,
+    /// Snapshot bytes streamed to followers.
+    snapshot_bytes_sent,
+    /// Step worker cycles.
+    step_cycles,
+);
+
+impl Metrics {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The counters in Prometheus text exposition format.
+    pub fn prometheus_text(&self) -> String {
+        let mut out = String::new();
+        for (name, v) in self.values() {
+            let _ = writeln!(out, "# TYPE longship_{name} counter");
+            let _ = writeln!(out, "longship_{name} {v}");
+        }
+        out
+    }
+}

@@ -1,0 +1,1263 @@
+//! [`NodeHost`]: the API. One per server; hosts replicas of many shards
+//! that share one log storage, one transport and the worker pools.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use longship_raft::codec::encode_config_change;
+use longship_raft::{
+    ConfigChange, ConfigChangeType, Entry, EntryType, HardState, Index, Membership, Raft,
+    ReplicaId, ShardId, Term, bootstrap_entries,
+};
+use longship_storage::logdb::{LogDb, MemLogDb, ReplicaLog, Update as LogUpdate, Wal, WalOptions};
+use longship_storage::snapshot::SnapshotStore;
+use longship_storage::vfs::{FileSystem, OsFs};
+use longship_transport::Transport;
+use parking_lot::Mutex;
+
+use crate::config::{Config, NodeHostConfig};
+use crate::engine::{ApplyWorker, SnapshotWorker, StepWorker, recover_from_store};
+use crate::error::{Error, Result};
+use crate::events::EventListener;
+use crate::host::{Handler, Host, SnapshotJob};
+use crate::metrics::Metrics;
+use crate::replica::{
+    ApplyTask, Command, CoreState, Inbox, Pending, PendingConfigChange, PendingProposal, Replica,
+    ReplicaRef,
+};
+use crate::request::{RequestHandle, request};
+use crate::rsm::{Rsm, UserSm};
+use crate::session::Session;
+use crate::sm::{ConcurrentStateMachine, OnDiskStateMachine, SmResult, StateMachine, StopFlag};
+
+/// Options of a requested snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotOption {
+    /// Also export the snapshot to this directory (a copy the repair tool can import).
+    pub export_path: Option<PathBuf>,
+    /// Entries to keep in the log behind this snapshot instead of the
+    /// replica's `compaction_overhead`.
+    pub compaction_overhead: Option<u64>,
+}
+
+/// Leadership as known by the local replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaderId {
+    /// The leader (`ReplicaId::NONE` when unknown).
+    pub leader_id: ReplicaId,
+    /// Its term.
+    pub term: Term,
+    /// Whether a leader is known.
+    pub valid: bool,
+}
+
+/// A shard's membership, as returned by [`NodeHost::sync_get_shard_membership`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MembershipInfo {
+    /// Index of the config change that produced it; pass it to the next
+    /// ordered membership change.
+    pub config_change_id: Index,
+    /// Voting replicas and their addresses.
+    pub voters: BTreeMap<ReplicaId, String>,
+    /// Non-voting replicas.
+    pub non_votings: BTreeMap<ReplicaId, String>,
+    /// Witnesses.
+    pub witnesses: BTreeMap<ReplicaId, String>,
+    /// Removed replica ids (never usable again).
+    pub removed: BTreeSet<ReplicaId>,
+}
+
+impl From<&Membership> for MembershipInfo {
+    fn from(m: &Membership) -> Self {
+        MembershipInfo {
+            config_change_id: m.config_change_id,
+            voters: m.voters.clone(),
+            non_votings: m.non_votings.clone(),
+            witnesses: m.witnesses.clone(),
+            removed: m.removed.clone(),
+        }
+    }
+}
+
+/// One replica in [`NodeHostInfo`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardInfo {
+    /// The shard.
+    pub shard_id: ShardId,
+    /// The local replica.
+    pub replica_id: ReplicaId,
+    /// Known leader.
+    pub leader_id: ReplicaId,
+    /// Term of the known leader.
+    pub term: Term,
+    /// Whether the local replica leads.
+    pub is_leader: bool,
+    /// Applied index.
+    pub applied: Index,
+    /// Index of the newest snapshot.
+    pub snapshot_index: Index,
+    /// Whether the replica stopped after a failure.
+    pub failed: bool,
+}
+
+/// What a NodeHost hosts, from [`NodeHost::get_node_host_info`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeHostInfo {
+    /// The host's raft address.
+    pub raft_address: String,
+    /// Running replicas.
+    pub shards: Vec<ShardInfo>,
+    /// Replicas with data in log storage (running or not): (shard, replica, first index, last index).
+    pub log_info: Vec<(ShardId, ReplicaId, Index, Index)>,
+}
+
+/// Directories held by NodeHosts of this process (a second NodeHost on the
+/// same directory is refused even on file systems without OS locks).
+fn held_dirs() -> &'static Mutex<HashSet<PathBuf>> {
+    static HELD: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
+    HELD.get_or_init(|| Mutex::new(HashSet::new()))
+}
+
+/// Builds a [`NodeHost`] with injected parts (transport, file system, log
+/// storage), and chooses between worker threads and manual stepping.
+pub struct NodeHostBuilder {
+    cfg: NodeHostConfig,
+    transport: Option<Arc<dyn Transport>>,
+    fs: Option<Arc<dyn FileSystem>>,
+    logdb: Option<Arc<dyn LogDb>>,
+    listener: Option<Arc<dyn EventListener>>,
+    manual: bool,
+}
+
+impl NodeHostBuilder {
+    /// The transport to use (required until the TCP transport is the default).
+    pub fn transport(mut self, t: Arc<dyn Transport>) -> Self {
+        self.transport = Some(t);
+        self
+    }
+
+    /// The file system for log storage, snapshots and the lock (default: the OS).
+    pub fn file_system(mut self, fs: Arc<dyn FileSystem>) -> Self {
+        self.fs = Some(fs);
+        self
+    }
+
+    /// Log storage (default: the write-ahead log in `wal_dir`).
+    pub fn log_db(mut self, db: Arc<dyn LogDb>) -> Self {
+        self.logdb = Some(db);
+        self
+    }
+
+    /// In-memory log storage (tests; nothing survives `close`).
+    pub fn mem_log_db(self) -> Self {
+        self.log_db(Arc::new(MemLogDb::new()))
+    }
+
+    /// An event listener.
+    pub fn event_listener(mut self, l: Arc<dyn EventListener>) -> Self {
+        self.listener = Some(l);
+        self
+    }
+
+    /// No threads: the caller drives the NodeHost with
+    /// [`NodeHost::run_once`] and [`NodeHost::tick`] (the simulator).
+    pub fn manual(mut self) -> Self {
+        self.manual = true;
+        self
+    }
+
+    /// Creates the NodeHost.
+    pub fn build(self) -> Result<NodeHost> {
+        let cfg = self.cfg;
+        cfg.validate()?;
+        let transport = self.transport.ok_or_else(|| {
+            Error::invalid_config(
+                "transport",
+                "no transport given (NodeHost::builder(..).transport(..))",
+            )
+        })?;
+        if transport.local_address() != cfg.raft_address {
+            return Err(Error::invalid_config(
+                "raft_address",
+                "differs from the transport's address",
+            ));
+        }
+        let os_fs = self.fs.is_none();
+        let fs: Arc<dyn FileSystem> = self.fs.unwrap_or_else(|| Arc::new(OsFs::new()));
+        fs.create_dir_all(&cfg.node_host_dir)?;
+        let lock = DirLock::acquire(&cfg.node_host_dir, os_fs)?;
+        let logdb: Arc<dyn LogDb> = match self.logdb {
+            Some(db) => db,
+            None => Arc::new(Wal::open(
+                fs.clone(),
+                &cfg.wal_dir(),
+                WalOptions::default(),
+            )?),
+        };
+        let seed = cfg.seed.unwrap_or_else(os_seed);
+        let host = Arc::new(Host::new(
+            cfg,
+            fs,
+            logdb,
+            transport.clone(),
+            self.listener,
+            seed,
+        ));
+        transport.start(Arc::new(Handler(host.clone())))?;
+        let nh = NodeHost {
+            host,
+            threads: Mutex::new(Vec::new()),
+            _lock: lock,
+            closed: AtomicBool::new(false),
+        };
+        if !self.manual {
+            nh.spawn_threads();
+        }
+        Ok(nh)
+    }
+}
+
+fn os_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.write_u64(std::process::id() as u64);
+    h.finish()
+}
+
+/// The exclusive hold of a NodeHost directory.
+struct DirLock {
+    dir: PathBuf,
+    _file: Option<std::fs::File>,
+}
+
+impl DirLock {
+    fn acquire(dir: &Path, os: bool) -> Result<DirLock> {
+        let canonical = if os {
+            dir.canonicalize()?
+        } else {
+            dir.to_path_buf()
+        };
+        if !held_dirs().lock().insert(canonical.clone()) {
+            return Err(Error::DirLocked(dir.to_path_buf()));
+        }
+        let file = if os {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join("LOCK"));
+            let f = match f {
+                Ok(f) => f,
+                Err(e) => {
+                    held_dirs().lock().remove(&canonical);
+                    return Err(e.into());
+                }
+            };
+            if f.try_lock().is_err() {
+                held_dirs().lock().remove(&canonical);
+                return Err(Error::DirLocked(dir.to_path_buf()));
+            }
+            Some(f)
+        } else {
+            None
+        };
+        Ok(DirLock {
+            dir: canonical,
+            _file: file,
+        })
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        held_dirs().lock().remove(&self.dir);
+    }
+}
+
+/// Hosts replicas of many shards. See the crate documentation.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use longship::{Config, NodeHost, NodeHostConfig, SmEntry, SmError, StateMachine, StopFlag};
+/// use longship_transport::MemNetwork;
+///
+/// /// Counts the proposals it applied.
+/// #[derive(Default)]
+/// struct Counter(u64);
+///
+/// impl StateMachine for Counter {
+///     fn update(&mut self, entries: &mut [SmEntry]) -> Result<(), SmError> {
+///         for e in entries {
+///             self.0 += 1;
+///             e.result.value = self.0;
+///         }
+///         Ok(())
+///     }
+///     fn lookup(&self, _query: &[u8]) -> Result<Vec<u8>, SmError> {
+///         Ok(self.0.to_le_bytes().to_vec())
+///     }
+///     fn save_snapshot(&self, w: &mut dyn std::io::Write, _: &StopFlag) -> Result<(), SmError> {
+///         Ok(w.write_all(&self.0.to_le_bytes())?)
+///     }
+///     fn recover_from_snapshot(&mut self, r: &mut dyn std::io::Read, _: &StopFlag) -> Result<(), SmError> {
+///         let mut b = [0u8; 8];
+///         r.read_exact(&mut b)?;
+///         self.0 = u64::from_le_bytes(b);
+///         Ok(())
+///     }
+/// }
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let net = MemNetwork::new();
+/// let cfg = NodeHostConfig {
+///     node_host_dir: dir.path().to_path_buf(),
+///     rtt_ms: 5,
+///     raft_address: "host1:1".into(),
+///     ..NodeHostConfig::default()
+/// };
+/// let nh = NodeHost::builder(cfg).transport(Arc::new(net.transport("host1:1"))).build().unwrap();
+/// let members = [(1, "host1:1".to_string())].into_iter().collect();
+/// nh.start_replica(members, false, |_, _| Box::new(Counter::default()), Config::new(100, 1)).unwrap();
+/// let mut session = nh.get_noop_session(100.into());
+/// let timeout = Duration::from_secs(5);
+/// let result = loop {
+///     match nh.sync_propose(&mut session, b"hello".to_vec(), timeout) {
+///         Ok(r) => break r,
+///         Err(e) if e.is_temporary() => std::thread::sleep(Duration::from_millis(10)),
+///         Err(e) => panic!("{e}"),
+///     }
+/// };
+/// assert_eq!(result.value, 1);
+/// let count = nh.sync_read(100.into(), b"", timeout).unwrap();
+/// assert_eq!(count, 1u64.to_le_bytes());
+/// nh.close();
+/// ```
+pub struct NodeHost {
+    host: Arc<Host>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    _lock: DirLock,
+    closed: AtomicBool,
+}
+
+/// Which kind of state machine a replica runs.
+enum SmFactory {
+    Regular(Box<dyn StateMachine>),
+    Concurrent(Box<dyn ConcurrentStateMachine>),
+    OnDisk(Box<dyn OnDiskStateMachine>),
+}
+
+impl NodeHost {
+    /// A builder for a NodeHost with `cfg`.
+    pub fn builder(cfg: NodeHostConfig) -> NodeHostBuilder {
+        NodeHostBuilder {
+            cfg,
+            transport: None,
+            fs: None,
+            logdb: None,
+            listener: None,
+            manual: false,
+        }
+    }
+
+    /// The raft address of this host.
+    pub fn raft_address(&self) -> &str {
+        &self.host.cfg.raft_address
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NodeHostConfig {
+        &self.host.cfg
+    }
+
+    /// The counters of this host.
+    pub fn metrics(&self) -> &Metrics {
+        &self.host.metrics
+    }
+
+    fn spawn_threads(&self) {
+        let mut threads = self.threads.lock();
+        let idle = Duration::from_millis(self.host.cfg.rtt_ms.max(1));
+        for id in 0..self.host.cfg.step_workers {
+            let w = StepWorker {
+                host: self.host.clone(),
+                id,
+            };
+            threads.push(spawn(format!("ls-step-{id}"), move || {
+                while !w.host.is_stopped() {
+                    if !w.run_once() {
+                        w.host.step_ready[id].wait(idle);
+                    }
+                }
+            }));
+        }
+        for id in 0..self.host.cfg.apply_workers {
+            let w = ApplyWorker {
+                host: self.host.clone(),
+                id,
+            };
+            threads.push(spawn(format!("ls-apply-{id}"), move || {
+                while !w.host.is_stopped() {
+                    if !w.run_once() {
+                        w.host.apply_ready[id].wait(idle);
+                    }
+                }
+            }));
+        }
+        for id in 0..self.host.cfg.snapshot_workers {
+            let w = SnapshotWorker {
+                host: self.host.clone(),
+            };
+            threads.push(spawn(format!("ls-snap-{id}"), move || {
+                while !w.host.is_stopped() {
+                    if !w.run_once() {
+                        w.host.snapshot_ready.wait(idle);
+                    }
+                }
+            }));
+        }
+        let host = self.host.clone();
+        threads.push(spawn("ls-ticker".into(), move || {
+            let rtt = Duration::from_millis(host.cfg.rtt_ms);
+            let mut next = Instant::now() + rtt;
+            while !host.is_stopped() {
+                let now = Instant::now();
+                if now < next {
+                    std::thread::sleep((next - now).min(Duration::from_millis(50)));
+                    continue;
+                }
+                next += rtt;
+                host.tick();
+            }
+        }));
+    }
+
+    /// Manual mode: runs every worker once. Returns whether any did work.
+    pub fn run_once(&self) -> bool {
+        let mut any = false;
+        for id in 0..self.host.step_ready.len() {
+            any |= StepWorker {
+                host: self.host.clone(),
+                id,
+            }
+            .run_once();
+        }
+        for id in 0..self.host.apply_ready.len() {
+            any |= ApplyWorker {
+                host: self.host.clone(),
+                id,
+            }
+            .run_once();
+        }
+        any |= SnapshotWorker {
+            host: self.host.clone(),
+        }
+        .run_once();
+        any
+    }
+
+    /// Manual mode: advances logical time by one RTT.
+    pub fn tick(&self) {
+        self.host.tick();
+    }
+
+    // ------------------------------------------------------------ lifecycle
+
+    /// Starts a replica with an in-memory [`StateMachine`].
+    ///
+    /// `initial_members` (replica id → raft address) bootstraps a new shard
+    /// and must contain this replica; it is ignored when the replica
+    /// restarts from data on this host. `join` starts a replica that was
+    /// added to an existing shard (`initial_members` must then be empty).
+    pub fn start_replica<F>(
+        &self,
+        initial_members: BTreeMap<u64, String>,
+        join: bool,
+        create: F,
+        cfg: Config,
+    ) -> Result<()>
+    where
+        F: FnOnce(ShardId, ReplicaId) -> Box<dyn StateMachine>,
+    {
+        let sm = create(cfg.shard_id, cfg.replica_id);
+        self.start(initial_members, join, SmFactory::Regular(sm), cfg)
+    }
+
+    /// Starts a replica with a [`ConcurrentStateMachine`].
+    pub fn start_concurrent_replica<F>(
+        &self,
+        initial_members: BTreeMap<u64, String>,
+        join: bool,
+        create: F,
+        cfg: Config,
+    ) -> Result<()>
+    where
+        F: FnOnce(ShardId, ReplicaId) -> Box<dyn ConcurrentStateMachine>,
+    {
+        let sm = create(cfg.shard_id, cfg.replica_id);
+        self.start(initial_members, join, SmFactory::Concurrent(sm), cfg)
+    }
+
+    /// Starts a replica with an [`OnDiskStateMachine`].
+    pub fn start_on_disk_replica<F>(
+        &self,
+        initial_members: BTreeMap<u64, String>,
+        join: bool,
+        create: F,
+        cfg: Config,
+    ) -> Result<()>
+    where
+        F: FnOnce(ShardId, ReplicaId) -> Box<dyn OnDiskStateMachine>,
+    {
+        let sm = create(cfg.shard_id, cfg.replica_id);
+        self.start(initial_members, join, SmFactory::OnDisk(sm), cfg)
+    }
+
+    fn start(
+        &self,
+        initial_members: BTreeMap<u64, String>,
+        join: bool,
+        sm: SmFactory,
+        cfg: Config,
+    ) -> Result<()> {
+        let host = &self.host;
+        if host.is_stopped() {
+            return Err(Error::Stopped);
+        }
+        cfg.validate()?;
+        let (shard, me) = (cfg.shard_id, cfg.replica_id);
+        if host.replicas.read().contains_key(&shard) {
+            return Err(Error::ShardAlreadyExists(shard));
+        }
+        let stored = host.logdb.read_state(shard, me);
+        if stored.is_none() {
+            if join {
+                if !initial_members.is_empty() {
+                    return Err(Error::invalid_config(
+                        "initial_members",
+                        "must be empty when joining",
+                    ));
+                }
+            } else {
+                if cfg.is_witness || cfg.is_non_voting {
+                    return Err(Error::invalid_config(
+                        "join",
+                        "witness and non-voting replicas are added to a shard and started with join",
+                    ));
+                }
+                if !initial_members.contains_key(&me.0) {
+                    return Err(Error::invalid_config(
+                        "initial_members",
+                        "must contain this replica",
+                    ));
+                }
+                if initial_members.contains_key(&0) {
+                    return Err(Error::invalid_config(
+                        "initial_members",
+                        "replica id 0 is reserved",
+                    ));
+                }
+                for a in initial_members.values() {
+                    if a.is_empty() || a.len() > 255 {
+                        return Err(Error::invalid_config(
+                            "initial_members",
+                            "addresses must be 1..=255 bytes",
+                        ));
+                    }
+                }
+                let membership =
+                    Membership::with_voters(initial_members.iter().map(|(id, a)| (*id, a.clone())));
+                let (entries, hard_state) = bootstrap_entries(&membership);
+                host.logdb.save_raft_state(&[LogUpdate {
+                    shard_id: shard,
+                    replica_id: me,
+                    entries,
+                    hard_state: Some(hard_state),
+                    snapshot: None,
+                }])?;
+            }
+        }
+        let state = host.logdb.read_state(shard, me).unwrap_or_default();
+        let snapshots = SnapshotStore::open(host.fs.clone(), &host.snapshot_root, shard, me)?;
+        let stop = StopFlag::new();
+        let user_sm = match sm {
+            SmFactory::Regular(sm) => UserSm::Regular(parking_lot::RwLock::new(sm)),
+            SmFactory::Concurrent(sm) => UserSm::Concurrent(sm),
+            SmFactory::OnDisk(sm) => UserSm::OnDisk(sm),
+        };
+        let on_disk_index = match &user_sm {
+            UserSm::OnDisk(sm) => Some(sm.open(&stop).map_err(|e| Error::StateMachine(e.0))?),
+            _ => None,
+        };
+        let rsm = Rsm::new(user_sm, cfg.max_sessions, cfg.is_witness);
+        let raft_cfg = longship_raft::Config {
+            shard_id: shard,
+            replica_id: me,
+            election_rtt: cfg.election_rtt,
+            heartbeat_rtt: cfg.heartbeat_rtt,
+            check_quorum: cfg.check_quorum,
+            pre_vote: cfg.pre_vote,
+            max_uncommitted_bytes: cfg.max_in_mem_log_size,
+            seed: host.random_id(),
+            ..longship_raft::Config::default()
+        };
+        let reader = ReplicaLog::new(host.logdb.clone(), shard, me);
+        let hs: HardState = state.hard_state;
+        let snap = state.snapshot.clone();
+        let raft = Raft::new(raft_cfg, reader, hs, snap.membership.clone(), snap.index)
+            .map_err(|e| Error::invalid_config("config", e.to_string()))?;
+        let replica = Arc::new(Replica {
+            shard_id: shard,
+            replica_id: me,
+            config: cfg,
+            core: Mutex::new(CoreState {
+                raft,
+                quiesce: Default::default(),
+            }),
+            inbox: Mutex::new(Inbox::default()),
+            pending: Mutex::new(Pending::default()),
+            apply_queue: Mutex::new(VecDeque::new()),
+            rsm,
+            snapshots,
+            applied_index: AtomicU64::new(0),
+            snapshot_index: AtomicU64::new(0),
+            snapshotting: AtomicBool::new(false),
+            leader_id: AtomicU64::new(0),
+            leader_term: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            stop,
+            failed: Mutex::new(None),
+            unloaded: AtomicBool::new(false),
+            compaction_override: AtomicU64::new(u64::MAX),
+            apply_lock: Mutex::new(()),
+            addresses: Default::default(),
+            addresses_version: AtomicU64::new(u64::MAX),
+        });
+        if !snap.is_empty() {
+            recover_from_store(&replica, &snap)?;
+            replica.applied_index.store(snap.index.0, Ordering::Release);
+            replica
+                .snapshot_index
+                .store(snap.index.0, Ordering::Release);
+        }
+        if let Some(i) = on_disk_index {
+            replica.rsm.set_on_disk_index(i);
+        }
+        {
+            let mut map = host.replicas.write();
+            if map.contains_key(&shard) {
+                return Err(Error::ShardAlreadyExists(shard));
+            }
+            map.insert(shard, replica.clone());
+        }
+        host.mark_step(shard);
+        if let Some(l) = &host.listener {
+            l.replica_ready(shard, me);
+        }
+        Ok(())
+    }
+
+    /// Stops the local replica of `shard` (its data stays; it can be restarted).
+    pub fn stop_shard(&self, shard: ShardId) -> Result<()> {
+        let r = self
+            .host
+            .replicas
+            .write()
+            .remove(&shard)
+            .ok_or(Error::ShardNotFound(shard))?;
+        self.unload(&r);
+        Ok(())
+    }
+
+    /// Stops the local replica `replica` of `shard`.
+    pub fn stop_replica(&self, shard: ShardId, replica: ReplicaId) -> Result<()> {
+        let r = self
+            .host
+            .replica(shard)
+            .ok_or(Error::ShardNotFound(shard))?;
+        if r.replica_id != replica {
+            return Err(Error::ShardNotFound(shard));
+        }
+        self.stop_shard(shard)
+    }
+
+    fn unload(&self, r: &Replica) {
+        r.closed.store(true, Ordering::Release);
+        r.stop.set();
+        r.pending.lock().terminate();
+        let _g = r.apply_lock.lock();
+        if !r.unloaded.swap(true, Ordering::AcqRel) {
+            r.rsm.sm.close();
+            if let Some(l) = &self.host.listener {
+                l.replica_unloaded(r.shard_id, r.replica_id);
+            }
+        }
+    }
+
+    /// Stops every replica and the workers; the NodeHost cannot be used
+    /// afterwards. Everything acknowledged is durable.
+    pub fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.host.stopped.store(true, Ordering::Release);
+        for w in &self.host.step_ready {
+            w.wake();
+        }
+        for w in &self.host.apply_ready {
+            w.wake();
+        }
+        self.host.snapshot_ready.wake();
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+        self.host.transport.close();
+        let replicas: Vec<ReplicaRef> =
+            self.host.replicas.write().drain().map(|(_, r)| r).collect();
+        for r in replicas {
+            self.unload(&r);
+        }
+        if let Err(e) = self.host.logdb.close() {
+            tracing::warn!(error = %e, "closing log storage");
+        }
+    }
+
+    // ------------------------------------------------------------ requests
+
+    fn replica_for(&self, shard: ShardId) -> Result<ReplicaRef> {
+        if self.host.is_stopped() {
+            return Err(Error::Stopped);
+        }
+        let r = self
+            .host
+            .replica(shard)
+            .ok_or(Error::ShardNotFound(shard))?;
+        if r.is_closed() || r.failed.lock().is_some() {
+            return Err(Error::ShardClosed);
+        }
+        Ok(r)
+    }
+
+    fn deadline(&self, timeout: Duration) -> Result<u64> {
+        let rtt = self.host.cfg.rtt_ms;
+        let ms = timeout.as_millis() as u64;
+        if ms < rtt {
+            return Err(Error::TimeoutTooSmall { rtt_ms: rtt });
+        }
+        Ok(self.host.now() + ms.div_ceil(rtt) + 1)
+    }
+
+    /// Proposes `cmd` to the shard of `session`. The returned handle
+    /// completes with the state machine's result once the entry is applied
+    /// on this replica. After a completed proposal with a real session,
+    /// call [`Session::proposal_completed`].
+    pub fn propose(
+        &self,
+        session: &Session,
+        cmd: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<RequestHandle<SmResult>> {
+        let r = self.replica_for(session.shard_id)?;
+        propose_on(
+            &self.host,
+            &r,
+            session,
+            cmd.into(),
+            timeout,
+            self.deadline(timeout)?,
+        )
+    }
+
+    /// Proposes and waits for the result; advances the session on success.
+    pub fn sync_propose(
+        &self,
+        session: &mut Session,
+        cmd: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<SmResult> {
+        let result = self.propose(session, cmd, timeout)?.wait()?;
+        session.proposal_completed();
+        Ok(result)
+    }
+
+    /// Registers a new client session with the shard (thesis §6.3).
+    pub fn sync_get_session(&self, shard: ShardId, timeout: Duration) -> Result<Session> {
+        let r = self.replica_for(shard)?;
+        let mut s = Session::new(shard, self.host.random_id());
+        s.prepare_for_register();
+        let h = propose_raw(&self.host, &r, &s, Bytes::new(), self.deadline(timeout)?)?;
+        h.wait()?;
+        s.prepare_for_propose();
+        Ok(s)
+    }
+
+    /// Unregisters a client session.
+    pub fn sync_close_session(&self, session: &mut Session, timeout: Duration) -> Result<()> {
+        if session.is_noop() {
+            return Ok(());
+        }
+        let r = self.replica_for(session.shard_id)?;
+        let mut s = session.clone();
+        s.prepare_for_unregister();
+        propose_raw(&self.host, &r, &s, Bytes::new(), self.deadline(timeout)?)?.wait()?;
+        Ok(())
+    }
+
+    /// A session without de-duplication, for idempotent state machines.
+    pub fn get_noop_session(&self, shard: ShardId) -> Session {
+        Session::noop(shard)
+    }
+
+    /// Starts a linearizable read (ReadIndex, thesis §6.4). When the handle
+    /// completes, [`read_local`](Self::read_local) returns a linearizable answer.
+    pub fn read_index(&self, shard: ShardId, timeout: Duration) -> Result<RequestHandle<Index>> {
+        let r = self.replica_for(shard)?;
+        read_index_on(&self.host, &r, self.deadline(timeout)?)
+    }
+
+    /// Queries the local state machine (after a completed `read_index`).
+    pub fn read_local(&self, shard: ShardId, query: &[u8]) -> Result<Vec<u8>> {
+        let r = self.replica_for(shard)?;
+        r.rsm.sm.lookup(query).map_err(|e| Error::StateMachine(e.0))
+    }
+
+    /// A linearizable read: `read_index`, wait, `read_local`.
+    pub fn sync_read(&self, shard: ShardId, query: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+        self.read_index(shard, timeout)?.wait()?;
+        self.read_local(shard, query)
+    }
+
+    /// Queries the local state machine without any consistency guarantee.
+    pub fn stale_read(&self, shard: ShardId, query: &[u8]) -> Result<Vec<u8>> {
+        self.read_local(shard, query)
+    }
+
+    // ------------------------------------------------------------ membership
+
+    fn config_change(
+        &self,
+        shard: ShardId,
+        change_type: ConfigChangeType,
+        replica_id: ReplicaId,
+        address: String,
+        config_change_index: u64,
+        timeout: Duration,
+    ) -> Result<RequestHandle<()>> {
+        let r = self.replica_for(shard)?;
+        if replica_id.is_none() {
+            return Err(Error::invalid_config("replica_id", "must be non-zero"));
+        }
+        if change_type != ConfigChangeType::RemoveReplica
+            && (address.is_empty() || address.len() > 255)
+        {
+            return Err(Error::invalid_config("address", "must be 1..=255 bytes"));
+        }
+        let deadline = self.deadline(timeout)?;
+        let cc = ConfigChange {
+            change_type,
+            replica_id,
+            address,
+            config_change_id: Index(if r.config.ordered_config_change {
+                config_change_index
+            } else {
+                0
+            }),
+        };
+        let key = self.host.random_id();
+        let entry = Entry {
+            entry_type: EntryType::ConfigChange,
+            key,
+            cmd: encode_config_change(&cc).into(),
+            ..Entry::default()
+        };
+        let (handle, completer) = request();
+        r.pending.lock().config_changes.insert(
+            key,
+            PendingConfigChange {
+                completer,
+                deadline,
+            },
+        );
+        {
+            let mut inbox = r.inbox.lock();
+            if inbox.config_changes.len() >= 64 {
+                drop(inbox);
+                r.pending.lock().config_changes.remove(&key);
+                return Err(Error::SystemBusy);
+            }
+            inbox.config_changes.push(entry);
+        }
+        self.host.mark_step(shard);
+        Ok(handle)
+    }
+
+    /// Adds a voting replica, or promotes a non-voting one.
+    /// `config_change_index` is the `config_change_id` of the membership the
+    /// change is based on (checked with `ordered_config_change`).
+    pub fn request_add_replica(
+        &self,
+        shard: ShardId,
+        replica_id: ReplicaId,
+        address: impl Into<String>,
+        config_change_index: u64,
+        timeout: Duration,
+    ) -> Result<RequestHandle<()>> {
+        self.config_change(
+            shard,
+            ConfigChangeType::AddReplica,
+            replica_id,
+            address.into(),
+            config_change_index,
+            timeout,
+        )
+    }
+
+    /// Promotes a non-voting replica to voter (its address is kept).
+    pub fn request_promote_non_voting(
+        &self,
+        shard: ShardId,
+        replica_id: ReplicaId,
+        config_change_index: u64,
+        timeout: Duration,
+    ) -> Result<RequestHandle<()>> {
+        let m = self.replica_for(shard)?.rsm.applied().membership;
+        let addr = m.non_votings.get(&replica_id).cloned().ok_or_else(|| {
+            Error::Rejected(format!("replica {replica_id} is not a non-voting member"))
+        })?;
+        self.request_add_replica(shard, replica_id, addr, config_change_index, timeout)
+    }
+
+    /// Removes a replica for good.
+    pub fn request_delete_replica(
+        &self,
+        shard: ShardId,
+        replica_id: ReplicaId,
+        config_change_index: u64,
+        timeout: Duration,
+    ) -> Result<RequestHandle<()>> {
+        self.config_change(
+            shard,
+            ConfigChangeType::RemoveReplica,
+            replica_id,
+            String::new(),
+            config_change_index,
+            timeout,
+        )
+    }
+
+    /// Adds a non-voting replica.
+    pub fn request_add_non_voting(
+        &self,
+        shard: ShardId,
+        replica_id: ReplicaId,
+        address: impl Into<String>,
+        config_change_index: u64,
+        timeout: Duration,
+    ) -> Result<RequestHandle<()>> {
+        self.config_change(
+            shard,
+            ConfigChangeType::AddNonVoting,
+            replica_id,
+            address.into(),
+            config_change_index,
+            timeout,
+        )
+    }
+
+    /// Adds a witness.
+    pub fn request_add_witness(
+        &self,
+        shard: ShardId,
+        replica_id: ReplicaId,
+        address: impl Into<String>,
+        config_change_index: u64,
+        timeout: Duration,
+    ) -> Result<RequestHandle<()>> {
+        self.config_change(
+            shard,
+            ConfigChangeType::AddWitness,
+            replica_id,
+            address.into(),
+            config_change_index,
+            timeout,
+        )
+    }
+
+    /// The shard's membership, read linearizably.
+    pub fn sync_get_shard_membership(
+        &self,
+        shard: ShardId,
+        timeout: Duration,
+    ) -> Result<MembershipInfo> {
+        self.read_index(shard, timeout)?.wait()?;
+        let r = self.replica_for(shard)?;
+        Ok(MembershipInfo::from(&r.rsm.applied().membership))
+    }
+
+    /// Asks the shard to move leadership to `target`.
+    pub fn request_leader_transfer(&self, shard: ShardId, target: ReplicaId) -> Result<()> {
+        let r = self.replica_for(shard)?;
+        if target.is_none() {
+            return Err(Error::invalid_config("target", "must be non-zero"));
+        }
+        {
+            let mut inbox = r.inbox.lock();
+            if inbox.commands.len() >= 64 {
+                return Err(Error::SystemBusy);
+            }
+            inbox.commands.push(Command::Transfer(target));
+        }
+        self.host.mark_step(shard);
+        Ok(())
+    }
+
+    /// The leader as known by the local replica.
+    pub fn get_leader_id(&self, shard: ShardId) -> Result<LeaderId> {
+        let r = self.replica_for(shard)?;
+        let (leader_id, term) = r.leader();
+        Ok(LeaderId {
+            leader_id,
+            term,
+            valid: !leader_id.is_none(),
+        })
+    }
+
+    /// Whether log storage holds data of (shard, replica).
+    pub fn has_node_info(&self, shard: ShardId, replica: ReplicaId) -> bool {
+        self.host.logdb.read_state(shard, replica).is_some()
+    }
+
+    /// What this host runs and stores.
+    pub fn get_node_host_info(&self) -> NodeHostInfo {
+        let mut shards: Vec<ShardInfo> = self
+            .host
+            .replicas
+            .read()
+            .values()
+            .map(|r| {
+                let (leader_id, term) = r.leader();
+                ShardInfo {
+                    shard_id: r.shard_id,
+                    replica_id: r.replica_id,
+                    leader_id,
+                    term,
+                    is_leader: leader_id == r.replica_id,
+                    applied: r.applied(),
+                    snapshot_index: Index(r.snapshot_index.load(Ordering::Acquire)),
+                    failed: r.failed.lock().is_some(),
+                }
+            })
+            .collect();
+        shards.sort_by_key(|s| s.shard_id);
+        let log_info = self
+            .host
+            .logdb
+            .list_replicas()
+            .into_iter()
+            .map(|(s, r)| {
+                (
+                    s,
+                    r,
+                    self.host.logdb.first_index(s, r),
+                    self.host.logdb.last_index(s, r),
+                )
+            })
+            .collect();
+        NodeHostInfo {
+            raft_address: self.host.cfg.raft_address.clone(),
+            shards,
+            log_info,
+        }
+    }
+
+    /// Requests a snapshot now; completes with its index.
+    pub fn request_snapshot(
+        &self,
+        shard: ShardId,
+        opt: SnapshotOption,
+        timeout: Duration,
+    ) -> Result<RequestHandle<Index>> {
+        let r = self.replica_for(shard)?;
+        let deadline = self.deadline(timeout)?;
+        let (handle, completer) = request();
+        if let Some(o) = opt.compaction_overhead {
+            r.compaction_override.store(o, Ordering::Release);
+        }
+        r.pending.lock().snapshots.push((completer, deadline, opt));
+        r.snapshotting.store(true, Ordering::Release);
+        if !self.host.push_snapshot_job(SnapshotJob::Save(shard)) {
+            return Err(Error::SystemBusy);
+        }
+        Ok(handle)
+    }
+
+    /// A handle for fast repeated requests on one shard.
+    pub fn get_node_user(&self, shard: ShardId) -> Result<NodeUser> {
+        Ok(NodeUser {
+            host: self.host.clone(),
+            replica: self.replica_for(shard)?,
+        })
+    }
+}
+
+impl Drop for NodeHost {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .expect("spawn worker thread")
+}
+
+fn propose_raw(
+    host: &Host,
+    r: &Replica,
+    session: &Session,
+    cmd: Bytes,
+    deadline: u64,
+) -> Result<RequestHandle<SmResult>> {
+    let key = host.random_id();
+    let entry = Entry {
+        entry_type: EntryType::Normal,
+        key,
+        client_id: session.client_id,
+        series_id: session.series_id,
+        responded_to: session.responded_to,
+        cmd,
+        ..Entry::default()
+    };
+    let (handle, completer) = request();
+    r.pending.lock().proposals.insert(
+        key,
+        PendingProposal {
+            completer,
+            deadline,
+        },
+    );
+    {
+        let mut inbox = r.inbox.lock();
+        if inbox.proposals.len() >= host.cfg.max_proposal_queue {
+            drop(inbox);
+            r.pending.lock().proposals.remove(&key);
+            Metrics::add(&host.metrics.proposals_busy, 1);
+            return Err(Error::SystemBusy);
+        }
+        inbox.proposals.push(entry);
+    }
+    Metrics::add(&host.metrics.proposals, 1);
+    host.mark_step(r.shard_id);
+    Ok(handle)
+}
+
+fn propose_on(
+    host: &Host,
+    r: &Replica,
+    session: &Session,
+    cmd: Bytes,
+    _timeout: Duration,
+    deadline: u64,
+) -> Result<RequestHandle<SmResult>> {
+    if cmd.len() > host.cfg.max_proposal_bytes {
+        return Err(Error::PayloadTooBig {
+            size: cmd.len(),
+            max: host.cfg.max_proposal_bytes,
+        });
+    }
+    if !session.valid_for_proposal(r.shard_id) {
+        return Err(Error::InvalidSession);
+    }
+    propose_raw(host, r, session, cmd, deadline)
+}
+
+fn read_index_on(host: &Host, r: &Replica, deadline: u64) -> Result<RequestHandle<Index>> {
+    let (handle, completer) = request();
+    {
+        let mut inbox = r.inbox.lock();
+        if inbox.reads.len() >= host.cfg.max_read_queue {
+            return Err(Error::SystemBusy);
+        }
+        inbox.reads.push((completer, deadline));
+    }
+    host.mark_step(r.shard_id);
+    Ok(handle)
+}
+
+/// A handle bound to one shard's local replica: proposes and reads without
+/// looking the replica up each time (bulk loads).
+pub struct NodeUser {
+    host: Arc<Host>,
+    replica: ReplicaRef,
+}
+
+impl NodeUser {
+    fn deadline(&self, timeout: Duration) -> Result<u64> {
+        let rtt = self.host.cfg.rtt_ms;
+        let ms = timeout.as_millis() as u64;
+        if ms < rtt {
+            return Err(Error::TimeoutTooSmall { rtt_ms: rtt });
+        }
+        if self.host.is_stopped() {
+            return Err(Error::Stopped);
+        }
+        if self.replica.is_closed() {
+            return Err(Error::ShardClosed);
+        }
+        Ok(self.host.now() + ms.div_ceil(rtt) + 1)
+    }
+
+    /// The shard.
+    pub fn shard_id(&self) -> ShardId {
+        self.replica.shard_id
+    }
+
+    /// As [`NodeHost::propose`].
+    pub fn propose(
+        &self,
+        session: &Session,
+        cmd: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<RequestHandle<SmResult>> {
+        let deadline = self.deadline(timeout)?;
+        propose_on(
+            &self.host,
+            &self.replica,
+            session,
+            cmd.into(),
+            timeout,
+            deadline,
+        )
+    }
+
+    /// As [`NodeHost::read_index`].
+    pub fn read_index(&self, timeout: Duration) -> Result<RequestHandle<Index>> {
+        let deadline = self.deadline(timeout)?;
+        read_index_on(&self.host, &self.replica, deadline)
+    }
+
+    /// As [`NodeHost::read_local`].
+    pub fn read_local(&self, query: &[u8]) -> Result<Vec<u8>> {
+        self.replica
+            .rsm
+            .sm
+            .lookup(query)
+            .map_err(|e| Error::StateMachine(e.0))
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<NodeHost>();
+    is::<NodeUser>();
+    let _ = ApplyTask::Entries(Vec::new());
+}
