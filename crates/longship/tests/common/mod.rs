@@ -1,0 +1,206 @@
+//! Shared test kit: a key-value state machine (in all three kinds) and a
+//! cluster of NodeHosts on an in-memory network.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use longship::{
+    Config, Error, NodeHost, NodeHostConfig, ShardId, SmEntry, SmError, StateMachine, StopFlag,
+};
+use longship_transport::MemNetwork;
+
+/// Commands: `set k v` stores, anything else is counted. Lookup `get k`
+/// returns the value; lookup of anything else returns the count.
+#[derive(Default, Clone)]
+pub struct Kv {
+    pub map: BTreeMap<String, String>,
+    pub count: u64,
+}
+
+impl Kv {
+    pub fn apply_cmd(&mut self, cmd: &[u8]) -> u64 {
+        self.count += 1;
+        let s = String::from_utf8_lossy(cmd);
+        let mut parts = s.splitn(3, ' ');
+        if parts.next() == Some("set") {
+            if let (Some(k), Some(v)) = (parts.next(), parts.next()) {
+                self.map.insert(k.to_string(), v.to_string());
+            }
+        }
+        self.count
+    }
+
+    pub fn query(&self, q: &[u8]) -> Vec<u8> {
+        let s = String::from_utf8_lossy(q);
+        if let Some(k) = s.strip_prefix("get ") {
+            return self.map.get(k).cloned().unwrap_or_default().into_bytes();
+        }
+        self.count.to_string().into_bytes()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = format!("{}\n", self.count);
+        for (k, v) in &self.map {
+            out.push_str(&format!("{k}\t{v}\n"));
+        }
+        out.into_bytes()
+    }
+
+    pub fn decode(b: &[u8]) -> Kv {
+        let s = String::from_utf8_lossy(b);
+        let mut lines = s.lines();
+        let count = lines.next().and_then(|l| l.parse().ok()).unwrap_or(0);
+        let map = lines
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Kv { map, count }
+    }
+}
+
+impl StateMachine for Kv {
+    fn update(&mut self, entries: &mut [SmEntry]) -> Result<(), SmError> {
+        for e in entries {
+            e.result.value = self.apply_cmd(&e.cmd);
+        }
+        Ok(())
+    }
+    fn lookup(&self, query: &[u8]) -> Result<Vec<u8>, SmError> {
+        Ok(self.query(query))
+    }
+    fn save_snapshot(&self, w: &mut dyn Write, _: &StopFlag) -> Result<(), SmError> {
+        Ok(w.write_all(&self.encode())?)
+    }
+    fn recover_from_snapshot(&mut self, r: &mut dyn Read, _: &StopFlag) -> Result<(), SmError> {
+        let mut b = Vec::new();
+        r.read_to_end(&mut b)?;
+        *self = Kv::decode(&b);
+        Ok(())
+    }
+}
+
+pub const RTT_MS: u64 = 5;
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn addr(i: u64) -> String {
+    format!("host{i}:1")
+}
+
+/// NodeHosts on one in-memory network, with data in a temp dir.
+pub struct TestCluster {
+    pub net: MemNetwork,
+    pub dir: tempfile::TempDir,
+    pub hosts: BTreeMap<u64, NodeHost>,
+}
+
+impl TestCluster {
+    pub fn new(n: u64) -> TestCluster {
+        let mut c = TestCluster {
+            net: MemNetwork::new(),
+            dir: tempfile::tempdir().unwrap(),
+            hosts: BTreeMap::new(),
+        };
+        for i in 1..=n {
+            c.start_host(i);
+        }
+        c
+    }
+
+    pub fn host_dir(&self, i: u64) -> PathBuf {
+        self.dir.path().join(format!("nh{i}"))
+    }
+
+    pub fn host_config(&self, i: u64) -> NodeHostConfig {
+        NodeHostConfig {
+            node_host_dir: self.host_dir(i),
+            rtt_ms: RTT_MS,
+            raft_address: addr(i),
+            seed: Some(i),
+            ..NodeHostConfig::default()
+        }
+    }
+
+    pub fn start_host(&mut self, i: u64) {
+        let cfg = self.host_config(i);
+        let nh = NodeHost::builder(cfg)
+            .transport(Arc::new(self.net.transport(&addr(i))))
+            .build()
+            .unwrap();
+        self.hosts.insert(i, nh);
+    }
+
+    pub fn stop_host(&mut self, i: u64) {
+        if let Some(nh) = self.hosts.remove(&i) {
+            nh.close();
+        }
+    }
+
+    pub fn nh(&self, i: u64) -> &NodeHost {
+        &self.hosts[&i]
+    }
+
+    pub fn members(ids: &[u64]) -> BTreeMap<u64, String> {
+        ids.iter().map(|&i| (i, addr(i))).collect()
+    }
+
+    /// Starts replica `i` of `shard` on host `i` with members `ids` and the default test config.
+    pub fn start_shard(&self, shard: u64, ids: &[u64]) {
+        self.start_shard_with(ids, |i| config(shard, i));
+    }
+
+    /// Starts replica `i` on host `i` with members `ids` and config `cfg(i)`.
+    pub fn start_shard_with(&self, ids: &[u64], cfg: impl Fn(u64) -> Config) {
+        for &i in ids {
+            self.nh(i)
+                .start_replica(
+                    Self::members(ids),
+                    false,
+                    |_, _| Box::new(Kv::default()),
+                    cfg(i),
+                )
+                .unwrap();
+        }
+    }
+
+    /// Waits until some host reports a leader for `shard`; returns its host id.
+    pub fn wait_leader(&self, shard: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            for (&i, nh) in &self.hosts {
+                if let Ok(l) = nh.get_leader_id(ShardId(shard)) {
+                    if l.valid && l.leader_id.0 == i {
+                        return i;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader for shard {shard}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+pub fn config(shard: u64, replica: u64) -> Config {
+    Config {
+        election_rtt: 10,
+        heartbeat_rtt: 1,
+        ..Config::new(shard, replica)
+    }
+}
+
+/// Retries an operation while it fails with a temporary error.
+pub fn retry<T>(mut f: impl FnMut() -> Result<T, Error>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if e.is_temporary() && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("operation failed: {e}"),
+        }
+    }
+}
