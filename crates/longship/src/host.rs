@@ -2,7 +2,7 @@
 //! replicas, storage, transport, ready sets, logical time, and the handler
 //! of incoming traffic.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -37,9 +37,9 @@ pub(crate) struct Host {
     pub(crate) fs: Arc<dyn FileSystem>,
     pub(crate) logdb: Arc<dyn LogDb>,
     pub(crate) transport: Arc<dyn Transport>,
-    pub(crate) replicas: RwLock<HashMap<ShardId, ReplicaRef>>,
+    pub(crate) replicas: RwLock<BTreeMap<ShardId, ReplicaRef>>,
     /// Addresses learnt from incoming traffic: (shard, replica) -> address.
-    pub(crate) learned: RwLock<HashMap<(ShardId, ReplicaId), String>>,
+    pub(crate) learned: RwLock<BTreeMap<(ShardId, ReplicaId), String>>,
     pub(crate) step_ready: Vec<ReadySet>,
     pub(crate) apply_ready: Vec<ReadySet>,
     pub(crate) snapshot_jobs: Mutex<std::collections::VecDeque<SnapshotJob>>,
@@ -81,8 +81,8 @@ impl Host {
             fs,
             logdb,
             transport,
-            replicas: RwLock::new(HashMap::new()),
-            learned: RwLock::new(HashMap::new()),
+            replicas: RwLock::new(BTreeMap::new()),
+            learned: RwLock::new(BTreeMap::new()),
             now: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             rng: Mutex::new(Rng::new(seed)),

@@ -718,8 +718,9 @@ impl NodeHost {
             let _ = t.join();
         }
         self.host.transport.close();
-        let replicas: Vec<ReplicaRef> =
-            self.host.replicas.write().drain().map(|(_, r)| r).collect();
+        let replicas: Vec<ReplicaRef> = std::mem::take(&mut *self.host.replicas.write())
+            .into_values()
+            .collect();
         for r in replicas {
             self.unload(&r);
         }

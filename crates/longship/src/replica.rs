@@ -1,13 +1,16 @@
 //! One replica hosted by a NodeHost: its protocol core, its input queues,
 //! its replicated state machine and the requests waiting on it.
 //!
+//! Every map here is ordered (BTreeMap) so that a run driven by the
+//! simulator completes requests in the same order every time.
+//!
 //! Ownership: the core (`core`) is stepped only by the replica's step
 //! worker; the apply worker takes the core's lock briefly to apply a config
 //! change. The state machine (`rsm`) is driven only by the apply worker (and
 //! the snapshot worker for saving). API threads only push into `inbox` and
 //! `pending`, both bounded.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -62,9 +65,9 @@ pub(crate) struct PendingConfigChange {
 /// Requests waiting for an outcome, by key.
 #[derive(Default)]
 pub(crate) struct Pending {
-    pub(crate) proposals: HashMap<u64, PendingProposal>,
-    pub(crate) config_changes: HashMap<u64, PendingConfigChange>,
-    pub(crate) reads: HashMap<u64, PendingRead>,
+    pub(crate) proposals: BTreeMap<u64, PendingProposal>,
+    pub(crate) config_changes: BTreeMap<u64, PendingConfigChange>,
+    pub(crate) reads: BTreeMap<u64, PendingRead>,
     pub(crate) snapshots: Vec<(Completer<Index>, u64, crate::nodehost::SnapshotOption)>,
 }
 
@@ -106,13 +109,13 @@ impl Pending {
 
     /// Fails everything (the replica stops).
     pub(crate) fn terminate(&mut self) {
-        for (_, p) in self.proposals.drain() {
+        for (_, p) in std::mem::take(&mut self.proposals) {
             p.completer.complete(Err(Error::ShardClosed));
         }
-        for (_, p) in self.config_changes.drain() {
+        for (_, p) in std::mem::take(&mut self.config_changes) {
             p.completer.complete(Err(Error::ShardClosed));
         }
-        for (_, r) in self.reads.drain() {
+        for (_, r) in std::mem::take(&mut self.reads) {
             for (c, _) in r.waiters {
                 c.complete(Err(Error::ShardClosed));
             }
