@@ -99,9 +99,11 @@ impl<L: LogReader> Raft<L> {
             // Stale snapshot: we already have all it holds.
             committed
         } else if self.log.match_term(snap.index, snap.term) {
-            // Our log holds the snapshot's last entry: keep the log, commit to it.
+            // Our log holds the snapshot's last entry: keep the log, commit to
+            // it. Acknowledge only the snapshot's index: the entries after it
+            // may conflict with the leader's, and must not count toward a commit.
             self.log.commit_to(snap.index);
-            self.log.last_index()
+            snap.index
         } else {
             let index = snap.index;
             // The snapshot carries the membership as of its index.
