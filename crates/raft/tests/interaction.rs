@@ -12,18 +12,31 @@
 //! Commands (ids are replica ids; `*` lists are comma-separated):
 //! - `cluster voters=1,2,3 [prevote] [checkquorum] [lease] [election=N] [heartbeat=N] [max-append=N] [inflight=N] [max-uncommitted=N] [seed=N]`
 //! - `add-node ID` — a new replica with an empty log, joining: it learns the membership from the log it replicates
-//! - `campaign ID`, `tick ID [N]`, `tick-all [N]`, `tick-election ID` (ticks until the node's role changes, bounded)
+//! - `campaign ID`, `tick ID [N]`, `tick-all [N]`, `tick-election ID` (ticks until the node's role changes or,
+//!   not leading, it starts a campaign round; prints the ticks, at most 1000)
+//! - `tick-stabilize N`: N rounds of (tick every node once, then `stabilize`); prints only the
+//!   changes of role, term or known leader, with the round they happened in
 //! - `propose ID DATA`, `propose-conf ID add|remove|add-non-voting|add-witness TARGET [based-on=N]`
 //! - `read-index ID CTX`, `transfer ID TARGET`
 //! - `process ID` (one update cycle), `process-all`, `stabilize`
-//! - `deliver [from=ID] [to=ID] [type=T]`, `drop [from=ID] [to=ID] [type=T]`, `queue` (print queued messages)
+//! - `deliver [from=ID] [to=ID] [type=T] [index=N]`, `drop [...]` (same filters), `dup [...]` (append a
+//!   copy of each matching queued message to the queue: duplicates, and with `deliver` reordering),
+//!   `queue` (print queued messages); `index=N` matches the message's log index (`prev` of an append,
+//!   `index` of an append response)
 //! - `partition A,B C,D`, `isolate ID`, `heal`
 //! - `compact ID INDEX` (takes a snapshot at INDEX on the node's durable log)
 //! - `report-snapshot LEADER TARGET ok|fail`, `report-unreachable LEADER TARGET`
 //! - `restart ID`
-//! - `status [ID]`, `log ID`
-//! - `check-leader ID`, `check-role ID Role`, `check-term ID N`, `check-commit ID N`, `check-applied ID N`, `check-no-leader`,
-//!   `check-read ID CTX INDEX`, `check-read-dropped ID CTX`, `check-propose-error ID DATA ERROR`, `check-conf-error ...`, `check-logs-match`
+//! - `status [ID]`, `log ID`, `progress ID` (a leader's view of every replica: state, match, next, in-flight)
+//! - `check-leader ID`, `check-role ID Role`, `check-term ID N`, `check-vote ID N`, `check-lead ID LEADER` (the leader
+//!   node ID knows, 0 = none), `check-commit ID N`, `check-applied ID N`, `check-no-leader`,
+//!   `check-read ID CTX INDEX`, `check-no-read ID CTX`, `check-read-dropped ID CTX`,
+//!   `check-propose-error ID DATA ERROR` (proposes DATA, expects the error text),
+//!   `check-conf-error ID add|remove|add-non-voting|add-witness TARGET [based-on=N] ERROR` (same for a config change),
+//!   `check-member ID TARGET voter|non-voting|witness|removed|none` (membership as node ID applied it),
+//!   `check-entry ID INDEX TERM [DATA]` (DATA as `log` prints it: `x`, `noop`, `meta`, `conf:AddReplica:4`),
+//!   `check-last ID INDEX` (last log index), `check-progress LEADER TARGET Probe|Replicate|Snapshot [match=N] [next=N]`,
+//!   `check-transfer LEADER TARGET` (0 = no transfer in progress), `check-logs-match` (applied entries agree by index)
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -63,10 +76,12 @@ fn filter<'a>(args: &'a [&'a str]) -> impl Fn(&Message) -> bool + 'a {
     let from = kv(args, "from").map(id);
     let to = kv(args, "to").map(id);
     let ty = kv(args, "type").map(msg_type);
+    let index = kv(args, "index").map(id);
     move |m: &Message| {
         from.is_none_or(|f| m.from.0 == f)
             && to.is_none_or(|t| m.to.0 == t)
             && ty.is_none_or(|t| m.msg_type == t)
+            && index.is_none_or(|i| m.log_index.0 == i)
     }
 }
 
@@ -122,10 +137,16 @@ impl Env {
             "tick-election" => {
                 let x = id(args[0]);
                 let role = self.c().raft(x).role();
+                let had_update = self.c().raft(x).has_update();
                 let mut n = 0;
-                while self.c().raft(x).role() == role && n < 1000 {
+                while n < 1000 {
                     self.c().tick(x);
                     n += 1;
+                    let r = self.c().raft(x);
+                    let campaigned = !had_update && !r.is_leader() && r.has_update();
+                    if r.role() != role || campaigned {
+                        break;
+                    }
                 }
                 let _ = write!(out, "ticked {n}");
             }
@@ -160,6 +181,54 @@ impl Env {
             "drop" => {
                 let n = self.c().drop_matching(filter(args));
                 let _ = write!(out, "dropped {n}");
+            }
+            "dup" => {
+                let f = filter(args);
+                let copies: Vec<Message> =
+                    self.c().queue.iter().filter(|m| f(m)).cloned().collect();
+                let _ = write!(out, "duplicated {}", copies.len());
+                self.c().queue.extend(copies);
+            }
+            "tick-stabilize" => {
+                let rounds: u64 = args[0].parse().unwrap();
+                let all: Vec<u64> = self.c().nodes.keys().map(|r| r.0).collect();
+                let view = |c: &Cluster, x: u64| {
+                    let r = &c.node(x).raft;
+                    (r.role(), r.term().0, r.leader_id().0)
+                };
+                let mut before: Vec<_> = all.iter().map(|&x| view(self.c(), x)).collect();
+                for round in 1..=rounds {
+                    for &x in &all {
+                        self.c().tick(x);
+                    }
+                    self.c().stabilize();
+                    for (i, &x) in all.iter().enumerate() {
+                        let now = view(self.c(), x);
+                        if now != before[i] {
+                            let _ = writeln!(
+                                out,
+                                "round {round}: {x} {:?} term={} lead={}",
+                                now.0, now.1, now.2
+                            );
+                            before[i] = now;
+                        }
+                    }
+                }
+            }
+            "progress" => {
+                let r = &self.c().node(id(args[0])).raft;
+                for (rid, p) in r.progress() {
+                    let _ = writeln!(
+                        out,
+                        "{}: {:?} match={} next={} inflight={} paused={}",
+                        rid.0,
+                        p.state,
+                        p.match_index.0,
+                        p.next_index.0,
+                        p.inflights.count(),
+                        p.is_paused()
+                    );
+                }
             }
             "queue" => {
                 for m in &self.c().queue {
@@ -248,6 +317,78 @@ impl Env {
                 let role = format!("{:?}", c.node(x).raft.role());
                 assert_eq!(role, args[1], "role of node {x}");
             }
+            "check-vote" => assert_eq!(
+                c.node(id(args[0])).raft.hard_state().vote.0,
+                id(args[1]),
+                "vote of node {}",
+                args[0]
+            ),
+            "check-lead" => assert_eq!(
+                c.node(id(args[0])).raft.leader_id().0,
+                args[1].parse::<u64>().unwrap(),
+                "leader known to node {}",
+                args[0]
+            ),
+            "check-conf-error" => {
+                let cc = conf(args);
+                let want: Vec<&str> = args[3..]
+                    .iter()
+                    .filter(|a| !a.starts_with("based-on="))
+                    .copied()
+                    .collect();
+                let got = c.raft(id(args[0])).propose_config_change(&cc);
+                assert_eq!(
+                    got.err().map(|e| e.to_string()),
+                    Some(want.join(" ")),
+                    "config change error"
+                );
+            }
+            "check-entry" => {
+                let r = &c.node(id(args[0])).raft;
+                let index = Index(args[1].parse().unwrap());
+                let e = r
+                    .log()
+                    .entries(index, index.next(), u64::MAX)
+                    .unwrap_or_else(|err| panic!("entry {index} on node {}: {err}", args[0]));
+                let text = format_entries(&e);
+                let text = text.trim_start_matches('[').trim_end_matches(']');
+                let (term_index, data) = text.split_once(' ').unwrap_or((text, ""));
+                assert_eq!(
+                    term_index,
+                    format!("{}/{}", args[2], args[1]),
+                    "term of entry {index} on node {}",
+                    args[0]
+                );
+                if let Some(want) = args.get(3) {
+                    assert_eq!(data, *want, "entry {index} on node {}", args[0]);
+                }
+            }
+            "check-last" => assert_eq!(
+                c.node(id(args[0])).raft.log().last_index().0,
+                args[1].parse::<u64>().unwrap(),
+                "last index of node {}",
+                args[0]
+            ),
+            "check-progress" => {
+                let r = &c.node(id(args[0])).raft;
+                assert!(r.is_leader(), "node {} is not leader", args[0]);
+                let p = r
+                    .progress()
+                    .get(&ReplicaId(id(args[1])))
+                    .unwrap_or_else(|| panic!("no progress for {}", args[1]));
+                assert_eq!(format!("{:?}", p.state), args[2], "progress state");
+                if let Some(m) = kv(args, "match") {
+                    assert_eq!(p.match_index.0, m.parse::<u64>().unwrap(), "match");
+                }
+                if let Some(n) = kv(args, "next") {
+                    assert_eq!(p.next_index.0, n.parse::<u64>().unwrap(), "next");
+                }
+            }
+            "check-transfer" => assert_eq!(
+                c.node(id(args[0])).raft.transfer_target().0,
+                args[1].parse::<u64>().unwrap(),
+                "transfer target"
+            ),
             "check-term" => assert_eq!(
                 c.node(id(args[0])).raft.term().0,
                 args[1].parse::<u64>().unwrap(),
