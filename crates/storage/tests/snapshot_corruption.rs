@@ -264,3 +264,20 @@ fn checksum_error_survives_the_io_error_wrapper() {
     let typed = SnapshotError::from_io(err, "read", PathBuf::new());
     assert!(matches!(typed, SnapshotError::ChecksumMismatch { .. }));
 }
+
+#[test]
+fn converts_to_the_crate_error_with_file_and_offset() {
+    let (fs, store) = setup();
+    let path = file(&store, DATA_FILE_NAME);
+    truncate(&*fs, &path, 1234);
+    let err: longship_storage::Error = store.info(Index(20)).unwrap_err().into();
+    match err {
+        longship_storage::Error::Corruption { file, offset, .. } => {
+            assert_eq!(file, path);
+            assert_eq!(offset, 1234);
+        }
+        other => panic!("expected Corruption, got {other}"),
+    }
+    let err: longship_storage::Error = store.verify(Index(99)).unwrap_err().into();
+    assert!(matches!(err, longship_storage::Error::NotFound));
+}

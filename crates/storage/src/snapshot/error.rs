@@ -171,3 +171,62 @@ pub(crate) fn io_err<'a>(
 
 /// The result type of the snapshot store.
 pub type Result<T, E = SnapshotError> = std::result::Result<T, E>;
+
+impl From<SnapshotError> for crate::Error {
+    /// Maps to the crate's error: damage of any kind (checksum, structure,
+    /// an empty metadata file, every snapshot damaged) becomes
+    /// `Corruption` with the file and offset; no snapshot becomes
+    /// `NotFound`; a poisoned sink or receiver becomes `Failed`; I/O errors
+    /// keep their kind and name the path; the rest is `InvalidArgument`.
+    fn from(e: SnapshotError) -> crate::Error {
+        use crate::Error;
+        match e {
+            SnapshotError::Corruption {
+                file,
+                offset,
+                reason,
+            } => Error::Corruption {
+                file,
+                offset,
+                reason,
+            },
+            SnapshotError::ChecksumMismatch {
+                ref file,
+                expected,
+                actual,
+            } => Error::corruption(
+                file,
+                0,
+                format!("checksum mismatch: expected {expected:#010x}, computed {actual:#010x}"),
+            ),
+            SnapshotError::EmptySnapshot { ref path } => {
+                Error::corruption(path, 0, "empty snapshot")
+            }
+            SnapshotError::NoValidSnapshot { mut skipped } if !skipped.is_empty() => {
+                match Error::from(skipped.remove(0).error) {
+                    Error::Corruption {
+                        file,
+                        offset,
+                        reason,
+                    } => Error::Corruption {
+                        file,
+                        offset,
+                        reason: format!("no valid snapshot; the newest is damaged: {reason}"),
+                    },
+                    other => other,
+                }
+            }
+            SnapshotError::NoSnapshot
+            | SnapshotError::NoValidSnapshot { .. }
+            | SnapshotError::NotFound(_) => Error::NotFound,
+            SnapshotError::Poisoned => Error::Failed(e.to_string()),
+            SnapshotError::Io { op, path, source } => Error::io_at(source, op, &path),
+            SnapshotError::AlreadyExists(_)
+            | SnapshotError::WrongShard { .. }
+            | SnapshotError::ChunkOutOfOrder { .. }
+            | SnapshotError::ChunkOverrun { .. }
+            | SnapshotError::Incomplete { .. }
+            | SnapshotError::InvalidArgument(_) => Error::InvalidArgument(e.to_string()),
+        }
+    }
+}
