@@ -19,10 +19,10 @@
 //! - `propose ID DATA`, `propose-conf ID add|remove|add-non-voting|add-witness TARGET [based-on=N]`
 //! - `read-index ID CTX`, `transfer ID TARGET`
 //! - `process ID` (one update cycle), `process-all`, `stabilize`
-//! - `deliver [from=ID] [to=ID] [type=T] [index=N]`, `drop [...]` (same filters), `dup [...]` (append a
+//! - `deliver [from=ID] [to=ID] [type=T] [index=N] [limit=N]`, `drop [...]` (same filters), `dup [...]` (append a
 //!   copy of each matching queued message to the queue: duplicates, and with `deliver` reordering),
 //!   `queue` (print queued messages); `index=N` matches the message's log index (`prev` of an append,
-//!   `index` of an append response)
+//!   `index` of an append response); `limit=N` takes only the first N matching messages
 //! - `partition A,B C,D`, `isolate ID`, `heal`
 //! - `compact ID INDEX` (takes a snapshot at INDEX on the node's durable log)
 //! - `report-snapshot LEADER TARGET ok|fail`, `report-unreachable LEADER TARGET`
@@ -77,11 +77,18 @@ fn filter<'a>(args: &'a [&'a str]) -> impl Fn(&Message) -> bool + 'a {
     let to = kv(args, "to").map(id);
     let ty = kv(args, "type").map(msg_type);
     let index = kv(args, "index").map(id);
+    let limit = kv(args, "limit").map_or(usize::MAX, |v| v.parse().unwrap());
+    let taken = std::cell::Cell::new(0usize);
     move |m: &Message| {
-        from.is_none_or(|f| m.from.0 == f)
+        let hit = from.is_none_or(|f| m.from.0 == f)
             && to.is_none_or(|t| m.to.0 == t)
             && ty.is_none_or(|t| m.msg_type == t)
             && index.is_none_or(|i| m.log_index.0 == i)
+            && taken.get() < limit;
+        if hit {
+            taken.set(taken.get() + 1);
+        }
+        hit
     }
 }
 
