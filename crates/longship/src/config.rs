@@ -139,6 +139,12 @@ pub struct NodeHostConfig {
     pub max_apply_batch_bytes: u64,
     /// Seed for ids and timeouts (`None`: from the OS; set it for reproducible runs).
     pub seed: Option<u64>,
+    /// Mutual TLS between NodeHosts (CA, certificate and key PEM files).
+    pub mutual_tls: Option<longship_transport::TlsPaths>,
+    /// TCP connections per remote NodeHost.
+    pub connections_per_host: usize,
+    /// Largest transport frame in bytes (bigger messages are dropped; snapshots stream in chunks).
+    pub max_frame_bytes: u32,
 }
 
 impl Default for NodeHostConfig {
@@ -158,6 +164,9 @@ impl Default for NodeHostConfig {
             max_inbound_queue: 16384,
             max_apply_batch_bytes: 64 << 20,
             seed: None,
+            mutual_tls: None,
+            connections_per_host: 2,
+            max_frame_bytes: 64 << 20,
         }
     }
 }
@@ -211,6 +220,18 @@ impl NodeHostConfig {
             return Err(Error::invalid_config(
                 "max_inbound_queue",
                 "must be non-zero",
+            ));
+        }
+        if self.connections_per_host == 0 || self.connections_per_host > 64 {
+            return Err(Error::invalid_config(
+                "connections_per_host",
+                "must be in 1..=64",
+            ));
+        }
+        if self.max_frame_bytes < (1 << 20) {
+            return Err(Error::invalid_config(
+                "max_frame_bytes",
+                "must be at least 1 MiB",
             ));
         }
         if self.max_apply_batch_bytes == 0 {

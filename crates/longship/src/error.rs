@@ -87,6 +87,9 @@ pub enum Error {
     /// The transport failed.
     #[error("transport: {0}")]
     Transport(#[from] longship_transport::SendError),
+    /// The transport could not start (port in use, bad TLS files).
+    #[error("transport setup: {0}")]
+    TransportSetup(String),
     /// An I/O error outside log and snapshot storage (lock file, directories).
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),

@@ -17,7 +17,7 @@ use longship_raft::{
 use longship_storage::logdb::{LogDb, MemLogDb, ReplicaLog, Update as LogUpdate, Wal, WalOptions};
 use longship_storage::snapshot::SnapshotStore;
 use longship_storage::vfs::{FileSystem, OsFs};
-use longship_transport::Transport;
+use longship_transport::{TcpConfig, TcpTransport, Transport};
 use parking_lot::Mutex;
 
 use crate::config::{Config, NodeHostConfig};
@@ -135,7 +135,7 @@ pub struct NodeHostBuilder {
 }
 
 impl NodeHostBuilder {
-    /// The transport to use (required until the TCP transport is the default).
+    /// The transport to use (default: TCP on `raft_address`).
     pub fn transport(mut self, t: Arc<dyn Transport>) -> Self {
         self.transport = Some(t);
         self
@@ -175,12 +175,20 @@ impl NodeHostBuilder {
     pub fn build(self) -> Result<NodeHost> {
         let cfg = self.cfg;
         cfg.validate()?;
-        let transport = self.transport.ok_or_else(|| {
-            Error::invalid_config(
-                "transport",
-                "no transport given (NodeHost::builder(..).transport(..))",
-            )
-        })?;
+        let transport: Arc<dyn Transport> = match self.transport {
+            Some(t) => t,
+            None => Arc::new(
+                TcpTransport::new(TcpConfig {
+                    address: cfg.raft_address.clone(),
+                    deployment_id: cfg.deployment_id,
+                    connections_per_host: cfg.connections_per_host,
+                    max_frame_bytes: cfg.max_frame_bytes,
+                    tls: cfg.mutual_tls.clone(),
+                    ..TcpConfig::default()
+                })
+                .map_err(|e| Error::TransportSetup(e.to_string()))?,
+            ),
+        };
         if transport.local_address() != cfg.raft_address {
             return Err(Error::invalid_config(
                 "raft_address",
@@ -354,6 +362,13 @@ enum SmFactory {
 }
 
 impl NodeHost {
+    /// A NodeHost with the default parts: TCP transport on `raft_address`
+    /// (with mutual TLS if configured), the write-ahead log in `wal_dir`,
+    /// OS files, worker threads.
+    pub fn new(cfg: NodeHostConfig) -> Result<NodeHost> {
+        NodeHost::builder(cfg).build()
+    }
+
     /// A builder for a NodeHost with `cfg`.
     pub fn builder(cfg: NodeHostConfig) -> NodeHostBuilder {
         NodeHostBuilder {

@@ -6,14 +6,21 @@
 //! [`MessageHandler`], which the NodeHost implements. This crate never calls
 //! the protocol core: it only moves bytes and values.
 //!
-//! [`MemTransport`] connects NodeHosts in one process through a shared
+//! [`TcpTransport`] is the real one: batched frames over a few TCP
+//! connections per remote host, optional mutual TLS, snapshot streams on
+//! their own connections. [`MemTransport`] connects NodeHosts in one process through a shared
 //! [`MemNetwork`], for tests and the simulator.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod frame;
 mod mem;
+mod tcp;
+mod tls;
 
-pub use mem::{MemNetwork, MemTransport};
+pub use mem::{InFlight, MemNetwork, MemTransport, Packet};
+pub use tcp::{TcpConfig, TcpError, TcpStats, TcpTransport};
+pub use tls::{TlsError, TlsPaths};
 
 use longship_raft::{Index, MessageBatch, ReplicaId, ShardId, Term};
 

@@ -1,0 +1,670 @@
+//! The TCP transport.
+//!
+//! Sending: per remote host, `connections_per_host` connections; a shard's
+//! messages always use connection `shard % n`, so per-shard order is kept.
+//! Each connection has a bounded queue and one writer task that merges
+//! everything queued into one frame (up to `max_batch_bytes`) and writes it
+//! at once (TCP_NODELAY: no waiting for more). A full queue drops the batch
+//! (Raft retransmits); a peer that cannot be reached is retried with
+//! exponential backoff and jitter, and the NodeHost is told which replicas
+//! are unreachable so leaders stop pipelining to them.
+//!
+//! Receiving: one task per accepted connection reads frames, checks each
+//! header before allocating its body, and hands batches and snapshot chunks
+//! to the [`MessageHandler`]. A bad frame closes that connection only.
+//!
+//! Snapshots: each stream uses its own connection, written synchronously by
+//! the snapshot worker thread chunk by chunk (TCP back-pressure is the flow
+//! control); the receiver answers the last chunk with an acknowledgement
+//! once the snapshot is complete and verified. At most
+//! `max_snapshot_streams` streams are sent at once.
+//!
+//! tokio stays inside this module: the transport owns its runtime.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream as StdTcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use longship_raft::codec::{Limits, decode_batch, encode_batch};
+use longship_raft::{MessageBatch, ReplicaId, ShardId};
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::frame::{
+    FRAME_HEADER_BYTES, FrameError, FrameHeader, FrameType, check_body, decode_chunk,
+    decode_header, encode_chunk, encode_frame,
+};
+use crate::tls::{TlsContext, TlsError, TlsPaths, server_name};
+use crate::{MessageHandler, SendError, SnapshotChunk, Transport};
+
+/// Configuration of a [`TcpTransport`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpConfig {
+    /// `host:port` to listen on; also this host's identity.
+    pub address: String,
+    /// Deployment id carried and checked in every frame.
+    pub deployment_id: u64,
+    /// Connections per remote host (shards are spread over them).
+    pub connections_per_host: usize,
+    /// Largest frame body accepted or sent.
+    pub max_frame_bytes: u32,
+    /// Most bytes a writer merges into one frame.
+    pub max_batch_bytes: usize,
+    /// Batches queued per connection before new ones are dropped.
+    pub send_queue_len: usize,
+    /// Snapshot streams sent at once.
+    pub max_snapshot_streams: usize,
+    /// Mutual TLS, if set.
+    pub tls: Option<TlsPaths>,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            address: String::new(),
+            deployment_id: 1,
+            connections_per_host: 2,
+            max_frame_bytes: 64 << 20,
+            max_batch_bytes: 4 << 20,
+            send_queue_len: 1024,
+            max_snapshot_streams: 4,
+            tls: None,
+        }
+    }
+}
+
+/// Counters of a TCP transport.
+#[derive(Debug, Default)]
+pub struct TcpStats {
+    /// Frames written.
+    pub frames_sent: AtomicU64,
+    /// Frames received and accepted.
+    pub frames_received: AtomicU64,
+    /// Frames refused (bad magic, checksum, version, deployment, size; bad body).
+    pub frames_rejected: AtomicU64,
+    /// Batches dropped because a send queue was full.
+    pub batches_dropped_queue_full: AtomicU64,
+    /// Batches dropped because the peer was unreachable.
+    pub batches_dropped_unreachable: AtomicU64,
+    /// Failed connection attempts.
+    pub connect_failures: AtomicU64,
+    /// Connections refused during the TLS handshake.
+    pub tls_rejected: AtomicU64,
+}
+
+/// Why the transport could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TcpError {
+    /// Binding the listener failed.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// TLS setup failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Invalid configuration.
+    #[error("invalid transport config: {0}")]
+    Config(String),
+    /// The runtime could not start.
+    #[error("cannot start the transport runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncStream for T {}
+
+trait SyncStream: Read + Write + Send {}
+impl<T: Read + Write + Send> SyncStream for T {}
+
+type StreamKey = (ShardId, ReplicaId, ReplicaId, u64);
+
+struct Inner {
+    cfg: TcpConfig,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    handle: tokio::runtime::Handle,
+    handler: Mutex<Option<Arc<dyn MessageHandler>>>,
+    peers: Mutex<BTreeMap<String, Vec<mpsc::Sender<MessageBatch>>>>,
+    tls: Option<TlsContext>,
+    closed: AtomicBool,
+    stats: TcpStats,
+    streams: Mutex<BTreeMap<StreamKey, Box<dyn SyncStream>>>,
+    active_streams: AtomicUsize,
+    listener: Mutex<Option<std::net::TcpListener>>,
+    local_addr: Mutex<Option<SocketAddr>>,
+}
+
+/// The TCP transport. Cheap to clone.
+#[derive(Clone)]
+pub struct TcpTransport {
+    inner: Arc<Inner>,
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const SNAPSHOT_ACK_TIMEOUT: Duration = Duration::from_secs(60);
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+impl TcpTransport {
+    /// Binds the listener (so a busy port is reported now) and starts the runtime.
+    pub fn new(cfg: TcpConfig) -> Result<TcpTransport, TcpError> {
+        if cfg.connections_per_host == 0 || cfg.connections_per_host > 64 {
+            return Err(TcpError::Config(
+                "connections_per_host must be in 1..=64".into(),
+            ));
+        }
+        if cfg.send_queue_len == 0 || cfg.max_snapshot_streams == 0 || cfg.max_frame_bytes < 1024 {
+            return Err(TcpError::Config(
+                "queue, stream and frame limits must be non-zero".into(),
+            ));
+        }
+        let tls = match &cfg.tls {
+            Some(p) => Some(TlsContext::load(p)?),
+            None => None,
+        };
+        let listener =
+            std::net::TcpListener::bind(&cfg.address).map_err(|source| TcpError::Bind {
+                address: cfg.address.clone(),
+                source,
+            })?;
+        listener.set_nonblocking(true).map_err(TcpError::Runtime)?;
+        let local = listener.local_addr().ok();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("ls-transport")
+            .enable_all()
+            .build()
+            .map_err(TcpError::Runtime)?;
+        let handle = runtime.handle().clone();
+        Ok(TcpTransport {
+            inner: Arc::new(Inner {
+                cfg,
+                runtime: Mutex::new(Some(runtime)),
+                handle,
+                handler: Mutex::new(None),
+                peers: Mutex::new(BTreeMap::new()),
+                tls,
+                closed: AtomicBool::new(false),
+                stats: TcpStats::default(),
+                streams: Mutex::new(BTreeMap::new()),
+                active_streams: AtomicUsize::new(0),
+                listener: Mutex::new(Some(listener)),
+                local_addr: Mutex::new(local),
+            }),
+        })
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &TcpStats {
+        &self.inner.stats
+    }
+
+    /// The socket address actually bound (useful with port 0).
+    pub fn local_socket_addr(&self) -> Option<SocketAddr> {
+        *self.inner.local_addr.lock()
+    }
+}
+
+fn add(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Transport for TcpTransport {
+    fn local_address(&self) -> &str {
+        &self.inner.cfg.address
+    }
+
+    fn start(&self, handler: Arc<dyn MessageHandler>) -> Result<(), SendError> {
+        *self.inner.handler.lock() = Some(handler);
+        let Some(listener) = self.inner.listener.lock().take() else {
+            return Ok(());
+        };
+        let inner = self.inner.clone();
+        self.inner.handle.spawn(async move {
+            let listener = match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "transport listener failed");
+                    return;
+                }
+            };
+            loop {
+                let (stream, peer) = match listener.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                if inner.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                let _ = stream.set_nodelay(true);
+                let inner = inner.clone();
+                tokio::spawn(async move {
+                    let stream: Box<dyn AsyncStream> = match &inner.tls {
+                        Some(tls) => {
+                            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
+                            match acceptor.accept(stream).await {
+                                Ok(s) => Box::new(s),
+                                Err(e) => {
+                                    add(&inner.stats.tls_rejected);
+                                    tracing::warn!(%peer, error = %e, "TLS handshake refused");
+                                    return;
+                                }
+                            }
+                        }
+                        None => Box::new(stream),
+                    };
+                    serve(inner, stream, peer).await;
+                });
+            }
+        });
+        Ok(())
+    }
+
+    fn send(&self, address: &str, batch: MessageBatch) -> Result<(), SendError> {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(SendError::Closed);
+        }
+        let n = inner.cfg.connections_per_host;
+        let senders = {
+            let mut peers = inner.peers.lock();
+            peers
+                .entry(address.to_string())
+                .or_insert_with(|| spawn_peer(inner, address))
+                .clone()
+        };
+        // Split by shard so a shard's messages always share one connection.
+        let mut parts: Vec<Vec<longship_raft::Message>> = vec![Vec::new(); n];
+        for m in batch.messages {
+            parts[(m.shard_id.0 % n as u64) as usize].push(m);
+        }
+        let mut result = Ok(());
+        for (i, messages) in parts.into_iter().enumerate() {
+            if messages.is_empty() {
+                continue;
+            }
+            let b = MessageBatch {
+                messages,
+                ..MessageBatch {
+                    deployment_id: batch.deployment_id,
+                    source_address: batch.source_address.clone(),
+                    bin_ver: batch.bin_ver,
+                    messages: Vec::new(),
+                }
+            };
+            if senders[i].try_send(b).is_err() {
+                add(&inner.stats.batches_dropped_queue_full);
+                result = Err(SendError::QueueFull(address.to_string()));
+            }
+        }
+        result
+    }
+
+    fn send_snapshot_chunk(&self, address: &str, chunk: SnapshotChunk) -> Result<(), SendError> {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(SendError::Closed);
+        }
+        let key = (chunk.shard_id, chunk.from, chunk.to, chunk.index.0);
+        let mut stream = if chunk.chunk_id == 0 {
+            if let Some(_old) = inner.streams.lock().remove(&key) {
+                inner.active_streams.fetch_sub(1, Ordering::AcqRel);
+            }
+            if inner.active_streams.fetch_add(1, Ordering::AcqRel) >= inner.cfg.max_snapshot_streams
+            {
+                inner.active_streams.fetch_sub(1, Ordering::AcqRel);
+                return Err(SendError::QueueFull(address.to_string()));
+            }
+            match connect_sync(inner, address) {
+                Ok(s) => s,
+                Err(e) => {
+                    inner.active_streams.fetch_sub(1, Ordering::AcqRel);
+                    tracing::info!(%address, error = %e, "snapshot connection failed");
+                    return Err(SendError::Unreachable(address.to_string()));
+                }
+            }
+        } else {
+            match inner.streams.lock().remove(&key) {
+                Some(s) => s,
+                None => return Err(SendError::Unreachable(address.to_string())),
+            }
+        };
+        let fail = |inner: &Inner| {
+            inner.active_streams.fetch_sub(1, Ordering::AcqRel);
+            Err(SendError::Unreachable(address.to_string()))
+        };
+        let last = chunk.last;
+        let frame = encode_frame(
+            FrameType::Chunk,
+            inner.cfg.deployment_id,
+            &encode_chunk(&chunk),
+        );
+        if stream
+            .write_all(&frame)
+            .and_then(|_| stream.flush())
+            .is_err()
+        {
+            return fail(inner);
+        }
+        add(&inner.stats.frames_sent);
+        if !last {
+            inner.streams.lock().insert(key, stream);
+            return Ok(());
+        }
+        // The receiver answers once the snapshot is complete and verified.
+        let ok = read_ack_sync(&mut stream, inner.cfg.deployment_id);
+        inner.active_streams.fetch_sub(1, Ordering::AcqRel);
+        if ok {
+            Ok(())
+        } else {
+            Err(SendError::Unreachable(address.to_string()))
+        }
+    }
+
+    fn close(&self) {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.inner.peers.lock().clear();
+        self.inner.streams.lock().clear();
+        *self.inner.handler.lock() = None;
+        if let Some(rt) = self.inner.runtime.lock().take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Starts the writer tasks of a new peer.
+fn spawn_peer(inner: &Arc<Inner>, address: &str) -> Vec<mpsc::Sender<MessageBatch>> {
+    (0..inner.cfg.connections_per_host)
+        .map(|_| {
+            let (tx, rx) = mpsc::channel(inner.cfg.send_queue_len);
+            let inner2 = inner.clone();
+            let addr = address.to_string();
+            inner
+                .handle
+                .spawn(async move { writer(inner2, addr, rx).await });
+            tx
+        })
+        .collect()
+}
+
+/// Exponential backoff with jitter between connection attempts.
+struct Backoff {
+    delay: Duration,
+    next_attempt: Instant,
+    seed: u64,
+}
+
+impl Backoff {
+    fn new(address: &str) -> Backoff {
+        let seed = address.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
+        Backoff {
+            delay: BACKOFF_MIN,
+            next_attempt: Instant::now(),
+            seed,
+        }
+    }
+
+    fn ready(&self) -> bool {
+        Instant::now() >= self.next_attempt
+    }
+
+    fn failed(&mut self) {
+        self.seed = self
+            .seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let jitter =
+            Duration::from_millis((self.seed >> 33) % (self.delay.as_millis() as u64 / 2 + 1));
+        self.next_attempt = Instant::now() + self.delay + jitter;
+        self.delay = (self.delay * 2).min(BACKOFF_MAX);
+    }
+
+    fn reset(&mut self) {
+        self.delay = BACKOFF_MIN;
+    }
+}
+
+fn report_unreachable(inner: &Inner, address: &str, batch: &MessageBatch) {
+    add(&inner.stats.batches_dropped_unreachable);
+    let targets: BTreeSet<(ShardId, ReplicaId)> =
+        batch.messages.iter().map(|m| (m.shard_id, m.to)).collect();
+    let handler = inner.handler.lock().clone();
+    if let Some(h) = handler {
+        h.handle_unreachable(address, &targets.into_iter().collect::<Vec<_>>());
+    }
+}
+
+async fn writer(inner: Arc<Inner>, address: String, mut rx: mpsc::Receiver<MessageBatch>) {
+    let mut backoff = Backoff::new(&address);
+    let mut conn: Option<Box<dyn AsyncStream>> = None;
+    while let Some(mut batch) = rx.recv().await {
+        let mut size: usize = batch.messages.iter().map(|m| m.size_bytes() as usize).sum();
+        while size < inner.cfg.max_batch_bytes {
+            match rx.try_recv() {
+                Ok(more) => {
+                    size += more
+                        .messages
+                        .iter()
+                        .map(|m| m.size_bytes() as usize)
+                        .sum::<usize>();
+                    batch.messages.extend(more.messages);
+                }
+                Err(_) => break,
+            }
+        }
+        if conn.is_none() {
+            if !backoff.ready() {
+                report_unreachable(&inner, &address, &batch);
+                continue;
+            }
+            match connect_async(&inner, &address).await {
+                Ok(c) => {
+                    backoff.reset();
+                    conn = Some(c);
+                }
+                Err(e) => {
+                    add(&inner.stats.connect_failures);
+                    tracing::debug!(%address, error = %e, "connect failed");
+                    backoff.failed();
+                    report_unreachable(&inner, &address, &batch);
+                    continue;
+                }
+            }
+        }
+        let body = encode_batch(&batch);
+        if body.len() > inner.cfg.max_frame_bytes as usize {
+            tracing::warn!(%address, bytes = body.len(), "batch over the frame limit dropped");
+            continue;
+        }
+        let frame = encode_frame(FrameType::Batch, inner.cfg.deployment_id, &body);
+        let c = conn.as_mut().expect("connected above");
+        let res = async {
+            c.write_all(&frame).await?;
+            c.flush().await
+        }
+        .await;
+        match res {
+            Ok(()) => add(&inner.stats.frames_sent),
+            Err(e) => {
+                tracing::debug!(%address, error = %e, "write failed; reconnecting");
+                conn = None;
+                backoff.failed();
+                report_unreachable(&inner, &address, &batch);
+            }
+        }
+    }
+}
+
+fn resolve(address: &str) -> std::io::Result<SocketAddr> {
+    address.to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "address resolves to nothing")
+    })
+}
+
+async fn connect_async(inner: &Inner, address: &str) -> std::io::Result<Box<dyn AsyncStream>> {
+    let addr = resolve(address)?;
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    match &inner.tls {
+        Some(tls) => {
+            let name = server_name(address).ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "bad TLS server name")
+            })?;
+            let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+            let s = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
+            Ok(Box::new(s))
+        }
+        None => Ok(Box::new(stream)),
+    }
+}
+
+fn connect_sync(inner: &Inner, address: &str) -> std::io::Result<Box<dyn SyncStream>> {
+    let addr = resolve(address)?;
+    let stream = StdTcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(SNAPSHOT_ACK_TIMEOUT))?;
+    stream.set_write_timeout(Some(SNAPSHOT_ACK_TIMEOUT))?;
+    match &inner.tls {
+        Some(tls) => {
+            let name = server_name(address).ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "bad TLS server name")
+            })?;
+            let conn = rustls::ClientConnection::new(tls.client.clone(), name)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            Ok(Box::new(rustls::StreamOwned::new(conn, stream)))
+        }
+        None => Ok(Box::new(stream)),
+    }
+}
+
+fn read_ack_sync(stream: &mut Box<dyn SyncStream>, deployment_id: u64) -> bool {
+    let mut h = [0u8; FRAME_HEADER_BYTES];
+    if stream.read_exact(&mut h).is_err() {
+        return false;
+    }
+    let Ok(hdr) = decode_header(&h, deployment_id, 16) else {
+        return false;
+    };
+    if hdr.frame_type != FrameType::SnapshotAck || hdr.body_len != 1 {
+        return false;
+    }
+    let mut body = [0u8; 1];
+    stream.read_exact(&mut body).is_ok() && check_body(&hdr, &body).is_ok() && body[0] == 1
+}
+
+/// Why a connection is closed by the reader.
+#[derive(Debug)]
+enum ReadError {
+    Io(std::io::Error),
+    Frame(FrameError),
+}
+
+async fn read_frame(
+    s: &mut Box<dyn AsyncStream>,
+    deployment_id: u64,
+    max: u32,
+) -> Result<Option<(FrameHeader, Vec<u8>)>, ReadError> {
+    let mut h = [0u8; FRAME_HEADER_BYTES];
+    match s.read_exact(&mut h).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(ReadError::Io(e)),
+    }
+    let hdr = decode_header(&h, deployment_id, max).map_err(ReadError::Frame)?;
+    // Allocated only after the header passed every check.
+    let mut body = vec![0u8; hdr.body_len as usize];
+    s.read_exact(&mut body).await.map_err(ReadError::Io)?;
+    check_body(&hdr, &body).map_err(ReadError::Frame)?;
+    Ok(Some((hdr, body)))
+}
+
+async fn serve(inner: Arc<Inner>, mut s: Box<dyn AsyncStream>, peer: SocketAddr) {
+    let dep = inner.cfg.deployment_id;
+    let limits = Limits {
+        max_payload_bytes: inner.cfg.max_frame_bytes as u64,
+        ..Limits::default()
+    };
+    loop {
+        let (hdr, body) = match read_frame(&mut s, dep, inner.cfg.max_frame_bytes).await {
+            Ok(Some(x)) => x,
+            Ok(None) => return,
+            Err(ReadError::Io(e)) => {
+                tracing::debug!(%peer, error = %e, "connection closed");
+                return;
+            }
+            Err(ReadError::Frame(e)) => {
+                add(&inner.stats.frames_rejected);
+                tracing::warn!(%peer, error = %e, "bad frame; closing the connection");
+                return;
+            }
+        };
+        let Some(handler) = inner.handler.lock().clone() else {
+            return;
+        };
+        match hdr.frame_type {
+            FrameType::Batch => match decode_batch(&body, &limits) {
+                Ok(b) if b.deployment_id == dep => {
+                    add(&inner.stats.frames_received);
+                    handler.handle_batch(b);
+                }
+                Ok(_) => {
+                    add(&inner.stats.frames_rejected);
+                    tracing::warn!(%peer, "batch from another deployment; closing the connection");
+                    return;
+                }
+                Err(e) => {
+                    add(&inner.stats.frames_rejected);
+                    tracing::warn!(%peer, error = %e, "malformed batch; closing the connection");
+                    return;
+                }
+            },
+            FrameType::Chunk => {
+                let chunk = match decode_chunk(&body, inner.cfg.max_frame_bytes as u64) {
+                    Ok(c) if c.deployment_id == dep => c,
+                    _ => {
+                        add(&inner.stats.frames_rejected);
+                        tracing::warn!(%peer, "malformed snapshot chunk; closing the connection");
+                        return;
+                    }
+                };
+                add(&inner.stats.frames_received);
+                let last = chunk.last;
+                // Chunk handling writes files: keep it off the async workers' hot path.
+                let ok = tokio::task::block_in_place(|| handler.handle_snapshot_chunk(chunk));
+                if !ok || last {
+                    let ack = encode_frame(FrameType::SnapshotAck, dep, &[ok as u8]);
+                    let _ = s.write_all(&ack).await;
+                    let _ = s.flush().await;
+                    if !ok {
+                        return;
+                    }
+                }
+            }
+            FrameType::SnapshotAck => {
+                add(&inner.stats.frames_rejected);
+                return;
+            }
+        }
+    }
+}
