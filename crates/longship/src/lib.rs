@@ -24,6 +24,7 @@ mod request;
 mod rsm;
 mod session;
 mod sm;
+pub mod tools;
 mod work;
 
 pub use config::{Config, NodeHostConfig};

@@ -239,13 +239,13 @@ fn os_seed() -> u64 {
 }
 
 /// The exclusive hold of a NodeHost directory.
-struct DirLock {
+pub(crate) struct DirLock {
     dir: PathBuf,
     _file: Option<std::fs::File>,
 }
 
 impl DirLock {
-    fn acquire(dir: &Path, os: bool) -> Result<DirLock> {
+    pub(crate) fn acquire(dir: &Path, os: bool) -> Result<DirLock> {
         let canonical = if os {
             dir.canonicalize()?
         } else {
