@@ -8,7 +8,7 @@ use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use longship_raft::codec::encode_message;
+use longship_raft::codec::{decode_config_change, encode_message};
 use longship_raft::{
     ConfigChangeRejected, Entry, Index, MESSAGE_BATCH_VERSION, Message, MessageBatch, MessageType,
     ProposalError, ReplicaId, SnapshotMeta,
@@ -40,6 +40,14 @@ pub(crate) fn proposal_error(e: ProposalError) -> Error {
         }
         ProposalError::PendingConfigChange => Error::PendingConfigChange,
         ProposalError::Invalid => Error::Rejected("invalid request".into()),
+    }
+}
+
+/// The API error of a config change the membership refuses.
+fn config_change_error(e: ConfigChangeRejected) -> Error {
+    match e {
+        ConfigChangeRejected::Removed(id) => Error::ReplicaRemoved(id),
+        other => Error::Rejected(other.to_string()),
     }
 }
 
@@ -186,10 +194,18 @@ impl StepWorker {
             }
         }
         for cc in inbox.config_changes {
-            let key = cc.key;
+            let (key, cmd) = (cc.key, cc.cmd.clone());
             if let Err(e) = core.raft.propose(vec![cc]) {
+                // Say why an invalid change is refused (e.g. a removed id).
+                let refused = decode_config_change(&cmd)
+                    .ok()
+                    .and_then(|c| core.raft.membership().check(&c).err());
+                let err = match refused {
+                    Some(rejected) if e == ProposalError::Invalid => config_change_error(rejected),
+                    _ => proposal_error(e),
+                };
                 if let Some(p) = r.pending.lock().config_changes.remove(&key) {
-                    p.completer.complete(Err(proposal_error(e)));
+                    p.completer.complete(Err(err));
                 }
             }
         }
@@ -477,10 +493,7 @@ impl ApplyWorker {
                 }
                 Applied::ConfigChange { key, outcome } => {
                     if let Some(p) = pending.config_changes.remove(&key) {
-                        p.completer.complete(outcome.map_err(|e| match e {
-                            ConfigChangeRejected::Removed(id) => Error::ReplicaRemoved(id),
-                            other => Error::Rejected(other.to_string()),
-                        }));
+                        p.completer.complete(outcome.map_err(config_change_error));
                     }
                 }
             }
