@@ -204,3 +204,65 @@ pub fn retry<T>(mut f: impl FnMut() -> Result<T, Error>) -> T {
         }
     }
 }
+
+/// Polls `f` every few milliseconds until it returns true; panics with
+/// `what` after `within`.
+pub fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+impl TestCluster {
+    /// Starts a Kv replica on host `i` with `members`, `join` and `cfg`.
+    pub fn start_replica_on(&self, i: u64, members: &[u64], join: bool, cfg: Config) {
+        self.nh(i)
+            .start_replica(
+                Self::members(members),
+                join,
+                |_, _| Box::new(Kv::default()),
+                cfg,
+            )
+            .unwrap();
+    }
+
+    /// Proposes `cmd` on host `i` with a no-op session, retrying temporary
+    /// errors; returns the state machine's value.
+    pub fn propose(&self, i: u64, shard: u64, cmd: impl AsRef<[u8]>) -> u64 {
+        let mut s = self.nh(i).get_noop_session(ShardId(shard));
+        let cmd = cmd.as_ref().to_vec();
+        retry(|| self.nh(i).sync_propose(&mut s, cmd.clone(), TIMEOUT)).value
+    }
+
+    /// Linearizable read on host `i`, retrying temporary errors.
+    pub fn read(&self, i: u64, shard: u64, query: impl AsRef<[u8]>) -> Vec<u8> {
+        retry(|| {
+            self.nh(i)
+                .sync_read(ShardId(shard), query.as_ref(), TIMEOUT)
+        })
+    }
+
+    /// The leader of `shard` as seen by host `i` (0 when unknown).
+    pub fn leader_seen_by(&self, i: u64, shard: u64) -> u64 {
+        match self.nh(i).get_leader_id(ShardId(shard)) {
+            Ok(l) if l.valid => l.leader_id.0,
+            _ => 0,
+        }
+    }
+}
+
+/// Retries an operation while it fails with a temporary error; returns its
+/// success or its first permanent error (for tests that expect one).
+pub fn retry_outcome<T>(mut f: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match f() {
+            Err(e) if e.is_temporary() && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            other => return other,
+        }
+    }
+}
