@@ -25,6 +25,7 @@ use std::sync::Arc;
 use longship_raft::Rng;
 use parking_lot::Mutex;
 
+use super::MemFs;
 use super::mem::normalize;
 use super::{File, FileSystem};
 
@@ -120,6 +121,10 @@ struct State {
     probabilities: FaultProbabilities,
     /// Faults injected so far.
     faults_injected: u64,
+    /// When set, the crash image before every counted operation is recorded.
+    recording: Option<CrashMode>,
+    /// Recorded `(operations done, crash image)` pairs.
+    images: Vec<(u64, MemFs)>,
     /// Bumped by every crash; handles of an older generation are dead.
     generation: u64,
     dirs: HashMap<u64, DirNode>,
@@ -166,9 +171,13 @@ impl State {
     }
 
     /// Numbers the next operation and decides whether it fails.
-    fn begin_op(&mut self, kind: OpKind) -> io::Result<Option<Fault>> {
+    fn begin_op(&mut self, inner: &dyn FileSystem, kind: OpKind) -> io::Result<Option<Fault>> {
         if self.frozen() {
             return Err(err(io::ErrorKind::Other, "simulated power cut"));
+        }
+        if let Some(mode) = self.recording {
+            let image = self.image(inner, mode)?;
+            self.images.push((self.op_count, image));
         }
         self.op_count += 1;
         let mut fault = self.scheduled.remove(&self.op_count);
@@ -264,6 +273,64 @@ impl State {
         Ok(None)
     }
 
+    /// What the disk would hold after a crash now, as a fresh [`MemFs`]
+    /// (changes nothing but the random draws of `KeepRandomPrefix`).
+    fn image(&mut self, inner: &dyn FileSystem, mode: CrashMode) -> io::Result<MemFs> {
+        let mut partial: HashMap<u64, Vec<u8>> = HashMap::new();
+        if mode == CrashMode::KeepRandomPrefix {
+            for (path, id) in self.current_files() {
+                if let Some(bytes) = self.written_back(inner, &path, id)? {
+                    partial.insert(id, bytes);
+                }
+            }
+        }
+        let out = MemFs::new();
+        let mut stack = vec![(ROOT, PathBuf::from("/"))];
+        // Bounded: follows durable tables; a node named twice is copied twice,
+        // and tables form a tree of finite depth.
+        while let Some((dir, path)) = stack.pop() {
+            for (name, e) in &self.dirs[&dir].durable {
+                let p = path.join(name);
+                match *e {
+                    Entry::Dir(id) => {
+                        out.create_dir_all(&p)?;
+                        stack.push((id, p));
+                    }
+                    Entry::File(id) => {
+                        let bytes = partial.get(&id).unwrap_or(&self.files[&id].durable);
+                        out.create(&p)?.write_at(0, bytes)?;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// For a file only appended to since its last sync: its durable bytes
+    /// plus a random prefix of the appended ones.
+    fn written_back(
+        &mut self,
+        inner: &dyn FileSystem,
+        path: &Path,
+        id: u64,
+    ) -> io::Result<Option<Vec<u8>>> {
+        let node = &self.files[&id];
+        let Some((lo, hi)) = node.dirty else {
+            return Ok(None);
+        };
+        if lo < node.durable.len() as u64 || hi <= lo {
+            return Ok(None);
+        }
+        let keep = self.rng.below(hi - lo + 1);
+        let mut buf = vec![0u8; keep as usize];
+        let n = inner.open_read(path)?.read_at(lo, &mut buf)?;
+        buf.truncate(n);
+        let mut bytes = self.files[&id].durable.clone();
+        bytes.resize(lo as usize, 0);
+        bytes.extend_from_slice(&buf);
+        Ok(Some(bytes))
+    }
+
     /// Current path of every file reachable by name, with its id.
     fn current_files(&self) -> Vec<(PathBuf, u64)> {
         let mut out = Vec::new();
@@ -319,6 +386,8 @@ impl FaultyFs {
                 crash_after: None,
                 probabilities: FaultProbabilities::default(),
                 faults_injected: 0,
+                recording: None,
+                images: Vec::new(),
                 generation: 0,
                 dirs,
                 files: HashMap::new(),
@@ -363,6 +432,31 @@ impl FaultyFs {
         self.state.lock().frozen()
     }
 
+    /// Starts (or, with `None`, stops) recording crash images: before every
+    /// counted operation, what the disk would hold after a crash at that
+    /// moment is copied into a [`MemFs`]. A test runs a workload once and
+    /// then checks recovery from every crash point, without re-running it.
+    pub fn record_crash_images(&self, mode: Option<CrashMode>) {
+        self.state.lock().recording = mode;
+    }
+
+    /// The recorded crash images, each with the number of operations done
+    /// before it, followed by the image of the current state.
+    pub fn take_crash_images(&self) -> io::Result<Vec<(u64, MemFs)>> {
+        let mut st = self.state.lock();
+        let mut images = std::mem::take(&mut st.images);
+        let mode = st.recording.unwrap_or(CrashMode::DropUnsynced);
+        let image = st.image(&*self.inner, mode)?;
+        images.push((st.op_count, image));
+        Ok(images)
+    }
+
+    /// What the disk would hold after a crash now, as a fresh [`MemFs`].
+    pub fn crash_image(&self, mode: CrashMode) -> io::Result<MemFs> {
+        let mut st = self.state.lock();
+        st.image(&*self.inner, mode)
+    }
+
     /// Simulates a crash and restart: the wrapped file system is rewritten
     /// to its durable state, every open handle becomes dead, and the power
     /// cut (if any) is lifted. Scheduled faults and probabilities stay.
@@ -374,20 +468,9 @@ impl FaultyFs {
         // Partial write-back of appended bytes, read before anything is removed.
         if mode == CrashMode::KeepRandomPrefix {
             for (path, id) in st.current_files() {
-                let node = &st.files[&id];
-                let Some((lo, hi)) = node.dirty else { continue };
-                let dlen = node.durable.len() as u64;
-                if lo < dlen || hi <= lo {
-                    continue;
+                if let Some(bytes) = st.written_back(inner, &path, id)? {
+                    st.files.get_mut(&id).expect("listed").durable = bytes;
                 }
-                let keep = st.rng.below(hi - lo + 1);
-                let mut buf = vec![0u8; keep as usize];
-                let f = inner.open_read(&path)?;
-                let n = f.read_at(lo, &mut buf)?;
-                buf.truncate(n);
-                let node = st.files.get_mut(&id).expect("listed");
-                node.durable.resize(lo as usize, 0);
-                node.durable.extend_from_slice(&buf);
             }
         }
 
@@ -473,6 +556,7 @@ impl FaultyFs {
     fn handle(&self, inner: Box<dyn File>, id: u64, generation: u64) -> Box<dyn File> {
         Box::new(FaultyFile {
             inner,
+            fs_inner: self.inner.clone(),
             id,
             generation,
             state: self.state.clone(),
@@ -506,6 +590,8 @@ impl FaultyFs {
 /// A handle on a [`FaultyFs`] file.
 struct FaultyFile {
     inner: Box<dyn File>,
+    /// The wrapped file system (for crash images).
+    fs_inner: Arc<dyn FileSystem>,
     /// File node id in the model.
     id: u64,
     /// Crash generation the handle was opened in.
@@ -528,7 +614,7 @@ impl FaultyFile {
     fn write(&self, offset: Option<u64>, buf: &[u8]) -> io::Result<u64> {
         let mut st = self.state.lock();
         self.check_alive(&st)?;
-        let fault = st.begin_op(OpKind::Write)?;
+        let fault = st.begin_op(&*self.fs_inner, OpKind::Write)?;
         let offset = match offset {
             Some(o) => o,
             None => self.inner.len()?,
@@ -571,7 +657,7 @@ impl File for FaultyFile {
     fn sync(&self) -> io::Result<()> {
         let mut st = self.state.lock();
         self.check_alive(&st)?;
-        if st.begin_op(OpKind::Sync)?.is_some() {
+        if st.begin_op(&*self.fs_inner, OpKind::Sync)?.is_some() {
             return Err(injected("sync error"));
         }
         self.inner.sync()?;
@@ -599,7 +685,7 @@ impl File for FaultyFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut st = self.state.lock();
         self.check_alive(&st)?;
-        if st.begin_op(OpKind::Write)?.is_some() {
+        if st.begin_op(&*self.fs_inner, OpKind::Write)?.is_some() {
             return Err(injected("set_len error"));
         }
         if len > FILE_BYTES_MAX {
@@ -624,7 +710,7 @@ impl FileSystem for FaultyFs {
     fn create(&self, path: &Path) -> io::Result<Box<dyn File>> {
         let path = normalize(path);
         let mut st = self.state.lock();
-        if st.begin_op(OpKind::Meta)?.is_some() {
+        if st.begin_op(&*self.inner, OpKind::Meta)?.is_some() {
             return Err(injected("create error"));
         }
         let (dir, name) = st.resolve_parent(&*self.inner, &path)?;
@@ -667,7 +753,7 @@ impl FileSystem for FaultyFs {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let (from, to) = (normalize(from), normalize(to));
         let mut st = self.state.lock();
-        if st.begin_op(OpKind::Meta)?.is_some() {
+        if st.begin_op(&*self.inner, OpKind::Meta)?.is_some() {
             return Err(injected("rename error"));
         }
         let (fdir, fname) = st.resolve_parent(&*self.inner, &from)?;
@@ -697,7 +783,7 @@ impl FileSystem for FaultyFs {
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         let path = normalize(path);
         let mut st = self.state.lock();
-        if st.begin_op(OpKind::Meta)?.is_some() {
+        if st.begin_op(&*self.inner, OpKind::Meta)?.is_some() {
             return Err(injected("remove error"));
         }
         let (dir, name) = st.resolve_parent(&*self.inner, &path)?;
@@ -713,7 +799,7 @@ impl FileSystem for FaultyFs {
     fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
         let path = normalize(path);
         let mut st = self.state.lock();
-        if st.begin_op(OpKind::Meta)?.is_some() {
+        if st.begin_op(&*self.inner, OpKind::Meta)?.is_some() {
             return Err(injected("remove error"));
         }
         let (dir, name) = st.resolve_parent(&*self.inner, &path)?;
@@ -730,7 +816,7 @@ impl FileSystem for FaultyFs {
         let path = normalize(path);
         let comps = names(&path)?;
         let mut st = self.state.lock();
-        if st.begin_op(OpKind::Meta)?.is_some() {
+        if st.begin_op(&*self.inner, OpKind::Meta)?.is_some() {
             return Err(injected("mkdir error"));
         }
         let mut cur = ROOT;
@@ -794,7 +880,7 @@ impl FileSystem for FaultyFs {
         let dir = normalize(dir);
         let comps = names(&dir)?;
         let mut st = self.state.lock();
-        if st.begin_op(OpKind::Sync)?.is_some() {
+        if st.begin_op(&*self.inner, OpKind::Sync)?.is_some() {
             return Err(injected("directory sync error"));
         }
         let id = st.resolve_dir(&*self.inner, &comps)?;

@@ -161,6 +161,10 @@ impl File for MemFile {
             .checked_add(buf.len())
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "write past end"))?;
         let mut data = self.contents.write();
+        if start == data.len() {
+            data.extend_from_slice(buf);
+            return Ok(());
+        }
         if data.len() < end {
             data.resize(end, 0);
         }

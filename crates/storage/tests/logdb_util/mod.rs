@@ -216,6 +216,8 @@ pub struct Workload {
     pub updates_max: u64,
     /// Whether to generate removals, imports and snapshots.
     pub rare_actions: bool,
+    /// Percent of actions that are not `Save` (when `rare_actions`).
+    pub rare_percent: u64,
 }
 
 impl Workload {
@@ -227,6 +229,7 @@ impl Workload {
             entries_max: 6,
             updates_max: 4,
             rare_actions: true,
+            rare_percent: 6,
         }
     }
 
@@ -245,11 +248,10 @@ impl Workload {
 
     /// The next action, given the current model (so most actions are valid).
     pub fn next(&mut self, m: &Model) -> Action {
-        let roll = self.rng.below(100);
-        if self.rare_actions && roll < 6 {
+        if self.rare_actions && self.rng.below(100) < self.rare_percent {
             let k = self.pick_key();
             let r = m.replicas.get(&k).cloned().unwrap_or_default();
-            return match roll {
+            return match self.rng.below(6) {
                 0 => Action::Remove(k),
                 1 => Action::Import(k, snapshot(r.last() + 1 + self.rng.below(5), 50)),
                 2 | 3 => {
@@ -364,4 +366,86 @@ pub fn assert_matches(db: &dyn LogDb, m: &Model, ctx: &str) {
         assert_eq!(got.len(), r.entries.len(), "{ctx}: entry count of {k:?}");
         assert!(got == r.entries, "{ctx}: entries of {k:?} differ");
     }
+}
+
+/// Reads everything `db` holds into a model (for comparisons that must not panic).
+pub fn dump(db: &dyn LogDb) -> Result<Model, Error> {
+    let mut m = Model::default();
+    for (s, r) in db.list_replicas() {
+        let st = db.read_state(s, r).ok_or(Error::NotFound)?;
+        let marker = st.first_index.0 - 1;
+        let entries = if st.last_index >= st.first_index {
+            db.entries(s, r, st.first_index, st.last_index.next(), u64::MAX)?
+        } else {
+            Vec::new()
+        };
+        for e in &entries {
+            if db.term(s, r, e.index)? != e.term {
+                return Err(Error::InvalidArgument(format!(
+                    "term of {} differs",
+                    e.index
+                )));
+            }
+        }
+        m.replicas.insert(
+            (s, r),
+            ModelReplica {
+                marker,
+                marker_term: db.term(s, r, Index(marker))?.0,
+                entries,
+                hard_state: st.hard_state,
+                snapshot: st.snapshot,
+            },
+        );
+    }
+    Ok(m)
+}
+
+/// A valid workload of `n` actions (each accepted by the model).
+pub fn valid_actions(seed: u64, shards: u64, n: usize) -> Vec<Action> {
+    valid_actions_from(Workload::new(seed, shards), n)
+}
+
+/// A valid workload of `n` actions from a configured generator.
+pub fn valid_actions_from(mut w: Workload, n: usize) -> Vec<Action> {
+    let mut m = Model::default();
+    let mut out = Vec::with_capacity(n);
+    // Bounded: invalid actions are rare; give up after 10 n tries.
+    for _ in 0..n * 10 {
+        if out.len() == n {
+            break;
+        }
+        let a = w.next(&m);
+        if m.apply(&a).is_ok() {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// Panics with a short description of how two models differ.
+pub fn assert_same(got: &Model, want: &Model, ctx: &str) {
+    if got == want {
+        return;
+    }
+    let brief = |r: Option<&ModelReplica>| {
+        r.map(|r| {
+            format!(
+                "({}..={} hs {:?} snap {})",
+                r.marker,
+                r.last(),
+                r.hard_state,
+                r.snapshot.index
+            )
+        })
+    };
+    let mut diff = Vec::new();
+    for k in got.replicas.keys().chain(want.replicas.keys()) {
+        let (g, w) = (got.replicas.get(k), want.replicas.get(k));
+        if g != w {
+            diff.push(format!("{k:?}: got {:?} want {:?}", brief(g), brief(w)));
+        }
+    }
+    diff.dedup();
+    panic!("{ctx}: state differs: {}", diff.join("; "));
 }

@@ -204,7 +204,9 @@ fn put_key(key: Key, out: &mut Vec<u8>) {
 }
 
 /// Appends the payload of an update record holding `entries` (and the
-/// snapshot and hard state when given).
+/// snapshot and hard state when given). The entries are preceded by a
+/// summary — first index, count and term runs — so replay never has to
+/// parse them.
 pub fn encode_update_payload(
     key: Key,
     snapshot: Option<&SnapshotMeta>,
@@ -228,6 +230,18 @@ pub fn encode_update_payload(
         encode_hard_state(h, out);
     }
     put_uvarint(out, entries.len() as u64);
+    if let Some(first) = entries.first() {
+        put_uvarint(out, first.index.0);
+        let runs = entries
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| *i == 0 || entries[i - 1].term != e.term);
+        put_uvarint(out, runs.clone().count() as u64);
+        for (i, e) in runs {
+            put_uvarint(out, i as u64);
+            put_uvarint(out, e.term.0);
+        }
+    }
     for e in entries {
         encode_entry(e, out);
     }
@@ -290,12 +304,40 @@ pub fn encode_checkpoint_replica(c: &CheckpointReplica, out: &mut Vec<u8>) {
     encode_snapshot_meta(&c.snapshot, out);
 }
 
+/// The header of an update record: everything but the entries themselves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpdateHeader {
+    /// The replica.
+    pub key: Key,
+    /// A snapshot to install first.
+    pub snapshot: Option<SnapshotMeta>,
+    /// A hard state to set last.
+    pub hard_state: Option<HardState>,
+    /// Index of the first entry (0 when there are none).
+    pub first: Index,
+    /// Number of entries.
+    pub count: u64,
+    /// Term runs: `(offset from first, term)`, offsets strictly ascending
+    /// from 0, below `count`; neighbouring terms differ.
+    pub terms: Vec<(u64, Term)>,
+}
+
+impl UpdateHeader {
+    /// Term of the `i`-th entry (`i < count`).
+    pub fn term_of(&self, i: u64) -> Term {
+        let pos = self.terms.partition_point(|&(off, _)| off <= i);
+        self.terms[pos.max(1) - 1].1
+    }
+}
+
 /// A decoded record.
 #[derive(Clone, Debug)]
 pub enum Record {
     /// Part of a checkpoint: the state of some replicas.
     Checkpoint(Vec<CheckpointReplica>),
-    /// A change.
+    /// An update; its entries are not decoded.
+    Update(UpdateHeader),
+    /// Any other change.
     Op(Op),
 }
 
@@ -303,27 +345,7 @@ fn get_key(d: &mut Decoder<'_>) -> Result<Key, DecodeError> {
     Ok((ShardId(d.uvarint()?), ReplicaId(d.uvarint()?)))
 }
 
-/// Decodes entries of an update payload after its header fields.
-fn decode_entry_list(d: &mut Decoder<'_>) -> Result<Vec<Entry>, DecodeError> {
-    // Every entry takes at least 4 bytes, so `count` bounds the allocation.
-    let n = d.count("entry count", u64::MAX)?;
-    let mut entries = Vec::with_capacity(n.min(d.remaining() / 4));
-    for _ in 0..n {
-        let e = decode_entry(d)?;
-        if let Some(prev) = entries.last() {
-            let prev: &Entry = prev;
-            if e.index != prev.index.next() {
-                return Err(DecodeError::Invalid("entries not contiguous"));
-            }
-        } else if e.index.0 == 0 {
-            return Err(DecodeError::Invalid("entry at index 0"));
-        }
-        entries.push(e);
-    }
-    Ok(entries)
-}
-
-fn decode_update(d: &mut Decoder<'_>) -> Result<Op, DecodeError> {
+fn decode_update_header(d: &mut Decoder<'_>) -> Result<UpdateHeader, DecodeError> {
     let key = get_key(d)?;
     let flags = d.u8()?;
     if flags & !(UPDATE_HAS_SNAPSHOT | UPDATE_HAS_HARD_STATE) != 0 {
@@ -339,13 +361,64 @@ fn decode_update(d: &mut Decoder<'_>) -> Result<Op, DecodeError> {
     } else {
         None
     };
-    let entries = decode_entry_list(d)?;
-    Ok(Op::Update {
+    // Every entry takes at least 4 bytes: the count is bounded by the input.
+    let count = d.uvarint()?;
+    if count > (d.remaining() / 4) as u64 {
+        return Err(DecodeError::Truncated);
+    }
+    let mut header = UpdateHeader {
         key,
         snapshot,
-        entries,
         hard_state,
-    })
+        first: Index(0),
+        count,
+        terms: Vec::new(),
+    };
+    if count == 0 {
+        return Ok(header);
+    }
+    header.first = Index(d.uvarint()?);
+    if header.first.0 == 0 || header.first.0.checked_add(count).is_none() {
+        return Err(DecodeError::Invalid("entry indexes out of range"));
+    }
+    let nterms = d.count("term runs", count)?;
+    if nterms == 0 {
+        return Err(DecodeError::Invalid("entries without terms"));
+    }
+    header.terms.reserve(nterms);
+    for i in 0..nterms {
+        let off = d.uvarint()?;
+        let term = Term(d.uvarint()?);
+        let ok = match header.terms.last() {
+            None => off == 0,
+            Some(&(prev, t)) => off > prev && off < count && t != term,
+        };
+        if !ok || (i == 0 && off != 0) {
+            return Err(DecodeError::Invalid("bad term runs"));
+        }
+        header.terms.push((off, term));
+    }
+    Ok(header)
+}
+
+/// Decodes a whole update record: its header and its entries, which must
+/// agree with the header.
+pub fn decode_update(payload: &[u8]) -> Result<(UpdateHeader, Vec<Entry>), DecodeError> {
+    let mut d = Decoder::new(payload, limits());
+    let header = decode_update_header(&mut d)?;
+    // `count` is bounded by the input (checked in the header).
+    let mut entries = Vec::with_capacity(header.count as usize);
+    for i in 0..header.count {
+        let e = decode_entry(&mut d)?;
+        if e.index != header.first.plus(i) || e.term != header.term_of(i) {
+            return Err(DecodeError::Invalid(
+                "entry does not match the record header",
+            ));
+        }
+        entries.push(e);
+    }
+    d.finish()?;
+    Ok((header, entries))
 }
 
 fn decode_checkpoint(d: &mut Decoder<'_>) -> Result<Vec<CheckpointReplica>, DecodeError> {
@@ -384,12 +457,18 @@ fn decode_checkpoint(d: &mut Decoder<'_>) -> Result<Vec<CheckpointReplica>, Deco
     Ok(out)
 }
 
-/// Decodes a record payload of `kind` (already checksummed).
+/// Decodes a record payload of `kind` (already checksummed); the entries
+/// of an update are skipped (see [`decode_update`]).
 pub fn decode_record(kind: u8, payload: &[u8]) -> Result<Record, DecodeError> {
     let mut d = Decoder::new(payload, limits());
     let rec = match kind {
         KIND_CHECKPOINT => Record::Checkpoint(decode_checkpoint(&mut d)?),
-        KIND_UPDATE => Record::Op(decode_update(&mut d)?),
+        KIND_UPDATE => {
+            // The entries are checked by the record CRC; they are parsed
+            // only when read.
+            let h = decode_update_header(&mut d)?;
+            return Ok(Record::Update(h));
+        }
         KIND_SAVE_SNAPSHOT => {
             let key = get_key(&mut d)?;
             Record::Op(Op::SaveSnapshot {
@@ -445,11 +524,12 @@ mod tests {
         seal_record(&mut buf, FLAG_LAST, segment_seed(7));
         let h = check_record(&buf, segment_seed(7)).unwrap();
         assert_eq!(h.flags, FLAG_LAST);
-        let Record::Op(Op::Update { entries: got, .. }) =
-            decode_record(h.kind, &buf[RECORD_HEADER_BYTES..]).unwrap()
+        let Record::Update(header) = decode_record(h.kind, &buf[RECORD_HEADER_BYTES..]).unwrap()
         else {
             panic!("wrong record")
         };
+        assert_eq!((header.first, header.count), (Index(5), 3));
+        let (_, got) = decode_update(&buf[RECORD_HEADER_BYTES..]).unwrap();
         assert_eq!(got, entries);
         // Another segment's seed does not check out.
         assert!(check_record(&buf, segment_seed(8)).is_err());

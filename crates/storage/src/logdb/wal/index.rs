@@ -8,7 +8,7 @@ use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use longship_raft::{Entry, HardState, Index, SnapshotMeta};
+use longship_raft::{Entry, HardState, Index, SnapshotMeta, Term};
 
 use super::format::CheckpointReplica;
 use crate::error::{Error, Result};
@@ -58,6 +58,24 @@ pub(crate) struct Segment {
     /// Number of runs pointing into it; it can be deleted at 0 (if it is
     /// not the active segment and every older one is gone).
     pub live_runs: u64,
+}
+
+/// What [`IndexState::apply_update`] applies.
+pub(crate) struct UpdateArgs<'a> {
+    /// The replica.
+    pub key: Key,
+    /// A snapshot to install first.
+    pub snapshot: Option<&'a SnapshotMeta>,
+    /// A hard state to set last.
+    pub hard_state: Option<&'a HardState>,
+    /// Index of the first entry (ignored when `count` is 0).
+    pub first: Index,
+    /// Number of entries.
+    pub count: usize,
+    /// The record holding the entries.
+    pub loc: Option<Loc>,
+    /// The entries themselves, to cache (`None` during replay).
+    pub cached: Option<&'a [Entry]>,
 }
 
 /// Everything about one replica.
@@ -198,57 +216,20 @@ impl IndexState {
                 hard_state,
                 ..
             } => {
-                let r = self.replicas.entry(key).or_default();
-                if let Some(first) = entries.first() {
-                    // Check before changing anything, so a failure leaves no trace.
-                    let mut probe = r.shape.clone();
-                    if let Some(s) = snapshot {
-                        probe.install(s.index, s.term);
-                    }
-                    probe.check_append(first.index, entries.len())?;
-                }
-                if let Some(s) = snapshot {
-                    if r.shape.install(s.index, s.term) != Installed::Stale {
-                        r.snapshot = s.clone();
-                        r.trim(&mut self.segments, &mut self.cache_bytes);
-                    }
-                }
-                if let Some(first) = entries.first() {
-                    let appended = r
-                        .shape
-                        .append(first.index, entries.len(), |i| entries[i].term)
-                        .expect("checked above");
-                    if let Some((skip, from)) = appended {
-                        r.truncate_runs_from(from, &mut self.segments);
-                        while r.cache.back().is_some_and(|e| e.index >= from) {
-                            let e = r.cache.pop_back().expect("checked");
-                            r.cache_bytes -= e.size_bytes();
-                            self.cache_bytes -= e.size_bytes();
-                        }
-                        let loc = loc.expect("an update with entries has a record");
-                        if let Some(seg) = self.segments.get_mut(&loc.segment) {
-                            seg.live_runs += 1;
-                        }
-                        r.runs.push_back(Run {
-                            first: from,
-                            count: (entries.len() - skip) as u64,
-                            loc,
-                        });
-                        if fill_cache {
-                            if r.cache.back().is_some_and(|e| e.index.next() != from) {
-                                r.clear_cache(&mut self.cache_bytes);
-                            }
-                            for e in &entries[skip..] {
-                                r.cache_bytes += e.size_bytes();
-                                self.cache_bytes += e.size_bytes();
-                                r.cache.push_back(e.clone());
-                            }
-                        }
-                    }
-                }
-                if let Some(hs) = hard_state {
-                    r.hard_state = *hs;
-                }
+                let first = entries.first().map_or(Index(0), |e| e.index);
+                let cached = if fill_cache { Some(&entries[..]) } else { None };
+                self.apply_update(
+                    UpdateArgs {
+                        key,
+                        snapshot: snapshot.as_ref(),
+                        hard_state: hard_state.as_ref(),
+                        first,
+                        count: entries.len(),
+                        loc,
+                        cached,
+                    },
+                    |i| entries[i].term,
+                )?;
             }
             Op::SaveSnapshot { meta, .. } => {
                 let r = self.replicas.entry(key).or_default();
@@ -276,6 +257,68 @@ impl IndexState {
             debug_assert!(r.shape.check());
             debug_assert_eq!(r.snapshot.index, r.shape.snapshot_index);
         }
+        Ok(())
+    }
+
+    /// Applies an update: install the snapshot, append `count` entries from
+    /// `first` (terms by `term_of`), set the hard state. Checks first, so a
+    /// failure (a gap) changes nothing.
+    pub fn apply_update(
+        &mut self,
+        u: UpdateArgs<'_>,
+        term_of: impl Fn(usize) -> Term,
+    ) -> Result<()> {
+        let r = self.replicas.entry(u.key).or_default();
+        if u.count > 0 {
+            let mut probe = r.shape.clone();
+            if let Some(s) = u.snapshot {
+                probe.install(s.index, s.term);
+            }
+            probe.check_append(u.first, u.count)?;
+        }
+        if let Some(s) = u.snapshot {
+            if r.shape.install(s.index, s.term) != Installed::Stale {
+                r.snapshot = s.clone();
+                r.trim(&mut self.segments, &mut self.cache_bytes);
+            }
+        }
+        if u.count > 0 {
+            let appended = r
+                .shape
+                .append(u.first, u.count, term_of)
+                .expect("checked above");
+            if let Some((skip, from)) = appended {
+                r.truncate_runs_from(from, &mut self.segments);
+                while r.cache.back().is_some_and(|e| e.index >= from) {
+                    let e = r.cache.pop_back().expect("checked");
+                    r.cache_bytes -= e.size_bytes();
+                    self.cache_bytes -= e.size_bytes();
+                }
+                let loc = u.loc.expect("an update with entries has a record");
+                if let Some(seg) = self.segments.get_mut(&loc.segment) {
+                    seg.live_runs += 1;
+                }
+                r.runs.push_back(Run {
+                    first: from,
+                    count: (u.count - skip) as u64,
+                    loc,
+                });
+                if let Some(entries) = u.cached {
+                    if r.cache.back().is_some_and(|e| e.index.next() != from) {
+                        r.clear_cache(&mut self.cache_bytes);
+                    }
+                    for e in &entries[skip..] {
+                        r.cache_bytes += e.size_bytes();
+                        self.cache_bytes += e.size_bytes();
+                        r.cache.push_back(e.clone());
+                    }
+                }
+            }
+        }
+        if let Some(hs) = u.hard_state {
+            r.hard_state = *hs;
+        }
+        debug_assert!(r.shape.check());
         Ok(())
     }
 

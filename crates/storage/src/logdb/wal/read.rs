@@ -7,11 +7,11 @@ use std::sync::Arc;
 use longship_raft::{Entry, Index};
 
 use super::Wal;
-use super::format::{RECORD_HEADER_BYTES, Record, check_record, decode_record, segment_seed};
+use super::format::{KIND_UPDATE, RECORD_HEADER_BYTES, check_record, decode_update, segment_seed};
 use super::index::Run;
 use crate::error::{Error, Result};
 use crate::logdb::push_limited;
-use crate::logdb::shape::{Key, Op, Shape};
+use crate::logdb::shape::{Key, Shape};
 use crate::vfs::File;
 
 /// Runs collected per visit of the index, so a long read never holds the
@@ -115,10 +115,11 @@ fn read_record_entries(
     }
     let header = check_record(&buf, segment_seed(run.loc.segment))
         .map_err(|e| Error::corruption(path, offset, format!("record unreadable: {e:?}")))?;
-    match decode_record(header.kind, &buf[RECORD_HEADER_BYTES..]) {
-        Ok(Record::Op(Op::Update {
-            key: k, entries, ..
-        })) if k == key => Ok(entries),
+    if header.kind != KIND_UPDATE {
+        return Err(Error::corruption(path, offset, "record is not an update"));
+    }
+    match decode_update(&buf[RECORD_HEADER_BYTES..]) {
+        Ok((h, entries)) if h.key == key => Ok(entries),
         Ok(_) => Err(Error::corruption(
             path,
             offset,

@@ -20,7 +20,7 @@ use super::format::{
     FLAG_LAST, RECORD_HEADER_BYTES, Record, RecordError, SEGMENT_HEADER_BYTES, check_record,
     check_segment_header, decode_record, parse_segment_file_name, segment_seed, valid_record_after,
 };
-use super::index::{IndexState, Loc, Segment};
+use super::index::{IndexState, Loc, Segment, UpdateArgs};
 use crate::error::{Error, Result};
 use crate::vfs::{File, FileSystem};
 
@@ -48,7 +48,12 @@ pub(super) fn replay(
     if !fs.is_dir(dir) {
         fs.create_dir_all(dir)
             .map_err(|e| Error::io_at(e, "create", dir))?;
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        // Make the new directories' names durable: every ancestor may be new.
+        for parent in dir
+            .ancestors()
+            .skip(1)
+            .filter(|p| !p.as_os_str().is_empty())
+        {
             fs.sync_dir(parent)
                 .map_err(|e| Error::io_at(e, "sync", parent))?;
         }
@@ -147,7 +152,9 @@ pub(super) fn replay(
     if removed_any {
         fs.sync_dir(dir).map_err(|e| Error::io_at(e, "sync", dir))?;
     }
-    let next_id = ids.last().map_or(1, |last| last + 1);
+    // After the newest surviving segment: a removed torn segment's id is
+    // reused, so ids stay consecutive.
+    let next_id = idx.segments.keys().next_back().map_or(1, |last| last + 1);
     Ok((idx, next_id))
 }
 
@@ -255,7 +262,7 @@ fn apply_batch(
         for (rec, loc) in batch {
             match rec {
                 Record::Checkpoint(mut r) => replicas.append(&mut r),
-                Record::Op(_) => {
+                Record::Op(_) | Record::Update(_) => {
                     return Err(Error::corruption(
                         path,
                         loc.offset as u64,
@@ -293,6 +300,27 @@ fn apply_batch(
                     "checkpoint record after the segment start",
                 ));
             }
+            Record::Update(h) => idx
+                .apply_update(
+                    UpdateArgs {
+                        key: h.key,
+                        snapshot: h.snapshot.as_ref(),
+                        hard_state: h.hard_state.as_ref(),
+                        first: h.first,
+                        // Bounded by the record length (checked when decoded).
+                        count: h.count as usize,
+                        loc: Some(loc),
+                        cached: None,
+                    },
+                    |i| h.term_of(i as u64),
+                )
+                .map_err(|e| {
+                    Error::corruption(
+                        path,
+                        loc.offset as u64,
+                        format!("record does not fit the log: {e}"),
+                    )
+                })?,
             Record::Op(op) => idx.apply(&op, Some(loc), false).map_err(|e| {
                 Error::corruption(
                     path,
