@@ -554,4 +554,33 @@ mod tests {
         assert!(check_segment_header(&h, 8).is_err());
         assert!(check_segment_header(&h[..31], 9).is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn decoders_never_panic_on_arbitrary_bytes(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            kind in 0u8..8,
+        ) {
+            let _ = check_record(&bytes, segment_seed(1));
+            let _ = valid_record_after(&bytes, 0, segment_seed(1));
+            let _ = check_segment_header(&bytes, 1);
+            let _ = decode_record(kind, &bytes);
+            let _ = decode_update(&bytes);
+        }
+
+        #[test]
+        fn records_with_valid_checksums_but_arbitrary_payloads_never_panic(
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            kind in 1u8..=5,
+        ) {
+            let mut buf = Vec::new();
+            let start = begin_record(&mut buf, kind);
+            buf.extend_from_slice(&payload);
+            finish_record(&mut buf, start);
+            seal_record(&mut buf, FLAG_LAST, segment_seed(3));
+            let h = check_record(&buf, segment_seed(3)).unwrap();
+            let _ = decode_record(h.kind, &buf[RECORD_HEADER_BYTES..]);
+            let _ = decode_update(&buf[RECORD_HEADER_BYTES..]);
+        }
+    }
 }
