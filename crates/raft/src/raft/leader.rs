@@ -31,21 +31,29 @@ impl<L: LogReader> Raft<L> {
         }
     }
 
-    /// CheckQuorum: whether a quorum was heard from since the last check;
-    /// resets the activity flags.
-    fn check_quorum_active(&mut self) -> bool {
+    /// Whether a quorum (this leader included) was heard from since the
+    /// last CheckQuorum round, that is within the last election timeout.
+    fn quorum_recently_active(&self) -> bool {
         let me = self.id;
         let active = self
             .membership
             .quorum_members()
             .filter(|id| *id == me || self.progress.get(id).is_some_and(|p| p.recent_active))
             .count();
+        active >= self.membership.quorum()
+    }
+
+    /// CheckQuorum: whether a quorum was heard from since the last check;
+    /// resets the activity flags.
+    fn check_quorum_active(&mut self) -> bool {
+        let active = self.quorum_recently_active();
+        let me = self.id;
         for (id, pr) in self.progress.iter_mut() {
             if *id != me {
                 pr.recent_active = false;
             }
         }
-        active >= self.membership.quorum()
+        active
     }
 
     // ----- proposals -----
@@ -452,7 +460,13 @@ impl<L: LogReader> Raft<L> {
     fn leader_read(&mut self, context: u64, from: ReplicaId) {
         let index = self.log.committed();
         let single = self.membership.quorum_members().all(|id| id == self.id);
-        if single || self.cfg.lease_read {
+        // Thesis §6.4.1: the lease holds only while a quorum was heard from
+        // within an election timeout (the followers' lease, §4.2.3), and not
+        // during a transfer, whose TimeoutNow lets the target be elected at
+        // once; otherwise the read takes the heartbeat round.
+        let lease =
+            self.cfg.lease_read && self.transfer_target.is_none() && self.quorum_recently_active();
+        if single || lease {
             self.release_read(context, index, from);
             return;
         }
