@@ -78,6 +78,9 @@ pub enum FrameError {
     /// Reserved bits set.
     #[error("reserved frame bits set")]
     Reserved,
+    /// The connection ended inside a frame.
+    #[error("frame truncated: the connection ended inside it")]
+    Truncated,
 }
 
 /// A checked frame header.

@@ -151,6 +151,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const SNAPSHOT_ACK_TIMEOUT: Duration = Duration::from_secs(60);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl TcpTransport {
     /// Binds the listener (so a busy port is reported now) and starts the runtime.
@@ -380,7 +381,14 @@ impl Transport for TcpTransport {
         self.inner.streams.lock().clear();
         *self.inner.handler.lock() = None;
         if let Some(rt) = self.inner.runtime.lock().take() {
-            rt.shutdown_background();
+            if tokio::runtime::Handle::try_current().is_ok() {
+                // Blocking is not allowed inside a runtime.
+                rt.shutdown_background();
+            } else {
+                // Wait for the tasks to be dropped, so that the listening
+                // port is free when `close` returns (a restart rebinds it).
+                rt.shutdown_timeout(CLOSE_TIMEOUT);
+            }
         }
     }
 }
@@ -452,9 +460,15 @@ fn report_unreachable(inner: &Inner, address: &str, batch: &MessageBatch) {
 async fn writer(inner: Arc<Inner>, address: String, mut rx: mpsc::Receiver<MessageBatch>) {
     let mut backoff = Backoff::new(&address);
     let mut conn: Option<Box<dyn AsyncStream>> = None;
+    // Merge no more than fits one frame (sizes are estimates: `frames_of`
+    // still splits what turns out too big).
+    let merge_bytes = inner
+        .cfg
+        .max_batch_bytes
+        .min(inner.cfg.max_frame_bytes as usize / 2);
     while let Some(mut batch) = rx.recv().await {
         let mut size: usize = batch.messages.iter().map(|m| m.size_bytes() as usize).sum();
-        while size < inner.cfg.max_batch_bytes {
+        while size < merge_bytes {
             match rx.try_recv() {
                 Ok(more) => {
                     size += more
@@ -486,20 +500,23 @@ async fn writer(inner: Arc<Inner>, address: String, mut rx: mpsc::Receiver<Messa
                 }
             }
         }
-        let body = encode_batch(&batch);
-        if body.len() > inner.cfg.max_frame_bytes as usize {
-            tracing::warn!(%address, bytes = body.len(), "batch over the frame limit dropped");
-            continue;
-        }
-        let frame = encode_frame(FrameType::Batch, inner.cfg.deployment_id, &body);
+        let mut frames = Vec::new();
+        frames_of(&inner, &address, &batch, &mut frames);
         let c = conn.as_mut().expect("connected above");
         let res = async {
-            c.write_all(&frame).await?;
+            for frame in &frames {
+                c.write_all(frame).await?;
+            }
             c.flush().await
         }
         .await;
         match res {
-            Ok(()) => add(&inner.stats.frames_sent),
+            Ok(()) => {
+                inner
+                    .stats
+                    .frames_sent
+                    .fetch_add(frames.len() as u64, Ordering::Relaxed);
+            }
             Err(e) => {
                 tracing::debug!(%address, error = %e, "write failed; reconnecting");
                 conn = None;
@@ -507,6 +524,34 @@ async fn writer(inner: Arc<Inner>, address: String, mut rx: mpsc::Receiver<Messa
                 report_unreachable(&inner, &address, &batch);
             }
         }
+    }
+}
+
+/// Encodes `batch` as frames within the frame limit, halving it as often as
+/// needed. A single message over the limit is dropped (and logged).
+fn frames_of(inner: &Inner, address: &str, batch: &MessageBatch, out: &mut Vec<Vec<u8>>) {
+    let body = encode_batch(batch);
+    if body.len() <= inner.cfg.max_frame_bytes as usize {
+        out.push(encode_frame(
+            FrameType::Batch,
+            inner.cfg.deployment_id,
+            &body,
+        ));
+        return;
+    }
+    if batch.messages.len() <= 1 {
+        tracing::warn!(%address, bytes = body.len(), "message over the frame limit dropped");
+        return;
+    }
+    let (first, second) = batch.messages.split_at(batch.messages.len() / 2);
+    for half in [first, second] {
+        let part = MessageBatch {
+            deployment_id: batch.deployment_id,
+            source_address: batch.source_address.clone(),
+            bin_ver: batch.bin_ver,
+            messages: half.to_vec(),
+        };
+        frames_of(inner, address, &part, out);
     }
 }
 
@@ -586,15 +631,26 @@ async fn read_frame(
     max: u32,
 ) -> Result<Option<(FrameHeader, Vec<u8>)>, ReadError> {
     let mut h = [0u8; FRAME_HEADER_BYTES];
-    match s.read_exact(&mut h).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(ReadError::Io(e)),
+    let mut n = 0;
+    while n < h.len() {
+        match s.read(&mut h[n..]).await {
+            // A clean end between frames.
+            Ok(0) if n == 0 => return Ok(None),
+            Ok(0) => return Err(ReadError::Frame(FrameError::Truncated)),
+            Ok(k) => n += k,
+            Err(e) => return Err(ReadError::Io(e)),
+        }
     }
     let hdr = decode_header(&h, deployment_id, max).map_err(ReadError::Frame)?;
     // Allocated only after the header passed every check.
     let mut body = vec![0u8; hdr.body_len as usize];
-    s.read_exact(&mut body).await.map_err(ReadError::Io)?;
+    s.read_exact(&mut body).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            ReadError::Frame(FrameError::Truncated)
+        } else {
+            ReadError::Io(e)
+        }
+    })?;
     check_body(&hdr, &body).map_err(ReadError::Frame)?;
     Ok(Some((hdr, body)))
 }
