@@ -570,12 +570,14 @@ fn pre_vote_refused_while_leader_heard_recently() {
         "no term grew"
     );
 
-    // 2 no longer hears from the leader: after an election timeout it would vote.
+    // 2 no longer hears from the leader: after an election timeout it would
+    // vote (whether or not it started a pre-vote of its own meanwhile).
     c.isolate(1);
     for _ in 0..ELECTION {
         c.tick(2);
     }
-    c.stabilize();
+    c.process(r(2));
+    c.drop_matching(|_| true);
     c.raft(3).campaign();
     c.process(r(3));
     deliver_one(&mut c, |m| {
@@ -904,6 +906,73 @@ fn replicate_state_pipelines_up_to_inflight_window() {
     assert_eq!(committed(&c, 2), Index(9));
 }
 
+/// Raft §5.3 flow control: the in-flight window is also bounded in bytes.
+#[test]
+fn inflight_window_is_bounded_in_bytes() {
+    let entry_bytes = Cluster::entry("x").size_bytes();
+    let c = Config {
+        max_inflight_bytes: 2 * entry_bytes,
+        ..cfg(1)
+    };
+    let mut l = replica(c, &[1, 1, 1], 1, 3);
+    make_leader(&mut l, &[2]);
+    l.step(Message {
+        log_index: Index(4),
+        ..msg(MessageType::ReplicateResp, 2, 1, 2)
+    });
+    cycle(&mut l);
+    let mut sent = 0;
+    for _ in 0..5 {
+        l.propose(vec![Cluster::entry("x")]).unwrap();
+        sent += all_messages(&cycle(&mut l))
+            .iter()
+            .filter(|m| m.msg_type == MessageType::Replicate && m.to == r(2))
+            .count();
+    }
+    assert_eq!(sent, 2, "two entries' bytes fill the window");
+    assert!(l.progress()[&r(2)].inflights.full());
+}
+
+/// Raft §5.3: responses that arrive late or out of order are ignored: a
+/// rejection of an index the follower is known to match does not move the
+/// leader back, and an old acknowledgement does not lower `match_index`.
+#[test]
+fn stale_append_responses_are_ignored() {
+    let mut c = cluster(3, opts());
+    elect(&mut c, 1);
+    for i in 0..3 {
+        propose(&mut c, 1, &format!("p{i}"));
+    }
+    c.stabilize();
+    let before = c.raft(1).progress()[&r(2)].clone();
+    assert_eq!(
+        (before.state, before.match_index),
+        (ProgressState::Replicate, Index(7))
+    );
+    c.raft(1).step(Message {
+        log_index: Index(5),
+        reject: true,
+        hint: Index(4),
+        hint_term: Term(2),
+        ..msg(MessageType::ReplicateResp, 2, 1, 2)
+    });
+    c.raft(1).step(Message {
+        log_index: Index(4),
+        ..msg(MessageType::ReplicateResp, 2, 1, 2)
+    });
+    let after = &c.raft(1).progress()[&r(2)];
+    assert_eq!(after.state, ProgressState::Replicate);
+    assert_eq!(
+        (after.match_index, after.next_index),
+        (before.match_index, before.next_index)
+    );
+    c.process(r(1));
+    assert!(
+        queued(&c, MessageType::Replicate, 1, 2).is_empty(),
+        "nothing resent"
+    );
+}
+
 /// Raft §5.3 (batching): an append carries at most `max_append_bytes` of
 /// entries, except that a single larger entry is still sent alone.
 #[test]
@@ -1186,14 +1255,23 @@ fn read_index_needs_a_heartbeat_quorum() {
     );
 }
 
-/// Thesis §6.4: a follower gets a read index from the leader (which
-/// confirms its leadership first) and serves the read itself once applied.
+/// Thesis §6.4: a follower gets its read index from the leader (the
+/// leader's commit index, once it confirmed its leadership), not from its
+/// own possibly lagging commit index, and serves the read once applied.
 #[test]
 fn follower_read_index_goes_through_the_leader() {
     let mut c = cluster(3, opts());
     elect(&mut c, 1);
+    // 2 stores entry 5 but does not learn that it committed.
     propose(&mut c, 1, "a");
+    c.process(r(1));
+    c.deliver_matching(|_| true);
+    c.process_all();
+    c.deliver_matching(|_| true);
+    c.process(r(1));
+    c.drop_matching(|m| m.to == r(2));
     c.stabilize();
+    assert_eq!((committed(&c, 1), committed(&c, 2)), (Index(5), Index(4)));
     c.raft(2).read_index(9).unwrap();
     c.stabilize();
     assert_eq!(
@@ -1939,21 +2017,19 @@ fn uncommitted_bytes_limit_refuses_then_frees() {
     };
     let mut c = cluster(3, o);
     elect(&mut c, 1);
-    c.isolate(1);
     let e = || Cluster::entry(&"z".repeat(60));
     assert_eq!(c.raft(1).propose(vec![e()]), Ok(()));
     assert_eq!(
         c.raft(1).propose(vec![e()]),
         Err(ProposalError::TooManyUncommittedBytes)
     );
-    c.stabilize();
+    c.process(r(1)); // durable on the leader, the appends not yet delivered
     assert_eq!(
         c.raft(1).propose(vec![e()]),
         Err(ProposalError::TooManyUncommittedBytes),
         "nothing committed yet"
     );
-    c.heal();
-    tick_all(&mut c, 2);
+    c.stabilize();
     assert_eq!(committed(&c, 1), Index(5));
     assert_eq!(c.raft(1).propose(vec![e()]), Ok(()), "freed by the commit");
 }
