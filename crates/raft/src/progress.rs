@@ -73,6 +73,14 @@ impl Inflights {
         }
     }
 
+    /// Frees the oldest message (a heartbeat answered while the window
+    /// was full: the messages in it may have been lost).
+    pub fn free_first_one(&mut self) {
+        if let Some((_, bytes)) = self.window.pop_front() {
+            self.bytes -= bytes;
+        }
+    }
+
     /// Frees everything.
     pub fn reset(&mut self) {
         self.window.clear();

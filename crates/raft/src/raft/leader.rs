@@ -386,7 +386,13 @@ impl<L: LogReader> Raft<L> {
         pr.recent_active = true;
         pr.probe_sent = false;
         if pr.match_index < last {
-            self.send_append(m.from, false);
+            // Appends may have been lost: free one slot of a full window and
+            // send at least an empty append, which the follower rejects if it
+            // misses entries, so replication resumes (as etcd raft does).
+            if pr.state == ProgressState::Replicate && pr.inflights.full() {
+                pr.inflights.free_first_one();
+            }
+            self.send_append(m.from, true);
         }
         if m.context == 0 {
             return;
