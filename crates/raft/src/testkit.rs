@@ -334,7 +334,20 @@ impl Cluster {
                 id.0
             );
             // State-machine safety (Raft §5.4.3): one entry per index everywhere.
+            // A witness applies payload-less metadata entries: only their
+            // terms compare, and a full entry replaces a recorded one.
+            let meta = EntryType::Metadata;
             match self.committed.get(&e.index) {
+                Some(prev) if prev.entry_type == meta || e.entry_type == meta => {
+                    assert_eq!(
+                        prev.term, e.term,
+                        "node {} applied a different entry at {}",
+                        id.0, e.index
+                    );
+                    if e.entry_type != meta {
+                        self.committed.insert(e.index, e.clone());
+                    }
+                }
                 Some(prev) => assert_eq!(
                     (prev.term, &prev.cmd),
                     (e.term, &e.cmd),
