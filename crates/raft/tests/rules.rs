@@ -1,6 +1,7 @@
 //! Focused tests of the protocol rules, one (or a few) per rule, through the
 //! public API. Each test's doc comment cites the section of the extended Raft
-//! paper ("Raft §x") or of Ongaro's thesis ("thesis §x") that it checks.
+//! paper ("Raft §x") or of Ongaro's thesis ("thesis §x") that it checks;
+//! longship's own contracts (limits, the update cycle) cite DESIGN.md.
 //!
 //! Two drivers are used: single cores over a [`MemLog`] stepped by hand
 //! (`replica`, `cycle`), for rules about one replica's answer to one
@@ -10,7 +11,6 @@ use std::cell::Cell;
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
-use longship_raft::codec::decode_config_change;
 use longship_raft::testkit::{Cluster, ClusterOptions, TEST_SHARD};
 use longship_raft::{
     CAMPAIGN_TRANSFER, Config, ConfigChange, ConfigChangeRejected, ConfigChangeType, ConfigError,
@@ -1009,6 +1009,26 @@ fn append_messages_respect_byte_limit() {
     assert_eq!(sizes, vec![1, 1]);
 }
 
+/// Raft §5.3: the leader retries AppendEntries until every follower stores
+/// every entry. A follower whose appends were lost (no transport error
+/// reported) catches up on the next heartbeat round, without new proposals.
+#[test]
+fn lost_appends_are_resent_after_heartbeat() {
+    let mut c = cluster(3, opts());
+    elect(&mut c, 1);
+    c.isolate(3);
+    propose(&mut c, 1, "lost");
+    c.stabilize();
+    assert_eq!(committed(&c, 1), Index(5));
+    assert_eq!(last_index(&c, 3), Index(4));
+    c.heal();
+    c.stabilize();
+    assert_eq!(last_index(&c, 3), Index(4), "nothing new to send");
+    tick_all(&mut c, 1);
+    assert_eq!(last_index(&c, 3), Index(5));
+    assert_eq!(committed(&c, 3), Index(5));
+}
+
 /// Raft §5.3, Figure 2 (AppendEntries rule 5): a follower never commits
 /// beyond what it is known to match; heartbeats carry the commit index
 /// capped at the follower's match index.
@@ -1588,8 +1608,9 @@ fn removed_replica_messages_are_ignored() {
     assert!(c.queue.iter().all(|m| m.to != r(3)), "no answer to 3");
 }
 
-/// Thesis §4.1 (as in dragonboat): a removed replica id is never reused:
-/// adding it again in any role is refused.
+/// Membership (DESIGN.md §1, dragonboat semantics; thesis §4.2.3 for why a
+/// removed server must stay out): a removed replica id is never reused:
+/// adding it again in any role is refused, at proposal and when applied.
 #[test]
 fn removed_id_is_never_added_again() {
     let mut c = cluster(3, opts());
@@ -1682,51 +1703,10 @@ fn promoted_non_voting_replica_counts() {
     assert_eq!(committed(&c, 1), last_index(&c, 1));
 }
 
-/// Runs witness `id`'s update cycle (the testkit's state machine would
-/// reject its payload-stripped entries; a witness has no state machine).
-fn process_witness(c: &mut Cluster, id: u64) {
-    let w = c.raft(id);
-    if !w.has_update() {
-        return;
-    }
-    let u = w.get_update();
-    w.log_reader_mut().append(&u.entries);
-    for e in &u.committed_entries {
-        if e.is_config_change() {
-            let change = decode_config_change(&e.cmd).expect("valid config change");
-            let _ = w.apply_config_change(&change, e.index);
-        }
-        w.applied_to(e.index);
-    }
-    w.advance(&u);
-    for m in all_messages(&u) {
-        if !c.cut.contains(&(m.from, m.to)) {
-            c.queue.push_back(m);
-        }
-    }
-}
-
-fn stabilize_with_witness(c: &mut Cluster, witness: u64) {
-    for _ in 0..10_000 {
-        let ids: Vec<ReplicaId> = c.nodes.keys().copied().collect();
-        for id in ids {
-            if id == r(witness) {
-                process_witness(c, witness);
-            } else {
-                c.process(id);
-            }
-        }
-        if c.queue.is_empty() && c.nodes.values().all(|n| !n.raft.has_update()) {
-            return;
-        }
-        c.deliver_matching(|_| true);
-    }
-    panic!("cluster did not stabilize");
-}
-
-/// Witness replicas (thesis §11.7.1 discusses such members; dragonboat's
-/// witness): a witness votes and counts toward commitment, receives
-/// entries without their payloads, and never campaigns.
+/// Witness replicas (DESIGN.md §1, dragonboat's witness; majorities as in
+/// Raft §5.2 and §5.3): a witness votes and counts toward commitment,
+/// receives entries without their payloads (config changes stay whole),
+/// and never campaigns.
 #[test]
 fn witness_votes_and_counts_but_never_leads_and_gets_no_payloads() {
     let mut c = Cluster::new(&[1, 2], opts());
@@ -1735,14 +1715,14 @@ fn witness_votes_and_counts_but_never_leads_and_gets_no_payloads() {
     c.raft(1)
         .propose_config_change(&cc(ConfigChangeType::AddWitness, 3))
         .unwrap();
-    stabilize_with_witness(&mut c, 3);
+    c.stabilize();
     assert!(c.raft(3).membership().is_witness(r(3)));
     assert!(!c.raft(3).promotable());
 
     // Leader + witness commit without 2.
     c.isolate(2);
     propose(&mut c, 1, "payload");
-    stabilize_with_witness(&mut c, 3);
+    c.stabilize();
     let idx = last_index(&c, 1);
     assert_eq!(committed(&c, 1), idx);
     let stored = c
@@ -1770,25 +1750,26 @@ fn witness_votes_and_counts_but_never_leads_and_gets_no_payloads() {
     c.isolate(3);
     for _ in 0..5 * ELECTION {
         c.tick(3);
-        stabilize_with_witness(&mut c, 3);
+        c.stabilize();
     }
     assert_eq!(c.raft(3).role(), Role::Follower);
     // (2 catches up meanwhile.)
     propose(&mut c, 1, "more");
-    stabilize_with_witness(&mut c, 3);
+    c.stabilize();
     assert_eq!(last_index(&c, 2), last_index(&c, 1));
 
     // Its vote elects 2 while 1 is away.
     c.heal();
     c.isolate(1);
     c.raft(2).campaign();
-    stabilize_with_witness(&mut c, 3);
+    c.stabilize();
     assert!(c.raft(2).is_leader());
 }
 
-/// Thesis §4.1 (ordered changes, as dragonboat's config change id): a
-/// change names the configuration it was based on and is refused if
-/// another change came first.
+/// Ordered config change (DESIGN.md §1, dragonboat's config change id, on
+/// top of thesis §4.1's one change at a time): a change names the
+/// configuration it was based on and is refused if another change came
+/// first; a stale change that reaches `apply` has no effect.
 #[test]
 fn ordered_config_change_is_rejected_when_stale() {
     let mut c = cluster(3, opts());
@@ -2006,7 +1987,8 @@ fn unreachable_follower_goes_back_to_probe() {
 // Limits
 // =====================================================================
 
-/// Flow control (etcd's MaxUncommittedEntriesSize): a leader refuses
+/// Flow control (DESIGN.md §6 "every queue has a bound"; etcd's
+/// MaxUncommittedEntriesSize): a leader refuses
 /// proposals beyond `max_uncommitted_bytes` of uncommitted payload, and
 /// accepts them again as entries commit.
 #[test]
@@ -2034,8 +2016,9 @@ fn uncommitted_bytes_limit_refuses_then_frees() {
     assert_eq!(c.raft(1).propose(vec![e()]), Ok(()), "freed by the commit");
 }
 
-/// Apply batching: one update hands out at most `max_apply_bytes` of
-/// committed entries (at least one), in order.
+/// Apply batching (DESIGN.md §6 "every batch has a bound"): one update
+/// hands out at most `max_apply_bytes` of committed entries (at least
+/// one), in order.
 #[test]
 fn apply_batches_are_bounded_by_max_apply_bytes() {
     let per_entry = ent(1, 1).size_bytes();
@@ -2065,8 +2048,9 @@ fn apply_batches_are_bounded_by_max_apply_bytes() {
 // The update cycle
 // =====================================================================
 
-/// The update contract: an update must be advanced before the next one is
-/// taken (otherwise the same entries would be persisted twice or lost).
+/// The update contract (DESIGN.md §2, execution model): an update must be
+/// advanced before the next one is taken (otherwise the same entries
+/// would be persisted twice or lost).
 #[test]
 #[should_panic(expected = "get_update called twice without advance")]
 fn get_update_twice_without_advance_panics() {
@@ -2076,7 +2060,7 @@ fn get_update_twice_without_advance_panics() {
     let _ = f.get_update();
 }
 
-/// The update contract: `advance` records that the update is durable, so
+/// The update contract (DESIGN.md §2): `advance` records that the update is durable, so
 /// its entries and hard state are not handed out again; an idle replica
 /// has no update.
 #[test]
@@ -2147,8 +2131,8 @@ fn commit_never_goes_back() {
     assert!(u.hard_state.is_none(), "nothing changed");
 }
 
-/// The log asserts its invariants: committed entries are never
-/// overwritten and the commit index never passes the last entry.
+/// Raft §5.4 (Leader Completeness, State Machine Safety), asserted in the
+/// log: committed entries are never overwritten.
 #[test]
 #[should_panic(expected = "would overwrite committed")]
 fn raft_log_refuses_to_overwrite_committed_entries() {
@@ -2158,7 +2142,7 @@ fn raft_log_refuses_to_overwrite_committed_entries() {
     l.append(&[ent(3, 2)]);
 }
 
-/// The log asserts its invariants: a conflict at or below the commit index
+/// Raft §5.4, asserted in the log: a conflict at or below the commit index
 /// is a safety violation, never a truncation.
 #[test]
 #[should_panic(expected = "conflicts with committed entry")]
@@ -2169,8 +2153,8 @@ fn raft_log_refuses_conflict_with_committed_entry() {
     l.maybe_append(Index(1), Term(1), Index(3), &[ent(2, 2)]);
 }
 
-/// The log asserts its invariants: the commit index cannot pass the last
-/// entry, and never moves back.
+/// Raft Figure 2 (`commitIndex` increases monotonically), asserted in the
+/// log: the commit index never moves back and cannot pass the last entry.
 #[test]
 fn raft_log_commit_is_monotonic_and_bounded() {
     let mut log = MemLog::new();
