@@ -1,0 +1,77 @@
+//! Starting kv nodes: one NodeHost per node with a replica of every shard.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use longship::{Config, NodeHost, NodeHostConfig, ReplicaId, ShardId};
+
+use crate::server::KvNode;
+use crate::sm::KvStateMachine;
+
+/// Deployment id of longship-kv clusters.
+pub const DEPLOYMENT_ID: u64 = 0x6b76_6c6f_6e67; // "kvlong"
+
+/// What one node runs.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    /// Node id (= replica id in every shard).
+    pub node_id: u64,
+    /// Raft address of this node.
+    pub raft_addr: String,
+    /// Every node's raft address, by node id (this one included).
+    pub peers: BTreeMap<u64, String>,
+    /// Number of shards.
+    pub shards: u64,
+    /// Data directory of this node.
+    pub data_dir: PathBuf,
+    /// RTT in milliseconds.
+    pub rtt_ms: u64,
+    /// Snapshot every this many applied entries per shard.
+    pub snapshot_entries: u64,
+}
+
+/// The replica config of a shard on this node.
+pub fn replica_config(shard: u64, node_id: u64, snapshot_entries: u64) -> Config {
+    Config {
+        election_rtt: 10,
+        heartbeat_rtt: 1,
+        snapshot_entries,
+        compaction_overhead: snapshot_entries / 10,
+        max_in_mem_log_size: 64 << 20,
+        ..Config::new(shard, node_id)
+    }
+}
+
+/// Starts the NodeHost of `spec` and every shard's replica on it (a
+/// restart when data is already there).
+pub fn start_node(spec: &NodeSpec) -> longship::Result<Arc<KvNode>> {
+    if !spec.peers.contains_key(&spec.node_id) {
+        return Err(longship::Error::InvalidConfig {
+            field: "peers",
+            reason: "must contain this node".into(),
+        });
+    }
+    let cfg = NodeHostConfig {
+        node_host_dir: spec.data_dir.clone(),
+        rtt_ms: spec.rtt_ms,
+        raft_address: spec.raft_addr.clone(),
+        deployment_id: DEPLOYMENT_ID,
+        ..NodeHostConfig::default()
+    };
+    let nh = Arc::new(NodeHost::new(cfg)?);
+    for shard in 1..=spec.shards {
+        let members = if nh.has_node_info(ShardId(shard), ReplicaId(spec.node_id)) {
+            BTreeMap::new()
+        } else {
+            spec.peers.clone()
+        };
+        nh.start_replica(
+            members,
+            false,
+            |_, _| Box::new(KvStateMachine::default()),
+            replica_config(shard, spec.node_id, spec.snapshot_entries),
+        )?;
+    }
+    Ok(KvNode::new(nh, spec.shards, spec.node_id))
+}

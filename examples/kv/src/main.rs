@@ -1,0 +1,170 @@
+//! `longship-kv`: with no arguments, a complete local cluster in one
+//! process (three NodeHosts on loopback TCP, 16 shards x 3 replicas, data in
+//! ./longship-data, Redis protocol on 127.0.0.1:7379, 7380 and 7381); with
+//! `--node-id` etc., one node of a multi-process cluster.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use longship_kv::cluster::{NodeSpec, start_node};
+use longship_kv::server::{KvNode, serve};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "longship-kv",
+    version,
+    about = "A replicated key-value server speaking the Redis protocol"
+)]
+struct Args {
+    /// This node's id (omit everything to start a local 3-node cluster in one process).
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// This node's raft address (host:port).
+    #[arg(long)]
+    raft_addr: Option<String>,
+    /// Where to serve the Redis protocol (host:port).
+    #[arg(long)]
+    redis_addr: Option<String>,
+    /// All nodes: `1=host:port,2=host:port,3=host:port` (raft addresses).
+    #[arg(long)]
+    peers: Option<String>,
+    /// Number of shards.
+    #[arg(long, default_value_t = 16)]
+    shards: u64,
+    /// Data directory (default ./longship-data, or ./longship-data/node<ID>).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// RTT in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    rtt_ms: u64,
+    /// Snapshot every this many applied entries per shard.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_entries: u64,
+}
+
+fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut out = BTreeMap::new();
+    for p in s.split(',').filter(|p| !p.trim().is_empty()) {
+        let (id, a) = p
+            .split_once('=')
+            .ok_or_else(|| format!("peer {p:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("peer id {id:?} is not a number"))?;
+        out.insert(id, a.trim().to_string());
+    }
+    if out.is_empty() {
+        return Err("no peers".into());
+    }
+    Ok(out)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(args, &runtime) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
+    let mut nodes: Vec<(Arc<KvNode>, String)> = Vec::new();
+    let local = args.node_id.is_none() && args.raft_addr.is_none() && args.peers.is_none();
+    if args.shards == 0 || args.shards > 100_000 {
+        return Err("--shards must be in 1..=100000".into());
+    }
+    if local {
+        let peers: BTreeMap<u64, String> = (1..=3)
+            .map(|i| (i, format!("127.0.0.1:{}", 27378 + i)))
+            .collect();
+        let root = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("longship-data"));
+        println!(
+            "longship-kv: starting a local cluster: 3 NodeHosts, {} shards x 3 replicas, data in {}",
+            args.shards,
+            root.display()
+        );
+        for i in 1..=3u64 {
+            let spec = NodeSpec {
+                node_id: i,
+                raft_addr: peers[&i].clone(),
+                peers: peers.clone(),
+                shards: args.shards,
+                data_dir: root.join(format!("node{i}")),
+                rtt_ms: args.rtt_ms,
+                snapshot_entries: args.snapshot_entries,
+            };
+            let node = start_node(&spec).map_err(|e| format!("node {i}: {e}"))?;
+            let redis = format!("127.0.0.1:{}", 7378 + i);
+            println!("  node {i}: raft {} redis {redis}", spec.raft_addr);
+            nodes.push((node, redis));
+        }
+    } else {
+        let node_id = args.node_id.ok_or("--node-id is required with --peers")?;
+        let peers = parse_peers(args.peers.as_deref().ok_or("--peers is required")?)?;
+        let raft_addr = match args.raft_addr {
+            Some(a) => a,
+            None => peers
+                .get(&node_id)
+                .cloned()
+                .ok_or("--raft-addr is required (or list this node in --peers)")?,
+        };
+        let redis = args.redis_addr.clone().ok_or("--redis-addr is required")?;
+        let spec = NodeSpec {
+            node_id,
+            raft_addr,
+            peers,
+            shards: args.shards,
+            data_dir: args
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("longship-data/node{node_id}"))),
+            rtt_ms: args.rtt_ms,
+            snapshot_entries: args.snapshot_entries,
+        };
+        let node = start_node(&spec).map_err(|e| e.to_string())?;
+        println!(
+            "longship-kv: node {node_id}: raft {} redis {redis}, {} shards",
+            spec.raft_addr, args.shards
+        );
+        nodes.push((node, redis));
+    }
+    runtime.block_on(async {
+        for (node, addr) in &nodes {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            tokio::spawn(serve(listener, node.clone()));
+        }
+        let first = &nodes[0].1;
+        let port = first.rsplit(':').next().unwrap_or("7379");
+        println!("ready: connect with `redis-cli -p {port}` (Ctrl+C to stop)");
+        tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
+        Ok::<(), String>(())
+    })?;
+    println!("stopping");
+    for (node, _) in nodes {
+        node.nh.close();
+    }
+    Ok(())
+}
