@@ -1,0 +1,3 @@
+//! `longship-sim`: runs the deterministic simulator.
+
+fn main() {}
