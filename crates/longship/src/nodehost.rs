@@ -813,6 +813,22 @@ impl NodeHost {
         Ok(s)
     }
 
+    /// Starts registering a new client session without blocking (manual
+    /// mode, async callers). Use the session for proposals only once the
+    /// handle completed successfully; after a timeout, register another.
+    pub fn register_session(
+        &self,
+        shard: ShardId,
+        timeout: Duration,
+    ) -> Result<(Session, RequestHandle<SmResult>)> {
+        let r = self.replica_for(shard)?;
+        let mut s = Session::new(shard, self.host.random_id());
+        s.prepare_for_register();
+        let h = propose_raw(&self.host, &r, &s, Bytes::new(), self.deadline(timeout)?)?;
+        s.prepare_for_propose();
+        Ok((s, h))
+    }
+
     /// Unregisters a client session.
     pub fn sync_close_session(&self, session: &mut Session, timeout: Duration) -> Result<()> {
         if session.is_noop() {
