@@ -706,6 +706,11 @@ impl NodeHost {
         r.closed.store(true, Ordering::Release);
         r.stop.set();
         r.pending.lock().terminate();
+        // Reads not yet stepped wait in the inbox, not in `pending`.
+        let reads = std::mem::take(&mut r.inbox.lock().reads);
+        for (c, _) in reads {
+            c.complete(Err(Error::ShardClosed));
+        }
         let _g = r.apply_lock.lock();
         if !r.unloaded.swap(true, Ordering::AcqRel) {
             r.rsm.sm.close();

@@ -69,6 +69,15 @@ impl<T> Completer<T> {
     }
 }
 
+impl<T> Drop for Completer<T> {
+    /// A request the engine lets go of without an outcome (its replica was
+    /// unloaded while the request sat in a queue) ends as `ShardClosed`, so
+    /// that `wait` never blocks forever.
+    fn drop(&mut self) {
+        self.complete(Err(Error::ShardClosed));
+    }
+}
+
 impl<T> RequestHandle<T> {
     /// Blocks until the request completes. The engine enforces the request's
     /// timeout, so this always returns.
@@ -143,5 +152,12 @@ mod tests {
         assert!(!c.is_abandoned());
         drop(h);
         assert!(c.is_abandoned());
+    }
+
+    #[test]
+    fn dropped_completer_ends_the_request() {
+        let (h, c) = request::<u64>();
+        drop(c);
+        assert!(matches!(h.wait(), Err(Error::ShardClosed)));
     }
 }
