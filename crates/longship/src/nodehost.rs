@@ -500,8 +500,9 @@ impl NodeHost {
     where
         F: FnOnce(ShardId, ReplicaId) -> Box<dyn StateMachine>,
     {
-        let sm = create(cfg.shard_id, cfg.replica_id);
-        self.start(initial_members, join, SmFactory::Regular(sm), cfg)
+        let (shard, replica) = (cfg.shard_id, cfg.replica_id);
+        let sm = move || SmFactory::Regular(create(shard, replica));
+        self.start(initial_members, join, sm, cfg)
     }
 
     /// Starts a replica with a [`ConcurrentStateMachine`].
@@ -515,8 +516,9 @@ impl NodeHost {
     where
         F: FnOnce(ShardId, ReplicaId) -> Box<dyn ConcurrentStateMachine>,
     {
-        let sm = create(cfg.shard_id, cfg.replica_id);
-        self.start(initial_members, join, SmFactory::Concurrent(sm), cfg)
+        let (shard, replica) = (cfg.shard_id, cfg.replica_id);
+        let sm = move || SmFactory::Concurrent(create(shard, replica));
+        self.start(initial_members, join, sm, cfg)
     }
 
     /// Starts a replica with an [`OnDiskStateMachine`].
@@ -530,15 +532,16 @@ impl NodeHost {
     where
         F: FnOnce(ShardId, ReplicaId) -> Box<dyn OnDiskStateMachine>,
     {
-        let sm = create(cfg.shard_id, cfg.replica_id);
-        self.start(initial_members, join, SmFactory::OnDisk(sm), cfg)
+        let (shard, replica) = (cfg.shard_id, cfg.replica_id);
+        let sm = move || SmFactory::OnDisk(create(shard, replica));
+        self.start(initial_members, join, sm, cfg)
     }
 
     fn start(
         &self,
         initial_members: BTreeMap<u64, String>,
         join: bool,
-        sm: SmFactory,
+        sm: impl FnOnce() -> SmFactory,
         cfg: Config,
     ) -> Result<()> {
         let host = &self.host;
@@ -601,7 +604,8 @@ impl NodeHost {
         let state = host.logdb.read_state(shard, me).unwrap_or_default();
         let snapshots = SnapshotStore::open(host.fs.clone(), &host.snapshot_root, shard, me)?;
         let stop = StopFlag::new();
-        let user_sm = match sm {
+        // The factory runs only once every argument was checked.
+        let user_sm = match sm() {
             SmFactory::Regular(sm) => UserSm::Regular(parking_lot::RwLock::new(sm)),
             SmFactory::Concurrent(sm) => UserSm::Concurrent(sm),
             SmFactory::OnDisk(sm) => UserSm::OnDisk(sm),
