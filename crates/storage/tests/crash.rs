@@ -24,6 +24,7 @@ fn options() -> WalOptions {
         segment_bytes: 1500,
         cache_bytes: 2000,
         group_bytes_max: 1 << 20,
+        preallocate_bytes: 600,
     }
 }
 

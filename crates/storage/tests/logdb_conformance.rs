@@ -91,6 +91,7 @@ fn tiny_segments() -> WalOptions {
         segment_bytes: 2048,
         cache_bytes: 4096,
         group_bytes_max: 1 << 20,
+        preallocate_bytes: 1000,
     }
 }
 

@@ -219,6 +219,14 @@ impl LogDb for MemLogDb {
         }])
     }
 
+    fn remove_entries_batch(&self, marks: &[(ShardId, ReplicaId, Index)]) -> Result<()> {
+        let ops: Vec<Op> = marks
+            .iter()
+            .map(|&(s, r, index)| Op::Compact { key: (s, r), index })
+            .collect();
+        self.write(&ops)
+    }
+
     fn save_snapshot(
         &self,
         shard_id: ShardId,

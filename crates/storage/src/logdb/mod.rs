@@ -148,6 +148,14 @@ pub trait LogDb: Send + Sync {
         index: Index,
     ) -> Result<()>;
 
+    /// [`LogDb::remove_entries_to`] for many replicas with one durable write.
+    fn remove_entries_batch(&self, marks: &[(ShardId, ReplicaId, Index)]) -> Result<()> {
+        for &(s, r, i) in marks {
+            self.remove_entries_to(s, r, i)?;
+        }
+        Ok(())
+    }
+
     /// Records the metadata of a snapshot taken locally; entries are not
     /// touched (compact them with [`LogDb::remove_entries_to`]). Ignored if
     /// not newer than the recorded snapshot. Durable on return.

@@ -329,6 +329,68 @@ pub(crate) fn check_stateless(ops: &[Op]) -> Result<()> {
     Ok(())
 }
 
+/// Validates one op against a shape without changing it, when that is
+/// possible without a copy; `None` when the op needs the copying path.
+fn check_in_place(op: &Op, current: Option<&Shape>) -> Option<Result<()>> {
+    match op {
+        Op::Update {
+            snapshot: None,
+            entries,
+            ..
+        } => {
+            let first = entries.first()?;
+            let empty = Shape::default();
+            Some(
+                current
+                    .unwrap_or(&empty)
+                    .check_append(first.index, entries.len())
+                    .map(|_| ()),
+            )
+        }
+        Op::Update {
+            snapshot: Some(_), ..
+        } => None,
+        Op::SaveSnapshot { .. } | Op::Compact { .. } | Op::Remove { .. } => Some(Ok(())),
+    }
+}
+
+/// Validates a group of batches in order, each against the state the
+/// earlier accepted ones leave; returns each batch's verdict. When no
+/// replica appears twice in the group (the common case), every op is
+/// checked in place, without copying any shape.
+pub(crate) fn validate_group<'a>(
+    batches: impl Iterator<Item = &'a [Op]> + Clone,
+    current: impl Fn(&Key) -> Option<&'a Shape>,
+) -> Vec<Result<()>> {
+    let mut keys: Vec<Key> = batches.clone().flatten().map(Op::key).collect();
+    keys.sort_unstable();
+    let distinct = keys.windows(2).all(|w| w[0] != w[1]);
+    let mut staged: HashMap<Key, Option<Shape>> = HashMap::new();
+    batches
+        .map(|ops| {
+            if distinct {
+                let mut verdict = Ok(());
+                for op in ops {
+                    let r = match check_in_place(op, current(&op.key())) {
+                        Some(r) => r,
+                        None => {
+                            let mut s = current(&op.key()).cloned();
+                            op.apply_to_shape(&mut s)
+                        }
+                    };
+                    if r.is_err() {
+                        verdict = r;
+                        break;
+                    }
+                }
+                verdict
+            } else {
+                stage_batch(ops, &mut staged, |k| current(k).cloned())
+            }
+        })
+        .collect()
+}
+
 /// Validates `ops` in order against shapes given by `staged` (changes of
 /// earlier accepted batches) and then `current` (the stored state). On
 /// success the batch's shape changes are merged into `staged`.

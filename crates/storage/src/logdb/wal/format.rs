@@ -155,7 +155,7 @@ pub struct RecordHeader {
 
 /// Why the bytes at some offset are not a valid record.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RecordError {
+pub(crate) enum RecordError {
     /// The record continues past the end of the file.
     Incomplete,
     /// The record is damaged (or the bytes are not a record).
@@ -193,9 +193,16 @@ pub fn check_record(buf: &[u8], seed: u32) -> Result<RecordHeader, RecordError> 
 /// Whether a valid record starts anywhere in `buf[from..]`: a damaged record
 /// followed by a valid one is corruption, not a torn tail.
 pub fn valid_record_after(buf: &[u8], from: usize, seed: u32) -> bool {
+    let mut p = from;
     // Bounded by the buffer length; each candidate costs at most its length.
-    (from..buf.len().saturating_sub(RECORD_HEADER_BYTES - 1))
-        .any(|p| check_record(&buf[p..], seed).is_ok())
+    while p + RECORD_HEADER_BYTES <= buf.len() {
+        // Every record kind is non-zero: skip zeroed (preallocated) space fast.
+        if buf[p + 8] != 0 && check_record(&buf[p..], seed).is_ok() {
+            return true;
+        }
+        p += 1;
+    }
+    false
 }
 
 fn put_key(key: Key, out: &mut Vec<u8>) {
@@ -207,7 +214,7 @@ fn put_key(key: Key, out: &mut Vec<u8>) {
 /// snapshot and hard state when given). The entries are preceded by a
 /// summary — first index, count and term runs — so replay never has to
 /// parse them.
-pub fn encode_update_payload(
+pub(crate) fn encode_update_payload(
     key: Key,
     snapshot: Option<&SnapshotMeta>,
     hard_state: Option<&HardState>,
@@ -248,7 +255,7 @@ pub fn encode_update_payload(
 }
 
 /// Appends the payload of a non-update op's record; returns its kind.
-pub fn encode_op_payload(op: &Op, out: &mut Vec<u8>) -> u8 {
+pub(crate) fn encode_op_payload(op: &Op, out: &mut Vec<u8>) -> u8 {
     match op {
         Op::Update {
             key,
@@ -278,7 +285,7 @@ pub fn encode_op_payload(op: &Op, out: &mut Vec<u8>) -> u8 {
 
 /// What a checkpoint says about one replica.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CheckpointReplica {
+pub(crate) struct CheckpointReplica {
     /// The replica.
     pub key: Key,
     /// Its log shape.
@@ -290,7 +297,7 @@ pub struct CheckpointReplica {
 }
 
 /// Appends the checkpoint entry of one replica.
-pub fn encode_checkpoint_replica(c: &CheckpointReplica, out: &mut Vec<u8>) {
+pub(crate) fn encode_checkpoint_replica(c: &CheckpointReplica, out: &mut Vec<u8>) {
     put_key(c.key, out);
     put_uvarint(out, c.shape.marker.0);
     put_uvarint(out, c.shape.marker_term.0);
@@ -306,7 +313,7 @@ pub fn encode_checkpoint_replica(c: &CheckpointReplica, out: &mut Vec<u8>) {
 
 /// The header of an update record: everything but the entries themselves.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UpdateHeader {
+pub(crate) struct UpdateHeader {
     /// The replica.
     pub key: Key,
     /// A snapshot to install first.
@@ -332,7 +339,7 @@ impl UpdateHeader {
 
 /// A decoded record.
 #[derive(Clone, Debug)]
-pub enum Record {
+pub(crate) enum Record {
     /// Part of a checkpoint: the state of some replicas.
     Checkpoint(Vec<CheckpointReplica>),
     /// An update; its entries are not decoded.
@@ -403,7 +410,7 @@ fn decode_update_header(d: &mut Decoder<'_>) -> Result<UpdateHeader, DecodeError
 
 /// Decodes a whole update record: its header and its entries, which must
 /// agree with the header.
-pub fn decode_update(payload: &[u8]) -> Result<(UpdateHeader, Vec<Entry>), DecodeError> {
+pub(crate) fn decode_update(payload: &[u8]) -> Result<(UpdateHeader, Vec<Entry>), DecodeError> {
     let mut d = Decoder::new(payload, limits());
     let header = decode_update_header(&mut d)?;
     // `count` is bounded by the input (checked in the header).
@@ -459,7 +466,7 @@ fn decode_checkpoint(d: &mut Decoder<'_>) -> Result<Vec<CheckpointReplica>, Deco
 
 /// Decodes a record payload of `kind` (already checksummed); the entries
 /// of an update are skipped (see [`decode_update`]).
-pub fn decode_record(kind: u8, payload: &[u8]) -> Result<Record, DecodeError> {
+pub(crate) fn decode_record(kind: u8, payload: &[u8]) -> Result<Record, DecodeError> {
     let mut d = Decoder::new(payload, limits());
     let rec = match kind {
         KIND_CHECKPOINT => Record::Checkpoint(decode_checkpoint(&mut d)?),

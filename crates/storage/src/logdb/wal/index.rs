@@ -198,11 +198,6 @@ impl IndexState {
         }
     }
 
-    /// The shape of a replica, `None` if nothing is stored for it.
-    pub fn shape(&self, key: &Key) -> Option<Shape> {
-        self.replicas.get(key).map(|r| r.shape.clone())
-    }
-
     /// Applies one op whose record is at `loc`. `fill_cache` puts appended
     /// entries in the cache (not during replay, where entries are not kept).
     /// Fails only when the op does not fit the shape (a gap), which the
@@ -270,11 +265,14 @@ impl IndexState {
     ) -> Result<()> {
         let r = self.replicas.entry(u.key).or_default();
         if u.count > 0 {
-            let mut probe = r.shape.clone();
-            if let Some(s) = u.snapshot {
-                probe.install(s.index, s.term);
+            match u.snapshot {
+                None => r.shape.check_append(u.first, u.count).map(|_| ())?,
+                Some(s) => {
+                    let mut probe = r.shape.clone();
+                    probe.install(s.index, s.term);
+                    probe.check_append(u.first, u.count)?;
+                }
             }
-            probe.check_append(u.first, u.count)?;
         }
         if let Some(s) = u.snapshot {
             if r.shape.install(s.index, s.term) != Installed::Stale {

@@ -20,20 +20,19 @@
 //! * After a failed write or fsync the log refuses further writes
 //!   ([`Error::Failed`]): what reached the disk is unknown until a reopen.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use longship_raft::codec::encoded_entry_size;
 use longship_raft::{Entry, Index, ReplicaId, ShardId, SnapshotMeta, Term};
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use super::shape::{Key, Op, Shape, check_stateless, stage_batch};
+use super::shape::{Key, Op, Shape};
 use super::{LogDb, ReplicaState, Update, import_ops};
 use crate::error::{Error, Result};
 use crate::vfs::{File, FileSystem};
 
+mod commit;
 mod format;
 mod index;
 mod read;
@@ -44,18 +43,14 @@ pub use format::{
     parse_segment_file_name, segment_file_name,
 };
 
-use format::{
-    ENTRY_PAYLOAD_MAX, FLAG_LAST, KIND_CHECKPOINT, RECORD_SPLIT_BYTES, begin_record,
-    encode_checkpoint_replica, encode_op_payload, encode_segment_header, finish_record,
-    seal_record, segment_seed,
-};
-use index::{IndexState, Loc, Segment};
+use commit::NullFile;
+use index::IndexState;
 
 /// Largest batch one `save_raft_state` call may write.
 pub const BATCH_BYTES_MAX: usize = 1 << 30;
 
 /// Record offsets are `u32`: a segment never grows past this.
-const SEGMENT_OFFSET_MAX: u64 = u32::MAX as u64;
+pub(super) const SEGMENT_OFFSET_MAX: u64 = u32::MAX as u64;
 
 /// Tuning of a [`Wal`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,15 +61,20 @@ pub struct WalOptions {
     pub cache_bytes: u64,
     /// Bound on the bytes one group commit writes (at least one batch).
     pub group_bytes_max: usize,
+    /// Segment space is zero-filled this far ahead of the writes (0: never),
+    /// so that a small batch overwrites allocated blocks and its fdatasync
+    /// need not also commit a new file size.
+    pub preallocate_bytes: u64,
 }
 
 impl Default for WalOptions {
-    /// 64 MiB segments, 64 MiB cache, 32 MiB groups.
+    /// 64 MiB segments, 64 MiB cache, 32 MiB groups, 4 MiB preallocation.
     fn default() -> WalOptions {
         WalOptions {
             segment_bytes: 64 << 20,
             cache_bytes: 64 << 20,
             group_bytes_max: 32 << 20,
+            preallocate_bytes: 4 << 20,
         }
     }
 }
@@ -107,13 +107,16 @@ struct Counters {
 }
 
 /// The active segment, owned by the group commit leader.
-struct Writer {
+pub(super) struct Writer {
     /// Id of the active segment.
     active: u64,
     /// Its handle.
     file: Arc<dyn File>,
     /// Bytes written to it (the offset of the next record).
     len: u64,
+    /// Length of the file: `len` plus zero-filled space ahead. Invariant:
+    /// `allocated >= len`.
+    allocated: u64,
     /// CRC seed of its records.
     seed: u32,
     /// Set by a failed write or fsync; every later write is refused.
@@ -121,7 +124,7 @@ struct Writer {
 }
 
 /// One caller's encoded batch: its ops and their records, one record per op.
-struct Batch {
+pub(super) struct Batch {
     ops: Vec<Op>,
     buf: Vec<u8>,
     /// `(offset in buf, length)` of the record of each op.
@@ -129,7 +132,7 @@ struct Batch {
 }
 
 /// A batch waiting in the group commit queue, and its outcome.
-struct Slot {
+pub(super) struct Slot {
     batch: Option<Batch>,
     bytes: usize,
     result: Option<Result<()>>,
@@ -181,6 +184,7 @@ impl Wal {
                 active: 0,
                 file: Arc::new(NullFile),
                 len: 0,
+                allocated: 0,
                 seed: 0,
                 failed: None,
             }),
@@ -219,6 +223,12 @@ impl Wal {
         }
     }
 
+    /// The active segment's id and the offset the next batch goes to.
+    pub fn write_position(&self) -> (u64, u64) {
+        let w = self.writer.lock();
+        (w.active, w.len)
+    }
+
     /// Ids of the segment files in use, oldest first.
     pub fn segment_ids(&self) -> Vec<u64> {
         self.index.read().segments.keys().copied().collect()
@@ -229,352 +239,8 @@ impl Wal {
         self.index.read().check()
     }
 
-    /// Encodes ops into a batch (one record per op, update entries split
-    /// into records of about [`RECORD_SPLIT_BYTES`]).
-    fn encode(ops: Vec<Op>) -> Result<Batch> {
-        check_stateless(&ops)?;
-        let mut split = Vec::with_capacity(ops.len());
-        for op in ops {
-            match op {
-                Op::Update {
-                    key,
-                    snapshot,
-                    entries,
-                    hard_state,
-                } => {
-                    let mut chunks = vec![];
-                    let mut cur = vec![];
-                    let mut cur_bytes = 0;
-                    for e in entries {
-                        if e.cmd.len() as u64 > ENTRY_PAYLOAD_MAX {
-                            return Err(Error::InvalidArgument(format!(
-                                "entry payload of {} bytes over the limit",
-                                e.cmd.len()
-                            )));
-                        }
-                        let size = encoded_entry_size(&e);
-                        if !cur.is_empty() && cur_bytes + size > RECORD_SPLIT_BYTES {
-                            chunks.push(std::mem::take(&mut cur));
-                            cur_bytes = 0;
-                        }
-                        cur_bytes += size;
-                        cur.push(e);
-                    }
-                    chunks.push(cur);
-                    let mut first = true;
-                    for chunk in chunks {
-                        split.push(Op::Update {
-                            key,
-                            snapshot: if first { snapshot.clone() } else { None },
-                            entries: chunk,
-                            hard_state: if first { hard_state } else { None },
-                        });
-                        first = false;
-                    }
-                }
-                other => split.push(other),
-            }
-        }
-        let mut buf = Vec::new();
-        let mut spans = Vec::with_capacity(split.len());
-        for op in &split {
-            let start = begin_record(&mut buf, 0);
-            let kind = encode_op_payload(op, &mut buf);
-            buf[start + 8] = kind;
-            finish_record(&mut buf, start);
-            spans.push((start, buf.len() - start));
-            if buf.len() > BATCH_BYTES_MAX {
-                return Err(Error::InvalidArgument(format!(
-                    "batch larger than {BATCH_BYTES_MAX} bytes"
-                )));
-            }
-        }
-        Ok(Batch {
-            ops: split,
-            buf,
-            spans,
-        })
-    }
-
-    /// Writes ops durably through the group commit.
-    fn write(&self, ops: Vec<Op>) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
-        if ops.is_empty() {
-            return Ok(());
-        }
-        let batch = Self::encode(ops)?;
-        let slot = Arc::new(Mutex::new(Slot {
-            bytes: batch.buf.len(),
-            batch: Some(batch),
-            result: None,
-        }));
-        let mut q = self.queue.lock();
-        q.pending.push_back(slot.clone());
-        // Bounded: every round either returns, or waits for a leader that
-        // finishes a group, or leads one group itself.
-        loop {
-            if let Some(r) = slot.lock().result.take() {
-                return r;
-            }
-            if q.leader_active {
-                self.queue_cv.wait(&mut q);
-                continue;
-            }
-            q.leader_active = true;
-            let mut group = Vec::new();
-            let mut bytes = 0;
-            while let Some(s) = q.pending.front() {
-                let b = s.lock().bytes;
-                if !group.is_empty() && bytes + b > self.options.group_bytes_max {
-                    break;
-                }
-                bytes += b;
-                group.push(q.pending.pop_front().expect("front exists"));
-            }
-            drop(q);
-            self.commit_group(&group);
-            q = self.queue.lock();
-            q.leader_active = false;
-            self.queue_cv.notify_all();
-        }
-    }
-
-    /// Writes a group of batches with one fsync and applies them to the
-    /// index; stores each batch's outcome in its slot.
-    fn commit_group(&self, group: &[Arc<Mutex<Slot>>]) {
-        let mut batches: Vec<Batch> = group
-            .iter()
-            .map(|s| s.lock().batch.take().expect("a queued slot has its batch"))
-            .collect();
-        let mut results: Vec<Option<Result<()>>> = (0..batches.len()).map(|_| None).collect();
-        let outcome = self.commit_batches(&mut batches, &mut results);
-        for (slot, r) in group.iter().zip(results) {
-            let r = match (r, &outcome) {
-                (Some(r), _) => r,
-                (None, Ok(())) => Ok(()),
-                (None, Err(e)) => Err(e.duplicate()),
-            };
-            slot.lock().result = Some(r);
-        }
-    }
-
-    /// The body of [`Wal::commit_group`]: batches refused by validation get
-    /// their own error in `results`; the others share the returned outcome.
-    fn commit_batches(
-        &self,
-        batches: &mut [Batch],
-        results: &mut [Option<Result<()>>],
-    ) -> Result<()> {
-        let mut w = self.writer.lock();
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
-        if let Some(msg) = &w.failed {
-            return Err(Error::Failed(msg.clone()));
-        }
-        // Validate in order, each batch against the state the earlier ones leave.
-        let mut accepted = Vec::with_capacity(batches.len());
-        {
-            let idx = self.index.read();
-            let mut staged: HashMap<Key, Option<Shape>> = HashMap::new();
-            for (i, b) in batches.iter().enumerate() {
-                match stage_batch(&b.ops, &mut staged, |k| idx.shape(k)) {
-                    Ok(()) => accepted.push(i),
-                    Err(e) => results[i] = Some(Err(e)),
-                }
-            }
-        }
-        if accepted.is_empty() {
-            return Ok(());
-        }
-        let total: u64 = accepted.iter().map(|&i| batches[i].buf.len() as u64).sum();
-        if w.len >= self.options.segment_bytes || w.len + total > SEGMENT_OFFSET_MAX {
-            self.roll(&mut w)?;
-        }
-        // Seal, write and sync.
-        let mut offset = w.len;
-        let mut bases = Vec::with_capacity(accepted.len());
-        for &i in &accepted {
-            let b = &mut batches[i];
-            let last = b.spans.len() - 1;
-            for (j, &(start, len)) in b.spans.iter().enumerate() {
-                let flags = if j == last { FLAG_LAST } else { 0 };
-                seal_record(&mut b.buf[start..start + len], flags, w.seed);
-            }
-            if let Err(e) = w.file.write_at(offset, &b.buf) {
-                return Err(self.fail(&mut w, e, "write"));
-            }
-            bases.push(offset);
-            offset += b.buf.len() as u64;
-        }
-        if let Err(e) = w.file.sync() {
-            return Err(self.fail(&mut w, e, "fsync"));
-        }
-        w.len = offset;
-        let c = &self.counters;
-        c.syncs.fetch_add(1, Ordering::Relaxed);
-        c.groups.fetch_add(1, Ordering::Relaxed);
-        c.batches
-            .fetch_add(accepted.len() as u64, Ordering::Relaxed);
-        c.bytes_written.fetch_add(total, Ordering::Relaxed);
-        // Apply.
-        {
-            let mut idx = self.index.write();
-            for (&i, &base) in accepted.iter().zip(&bases) {
-                let b = &batches[i];
-                for (op, &(start, len)) in b.ops.iter().zip(&b.spans) {
-                    let loc = Loc {
-                        segment: w.active,
-                        offset: (base + start as u64) as u32,
-                        len: len as u32,
-                    };
-                    idx.apply(op, Some(loc), true)
-                        .expect("validated against the same state");
-                }
-            }
-            idx.evict();
-            debug_assert!(idx.check().is_ok(), "{:?}", idx.check());
-        }
-        self.delete_dead_segments(w.active);
-        Ok(())
-    }
-
-    /// Records a write failure: the log refuses writes from now on.
-    fn fail(&self, w: &mut Writer, e: std::io::Error, what: &str) -> Error {
-        let path = self.dir.join(format::segment_file_name(w.active));
-        let err = Error::io_at(e, what, &path);
-        tracing::error!(error = %err, "write-ahead log failed; reopen to recover");
-        w.failed = Some(err.to_string());
-        err
-    }
-
-    /// Starts a new active segment: header and checkpoint, fsynced, and the
-    /// directory fsynced.
-    fn roll(&self, w: &mut Writer) -> Result<()> {
-        let id = w.active + 1;
-        let path = self.dir.join(format::segment_file_name(id));
-        let seed = segment_seed(id);
-        let mut buf = Vec::new();
-        encode_segment_header(id, &mut buf);
-        {
-            let idx = self.index.read();
-            encode_checkpoint(&idx.checkpoint(), seed, &mut buf);
-        }
-        let created = (|| -> std::io::Result<Arc<dyn File>> {
-            let file: Arc<dyn File> = Arc::from(self.fs.create(&path)?);
-            file.write_at(0, &buf)?;
-            file.sync()?;
-            self.fs.sync_dir(&self.dir)?;
-            Ok(file)
-        })();
-        let file = match created {
-            Ok(f) => f,
-            Err(e) => return Err(self.fail(w, e, "create segment")),
-        };
-        self.index.write().segments.insert(
-            id,
-            Segment {
-                path,
-                file: file.clone(),
-                live_runs: 0,
-            },
-        );
-        w.active = id;
-        w.file = file;
-        w.len = buf.len() as u64;
-        w.seed = seed;
-        w.failed = None;
-        self.counters
-            .bytes_written
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        self.counters
-            .segments_created
-            .fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Deletes the oldest segments nothing needs. Not fsynced: a segment
-    /// that comes back after a crash is replayed again, which is harmless.
-    fn delete_dead_segments(&self, active: u64) {
-        let dead: Vec<Segment> = {
-            let mut idx = self.index.write();
-            idx.deletable_prefix(active)
-                .into_iter()
-                .filter_map(|id| idx.segments.remove(&id))
-                .collect()
-        };
-        for s in dead {
-            match self.fs.remove_file(&s.path) {
-                Ok(()) => {
-                    self.counters
-                        .segments_deleted
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    tracing::warn!(path = %s.path.display(), error = %e, "cannot delete segment")
-                }
-            }
-        }
-    }
-
     fn key_view<T>(&self, key: Key, f: impl FnOnce(Option<&index::ReplicaIndex>) -> T) -> T {
         f(self.index.read().replicas.get(&key))
-    }
-}
-
-/// Appends the checkpoint batch (records of at most about
-/// [`RECORD_SPLIT_BYTES`], the last one flagged) for a new segment.
-fn encode_checkpoint(replicas: &[format::CheckpointReplica], seed: u32, out: &mut Vec<u8>) {
-    let mut chunks: Vec<(usize, Vec<u8>)> = vec![(0, Vec::new())];
-    for c in replicas {
-        let (n, body) = chunks.last_mut().expect("never empty");
-        encode_checkpoint_replica(c, body);
-        *n += 1;
-        if body.len() >= RECORD_SPLIT_BYTES {
-            chunks.push((0, Vec::new()));
-        }
-    }
-    if chunks.len() > 1 && chunks.last().is_some_and(|(n, _)| *n == 0) {
-        chunks.pop();
-    }
-    let last = chunks.len() - 1;
-    for (i, (n, body)) in chunks.into_iter().enumerate() {
-        let start = begin_record(out, KIND_CHECKPOINT);
-        longship_raft::codec::put_uvarint(out, n as u64);
-        out.extend_from_slice(&body);
-        finish_record(out, start);
-        let flags = if i == last { FLAG_LAST } else { 0 };
-        seal_record(&mut out[start..], flags, seed);
-    }
-}
-
-/// A file that refuses everything: the writer's handle before the first
-/// segment exists.
-struct NullFile;
-
-impl File for NullFile {
-    fn read_at(&self, _: u64, _: &mut [u8]) -> std::io::Result<usize> {
-        Err(std::io::Error::other("no active segment"))
-    }
-    fn write_at(&self, _: u64, _: &[u8]) -> std::io::Result<()> {
-        Err(std::io::Error::other("no active segment"))
-    }
-    fn append(&self, _: &[u8]) -> std::io::Result<u64> {
-        Err(std::io::Error::other("no active segment"))
-    }
-    fn sync(&self) -> std::io::Result<()> {
-        Err(std::io::Error::other("no active segment"))
-    }
-    fn len(&self) -> std::io::Result<u64> {
-        Ok(0)
-    }
-    fn set_len(&self, _: u64) -> std::io::Result<()> {
-        Err(std::io::Error::other("no active segment"))
-    }
-    fn preallocate(&self, _: u64) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
@@ -649,6 +315,14 @@ impl LogDb for Wal {
             key: (shard_id, replica_id),
             index,
         }])
+    }
+
+    fn remove_entries_batch(&self, marks: &[(ShardId, ReplicaId, Index)]) -> Result<()> {
+        let ops: Vec<Op> = marks
+            .iter()
+            .map(|&(s, r, index)| Op::Compact { key: (s, r), index })
+            .collect();
+        self.write(ops)
     }
 
     fn save_snapshot(

@@ -111,7 +111,11 @@ pub(super) fn replay(
                 }
             }
             ScanEnd::Torn(at) => {
-                tracing::warn!(path = %path.display(), offset = at, "cutting off torn tail of the log");
+                if data[at as usize..].iter().all(|&b| b == 0) {
+                    tracing::debug!(path = %path.display(), offset = at, "cutting off preallocated space");
+                } else {
+                    tracing::warn!(path = %path.display(), offset = at, "cutting off torn tail of the log");
+                }
                 file.set_len(at)
                     .and_then(|()| file.sync())
                     .map_err(|e| Error::io_at(e, "truncate", &path))?;
