@@ -76,6 +76,7 @@ fn workload_with_compactions(seed: u64) -> Vec<Action> {
 fn crash_at_every_operation() {
     let mut crash_points = 0;
     let mut segments_deleted = 0;
+    let mut relocations = 0;
     for seed in 0..12u64 {
         let mode = if seed % 2 == 0 {
             CrashMode::DropUnsynced
@@ -95,6 +96,7 @@ fn crash_at_every_operation() {
             ops_done.push(fs.op_count());
         }
         segments_deleted += wal.stats().segments_deleted;
+        relocations += wal.stats().relocations;
         drop(wal);
         let images = fs.take_crash_images().unwrap();
         let total = images.len();
@@ -138,7 +140,10 @@ fn crash_at_every_operation() {
         segments_deleted >= 12,
         "only {segments_deleted} segments deleted"
     );
-    eprintln!("{crash_points} crash points, {segments_deleted} segments deleted");
+    assert!(relocations >= 5, "only {relocations} relocations");
+    eprintln!(
+        "{crash_points} crash points, {segments_deleted} segments deleted, {relocations} relocations"
+    );
 }
 
 #[test]

@@ -565,3 +565,34 @@ fn wal_reads_old_entries_from_disk_and_splits_big_updates() {
     }
     drop(wal);
 }
+
+#[test]
+fn wal_relocates_an_idle_replicas_entries_instead_of_keeping_every_segment() {
+    let fs: Arc<dyn FileSystem> = Arc::new(MemFs::new());
+    let dir = Path::new("/wal");
+    let wal = Wal::open(fs.clone(), dir, tiny_segments()).unwrap();
+    // An idle replica writes once, early, and never compacts.
+    let idle = key(99, 1);
+    wal.save_raft_state(&[update(idle, entries(1, 3, 1, 30))])
+        .unwrap();
+    let busy = key(1, 1);
+    for i in 0..400 {
+        wal.save_raft_state(&[update(busy, entries(i + 1, 1, 1, 60))])
+            .unwrap();
+        wal.remove_entries_to(busy.0, busy.1, Index(i)).unwrap();
+    }
+    let stats = wal.stats();
+    assert!(stats.relocations > 0, "{stats:?}");
+    assert!(wal.segment_ids().len() <= 6, "{:?}", wal.segment_ids());
+    assert!(dir_bytes(&*fs, dir) < 20_000);
+    wal.check_invariants().unwrap();
+    drop(wal);
+    let wal = Wal::open(fs, dir, tiny_segments()).unwrap();
+    wal.check_invariants().unwrap();
+    assert_eq!(
+        wal.entries(idle.0, idle.1, Index(1), Index(4), u64::MAX)
+            .unwrap(),
+        entries(1, 3, 1, 30)
+    );
+    assert_eq!(wal.last_index(busy.0, busy.1), Index(400));
+}

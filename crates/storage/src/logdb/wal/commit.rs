@@ -9,9 +9,9 @@ use std::sync::atomic::Ordering;
 use parking_lot::Mutex;
 
 use super::format::{
-    self, ENTRY_PAYLOAD_MAX, FLAG_LAST, KIND_CHECKPOINT, RECORD_SPLIT_BYTES, begin_record,
-    encode_checkpoint_replica, encode_op_payload, encode_segment_header, finish_record,
-    seal_record, segment_seed,
+    self, ENTRY_PAYLOAD_MAX, FLAG_LAST, KIND_CHECKPOINT, KIND_RELOCATE, RECORD_SPLIT_BYTES,
+    begin_record, encode_checkpoint_replica, encode_op_payload, encode_segment_header,
+    finish_record, seal_record, segment_seed,
 };
 use super::index::{Loc, Segment};
 use super::{BATCH_BYTES_MAX, Batch, SEGMENT_OFFSET_MAX, Slot, Wal, Writer};
@@ -256,7 +256,7 @@ impl Wal {
             debug_assert!(idx.check().is_ok(), "{:?}", idx.check());
         }
         self.delete_dead_segments(w.active);
-        Ok(())
+        self.relocate_oldest(&mut w)
     }
 
     /// Records a write failure: the log refuses writes from now on.
@@ -301,14 +301,22 @@ impl Wal {
             Ok(f) => f,
             Err(e) => return Err(self.fail(w, e, "create segment")),
         };
-        self.index.write().segments.insert(
-            id,
-            Segment {
-                path,
-                file: file.clone(),
-                live_runs: 0,
-            },
-        );
+        {
+            let mut idx = self.index.write();
+            if let Some(old) = idx.segments.get_mut(&w.active) {
+                old.len = w.len;
+            }
+            idx.segments.insert(
+                id,
+                Segment {
+                    path,
+                    file: file.clone(),
+                    live_runs: 0,
+                    live_bytes: 0,
+                    len: buf.len() as u64,
+                },
+            );
+        }
         w.active = id;
         w.file = file;
         w.len = buf.len() as u64;
@@ -348,6 +356,98 @@ impl Wal {
             }
             w.allocated = target;
         }
+        Ok(())
+    }
+
+    /// When the older segments hold more garbage than live records, copies
+    /// the live entries of the oldest one into the active segment (one
+    /// batch, one fsync) so it and the dead ones after it can be deleted.
+    /// Keeps disk use within about twice the live data plus a segment, even
+    /// when an idle replica's old entries would otherwise pin every later
+    /// segment. Bounded: at most one segment's live records per call.
+    fn relocate_oldest(&self, w: &mut Writer) -> Result<()> {
+        let (oldest, plan) = {
+            let idx = self.index.read();
+            let older: Vec<&Segment> = idx.segments.range(..w.active).map(|(_, s)| s).collect();
+            let size: u64 = older.iter().map(|s| s.len).sum();
+            let live: u64 = older.iter().map(|s| s.live_bytes).sum();
+            if older.len() < 2 || live * 2 >= size {
+                return Ok(());
+            }
+            let (&oldest, seg) = idx.segments.iter().next().expect("two or more");
+            let plan: Vec<_> = idx
+                .runs_in(oldest)
+                .into_iter()
+                .map(|(key, run)| (key, run, seg.file.clone(), seg.path.clone()))
+                .collect();
+            (oldest, plan)
+        };
+        if plan.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        let mut spans = Vec::with_capacity(plan.len());
+        for (key, run, file, path) in &plan {
+            let entries = match super::read::read_record_entries(&**file, path, run, *key) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(error = %e, segment = oldest, "cannot relocate entries");
+                    return Ok(());
+                }
+            };
+            let live: Vec<_> = entries
+                .into_iter()
+                .filter(|e| e.index >= run.first && e.index < run.end())
+                .collect();
+            let start = begin_record(&mut buf, KIND_RELOCATE);
+            format::encode_update_payload(*key, None, None, &live, &mut buf);
+            finish_record(&mut buf, start);
+            spans.push((start, buf.len() - start));
+        }
+        if w.len >= self.options.segment_bytes || w.len + buf.len() as u64 > SEGMENT_OFFSET_MAX {
+            self.roll(w)?;
+        }
+        self.preallocate(w, buf.len() as u64)?;
+        let last = spans.len() - 1;
+        for (j, &(start, len)) in spans.iter().enumerate() {
+            let flags = if j == last { FLAG_LAST } else { 0 };
+            seal_record(&mut buf[start..start + len], flags, w.seed);
+        }
+        if let Err(e) = w.file.write_at(w.len, &buf) {
+            return Err(self.fail(w, e, "write"));
+        }
+        if let Err(e) = w.file.sync() {
+            return Err(self.fail(w, e, "fsync"));
+        }
+        let base = w.len;
+        w.len += buf.len() as u64;
+        w.allocated = w.allocated.max(w.len);
+        {
+            let mut idx = self.index.write();
+            for ((key, run, _, _), &(start, len)) in plan.iter().zip(&spans) {
+                let loc = Loc {
+                    segment: w.active,
+                    offset: (base + start as u64) as u32,
+                    len: len as u32,
+                };
+                let term = |i: u64| {
+                    idx.replicas[key]
+                        .shape
+                        .term(run.first.plus(i))
+                        .expect("relocated entries are in the log")
+                };
+                let terms: Vec<_> = (0..run.count).map(term).collect();
+                idx.relocate(*key, run.first, run.count, |i| terms[i as usize], loc)
+                    .expect("relocating what the index holds");
+            }
+            debug_assert!(idx.check().is_ok(), "{:?}", idx.check());
+        }
+        let c = &self.counters;
+        c.syncs.fetch_add(1, Ordering::Relaxed);
+        c.relocations.fetch_add(1, Ordering::Relaxed);
+        c.bytes_written
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.delete_dead_segments(w.active);
         Ok(())
     }
 

@@ -37,6 +37,10 @@ pub const KIND_SAVE_SNAPSHOT: u8 = 3;
 pub const KIND_COMPACT: u8 = 4;
 /// An [`Op::Remove`].
 pub const KIND_REMOVE: u8 = 5;
+/// Entries copied out of an old segment so it can be deleted: same payload
+/// as an update without snapshot and hard state; sets where the entries
+/// are, never truncates.
+pub const KIND_RELOCATE: u8 = 6;
 
 /// Record flag: the last record of its batch.
 pub const FLAG_LAST: u8 = 0x01;
@@ -181,7 +185,7 @@ pub fn check_record(buf: &[u8], seed: u32) -> Result<RecordHeader, RecordError> 
     if crc32c::crc32c_append(seed, &buf[4..end]) != crc {
         return Err(RecordError::Bad("record checksum mismatch".into()));
     }
-    if !(KIND_CHECKPOINT..=KIND_REMOVE).contains(&kind) {
+    if !(KIND_CHECKPOINT..=KIND_RELOCATE).contains(&kind) {
         return Err(RecordError::Bad(format!("unknown record kind {kind}")));
     }
     if flags & !FLAG_LAST != 0 || buf[10] != 0 || buf[11] != 0 {
@@ -344,6 +348,8 @@ pub(crate) enum Record {
     Checkpoint(Vec<CheckpointReplica>),
     /// An update; its entries are not decoded.
     Update(UpdateHeader),
+    /// Relocated entries (no snapshot, no hard state, at least one entry).
+    Relocate(UpdateHeader),
     /// Any other change.
     Op(Op),
 }
@@ -470,6 +476,13 @@ pub(crate) fn decode_record(kind: u8, payload: &[u8]) -> Result<Record, DecodeEr
     let mut d = Decoder::new(payload, limits());
     let rec = match kind {
         KIND_CHECKPOINT => Record::Checkpoint(decode_checkpoint(&mut d)?),
+        KIND_RELOCATE => {
+            let h = decode_update_header(&mut d)?;
+            if h.snapshot.is_some() || h.hard_state.is_some() || h.count == 0 {
+                return Err(DecodeError::Invalid("bad relocation record"));
+            }
+            return Ok(Record::Relocate(h));
+        }
         KIND_UPDATE => {
             // The entries are checked by the record CRC; they are parsed
             // only when read.

@@ -58,6 +58,11 @@ pub(crate) struct Segment {
     /// Number of runs pointing into it; it can be deleted at 0 (if it is
     /// not the active segment and every older one is gone).
     pub live_runs: u64,
+    /// Sum of the record lengths of those runs (an estimate of the live
+    /// bytes: a record counts whole while any entry of it is live).
+    pub live_bytes: u64,
+    /// Bytes of records in it (its length once it is no longer active).
+    pub len: u64,
 }
 
 /// What [`IndexState::apply_update`] applies.
@@ -115,6 +120,14 @@ fn release(segments: &mut BTreeMap<u64, Segment>, loc: &Loc) {
     if let Some(s) = segments.get_mut(&loc.segment) {
         debug_assert!(s.live_runs > 0);
         s.live_runs -= 1;
+        s.live_bytes -= u64::from(loc.len);
+    }
+}
+
+fn retain(segments: &mut BTreeMap<u64, Segment>, loc: &Loc) {
+    if let Some(s) = segments.get_mut(&loc.segment) {
+        s.live_runs += 1;
+        s.live_bytes += u64::from(loc.len);
     }
 }
 
@@ -293,9 +306,7 @@ impl IndexState {
                     self.cache_bytes -= e.size_bytes();
                 }
                 let loc = u.loc.expect("an update with entries has a record");
-                if let Some(seg) = self.segments.get_mut(&loc.segment) {
-                    seg.live_runs += 1;
-                }
+                retain(&mut self.segments, &loc);
                 r.runs.push_back(Run {
                     first: from,
                     count: (u.count - skip) as u64,
@@ -318,6 +329,80 @@ impl IndexState {
         }
         debug_assert!(r.shape.check());
         Ok(())
+    }
+
+    /// Records that entries `[first, first + count)` of `key` (terms by
+    /// `term_of`) are now in the record at `loc`. They must be in the log
+    /// with those terms; nothing else changes.
+    pub fn relocate(
+        &mut self,
+        key: Key,
+        first: Index,
+        count: u64,
+        term_of: impl Fn(u64) -> Term,
+        loc: Loc,
+    ) -> Result<()> {
+        let Some(r) = self.replicas.get_mut(&key) else {
+            return Err(Error::InvalidArgument(
+                "relocated entries of an unknown replica".into(),
+            ));
+        };
+        let end = first.plus(count);
+        if count == 0 || first <= r.shape.marker || end > r.shape.last.next() {
+            return Err(Error::InvalidArgument(format!(
+                "relocated entries {first}..{end} outside the log"
+            )));
+        }
+        for i in 0..count {
+            if r.shape.term(first.plus(i)).ok() != Some(term_of(i)) {
+                return Err(Error::InvalidArgument(
+                    "relocated entry with another term".into(),
+                ));
+            }
+        }
+        // Split the runs at `first` and `end`, then swap the covered ones
+        // for one run at `loc`.
+        for at in [first, end] {
+            let pos = r.runs.partition_point(|run| run.end() <= at);
+            if let Some(run) = r.runs.get(pos).copied() {
+                if run.first < at {
+                    let head = Run {
+                        count: at.0 - run.first.0,
+                        ..run
+                    };
+                    let tail = Run {
+                        first: at,
+                        count: run.end().0 - at.0,
+                        ..run
+                    };
+                    retain(&mut self.segments, &run.loc);
+                    r.runs[pos] = tail;
+                    r.runs.insert(pos, head);
+                }
+            }
+        }
+        let from = r.runs.partition_point(|run| run.end() <= first);
+        let to = r.runs.partition_point(|run| run.first < end);
+        for run in r.runs.drain(from..to) {
+            release(&mut self.segments, &run.loc);
+        }
+        r.runs.insert(from, Run { first, count, loc });
+        retain(&mut self.segments, &loc);
+        debug_assert!(r.runs_consistent() || r.runs.iter().any(|x| x.loc.segment == PHANTOM));
+        Ok(())
+    }
+
+    /// The live runs in segment `id`, with their replicas.
+    pub fn runs_in(&self, id: u64) -> Vec<(Key, Run)> {
+        self.replicas
+            .iter()
+            .flat_map(|(k, r)| {
+                r.runs
+                    .iter()
+                    .filter(move |run| run.loc.segment == id)
+                    .map(move |run| (*k, *run))
+            })
+            .collect()
     }
 
     /// Evicts cached entries, round robin over replicas, until the cache is
@@ -427,6 +512,7 @@ impl IndexState {
     /// Checks the cross-structure invariants (tests and debug builds).
     pub fn check(&self) -> Result<()> {
         let mut live: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut live_bytes: BTreeMap<u64, u64> = BTreeMap::new();
         let mut cache = 0;
         for (k, r) in &self.replicas {
             if !r.shape.check() || !r.runs_consistent() {
@@ -436,11 +522,14 @@ impl IndexState {
             }
             for run in &r.runs {
                 *live.entry(run.loc.segment).or_default() += 1;
+                *live_bytes.entry(run.loc.segment).or_default() += u64::from(run.loc.len);
             }
             cache += r.cache_bytes;
         }
         for (id, s) in &self.segments {
-            if live.get(id).copied().unwrap_or(0) != s.live_runs {
+            if live.get(id).copied().unwrap_or(0) != s.live_runs
+                || live_bytes.get(id).copied().unwrap_or(0) != s.live_bytes
+            {
                 return Err(Error::InvalidArgument(format!(
                     "segment {id} live run count wrong"
                 )));

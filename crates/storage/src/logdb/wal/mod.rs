@@ -94,6 +94,8 @@ pub struct WalStats {
     pub segments_created: u64,
     /// Segments deleted.
     pub segments_deleted: u64,
+    /// Relocations: live entries of the oldest segment copied forward.
+    pub relocations: u64,
 }
 
 #[derive(Default)]
@@ -104,6 +106,7 @@ struct Counters {
     bytes_written: AtomicU64,
     segments_created: AtomicU64,
     segments_deleted: AtomicU64,
+    relocations: AtomicU64,
 }
 
 /// The active segment, owned by the group commit leader.
@@ -220,6 +223,7 @@ impl Wal {
             bytes_written: c.bytes_written.load(Ordering::Relaxed),
             segments_created: c.segments_created.load(Ordering::Relaxed),
             segments_deleted: c.segments_deleted.load(Ordering::Relaxed),
+            relocations: c.relocations.load(Ordering::Relaxed),
         }
     }
 

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use longship_raft::{Entry, Index};
 
 use super::Wal;
-use super::format::{KIND_UPDATE, RECORD_HEADER_BYTES, check_record, decode_update, segment_seed};
+use super::format::{
+    KIND_RELOCATE, KIND_UPDATE, RECORD_HEADER_BYTES, check_record, decode_update, segment_seed,
+};
 use super::index::Run;
 use crate::error::{Error, Result};
 use crate::logdb::push_limited;
@@ -99,7 +101,7 @@ impl Wal {
 }
 
 /// Reads, checks and decodes the update record of a run.
-fn read_record_entries(
+pub(super) fn read_record_entries(
     file: &dyn File,
     path: &std::path::Path,
     run: &Run,
@@ -115,7 +117,7 @@ fn read_record_entries(
     }
     let header = check_record(&buf, segment_seed(run.loc.segment))
         .map_err(|e| Error::corruption(path, offset, format!("record unreadable: {e:?}")))?;
-    if header.kind != KIND_UPDATE {
+    if header.kind != KIND_UPDATE && header.kind != KIND_RELOCATE {
         return Err(Error::corruption(path, offset, "record is not an update"));
     }
     match decode_update(&buf[RECORD_HEADER_BYTES..]) {

@@ -99,6 +99,8 @@ pub(super) fn replay(
                 path: path.clone(),
                 file: file.clone(),
                 live_runs: 0,
+                live_bytes: 0,
+                len: data.len() as u64,
             },
         );
         match scan_segment(&data, id, is_first, is_last, &mut idx, &path)? {
@@ -119,6 +121,9 @@ pub(super) fn replay(
                 file.set_len(at)
                     .and_then(|()| file.sync())
                     .map_err(|e| Error::io_at(e, "truncate", &path))?;
+                if let Some(s) = idx.segments.get_mut(&id) {
+                    s.len = at;
+                }
             }
             ScanEnd::Empty => {
                 tracing::warn!(path = %path.display(), "removing segment torn while being created");
@@ -266,7 +271,7 @@ fn apply_batch(
         for (rec, loc) in batch {
             match rec {
                 Record::Checkpoint(mut r) => replicas.append(&mut r),
-                Record::Op(_) | Record::Update(_) => {
+                Record::Op(_) | Record::Update(_) | Record::Relocate(_) => {
                     return Err(Error::corruption(
                         path,
                         loc.offset as u64,
@@ -324,6 +329,11 @@ fn apply_batch(
                         loc.offset as u64,
                         format!("record does not fit the log: {e}"),
                     )
+                })?,
+            Record::Relocate(h) => idx
+                .relocate(h.key, h.first, h.count, |i| h.term_of(i), loc)
+                .map_err(|e| {
+                    Error::corruption(path, loc.offset as u64, format!("bad relocation: {e}"))
                 })?,
             Record::Op(op) => idx.apply(&op, Some(loc), false).map_err(|e| {
                 Error::corruption(
