@@ -658,15 +658,17 @@ impl NodeHost {
             addresses: Default::default(),
             addresses_version: AtomicU64::new(u64::MAX),
         });
+        // Before recovering: an on-disk state machine that already holds the
+        // snapshot's state keeps it (see `Rsm::recover`).
+        if let Some(i) = on_disk_index {
+            replica.rsm.set_on_disk_index(i);
+        }
         if !snap.is_empty() {
             recover_from_store(&replica, &snap)?;
             replica.applied_index.store(snap.index.0, Ordering::Release);
             replica
                 .snapshot_index
                 .store(snap.index.0, Ordering::Release);
-        }
-        if let Some(i) = on_disk_index {
-            replica.rsm.set_on_disk_index(i);
         }
         {
             let mut map = host.replicas.write();

@@ -344,6 +344,11 @@ impl Rsm {
             match &self.sm {
                 UserSm::Regular(sm) => sm.write().recover_from_snapshot(r, stop)?,
                 UserSm::Concurrent(sm) => sm.recover_from_snapshot(r, stop)?,
+                // Its own store may already be at or past the snapshot (a
+                // restart after a local snapshot): replacing its state by the
+                // older snapshot would lose the entries after the snapshot,
+                // which are skipped as already applied.
+                UserSm::OnDisk(_) if self.on_disk_index() >= applied.index => {}
                 UserSm::OnDisk(sm) => {
                     sm.recover_from_snapshot(r, stop)?;
                     self.set_on_disk_index(applied.index);
