@@ -118,7 +118,12 @@ impl<L: LogReader> Raft<L> {
         let mut r = Raft {
             id: cfg.replica_id,
             shard_id: cfg.shard_id,
-            rng: Rng::new(cfg.seed ^ cfg.replica_id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            // Hash the replica id into the seed: SplitMix64 advances its
+            // state by the golden-ratio constant, so seeding with
+            // `seed ^ id * golden` made replicas' streams shifted copies of
+            // each other, and replicas ticked together drew equal election
+            // timeouts forever (split votes without end).
+            rng: Rng::new(Rng::new(cfg.seed ^ Rng::new(cfg.replica_id.0).next_u64()).next_u64()),
             term: hard_state.term,
             vote: hard_state.vote,
             role: Role::Follower,
