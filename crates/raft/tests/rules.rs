@@ -1377,6 +1377,37 @@ fn lease_read_requires_check_quorum_and_skips_the_heartbeat_round() {
     assert!(c.queue.is_empty(), "no heartbeat round");
 }
 
+/// Thesis §6.4.1 with §3.10: a leadership transfer ends the lease early
+/// (TimeoutNow lets the target win at once, overriding the followers'
+/// lease), so while one is under way a lease read takes the heartbeat round.
+#[test]
+fn lease_read_takes_the_heartbeat_round_during_a_transfer() {
+    let o = ClusterOptions {
+        lease_read: true,
+        check_quorum: true,
+        ..opts()
+    };
+    let mut c = cluster(3, o);
+    elect(&mut c, 1);
+    c.isolate(3);
+    c.raft(1).transfer_leader(r(3)).unwrap();
+    c.raft(1).read_index(13).unwrap();
+    c.process(r(1));
+    assert!(
+        c.node(1).ready_reads.is_empty(),
+        "no lease during the transfer"
+    );
+    assert_eq!(queued(&c, MessageType::Heartbeat, 1, 2)[0].context, 13);
+    c.stabilize();
+    assert_eq!(
+        c.node(1).ready_reads,
+        vec![ReadState {
+            index: Index(4),
+            context: 13
+        }]
+    );
+}
+
 // =====================================================================
 // Leadership transfer (thesis §3.10)
 // =====================================================================
