@@ -577,11 +577,20 @@ impl SnapshotWorker {
         match job {
             SnapshotJob::Save(shard) => {
                 if let Some(r) = self.host.replica(shard) {
+                    // Requests made before this point are answered by this
+                    // save (it captures at least this index); later ones by
+                    // their own job, unless this snapshot already covers them.
+                    let seen = r.applied();
                     let res = save_snapshot(&self.host, &r);
                     r.snapshotting.store(false, Ordering::Release);
                     self.host.mark_apply(shard);
+                    let covered = *res.as_ref().unwrap_or(&seen);
                     let mut pending = r.pending.lock();
-                    for (c, _, opt) in pending.snapshots.drain(..) {
+                    let (answered, waiting) = std::mem::take(&mut pending.snapshots)
+                        .into_iter()
+                        .partition::<Vec<_>, _>(|(_, _, _, min)| *min <= covered);
+                    pending.snapshots = waiting;
+                    for (c, _, opt, _) in answered {
                         let out = match &res {
                             Ok(index) => match &opt.export_path {
                                 Some(path) => r
@@ -618,6 +627,7 @@ impl SnapshotWorker {
 /// Saves a snapshot of the replica's state machine at its applied index,
 /// records it in log storage, then compacts the log. Returns its index.
 pub(crate) fn save_snapshot(host: &Host, r: &Replica) -> Result<Index, Error> {
+    let _one_at_a_time = r.snapshot_save.lock();
     let guard = r.apply_lock.lock();
     let applied = r.rsm.applied();
     let last = Index(r.snapshot_index.load(Ordering::Acquire));

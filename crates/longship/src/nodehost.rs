@@ -655,6 +655,7 @@ impl NodeHost {
             unloaded: AtomicBool::new(false),
             compaction_override: AtomicU64::new(u64::MAX),
             apply_lock: Mutex::new(()),
+            snapshot_save: Mutex::new(()),
             addresses: Default::default(),
             addresses_version: AtomicU64::new(u64::MAX),
         });
@@ -1132,7 +1133,11 @@ impl NodeHost {
         if let Some(o) = opt.compaction_overhead {
             r.compaction_override.store(o, Ordering::Release);
         }
-        r.pending.lock().snapshots.push((completer, deadline, opt));
+        let min = r.applied();
+        r.pending
+            .lock()
+            .snapshots
+            .push((completer, deadline, opt, min));
         r.snapshotting.store(true, Ordering::Release);
         if !self.host.push_snapshot_job(SnapshotJob::Save(shard)) {
             return Err(Error::SystemBusy);

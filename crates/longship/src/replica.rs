@@ -68,7 +68,14 @@ pub(crate) struct Pending {
     pub(crate) proposals: BTreeMap<u64, PendingProposal>,
     pub(crate) config_changes: BTreeMap<u64, PendingConfigChange>,
     pub(crate) reads: BTreeMap<u64, PendingRead>,
-    pub(crate) snapshots: Vec<(Completer<Index>, u64, crate::nodehost::SnapshotOption)>,
+    /// Requested snapshots: (completer, deadline, options, applied index at
+    /// request time). The first snapshot saved at or past that index answers it.
+    pub(crate) snapshots: Vec<(
+        Completer<Index>,
+        u64,
+        crate::nodehost::SnapshotOption,
+        Index,
+    )>,
 }
 
 impl Pending {
@@ -98,7 +105,7 @@ impl Pending {
             });
             !r.waiters.is_empty()
         });
-        self.snapshots.retain(|(c, deadline, _)| {
+        self.snapshots.retain(|(c, deadline, _, _)| {
             let keep = *deadline > now;
             if !keep {
                 c.complete(Err(Error::Timeout));
@@ -120,7 +127,7 @@ impl Pending {
                 c.complete(Err(Error::ShardClosed));
             }
         }
-        for (c, _, _) in self.snapshots.drain(..) {
+        for (c, _, _, _) in self.snapshots.drain(..) {
             c.complete(Err(Error::ShardClosed));
         }
     }
@@ -178,6 +185,9 @@ pub(crate) struct Replica {
     /// snapshot worker while it captures (or, for regular state machines,
     /// saves) a snapshot.
     pub(crate) apply_lock: Mutex<()>,
+    /// Held for the whole save of a snapshot: saves of one replica never
+    /// overlap (two could otherwise capture the same index).
+    pub(crate) snapshot_save: Mutex<()>,
     /// Addresses of the members, from the core's membership (step worker updates it).
     pub(crate) addresses: parking_lot::RwLock<std::collections::BTreeMap<ReplicaId, String>>,
     /// `config_change_id` of the membership `addresses` was built from.
