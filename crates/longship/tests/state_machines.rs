@@ -752,3 +752,46 @@ fn node_user_proposes_and_reads() {
     ));
     assert!(matches!(user.read_index(TIMEOUT), Err(Error::ShardClosed)));
 }
+
+// ---------------------------------------------------------------- snapshot races
+
+/// Requested snapshots while automatic ones run after every entry: a
+/// request either gets a snapshot at or past the applied index it saw, or
+/// is refused because exactly that snapshot exists already; never a
+/// spurious failure from two saves of the same index.
+fn requested_snapshots_race_automatic_ones(kind: Option<Kind>) {
+    let cfg = |i| Config {
+        snapshot_entries: 1,
+        ..config(1, i)
+    };
+    let s = Sms::new(kind.unwrap_or(Kind::Concurrent), 1);
+    match kind {
+        Some(_) => s.start(1, &[1], cfg(1)),
+        None => s.c.start_shard_with(&[1], cfg),
+    }
+    let nh = s.c.nh(1);
+    s.c.wait_leader(1);
+    for i in 0..40 {
+        propose(nh, 1, &format!("set k{i} {i}"));
+        let applied = nh.get_node_host_info().shards[0].applied;
+        match retry(|| {
+            Ok(nh
+                .request_snapshot(ShardId(1), SnapshotOption::default(), TIMEOUT)?
+                .wait())
+        }) {
+            Ok(index) => assert!(index >= applied, "{index} < {applied}"),
+            Err(Error::Rejected(msg)) => assert!(msg.contains("nothing new"), "{kind:?}: {msg}"),
+            Err(e) => panic!("{kind:?}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn requested_snapshots_race_automatic_ones_regular() {
+    requested_snapshots_race_automatic_ones(None);
+}
+
+#[test]
+fn requested_snapshots_race_automatic_ones_concurrent() {
+    requested_snapshots_race_automatic_ones(Some(Kind::Concurrent));
+}
