@@ -199,5 +199,145 @@ fn wal_save_cpu(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, raw_fdatasync, wal_save, wal_save_cpu);
+/// A single small batch against one raw `write + fdatasync` of the same
+/// size, measured alternately so both see the same disk. Criterion times
+/// the WAL; the raw times and the ratio of medians are printed.
+fn small_batch_vs_raw(c: &mut Criterion) {
+    let mut g = c.benchmark_group("small_batch");
+    g.measurement_time(Duration::from_secs(5))
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1));
+    let dir = bench_dir();
+    let wal = Wal::open(
+        Arc::new(OsFs::new()),
+        &dir.path().join("wal"),
+        WalOptions::default(),
+    )
+    .unwrap();
+    let raw = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(dir.path().join("raw"))
+        .unwrap();
+    let span = 64u64 << 20;
+    let zeros = vec![0u8; 1 << 20];
+    for i in 0..span >> 20 {
+        raw.write_all_at(&zeros, i << 20).unwrap();
+    }
+    raw.sync_all().unwrap();
+    let payload = Bytes::from(vec![7u8; 16]);
+    let mut next = vec![1u64];
+    let size = {
+        let before = wal.write_position().1;
+        wal.save_raft_state(&make_batch(&mut next, 1, &payload))
+            .unwrap();
+        (wal.write_position().1 - before) as usize
+    };
+    let buf = vec![0x5au8; size];
+    let mut offset = 0u64;
+    let (mut raw_ns, mut wal_ns) = (Vec::new(), Vec::new());
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("wal_1x16B_paired_with_raw", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                raw.write_all_at(&buf, offset).unwrap();
+                raw.sync_data().unwrap();
+                raw_ns.push(t.elapsed().as_nanos() as u64);
+                offset = (offset + size as u64) % (span - size as u64);
+                let batch = make_batch(&mut next, 1, &payload);
+                let t = Instant::now();
+                wal.save_raft_state(&batch).unwrap();
+                let e = t.elapsed();
+                wal_ns.push(e.as_nanos() as u64);
+                total += e;
+            }
+            total
+        })
+    });
+    g.finish();
+    let median = |v: &mut Vec<u64>| {
+        v.sort_unstable();
+        v[v.len() / 2] as f64 / 1000.0
+    };
+    let (r, w) = (median(&mut raw_ns), median(&mut wal_ns));
+    eprintln!(
+        "  small batch ({size} bytes): raw write+fdatasync median {r:.0} us, WAL save median {w:.0} us, ratio {:.2} ({} pairs)",
+        w / r,
+        raw_ns.len()
+    );
+}
+
+/// Four threads saving at once (48 replicas x 16 entries each): group
+/// commit shares one fsync between callers.
+fn concurrent_callers(c: &mut Criterion) {
+    let mut g = c.benchmark_group("wal_save_concurrent");
+    g.measurement_time(Duration::from_secs(3))
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1));
+    let threads = 4u64;
+    let (shards, per_shard) = (48u64, 16u64);
+    let dir = bench_dir();
+    let wal = Arc::new(
+        Wal::open(
+            Arc::new(OsFs::new()),
+            &dir.path().join("wal"),
+            WalOptions::default(),
+        )
+        .unwrap(),
+    );
+    let payload = Bytes::from(vec![7u8; 16]);
+    let next: Vec<Arc<parking_lot::Mutex<Vec<u64>>>> = (0..threads)
+        .map(|_| Arc::new(parking_lot::Mutex::new(vec![1u64; shards as usize])))
+        .collect();
+    g.throughput(Throughput::Elements(threads * shards * per_shard));
+    g.bench_function(
+        format!("16B/{threads}threads_x_{shards}x{per_shard}"),
+        |b| {
+            b.iter_custom(|iters| {
+                let t = Instant::now();
+                let handles: Vec<_> = (0..threads)
+                    .map(|th| {
+                        let (wal, next, payload) =
+                            (wal.clone(), next[th as usize].clone(), payload.clone());
+                        std::thread::spawn(move || {
+                            let mut next = next.lock();
+                            for _ in 0..iters {
+                                let mut batch = make_batch(&mut next, per_shard, &payload);
+                                for u in &mut batch {
+                                    u.shard_id = ShardId(u.shard_id.0 + th * shards);
+                                }
+                                wal.save_raft_state(&batch).unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    h.join().unwrap();
+                }
+                t.elapsed()
+            })
+        },
+    );
+    g.finish();
+    let stats = wal.stats();
+    eprintln!(
+        "  concurrent: {} batches in {} fsyncs ({:.2} batches per fsync)",
+        stats.batches,
+        stats.syncs,
+        stats.batches as f64 / stats.syncs.max(1) as f64
+    );
+}
+
+criterion_group!(
+    benches,
+    raw_fdatasync,
+    small_batch_vs_raw,
+    wal_save,
+    concurrent_callers,
+    wal_save_cpu
+);
 criterion_main!(benches);

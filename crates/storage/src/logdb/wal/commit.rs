@@ -256,7 +256,12 @@ impl Wal {
             debug_assert!(idx.check().is_ok(), "{:?}", idx.check());
         }
         self.delete_dead_segments(w.active);
-        self.relocate_oldest(&mut w)
+        // The group is durable and applied: a failed relocation must not
+        // turn its outcome into an error (the log is marked failed instead).
+        if let Err(e) = self.relocate_oldest(&mut w) {
+            tracing::error!(error = %e, "relocation failed");
+        }
+        Ok(())
     }
 
     /// Records a write failure: the log refuses writes from now on.
