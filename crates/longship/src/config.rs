@@ -127,7 +127,8 @@ pub struct NodeHostConfig {
     pub apply_workers: usize,
     /// Snapshot worker threads.
     pub snapshot_workers: usize,
-    /// Largest proposal payload in bytes.
+    /// Largest proposal payload in bytes (in effect at most half of
+    /// `max_frame_bytes`, so that every entry fits a transport frame).
     pub max_proposal_bytes: usize,
     /// Most proposals queued per replica before `SystemBusy`.
     pub max_proposal_queue: usize,

@@ -734,7 +734,10 @@ fn stream_snapshot(host: &Host, m: &Message, address: &str) -> Result<(), Error>
             Box::new(r.snapshots.open_external(snap.index, &f.name)?),
         ));
     }
-    let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+    // A chunk's frame also carries its header fields and, on the first
+    // chunk, the snapshot's description: keep the data well under the limit.
+    let chunk_bytes = SNAPSHOT_CHUNK_BYTES.min(host.cfg.max_frame_bytes as usize / 2);
+    let mut buf = vec![0u8; chunk_bytes];
     for (name, mut reader) in files {
         let mut offset = 0u64;
         loop {

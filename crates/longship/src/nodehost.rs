@@ -623,6 +623,10 @@ impl NodeHost {
             check_quorum: cfg.check_quorum,
             pre_vote: cfg.pre_vote,
             max_uncommitted_bytes: cfg.max_in_mem_log_size,
+            // An append (and the batch around it) must fit one transport frame.
+            max_append_bytes: longship_raft::Config::default()
+                .max_append_bytes
+                .min(host.cfg.max_frame_bytes as u64 / 2),
             seed: host.random_id(),
             ..longship_raft::Config::default()
         };
@@ -1215,10 +1219,16 @@ fn propose_on(
     _timeout: Duration,
     deadline: u64,
 ) -> Result<RequestHandle<SmResult>> {
-    if cmd.len() > host.cfg.max_proposal_bytes {
+    // An entry must fit one transport frame, or no follower could ever
+    // receive it and the shard's replication would stall behind it.
+    let max = host
+        .cfg
+        .max_proposal_bytes
+        .min(host.cfg.max_frame_bytes as usize / 2);
+    if cmd.len() > max {
         return Err(Error::PayloadTooBig {
             size: cmd.len(),
-            max: host.cfg.max_proposal_bytes,
+            max,
         });
     }
     if !session.valid_for_proposal(r.shard_id) {
