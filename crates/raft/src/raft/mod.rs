@@ -337,9 +337,12 @@ impl<L: LogReader> Raft<L> {
         match m.msg_type {
             // A stale leader, or a leader whose term we passed while
             // partitioned with check-quorum/pre-vote: tell it our term so it
-            // steps down and the shard can converge.
+            // steps down and the shard can converge. Without either, a voter
+            // gets there by campaigning; a replica that cannot campaign (a
+            // witness or non-voting replica that got a higher term, e.g. from
+            // a since-removed candidate) must always answer.
             MessageType::Replicate | MessageType::Heartbeat
-                if self.cfg.check_quorum || self.cfg.pre_vote =>
+                if self.cfg.check_quorum || self.cfg.pre_vote || !self.promotable() =>
             {
                 let resp = Message {
                     term: self.term,
