@@ -5,6 +5,8 @@
 //! - `longship inspect DIR`: lists the replicas stored in a NodeHost
 //!   directory with their log ranges, hard states and snapshots, verifying
 //!   every checksum; exits non-zero on corruption.
+//! - `longship bench`: NodeHosts in this process under a client load;
+//!   prints throughput, latency and CPU figures (see `bench.rs`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,6 +14,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use longship::NodeHostConfig;
+
+mod bench;
 
 #[derive(Parser)]
 #[command(name = "longship", version, about = "longship multi-group Raft tools")]
@@ -48,6 +52,8 @@ enum Command {
         #[arg(long)]
         wal_dir: Option<PathBuf>,
     },
+    /// Benchmark NodeHosts in this process: writes/s, reads/s, latency, CPU.
+    Bench(Box<bench::BenchArgs>),
 }
 
 fn parse_members(s: &str) -> Result<BTreeMap<u64, String>, String> {
@@ -79,6 +85,13 @@ fn config(dir: PathBuf, wal_dir: Option<PathBuf>) -> NodeHostConfig {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench(args) => match bench::run(*args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::ImportSnapshot {
             node_host_dir,
             wal_dir,
