@@ -79,11 +79,11 @@ impl MemLogDb {
                     ..
                 } => {
                     let r = replicas.entry(key).or_default();
-                    if let Some(s) = snapshot {
-                        if r.shape.install(s.index, s.term) != super::shape::Installed::Stale {
-                            r.snapshot = s.clone();
-                            r.trim();
-                        }
+                    if let Some(s) = snapshot
+                        && r.shape.install(s.index, s.term) != super::shape::Installed::Stale
+                    {
+                        r.snapshot = s.clone();
+                        r.trim();
                     }
                     if let Some(first) = entries.first() {
                         let res = r
@@ -109,10 +109,10 @@ impl MemLogDb {
                     }
                 }
                 Op::Compact { index, .. } => {
-                    if let Some(r) = replicas.get_mut(&key) {
-                        if r.shape.compact(*index) {
-                            r.trim();
-                        }
+                    if let Some(r) = replicas.get_mut(&key)
+                        && r.shape.compact(*index)
+                    {
+                        r.trim();
                     }
                 }
                 Op::Remove { .. } => {

@@ -197,10 +197,10 @@ impl Shape {
             if start > self.last {
                 return false;
             }
-            if let Some((ps, pt)) = prev {
-                if start <= ps || term == pt {
-                    return false;
-                }
+            if let Some((ps, pt)) = prev
+                && (start <= ps || term == pt)
+            {
+                return false;
             }
             prev = Some((start, term));
         }

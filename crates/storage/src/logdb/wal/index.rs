@@ -246,10 +246,10 @@ impl IndexState {
                 }
             }
             Op::Compact { index, .. } => {
-                if let Some(r) = self.replicas.get_mut(&key) {
-                    if r.shape.compact(*index) {
-                        r.trim(&mut self.segments, &mut self.cache_bytes);
-                    }
+                if let Some(r) = self.replicas.get_mut(&key)
+                    && r.shape.compact(*index)
+                {
+                    r.trim(&mut self.segments, &mut self.cache_bytes);
                 }
             }
             Op::Remove { .. } => {
@@ -287,11 +287,11 @@ impl IndexState {
                 }
             }
         }
-        if let Some(s) = u.snapshot {
-            if r.shape.install(s.index, s.term) != Installed::Stale {
-                r.snapshot = s.clone();
-                r.trim(&mut self.segments, &mut self.cache_bytes);
-            }
+        if let Some(s) = u.snapshot
+            && r.shape.install(s.index, s.term) != Installed::Stale
+        {
+            r.snapshot = s.clone();
+            r.trim(&mut self.segments, &mut self.cache_bytes);
         }
         if u.count > 0 {
             let appended = r
@@ -364,21 +364,21 @@ impl IndexState {
         // for one run at `loc`.
         for at in [first, end] {
             let pos = r.runs.partition_point(|run| run.end() <= at);
-            if let Some(run) = r.runs.get(pos).copied() {
-                if run.first < at {
-                    let head = Run {
-                        count: at.0 - run.first.0,
-                        ..run
-                    };
-                    let tail = Run {
-                        first: at,
-                        count: run.end().0 - at.0,
-                        ..run
-                    };
-                    retain(&mut self.segments, &run.loc);
-                    r.runs[pos] = tail;
-                    r.runs.insert(pos, head);
-                }
+            if let Some(run) = r.runs.get(pos).copied()
+                && run.first < at
+            {
+                let head = Run {
+                    count: at.0 - run.first.0,
+                    ..run
+                };
+                let tail = Run {
+                    first: at,
+                    count: run.end().0 - at.0,
+                    ..run
+                };
+                retain(&mut self.segments, &run.loc);
+                r.runs[pos] = tail;
+                r.runs.insert(pos, head);
             }
         }
         let from = r.runs.partition_point(|run| run.end() <= first);
