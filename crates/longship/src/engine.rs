@@ -218,11 +218,11 @@ impl StepWorker {
                     index: None,
                 },
             );
-            if let Err(e) = core.raft.read_index(ctx) {
-                if let Some(pr) = r.pending.lock().reads.remove(&ctx) {
-                    for (c, _) in pr.waiters {
-                        c.complete(Err(proposal_error(e)));
-                    }
+            if let Err(e) = core.raft.read_index(ctx)
+                && let Some(pr) = r.pending.lock().reads.remove(&ctx)
+            {
+                for (c, _) in pr.waiters {
+                    c.complete(Err(proposal_error(e)));
                 }
             }
         }
@@ -272,7 +272,7 @@ impl StepWorker {
                 && !m.snapshot.as_ref().is_some_and(|s| s.witness)
             {
                 let job = SnapshotJob::Stream {
-                    message: m.clone(),
+                    message: Box::new(m.clone()),
                     address: addr,
                 };
                 if !host.push_snapshot_job(job) {
@@ -530,10 +530,11 @@ impl ApplyWorker {
         }
         let applied = r.applied().0;
         let last = r.snapshot_index.load(Ordering::Acquire);
-        if applied >= last + every && !r.snapshotting.swap(true, Ordering::AcqRel) {
-            if !self.host.push_snapshot_job(SnapshotJob::Save(r.shard_id)) {
-                r.snapshotting.store(false, Ordering::Release);
-            }
+        if applied >= last + every
+            && !r.snapshotting.swap(true, Ordering::AcqRel)
+            && !self.host.push_snapshot_job(SnapshotJob::Save(r.shard_id))
+        {
+            r.snapshotting.store(false, Ordering::Release);
         }
     }
 }

@@ -28,7 +28,12 @@ pub(crate) enum SnapshotJob {
     /// Save a snapshot of the replica (automatic or requested).
     Save(ShardId),
     /// Stream the snapshot named by an `InstallSnapshot` message to `address`.
-    Stream { message: Message, address: String },
+    Stream {
+        /// The `InstallSnapshot` message.
+        message: Box<Message>,
+        /// Where the follower's host is.
+        address: String,
+    },
 }
 
 /// Shared NodeHost state.
@@ -222,11 +227,11 @@ impl Host {
         let Some(rx) = receivers.get_mut(&key) else {
             return Err("snapshot chunk without a stream".into());
         };
-        if !chunk.data.is_empty() {
-            if let Err(e) = rx.write_chunk(&chunk.file_name, chunk.offset, &chunk.data) {
-                receivers.remove(&key);
-                return Err(e.to_string());
-            }
+        if !chunk.data.is_empty()
+            && let Err(e) = rx.write_chunk(&chunk.file_name, chunk.offset, &chunk.data)
+        {
+            receivers.remove(&key);
+            return Err(e.to_string());
         }
         if !chunk.last {
             return Ok(());

@@ -155,10 +155,10 @@ impl SessionManager {
         if self.sessions.contains_key(&client_id) {
             return false;
         }
-        if self.sessions.len() >= self.max_sessions {
-            if let Some((&(_, victim), _)) = self.lru.iter().next() {
-                self.unregister(victim);
-            }
+        if self.sessions.len() >= self.max_sessions
+            && let Some((&(_, victim), _)) = self.lru.iter().next()
+        {
+            self.unregister(victim);
         }
         self.sessions.insert(
             client_id,

@@ -314,10 +314,10 @@ impl<L: LogReader> Raft<L> {
             MessageType::HeartbeatResp => self.handle_heartbeat_resp(m),
             MessageType::SnapshotStatus => self.handle_snapshot_status(m),
             MessageType::Unreachable => {
-                if let Some(pr) = self.progress.get_mut(&m.from) {
-                    if pr.state == ProgressState::Replicate {
-                        pr.become_probe();
-                    }
+                if let Some(pr) = self.progress.get_mut(&m.from)
+                    && pr.state == ProgressState::Replicate
+                {
+                    pr.become_probe();
                 }
             }
             MessageType::Replicate | MessageType::Heartbeat | MessageType::InstallSnapshot => {

@@ -96,11 +96,11 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        if !self.done {
-            if let Err(e) = self.fs.remove_dir_all(&self.temp) {
-                tracing::warn!(dir = %self.temp.display(), error = %e,
+        if !self.done
+            && let Err(e) = self.fs.remove_dir_all(&self.temp)
+        {
+            tracing::warn!(dir = %self.temp.display(), error = %e,
                     "could not remove an unpublished snapshot directory; it is removed when the store is next opened");
-            }
         }
     }
 }
