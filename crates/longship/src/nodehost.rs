@@ -447,7 +447,10 @@ impl NodeHost {
                     std::thread::sleep((next - now).min(Duration::from_millis(50)));
                     continue;
                 }
-                next += rtt;
+                // Never two ticks closer than one RTT (no catching up in a
+                // burst after a stall): request deadlines count ticks, and a
+                // burst would time requests out before their timeout.
+                next = now + rtt;
                 host.tick();
             }
         }));
