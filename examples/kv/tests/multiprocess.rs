@@ -1,0 +1,428 @@
+//! Three `longship-kv` processes on loopback: a client load with a kill -9
+//! and restart of one node in the middle; the recorded client history must
+//! be linearizable (no acknowledged write lost, no stale read). Then
+//! `redis-cli` and `redis-benchmark` (with pipelining) against the cluster.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use longship_sim::linearizability::kv::{KvInput, KvModel, KvOutput};
+use longship_sim::linearizability::{Budget, Operation, check};
+
+const SHARDS: u64 = 4;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Node {
+    id: u64,
+    args: Vec<String>,
+    redis: String,
+    child: Option<Child>,
+    log: std::path::PathBuf,
+}
+
+impl Node {
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_longship-kv"))
+            .args(&self.args)
+            .env("RUST_BACKTRACE", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start longship-kv");
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: String = log
+                .chars()
+                .rev()
+                .take(4000)
+                .collect::<String>()
+                .chars()
+                .rev()
+                .collect();
+            eprintln!("--- stderr of node {} ---\n{tail}", self.id);
+        }
+    }
+}
+
+fn cluster(dir: &Path) -> Vec<Node> {
+    let raft: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let peers = (1..=3)
+        .map(|i| format!("{i}=127.0.0.1:{}", raft[i - 1]))
+        .collect::<Vec<_>>()
+        .join(",");
+    (1..=3u64)
+        .map(|id| {
+            let redis = format!("127.0.0.1:{}", free_port());
+            let args = vec![
+                "--node-id".into(),
+                id.to_string(),
+                "--redis-addr".into(),
+                redis.clone(),
+                "--peers".into(),
+                peers.clone(),
+                "--shards".into(),
+                SHARDS.to_string(),
+                "--data-dir".into(),
+                dir.join(format!("node{id}")).display().to_string(),
+                "--snapshot-entries".into(),
+                "200".into(),
+            ];
+            Node {
+                id,
+                args,
+                redis,
+                child: None,
+                log: dir.join(format!("node{id}.log")),
+            }
+        })
+        .collect()
+}
+
+/// A RESP reply, as the test needs it.
+#[derive(Debug, PartialEq)]
+enum Resp {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+}
+
+struct Client {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Client {
+    fn connect(addr: &str) -> std::io::Result<Client> {
+        let s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(500))?;
+        s.set_read_timeout(Some(Duration::from_secs(15)))?;
+        Ok(Client {
+            r: BufReader::new(s.try_clone()?),
+            w: s,
+        })
+    }
+
+    fn call(&mut self, args: &[&str]) -> std::io::Result<Resp> {
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        self.w.write_all(req.as_bytes())?;
+        let mut line = String::new();
+        self.r.read_line(&mut line)?;
+        let body = line.trim_end().to_string();
+        let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "bad reply");
+        match body.chars().next() {
+            Some('+') => Ok(Resp::Simple(body[1..].to_string())),
+            Some('-') => Ok(Resp::Error(body[1..].to_string())),
+            Some(':') => Ok(Resp::Int(body[1..].parse().map_err(|_| bad())?)),
+            Some('$') => {
+                let n: i64 = body[1..].parse().map_err(|_| bad())?;
+                if n < 0 {
+                    return Ok(Resp::Bulk(None));
+                }
+                let mut buf = vec![0u8; n as usize + 2];
+                self.r.read_exact(&mut buf)?;
+                buf.truncate(n as usize);
+                Ok(Resp::Bulk(Some(buf)))
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+type History = Arc<Mutex<Vec<Operation<KvInput, KvOutput>>>>;
+
+fn now(start: Instant) -> u64 {
+    start.elapsed().as_nanos() as u64
+}
+
+/// One client: appends unique values and reads, over a few keys, switching
+/// node after errors. Every operation is recorded; an error or a lost
+/// connection makes a write's outcome unknown.
+fn client_loop(
+    id: u64,
+    addrs: Vec<String>,
+    stop: Arc<AtomicBool>,
+    history: History,
+    start: Instant,
+) {
+    let mut n = 0u64;
+    let mut which = id as usize % addrs.len();
+    let mut conn: Option<Client> = None;
+    while !stop.load(Ordering::Acquire) {
+        n += 1;
+        let key = format!("k{}", (id + n) % 5);
+        let write = n % 3 != 0;
+        let value = format!("[{id}.{n}]");
+        if conn.is_none() {
+            conn = Client::connect(&addrs[which]).ok();
+            if conn.is_none() {
+                which = (which + 1) % addrs.len();
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        }
+        let c = conn.as_mut().expect("connected");
+        let call = now(start);
+        let input = if write {
+            KvInput::Append {
+                key: key.clone(),
+                value: value.clone(),
+            }
+        } else {
+            KvInput::Get { key: key.clone() }
+        };
+        let reply = if write {
+            c.call(&["APPEND", &key, &value])
+        } else {
+            c.call(&["GET", &key])
+        };
+        let ret = now(start);
+        let op = match (&input, reply) {
+            (KvInput::Append { .. }, Ok(Resp::Int(_))) => {
+                Operation::returned(id, input, call, KvOutput::Done, ret)
+            }
+            (KvInput::Get { .. }, Ok(Resp::Bulk(v))) => {
+                let v = String::from_utf8(v.unwrap_or_default()).expect("utf8 values");
+                Operation::returned(id, input, call, KvOutput::Value(v), ret)
+            }
+            (_, Ok(Resp::Error(_))) => Operation::unknown(id, input, call),
+            (_, other) => {
+                // Connection trouble: outcome unknown; use another node.
+                let _ = other;
+                conn = None;
+                which = (which + 1) % addrs.len();
+                Operation::unknown(id, input, call)
+            }
+        };
+        history.lock().unwrap().push(op);
+    }
+}
+
+fn wait_ready(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut c) = Client::connect(addr) {
+            if let Ok(Resp::Int(_)) = c.call(&["DBSIZE"]) {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node at {addr} did not become ready"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn kill9_during_writes_loses_nothing_and_history_is_linearizable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path());
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    let addrs: Vec<String> = nodes.iter().map(|n| n.redis.clone()).collect();
+    for a in &addrs {
+        wait_ready(a);
+    }
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let history: History = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (1..=6u64)
+        .map(|id| {
+            let (a, s, h) = (addrs.clone(), stop.clone(), history.clone());
+            std::thread::spawn(move || client_loop(id, a, s, h, start))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let victim = &mut nodes[1];
+    assert_eq!(victim.id, 2);
+    victim.kill9();
+    std::thread::sleep(Duration::from_secs(2));
+    victim.start();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Release);
+    for c in clients {
+        c.join().unwrap();
+    }
+    wait_ready(&addrs[1]);
+    // Final reads of every key on every node, after everything else.
+    let mut hist = std::mem::take(&mut *history.lock().unwrap());
+    for a in &addrs {
+        let mut c = Client::connect(a).unwrap_or_else(|e| panic!("connect {a}: {e}"));
+        for k in 0..5 {
+            let key = format!("k{k}");
+            let call = now(start);
+            let reply = c
+                .call(&["GET", &key])
+                .unwrap_or_else(|e| panic!("final GET {key} on {a}: {e}"));
+            let Resp::Bulk(v) = reply else {
+                panic!("final GET {key} on {a}: {reply:?}")
+            };
+            let v = String::from_utf8(v.unwrap_or_default()).unwrap();
+            hist.push(Operation::returned(
+                99,
+                KvInput::Get { key },
+                call,
+                KvOutput::Value(v),
+                now(start),
+            ));
+        }
+    }
+    let acked = hist
+        .iter()
+        .filter(|o| matches!(o.input, KvInput::Append { .. }))
+        .count();
+    assert!(acked > 50, "too little load went through: {acked} appends");
+    let verdict = check(
+        &KvModel,
+        &hist,
+        Budget {
+            steps_max: 200_000_000,
+            time_max: Some(Duration::from_secs(120)),
+        },
+    );
+    assert!(
+        verdict.is_linearizable(),
+        "history of {} operations: {verdict:?}",
+        hist.len()
+    );
+
+    // The cluster restarted whole serves every acknowledged write.
+    let before: Vec<Vec<u8>> = (0..5)
+        .map(|k| {
+            match Client::connect(&addrs[0])
+                .unwrap()
+                .call(&["GET", &format!("k{k}")])
+                .unwrap()
+            {
+                Resp::Bulk(v) => v.unwrap_or_default(),
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    for n in nodes.iter_mut() {
+        n.kill9();
+    }
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    for a in &addrs {
+        wait_ready(a);
+    }
+    for (k, want) in before.iter().enumerate() {
+        let Resp::Bulk(v) = Client::connect(&addrs[2])
+            .unwrap()
+            .call(&["GET", &format!("k{k}")])
+            .unwrap()
+        else {
+            panic!("GET failed")
+        };
+        assert_eq!(
+            &v.unwrap_or_default(),
+            want,
+            "key k{k} changed across a full restart"
+        );
+    }
+}
+
+fn tool(name: &str) -> Command {
+    let found = Command::new(name)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{name} not found: install redis-tools (the CI script does)"
+    );
+    Command::new(name)
+}
+
+#[test]
+fn redis_cli_and_redis_benchmark_with_pipelining() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path());
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    for n in &nodes {
+        wait_ready(&n.redis);
+    }
+    let port = |i: usize| nodes[i].redis.rsplit(':').next().unwrap().to_string();
+    let out = tool("redis-cli")
+        .args(["-p", &port(0), "SET", "greeting", "hello"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    let out = tool("redis-cli")
+        .args(["-p", &port(2), "GET", "greeting"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello");
+    let out = tool("redis-cli")
+        .args(["-p", &port(1), "NOSUCHCMD"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ERR unknown command"));
+    let out = tool("redis-benchmark")
+        .args([
+            "-p",
+            &port(0),
+            "-t",
+            "set,get",
+            "-n",
+            "3000",
+            "-c",
+            "8",
+            "-P",
+            "16",
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "redis-benchmark failed: {text}");
+    assert!(
+        text.contains("SET:") && text.contains("GET:") && text.contains("requests per second"),
+        "{text}"
+    );
+    let out = tool("redis-cli")
+        .args(["-p", &port(1), "DBSIZE"])
+        .output()
+        .unwrap();
+    let keys: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(keys >= 2, "benchmark keys missing: {keys}");
+}
