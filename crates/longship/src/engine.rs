@@ -70,6 +70,13 @@ impl StepWorker {
         Metrics::add(&host.metrics.step_cycles, 1);
         let mut work: Vec<(ReplicaRef, longship_raft::Update)> = Vec::new();
         let mut extra: Vec<(ReplicaRef, Message)> = Vec::new();
+        // Whether this cycle has something that must be durable before what
+        // depends on it: entries, a snapshot, a new term or vote. A hard
+        // state whose only change is the commit index need not be (commit
+        // is volatile state, Raft §5 Figure 2, relearnt from the leader
+        // after a restart): a cycle with nothing else skips the write and
+        // its fsync, and such hard states ride along with the next write.
+        let mut must_sync = false;
         for shard in ready {
             let Some(r) = host.replica(shard) else {
                 continue;
@@ -78,9 +85,16 @@ impl StepWorker {
                 continue;
             }
             let mut core = r.core.lock();
+            // Term and vote as of the last advance: what is durable.
+            let durable = core.raft.hard_state();
             self.drive(&r, &mut core, &mut extra);
             if core.raft.has_update() {
                 let u = core.raft.get_update();
+                must_sync |= !u.entries.is_empty()
+                    || u.snapshot.is_some()
+                    || u
+                        .hard_state
+                        .is_some_and(|hs| hs.term != durable.term || hs.vote != durable.vote);
                 work.push((r.clone(), u));
             }
         }
@@ -92,7 +106,7 @@ impl StepWorker {
         self.send(early);
         let updates: Vec<LogUpdate> = work
             .iter()
-            .filter(|(_, u)| u.needs_persist())
+            .filter(|(_, u)| must_sync && u.needs_persist())
             .map(|(_, u)| LogUpdate::from_raft(u))
             .collect();
         if !updates.is_empty() {
@@ -195,6 +209,21 @@ impl StepWorker {
         }
         for cc in inbox.config_changes {
             let (key, cmd) = (cc.key, cc.cmd.clone());
+            // Removals are permanent, so even a follower's view suffices to
+            // refuse a removed id; forwarded, the leader would drop the change
+            // without an answer and the caller would only see a timeout.
+            let removed = decode_config_change(&cmd).ok().and_then(|c| {
+                match core.raft.membership().check(&c) {
+                    Err(ConfigChangeRejected::Removed(id)) => Some(id),
+                    _ => None,
+                }
+            });
+            if let Some(id) = removed {
+                if let Some(p) = r.pending.lock().config_changes.remove(&key) {
+                    p.completer.complete(Err(Error::ReplicaRemoved(id)));
+                }
+                continue;
+            }
             if let Err(e) = core.raft.propose(vec![cc]) {
                 // Say why an invalid change is refused (e.g. a removed id).
                 let refused = decode_config_change(&cmd)
