@@ -41,38 +41,27 @@ pub trait LogReader {
     fn snapshot(&self) -> SnapshotMeta;
 }
 
-impl<T: LogReader + ?Sized> LogReader for &T {
-    fn first_index(&self) -> Index {
-        (**self).first_index()
-    }
-    fn last_index(&self) -> Index {
-        (**self).last_index()
-    }
-    fn term(&self, index: Index) -> Result<Term, LogError> {
-        (**self).term(index)
-    }
-    fn entries(&self, low: Index, high: Index, max_bytes: u64) -> Result<Vec<Entry>, LogError> {
-        (**self).entries(low, high, max_bytes)
-    }
-    fn snapshot(&self) -> SnapshotMeta {
-        (**self).snapshot()
-    }
+/// Forwards every method of [`LogReader`] through a pointer type.
+macro_rules! forward_log_reader {
+    ($($ptr:ty),*) => {$(
+        impl<T: LogReader + ?Sized> LogReader for $ptr {
+            fn first_index(&self) -> Index {
+                (**self).first_index()
+            }
+            fn last_index(&self) -> Index {
+                (**self).last_index()
+            }
+            fn term(&self, index: Index) -> Result<Term, LogError> {
+                (**self).term(index)
+            }
+            fn entries(&self, low: Index, high: Index, max_bytes: u64) -> Result<Vec<Entry>, LogError> {
+                (**self).entries(low, high, max_bytes)
+            }
+            fn snapshot(&self) -> SnapshotMeta {
+                (**self).snapshot()
+            }
+        }
+    )*};
 }
 
-impl<T: LogReader + ?Sized> LogReader for std::sync::Arc<T> {
-    fn first_index(&self) -> Index {
-        (**self).first_index()
-    }
-    fn last_index(&self) -> Index {
-        (**self).last_index()
-    }
-    fn term(&self, index: Index) -> Result<Term, LogError> {
-        (**self).term(index)
-    }
-    fn entries(&self, low: Index, high: Index, max_bytes: u64) -> Result<Vec<Entry>, LogError> {
-        (**self).entries(low, high, max_bytes)
-    }
-    fn snapshot(&self) -> SnapshotMeta {
-        (**self).snapshot()
-    }
-}
+forward_log_reader!(&T, std::sync::Arc<T>);

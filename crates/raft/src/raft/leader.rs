@@ -150,14 +150,17 @@ impl<L: LogReader> Raft<L> {
 
     // ----- replication -----
 
-    pub(super) fn broadcast_append(&mut self) {
-        let ids: Vec<ReplicaId> = self
-            .progress
+    /// Every member but the leader itself.
+    fn peers(&self) -> Vec<ReplicaId> {
+        self.progress
             .keys()
             .copied()
             .filter(|&id| id != self.id)
-            .collect();
-        for id in ids {
+            .collect()
+    }
+
+    pub(super) fn broadcast_append(&mut self) {
+        for id in self.peers() {
             self.send_append(id, true);
         }
     }
@@ -168,13 +171,7 @@ impl<L: LogReader> Raft<L> {
     }
 
     fn broadcast_heartbeat_with(&mut self, context: u64) {
-        let ids: Vec<ReplicaId> = self
-            .progress
-            .keys()
-            .copied()
-            .filter(|&id| id != self.id)
-            .collect();
-        for id in ids {
+        for id in self.peers() {
             let commit = self.progress[&id].match_index.min(self.log.committed());
             let m = Message {
                 commit,
