@@ -92,8 +92,7 @@ impl StepWorker {
                 let u = core.raft.get_update();
                 must_sync |= !u.entries.is_empty()
                     || u.snapshot.is_some()
-                    || u
-                        .hard_state
+                    || u.hard_state
                         .is_some_and(|hs| hs.term != durable.term || hs.vote != durable.vote);
                 work.push((r.clone(), u));
             }
@@ -501,6 +500,13 @@ impl ApplyWorker {
                 Applied::Result { key, result } => {
                     if let Some(p) = pending.proposals.remove(&key) {
                         p.completer.complete(Ok(result));
+                    }
+                }
+                Applied::ResultLost { key } => {
+                    if let Some(p) = pending.proposals.remove(&key) {
+                        p.completer.complete(Err(Error::Rejected(
+                            "already applied before a restart; its result is not available".into(),
+                        )));
                     }
                 }
                 Applied::SessionInvalid { key } => {

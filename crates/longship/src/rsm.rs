@@ -59,6 +59,9 @@ impl UserSm {
 pub(crate) enum Applied {
     /// A normal proposal's result (also for a de-duplicated retry).
     Result { key: u64, result: SmResult },
+    /// A retried proposal that was applied before a restart whose result
+    /// is no longer known (on-disk state machines).
+    ResultLost { key: u64 },
     /// A session operation or proposal the session table refused.
     SessionInvalid { key: u64 },
     /// A session was registered or unregistered.
@@ -178,7 +181,16 @@ impl Rsm {
                     } else if self.witness {
                         // Witnesses hold no state machine.
                     } else if e.index <= skip_to {
-                        // An on-disk state machine already holds this entry's effect.
+                        // An on-disk state machine already holds this entry's
+                        // effect. The session table still learns that the
+                        // series was applied (its result is gone), so a retry
+                        // is refused rather than applied twice.
+                        if e.client_id != 0
+                            && sessions.check(e.client_id, e.series_id, e.responded_to, e.index)
+                                == SessionCheck::Apply
+                        {
+                            sessions.record_lost(e.client_id, e.series_id);
+                        }
                     } else if e.client_id == 0 {
                         batch.push(SmEntry {
                             index: e.index,
@@ -205,8 +217,11 @@ impl Rsm {
                                 });
                                 batch_meta.push((e.key, e.client_id, e.series_id));
                             }
-                            SessionCheck::Duplicate(result) => {
+                            SessionCheck::Duplicate(Some(result)) => {
                                 out.push(Applied::Result { key: e.key, result })
+                            }
+                            SessionCheck::Duplicate(None) => {
+                                out.push(Applied::ResultLost { key: e.key })
                             }
                             SessionCheck::Invalid => {
                                 out.push(Applied::SessionInvalid { key: e.key })
@@ -358,5 +373,99 @@ impl Rsm {
         *self.sessions.lock() = sessions;
         *self.state.lock() = applied;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use longship_raft::{Index, SERIES_ID_REGISTER, Term};
+
+    use super::*;
+
+    /// Counts the entries it is handed.
+    struct Counting(Arc<AtomicU64>);
+
+    impl OnDiskStateMachine for Counting {
+        fn open(&self, _: &StopFlag) -> Result<Index, SmError> {
+            Ok(Index(0))
+        }
+        fn update(&self, entries: &mut [SmEntry]) -> Result<(), SmError> {
+            for e in entries {
+                e.result.value = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+            }
+            Ok(())
+        }
+        fn lookup(&self, _: &[u8]) -> Result<Vec<u8>, SmError> {
+            Ok(Vec::new())
+        }
+        fn sync(&self) -> Result<(), SmError> {
+            Ok(())
+        }
+        fn prepare_snapshot(&self) -> Result<Box<dyn std::any::Any + Send>, SmError> {
+            Ok(Box::new(()))
+        }
+        fn save_snapshot(
+            &self,
+            _: Box<dyn std::any::Any + Send>,
+            _: &mut dyn Write,
+            _: &StopFlag,
+        ) -> Result<(), SmError> {
+            Ok(())
+        }
+        fn recover_from_snapshot(&self, _: &mut dyn Read, _: &StopFlag) -> Result<(), SmError> {
+            Ok(())
+        }
+    }
+
+    fn entry(index: u64, key: u64, client: u64, series: u64) -> Entry {
+        Entry {
+            term: Term(1),
+            index: Index(index),
+            key,
+            client_id: client,
+            series_id: series,
+            cmd: bytes::Bytes::from_static(b"x"),
+            ..Entry::default()
+        }
+    }
+
+    // Thesis §6.3 with an on-disk state machine: an entry skipped after a
+    // restart (already in the store) still marks its series applied, so a
+    // retry of it is refused instead of applied a second time.
+    #[test]
+    fn retry_of_an_entry_skipped_after_restart_is_not_applied_again() {
+        let count = Arc::new(AtomicU64::new(0));
+        let rsm = Rsm::new(UserSm::OnDisk(Box::new(Counting(count.clone()))), 16, false);
+        rsm.set_on_disk_index(Index(2));
+        let mut no_cc = |_: &ConfigChange, _: Index| -> Result<Membership, ConfigChangeRejected> {
+            Err(ConfigChangeRejected::ZeroReplicaId)
+        };
+        let mut out = Vec::new();
+        let entries = vec![
+            entry(1, 10, 7, SERIES_ID_REGISTER),
+            entry(2, 11, 7, 1),
+            // The client timed out and retried series 1 after the restart.
+            entry(3, 12, 7, 1),
+            entry(4, 13, 7, 2),
+        ];
+        rsm.apply(&entries, &mut no_cc, &mut out).unwrap();
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            1,
+            "only series 2 reaches the state machine"
+        );
+        assert!(
+            out.iter()
+                .any(|a| matches!(a, Applied::ResultLost { key: 12 })),
+            "{out:?}"
+        );
+        assert!(
+            out.iter()
+                .any(|a| matches!(a, Applied::Result { key: 13, .. })),
+            "{out:?}"
+        );
     }
 }

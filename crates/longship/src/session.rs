@@ -100,8 +100,9 @@ pub const MAX_RESULTS_PER_SESSION: usize = 4096;
 pub(crate) enum SessionCheck {
     /// Apply it.
     Apply,
-    /// Already applied: answer with this result, do not apply again.
-    Duplicate(SmResult),
+    /// Already applied: answer with this result (`None`: applied, result
+    /// unknown), do not apply again.
+    Duplicate(Option<SmResult>),
     /// The session is unknown, or the series id was already acknowledged and forgotten.
     Invalid,
 }
@@ -111,7 +112,10 @@ struct SessionRecord {
     responded_to: u64,
     /// Log index of the last proposal of this session (LRU order).
     last_used: Index,
-    results: BTreeMap<u64, SmResult>,
+    /// Result of each applied, unacknowledged series id; `None` when the
+    /// entry was applied but its result is unknown (an on-disk state machine
+    /// skipped it after a restart).
+    results: BTreeMap<u64, Option<SmResult>>,
 }
 
 /// The replicated session table of a shard. Changed only by applying log
@@ -213,7 +217,17 @@ impl SessionManager {
     /// Records the result of an applied proposal.
     pub(crate) fn record(&mut self, client_id: u64, series_id: u64, result: &SmResult) {
         if let Some(rec) = self.sessions.get_mut(&client_id) {
-            rec.results.insert(series_id, result.clone());
+            rec.results.insert(series_id, Some(result.clone()));
+            while rec.results.len() > MAX_RESULTS_PER_SESSION {
+                rec.results.pop_first();
+            }
+        }
+    }
+
+    /// Records that a proposal was applied but its result is unknown.
+    pub(crate) fn record_lost(&mut self, client_id: u64, series_id: u64) {
+        if let Some(rec) = self.sessions.get_mut(&client_id) {
+            rec.results.insert(series_id, None);
             while rec.results.len() > MAX_RESULTS_PER_SESSION {
                 rec.results.pop_first();
             }
@@ -231,8 +245,14 @@ impl SessionManager {
             put_uvarint(out, rec.results.len() as u64);
             for (series, r) in &rec.results {
                 put_uvarint(out, *series);
-                put_uvarint(out, r.value);
-                put_bytes(out, &r.data);
+                match r {
+                    Some(r) => {
+                        out.push(1);
+                        put_uvarint(out, r.value);
+                        put_bytes(out, &r.data);
+                    }
+                    None => out.push(0),
+                }
             }
         }
     }
@@ -258,11 +278,18 @@ impl SessionManager {
             let mut results = BTreeMap::new();
             for _ in 0..nres {
                 let series = d.uvarint()?;
-                let value = d.uvarint()?;
-                let data = d
-                    .bytes_named("session result", d.limits().max_payload_bytes)?
-                    .to_vec();
-                results.insert(series, SmResult { value, data });
+                let result = match d.u8()? {
+                    0 => None,
+                    1 => {
+                        let value = d.uvarint()?;
+                        let data = d
+                            .bytes_named("session result", d.limits().max_payload_bytes)?
+                            .to_vec();
+                        Some(SmResult { value, data })
+                    }
+                    _ => return Err(DecodeError::Invalid("session result flag")),
+                };
+                results.insert(series, result);
             }
             if m.sessions.contains_key(&client_id) {
                 return Err(DecodeError::Invalid("duplicate session"));
@@ -301,7 +328,10 @@ mod tests {
         assert!(!m.register(7, Index(2)));
         assert_eq!(m.check(7, 1, 0, Index(3)), SessionCheck::Apply);
         m.record(7, 1, &r(11));
-        assert_eq!(m.check(7, 1, 0, Index(4)), SessionCheck::Duplicate(r(11)));
+        assert_eq!(
+            m.check(7, 1, 0, Index(4)),
+            SessionCheck::Duplicate(Some(r(11)))
+        );
         assert_eq!(m.check(7, 2, 1, Index(5)), SessionCheck::Apply);
         // Series 1 was acknowledged: a late retry of it is invalid.
         assert_eq!(m.check(7, 1, 1, Index(6)), SessionCheck::Invalid);
