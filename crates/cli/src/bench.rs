@@ -177,6 +177,13 @@ pub fn run(args: BenchArgs) -> Res<()> {
         snapshot_entries: 0,
     };
     let mut report = Report::new(&args, &data_fs);
+    if args.logdb == LogDbKind::Wal {
+        // What one small durable append costs right now on this disk: the
+        // figures depend on it, and other load on the machine changes it.
+        if let Some(us) = fsync_probe(dir.path()) {
+            report.set_f("fsync_probe_p50_us", us);
+        }
+    }
     if args.idle {
         modes::idle(&args, opts, &mut report)?;
     } else if args.restart {
@@ -192,6 +199,26 @@ pub fn run(args: BenchArgs) -> Res<()> {
         print!("{}", report.text());
     }
     Ok(())
+}
+
+/// Median microseconds of appending 128 bytes to a file and `fdatasync`ing
+/// it, over a few rounds, in `dir`.
+fn fsync_probe(dir: &std::path::Path) -> Option<f64> {
+    use std::io::Write;
+    const ROUNDS: usize = 32;
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path).ok()?;
+    let mut times = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        f.write_all(&[0x5a; 128]).ok()?;
+        f.sync_data().ok()?;
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    times.sort_by(f64::total_cmp);
+    Some(times[ROUNDS / 2])
 }
 
 /// Progress on stderr: one line rewritten in place on a terminal, a line
@@ -496,6 +523,13 @@ fn throughput(args: &BenchArgs, opts: ClusterOptions, report: &mut Report) -> Re
     report.latency("write_latency_us", &lat.0);
     report.latency("read_latency_us", &lat.1);
     report.cpu(cpu_before, cpu_after, secs);
+    if let (Some(a), Some(b)) = (cpu_before, cpu_after)
+        && writes + reads > 0
+    {
+        // The figure that least depends on other load on the machine.
+        let cpu = b.0 + b.1 - a.0 - a.1;
+        report.set_f("cpu_us_per_request", cpu * 1e6 / (writes + reads) as f64);
+    }
     if let Some(b) = balanced {
         report.set_u("leaders_balanced", b);
     }
