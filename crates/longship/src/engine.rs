@@ -103,6 +103,9 @@ impl StepWorker {
             early.extend(u.messages.iter().map(|m| (&**r, m)));
         }
         self.send(early);
+        for (r, u) in &mut work {
+            self.hand_on(r, u);
+        }
         let updates: Vec<LogUpdate> = work
             .iter()
             .filter(|(_, u)| must_sync && u.needs_persist())
@@ -336,9 +339,51 @@ impl StepWorker {
         }
     }
 
-    /// After the write: hand committed entries and snapshots to the apply
-    /// worker, resolve reads, report leadership, and advance the core.
-    fn after_persist(&self, r: &ReplicaRef, u: longship_raft::Update) {
+    /// Before the cycle's write: hands committed entries to the apply
+    /// worker and serves reads whose index is known. Neither depends on
+    /// this write: the core hands out only committed entries its durable
+    /// log already holds (`RaftLog::take_next_committed`), and a read index
+    /// is confirmed by a quorum's heartbeat answers, not by local storage;
+    /// so they need not wait for this cycle's fsync. An update that
+    /// installs a snapshot keeps everything for after the write.
+    fn hand_on(&self, r: &ReplicaRef, u: &mut longship_raft::Update) {
+        if u.snapshot.is_some() {
+            return;
+        }
+        if !u.committed_entries.is_empty() {
+            let entries = std::mem::take(&mut u.committed_entries);
+            r.apply_queue.lock().push_back(ApplyTask::Entries(entries));
+            self.host.mark_apply(r.shard_id);
+        }
+        self.serve_reads(r, u);
+    }
+
+    /// Records the indexes of ready reads, fails dropped ones, and
+    /// completes those already applied (taking them out of `u`).
+    fn serve_reads(&self, r: &ReplicaRef, u: &mut longship_raft::Update) {
+        if u.ready_reads.is_empty() && u.dropped_reads.is_empty() {
+            return;
+        }
+        let applied = r.applied();
+        let mut pending = r.pending.lock();
+        for rs in std::mem::take(&mut u.ready_reads) {
+            if let Some(pr) = pending.reads.get_mut(&rs.context) {
+                pr.index = Some(rs.index);
+            }
+        }
+        for ctx in std::mem::take(&mut u.dropped_reads) {
+            if let Some(pr) = pending.reads.remove(&ctx) {
+                for (c, _) in pr.waiters {
+                    c.complete(Err(Error::Dropped));
+                }
+            }
+        }
+        complete_reads(&self.host, &mut pending, applied);
+    }
+
+    /// After the write: hand a received snapshot (and what `hand_on` left)
+    /// to the apply worker, report leadership, and advance the core.
+    fn after_persist(&self, r: &ReplicaRef, mut u: longship_raft::Update) {
         let host = &self.host;
         if let Some(l) = u.leader_change {
             r.leader_id.store(l.leader_id.0, Ordering::Release);
@@ -360,29 +405,13 @@ impl StepWorker {
             tasks.push(ApplyTask::Snapshot(s.clone()));
         }
         if !u.committed_entries.is_empty() {
-            tasks.push(ApplyTask::Entries(u.committed_entries.clone()));
+            tasks.push(ApplyTask::Entries(std::mem::take(&mut u.committed_entries)));
         }
         if !tasks.is_empty() {
             r.apply_queue.lock().extend(tasks);
             host.mark_apply(r.shard_id);
         }
-        if !u.ready_reads.is_empty() || !u.dropped_reads.is_empty() {
-            let applied = r.applied();
-            let mut pending = r.pending.lock();
-            for rs in &u.ready_reads {
-                if let Some(pr) = pending.reads.get_mut(&rs.context) {
-                    pr.index = Some(rs.index);
-                }
-            }
-            for ctx in &u.dropped_reads {
-                if let Some(pr) = pending.reads.remove(ctx) {
-                    for (c, _) in pr.waiters {
-                        c.complete(Err(Error::Dropped));
-                    }
-                }
-            }
-            complete_reads(host, &mut pending, applied);
-        }
+        self.serve_reads(r, &mut u);
         let mut core = r.core.lock();
         core.raft.advance(&u);
         if core.raft.has_update() {
