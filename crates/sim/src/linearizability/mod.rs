@@ -246,7 +246,7 @@ impl Meter {
             return false;
         }
         self.steps_left -= 1;
-        let late = self.steps_left % 4096 == 0
+        let late = self.steps_left.is_multiple_of(4096)
             && self
                 .deadline
                 .is_some_and(|deadline| Instant::now() >= deadline);
