@@ -119,7 +119,7 @@ impl StepWorker {
                 tracing::error!(error = %e, "log storage write failed; stopping the replicas of this batch");
                 for (r, _) in &work {
                     *r.failed.lock() = Some(format!("log storage write failed: {e}"));
-                    r.pending.lock().terminate();
+                    r.terminate_requests();
                 }
                 return true;
             }
@@ -242,13 +242,21 @@ impl StepWorker {
         }
         if !inbox.reads.is_empty() {
             let ctx = host.random_id();
-            r.pending.lock().reads.insert(
-                ctx,
-                crate::replica::PendingRead {
-                    waiters: inbox.reads,
-                    index: None,
-                },
-            );
+            let mut pending = r.pending.lock();
+            if pending.closed {
+                for (c, _) in inbox.reads {
+                    c.complete(Err(Error::ShardClosed));
+                }
+            } else {
+                pending.reads.insert(
+                    ctx,
+                    crate::replica::PendingRead {
+                        waiters: inbox.reads,
+                        index: None,
+                    },
+                );
+            }
+            drop(pending);
             if let Err(e) = core.raft.read_index(ctx)
                 && let Some(pr) = r.pending.lock().reads.remove(&ctx)
             {
@@ -489,7 +497,7 @@ impl ApplyWorker {
                 if let Err(e) = res {
                     tracing::error!(shard = %r.shard_id, replica = %r.replica_id, error = %e, "replica failed");
                     *r.failed.lock() = Some(e.to_string());
-                    r.pending.lock().terminate();
+                    r.terminate_requests();
                     break;
                 }
             }

@@ -719,12 +719,7 @@ impl NodeHost {
     fn unload(&self, r: &Replica) {
         r.closed.store(true, Ordering::Release);
         r.stop.set();
-        r.pending.lock().terminate();
-        // Reads not yet stepped wait in the inbox, not in `pending`.
-        let reads = std::mem::take(&mut r.inbox.lock().reads);
-        for (c, _) in reads {
-            c.complete(Err(Error::ShardClosed));
-        }
+        r.terminate_requests();
         let _g = r.apply_lock.lock();
         if !r.unloaded.swap(true, Ordering::AcqRel) {
             r.rsm.sm.close();
@@ -928,13 +923,19 @@ impl NodeHost {
             ..Entry::default()
         };
         let (handle, completer) = request();
-        r.pending.lock().config_changes.insert(
-            key,
-            PendingConfigChange {
-                completer,
-                deadline,
-            },
-        );
+        {
+            let mut pending = r.pending.lock();
+            if pending.closed {
+                return Err(Error::ShardClosed);
+            }
+            pending.config_changes.insert(
+                key,
+                PendingConfigChange {
+                    completer,
+                    deadline,
+                },
+            );
+        }
         {
             let mut inbox = r.inbox.lock();
             if inbox.config_changes.len() >= 64 {
@@ -1141,10 +1142,13 @@ impl NodeHost {
             r.compaction_override.store(o, Ordering::Release);
         }
         let min = r.applied();
-        r.pending
-            .lock()
-            .snapshots
-            .push((completer, deadline, opt, min));
+        {
+            let mut pending = r.pending.lock();
+            if pending.closed {
+                return Err(Error::ShardClosed);
+            }
+            pending.snapshots.push((completer, deadline, opt, min));
+        }
         r.snapshotting.store(true, Ordering::Release);
         if !self.host.push_snapshot_job(SnapshotJob::Save(shard)) {
             return Err(Error::SystemBusy);
@@ -1192,13 +1196,19 @@ fn propose_raw(
         ..Entry::default()
     };
     let (handle, completer) = request();
-    r.pending.lock().proposals.insert(
-        key,
-        PendingProposal {
-            completer,
-            deadline,
-        },
-    );
+    {
+        let mut pending = r.pending.lock();
+        if pending.closed {
+            return Err(Error::ShardClosed);
+        }
+        pending.proposals.insert(
+            key,
+            PendingProposal {
+                completer,
+                deadline,
+            },
+        );
+    }
     {
         let mut inbox = r.inbox.lock();
         if inbox.proposals.len() >= host.cfg.max_proposal_queue {
@@ -1244,6 +1254,9 @@ fn read_index_on(host: &Host, r: &Replica, deadline: u64) -> Result<RequestHandl
     let (handle, completer) = request();
     {
         let mut inbox = r.inbox.lock();
+        if inbox.closed {
+            return Err(Error::ShardClosed);
+        }
         if inbox.reads.len() >= host.cfg.max_read_queue {
             return Err(Error::SystemBusy);
         }

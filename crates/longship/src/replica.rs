@@ -42,6 +42,8 @@ pub(crate) struct Inbox {
     pub(crate) reads: Vec<(Completer<Index>, u64)>,
     pub(crate) commands: Vec<Command>,
     pub(crate) ticks: u64,
+    /// The replica stopped or failed: reads are refused, not queued.
+    pub(crate) closed: bool,
 }
 
 /// A read batch waiting for its read index, then for the apply index.
@@ -76,6 +78,9 @@ pub(crate) struct Pending {
         crate::nodehost::SnapshotOption,
         Index,
     )>,
+    /// Set by `terminate`: new requests end at once with `ShardClosed`
+    /// (nothing would ever answer or expire them).
+    pub(crate) closed: bool,
 }
 
 impl Pending {
@@ -116,6 +121,7 @@ impl Pending {
 
     /// Fails everything (the replica stops).
     pub(crate) fn terminate(&mut self) {
+        self.closed = true;
         for (_, p) in std::mem::take(&mut self.proposals) {
             p.completer.complete(Err(Error::ShardClosed));
         }
@@ -208,6 +214,20 @@ impl Replica {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Ends every request waiting on this replica, and every later one,
+    /// with `ShardClosed`: it stopped or failed.
+    pub(crate) fn terminate_requests(&self) {
+        let reads = {
+            let mut inbox = self.inbox.lock();
+            inbox.closed = true;
+            std::mem::take(&mut inbox.reads)
+        };
+        for (c, _) in reads {
+            c.complete(Err(Error::ShardClosed));
+        }
+        self.pending.lock().terminate();
     }
 }
 

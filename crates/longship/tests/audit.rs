@@ -10,8 +10,26 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use longship::{
-    Config, NodeHost, ShardId, SmEntry, SmError, SnapshotOption, StateMachine, StopFlag,
+    Config, Error, NodeHost, RequestHandle, ShardId, SmEntry, SmError, SnapshotOption,
+    StateMachine, StopFlag,
 };
+
+/// Waits for a request's outcome for at most `within`; `None` if it did not
+/// complete (the request would have hung).
+fn outcome_within<T: Send + 'static>(
+    r: Result<RequestHandle<T>, Error>,
+    within: Duration,
+) -> Option<Result<T, Error>> {
+    let h = match r {
+        Ok(h) => h,
+        Err(e) => return Some(Err(e)),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(h.wait());
+    });
+    rx.recv_timeout(within).ok()
+}
 
 /// What a test tells a [`Faulty`] state machine, and what it saw.
 #[derive(Default)]
@@ -140,4 +158,26 @@ fn no_snapshot_is_taken_of_a_failed_replica() {
     ctl.fail.store(false, Ordering::SeqCst);
     start_faulty(c.nh(1), 1, config(1, 1), &ctl);
     assert_eq!(c.read(1, 1, "get x"), b"1 boom");
+}
+
+// Requests on a failed replica through a NodeUser (which does not look the
+// replica up again) waited forever: the step worker skips a failed replica,
+// so nothing expired or answered them.
+#[test]
+fn node_user_requests_on_a_failed_replica_complete() {
+    let c = TestCluster::new(1);
+    let ctl = Arc::new(Control::default());
+    ctl.fail.store(true, Ordering::SeqCst);
+    start_faulty(c.nh(1), 1, config(1, 1), &ctl);
+    c.propose(1, 1, "set a 1");
+    let user = c.nh(1).get_node_user(ShardId(1)).unwrap();
+    let s = c.nh(1).get_noop_session(ShardId(1));
+    assert!(user.propose(&s, "boom", TIMEOUT).unwrap().wait().is_err());
+    wait_until("replica failed", TIMEOUT, || is_failed(c.nh(1), 1));
+    let short = Duration::from_millis(100);
+    let within = Duration::from_secs(5);
+    let p = outcome_within(user.propose(&s, "set b 2", short), within);
+    assert!(matches!(p, Some(Err(_))), "proposal: {p:?}");
+    let r = outcome_within(user.read_index(short), within);
+    assert!(matches!(r, Some(Err(_))), "read: {r:?}");
 }
