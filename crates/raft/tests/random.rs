@@ -1,5 +1,5 @@
 //! Randomized multi-replica harness (DESIGN §4): 3- and 5-replica clusters of
-//! protocol cores driven by one seeded [`Rng`] through random faults —
+//! protocol cores driven by one seeded `Rng` through random faults —
 //! ticks, delayed persistence, message reorder/drop/duplication, symmetric
 //! and one-way partitions, crash-restarts, proposals, membership changes,
 //! leadership transfers, read-index requests and compaction with snapshot
@@ -14,9 +14,10 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+/// Fails the run; `run_seed` reports the seed and step.
 macro_rules! fail {
     ($sim:expr, $($arg:tt)*) => {
-        panic!("seed {} step {}: {}", $sim.seed, $sim.step, format!($($arg)*))
+        panic!($($arg)*)
     };
 }
 
@@ -48,7 +49,7 @@ fn run_seed(seed: u64, trace: bool) -> Stats {
             s.flush_trace();
         }
         panic!(
-            "seed {seed} failed at step {step}: {msg}\nreplay: RAFT_SEED={seed} cargo test -p longship-raft --test random -- --nocapture"
+            "seed {seed} failed at step {step}: {msg}\nreplay: RAFT_SEED={seed} cargo test -p longship-raft --test random -- random_seeds_0 --nocapture"
         );
     }
     let stats = sim.expect("ran").stats;
