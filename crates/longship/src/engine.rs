@@ -686,6 +686,16 @@ impl SnapshotWorker {
                 let failed = match stream_snapshot(&self.host, &message, &address) {
                     Ok(()) => false,
                     Err(e) => {
+                        // Release the transport's half-sent stream.
+                        if let Some(snap) = &message.snapshot {
+                            self.host.transport.cancel_snapshot_stream(
+                                &address,
+                                message.shard_id,
+                                message.from,
+                                message.to,
+                                snap.index,
+                            );
+                        }
                         tracing::info!(shard = %message.shard_id, to = %message.to, error = %e, "snapshot stream failed");
                         true
                     }

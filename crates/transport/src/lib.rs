@@ -97,6 +97,17 @@ pub trait Transport: Send + Sync {
     fn send(&self, address: &str, batch: MessageBatch) -> Result<(), SendError>;
     /// Sends one chunk of a snapshot stream (may block for flow control).
     fn send_snapshot_chunk(&self, address: &str, chunk: SnapshotChunk) -> Result<(), SendError>;
+    /// Gives up a snapshot stream that will get no more chunks (the sender
+    /// failed partway), releasing whatever it holds. The default does nothing.
+    fn cancel_snapshot_stream(
+        &self,
+        _address: &str,
+        _shard_id: ShardId,
+        _from: ReplicaId,
+        _to: ReplicaId,
+        _index: Index,
+    ) {
+    }
     /// Stops sending and receiving.
     fn close(&self);
 }

@@ -373,6 +373,25 @@ impl Transport for TcpTransport {
         }
     }
 
+    fn cancel_snapshot_stream(
+        &self,
+        _address: &str,
+        shard_id: ShardId,
+        from: ReplicaId,
+        to: ReplicaId,
+        index: longship_raft::Index,
+    ) {
+        if self
+            .inner
+            .streams
+            .lock()
+            .remove(&(shard_id, from, to, index.0))
+            .is_some()
+        {
+            self.inner.active_streams.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     fn close(&self) {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return;

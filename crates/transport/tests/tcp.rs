@@ -740,3 +740,32 @@ fn snapshot_to_an_unreachable_peer_fails_at_once_and_streams_are_limited() {
     a.close();
     b.close();
 }
+
+#[test]
+fn a_cancelled_half_sent_stream_frees_its_slot() {
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let (a, _ra) = start_with(TcpConfig {
+        max_snapshot_streams: 1,
+        ..config(&a_addr)
+    });
+    let (b, rb) = start(&b_addr);
+    let first = snapshot_chunks(3, 100);
+    a.send_snapshot_chunk(&b_addr, first[0].clone()).unwrap();
+    let mut other = snapshot_chunks(1, 100);
+    for c in &mut other {
+        c.index = Index(200);
+    }
+    // The sender gives up on the first stream partway (e.g. a disk error).
+    assert_eq!(
+        a.send_snapshot_chunk(&b_addr, other[0].clone()),
+        Err(SendError::QueueFull(b_addr.clone()))
+    );
+    let c = &first[0];
+    a.cancel_snapshot_stream(&b_addr, c.shard_id, c.from, c.to, c.index);
+    for c in other.clone() {
+        a.send_snapshot_chunk(&b_addr, c).unwrap();
+    }
+    assert!(rb.seen.lock().unwrap().chunks.ends_with(&other));
+    a.close();
+    b.close();
+}
