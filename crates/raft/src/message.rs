@@ -107,7 +107,8 @@ pub struct Message {
     /// `Replicate`: term of the entry before `entries`; votes: last log term.
     pub log_term: Term,
     /// `Replicate`: index of the entry before `entries`; votes: last log index;
-    /// responses: the index acknowledged or rejected.
+    /// responses: the index acknowledged or rejected; `Heartbeat` and its
+    /// answer: the leader's tick count when it sent the heartbeat (lease reads).
     pub log_index: Index,
     /// Leader's commit index (`Replicate`, `Heartbeat`).
     pub commit: Index,

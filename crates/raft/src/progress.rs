@@ -115,6 +115,9 @@ pub struct Progress {
     pub probe_sent: bool,
     /// Heard from since the last CheckQuorum round.
     pub recent_active: bool,
+    /// The leader's tick count when it sent the newest heartbeat this
+    /// replica answered (0: none): the start of the replica's lease.
+    pub heartbeat_acked_at: u64,
     /// In-flight window.
     pub inflights: Inflights,
 }
@@ -129,6 +132,7 @@ impl Progress {
             pending_snapshot: Index(0),
             probe_sent: false,
             recent_active: false,
+            heartbeat_acked_at: 0,
             inflights: Inflights::new(max_inflight_msgs, max_inflight_bytes),
         }
     }

@@ -86,6 +86,7 @@ impl<L: LogReader> Raft<L> {
         self.log.commit_to(m.commit.min(self.log.last_index()));
         let resp = Message {
             context: m.context,
+            log_index: m.log_index,
             ..self.new_message(MessageType::HeartbeatResp, m.from)
         };
         self.send(resp);

@@ -43,6 +43,28 @@ impl<L: LogReader> Raft<L> {
         active >= self.membership.quorum()
     }
 
+    /// Whether a quorum of voters and witnesses answered heartbeats sent
+    /// recently enough that none of them can have voted for another leader
+    /// yet. Two ticks of margin cover the phase difference between our
+    /// clock and theirs (clock rates are assumed equal within that bound).
+    fn quorum_in_lease(&self) -> bool {
+        let me = self.id;
+        let window = self.election_timeout().saturating_sub(2);
+        let fresh = |acked: u64| acked > 0 && self.ticks < acked + window;
+        let held = self
+            .membership
+            .quorum_members()
+            .filter(|id| {
+                *id == me
+                    || self
+                        .progress
+                        .get(id)
+                        .is_some_and(|p| fresh(p.heartbeat_acked_at))
+            })
+            .count();
+        held >= self.membership.quorum()
+    }
+
     /// CheckQuorum: whether a quorum was heard from since the last check;
     /// resets the activity flags.
     fn check_quorum_active(&mut self) -> bool {
@@ -176,6 +198,8 @@ impl<L: LogReader> Raft<L> {
             let m = Message {
                 commit,
                 context,
+                // Echoed in the answer: when the follower's lease started.
+                log_index: Index(self.ticks),
                 ..self.new_message(MessageType::Heartbeat, id)
             };
             self.send(m);
@@ -382,6 +406,7 @@ impl<L: LogReader> Raft<L> {
         };
         pr.recent_active = true;
         pr.probe_sent = false;
+        pr.heartbeat_acked_at = pr.heartbeat_acked_at.max(m.log_index.0);
         if pr.match_index < last {
             // Appends may have been lost: free one slot of a full window and
             // send at least an empty append, which the follower rejects if it
@@ -463,12 +488,14 @@ impl<L: LogReader> Raft<L> {
     fn leader_read(&mut self, context: u64, from: ReplicaId) {
         let index = self.log.committed();
         let single = self.membership.quorum_members().all(|id| id == self.id);
-        // Thesis §6.4.1: the lease holds only while a quorum was heard from
-        // within an election timeout (the followers' lease, §4.2.3), and not
-        // during a transfer, whose TimeoutNow lets the target be elected at
-        // once; otherwise the read takes the heartbeat round.
-        let lease =
-            self.cfg.lease_read && self.transfer_target.is_none() && self.quorum_recently_active();
+        // Thesis §6.4.1: the lease holds only while a quorum answered
+        // heartbeats *sent* within the last election timeout (a follower
+        // refuses other candidates for an election timeout after it heard
+        // from us, §4.2.3; counting an answer from when it was sent, not
+        // when it arrived, keeps a late answer from stretching the lease),
+        // and not during a transfer, whose TimeoutNow lets the target be
+        // elected at once; otherwise the read takes the heartbeat round.
+        let lease = self.cfg.lease_read && self.transfer_target.is_none() && self.quorum_in_lease();
         if single || lease {
             self.release_read(context, index, from);
             return;

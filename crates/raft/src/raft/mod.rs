@@ -77,6 +77,8 @@ pub struct Raft<L: LogReader> {
     votes: BTreeMap<ReplicaId, bool>,
     election_elapsed: u64,
     heartbeat_elapsed: u64,
+    /// Ticks since the replica started (from 1): the clock lease reads use.
+    ticks: u64,
     randomized_election_timeout: u64,
     /// Leader: index of the newest config change appended; another may be
     /// proposed only once this one is applied.
@@ -134,6 +136,7 @@ impl<L: LogReader> Raft<L> {
             votes: BTreeMap::new(),
             election_elapsed: 0,
             heartbeat_elapsed: 0,
+            ticks: 1,
             randomized_election_timeout: 0,
             pending_config_change: Index(0),
             transfer_target: ReplicaId::NONE,
@@ -271,6 +274,7 @@ impl<L: LogReader> Raft<L> {
 
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         match self.role {
             Role::Leader => self.tick_leader(),
             _ => self.tick_election(),
