@@ -1365,6 +1365,10 @@ fn lease_read_requires_check_quorum_and_skips_the_heartbeat_round() {
     };
     let mut c = cluster(3, o);
     elect(&mut c, 1);
+    // The lease starts with a quorum's answers to a heartbeat (counted from
+    // when it was sent, thesis §6.4.1).
+    c.tick(1);
+    c.stabilize();
     c.raft(1).read_index(12).unwrap();
     c.process(r(1));
     assert_eq!(
