@@ -439,6 +439,7 @@ fn throughput(args: &BenchArgs, opts: ClusterOptions, report: &mut Report) -> Re
         .map_err(|e| format!("tokio runtime: {e}"))?;
     let metrics_before;
     let (cpu_before, cpu_after);
+    let (switches_before, switches_after);
     let (t0, t1);
     {
         let _guard = rt.enter();
@@ -490,6 +491,7 @@ fn throughput(args: &BenchArgs, opts: ClusterOptions, report: &mut Report) -> Re
             }
         });
         metrics_before = cluster.metrics();
+        switches_before = procstat::context_switches();
         cpu_before = procstat::cpu_seconds();
         t0 = Instant::now();
         shared.phase.store(MEASURE, Ordering::Relaxed);
@@ -502,6 +504,7 @@ fn throughput(args: &BenchArgs, opts: ClusterOptions, report: &mut Report) -> Re
         shared.phase.store(DONE, Ordering::Relaxed);
         t1 = Instant::now();
         cpu_after = procstat::cpu_seconds();
+        switches_after = procstat::context_switches();
         progress.show("waiting for the last requests", true);
         rt.block_on(async {
             for t in tasks {
@@ -529,6 +532,13 @@ fn throughput(args: &BenchArgs, opts: ClusterOptions, report: &mut Report) -> Re
         // The figure that least depends on other load on the machine.
         let cpu = b.0 + b.1 - a.0 - a.1;
         report.set_f("cpu_us_per_request", cpu * 1e6 / (writes + reads) as f64);
+    }
+    if let (Some(a), Some(b)) = (switches_before, switches_after)
+        && writes + reads > 0
+    {
+        let n = (writes + reads) as f64;
+        report.set_f("voluntary_switches_per_request", (b.0 - a.0) as f64 / n);
+        report.set_f("involuntary_switches_per_request", (b.1 - a.1) as f64 / n);
     }
     if let Some(b) = balanced {
         report.set_u("leaders_balanced", b);

@@ -43,6 +43,21 @@ pub fn threads() -> Option<u64> {
     parse_status_kb(&status, "Threads:")
 }
 
+/// Context switches (voluntary, involuntary) summed over the threads of
+/// this process: a voluntary one is mostly a thread going to sleep to be
+/// woken later, the cost DESIGN.md §5 warns about.
+pub fn context_switches() -> Option<(u64, u64)> {
+    let mut total = (0, 0);
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue; // the thread ended meanwhile
+        };
+        total.0 += parse_status_kb(&status, "voluntary_ctxt_switches:").unwrap_or(0);
+        total.1 += parse_status_kb(&status, "nonvoluntary_ctxt_switches:").unwrap_or(0);
+    }
+    Some(total)
+}
+
 /// The type of the file system holding `dir` (the mount with the longest
 /// matching mount point in `/proc/self/mounts`), e.g. `ext4` or `tmpfs`.
 pub fn fs_type(dir: &Path) -> Option<String> {
@@ -97,6 +112,7 @@ mod tests {
             assert!(cpu_seconds().is_some());
             assert!(rss_bytes().unwrap() > 0);
             assert!(fs_type(Path::new(".")).is_some());
+            assert!(context_switches().unwrap().0 > 0);
         }
     }
 }
