@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use longship_raft::codec::{Decoder, Limits, decode_message};
 use longship_raft::{Message, MessageBatch, MessageType, ReplicaId, Rng, ShardId};
 use longship_storage::logdb::LogDb;
-use longship_storage::snapshot::{SnapshotInfo, SnapshotReceiver};
+use longship_storage::snapshot::{SnapshotError, SnapshotInfo, SnapshotReceiver};
 use longship_storage::vfs::FileSystem;
 use longship_transport::{MessageHandler, SnapshotChunk, Transport};
 use parking_lot::{Mutex, RwLock};
@@ -55,7 +55,8 @@ pub(crate) struct Host {
     pub(crate) rng: Mutex<Rng>,
     pub(crate) listener: Option<Arc<dyn EventListener>>,
     pub(crate) metrics: Metrics,
-    receivers: Mutex<BTreeMap<ReceiverKey, SnapshotReceiver>>,
+    /// `None`: the store already holds that snapshot; the stream's data is skipped.
+    receivers: Mutex<BTreeMap<ReceiverKey, Option<SnapshotReceiver>>>,
     pub(crate) snapshot_root: std::path::PathBuf,
 }
 
@@ -221,13 +222,23 @@ impl Host {
             if info.meta.index != chunk.index || info.shard != chunk.shard_id {
                 return Err("snapshot chunk does not match its description".into());
             }
-            let rx = r.snapshots.begin_receive(info).map_err(|e| e.to_string())?;
+            let rx = match r.snapshots.begin_receive(info) {
+                Ok(rx) => Some(rx),
+                // A valid copy is already in the store: received before but
+                // never installed (a crash before log storage recorded it, a
+                // dropped InstallSnapshot). The state at a committed index is
+                // unique, so it is reused; refusing it stalled the replica
+                // for as long as the leader's snapshot stayed at this index.
+                Err(SnapshotError::AlreadyExists(_)) => None,
+                Err(e) => return Err(e.to_string()),
+            };
             receivers.insert(key, rx);
         }
         let Some(rx) = receivers.get_mut(&key) else {
             return Err("snapshot chunk without a stream".into());
         };
-        if !chunk.data.is_empty()
+        if let Some(rx) = rx
+            && !chunk.data.is_empty()
             && let Err(e) = rx.write_chunk(&chunk.file_name, chunk.offset, &chunk.data)
         {
             receivers.remove(&key);
@@ -238,11 +249,14 @@ impl Host {
         }
         let rx = receivers.remove(&key).expect("present");
         drop(receivers);
-        let info = rx.finish().map_err(|e| e.to_string())?;
+        let index = match rx {
+            Some(rx) => rx.finish().map_err(|e| e.to_string())?.meta.index,
+            None => chunk.index,
+        };
         let mut d = Decoder::new(&chunk.message, Limits::default());
         let m = decode_message(&mut d).map_err(|e| e.to_string())?;
         if m.msg_type != MessageType::InstallSnapshot
-            || m.snapshot.as_ref().map(|s| s.index) != Some(info.meta.index)
+            || m.snapshot.as_ref().map(|s| s.index) != Some(index)
         {
             return Err("snapshot stream ends without its InstallSnapshot message".into());
         }
