@@ -98,19 +98,36 @@ impl StepWorker {
             }
         }
         // Leader replication leaves before the local write (thesis §10.2.1).
-        let mut early: Vec<(&Replica, &Message)> = extra.iter().map(|(r, m)| (&**r, m)).collect();
-        for (r, u) in &work {
-            early.extend(u.messages.iter().map(|m| (&**r, m)));
+        // Messages and entries are moved, not cloned, on their way out.
+        let mut early: Vec<(&Replica, Message)> = extra
+            .iter_mut()
+            .map(|(r, m)| (&**r, std::mem::take(m)))
+            .collect();
+        for (r, u) in &mut work {
+            early.extend(
+                std::mem::take(&mut u.messages)
+                    .into_iter()
+                    .map(|m| (&**r, m)),
+            );
         }
         self.send(early);
         for (r, u) in &mut work {
             self.hand_on(r, u);
         }
-        let updates: Vec<LogUpdate> = work
-            .iter()
-            .filter(|(_, u)| must_sync && u.needs_persist())
-            .map(|(_, u)| LogUpdate::from_raft(u))
-            .collect();
+        let mut updates: Vec<LogUpdate> = Vec::new();
+        // Which `work` item each of `updates` came from.
+        let mut persisted: Vec<usize> = Vec::new();
+        if must_sync {
+            for (i, (_, u)) in work.iter_mut().enumerate() {
+                if u.needs_persist() {
+                    let entries = std::mem::take(&mut u.entries);
+                    let mut lu = LogUpdate::from_raft(u);
+                    lu.entries = entries;
+                    updates.push(lu);
+                    persisted.push(i);
+                }
+            }
+        }
         if !updates.is_empty() {
             let n: usize = updates.iter().map(|u| u.entries.len()).sum();
             if let Err(e) = host.logdb.save_raft_state(&updates) {
@@ -126,10 +143,18 @@ impl StepWorker {
             Metrics::add(&host.metrics.persist_batches, 1);
             Metrics::add(&host.metrics.entries_persisted, n as u64);
         }
-        let late: Vec<(&Replica, &Message)> = work
-            .iter()
-            .flat_map(|(r, u)| u.persisted_messages.iter().map(move |m| (&**r, m)))
-            .collect();
+        // `advance` marks the written entries stable: give them back.
+        for (lu, i) in updates.into_iter().zip(persisted) {
+            work[i].1.entries = lu.entries;
+        }
+        let mut late: Vec<(&Replica, Message)> = Vec::new();
+        for (r, u) in &mut work {
+            late.extend(
+                std::mem::take(&mut u.persisted_messages)
+                    .into_iter()
+                    .map(|m| (&**r, m)),
+            );
+        }
         self.send(late);
         for (r, u) in work {
             self.after_persist(&r, u);
@@ -296,7 +321,7 @@ impl StepWorker {
 
     /// Sends messages, batched per destination host. Snapshots go to the
     /// snapshot workers to be streamed.
-    fn send(&self, msgs: Vec<(&Replica, &Message)>) {
+    fn send(&self, msgs: Vec<(&Replica, Message)>) {
         if msgs.is_empty() {
             return;
         }
@@ -315,11 +340,11 @@ impl StepWorker {
                     address: addr,
                 };
                 if !host.push_snapshot_job(job) {
-                    report_snapshot_status(host, m, true);
+                    report_snapshot_status(host, &m, true);
                 }
                 continue;
             }
-            by_addr.entry(addr).or_default().push(m.clone());
+            by_addr.entry(addr).or_default().push(m);
         }
         for (addr, messages) in by_addr {
             let n = messages.len() as u64;
@@ -481,6 +506,11 @@ impl ApplyWorker {
             };
             let mut done = 0;
             let mut more = false;
+            // The step worker learns the applied index at its next cycle
+            // (a tick at the latest); wake it now only where it matters at
+            // once: a membership change (addresses, the pending-change and
+            // campaign checks), a recovered snapshot, a failure.
+            let mut wake_step = false;
             loop {
                 if done == APPLY_TASKS_PER_ROUND {
                     more = true;
@@ -492,8 +522,9 @@ impl ApplyWorker {
                 done += 1;
                 let res = match task {
                     ApplyTask::Entries(entries) => self.apply_entries(&r, &entries),
-                    ApplyTask::Snapshot(meta) => self.recover_snapshot(&r, &meta),
+                    ApplyTask::Snapshot(meta) => self.recover_snapshot(&r, &meta).map(|()| true),
                 };
+                wake_step |= !matches!(res, Ok(false));
                 if let Err(e) = res {
                     tracing::error!(shard = %r.shard_id, replica = %r.replica_id, error = %e, "replica failed");
                     *r.failed.lock() = Some(e.to_string());
@@ -506,12 +537,16 @@ impl ApplyWorker {
                 host.mark_apply(shard);
             }
             self.maybe_schedule_snapshot(&r);
-            host.mark_step(shard);
+            if wake_step {
+                host.mark_step(shard);
+            }
         }
         true
     }
 
-    fn apply_entries(&self, r: &Replica, entries: &[Entry]) -> Result<(), Error> {
+    /// Applies entries and completes their requests; returns whether the
+    /// membership changed.
+    fn apply_entries(&self, r: &Replica, entries: &[Entry]) -> Result<bool, Error> {
         let host = &self.host;
         let mut out = Vec::new();
         let mut membership_changed = Vec::new();
@@ -572,12 +607,13 @@ impl ApplyWorker {
         }
         complete_reads(host, &mut pending, r.applied());
         drop(pending);
+        let changed = !membership_changed.is_empty();
         if let Some(l) = &host.listener {
             for index in membership_changed {
                 l.membership_changed(r.shard_id, r.replica_id, index);
             }
         }
-        Ok(())
+        Ok(changed)
     }
 
     fn recover_snapshot(&self, r: &Replica, meta: &SnapshotMeta) -> Result<(), Error> {
