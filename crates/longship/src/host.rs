@@ -153,9 +153,14 @@ impl Host {
     pub(crate) fn tick(&self) {
         self.now.fetch_add(1, Ordering::AcqRel);
         let replicas: Vec<ReplicaRef> = self.replicas.read().values().cloned().collect();
+        let mut by_worker: Vec<Vec<ShardId>> = vec![Vec::new(); self.step_ready.len()];
         for r in replicas {
             r.inbox.lock().ticks += 1;
-            self.mark_step(r.shard_id);
+            by_worker[self.step_worker_of(r.shard_id)].push(r.shard_id);
+        }
+        // One wake-up per worker and tick, not one per replica.
+        for (ready, shards) in self.step_ready.iter().zip(by_worker) {
+            ready.mark_all(shards);
         }
     }
 

@@ -26,6 +26,19 @@ impl ReadySet {
         }
     }
 
+    /// Marks many shards with at most one wake-up (the ticker: a wake-up
+    /// per shard would hand the worker a set of one shard at a time).
+    pub(crate) fn mark_all(&self, shards: impl IntoIterator<Item = ShardId>) {
+        let mut set = self.set.lock();
+        let before = set.len();
+        set.extend(shards);
+        let newly = set.len() > before;
+        drop(set);
+        if newly {
+            self.cv.notify_one();
+        }
+    }
+
     pub(crate) fn take(&self) -> BTreeSet<ShardId> {
         std::mem::take(&mut *self.set.lock())
     }
