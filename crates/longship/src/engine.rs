@@ -213,6 +213,7 @@ impl StepWorker {
             }
             core.raft.tick();
         }
+        r.quiesced.store(core.quiesce.quiesced, Ordering::Relaxed);
         if inbox.ticks > 0 {
             r.pending.lock().expire(host.now());
         }

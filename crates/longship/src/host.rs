@@ -60,6 +60,10 @@ pub(crate) struct Host {
     pub(crate) snapshot_root: std::path::PathBuf,
 }
 
+/// A quiesced replica gets one tick in this many (its requests expire that
+/// much later; it has no other use for ticks).
+pub(crate) const QUIESCED_TICK_EVERY: u64 = 10;
+
 /// Bound on snapshot jobs queued.
 pub(crate) const MAX_SNAPSHOT_JOBS: usize = 4096;
 /// Bound on snapshot streams received at once.
@@ -151,10 +155,15 @@ impl Host {
 
     /// Advances logical time by one tick: every replica gets a tick.
     pub(crate) fn tick(&self) {
-        self.now.fetch_add(1, Ordering::AcqRel);
+        let now = self.now.fetch_add(1, Ordering::AcqRel) + 1;
         let replicas: Vec<ReplicaRef> = self.replicas.read().values().cloned().collect();
         let mut by_worker: Vec<Vec<ShardId>> = vec![Vec::new(); self.step_ready.len()];
         for r in replicas {
+            // A quiesced replica does nothing on a tick but expire requests
+            // (any traffic wakes it): it gets every QUIESCED_TICK_EVERY-th.
+            if r.quiesced.load(Ordering::Relaxed) && now % QUIESCED_TICK_EVERY != 0 {
+                continue;
+            }
             r.inbox.lock().ticks += 1;
             by_worker[self.step_worker_of(r.shard_id)].push(r.shard_id);
         }

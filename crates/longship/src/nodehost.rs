@@ -657,6 +657,7 @@ impl NodeHost {
             leader_id: AtomicU64::new(0),
             leader_term: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            quiesced: AtomicBool::new(false),
             stop,
             failed: Mutex::new(None),
             unloaded: AtomicBool::new(false),

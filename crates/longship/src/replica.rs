@@ -181,6 +181,8 @@ pub(crate) struct Replica {
     pub(crate) leader_id: AtomicU64,
     pub(crate) leader_term: AtomicU64,
     pub(crate) closed: AtomicBool,
+    /// The core is quiesced (the step worker's `QuiesceState`, for the ticker).
+    pub(crate) quiesced: AtomicBool,
     pub(crate) stop: StopFlag,
     /// Set when the replica failed (state machine error); it stops stepping.
     pub(crate) failed: Mutex<Option<String>>,
