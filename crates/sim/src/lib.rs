@@ -14,6 +14,7 @@
 
 pub mod kv;
 pub mod linearizability;
+pub mod log;
 pub mod net;
 pub mod sim;
 

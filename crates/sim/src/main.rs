@@ -68,6 +68,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if std::env::var_os("LONGSHIP_SIM_LOG").is_some() {
+        longship_sim::log::StderrLog::install(tracing::Level::DEBUG);
+    }
     let start = Instant::now();
     let next = AtomicU64::new(args.seeds.start);
     let passed = AtomicU64::new(0);

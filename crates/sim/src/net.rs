@@ -124,7 +124,43 @@ impl SimNet {
             }
         }
         let mut n = 0;
+        let log = std::env::var_os("LONGSHIP_SIM_NETLOG").is_some();
         for (_, seq, p) in due {
+            if log {
+                match &p.packet {
+                    Packet::Chunk(c) => eprintln!(
+                        "[round {round}] chunk {}->{} shard {} {}->{} index {} #{} last {} bytes {}",
+                        p.from,
+                        p.to,
+                        c.shard_id,
+                        c.from,
+                        c.to,
+                        c.index,
+                        c.chunk_id,
+                        c.last,
+                        c.data.len()
+                    ),
+                    Packet::Batch(b) => {
+                        for m in &b.messages {
+                            eprintln!(
+                                "[round {round}] {}->{} {:?} shard {} {}->{} term {} idx {} commit {} n {} rej {} snap {:?}",
+                                p.from,
+                                p.to,
+                                m.msg_type,
+                                m.shard_id,
+                                m.from,
+                                m.to,
+                                m.term,
+                                m.log_index,
+                                m.commit,
+                                m.entries.len(),
+                                m.reject,
+                                m.snapshot.as_ref().map(|s| s.index)
+                            );
+                        }
+                    }
+                }
+            }
             trace.write(p.from.as_bytes());
             trace.write(p.to.as_bytes());
             trace.write_u64(seq);

@@ -1,6 +1,6 @@
 //! A key-value map with get, put and append, checked per key.
 
-use super::Model;
+use super::{Model, Operation, Outcome};
 
 /// A map operation on one key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,4 +76,46 @@ impl Model for KvModel {
     fn partition(&self, input: &KvInput) -> String {
         input.key().to_string()
     }
+}
+
+/// Leaves out every operation with an unknown outcome whose effect no read
+/// could have seen: a put or append whose value occurs in no get's output.
+///
+/// Sound and complete: if such an operation `u` is in some linearization,
+/// every state from `u` up to the next put contains `u`'s value, so no get
+/// is linearized in that stretch; removing `u` changes only those states.
+/// And an operation with an unknown outcome may be left out anyway. The
+/// search gets much cheaper, since each such operation could otherwise be
+/// tried at every point after its call.
+pub fn prune_invisible_unknowns(
+    history: &[Operation<KvInput, KvOutput>],
+) -> Vec<Operation<KvInput, KvOutput>> {
+    let seen: Vec<(&str, &str)> = history
+        .iter()
+        .filter_map(|op| match (&op.input, &op.outcome) {
+            (
+                KvInput::Get { key },
+                Outcome::Returned {
+                    output: KvOutput::Value(v),
+                    ..
+                },
+            ) => Some((key.as_str(), v.as_str())),
+            _ => None,
+        })
+        .collect();
+    history
+        .iter()
+        .filter(|op| {
+            let value = match (&op.input, &op.outcome) {
+                (KvInput::Put { value, .. } | KvInput::Append { value, .. }, Outcome::Unknown) => {
+                    value
+                }
+                _ => return true,
+            };
+            let key = op.input.key();
+            seen.iter()
+                .any(|(k, v)| *k == key && v.contains(value.as_str()))
+        })
+        .cloned()
+        .collect()
 }

@@ -200,3 +200,32 @@ fn exhausted_budget_says_unknown() {
     assert_eq!(check(&KvModel, &history, tiny), Verdict::Unknown);
     assert!(check(&KvModel, &history, Budget::default()).is_violation());
 }
+
+#[test]
+fn unknown_writes_nobody_saw_are_pruned() {
+    use super::kv::prune_invisible_unknowns;
+    let unknown_append = |client, value: &str, call| {
+        Operation::unknown(
+            client,
+            KvInput::Append {
+                key: "x".into(),
+                value: value.into(),
+            },
+            call,
+        )
+    };
+    let history = [
+        unknown_append(1, "a", 0),
+        unknown_append(2, "b", 1),
+        put_unknown(3, "x", "c", 2),
+        get(4, "x", "b", 5, 6),
+    ];
+    let pruned = prune_invisible_unknowns(&history);
+    assert_eq!(pruned.len(), 2, "only the append of b and the get stay");
+    assert_eq!(kv(&pruned), Verdict::Linearizable);
+    assert_eq!(kv(&history), Verdict::Linearizable);
+    // Known outcomes always stay, seen or not.
+    let history = [append(1, "x", "a", 0, 1), get(2, "x", "", 2, 3)];
+    assert_eq!(prune_invisible_unknowns(&history).len(), 2);
+    assert!(kv(&prune_invisible_unknowns(&history)).is_violation());
+}

@@ -8,7 +8,7 @@ use longship::{Index, ReplicaId, ShardId, Term};
 
 use super::Sim;
 use crate::kv::{DIGEST_QUERY, Digest};
-use crate::linearizability::kv::{KvInput, KvModel, KvOutput};
+use crate::linearizability::kv::{KvInput, KvModel, KvOutput, prune_invisible_unknowns};
 use crate::linearizability::{Budget, Outcome, Verdict, check};
 
 /// What the checkers remember between rounds.
@@ -180,7 +180,8 @@ impl Sim {
         };
         for si in 0..self.shards.len() {
             let shard = &self.shards[si];
-            match check(&KvModel, &shard.history, budget) {
+            let history = prune_invisible_unknowns(&shard.history);
+            match check(&KvModel, &history, budget) {
                 Verdict::Linearizable => {}
                 Verdict::Unknown => self.stats.lin_unknown += 1,
                 Verdict::NotLinearizable {
@@ -190,7 +191,7 @@ impl Sim {
                 } => {
                     let mut text = String::new();
                     for &i in &ops {
-                        text.push_str(&format!("\n    {:?}", shard.history[i]));
+                        text.push_str(&format!("\n    {:?}", history[i]));
                     }
                     return Err(format!(
                         "history of {} is not linearizable on key {key} (at most {linearized_max} \

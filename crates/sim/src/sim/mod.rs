@@ -523,8 +523,9 @@ impl Sim {
                 None => break,
                 Some(why) if self.ticks >= deadline => {
                     return Err(format!(
-                        "replicas did not converge within {} ticks of healing: {why}",
-                        self.cfg.heal_ticks_max
+                        "replicas did not converge within {} ticks of healing: {why}\n{}",
+                        self.cfg.heal_ticks_max,
+                        self.dump()
                     ));
                 }
                 Some(_) => self.step()?,
@@ -532,6 +533,37 @@ impl Sim {
         }
         self.final_reads(deadline)?;
         self.check_histories()
+    }
+
+    /// Every host's view of its replicas, for failure messages.
+    fn dump(&self) -> String {
+        let mut out = String::new();
+        for (h, slot) in self.hosts.iter().enumerate() {
+            let Some(nh) = &slot.nh else {
+                out.push_str(&format!("  host {h}: down\n"));
+                continue;
+            };
+            let info = nh.get_node_host_info();
+            for s in &info.shards {
+                let log = info
+                    .log_info
+                    .iter()
+                    .find(|l| l.0 == s.shard_id && l.1 == s.replica_id)
+                    .map(|l| format!("log {}..={}", l.2, l.3))
+                    .unwrap_or_default();
+                out.push_str(&format!(
+                    "  host {h}: {} replica {} leader {} term {} applied {} snapshot {} {log}{}\n",
+                    s.shard_id,
+                    s.replica_id,
+                    s.leader_id,
+                    s.term,
+                    s.applied,
+                    s.snapshot_index,
+                    if s.failed { " FAILED" } else { "" }
+                ));
+            }
+        }
+        out
     }
 
     /// Whether no client, administrator or host restart is outstanding.
