@@ -61,12 +61,12 @@ fn parse_len(line: &[u8], what: &str) -> Result<i64, RespError> {
         .map_err(|_| RespError::Protocol(format!("invalid {what} length")))
 }
 
+/// The arguments of one command and the bytes they used.
+pub type Parsed = (Vec<Vec<u8>>, usize);
+
 /// Parses one command from the front of `buf`. Returns the arguments and
 /// how many bytes they used, or `None` if more bytes are needed.
-pub fn parse_command(
-    buf: &[u8],
-    limits: &RespLimits,
-) -> Result<Option<(Vec<Vec<u8>>, usize)>, RespError> {
+pub fn parse_command(buf: &[u8], limits: &RespLimits) -> Result<Option<Parsed>, RespError> {
     if buf.is_empty() {
         return Ok(None);
     }
