@@ -19,6 +19,8 @@ pub(super) struct Checker {
     /// Highest applied index of each running replica, per host
     /// incarnation: (host, shard, replica) → index.
     applied: BTreeMap<(usize, ShardId, ReplicaId), Index>,
+    /// Highest term of each running replica, per host incarnation.
+    terms: BTreeMap<(usize, ShardId, ReplicaId), Term>,
     /// The state digest of each shard after each applied index.
     digests: BTreeMap<(ShardId, u64), u64>,
 }
@@ -27,6 +29,7 @@ impl Checker {
     /// Host `h` crashed: its replicas start over from what was durable.
     pub(super) fn host_crashed(&mut self, h: usize) {
         self.applied.retain(|k, _| k.0 != h);
+        self.terms.retain(|k, _| k.0 != h);
     }
 }
 
@@ -59,6 +62,15 @@ impl Sim {
                     }
                 }
                 let key = (h, s.shard_id, s.replica_id);
+                let term_before = self.checker.terms.insert(key, s.term);
+                if let Some(before) = term_before
+                    && s.term < before
+                {
+                    return Err(format!(
+                        "term of replica {} of {} on host {h} went back from {} to {}",
+                        s.replica_id, s.shard_id, before, s.term
+                    ));
+                }
                 let before = self.checker.applied.insert(key, s.applied);
                 if let Some(before) = before
                     && s.applied < before
@@ -106,7 +118,7 @@ impl Sim {
         for shard in &self.shards {
             let mut seen: Option<(Index, Digest)> = None;
             let mut leader = false;
-            for (&replica, &h) in &shard.members {
+            for (&replica, &h) in shard.members.iter().chain(&shard.non_voting) {
                 let Some(nh) = &self.hosts[h].nh else {
                     return Some(format!("host {h} of {} is down", shard.id));
                 };

@@ -101,8 +101,23 @@ enum AdminState {
 
 #[derive(Clone, Copy, Debug)]
 enum Change {
-    Add { replica: ReplicaId, host: usize },
-    Remove { replica: ReplicaId, host: usize },
+    Add {
+        replica: ReplicaId,
+        host: usize,
+    },
+    /// Add as non-voting, then promote (`Promote`).
+    AddNonVoting {
+        replica: ReplicaId,
+        host: usize,
+    },
+    Promote {
+        replica: ReplicaId,
+        host: usize,
+    },
+    Remove {
+        replica: ReplicaId,
+        host: usize,
+    },
 }
 
 /// The administrator of one shard.
@@ -657,8 +672,10 @@ impl Sim {
             let host = free[self.rng.below(free.len() as u64) as usize];
             let replica = ReplicaId(self.shards[si].next_replica);
             self.shards[si].next_replica += 1;
+            let non_voting = self.rng.chance(0.5);
             let cfg = longship::Config {
                 replica_id: replica,
+                is_non_voting: non_voting,
                 ..self.shards[si].config.clone()
             };
             let hosted = Hosted { cfg, initial: None };
@@ -675,7 +692,11 @@ impl Sim {
                     self.crash_host(host, delay)?;
                 }
             }
-            Change::Add { replica, host }
+            if non_voting {
+                Change::AddNonVoting { replica, host }
+            } else {
+                Change::Add { replica, host }
+            }
         } else if voters > 3 {
             let members: Vec<(ReplicaId, usize)> = self.shards[si]
                 .members
@@ -725,12 +746,18 @@ impl Sim {
                 },
                 None => {
                     let addr = match change {
-                        Change::Add { host, .. } => self.hosts[host].addr.clone(),
+                        Change::Add { host, .. }
+                        | Change::AddNonVoting { host, .. }
+                        | Change::Promote { host, .. } => self.hosts[host].addr.clone(),
                         Change::Remove { .. } => String::new(),
                     };
                     let attempt = self.attempt(si, |nh, shard| match change {
-                        Change::Add { replica, .. } => {
+                        // Adding a voter that is non-voting promotes it.
+                        Change::Add { replica, .. } | Change::Promote { replica, .. } => {
                             nh.request_add_replica(shard, replica, addr, 0, timeout)
+                        }
+                        Change::AddNonVoting { replica, .. } => {
+                            nh.request_add_non_voting(shard, replica, addr, 0, timeout)
                         }
                         Change::Remove { replica, .. } => {
                             nh.request_delete_replica(shard, replica, 0, timeout)
@@ -756,7 +783,12 @@ impl Sim {
                     Some(result) => {
                         let done = match (&change, &result) {
                             (_, Ok(())) => true,
-                            (Change::Add { .. }, Err(Error::Rejected(why))) => {
+                            (
+                                Change::Add { .. }
+                                | Change::AddNonVoting { .. }
+                                | Change::Promote { .. },
+                                Err(Error::Rejected(why)),
+                            ) => {
                                 if !why.contains("already a member") {
                                     return Err(format!("{change:?} rejected: {why}"));
                                 }
@@ -770,7 +802,14 @@ impl Sim {
                         };
                         if done {
                             self.finish_change(si, change);
-                            AdminState::Idle
+                            match change {
+                                Change::AddNonVoting { replica, host } => AdminState::Change {
+                                    change: Change::Promote { replica, host },
+                                    attempt: None,
+                                    retry_at: backoff(self),
+                                },
+                                _ => AdminState::Idle,
+                            }
                         } else {
                             AdminState::Change {
                                 change,
@@ -788,9 +827,14 @@ impl Sim {
         self.stats.membership_changes += 1;
         let shard = self.shards[si].id;
         match change {
-            Change::Add { replica, host } => {
+            Change::Add { replica, host } | Change::Promote { replica, host } => {
+                self.shards[si].non_voting.remove(&replica);
                 self.shards[si].members.insert(replica, host);
                 self.trace_event("added", shard.0, replica.0);
+            }
+            Change::AddNonVoting { replica, host } => {
+                self.shards[si].non_voting.insert(replica, host);
+                self.trace_event("added-non-voting", shard.0, replica.0);
             }
             Change::Remove { replica, host } => {
                 self.shards[si].members.remove(&replica);

@@ -187,6 +187,8 @@ struct ShardState {
     /// Voting members whose addition is certain (replica → host), as far as
     /// the administrator knows.
     members: BTreeMap<ReplicaId, usize>,
+    /// Non-voting members whose addition is certain (replica → host).
+    non_voting: BTreeMap<ReplicaId, usize>,
     next_replica: u64,
     keys: Vec<String>,
     /// The client history (operation times are `Sim::clock` values).
@@ -205,6 +207,10 @@ struct FaultPlan {
     transfer_per_round: f64,
     snapshot_per_round: f64,
     membership_per_round: f64,
+    /// A host misses a tick.
+    clock_skip: f64,
+    /// A host gets a tick twice.
+    clock_double: f64,
 }
 
 /// A unique directory prefix per run in this process: NodeHosts lock their
@@ -257,11 +263,21 @@ impl Sim {
             _ => 8 + rng.below(56),
         };
         let compaction_overhead = rng.below(16);
+        let heartbeat_rtt = 1 + rng.below(2);
+        let election_rtt = 2 * heartbeat_rtt + 4 + rng.below(12);
+        let quiesce = rng.chance(0.2);
+        let max_in_mem_log_size = if rng.chance(0.25) {
+            1024 + rng.below(8192)
+        } else {
+            0
+        };
         let mut shards = Vec::new();
         for s in 1..=cfg.shards {
             let config = Config {
-                election_rtt: 10,
-                heartbeat_rtt: 1,
+                election_rtt,
+                heartbeat_rtt,
+                quiesce,
+                max_in_mem_log_size,
                 check_quorum: true,
                 pre_vote: true,
                 snapshot_entries,
@@ -271,6 +287,7 @@ impl Sim {
             shards.push(ShardState {
                 id: ShardId(s),
                 members: BTreeMap::new(),
+                non_voting: BTreeMap::new(),
                 next_replica: 1,
                 keys: (0..3).map(|k| format!("s{s}k{k}")).collect(),
                 history: Vec::new(),
@@ -394,8 +411,18 @@ impl Sim {
         }
         if self.round.is_multiple_of(ROUNDS_PER_TICK) {
             self.ticks += 1;
+            let skew = self.phase == Phase::Faults;
             for slot in &self.hosts {
-                if let Some(nh) = &slot.nh {
+                let Some(nh) = &slot.nh else { continue };
+                // Clocks drift: a host's tick comes late or twice.
+                let ticks = if skew && self.rng.chance(self.plan.clock_skip) {
+                    0
+                } else if skew && self.rng.chance(self.plan.clock_double) {
+                    2
+                } else {
+                    1
+                };
+                for _ in 0..ticks {
                     nh.tick();
                 }
             }
@@ -599,6 +626,8 @@ impl FaultPlan {
             transfer_per_round: 0.0,
             snapshot_per_round: 0.0,
             membership_per_round: 0.0,
+            clock_skip: 0.0,
+            clock_double: 0.0,
         }
     }
 
@@ -631,6 +660,8 @@ impl FaultPlan {
             transfer_per_round: pick(rng, 1.0 / 800.0),
             snapshot_per_round: pick(rng, 1.0 / 800.0),
             membership_per_round: pick(rng, 1.0 / 1500.0),
+            clock_skip: pick(rng, 0.2),
+            clock_double: pick(rng, 0.2),
         }
     }
 }
