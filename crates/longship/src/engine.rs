@@ -63,6 +63,7 @@ impl StepWorker {
     /// One cycle: step every ready replica, then one persist for all of them.
     pub(crate) fn run_once(&self) -> bool {
         let host = &self.host;
+        let _cycle = host.step_busy[self.id].lock();
         let ready = host.step_ready[self.id].take();
         if ready.is_empty() {
             return false;

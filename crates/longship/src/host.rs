@@ -46,6 +46,9 @@ pub(crate) struct Host {
     /// Addresses learnt from incoming traffic: (shard, replica) -> address.
     pub(crate) learned: RwLock<BTreeMap<(ShardId, ReplicaId), String>>,
     pub(crate) step_ready: Vec<ReadySet>,
+    /// Held by step worker `i` for its whole cycle, so that stopping a
+    /// replica can wait until no cycle still writes or sends for it.
+    pub(crate) step_busy: Vec<Mutex<()>>,
     pub(crate) apply_ready: Vec<ReadySet>,
     pub(crate) snapshot_jobs: Mutex<std::collections::VecDeque<SnapshotJob>>,
     pub(crate) snapshot_ready: ReadySet,
@@ -82,6 +85,7 @@ impl Host {
         let snapshot_root = cfg.node_host_dir.join("snapshots");
         Host {
             step_ready: (0..cfg.step_workers).map(|_| ReadySet::default()).collect(),
+            step_busy: (0..cfg.step_workers).map(|_| Mutex::new(())).collect(),
             apply_ready: (0..cfg.apply_workers)
                 .map(|_| ReadySet::default())
                 .collect(),

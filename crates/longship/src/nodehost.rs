@@ -721,6 +721,12 @@ impl NodeHost {
         r.closed.store(true, Ordering::Release);
         r.stop.set();
         r.terminate_requests();
+        // Wait until no worker still works on it: a step cycle in flight
+        // (its write), a snapshot being saved (its commit and compaction,
+        // and the state machine it reads), an apply round. A replica
+        // restarted afterwards then loads a state nothing changes under it.
+        drop(self.host.step_busy[self.host.step_worker_of(r.shard_id)].lock());
+        let _save = r.snapshot_save.lock();
         let _g = r.apply_lock.lock();
         if !r.unloaded.swap(true, Ordering::AcqRel) {
             r.rsm.sm.close();

@@ -3,15 +3,16 @@
 
 mod common;
 
+use std::any::Any;
 use std::io::{Read, Write};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
 use longship::{
-    Config, Error, NodeHost, RequestHandle, ShardId, SmEntry, SmError, SnapshotOption,
-    StateMachine, StopFlag,
+    ConcurrentStateMachine, Config, Error, NodeHost, RequestHandle, ShardId, SmEntry, SmError,
+    SnapshotOption, StateMachine, StopFlag,
 };
 
 /// Waits for a request's outcome for at most `within`; `None` if it did not
@@ -180,4 +181,240 @@ fn node_user_requests_on_a_failed_replica_complete() {
     assert!(matches!(p, Some(Err(_))), "proposal: {p:?}");
     let r = outcome_within(user.read_index(short), within);
     assert!(matches!(r, Some(Err(_))), "read: {r:?}");
+}
+
+/// What a [`SlowSave`] state machine saw.
+#[derive(Default)]
+struct SaveProbe {
+    saving: AtomicBool,
+    closed_while_saving: AtomicBool,
+}
+
+/// A concurrent Kv whose `save_snapshot` runs until the replica stops.
+struct SlowSave {
+    kv: Mutex<Kv>,
+    probe: Arc<SaveProbe>,
+}
+
+impl ConcurrentStateMachine for SlowSave {
+    fn update(&self, entries: &mut [SmEntry]) -> Result<(), SmError> {
+        let mut kv = self.kv.lock().unwrap();
+        for e in entries {
+            e.result.value = kv.apply_cmd(&e.cmd);
+        }
+        Ok(())
+    }
+    fn lookup(&self, query: &[u8]) -> Result<Vec<u8>, SmError> {
+        Ok(self.kv.lock().unwrap().query(query))
+    }
+    fn prepare_snapshot(&self) -> Result<Box<dyn Any + Send>, SmError> {
+        Ok(Box::new(self.kv.lock().unwrap().encode()))
+    }
+    fn save_snapshot(
+        &self,
+        ctx: Box<dyn Any + Send>,
+        w: &mut dyn Write,
+        stop: &StopFlag,
+    ) -> Result<(), SmError> {
+        self.probe.saving.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !stop.is_set() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Finishing up takes a moment after the stop request.
+        std::thread::sleep(Duration::from_millis(50));
+        let bytes = ctx.downcast::<Vec<u8>>().unwrap();
+        w.write_all(&bytes)?;
+        self.probe.saving.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+    fn recover_from_snapshot(&self, r: &mut dyn Read, _: &StopFlag) -> Result<(), SmError> {
+        let mut b = Vec::new();
+        r.read_to_end(&mut b)?;
+        *self.kv.lock().unwrap() = Kv::decode(&b);
+        Ok(())
+    }
+    fn close(&self) {
+        if self.probe.saving.load(Ordering::SeqCst) {
+            self.probe.closed_while_saving.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+// stop_shard did not wait for a snapshot being saved off the apply path (a
+// concurrent or on-disk state machine): it closed the state machine in the
+// middle of its save_snapshot, and a replica restarted at once raced with
+// the old save's commit, log compaction and snapshot store clean-up.
+#[test]
+fn stop_shard_waits_for_a_snapshot_being_saved() {
+    let c = TestCluster::new(1);
+    let probe = Arc::new(SaveProbe::default());
+    let p = probe.clone();
+    c.nh(1)
+        .start_concurrent_replica(
+            TestCluster::members(&[1]),
+            false,
+            move |_, _| {
+                Box::new(SlowSave {
+                    kv: Mutex::new(Kv::default()),
+                    probe: p,
+                })
+            },
+            config(1, 1),
+        )
+        .unwrap();
+    c.propose(1, 1, "set a 1");
+    let _snap = c
+        .nh(1)
+        .request_snapshot(ShardId(1), SnapshotOption::default(), TIMEOUT)
+        .unwrap();
+    wait_until("save started", TIMEOUT, || {
+        probe.saving.load(Ordering::SeqCst)
+    });
+    c.nh(1).stop_shard(ShardId(1)).unwrap();
+    assert!(
+        !probe.saving.load(Ordering::SeqCst),
+        "stop_shard returned while the snapshot was being saved"
+    );
+    assert!(!probe.closed_while_saving.load(Ordering::SeqCst));
+}
+
+/// Log storage whose next write of a shard's entries, once armed, takes
+/// `delay` (an fsync stuck on a slow disk).
+struct SlowLogDb {
+    inner: longship_storage::MemLogDb,
+    armed: AtomicBool,
+    writing: AtomicBool,
+    delay: Duration,
+}
+
+impl longship_storage::LogDb for SlowLogDb {
+    fn save_raft_state(
+        &self,
+        updates: &[longship_storage::Update],
+    ) -> longship_storage::Result<()> {
+        let slow = updates.iter().any(|u| !u.entries.is_empty())
+            && self.armed.swap(false, Ordering::SeqCst);
+        if slow {
+            self.writing.store(true, Ordering::SeqCst);
+            std::thread::sleep(self.delay);
+        }
+        let r = self.inner.save_raft_state(updates);
+        self.writing.store(false, Ordering::SeqCst);
+        r
+    }
+    fn entries(
+        &self,
+        s: ShardId,
+        r: longship::ReplicaId,
+        low: longship::Index,
+        high: longship::Index,
+        max_bytes: u64,
+    ) -> longship_storage::Result<Vec<longship_raft::Entry>> {
+        self.inner.entries(s, r, low, high, max_bytes)
+    }
+    fn term(
+        &self,
+        s: ShardId,
+        r: longship::ReplicaId,
+        i: longship::Index,
+    ) -> longship_storage::Result<longship::Term> {
+        self.inner.term(s, r, i)
+    }
+    fn first_index(&self, s: ShardId, r: longship::ReplicaId) -> longship::Index {
+        self.inner.first_index(s, r)
+    }
+    fn last_index(&self, s: ShardId, r: longship::ReplicaId) -> longship::Index {
+        self.inner.last_index(s, r)
+    }
+    fn snapshot(&self, s: ShardId, r: longship::ReplicaId) -> longship_raft::SnapshotMeta {
+        self.inner.snapshot(s, r)
+    }
+    fn read_state(
+        &self,
+        s: ShardId,
+        r: longship::ReplicaId,
+    ) -> Option<longship_storage::ReplicaState> {
+        self.inner.read_state(s, r)
+    }
+    fn list_replicas(&self) -> Vec<(ShardId, longship::ReplicaId)> {
+        self.inner.list_replicas()
+    }
+    fn remove_entries_to(
+        &self,
+        s: ShardId,
+        r: longship::ReplicaId,
+        i: longship::Index,
+    ) -> longship_storage::Result<()> {
+        self.inner.remove_entries_to(s, r, i)
+    }
+    fn save_snapshot(
+        &self,
+        s: ShardId,
+        r: longship::ReplicaId,
+        m: &longship_raft::SnapshotMeta,
+    ) -> longship_storage::Result<()> {
+        self.inner.save_snapshot(s, r, m)
+    }
+    fn remove_node_data(&self, s: ShardId, r: longship::ReplicaId) -> longship_storage::Result<()> {
+        self.inner.remove_node_data(s, r)
+    }
+    fn import_snapshot(
+        &self,
+        s: ShardId,
+        r: longship::ReplicaId,
+        m: &longship_raft::SnapshotMeta,
+    ) -> longship_storage::Result<()> {
+        self.inner.import_snapshot(s, r, m)
+    }
+    fn close(&self) -> longship_storage::Result<()> {
+        self.inner.close()
+    }
+}
+
+// stop_shard did not wait for the step worker's cycle in flight: the
+// stopped replica's entries and hard state were written after stop_shard
+// returned, so a replica restarted at once loaded a state that the old
+// cycle then changed under it (a vote or term written behind its back).
+#[test]
+fn stop_shard_waits_for_the_log_write_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = longship_transport::MemNetwork::new();
+    let db = Arc::new(SlowLogDb {
+        inner: longship_storage::MemLogDb::new(),
+        armed: AtomicBool::new(false),
+        writing: AtomicBool::new(false),
+        delay: Duration::from_millis(300),
+    });
+    let cfg = longship::NodeHostConfig {
+        node_host_dir: dir.path().to_path_buf(),
+        rtt_ms: RTT_MS,
+        raft_address: addr(1),
+        ..longship::NodeHostConfig::default()
+    };
+    let nh = NodeHost::builder(cfg)
+        .transport(Arc::new(net.transport(&addr(1))))
+        .log_db(db.clone())
+        .build()
+        .unwrap();
+    nh.start_replica(
+        TestCluster::members(&[1]),
+        false,
+        |_, _| Box::new(Kv::default()),
+        config(1, 1),
+    )
+    .unwrap();
+    let mut s = nh.get_noop_session(ShardId(1));
+    retry(|| nh.sync_propose(&mut s, b"set a 1".to_vec(), TIMEOUT));
+    db.armed.store(true, Ordering::SeqCst);
+    let _h = nh.propose(&s, b"set b 2".to_vec(), TIMEOUT).unwrap();
+    wait_until("write started", TIMEOUT, || {
+        db.writing.load(Ordering::SeqCst)
+    });
+    nh.stop_shard(ShardId(1)).unwrap();
+    assert!(
+        !db.writing.load(Ordering::SeqCst),
+        "stop_shard returned while the replica's write was in flight"
+    );
+    nh.close();
 }
