@@ -231,7 +231,11 @@ impl Host {
         let key = Host::receiver_key(&chunk);
         let mut receivers = self.receivers.lock();
         if chunk.chunk_id == 0 {
-            receivers.remove(&key);
+            // A replica receives one snapshot at a time: a new stream to it
+            // replaces any older one, whose sender may be gone for good
+            // (kept, such streams filled every slot and no replica on this
+            // host could receive a snapshot again).
+            receivers.retain(|k, _| (k.0, k.1) != (chunk.shard_id, chunk.to));
             if receivers.len() >= MAX_SNAPSHOT_RECEIVERS {
                 return Err("too many snapshot streams".into());
             }

@@ -418,3 +418,73 @@ fn stop_shard_waits_for_the_log_write_in_flight() {
     );
     nh.close();
 }
+
+/// The description of a snapshot at `index` of shard `shard` with `data`,
+/// as a leader's store writes it (for forging streams).
+fn snapshot_info(shard: u64, index: u64, data: &[u8]) -> longship_storage::snapshot::SnapshotInfo {
+    let dir = tempfile::tempdir().unwrap();
+    let fs: Arc<dyn longship_storage::vfs::FileSystem> =
+        Arc::new(longship_storage::vfs::OsFs::new());
+    let store = longship_storage::snapshot::SnapshotStore::open(
+        fs,
+        dir.path(),
+        ShardId(shard),
+        longship::ReplicaId(9),
+    )
+    .unwrap();
+    let meta = longship_raft::SnapshotMeta {
+        index: longship::Index(index),
+        term: longship::Term(1),
+        membership: longship_raft::Membership::with_voters([(1, addr(1))]),
+        ..Default::default()
+    };
+    let mut sink = store.create(meta, 1).unwrap();
+    sink.write_all(data).unwrap();
+    sink.commit().unwrap()
+}
+
+/// A chunk of a stream to replica 1 of `shard` from replica 9.
+fn chunk(
+    shard: u64,
+    info: &longship_storage::snapshot::SnapshotInfo,
+) -> longship_transport::SnapshotChunk {
+    longship_transport::SnapshotChunk {
+        deployment_id: longship::NodeHostConfig::default().deployment_id,
+        shard_id: ShardId(shard),
+        to: longship::ReplicaId(1),
+        from: longship::ReplicaId(9),
+        index: info.meta.index,
+        term: info.meta.term,
+        file_name: longship_storage::snapshot::DATA_FILE_NAME.to_string(),
+        ..Default::default()
+    }
+}
+
+// Snapshot streams that never finished (the leader crashed, was partitioned,
+// or stopped streaming) kept their receiver forever; after 64 of them the
+// host refused every new stream, so no lagging replica on it could ever
+// catch up again.
+#[test]
+fn abandoned_snapshot_streams_do_not_block_new_ones() {
+    let c = TestCluster::new(1);
+    c.start_shard(1, &[1]);
+    c.propose(1, 1, "set a 1");
+    let peer = c.net.transport("peer:1");
+    use longship_transport::Transport as _;
+    let info = snapshot_info(1, 1000, b"0123456789");
+    for i in 0..65 {
+        // A new stream (of a newer snapshot) whose sender goes away after its first chunk.
+        let mut info = info.clone();
+        info.meta.index = longship::Index(1000 + i);
+        let first = longship_transport::SnapshotChunk {
+            chunk_id: 0,
+            index: info.meta.index,
+            info: info.encode().unwrap(),
+            ..chunk(1, &info)
+        };
+        assert!(
+            peer.send_snapshot_chunk(&addr(1), first).is_ok(),
+            "stream {i} refused"
+        );
+    }
+}
