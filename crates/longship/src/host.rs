@@ -277,8 +277,11 @@ impl Host {
         };
         let mut d = Decoder::new(&chunk.message, Limits::default());
         let m = decode_message(&mut d).map_err(|e| e.to_string())?;
+        // It must install this stream's snapshot on this stream's replica.
         if m.msg_type != MessageType::InstallSnapshot
-            || m.snapshot.as_ref().map(|s| s.index) != Some(index)
+            || (m.shard_id, m.to, m.from) != (chunk.shard_id, chunk.to, chunk.from)
+            || m.snapshot.as_ref().map(|s| (s.index, s.term, s.witness))
+                != Some((index, chunk.term, false))
         {
             return Err("snapshot stream ends without its InstallSnapshot message".into());
         }
@@ -309,6 +312,19 @@ impl MessageHandler for Handler {
         Metrics::add(&host.metrics.messages_received, batch.messages.len() as u64);
         for m in batch.messages {
             if m.msg_type.is_local() {
+                Metrics::add(&host.metrics.messages_dropped, 1);
+                continue;
+            }
+            // A snapshot with data arrives by a snapshot stream, which
+            // delivers its InstallSnapshot itself; in a batch, only a
+            // witness's (metadata only) can be valid. Another would make
+            // the replica install a snapshot it does not have.
+            if m.msg_type == MessageType::InstallSnapshot
+                && !(m.snapshot.as_ref().is_some_and(|s| s.witness)
+                    && host
+                        .replica(m.shard_id)
+                        .is_some_and(|r| r.config.is_witness))
+            {
                 Metrics::add(&host.metrics.messages_dropped, 1);
                 continue;
             }

@@ -488,3 +488,117 @@ fn abandoned_snapshot_streams_do_not_block_new_ones() {
         );
     }
 }
+
+// The InstallSnapshot message closing a snapshot stream was delivered
+// wherever it pointed, not to the replica the stream was for: a peer could
+// make another shard's replica install a snapshot it never received (the
+// replica then failed for good, its snapshot missing) or hand a leader an
+// InstallSnapshot of its own term (a panic of its step worker).
+#[test]
+fn a_snapshot_stream_installs_only_on_the_replica_it_was_for() {
+    let c = TestCluster::new(1);
+    c.start_shard(1, &[1]);
+    c.start_shard(2, &[1]);
+    c.propose(1, 1, "set a 1");
+    c.propose(1, 2, "set a 1");
+    let term = c.nh(1).get_leader_id(ShardId(2)).unwrap().term;
+    let data = b"LSRS";
+    let info = snapshot_info(1, 1000, data);
+    let peer = c.net.transport("peer:1");
+    use longship_transport::Transport as _;
+    let first = longship_transport::SnapshotChunk {
+        chunk_id: 0,
+        info: info.encode().unwrap(),
+        data: data.to_vec(),
+        ..chunk(1, &info)
+    };
+    let _ = peer.send_snapshot_chunk(&addr(1), first);
+    // The closing message names shard 2.
+    let m = longship_raft::Message {
+        term,
+        snapshot: Some(longship_raft::SnapshotMeta {
+            term,
+            ..info.meta.clone()
+        }),
+        ..longship_raft::Message::new(
+            longship_raft::MessageType::InstallSnapshot,
+            ShardId(2),
+            longship::ReplicaId(9),
+            longship::ReplicaId(1),
+        )
+    };
+    let mut message = Vec::new();
+    longship_raft::codec::encode_message(&m, &mut message);
+    let last = longship_transport::SnapshotChunk {
+        chunk_id: 1,
+        offset: data.len() as u64,
+        last: true,
+        message,
+        ..chunk(1, &info)
+    };
+    let _ = peer.send_snapshot_chunk(&addr(1), last);
+    // (A dead step worker would also stop timing requests out.)
+    let s = c.nh(1).get_noop_session(ShardId(2));
+    let p = outcome_within(
+        c.nh(1).propose(&s, b"set b 2".to_vec(), TIMEOUT),
+        TIMEOUT * 2,
+    );
+    assert!(matches!(p, Some(Ok(_))), "shard 2 stopped working: {p:?}");
+    assert!(!is_failed(c.nh(1), 2));
+}
+
+// An InstallSnapshot in a plain message batch names a snapshot the replica
+// never received (real ones come through a snapshot stream; only witness
+// snapshots, which carry no data, travel in batches). Accepted, it made the
+// follower install a snapshot it did not have: the follower failed and,
+// the snapshot being recorded in its log storage, could not even restart.
+#[test]
+fn an_install_snapshot_in_a_message_batch_is_ignored() {
+    let c = TestCluster::new(3);
+    c.start_shard(1, &[1, 2, 3]);
+    c.propose(1, 1, "set a 1");
+    let l = c.wait_leader(1);
+    let f = if l == 1 { 2 } else { 1 };
+    wait_until("follower knows the leader", TIMEOUT, || {
+        c.leader_seen_by(f, 1) == l
+    });
+    let term = c.nh(f).get_leader_id(ShardId(1)).unwrap().term;
+    let membership =
+        longship_raft::Membership::with_voters([(1, addr(1)), (2, addr(2)), (3, addr(3))]);
+    let m = longship_raft::Message {
+        term,
+        snapshot: Some(longship_raft::SnapshotMeta {
+            index: longship::Index(1000),
+            term,
+            membership,
+            ..Default::default()
+        }),
+        ..longship_raft::Message::new(
+            longship_raft::MessageType::InstallSnapshot,
+            ShardId(1),
+            longship::ReplicaId(l),
+            longship::ReplicaId(f),
+        )
+    };
+    let batch = longship_raft::MessageBatch {
+        deployment_id: longship::NodeHostConfig::default().deployment_id,
+        source_address: addr(l),
+        bin_ver: longship_raft::MESSAGE_BATCH_VERSION,
+        messages: vec![m],
+    };
+    use longship_transport::Transport as _;
+    c.net.transport("peer:1").send(&addr(f), batch).unwrap();
+    let s = c.nh(l).get_noop_session(ShardId(1));
+    let p = outcome_within(
+        c.nh(l).propose(&s, b"set z 1".to_vec(), TIMEOUT),
+        TIMEOUT * 2,
+    );
+    assert!(
+        matches!(p, Some(Ok(_))),
+        "the leader stopped working: {p:?}"
+    );
+    wait_until("follower applied", TIMEOUT, || {
+        c.nh(f).stale_read(ShardId(1), b"get z").ok().as_deref() == Some(&b"1"[..])
+    });
+    assert!(!is_failed(c.nh(f), 1));
+}
