@@ -1158,6 +1158,9 @@ impl NodeHost {
         }
         r.snapshotting.store(true, Ordering::Release);
         if !self.host.push_snapshot_job(SnapshotJob::Save(shard)) {
+            // No job will clear the mark: left set, it would stop the
+            // automatic snapshots of this replica for good.
+            r.snapshotting.store(false, Ordering::Release);
             return Err(Error::SystemBusy);
         }
         Ok(handle)

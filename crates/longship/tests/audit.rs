@@ -602,3 +602,87 @@ fn an_install_snapshot_in_a_message_batch_is_ignored() {
     });
     assert!(!is_failed(c.nh(f), 1));
 }
+
+/// A NodeHost driven by hand (no threads) on `dir`.
+fn manual_host(dir: &std::path::Path, net: &longship_transport::MemNetwork) -> NodeHost {
+    let cfg = longship::NodeHostConfig {
+        node_host_dir: dir.to_path_buf(),
+        rtt_ms: RTT_MS,
+        raft_address: addr(1),
+        seed: Some(1),
+        ..longship::NodeHostConfig::default()
+    };
+    NodeHost::builder(cfg)
+        .transport(Arc::new(net.transport(&addr(1))))
+        .manual()
+        .build()
+        .unwrap()
+}
+
+/// Runs a manual NodeHost until `f` holds, ticking while nothing is left to do.
+fn drive_until(nh: &NodeHost, what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..2000 {
+        if f() {
+            return;
+        }
+        if !nh.run_once() {
+            nh.tick();
+        }
+    }
+    panic!("never happened: {what}");
+}
+
+// A requested snapshot refused with SystemBusy (the snapshot job queue was
+// full) left the replica marked as being snapshotted, with no job to clear
+// the mark: automatic snapshots of that replica never ran again and its
+// log grew without bound.
+#[test]
+fn a_snapshot_request_refused_as_busy_does_not_stop_automatic_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = longship_transport::MemNetwork::new();
+    let nh = manual_host(dir.path(), &net);
+    for shard in [1, 2] {
+        nh.start_replica(
+            TestCluster::members(&[1]),
+            false,
+            |_, _| Box::new(Kv::default()),
+            Config {
+                snapshot_entries: 10,
+                ..config(shard, 1)
+            },
+        )
+        .unwrap();
+    }
+    drive_until(&nh, "leaders", || {
+        [1, 2]
+            .iter()
+            .all(|&s| nh.get_leader_id(ShardId(s)).unwrap().leader_id.0 == 1)
+    });
+    // Shard 1's requests fill the snapshot job queue; shard 2's is refused.
+    let mut held = Vec::new();
+    let busy = loop {
+        match nh.request_snapshot(ShardId(1), SnapshotOption::default(), TIMEOUT) {
+            Ok(h) => held.push(h),
+            Err(e) => break e,
+        }
+        assert!(held.len() <= 100_000, "the snapshot job queue has no bound");
+    };
+    assert!(matches!(busy, Error::SystemBusy), "{busy}");
+    assert!(matches!(
+        nh.request_snapshot(ShardId(2), SnapshotOption::default(), TIMEOUT),
+        Err(Error::SystemBusy)
+    ));
+    while nh.run_once() {}
+    // Enough entries on shard 2 for an automatic snapshot.
+    let s = nh.get_noop_session(ShardId(2));
+    for i in 0..15 {
+        let h = nh.propose(&s, format!("set k{i} v"), TIMEOUT).unwrap();
+        drive_until(&nh, "proposal applied", || h.try_result().is_some());
+    }
+    drive_until(&nh, "automatic snapshot of shard 2", || {
+        nh.get_node_host_info()
+            .shards
+            .iter()
+            .any(|i| i.shard_id == ShardId(2) && i.snapshot_index.0 > 0)
+    });
+}
