@@ -783,11 +783,16 @@ impl NodeHost {
 
     fn deadline(&self, timeout: Duration) -> Result<u64> {
         let rtt = self.host.cfg.rtt_ms;
-        let ms = timeout.as_millis() as u64;
+        // Saturating: Duration::MAX may stand for "no timeout".
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         if ms < rtt {
             return Err(Error::TimeoutTooSmall { rtt_ms: rtt });
         }
-        Ok(self.host.now() + ms.div_ceil(rtt) + 1)
+        Ok(self
+            .host
+            .now()
+            .saturating_add(ms.div_ceil(rtt))
+            .saturating_add(1))
     }
 
     /// Proposes `cmd` to the shard of `session`. The returned handle
@@ -1286,7 +1291,8 @@ pub struct NodeUser {
 impl NodeUser {
     fn deadline(&self, timeout: Duration) -> Result<u64> {
         let rtt = self.host.cfg.rtt_ms;
-        let ms = timeout.as_millis() as u64;
+        // Saturating: Duration::MAX may stand for "no timeout".
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         if ms < rtt {
             return Err(Error::TimeoutTooSmall { rtt_ms: rtt });
         }
@@ -1296,7 +1302,11 @@ impl NodeUser {
         if self.replica.is_closed() {
             return Err(Error::ShardClosed);
         }
-        Ok(self.host.now() + ms.div_ceil(rtt) + 1)
+        Ok(self
+            .host
+            .now()
+            .saturating_add(ms.div_ceil(rtt))
+            .saturating_add(1))
     }
 
     /// The shard.

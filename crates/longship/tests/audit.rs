@@ -686,3 +686,34 @@ fn a_snapshot_request_refused_as_busy_does_not_stop_automatic_snapshots() {
             .any(|i| i.shard_id == ShardId(2) && i.snapshot_index.0 > 0)
     });
 }
+
+// A timeout too long for a tick count (Duration::MAX as "no timeout") made
+// the deadline computation overflow: a panic in debug builds, a deadline in
+// the past (an immediate Timeout) in release builds.
+#[test]
+fn a_huge_timeout_does_not_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = longship_transport::MemNetwork::new();
+    let cfg = longship::NodeHostConfig {
+        node_host_dir: dir.path().to_path_buf(),
+        rtt_ms: 1,
+        raft_address: addr(1),
+        ..longship::NodeHostConfig::default()
+    };
+    let nh = NodeHost::builder(cfg)
+        .transport(Arc::new(net.transport(&addr(1))))
+        .build()
+        .unwrap();
+    nh.start_replica(
+        TestCluster::members(&[1]),
+        false,
+        |_, _| Box::new(Kv::default()),
+        config(1, 1),
+    )
+    .unwrap();
+    let mut s = nh.get_noop_session(ShardId(1));
+    let r = retry(|| nh.sync_propose(&mut s, b"set a 1".to_vec(), Duration::MAX));
+    assert_eq!(r.value, 1);
+    assert!(nh.sync_read(ShardId(1), b"get a", Duration::MAX).is_ok());
+    nh.close();
+}
