@@ -701,6 +701,9 @@ impl SnapshotWorker {
                         .into_iter()
                         .partition::<Vec<_>, _>(|(_, _, _, min)| *min <= covered);
                     pending.snapshots = waiting;
+                    // An export copies the whole snapshot: not under the
+                    // lock the step worker takes on every tick.
+                    drop(pending);
                     for (c, _, opt, _) in answered {
                         let out = match &res {
                             Ok(index) => match &opt.export_path {

@@ -717,3 +717,111 @@ fn a_huge_timeout_does_not_overflow() {
     assert!(nh.sync_read(ShardId(1), b"get a", Duration::MAX).is_ok());
     nh.close();
 }
+
+/// The OS file system, except that creating a directory under `slow`
+/// waits until `release` is set (a slow export disk).
+struct SlowExportFs {
+    inner: longship_storage::vfs::OsFs,
+    slow: std::path::PathBuf,
+    blocked: AtomicBool,
+    release: AtomicBool,
+}
+
+impl longship_storage::vfs::FileSystem for SlowExportFs {
+    fn create(&self, p: &std::path::Path) -> std::io::Result<Box<dyn longship_storage::vfs::File>> {
+        self.inner.create(p)
+    }
+    fn open(&self, p: &std::path::Path) -> std::io::Result<Box<dyn longship_storage::vfs::File>> {
+        self.inner.open(p)
+    }
+    fn open_read(
+        &self,
+        p: &std::path::Path,
+    ) -> std::io::Result<Box<dyn longship_storage::vfs::File>> {
+        self.inner.open_read(p)
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn remove_file(&self, p: &std::path::Path) -> std::io::Result<()> {
+        self.inner.remove_file(p)
+    }
+    fn remove_dir_all(&self, p: &std::path::Path) -> std::io::Result<()> {
+        self.inner.remove_dir_all(p)
+    }
+    fn create_dir_all(&self, p: &std::path::Path) -> std::io::Result<()> {
+        if p.starts_with(&self.slow) {
+            self.blocked.store(true, Ordering::SeqCst);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !self.release.load(Ordering::SeqCst) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        self.inner.create_dir_all(p)
+    }
+    fn list(&self, dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+        self.inner.list(dir)
+    }
+    fn exists(&self, p: &std::path::Path) -> bool {
+        self.inner.exists(p)
+    }
+    fn is_dir(&self, p: &std::path::Path) -> bool {
+        self.inner.is_dir(p)
+    }
+    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.inner.sync_dir(dir)
+    }
+}
+
+// The snapshot worker exported a requested snapshot while holding the
+// replica's table of pending requests, which the step worker needs on every
+// tick: a slow export stalled the step worker, and with it every shard it
+// drives.
+#[test]
+fn a_slow_snapshot_export_does_not_stall_other_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = longship_transport::MemNetwork::new();
+    let fs = Arc::new(SlowExportFs {
+        inner: longship_storage::vfs::OsFs::new(),
+        slow: dir.path().join("export"),
+        blocked: AtomicBool::new(false),
+        release: AtomicBool::new(false),
+    });
+    let cfg = longship::NodeHostConfig {
+        node_host_dir: dir.path().join("nh"),
+        rtt_ms: RTT_MS,
+        raft_address: addr(1),
+        step_workers: 1,
+        ..longship::NodeHostConfig::default()
+    };
+    let nh = NodeHost::builder(cfg)
+        .transport(Arc::new(net.transport(&addr(1))))
+        .file_system(fs.clone())
+        .build()
+        .unwrap();
+    for shard in [1, 2] {
+        nh.start_replica(
+            TestCluster::members(&[1]),
+            false,
+            |_, _| Box::new(Kv::default()),
+            config(shard, 1),
+        )
+        .unwrap();
+        let mut s = nh.get_noop_session(ShardId(shard));
+        retry(|| nh.sync_propose(&mut s, b"set a 1".to_vec(), TIMEOUT));
+    }
+    let opt = SnapshotOption {
+        export_path: Some(dir.path().join("export")),
+        ..SnapshotOption::default()
+    };
+    let snap = nh.request_snapshot(ShardId(1), opt, TIMEOUT).unwrap();
+    wait_until("export started", TIMEOUT, || {
+        fs.blocked.load(Ordering::SeqCst)
+    });
+    let s = nh.get_noop_session(ShardId(2));
+    let p = outcome_within(nh.propose(&s, b"set b 2".to_vec(), TIMEOUT), TIMEOUT);
+    fs.release.store(true, Ordering::SeqCst);
+    assert!(matches!(p, Some(Ok(_))), "shard 2 stalled: {p:?}");
+    assert!(snap.wait().is_ok());
+    nh.close();
+}
