@@ -796,6 +796,9 @@ pub(crate) fn save_snapshot(host: &Host, r: &Replica) -> Result<Index, Error> {
     } else {
         let prepared = r.rsm.prepare().map_err(|e| Error::StateMachine(e.0))?;
         drop(guard);
+        // An apply round that found the lock taken skipped the replica:
+        // it may go on now, not only once the save is over.
+        host.mark_apply(r.shard_id);
         r.rsm
             .save_prepared(prepared, &mut sink, &r.stop)
             .map_err(|e| Error::StateMachine(e.0))?;

@@ -825,3 +825,108 @@ fn a_slow_snapshot_export_does_not_stall_other_shards() {
     assert!(snap.wait().is_ok());
     nh.close();
 }
+
+/// What a [`GatedSave`] state machine is doing; the test opens the gates.
+#[derive(Default)]
+struct Gates {
+    preparing: AtomicBool,
+    prepare_open: AtomicBool,
+    saving: AtomicBool,
+    save_open: AtomicBool,
+}
+
+fn wait_gate(gate: &AtomicBool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !gate.load(Ordering::SeqCst) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A concurrent Kv whose snapshot preparation and save wait for the test.
+struct GatedSave {
+    kv: Mutex<Kv>,
+    gates: Arc<Gates>,
+}
+
+impl ConcurrentStateMachine for GatedSave {
+    fn update(&self, entries: &mut [SmEntry]) -> Result<(), SmError> {
+        let mut kv = self.kv.lock().unwrap();
+        for e in entries {
+            e.result.value = kv.apply_cmd(&e.cmd);
+        }
+        Ok(())
+    }
+    fn lookup(&self, query: &[u8]) -> Result<Vec<u8>, SmError> {
+        Ok(self.kv.lock().unwrap().query(query))
+    }
+    fn prepare_snapshot(&self) -> Result<Box<dyn Any + Send>, SmError> {
+        self.gates.preparing.store(true, Ordering::SeqCst);
+        wait_gate(&self.gates.prepare_open);
+        Ok(Box::new(self.kv.lock().unwrap().encode()))
+    }
+    fn save_snapshot(
+        &self,
+        ctx: Box<dyn Any + Send>,
+        w: &mut dyn Write,
+        _: &StopFlag,
+    ) -> Result<(), SmError> {
+        self.gates.saving.store(true, Ordering::SeqCst);
+        wait_gate(&self.gates.save_open);
+        Ok(w.write_all(&ctx.downcast::<Vec<u8>>().unwrap())?)
+    }
+    fn recover_from_snapshot(&self, r: &mut dyn Read, _: &StopFlag) -> Result<(), SmError> {
+        let mut b = Vec::new();
+        r.read_to_end(&mut b)?;
+        *self.kv.lock().unwrap() = Kv::decode(&b);
+        Ok(())
+    }
+}
+
+// Entries committed while a concurrent state machine prepared a snapshot
+// found the apply lock taken; the apply worker skipped the replica and
+// nothing marked it again until the whole save (off the apply path, which
+// should not hold applies back) was over.
+#[test]
+fn applies_resume_once_a_snapshot_is_prepared() {
+    let c = TestCluster::new(1);
+    let gates = Arc::new(Gates::default());
+    let g = gates.clone();
+    c.nh(1)
+        .start_concurrent_replica(
+            TestCluster::members(&[1]),
+            false,
+            move |_, _| {
+                Box::new(GatedSave {
+                    kv: Mutex::new(Kv::default()),
+                    gates: g,
+                })
+            },
+            config(1, 1),
+        )
+        .unwrap();
+    c.propose(1, 1, "set a 1");
+    let snap = c
+        .nh(1)
+        .request_snapshot(ShardId(1), SnapshotOption::default(), TIMEOUT)
+        .unwrap();
+    wait_until("preparing", TIMEOUT, || {
+        gates.preparing.load(Ordering::SeqCst)
+    });
+    let s = c.nh(1).get_noop_session(ShardId(1));
+    let before = last_index(c.nh(1), 1);
+    let h = c.nh(1).propose(&s, b"set b 2".to_vec(), TIMEOUT).unwrap();
+    wait_until("entry persisted", TIMEOUT, || {
+        last_index(c.nh(1), 1) > before
+    });
+    // Let the apply worker find the replica busy.
+    std::thread::sleep(Duration::from_millis(100));
+    gates.prepare_open.store(true, Ordering::SeqCst);
+    wait_until("saving", TIMEOUT, || gates.saving.load(Ordering::SeqCst));
+    let p = outcome_within(Ok(h), TIMEOUT);
+    gates.save_open.store(true, Ordering::SeqCst);
+    assert!(
+        matches!(p, Some(Ok(_))),
+        "applied only after the save: {p:?}"
+    );
+    assert!(snap.wait().is_ok());
+}
