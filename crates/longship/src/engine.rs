@@ -399,8 +399,12 @@ impl StepWorker {
         if u.ready_reads.is_empty() && u.dropped_reads.is_empty() {
             return;
         }
-        let applied = r.applied();
+        // Applied index read under the lock: the apply worker stores it
+        // before it takes the lock to complete reads, so either it sees
+        // the index set here or this sees its applied index. Read before
+        // the lock, a read could miss both and wait for the next apply.
         let mut pending = r.pending.lock();
+        let applied = r.applied();
         for rs in std::mem::take(&mut u.ready_reads) {
             if let Some(pr) = pending.reads.get_mut(&rs.context) {
                 pr.index = Some(rs.index);
