@@ -328,7 +328,13 @@ impl MessageHandler for Handler {
                 Metrics::add(&host.metrics.messages_dropped, 1);
                 continue;
             }
-            if !batch.source_address.is_empty() {
+            // Only for a replica hosted here: traffic for other shards
+            // would grow the map without bound.
+            if !batch.source_address.is_empty()
+                && host
+                    .replica(m.shard_id)
+                    .is_some_and(|r| r.replica_id == m.to)
+            {
                 let key = (m.shard_id, m.from);
                 let known = host
                     .learned
@@ -362,5 +368,47 @@ impl MessageHandler for Handler {
                 self.0.deliver_local(m);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use longship_storage::logdb::MemLogDb;
+    use longship_storage::vfs::MemFs;
+    use longship_transport::MemNetwork;
+
+    #[test]
+    fn addresses_are_learnt_only_for_replicas_hosted_here() {
+        let net = MemNetwork::new();
+        let cfg = NodeHostConfig {
+            node_host_dir: "/nh".into(),
+            raft_address: "a:1".into(),
+            ..NodeHostConfig::default()
+        };
+        let deployment_id = cfg.deployment_id;
+        let host = Arc::new(Host::new(
+            cfg,
+            Arc::new(MemFs::new()),
+            Arc::new(MemLogDb::new()),
+            Arc::new(net.transport("a:1")),
+            None,
+            1,
+        ));
+        let handler = Handler(host.clone());
+        for shard in 1..=1000 {
+            handler.handle_batch(MessageBatch {
+                deployment_id,
+                source_address: "b:1".into(),
+                bin_ver: longship_raft::MESSAGE_BATCH_VERSION,
+                messages: vec![Message::new(
+                    MessageType::Heartbeat,
+                    ShardId(shard),
+                    ReplicaId(2),
+                    ReplicaId(1),
+                )],
+            });
+        }
+        assert!(host.learned.read().is_empty());
     }
 }
