@@ -80,3 +80,25 @@ fn same_seed_replays_the_same_run() {
     let c = run_seed(4243, 600).expect("seed 4243");
     assert_ne!(a.trace_hash, c.trace_hash, "another seed, another run");
 }
+
+/// The binary replays a seed across processes too (nothing depends on
+/// per-process randomness such as hash map seeds).
+#[test]
+fn binary_prints_the_same_trace_hash_twice() {
+    let run = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_longship-sim"))
+            .args(["--seed", "77", "--ops", "400"])
+            .output()
+            .expect("run longship-sim");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let text = String::from_utf8(out.stdout).expect("utf-8");
+        text.lines()
+            .find_map(|l| l.split_once("trace hash ").map(|(_, h)| h.to_string()))
+            .unwrap_or_else(|| panic!("no trace hash in {text}"))
+    };
+    assert_eq!(run(), run());
+}
