@@ -165,7 +165,7 @@ impl Host {
         for r in replicas {
             // A quiesced replica does nothing on a tick but expire requests
             // (any traffic wakes it): it gets every QUIESCED_TICK_EVERY-th.
-            if r.quiesced.load(Ordering::Relaxed) && now % QUIESCED_TICK_EVERY != 0 {
+            if r.quiesced.load(Ordering::Relaxed) && !now.is_multiple_of(QUIESCED_TICK_EVERY) {
                 continue;
             }
             r.inbox.lock().ticks += 1;
