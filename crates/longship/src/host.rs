@@ -248,10 +248,19 @@ impl Host {
                 Ok(rx) => Some(rx),
                 // A valid copy is already in the store: received before but
                 // never installed (a crash before log storage recorded it, a
-                // dropped InstallSnapshot). The state at a committed index is
-                // unique, so it is reused; refusing it stalled the replica
-                // for as long as the leader's snapshot stayed at this index.
-                Err(SnapshotError::AlreadyExists(_)) => None,
+                // dropped InstallSnapshot, a failed directory sync). The
+                // state at a committed index is unique, so it is reused;
+                // refusing it stalled the replica for as long as the
+                // leader's snapshot stayed at this index. Its rename into
+                // place may not be durable yet (the directory sync that
+                // failed): make it so before log storage can record it.
+                Err(SnapshotError::AlreadyExists(_)) => {
+                    r.snapshots
+                        .file_system()
+                        .sync_dir(r.snapshots.dir())
+                        .map_err(|e| e.to_string())?;
+                    None
+                }
                 Err(e) => return Err(e.to_string()),
             };
             receivers.insert(key, rx);

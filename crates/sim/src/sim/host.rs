@@ -134,7 +134,10 @@ impl Sim {
                     // Nothing more reaches the disk while it is dropped.
                     slot.fs.crash_after_op(Some(slot.fs.op_count()));
                     drop(nh);
-                    return Err(e);
+                    return Err(longship::Error::Rejected(format!(
+                        "replica {} of {}: {e}",
+                        hosted.cfg.replica_id, hosted.cfg.shard_id
+                    )));
                 }
             }
             Ok(nh)
