@@ -80,7 +80,7 @@ impl SimConfig {
             fault_rounds_max: ops * 4 + 4_000,
             heal_ticks_max: 2_000,
             faults: true,
-            lin_steps_max: 20_000_000,
+            lin_steps_max: 4_000_000,
         }
     }
 }
