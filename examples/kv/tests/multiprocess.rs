@@ -184,7 +184,7 @@ fn client_loop(
     while !stop.load(Ordering::Acquire) {
         n += 1;
         let key = format!("k{}", (id + n) % 5);
-        let write = n % 3 != 0;
+        let write = !n.is_multiple_of(3);
         let value = format!("[{id}.{n}]");
         if conn.is_none() {
             conn = Client::connect(&addrs[which]).ok();
@@ -234,10 +234,10 @@ fn client_loop(
 fn wait_ready(addr: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(mut c) = Client::connect(addr) {
-            if let Ok(Resp::Int(_)) = c.call(&["DBSIZE"]) {
-                return;
-            }
+        if let Ok(mut c) = Client::connect(addr)
+            && let Ok(Resp::Int(_)) = c.call(&["DBSIZE"])
+        {
+            return;
         }
         assert!(
             Instant::now() < deadline,
