@@ -551,8 +551,24 @@ impl ApplyWorker {
     }
 
     /// Applies entries and completes their requests; returns whether the
-    /// membership changed.
+    /// membership changed. Entries that were in the log when the replica
+    /// started complete nothing: their keys belong to an earlier run, and
+    /// this run may be waiting on the same keys for other entries.
     fn apply_entries(&self, r: &Replica, entries: &[Entry]) -> Result<bool, Error> {
+        let earlier = entries.partition_point(|e| e.index <= r.boot_last_index);
+        let (old, new) = entries.split_at(earlier);
+        let mut changed = false;
+        if !old.is_empty() {
+            changed |= self.apply_batch(r, old, false)?;
+        }
+        if !new.is_empty() {
+            changed |= self.apply_batch(r, new, true)?;
+        }
+        Ok(changed)
+    }
+
+    /// Applies entries, completing their requests if `complete`.
+    fn apply_batch(&self, r: &Replica, entries: &[Entry], complete: bool) -> Result<bool, Error> {
         let host = &self.host;
         let mut out = Vec::new();
         let mut membership_changed = Vec::new();
@@ -573,6 +589,9 @@ impl ApplyWorker {
         }
         Metrics::add(&host.metrics.entries_applied, entries.len() as u64);
         let mut pending = r.pending.lock();
+        if !complete {
+            out.clear();
+        }
         for a in out {
             match a {
                 Applied::Result { key, result } => {

@@ -666,6 +666,7 @@ impl NodeHost {
             snapshot_save: Mutex::new(()),
             addresses: Default::default(),
             addresses_version: AtomicU64::new(u64::MAX),
+            boot_last_index: state.last_index,
         });
         // Before recovering: an on-disk state machine that already holds the
         // snapshot's state keeps it (see `Rsm::recover`).

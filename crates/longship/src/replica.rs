@@ -200,6 +200,11 @@ pub(crate) struct Replica {
     pub(crate) addresses: parking_lot::RwLock<std::collections::BTreeMap<ReplicaId, String>>,
     /// `config_change_id` of the membership `addresses` was built from.
     pub(crate) addresses_version: AtomicU64,
+    /// Last log index when this replica started. Entries up to it were
+    /// proposed by an earlier run of the NodeHost, which may have drawn the
+    /// same request keys as this run (a configured seed draws the same ids
+    /// again), so applying them never completes a request of this run.
+    pub(crate) boot_last_index: Index,
 }
 
 impl Replica {
