@@ -207,7 +207,10 @@ impl NodeHostBuilder {
                 WalOptions::default(),
             )?),
         };
-        let seed = cfg.seed.unwrap_or_else(os_seed);
+        // Request keys, read contexts and client ids must not repeat across
+        // restarts, even with a configured seed: mix in the incarnation.
+        let incarnation = next_incarnation(&*fs, &cfg.node_host_dir)?;
+        let seed = mix_seed(cfg.seed.unwrap_or_else(os_seed), incarnation);
         let host = Arc::new(Host::new(
             cfg,
             fs,
@@ -228,6 +231,49 @@ impl NodeHostBuilder {
         }
         Ok(nh)
     }
+}
+
+/// Name of the file counting the starts of a NodeHost directory.
+const INCARNATION_FILE: &str = "INCARNATION";
+
+/// Reads, increments and durably stores the start counter of `dir`
+/// (8 bytes LE + CRC32C; written to a temporary file, fsynced, renamed).
+fn next_incarnation(fs: &dyn FileSystem, dir: &Path) -> Result<u64> {
+    let path = dir.join(INCARNATION_FILE);
+    let mut current = 0u64;
+    if fs.exists(&path) {
+        let f = fs.open_read(&path)?;
+        let mut buf = [0u8; 12];
+        let n = f.read_at(0, &mut buf)?;
+        let crc = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
+        if n != 12 || crc32c::crc32c(&buf[..8]) != crc {
+            return Err(Error::Storage(longship_storage::Error::corruption(
+                &path,
+                0,
+                "bad start counter",
+            )));
+        }
+        current = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+    }
+    let next = current + 1;
+    let mut buf = next.to_le_bytes().to_vec();
+    buf.extend_from_slice(&crc32c::crc32c(&buf).to_le_bytes());
+    let tmp = dir.join(format!("{INCARNATION_FILE}.tmp"));
+    let f = fs.create(&tmp)?;
+    f.write_at(0, &buf)?;
+    f.sync()?;
+    drop(f);
+    fs.rename(&tmp, &path)?;
+    fs.sync_dir(dir)?;
+    Ok(next)
+}
+
+/// A seed for this start from the configured seed and the incarnation (SplitMix64 finalizer).
+fn mix_seed(seed: u64, incarnation: u64) -> u64 {
+    let mut z = seed ^ incarnation.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 fn os_seed() -> u64 {
@@ -1355,4 +1401,23 @@ fn _assert_send_sync() {
     is::<NodeHost>();
     is::<NodeUser>();
     let _ = ApplyTask::Entries(Vec::new());
+}
+
+#[cfg(test)]
+mod incarnation_tests {
+    use super::*;
+    use longship_storage::vfs::MemFs;
+
+    #[test]
+    fn the_start_counter_grows_and_a_damaged_one_is_refused() {
+        let fs = MemFs::new();
+        let dir = Path::new("/nh");
+        fs.create_dir_all(dir).unwrap();
+        assert_eq!(next_incarnation(&fs, dir).unwrap(), 1);
+        assert_eq!(next_incarnation(&fs, dir).unwrap(), 2);
+        assert_ne!(mix_seed(7, 1), mix_seed(7, 2));
+        let f = fs.open(&dir.join(INCARNATION_FILE)).unwrap();
+        f.write_at(0, &[0xff]).unwrap();
+        assert!(matches!(next_incarnation(&fs, dir), Err(Error::Storage(_))));
+    }
 }

@@ -57,3 +57,27 @@ fn restart_keeps_applied_state() {
         assert_eq!(v, b"19");
     }
 }
+
+#[test]
+fn a_restarted_host_with_a_fixed_seed_does_not_reuse_client_ids() {
+    let mut c = TestCluster::new(1);
+    c.start_shard(1, &[1]);
+    c.wait_leader(1);
+    let before = retry(|| c.nh(1).sync_get_session(ShardId(1), TIMEOUT));
+    c.stop_host(1);
+    c.start_host(1);
+    c.nh(1)
+        .start_replica(
+            Default::default(),
+            false,
+            |_, _| Box::new(Kv::default()),
+            config(1, 1),
+        )
+        .unwrap();
+    c.wait_leader(1);
+    let after = retry(|| c.nh(1).sync_get_session(ShardId(1), TIMEOUT));
+    assert_ne!(
+        before.client_id, after.client_id,
+        "the same seed drew the same client id after a restart"
+    );
+}
