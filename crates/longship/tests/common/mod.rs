@@ -26,10 +26,10 @@ impl Kv {
         self.count += 1;
         let s = String::from_utf8_lossy(cmd);
         let mut parts = s.splitn(3, ' ');
-        if parts.next() == Some("set") {
-            if let (Some(k), Some(v)) = (parts.next(), parts.next()) {
-                self.map.insert(k.to_string(), v.to_string());
-            }
+        if parts.next() == Some("set")
+            && let (Some(k), Some(v)) = (parts.next(), parts.next())
+        {
+            self.map.insert(k.to_string(), v.to_string());
         }
         self.count
     }
@@ -171,10 +171,11 @@ impl TestCluster {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             for (&i, nh) in &self.hosts {
-                if let Ok(l) = nh.get_leader_id(ShardId(shard)) {
-                    if l.valid && l.leader_id.0 == i {
-                        return i;
-                    }
+                if let Ok(l) = nh.get_leader_id(ShardId(shard))
+                    && l.valid
+                    && l.leader_id.0 == i
+                {
+                    return i;
                 }
             }
             assert!(Instant::now() < deadline, "no leader for shard {shard}");
