@@ -930,3 +930,55 @@ fn applies_resume_once_a_snapshot_is_prepared() {
     );
     assert!(snap.wait().is_ok());
 }
+
+// An append whose entries do not follow its previous index (a gap or a
+// jump backwards) made the follower's core panic, which killed its step
+// worker: every shard of that worker stopped, and its requests never even
+// timed out.
+#[test]
+fn a_malformed_append_is_ignored() {
+    let c = TestCluster::new(3);
+    c.start_shard(1, &[1, 2, 3]);
+    c.propose(1, 1, "set a 1");
+    let l = c.wait_leader(1);
+    let f = if l == 1 { 2 } else { 1 };
+    wait_until("follower knows the leader", TIMEOUT, || {
+        c.leader_seen_by(f, 1) == l
+    });
+    let term = c.nh(f).get_leader_id(ShardId(1)).unwrap().term;
+    let last = last_index(c.nh(f), 1);
+    let m = longship_raft::Message {
+        term,
+        log_index: longship::Index(last),
+        log_term: term,
+        commit: longship::Index(last),
+        entries: vec![longship_raft::Entry {
+            index: longship::Index(last + 5),
+            term,
+            ..Default::default()
+        }],
+        ..longship_raft::Message::new(
+            longship_raft::MessageType::Replicate,
+            ShardId(1),
+            longship::ReplicaId(l),
+            longship::ReplicaId(f),
+        )
+    };
+    let batch = longship_raft::MessageBatch {
+        deployment_id: longship::NodeHostConfig::default().deployment_id,
+        source_address: addr(l),
+        bin_ver: longship_raft::MESSAGE_BATCH_VERSION,
+        messages: vec![m],
+    };
+    use longship_transport::Transport as _;
+    c.net.transport("peer:1").send(&addr(f), batch).unwrap();
+    let s = c.nh(l).get_noop_session(ShardId(1));
+    let p = outcome_within(
+        c.nh(l).propose(&s, b"set z 1".to_vec(), TIMEOUT),
+        TIMEOUT * 2,
+    );
+    assert!(matches!(p, Some(Ok(_))), "{p:?}");
+    wait_until("follower applied", TIMEOUT, || {
+        c.nh(f).stale_read(ShardId(1), b"get z").ok().as_deref() == Some(&b"1"[..])
+    });
+}
