@@ -88,6 +88,10 @@ impl<T> RequestHandle<T> {
                 s.taken = true;
                 return outcome;
             }
+            // Already taken by `try_result`: nothing more will come.
+            if s.taken {
+                return Err(Error::Cancelled);
+            }
             self.slot.cv.wait(&mut s);
         }
     }
@@ -152,6 +156,18 @@ mod tests {
         assert!(!c.is_abandoned());
         drop(h);
         assert!(c.is_abandoned());
+    }
+
+    #[test]
+    fn wait_after_the_outcome_was_taken_returns() {
+        let (h, c) = request::<u64>();
+        c.complete(Ok(1));
+        assert!(matches!(h.try_result(), Some(Ok(1))));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(h.wait().is_err()).unwrap());
+        let waited = rx.recv_timeout(std::time::Duration::from_secs(5));
+        assert_eq!(waited, Ok(true), "wait blocked forever");
+        drop(c);
     }
 
     #[test]
