@@ -663,11 +663,17 @@ impl ApplyWorker {
         }
         let applied = r.applied().0;
         let last = r.snapshot_index.load(Ordering::Acquire);
+        // Once per applied index: a save that failed (a full disk) is tried
+        // again when something new was applied, not in a busy loop.
         if applied >= last + every
+            && applied > r.snapshot_tried.load(Ordering::Acquire)
             && !r.snapshotting.swap(true, Ordering::AcqRel)
-            && !self.host.push_snapshot_job(SnapshotJob::Save(r.shard_id))
         {
-            r.snapshotting.store(false, Ordering::Release);
+            if self.host.push_snapshot_job(SnapshotJob::Save(r.shard_id)) {
+                r.snapshot_tried.store(applied, Ordering::Release);
+            } else {
+                r.snapshotting.store(false, Ordering::Release);
+            }
         }
     }
 }

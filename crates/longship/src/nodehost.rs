@@ -700,6 +700,7 @@ impl NodeHost {
             applied_index: AtomicU64::new(0),
             snapshot_index: AtomicU64::new(0),
             snapshotting: AtomicBool::new(false),
+            snapshot_tried: AtomicU64::new(0),
             leader_id: AtomicU64::new(0),
             leader_term: AtomicU64::new(0),
             closed: AtomicBool::new(false),

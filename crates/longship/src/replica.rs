@@ -177,6 +177,8 @@ pub(crate) struct Replica {
     pub(crate) snapshot_index: AtomicU64,
     /// A snapshot of this replica is being saved.
     pub(crate) snapshotting: AtomicBool,
+    /// Applied index at which an automatic snapshot was last scheduled.
+    pub(crate) snapshot_tried: AtomicU64,
     /// Leader id and term as last seen by the step worker.
     pub(crate) leader_id: AtomicU64,
     pub(crate) leader_term: AtomicU64,

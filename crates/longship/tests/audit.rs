@@ -982,3 +982,68 @@ fn a_malformed_append_is_ignored() {
         c.nh(f).stale_read(ShardId(1), b"get z").ok().as_deref() == Some(&b"1"[..])
     });
 }
+
+/// A Kv whose snapshots always fail (a full disk), counting the attempts.
+struct FailingSave {
+    kv: Kv,
+    attempts: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl StateMachine for FailingSave {
+    fn update(&mut self, entries: &mut [SmEntry]) -> Result<(), SmError> {
+        self.kv.update(entries)
+    }
+    fn lookup(&self, query: &[u8]) -> Result<Vec<u8>, SmError> {
+        self.kv.lookup(query)
+    }
+    fn save_snapshot(&self, _: &mut dyn Write, _: &StopFlag) -> Result<(), SmError> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        Err(SmError::new("no space left on device"))
+    }
+    fn recover_from_snapshot(&mut self, r: &mut dyn Read, stop: &StopFlag) -> Result<(), SmError> {
+        self.kv.recover_from_snapshot(r, stop)
+    }
+}
+
+// A failed automatic snapshot marked the replica for its apply worker,
+// which scheduled the same snapshot again at once: on a shard with nothing
+// new to apply, the apply and snapshot workers retried the failing save in
+// a busy loop for ever.
+#[test]
+fn a_failing_automatic_snapshot_is_not_retried_in_a_loop() {
+    let c = TestCluster::new(1);
+    let attempts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let a = attempts.clone();
+    c.nh(1)
+        .start_replica(
+            TestCluster::members(&[1]),
+            false,
+            move |_, _| {
+                Box::new(FailingSave {
+                    kv: Kv::default(),
+                    attempts: a,
+                })
+            },
+            Config {
+                snapshot_entries: 5,
+                ..config(1, 1)
+            },
+        )
+        .unwrap();
+    for i in 0..10 {
+        c.propose(1, 1, format!("set k{i} v"));
+    }
+    wait_until("a snapshot attempt", TIMEOUT, || {
+        attempts.load(Ordering::SeqCst) > 0
+    });
+    // Nothing new is applied from here on.
+    std::thread::sleep(Duration::from_millis(100));
+    let before = attempts.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(300));
+    let after = attempts.load(Ordering::SeqCst);
+    assert!(
+        after - before <= 1,
+        "{} more attempts in 300 ms without anything new",
+        after - before
+    );
+}
