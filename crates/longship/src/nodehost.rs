@@ -676,6 +676,7 @@ impl NodeHost {
             max_append_bytes: longship_raft::Config::default()
                 .max_append_bytes
                 .min(host.cfg.max_frame_bytes as u64 / 2),
+            max_apply_bytes: host.cfg.max_apply_batch_bytes,
             seed: host.random_id(),
             ..longship_raft::Config::default()
         };

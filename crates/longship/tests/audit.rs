@@ -1047,3 +1047,76 @@ fn a_failing_automatic_snapshot_is_not_retried_in_a_loop() {
         after - before
     );
 }
+
+/// A Kv recording the size of the largest batch `update` got.
+struct BatchProbe {
+    kv: Kv,
+    largest: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl StateMachine for BatchProbe {
+    fn update(&mut self, entries: &mut [SmEntry]) -> Result<(), SmError> {
+        self.largest
+            .fetch_max(entries.len() as u64, Ordering::SeqCst);
+        self.kv.update(entries)
+    }
+    fn lookup(&self, query: &[u8]) -> Result<Vec<u8>, SmError> {
+        self.kv.lookup(query)
+    }
+    fn save_snapshot(&self, w: &mut dyn Write, stop: &StopFlag) -> Result<(), SmError> {
+        self.kv.save_snapshot(w, stop)
+    }
+    fn recover_from_snapshot(&mut self, r: &mut dyn Read, stop: &StopFlag) -> Result<(), SmError> {
+        self.kv.recover_from_snapshot(r, stop)
+    }
+}
+
+// NodeHostConfig::max_apply_batch_bytes was validated but never used: the
+// core handed out committed entries in batches of its own default size.
+#[test]
+fn apply_batches_respect_max_apply_batch_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = longship_transport::MemNetwork::new();
+    let cfg = longship::NodeHostConfig {
+        node_host_dir: dir.path().to_path_buf(),
+        rtt_ms: RTT_MS,
+        raft_address: addr(1),
+        seed: Some(1),
+        max_apply_batch_bytes: 1,
+        ..longship::NodeHostConfig::default()
+    };
+    let nh = NodeHost::builder(cfg)
+        .transport(Arc::new(net.transport(&addr(1))))
+        .manual()
+        .build()
+        .unwrap();
+    let largest = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let l = largest.clone();
+    nh.start_replica(
+        TestCluster::members(&[1]),
+        false,
+        move |_, _| {
+            Box::new(BatchProbe {
+                kv: Kv::default(),
+                largest: l,
+            })
+        },
+        config(1, 1),
+    )
+    .unwrap();
+    drive_until(&nh, "leader", || {
+        nh.get_leader_id(ShardId(1)).unwrap().leader_id.0 == 1
+    });
+    let s = nh.get_noop_session(ShardId(1));
+    let handles: Vec<_> = (0..20)
+        .map(|i| nh.propose(&s, format!("set k{i} v"), TIMEOUT).unwrap())
+        .collect();
+    let mut done = vec![false; handles.len()];
+    drive_until(&nh, "applied", || {
+        for (h, d) in handles.iter().zip(done.iter_mut()) {
+            *d |= h.try_result().is_some();
+        }
+        done.iter().all(|d| *d)
+    });
+    assert_eq!(largest.load(Ordering::SeqCst), 1, "a batch over the limit");
+}
