@@ -792,6 +792,11 @@ impl NodeHost {
             return;
         }
         self.host.stopped.store(true, Ordering::Release);
+        // Long state machine calls (snapshots) stop early instead of
+        // holding up the join of their worker below.
+        for r in self.host.replicas.read().values() {
+            r.stop.set();
+        }
         for w in &self.host.step_ready {
             w.wake();
         }

@@ -188,6 +188,8 @@ fn node_user_requests_on_a_failed_replica_complete() {
 struct SaveProbe {
     saving: AtomicBool,
     closed_while_saving: AtomicBool,
+    /// The last save ended because its stop flag was set.
+    stopped: AtomicBool,
 }
 
 /// A concurrent Kv whose `save_snapshot` runs until the replica stops.
@@ -221,6 +223,7 @@ impl ConcurrentStateMachine for SlowSave {
         while !stop.is_set() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
+        self.probe.stopped.store(stop.is_set(), Ordering::SeqCst);
         // Finishing up takes a moment after the stop request.
         std::thread::sleep(Duration::from_millis(50));
         let bytes = ctx.downcast::<Vec<u8>>().unwrap();
@@ -1119,4 +1122,40 @@ fn apply_batches_respect_max_apply_batch_bytes() {
         done.iter().all(|d| *d)
     });
     assert_eq!(largest.load(Ordering::SeqCst), 1, "a batch over the limit");
+}
+
+// close() set the replicas' stop flags only after it had joined the worker
+// threads, so it waited for a snapshot being saved to finish on its own
+// instead of asking it to stop (the promise of StopFlag).
+#[test]
+fn close_asks_a_snapshot_being_saved_to_stop() {
+    let c = TestCluster::new(1);
+    let probe = Arc::new(SaveProbe::default());
+    let p = probe.clone();
+    c.nh(1)
+        .start_concurrent_replica(
+            TestCluster::members(&[1]),
+            false,
+            move |_, _| {
+                Box::new(SlowSave {
+                    kv: Mutex::new(Kv::default()),
+                    probe: p,
+                })
+            },
+            config(1, 1),
+        )
+        .unwrap();
+    c.propose(1, 1, "set a 1");
+    let _snap = c
+        .nh(1)
+        .request_snapshot(ShardId(1), SnapshotOption::default(), TIMEOUT)
+        .unwrap();
+    wait_until("save started", TIMEOUT, || {
+        probe.saving.load(Ordering::SeqCst)
+    });
+    c.nh(1).close();
+    assert!(
+        probe.stopped.load(Ordering::SeqCst),
+        "the save ran to its end: close did not ask it to stop"
+    );
 }
