@@ -832,6 +832,11 @@ pub(crate) fn save_snapshot(host: &Host, r: &Replica) -> Result<Index, Error> {
             .save_prepared(prepared, &mut sink, &r.stop)
             .map_err(|e| Error::StateMachine(e.0))?;
     }
+    // A save cut short by the stop flag may have returned Ok with part of
+    // the state only: never keep it (the log would be compacted behind it).
+    if r.stop.is_set() {
+        return Err(Error::Stopped);
+    }
     let info = sink.commit()?;
     host.logdb
         .save_snapshot(r.shard_id, r.replica_id, &info.meta)?;
