@@ -694,6 +694,11 @@ pub(crate) fn recover_from_store(r: &Replica, meta: &SnapshotMeta) -> Result<(),
     r.rsm
         .recover(&mut reader, applied, &r.stop)
         .map_err(|e| Error::StateMachine(e.0))?;
+    // Cut short by the stop flag, the state machine may have returned Ok
+    // without the snapshot's state: nothing may be applied on top of it.
+    if r.stop.is_set() {
+        return Err(Error::Stopped);
+    }
     // Read to the end so the data file's checksum is verified.
     std::io::copy(&mut reader, &mut std::io::sink())?;
     Ok(())

@@ -1244,3 +1244,124 @@ fn a_snapshot_cut_short_by_stopping_is_not_kept() {
     start_quits_on_stop(&c, &saving);
     assert_eq!(c.read(1, 1, "get a"), b"1");
 }
+
+/// What a [`SlowRecover`] state machine saw.
+#[derive(Default)]
+struct RecoverProbe {
+    recovering: AtomicBool,
+    cut_short: AtomicBool,
+    updated_after_cut: AtomicBool,
+}
+
+/// A concurrent Kv whose recovery from a snapshot runs until the replica
+/// stops, then gives up quietly (Ok, nothing read).
+struct SlowRecover {
+    kv: Mutex<Kv>,
+    probe: Arc<RecoverProbe>,
+}
+
+impl ConcurrentStateMachine for SlowRecover {
+    fn update(&self, entries: &mut [SmEntry]) -> Result<(), SmError> {
+        if self.probe.cut_short.load(Ordering::SeqCst) {
+            self.probe.updated_after_cut.store(true, Ordering::SeqCst);
+        }
+        let mut kv = self.kv.lock().unwrap();
+        for e in entries {
+            e.result.value = kv.apply_cmd(&e.cmd);
+        }
+        Ok(())
+    }
+    fn lookup(&self, query: &[u8]) -> Result<Vec<u8>, SmError> {
+        Ok(self.kv.lock().unwrap().query(query))
+    }
+    fn prepare_snapshot(&self) -> Result<Box<dyn Any + Send>, SmError> {
+        Ok(Box::new(self.kv.lock().unwrap().encode()))
+    }
+    fn save_snapshot(
+        &self,
+        ctx: Box<dyn Any + Send>,
+        w: &mut dyn Write,
+        _: &StopFlag,
+    ) -> Result<(), SmError> {
+        Ok(w.write_all(&ctx.downcast::<Vec<u8>>().unwrap())?)
+    }
+    fn recover_from_snapshot(&self, r: &mut dyn Read, stop: &StopFlag) -> Result<(), SmError> {
+        self.probe.recovering.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if stop.is_set() {
+                self.probe.cut_short.store(true, Ordering::SeqCst);
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut b = Vec::new();
+        r.read_to_end(&mut b)?;
+        *self.kv.lock().unwrap() = Kv::decode(&b);
+        Ok(())
+    }
+}
+
+// A recovery from a snapshot cut short by the stop flag, when the state
+// machine returned Ok, counted as done: the apply worker went on applying
+// the entries after the snapshot to a state machine that never got the
+// snapshot's state (for an on-disk state machine, durably).
+#[test]
+fn nothing_is_applied_after_a_recovery_cut_short() {
+    let mut c = TestCluster::new(3);
+    let probe = Arc::new(RecoverProbe::default());
+    let start_3 = |c: &TestCluster, probe: &Arc<RecoverProbe>| {
+        let p = probe.clone();
+        c.nh(3)
+            .start_concurrent_replica(
+                TestCluster::members(&[1, 2, 3]),
+                false,
+                move |_, _| {
+                    Box::new(SlowRecover {
+                        kv: Mutex::new(Kv::default()),
+                        probe: p,
+                    })
+                },
+                config(1, 3),
+            )
+            .unwrap();
+    };
+    for i in 1..=2 {
+        c.start_replica_on(i, &[1, 2, 3], false, config(1, i));
+    }
+    start_3(&c, &probe);
+    c.propose(1, 1, "set a 1");
+    // Replica 3 falls behind a compacted log.
+    c.stop_host(3);
+    let leader = c.wait_leader(1);
+    for i in 0..10 {
+        c.propose(leader, 1, format!("set k{i} v"));
+    }
+    let opt = SnapshotOption {
+        compaction_overhead: Some(0),
+        ..SnapshotOption::default()
+    };
+    retry(|| {
+        c.nh(leader)
+            .request_snapshot(ShardId(1), opt.clone(), TIMEOUT)?
+            .wait()
+    });
+    c.start_host(3);
+    start_3(&c, &probe);
+    wait_until("replica 3 recovers from a snapshot", TIMEOUT, || {
+        probe.recovering.load(Ordering::SeqCst)
+    });
+    // Entries after the snapshot reach replica 3 while it recovers.
+    c.propose(leader, 1, "set z 1");
+    let last = last_index(c.nh(leader), 1);
+    wait_until("replica 3 holds the new entry", TIMEOUT, || {
+        last_index(c.nh(3), 1) >= last
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    c.nh(3).stop_shard(ShardId(1)).unwrap();
+    assert!(probe.cut_short.load(Ordering::SeqCst));
+    assert!(
+        !probe.updated_after_cut.load(Ordering::SeqCst),
+        "entries applied on top of a recovery that did not happen"
+    );
+}
