@@ -198,7 +198,12 @@ impl Host {
         }
         {
             let mut inbox = r.inbox.lock();
-            if inbox.messages.len() >= self.cfg.max_inbound_queue {
+            // A snapshot stream's outcome is never dropped: it is sent once
+            // (no retransmission), and the leader waits for it before it
+            // sends that follower anything again. One per stream job: bounded.
+            if inbox.messages.len() >= self.cfg.max_inbound_queue
+                && m.msg_type != MessageType::SnapshotStatus
+            {
                 Metrics::add(&self.metrics.messages_dropped, 1);
                 return false;
             }

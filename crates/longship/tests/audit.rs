@@ -1365,3 +1365,144 @@ fn nothing_is_applied_after_a_recovery_cut_short() {
         "entries applied on top of a recovery that did not happen"
     );
 }
+
+/// A transport whose first snapshot chunk fails, at a moment the sending
+/// host's inbound queue is full (a message from a peer just arrived).
+struct FailFirstStream {
+    inner: longship_transport::MemTransport,
+    net: longship_transport::MemNetwork,
+    failed: AtomicBool,
+}
+
+impl longship_transport::Transport for FailFirstStream {
+    fn local_address(&self) -> &str {
+        self.inner.local_address()
+    }
+    fn start(
+        &self,
+        handler: Arc<dyn longship_transport::MessageHandler>,
+    ) -> Result<(), longship_transport::SendError> {
+        self.inner.start(handler)
+    }
+    fn send(
+        &self,
+        address: &str,
+        batch: longship_raft::MessageBatch,
+    ) -> Result<(), longship_transport::SendError> {
+        self.inner.send(address, batch)
+    }
+    fn send_snapshot_chunk(
+        &self,
+        address: &str,
+        chunk: longship_transport::SnapshotChunk,
+    ) -> Result<(), longship_transport::SendError> {
+        if self.failed.swap(true, Ordering::SeqCst) {
+            return self.inner.send_snapshot_chunk(address, chunk);
+        }
+        // A harmless message (from a non-member) fills this host's queue.
+        let m = longship_raft::Message::new(
+            longship_raft::MessageType::HeartbeatResp,
+            chunk.shard_id,
+            longship::ReplicaId(7),
+            chunk.from,
+        );
+        let batch = longship_raft::MessageBatch {
+            deployment_id: chunk.deployment_id,
+            source_address: String::new(),
+            bin_ver: longship_raft::MESSAGE_BATCH_VERSION,
+            messages: vec![m],
+        };
+        self.net
+            .transport("peer:1")
+            .send(self.inner.local_address(), batch)?;
+        Err(longship_transport::SendError::Unreachable(address.into()))
+    }
+    fn close(&self) {
+        self.inner.close()
+    }
+}
+
+// The report that a snapshot stream failed reached the leader's core
+// through the bounded inbound queue; dropped there (the queue was full),
+// the leader waited for that stream's outcome for ever and the follower
+// never got another snapshot.
+#[test]
+fn a_failed_snapshot_stream_is_always_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = longship_transport::MemNetwork::new();
+    let host_cfg = |i: u64| longship::NodeHostConfig {
+        node_host_dir: dir.path().join(format!("nh{i}")),
+        rtt_ms: RTT_MS,
+        raft_address: addr(i),
+        seed: Some(i),
+        max_inbound_queue: 1,
+        ..longship::NodeHostConfig::default()
+    };
+    let t1 = FailFirstStream {
+        inner: net.transport(&addr(1)),
+        net: net.clone(),
+        failed: AtomicBool::new(false),
+    };
+    let nh1 = NodeHost::builder(host_cfg(1))
+        .transport(Arc::new(t1))
+        .manual()
+        .build()
+        .unwrap();
+    let nh3 = NodeHost::builder(host_cfg(3))
+        .transport(Arc::new(net.transport(&addr(3))))
+        .manual()
+        .build()
+        .unwrap();
+    let run = || {
+        let a = nh1.run_once();
+        let b = nh3.run_once();
+        if !a && !b {
+            nh1.tick();
+            nh3.tick();
+        }
+    };
+    let until = |what: &str, f: &mut dyn FnMut() -> bool| {
+        for _ in 0..5000 {
+            if f() {
+                return;
+            }
+            run();
+        }
+        panic!("never happened: {what}");
+    };
+    let kv = |_, _| -> Box<dyn StateMachine> { Box::new(Kv::default()) };
+    nh1.start_replica(TestCluster::members(&[1]), false, kv, config(1, 1))
+        .unwrap();
+    until("leader", &mut || {
+        nh1.get_leader_id(ShardId(1)).unwrap().leader_id.0 == 1
+    });
+    let s = nh1.get_noop_session(ShardId(1));
+    for i in 0..5 {
+        let h = nh1.propose(&s, format!("set k{i} v"), TIMEOUT).unwrap();
+        until("applied", &mut || h.try_result().is_some());
+    }
+    let opt = SnapshotOption {
+        compaction_overhead: Some(0),
+        ..SnapshotOption::default()
+    };
+    let h = nh1.request_snapshot(ShardId(1), opt, TIMEOUT).unwrap();
+    until("snapshot", &mut || h.try_result().is_some());
+    let h = nh1
+        .request_add_non_voting(ShardId(1), longship::ReplicaId(3), addr(3), 0, TIMEOUT)
+        .unwrap();
+    until("replica 3 added", &mut || h.try_result().is_some());
+    nh3.start_replica(
+        Default::default(),
+        true,
+        kv,
+        Config {
+            is_non_voting: true,
+            ..config(1, 3)
+        },
+    )
+    .unwrap();
+    // The first stream fails; the next one must be tried and succeed.
+    until("replica 3 caught up by a snapshot", &mut || {
+        nh3.stale_read(ShardId(1), b"get k4").ok().as_deref() == Some(&b"v"[..])
+    });
+}
