@@ -213,6 +213,12 @@ impl Host {
         true
     }
 
+    /// Drops the snapshot streams to a replica that stops: nothing would
+    /// finish them (their chunks are refused), and they hold stream slots.
+    pub(crate) fn drop_receivers(&self, shard: ShardId) {
+        self.receivers.lock().retain(|k, _| k.0 != shard);
+    }
+
     fn receiver_key(c: &SnapshotChunk) -> ReceiverKey {
         (c.shard_id, c.to, c.from, c.index.0)
     }

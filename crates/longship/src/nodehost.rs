@@ -770,6 +770,7 @@ impl NodeHost {
         r.closed.store(true, Ordering::Release);
         r.stop.set();
         r.terminate_requests();
+        self.host.drop_receivers(r.shard_id);
         // Wait until no worker still works on it: a step cycle in flight
         // (its write), a snapshot being saved (its commit and compaction,
         // and the state machine it reads), an apply round. A replica

@@ -1506,3 +1506,41 @@ fn a_failed_snapshot_stream_is_always_reported() {
         nh3.stale_read(ShardId(1), b"get k4").ok().as_deref() == Some(&b"v"[..])
     });
 }
+
+// Snapshot streams to a replica that was stopped meanwhile were kept for
+// ever (their chunks were refused, so nothing finished them): stopping 64
+// replicas in the middle of a stream left this host unable to receive any
+// snapshot again.
+#[test]
+fn stopping_a_replica_ends_its_snapshot_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = longship_transport::MemNetwork::new();
+    let nh = manual_host(dir.path(), &net);
+    for shard in 1..=65 {
+        nh.start_replica(
+            TestCluster::members(&[1]),
+            false,
+            |_, _| Box::new(Kv::default()),
+            config(shard, 1),
+        )
+        .unwrap();
+    }
+    let peer = net.transport("peer:1");
+    use longship_transport::Transport as _;
+    let first = |shard: u64| {
+        let info = snapshot_info(shard, 1000, b"0123456789");
+        longship_transport::SnapshotChunk {
+            chunk_id: 0,
+            info: info.encode().unwrap(),
+            ..chunk(shard, &info)
+        }
+    };
+    for shard in 1..=64 {
+        peer.send_snapshot_chunk(&addr(1), first(shard)).unwrap();
+        nh.stop_shard(ShardId(shard)).unwrap();
+    }
+    assert!(
+        peer.send_snapshot_chunk(&addr(1), first(65)).is_ok(),
+        "stream refused"
+    );
+}
