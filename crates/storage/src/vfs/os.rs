@@ -87,45 +87,34 @@ impl File for OsFile {
     }
 }
 
+/// Opens `path` with `opts` as an [`OsFile`].
+fn open_with(opts: &mut OpenOptions, path: &Path) -> io::Result<Box<dyn File>> {
+    let file = opts.open(path).map_err(|e| with_path(e, path))?;
+    Ok(Box::new(OsFile {
+        file,
+        path: path.to_path_buf(),
+        append_lock: Mutex::new(()),
+    }))
+}
+
 impl FileSystem for OsFs {
     fn create(&self, path: &Path) -> io::Result<Box<dyn File>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(|e| with_path(e, path))?;
-        Ok(Box::new(OsFile {
-            file,
-            path: path.to_path_buf(),
-            append_lock: Mutex::new(()),
-        }))
+        open_with(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true),
+            path,
+        )
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn File>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| with_path(e, path))?;
-        Ok(Box::new(OsFile {
-            file,
-            path: path.to_path_buf(),
-            append_lock: Mutex::new(()),
-        }))
+        open_with(OpenOptions::new().read(true).write(true), path)
     }
 
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn File>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .open(path)
-            .map_err(|e| with_path(e, path))?;
-        Ok(Box::new(OsFile {
-            file,
-            path: path.to_path_buf(),
-            append_lock: Mutex::new(()),
-        }))
+        open_with(OpenOptions::new().read(true), path)
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
