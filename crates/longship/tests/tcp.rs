@@ -51,7 +51,22 @@ impl TcpCluster {
             tweak,
         };
         for i in 1..=n {
-            c.start_host(i);
+            // A free port can be taken by a concurrent test between probing
+            // and binding: a new host (not known to any peer yet) takes another.
+            for attempt in 0.. {
+                match NodeHost::new(c.host_config(i)) {
+                    Ok(nh) => {
+                        c.hosts.insert(i, nh);
+                        break;
+                    }
+                    Err(longship::Error::TransportSetup(e))
+                        if attempt < 5 && e.contains("in use") =>
+                    {
+                        c.addrs.insert(i, free_addr());
+                    }
+                    Err(e) => panic!("host {i}: {e}"),
+                }
+            }
         }
         c
     }
