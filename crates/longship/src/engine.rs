@@ -171,6 +171,7 @@ impl StepWorker {
             || !inbox.reads.is_empty()
             || !inbox.config_changes.is_empty()
             || !inbox.commands.is_empty();
+        let invalid_before = core.raft.invalid_messages();
         for m in inbox.messages {
             match m.msg_type {
                 MessageType::Heartbeat | MessageType::HeartbeatResp => {}
@@ -183,6 +184,20 @@ impl StepWorker {
                 _ => active = true,
             }
             core.raft.step(m);
+        }
+        let invalid = core.raft.invalid_messages() - invalid_before;
+        if invalid > 0 {
+            Metrics::add(&host.metrics.messages_invalid, invalid);
+            if let Some((from, msg_type, reason)) = core.raft.last_invalid() {
+                tracing::error!(
+                    shard = r.shard_id.0,
+                    replica = r.replica_id.0,
+                    from = from.0,
+                    ?msg_type,
+                    dropped = invalid,
+                    "dropped invalid message: {reason}"
+                );
+            }
         }
         if active {
             core.quiesce.idle_ticks = 0;

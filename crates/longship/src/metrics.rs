@@ -43,6 +43,9 @@ counters!(
     messages_received,
     /// Received messages dropped (unknown shard or replica, wrong deployment, full queue).
     messages_dropped,
+    /// Received messages the protocol core dropped because no correct peer
+    /// could have sent them (e.g. a second leader in one term).
+    messages_invalid,
     /// Snapshots saved locally.
     snapshots_saved,
     /// Snapshots received from leaders.

@@ -606,6 +606,69 @@ fn an_install_snapshot_in_a_message_batch_is_ignored() {
     assert!(!is_failed(c.nh(f), 1));
 }
 
+// A second leader in the leader's own term (a peer restarted on a wiped
+// disk forgets its vote, so election safety can be broken from outside)
+// and an acknowledgement of entries the leader never had made the core
+// panic, which killed the step worker and every shard it drives. They are
+// dropped and counted now; the shard goes on.
+#[test]
+fn messages_no_correct_peer_sends_do_not_stop_the_leader() {
+    use longship_raft::{Message, MessageType};
+    let c = TestCluster::new(3);
+    c.start_shard(1, &[1, 2, 3]);
+    c.propose(1, 1, "set a 1");
+    let l = c.wait_leader(1);
+    let f = if l == 1 { 2 } else { 1 };
+    let term = c.nh(l).get_leader_id(ShardId(1)).unwrap().term;
+    let last = last_index(c.nh(l), 1);
+    let from_f = |t: MessageType| Message {
+        term,
+        ..Message::new(
+            t,
+            ShardId(1),
+            longship::ReplicaId(f),
+            longship::ReplicaId(l),
+        )
+    };
+    let messages = vec![
+        from_f(MessageType::Heartbeat),
+        Message {
+            log_index: longship::Index(last),
+            log_term: term,
+            ..from_f(MessageType::Replicate)
+        },
+        Message {
+            log_index: longship::Index(last + 1000),
+            ..from_f(MessageType::ReplicateResp)
+        },
+    ];
+    let batch = longship_raft::MessageBatch {
+        deployment_id: longship::NodeHostConfig::default().deployment_id,
+        source_address: addr(f),
+        bin_ver: longship_raft::MESSAGE_BATCH_VERSION,
+        messages,
+    };
+    use longship_transport::Transport as _;
+    c.net.transport("peer:1").send(&addr(l), batch).unwrap();
+    wait_until("the messages were dropped as invalid", TIMEOUT, || {
+        c.nh(l)
+            .metrics()
+            .messages_invalid
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 3
+    });
+    let s = c.nh(l).get_noop_session(ShardId(1));
+    let p = outcome_within(
+        c.nh(l).propose(&s, b"set z 1".to_vec(), TIMEOUT),
+        TIMEOUT * 2,
+    );
+    assert!(
+        matches!(p, Some(Ok(_))),
+        "the leader stopped working: {p:?}"
+    );
+    assert_eq!(c.nh(l).get_leader_id(ShardId(1)).unwrap().term, term);
+}
+
 /// A NodeHost driven by hand (no threads) on `dir`.
 fn manual_host(dir: &std::path::Path, net: &longship_transport::MemNetwork) -> NodeHost {
     let cfg = longship::NodeHostConfig {

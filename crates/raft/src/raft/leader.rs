@@ -322,6 +322,10 @@ impl<L: LogReader> Raft<L> {
     }
 
     pub(super) fn step_leader(&mut self, m: Message) {
+        if let Err(reason) = self.check_answer(&m) {
+            self.drop_invalid(&m, reason);
+            return;
+        }
         match m.msg_type {
             MessageType::Propose => {
                 // Forwarded proposals: a refusal is silent; the proposer times out.
@@ -342,10 +346,12 @@ impl<L: LogReader> Raft<L> {
                 }
             }
             MessageType::Replicate | MessageType::Heartbeat | MessageType::InstallSnapshot => {
-                panic!(
-                    "election safety violated: replica {} leads term {} but {} sent {:?} in the same term",
-                    self.id, self.term, m.from, m.msg_type
-                );
+                // Two leaders in one term: election safety is broken by
+                // the sender (e.g. restarted on a wiped disk, so it forgot
+                // its vote). Acting on it would overwrite our log; the
+                // step worker drives other shards, so drop and report
+                // instead of panicking.
+                self.drop_invalid(&m, "leader message from another leader of the same term");
             }
             _ => {}
         }

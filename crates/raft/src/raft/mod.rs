@@ -8,6 +8,9 @@
 mod election;
 mod follower;
 mod leader;
+mod validate;
+
+pub use validate::InvalidReason;
 
 use std::collections::BTreeMap;
 
@@ -101,6 +104,10 @@ pub struct Raft<L: LogReader> {
     prev_leader: LeaderInfo,
     /// An update was taken and not yet advanced.
     update_in_progress: bool,
+    /// Messages dropped because no correct peer could have sent them.
+    invalid_messages: u64,
+    /// The sender, type and reason of the last such message.
+    last_invalid: Option<(ReplicaId, MessageType, InvalidReason)>,
 }
 
 impl<L: LogReader> Raft<L> {
@@ -153,6 +160,8 @@ impl<L: LogReader> Raft<L> {
                 term: hard_state.term,
             },
             update_in_progress: false,
+            invalid_messages: 0,
+            last_invalid: None,
             cfg,
         };
         let snap = r.log.snapshot();
@@ -301,6 +310,10 @@ impl<L: LogReader> Raft<L> {
         if self.membership.removed.contains(&m.from) {
             return;
         }
+        if let Err(reason) = self.check_message(&m) {
+            self.drop_invalid(&m, reason);
+            return;
+        }
         if m.term.0 != 0 && m.term > self.term {
             if matches!(
                 m.msg_type,
@@ -392,6 +405,17 @@ impl<L: LogReader> Raft<L> {
     }
 
     // ----- the update cycle -----
+
+    /// How many messages were dropped because no correct peer could have
+    /// sent them (see [`InvalidReason`]).
+    pub fn invalid_messages(&self) -> u64 {
+        self.invalid_messages
+    }
+
+    /// The sender, type and reason of the last message dropped as invalid.
+    pub fn last_invalid(&self) -> Option<(ReplicaId, MessageType, InvalidReason)> {
+        self.last_invalid
+    }
 
     /// Whether [`get_update`](Self::get_update) has anything to return.
     pub fn has_update(&self) -> bool {

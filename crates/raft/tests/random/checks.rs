@@ -92,6 +92,16 @@ impl Sim {
             fail!(self, "node {} went backwards: {prev:?} -> {now:?}", id.0);
         }
         self.marks.insert(id, now);
+        // Correct peers over a faulty network never send what the core
+        // drops as invalid (a false positive would lose a real message).
+        if r.invalid_messages() != 0 {
+            fail!(
+                self,
+                "node {} dropped a valid message as invalid: {:?}",
+                id.0,
+                r.last_invalid()
+            );
+        }
         if r.is_leader() {
             let term = r.term();
             match self.leaders.get(&term) {

@@ -1,0 +1,60 @@
+//! Limits.
+
+use crate::support::*;
+
+/// Flow control (DESIGN.md §6 "every queue has a bound"; etcd's
+/// MaxUncommittedEntriesSize): a leader refuses
+/// proposals beyond `max_uncommitted_bytes` of uncommitted payload, and
+/// accepts them again as entries commit.
+#[test]
+fn uncommitted_bytes_limit_refuses_then_frees() {
+    let o = ClusterOptions {
+        max_uncommitted_bytes: 100,
+        ..opts()
+    };
+    let mut c = cluster(3, o);
+    elect(&mut c, 1);
+    let e = || Cluster::entry(&"z".repeat(60));
+    assert_eq!(c.raft(1).propose(vec![e()]), Ok(()));
+    assert_eq!(
+        c.raft(1).propose(vec![e()]),
+        Err(ProposalError::TooManyUncommittedBytes)
+    );
+    c.process(r(1)); // durable on the leader, the appends not yet delivered
+    assert_eq!(
+        c.raft(1).propose(vec![e()]),
+        Err(ProposalError::TooManyUncommittedBytes),
+        "nothing committed yet"
+    );
+    c.stabilize();
+    assert_eq!(committed(&c, 1), Index(5));
+    assert_eq!(c.raft(1).propose(vec![e()]), Ok(()), "freed by the commit");
+}
+
+/// Apply batching (DESIGN.md §6 "every batch has a bound"): one update
+/// hands out at most `max_apply_bytes` of committed entries (at least
+/// one), in order.
+#[test]
+fn apply_batches_are_bounded_by_max_apply_bytes() {
+    let per_entry = ent(1, 1).size_bytes();
+    let c = Config {
+        max_apply_bytes: 2 * per_entry,
+        ..cfg(2)
+    };
+    let mut log = MemLog::new();
+    log.append(&ents_from(1, &[1; 10]));
+    let hs = HardState {
+        term: Term(1),
+        vote: ReplicaId::NONE,
+        commit: Index(10),
+    };
+    let mut f = Raft::new(c, log, hs, voters(&[1, 2, 3]), Index(0)).unwrap();
+    let mut applied = Vec::new();
+    while f.has_update() {
+        let u = cycle(&mut f);
+        assert!(!u.committed_entries.is_empty());
+        assert!(longship_raft::entries_size(&u.committed_entries) <= 2 * per_entry);
+        applied.extend(u.committed_entries.iter().map(|e| e.index.0));
+    }
+    assert_eq!(applied, (1..=10).collect::<Vec<_>>());
+}
