@@ -659,7 +659,7 @@ impl ApplyWorker {
     fn recover_snapshot(&self, r: &Replica, meta: &SnapshotMeta) -> Result<(), Error> {
         recover_from_store(r, meta)?;
         r.applied_index.store(meta.index.0, Ordering::Release);
-        r.snapshot_index.store(meta.index.0, Ordering::Release);
+        r.snapshot_index.fetch_max(meta.index.0, Ordering::AcqRel);
         complete_reads(&self.host, &mut r.pending.lock(), meta.index);
         if let Some(l) = &self.host.listener {
             l.snapshot_recovered(crate::events::SnapshotInfo {
@@ -705,6 +705,11 @@ pub(crate) fn recover_from_store(r: &Replica, meta: &SnapshotMeta) -> Result<(),
         r.rsm.set_applied(applied);
         return Ok(());
     }
+    // Check every checksum before the state machine sees a byte: a damaged
+    // file found only at its end would have replaced the state machine's
+    // state already (durably, for an on-disk state machine). Recoveries
+    // are rare; reading the file twice is the price.
+    r.snapshots.verify(meta.index)?;
     let (_info, mut reader) = r.snapshots.open_snapshot(meta.index)?;
     r.rsm
         .recover(&mut reader, applied, &r.stop)
@@ -714,7 +719,8 @@ pub(crate) fn recover_from_store(r: &Replica, meta: &SnapshotMeta) -> Result<(),
     if r.stop.is_set() {
         return Err(Error::Stopped);
     }
-    // Read to the end so the data file's checksum is verified.
+    // Read to the end so the data file's checksum is checked again (the
+    // file could change between the two reads).
     std::io::copy(&mut reader, &mut std::io::sink())?;
     Ok(())
 }
@@ -860,7 +866,11 @@ pub(crate) fn save_snapshot(host: &Host, r: &Replica) -> Result<Index, Error> {
     let info = sink.commit()?;
     host.logdb
         .save_snapshot(r.shard_id, r.replica_id, &info.meta)?;
-    r.snapshot_index.store(info.meta.index.0, Ordering::Release);
+    // A recovery from a newer snapshot may have run meanwhile (the save
+    // of a concurrent or on-disk state machine does not hold the apply
+    // lock): the newest snapshot index never goes back.
+    r.snapshot_index
+        .fetch_max(info.meta.index.0, Ordering::AcqRel);
     Metrics::add(&host.metrics.snapshots_saved, 1);
     if let Some(l) = &host.listener {
         l.snapshot_created(crate::events::SnapshotInfo {

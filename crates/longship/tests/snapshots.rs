@@ -305,3 +305,100 @@ fn sessions_survive_snapshot_and_restart() {
     assert_eq!(next.value, 7);
     assert_eq!(c.read(3, SHARD, "get s"), b"2");
 }
+
+/// A Kv state machine that records whether it was asked to recover.
+struct Watched {
+    kv: Kv,
+    recovered: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl longship::StateMachine for Watched {
+    fn update(&mut self, entries: &mut [longship::SmEntry]) -> Result<(), longship::SmError> {
+        self.kv.update(entries)
+    }
+    fn lookup(&self, query: &[u8]) -> Result<Vec<u8>, longship::SmError> {
+        self.kv.lookup(query)
+    }
+    fn save_snapshot(
+        &self,
+        w: &mut dyn std::io::Write,
+        stop: &longship::StopFlag,
+    ) -> Result<(), longship::SmError> {
+        self.kv.save_snapshot(w, stop)
+    }
+    fn recover_from_snapshot(
+        &mut self,
+        r: &mut dyn std::io::Read,
+        stop: &longship::StopFlag,
+    ) -> Result<(), longship::SmError> {
+        self.recovered.store(true, Ordering::SeqCst);
+        self.kv.recover_from_snapshot(r, stop)
+    }
+}
+
+/// Every file named `name` under `dir`.
+fn find_files(dir: &std::path::Path, name: &str, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            find_files(&p, name, out);
+        } else if p.file_name().is_some_and(|n| n == name) {
+            out.push(p);
+        }
+    }
+}
+
+// A snapshot whose data file rotted on disk was handed to the state
+// machine, and its checksum checked only once the state machine had read
+// it all: the state machine's state was already replaced (for an on-disk
+// state machine, durably) by the damaged bytes. It is refused before the
+// state machine sees a byte now.
+#[test]
+fn a_damaged_snapshot_is_refused_before_the_state_machine_reads_it() {
+    let mut c = TestCluster::new(1);
+    c.start_shard(SHARD, &[1]);
+    for i in 0..20 {
+        c.propose(1, SHARD, format!("set a{i} {i}"));
+    }
+    let opt = SnapshotOption {
+        compaction_overhead: Some(0),
+        ..SnapshotOption::default()
+    };
+    request_snapshot(c.nh(1), opt).unwrap();
+    c.stop_host(1);
+    let mut files = Vec::new();
+    find_files(
+        &c.host_dir(1),
+        longship_storage::snapshot::DATA_FILE_NAME,
+        &mut files,
+    );
+    assert_eq!(files.len(), 1, "{files:?}");
+    let mut data = std::fs::read(&files[0]).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0x40;
+    std::fs::write(&files[0], data).unwrap();
+
+    c.start_host(1);
+    let recovered = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = recovered.clone();
+    let res = c.nh(1).start_replica(
+        TestCluster::members(&[]),
+        false,
+        move |_, _| {
+            Box::new(Watched {
+                kv: Kv::default(),
+                recovered: flag.clone(),
+            })
+        },
+        config(SHARD, 1),
+    );
+    assert!(
+        res.is_err(),
+        "a damaged snapshot was recovered (state machine read it: {})",
+        recovered.load(Ordering::SeqCst)
+    );
+    assert!(
+        !recovered.load(Ordering::SeqCst),
+        "the state machine read the damaged snapshot"
+    );
+}
