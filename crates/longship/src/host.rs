@@ -43,6 +43,9 @@ pub(crate) struct Host {
     pub(crate) logdb: Arc<dyn LogDb>,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) replicas: RwLock<BTreeMap<ShardId, ReplicaRef>>,
+    /// Shards being started or stopped (see [`Host::reserve_shard`]).
+    /// Locked before `replicas` when both are held.
+    busy_shards: Mutex<std::collections::BTreeSet<ShardId>>,
     /// Addresses learnt from incoming traffic: (shard, replica) -> address.
     pub(crate) learned: RwLock<BTreeMap<(ShardId, ReplicaId), String>>,
     pub(crate) step_ready: Vec<ReadySet>,
@@ -72,7 +75,60 @@ pub(crate) const MAX_SNAPSHOT_JOBS: usize = 4096;
 /// Bound on snapshot streams received at once.
 pub(crate) const MAX_SNAPSHOT_RECEIVERS: usize = 64;
 
+/// A shard being started or stopped: no other start or stop of it runs
+/// meanwhile (two starts would both open the state machine and write the
+/// bootstrap entries; a start during a stop would load state the stop
+/// still changes). Released when dropped.
+pub(crate) struct ShardReservation<'a> {
+    host: &'a Host,
+    shard: ShardId,
+}
+
+impl Drop for ShardReservation<'_> {
+    fn drop(&mut self) {
+        self.host.busy_shards.lock().remove(&self.shard);
+    }
+}
+
 impl Host {
+    /// Reserves `shard` for a start: `None` if it runs already or is
+    /// being started or stopped.
+    pub(crate) fn reserve_shard_for_start(&self, shard: ShardId) -> Option<ShardReservation<'_>> {
+        let mut busy = self.busy_shards.lock();
+        if busy.contains(&shard) || self.replicas.read().contains_key(&shard) {
+            return None;
+        }
+        busy.insert(shard);
+        Some(ShardReservation { host: self, shard })
+    }
+
+    /// Ends a start: the replica becomes visible and the reservation is
+    /// released at once, so a stop never finds the shard running but
+    /// still reserved.
+    pub(crate) fn finish_start(&self, reserved: ShardReservation<'_>, replica: ReplicaRef) {
+        let mut busy = self.busy_shards.lock();
+        self.replicas.write().insert(replica.shard_id, replica);
+        busy.remove(&reserved.shard);
+        std::mem::forget(reserved);
+    }
+
+    /// Takes `shard` out of the running replicas for a stop, reserving it
+    /// until the returned reservation is dropped (after the unload).
+    pub(crate) fn remove_for_stop(
+        &self,
+        shard: ShardId,
+        replica: Option<ReplicaId>,
+    ) -> Option<(ReplicaRef, ShardReservation<'_>)> {
+        let mut busy = self.busy_shards.lock();
+        let mut map = self.replicas.write();
+        if replica.is_some_and(|id| map.get(&shard).is_some_and(|r| r.replica_id != id)) {
+            return None;
+        }
+        let r = map.remove(&shard)?;
+        busy.insert(shard);
+        Some((r, ShardReservation { host: self, shard }))
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         cfg: NodeHostConfig,
@@ -96,6 +152,7 @@ impl Host {
             logdb,
             transport,
             replicas: RwLock::new(BTreeMap::new()),
+            busy_shards: Mutex::new(Default::default()),
             learned: RwLock::new(BTreeMap::new()),
             now: AtomicU64::new(0),
             stopped: AtomicBool::new(false),

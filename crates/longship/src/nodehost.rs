@@ -599,9 +599,9 @@ impl NodeHost {
         }
         cfg.validate()?;
         let (shard, me) = (cfg.shard_id, cfg.replica_id);
-        if host.replicas.read().contains_key(&shard) {
-            return Err(Error::ShardAlreadyExists(shard));
-        }
+        let reserved = host
+            .reserve_shard_for_start(shard)
+            .ok_or(Error::ShardAlreadyExists(shard))?;
         let stored = host.logdb.read_state(shard, me);
         if stored.is_none() {
             if join {
@@ -683,8 +683,13 @@ impl NodeHost {
         let reader = ReplicaLog::new(host.logdb.clone(), shard, me);
         let hs: HardState = state.hard_state;
         let snap = state.snapshot.clone();
-        let raft = Raft::new(raft_cfg, reader, hs, snap.membership.clone(), snap.index)
-            .map_err(|e| Error::invalid_config("config", e.to_string()))?;
+        let raft = match Raft::new(raft_cfg, reader, hs, snap.membership.clone(), snap.index) {
+            Ok(raft) => raft,
+            Err(e) => {
+                rsm.sm.close();
+                return Err(Error::invalid_config("config", e.to_string()));
+            }
+        };
         let replica = Arc::new(Replica {
             shard_id: shard,
             replica_id: me,
@@ -722,19 +727,16 @@ impl NodeHost {
             replica.rsm.set_on_disk_index(i);
         }
         if !snap.is_empty() {
-            recover_from_store(&replica, &snap)?;
+            if let Err(e) = recover_from_store(&replica, &snap) {
+                replica.rsm.sm.close();
+                return Err(e);
+            }
             replica.applied_index.store(snap.index.0, Ordering::Release);
             replica
                 .snapshot_index
                 .store(snap.index.0, Ordering::Release);
         }
-        {
-            let mut map = host.replicas.write();
-            if map.contains_key(&shard) {
-                return Err(Error::ShardAlreadyExists(shard));
-            }
-            map.insert(shard, replica.clone());
-        }
+        host.finish_start(reserved, replica);
         host.mark_step(shard);
         if let Some(l) = &host.listener {
             l.replica_ready(shard, me);
@@ -744,26 +746,21 @@ impl NodeHost {
 
     /// Stops the local replica of `shard` (its data stays; it can be restarted).
     pub fn stop_shard(&self, shard: ShardId) -> Result<()> {
-        let r = self
-            .host
-            .replicas
-            .write()
-            .remove(&shard)
-            .ok_or(Error::ShardNotFound(shard))?;
-        self.unload(&r);
-        Ok(())
+        self.stop(shard, None)
     }
 
     /// Stops the local replica `replica` of `shard`.
     pub fn stop_replica(&self, shard: ShardId, replica: ReplicaId) -> Result<()> {
-        let r = self
+        self.stop(shard, Some(replica))
+    }
+
+    fn stop(&self, shard: ShardId, replica: Option<ReplicaId>) -> Result<()> {
+        let (r, _reserved) = self
             .host
-            .replica(shard)
+            .remove_for_stop(shard, replica)
             .ok_or(Error::ShardNotFound(shard))?;
-        if r.replica_id != replica {
-            return Err(Error::ShardNotFound(shard));
-        }
-        self.stop_shard(shard)
+        self.unload(&r);
+        Ok(())
     }
 
     fn unload(&self, r: &Replica) {

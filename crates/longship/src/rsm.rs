@@ -348,8 +348,16 @@ impl Rsm {
                 "session table of {len} bytes is over the limit"
             )));
         }
-        let mut buf = vec![0u8; len as usize];
-        r.read_exact(&mut buf)?;
+        // Grows with the bytes actually read: a damaged length cannot make
+        // us allocate up to the limit before the data runs out.
+        let mut buf = Vec::new();
+        r.take(len).read_to_end(&mut buf)?;
+        if buf.len() as u64 != len {
+            return Err(SmError::new(format!(
+                "session table truncated: {} of {len} bytes",
+                buf.len()
+            )));
+        }
         let mut d = Decoder::new(&buf, Limits::default());
         let sessions = SessionManager::decode(&mut d, self.max_sessions)
             .map_err(|e| SmError::new(format!("session table: {e}")))?;
@@ -467,5 +475,30 @@ mod tests {
                 .any(|a| matches!(a, Applied::Result { key: 13, .. })),
             "{out:?}"
         );
+    }
+
+    // Snapshot data is untrusted: a session-table length within the limit
+    // (which grows with max_sessions) but longer than the data must not be
+    // allocated up front. With 2^24 sessions allowed, 8 TiB were asked of
+    // the allocator before reading a byte, and the process aborted.
+    #[test]
+    fn a_session_table_length_past_the_data_is_refused_without_allocating_it() {
+        let count = Arc::new(AtomicU64::new(0));
+        let rsm = Rsm::new(UserSm::OnDisk(Box::new(Counting(count))), 1 << 24, false);
+        let mut data = Vec::new();
+        data.extend_from_slice(RSM_SNAPSHOT_MAGIC);
+        data.extend_from_slice(&RSM_SNAPSHOT_VERSION.to_le_bytes());
+        data.extend_from_slice(&(1u64 << 43).to_le_bytes());
+        data.extend_from_slice(b"short");
+        let applied = AppliedState {
+            index: Index(5),
+            term: Term(1),
+            membership: Membership::default(),
+        };
+        let err = rsm
+            .recover(&mut &data[..], applied, &StopFlag::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+        assert_eq!(rsm.applied().index, Index(0), "nothing recovered");
     }
 }

@@ -669,6 +669,56 @@ fn messages_no_correct_peer_sends_do_not_stop_the_leader() {
     assert_eq!(c.nh(l).get_leader_id(ShardId(1)).unwrap().term, term);
 }
 
+// Two concurrent starts of one shard both created and opened a state
+// machine and wrote the shard's bootstrap entries; the loser's state
+// machine was never closed. A start now reserves the shard first: the
+// others fail at once, before any factory runs.
+#[test]
+fn concurrent_starts_of_a_shard_create_one_state_machine() {
+    let c = TestCluster::new(1);
+    let created = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let barrier = Arc::new(std::sync::Barrier::new(8));
+    let results: Vec<Result<(), longship::Error>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (created, barrier) = (created.clone(), barrier.clone());
+                let nh = c.nh(1);
+                s.spawn(move || {
+                    barrier.wait();
+                    nh.start_replica(
+                        TestCluster::members(&[1]),
+                        false,
+                        move |_, _| {
+                            created.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            Box::new(Kv::default())
+                        },
+                        config(1, 1),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Ok(()) | Err(longship::Error::ShardAlreadyExists(_)))),
+        "{results:?}"
+    );
+    assert_eq!(created.load(std::sync::atomic::Ordering::SeqCst), 1);
+    c.propose(1, 1, "set a 1");
+    // Stopped, it can be started again (the reservation was released).
+    c.nh(1).stop_shard(ShardId(1)).unwrap();
+    assert!(matches!(
+        c.nh(1).stop_replica(ShardId(1), longship::ReplicaId(1)),
+        Err(longship::Error::ShardNotFound(_))
+    ));
+    c.start_replica_on(1, &[], false, config(1, 1));
+    assert_eq!(c.read(1, 1, "get a"), b"1");
+}
+
 /// A NodeHost driven by hand (no threads) on `dir`.
 fn manual_host(dir: &std::path::Path, net: &longship_transport::MemNetwork) -> NodeHost {
     let cfg = longship::NodeHostConfig {
