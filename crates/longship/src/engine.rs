@@ -176,7 +176,13 @@ impl StepWorker {
             match m.msg_type {
                 MessageType::Heartbeat | MessageType::HeartbeatResp => {}
                 MessageType::Quiesce => {
-                    if r.config.quiesce && !core.raft.is_leader() {
+                    // Only the leader we follow in its term may silence us:
+                    // a quiesced follower stops counting election ticks.
+                    if r.config.quiesce
+                        && !core.raft.is_leader()
+                        && m.from == core.raft.leader_id()
+                        && m.term == core.raft.term()
+                    {
                         core.quiesce.quiesced = true;
                     }
                     continue;

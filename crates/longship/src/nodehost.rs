@@ -103,6 +103,8 @@ pub struct ShardInfo {
     pub snapshot_index: Index,
     /// Whether the replica stopped after a failure.
     pub failed: bool,
+    /// Whether the replica is quiesced (its shard idle, no heartbeats).
+    pub quiesced: bool,
 }
 
 /// What a NodeHost hosts, from [`NodeHost::get_node_host_info`].
@@ -1167,6 +1169,7 @@ impl NodeHost {
                     applied: r.applied(),
                     snapshot_index: Index(r.snapshot_index.load(Ordering::Acquire)),
                     failed: r.failed.lock().is_some(),
+                    quiesced: r.quiesced.load(Ordering::Relaxed),
                 }
             })
             .collect();

@@ -124,3 +124,65 @@ fn quiesced_shard_wakes_on_a_read_and_on_the_leader() {
         assert_eq!(v, b"3");
     }
 }
+
+fn is_quiesced(c: &TestCluster, h: u64) -> bool {
+    c.nh(h)
+        .get_node_host_info()
+        .shards
+        .iter()
+        .any(|s| s.shard_id == ShardId(1) && s.quiesced)
+}
+
+/// A Quiesce message from `from` to the replica on host `to`, in `term`.
+fn send_quiesce(c: &TestCluster, from: u64, to: u64, term: longship::Term) {
+    use longship_transport::Transport as _;
+    let m = longship_raft::Message {
+        term,
+        ..longship_raft::Message::new(
+            longship_raft::MessageType::Quiesce,
+            ShardId(1),
+            longship::ReplicaId(from),
+            longship::ReplicaId(to),
+        )
+    };
+    let batch = longship_raft::MessageBatch {
+        deployment_id: longship::NodeHostConfig::default().deployment_id,
+        source_address: addr(from),
+        bin_ver: longship_raft::MESSAGE_BATCH_VERSION,
+        messages: vec![m],
+    };
+    c.net.transport("peer:9").send(&addr(to), batch).unwrap();
+}
+
+// Any replica could quiesce a follower: one that is not the leader, or a
+// deposed leader whose Quiesce arrives late. A quiesced follower counts no
+// election ticks and heartbeats do not wake it, so it would not notice the
+// real leader's failure. Only the leader it follows, in its term, may.
+#[test]
+fn only_the_followed_leader_quiesces_a_follower() {
+    let c = TestCluster::new(3);
+    // Long timeouts: the shard does not go quiet by itself meanwhile.
+    c.start_shard_with(&[1, 2, 3], |i| Config {
+        quiesce: true,
+        election_rtt: 100,
+        ..config(1, i)
+    });
+    let leader = c.wait_leader(1);
+    assert_eq!(propose(c.nh(leader), "set a 1"), 1);
+    let mut followers = (1..=3).filter(|&h| h != leader);
+    let (f1, f2) = (followers.next().unwrap(), followers.next().unwrap());
+    wait_until("followers know the leader", TIMEOUT, || {
+        c.leader_seen_by(f1, 1) == leader && c.leader_seen_by(f2, 1) == leader
+    });
+    let term = c.nh(f1).get_leader_id(ShardId(1)).unwrap().term;
+
+    send_quiesce(&c, f2, f1, term);
+    send_quiesce(&c, leader, f1, longship::Term(term.0 - 1));
+    std::thread::sleep(Duration::from_millis(20 * RTT_MS));
+    assert!(!is_quiesced(&c, f1), "quiesced by a non-leader");
+
+    send_quiesce(&c, leader, f1, term);
+    wait_until("the leader's Quiesce is taken", TIMEOUT, || {
+        is_quiesced(&c, f1)
+    });
+}
