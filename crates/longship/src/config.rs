@@ -136,7 +136,9 @@ pub struct NodeHostConfig {
     pub max_read_queue: usize,
     /// Most inbound messages queued per replica (more are dropped; Raft retransmits).
     pub max_inbound_queue: usize,
-    /// Most entry bytes applied per apply batch.
+    /// Most entry bytes applied per apply batch, and most committed entry
+    /// bytes queued per replica for its state machine: behind a slow state
+    /// machine, committed entries wait in the log (not in memory queues).
     pub max_apply_batch_bytes: u64,
     /// Seed for ids and timeouts (`None`: from the OS; set it for reproducible runs).
     pub seed: Option<u64>,

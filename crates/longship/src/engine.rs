@@ -97,6 +97,10 @@ impl StepWorker {
                         .is_some_and(|hs| hs.term != durable.term || hs.vote != durable.vote);
                 work.push((r.clone(), u));
             }
+            // Committed entries held back until the state machine catches
+            // up: the apply worker wakes us when it has applied some.
+            r.apply_throttled
+                .store(core.raft.apply_throttled(), Ordering::Release);
         }
         // Leader replication leaves before the local write (thesis §10.2.1).
         // Messages and entries are moved, not cloned, on their way out.
@@ -562,6 +566,12 @@ impl ApplyWorker {
             drop(guard);
             if more {
                 host.mark_apply(shard);
+            }
+            // The core holds committed entries back until it learns what
+            // was applied (a bounded apply queue): tell it now, not at the
+            // next tick.
+            if done > 0 && r.apply_throttled.swap(false, Ordering::AcqRel) {
+                wake_step = true;
             }
             self.maybe_schedule_snapshot(&r);
             if wake_step {

@@ -703,6 +703,7 @@ impl NodeHost {
             inbox: Mutex::new(Inbox::default()),
             pending: Mutex::new(Pending::default()),
             apply_queue: Mutex::new(VecDeque::new()),
+            apply_throttled: AtomicBool::new(false),
             rsm,
             snapshots,
             applied_index: AtomicU64::new(0),

@@ -169,6 +169,9 @@ pub(crate) struct Replica {
     pub(crate) inbox: Mutex<Inbox>,
     pub(crate) pending: Mutex<Pending>,
     pub(crate) apply_queue: Mutex<VecDeque<ApplyTask>>,
+    /// The core holds committed entries back until more are applied
+    /// (`max_apply_batch_bytes` handed out and not yet applied).
+    pub(crate) apply_throttled: AtomicBool,
     pub(crate) rsm: Rsm,
     pub(crate) snapshots: SnapshotStore,
     /// Highest index applied by the state machine (read by the step worker).

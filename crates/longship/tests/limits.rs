@@ -641,3 +641,96 @@ fn close_completes_requests_in_flight() {
     assert!(matches!(h.wait(), Err(Error::ShardClosed)));
     assert!(matches!(r.wait(), Err(Error::ShardClosed)));
 }
+
+/// A Kv whose updates wait while `gate` is closed.
+struct Gated {
+    kv: Kv,
+    gate: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl longship::StateMachine for Gated {
+    fn update(&mut self, entries: &mut [longship::SmEntry]) -> Result<(), longship::SmError> {
+        let (open, cv) = &*self.gate;
+        let mut g = open.lock().unwrap();
+        while !*g {
+            g = cv.wait(g).unwrap();
+        }
+        drop(g);
+        self.kv.update(entries)
+    }
+    fn lookup(&self, q: &[u8]) -> Result<Vec<u8>, longship::SmError> {
+        self.kv.lookup(q)
+    }
+    fn save_snapshot(
+        &self,
+        w: &mut dyn std::io::Write,
+        stop: &longship::StopFlag,
+    ) -> Result<(), longship::SmError> {
+        self.kv.save_snapshot(w, stop)
+    }
+    fn recover_from_snapshot(
+        &mut self,
+        r: &mut dyn std::io::Read,
+        stop: &longship::StopFlag,
+    ) -> Result<(), longship::SmError> {
+        self.kv.recover_from_snapshot(r, stop)
+    }
+}
+
+// Behind a slow state machine, committed entries wait in the log, at most
+// `max_apply_batch_bytes` of them queued for it (the apply queue grew
+// without bound before). Once the state machine catches up, the apply
+// worker tells the core at once instead of at the next tick.
+#[test]
+fn a_slow_state_machine_holds_committed_entries_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemNetwork::new();
+    let mut cfg = host_config(dir.path(), 1);
+    cfg.rtt_ms = 200;
+    cfg.max_apply_batch_bytes = 2048;
+    let nh = build(&net, cfg).unwrap();
+    let gate = Arc::new((std::sync::Mutex::new(true), std::sync::Condvar::new()));
+    let g = gate.clone();
+    let rc = Config {
+        election_rtt: 5,
+        ..config(1, 1)
+    };
+    nh.start_replica(
+        one_member(),
+        false,
+        move |_, _| {
+            Box::new(Gated {
+                kv: Kv::default(),
+                gate: g.clone(),
+            })
+        },
+        rc,
+    )
+    .unwrap();
+    wait_for("single replica leads", Duration::from_secs(20), || {
+        nh.get_leader_id(ShardId(1)).unwrap().leader_id == ReplicaId(1)
+    });
+    *gate.0.lock().unwrap() = false;
+    let s = nh.get_noop_session(ShardId(1));
+    let value = "v".repeat(1000);
+    // 256 entries, two per batch: waiting for a 200 ms tick (or another
+    // wake-up) per batch takes more than the proposals' timeout.
+    let handles: Vec<RequestHandle<SmResult>> = (0..256)
+        .map(|i| {
+            nh.propose(
+                &s,
+                format!("set k{i} {value}").into_bytes(),
+                Duration::from_secs(5),
+            )
+            .unwrap()
+        })
+        .collect();
+    // Let them commit while the state machine is stuck.
+    std::thread::sleep(Duration::from_millis(300));
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+    for h in handles {
+        h.wait().expect("applied within the proposal's timeout");
+    }
+    assert_eq!(count(&nh, 1), 256);
+}

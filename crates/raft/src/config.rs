@@ -34,7 +34,12 @@ pub struct Config {
     /// Most payload bytes a leader holds uncommitted; proposals beyond it are
     /// refused with [`ProposalError::TooManyUncommittedBytes`](crate::ProposalError). 0 = unlimited.
     pub max_uncommitted_bytes: u64,
-    /// Most entry bytes of committed entries handed out in one `Update`.
+    /// Most entry bytes of committed entries handed out in one `Update`,
+    /// and handed out in updates not yet wholly reported applied with
+    /// [`Raft::applied_to`](crate::Raft::applied_to): a slow state machine
+    /// holds back further committed entries instead of queueing them
+    /// without bound (at least one entry is handed out when none is
+    /// outstanding).
     pub max_apply_bytes: u64,
     /// Most read-index requests a leader queues before it committed an entry
     /// of its term, or waiting for a heartbeat quorum.

@@ -79,6 +79,13 @@ pub struct RaftLog<L: LogReader> {
     applying: Index,
     /// Highest index the state machine applied.
     applied: Index,
+    /// Batches handed out and not yet applied: (last index, bytes).
+    applying_batches: std::collections::VecDeque<(Index, u64)>,
+    /// Sum of the bytes of `applying_batches`.
+    applying_bytes: u64,
+    /// Most bytes handed out and not yet applied (a slow state machine
+    /// must not make the apply queue grow without bound).
+    max_applying_bytes: u64,
 }
 
 impl<L: LogReader> RaftLog<L> {
@@ -98,7 +105,23 @@ impl<L: LogReader> RaftLog<L> {
             committed,
             applying: applied,
             applied,
+            applying_batches: Default::default(),
+            applying_bytes: 0,
+            max_applying_bytes: u64::MAX,
         }
+    }
+
+    /// Bounds the bytes of committed entries handed out by
+    /// [`take_next_committed`](Self::take_next_committed) and not yet
+    /// reported applied (at least one entry is always handed out when
+    /// nothing is outstanding). Unbounded by default.
+    pub fn set_max_applying_bytes(&mut self, max: u64) {
+        self.max_applying_bytes = max.max(1);
+    }
+
+    /// Bytes handed out for applying and not yet reported applied.
+    pub fn applying_bytes(&self) -> u64 {
+        self.applying_bytes
     }
 
     /// The durable log.
@@ -303,26 +326,47 @@ impl<L: LogReader> RaftLog<L> {
                 self.applying = i;
             }
         }
+        while let Some(&(last, bytes)) = self.applying_batches.front()
+            && last <= self.applied
+        {
+            self.applying_bytes -= bytes;
+            self.applying_batches.pop_front();
+        }
     }
 
-    /// Whether committed entries are waiting to be handed out.
+    /// Whether committed entries can be handed out now.
     pub fn has_next_committed(&self) -> bool {
+        self.committed_waiting() && self.applying_bytes < self.max_applying_bytes
+    }
+
+    /// Whether committed entries are held back only because the bytes
+    /// handed out and not yet applied reached their bound.
+    pub fn apply_throttled(&self) -> bool {
+        self.committed_waiting() && self.applying_bytes >= self.max_applying_bytes
+    }
+
+    fn committed_waiting(&self) -> bool {
         self.unstable.snapshot.is_none()
             && self.applying < self.committed.min(self.stable_last_index())
     }
 
     /// Committed, locally durable entries not yet handed out (bounded by
-    /// `max_bytes`); marks them handed out.
+    /// `max_bytes` and by what the bound on bytes not yet applied leaves);
+    /// marks them handed out.
     pub fn take_next_committed(&mut self, max_bytes: u64) -> Vec<Entry> {
         if !self.has_next_committed() {
             return Vec::new();
         }
         let hi = self.committed.min(self.stable_last_index()).next();
+        let budget = max_bytes.min(self.max_applying_bytes - self.applying_bytes);
         let ents = self
-            .entries(self.applying.next(), hi, max_bytes)
+            .entries(self.applying.next(), hi, budget)
             .unwrap_or_else(|e| panic!("committed entries from {}: {e}", self.applying.next()));
         if let Some(last) = ents.last() {
             self.applying = last.index;
+            let bytes: u64 = ents.iter().map(Entry::size_bytes).sum();
+            self.applying_bytes += bytes;
+            self.applying_batches.push_back((last.index, bytes));
         }
         ents
     }

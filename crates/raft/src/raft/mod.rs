@@ -123,7 +123,8 @@ impl<L: LogReader> Raft<L> {
         applied: Index,
     ) -> Result<Raft<L>, ConfigError> {
         cfg.validate()?;
-        let log = RaftLog::new(reader, hard_state.commit, applied);
+        let mut log = RaftLog::new(reader, hard_state.commit, applied);
+        log.set_max_applying_bytes(cfg.max_apply_bytes);
         let mut r = Raft {
             id: cfg.replica_id,
             shard_id: cfg.shard_id,
@@ -501,6 +502,14 @@ impl<L: LogReader> Raft<L> {
     /// (or installed a snapshot at `index`).
     pub fn applied_to(&mut self, index: Index) {
         self.log.applied_to(index);
+    }
+
+    /// Whether committed entries wait only because `max_apply_bytes` of
+    /// them were handed out and not yet reported applied: the engine
+    /// should call [`applied_to`](Self::applied_to) as soon as the state
+    /// machine catches up.
+    pub fn apply_throttled(&self) -> bool {
+        self.log.apply_throttled()
     }
 
     /// Snapshot metadata of the durable log.

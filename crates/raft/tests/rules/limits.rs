@@ -58,3 +58,54 @@ fn apply_batches_are_bounded_by_max_apply_bytes() {
     }
     assert_eq!(applied, (1..=10).collect::<Vec<_>>());
 }
+
+/// Apply back-pressure (DESIGN.md §6 "bounded queues"): committed entries
+/// handed out in batches not yet wholly reported applied never exceed
+/// `max_apply_bytes` (at least one entry when none is outstanding). A slow state machine
+/// holds further entries back in the log instead of in an apply queue
+/// that grows without bound; reporting progress releases them.
+#[test]
+fn committed_entries_wait_while_the_state_machine_lags() {
+    let per_entry = ent(1, 1).size_bytes();
+    let c = Config {
+        max_apply_bytes: 3 * per_entry,
+        ..cfg(2)
+    };
+    let mut log = MemLog::new();
+    log.append(&ents_from(1, &[1; 10]));
+    let hs = HardState {
+        term: Term(1),
+        vote: ReplicaId::NONE,
+        commit: Index(10),
+    };
+    let mut f = Raft::new(c, log, hs, voters(&[1, 2, 3]), Index(0)).unwrap();
+    // Cycles that never report anything applied.
+    let mut handed = Vec::new();
+    while f.has_update() {
+        let u = f.get_update();
+        f.advance(&u);
+        handed.extend(u.committed_entries.iter().map(|e| e.index.0));
+    }
+    assert_eq!(handed, vec![1, 2, 3], "held back while nothing is applied");
+    assert!(f.apply_throttled());
+    // A batch counts until all of it is applied.
+    f.applied_to(Index(2));
+    assert!(f.apply_throttled());
+    assert!(!f.has_update());
+    f.applied_to(Index(3));
+    assert!(!f.apply_throttled());
+    let u = f.get_update();
+    f.advance(&u);
+    let next: Vec<u64> = u.committed_entries.iter().map(|e| e.index.0).collect();
+    assert_eq!(next, vec![4, 5, 6]);
+    assert!(f.apply_throttled());
+    // Applied as handed out: the rest flows with the usual batch bound.
+    f.applied_to(Index(6));
+    let mut rest = Vec::new();
+    while f.has_update() {
+        let u = cycle(&mut f);
+        rest.extend(u.committed_entries.iter().map(|e| e.index.0));
+    }
+    assert_eq!(rest, (7..=10).collect::<Vec<_>>());
+    assert!(!f.apply_throttled());
+}
