@@ -167,16 +167,57 @@ impl StepWorker {
         true
     }
 
+    /// One tick of a replica's core, unless it is quiesced; a leader that
+    /// goes quiet tells its followers.
+    fn tick_core(&self, r: &Replica, core: &mut CoreState, extra: &mut Vec<(ReplicaRef, Message)>) {
+        if r.config.quiesce {
+            let threshold = r.config.election_rtt * QUIESCE_ELECTION_TIMEOUTS;
+            core.quiesce.idle_ticks += 1;
+            if !core.quiesce.quiesced && core.quiesce.idle_ticks >= threshold {
+                core.quiesce.quiesced = true;
+                if core.raft.is_leader() {
+                    // Followers go quiet at once instead of timing out.
+                    let me = core.raft.id();
+                    for to in core.raft.membership().all_members().filter(|&id| id != me) {
+                        let m = Message {
+                            term: core.raft.term(),
+                            ..Message::new(MessageType::Quiesce, r.shard_id, me, to)
+                        };
+                        if let Some(rr) = self.host.replica(r.shard_id) {
+                            extra.push((rr, m));
+                        }
+                    }
+                }
+            }
+            if core.quiesce.quiesced {
+                return;
+            }
+        }
+        core.raft.tick();
+    }
+
     /// Feeds a replica's queued inputs to its core.
     fn drive(&self, r: &Replica, core: &mut CoreState, extra: &mut Vec<(ReplicaRef, Message)>) {
         let host = &self.host;
         let inbox = std::mem::take(&mut *r.inbox.lock());
-        let mut active = !inbox.proposals.is_empty()
+        let active = !inbox.proposals.is_empty()
             || !inbox.reads.is_empty()
             || !inbox.config_changes.is_empty()
             || !inbox.commands.is_empty();
+        if active {
+            core.quiesce.wake();
+        }
         let invalid_before = core.raft.invalid_messages();
-        for m in inbox.messages {
+        // Ticks and messages in the order they arrived: after a stalled
+        // cycle (a slow fsync), a follower must not take all the ticks of
+        // the stall after the leader's heartbeats that came meanwhile, or
+        // it would time out and campaign against a live leader.
+        let mut ticked = 0;
+        for (at, m) in inbox.messages {
+            for _ in ticked..at.min(inbox.ticks) {
+                self.tick_core(r, core, extra);
+            }
+            ticked = ticked.max(at.min(inbox.ticks));
             match m.msg_type {
                 MessageType::Heartbeat | MessageType::HeartbeatResp => {}
                 MessageType::Quiesce => {
@@ -191,9 +232,12 @@ impl StepWorker {
                     }
                     continue;
                 }
-                _ => active = true,
+                _ => core.quiesce.wake(),
             }
             core.raft.step(m);
+        }
+        for _ in ticked..inbox.ticks {
+            self.tick_core(r, core, extra);
         }
         let invalid = core.raft.invalid_messages() - invalid_before;
         if invalid > 0 {
@@ -208,36 +252,6 @@ impl StepWorker {
                     "dropped invalid message: {reason}"
                 );
             }
-        }
-        if active {
-            core.quiesce.idle_ticks = 0;
-            core.quiesce.quiesced = false;
-        }
-        let threshold = r.config.election_rtt * QUIESCE_ELECTION_TIMEOUTS;
-        for _ in 0..inbox.ticks {
-            if r.config.quiesce {
-                core.quiesce.idle_ticks += 1;
-                if !core.quiesce.quiesced && core.quiesce.idle_ticks >= threshold {
-                    core.quiesce.quiesced = true;
-                    if core.raft.is_leader() {
-                        // Followers go quiet at once instead of timing out.
-                        let me = core.raft.id();
-                        for to in core.raft.membership().all_members().filter(|&id| id != me) {
-                            let m = Message {
-                                term: core.raft.term(),
-                                ..Message::new(MessageType::Quiesce, r.shard_id, me, to)
-                            };
-                            if let Some(rr) = host.replica(r.shard_id) {
-                                extra.push((rr, m));
-                            }
-                        }
-                    }
-                }
-                if core.quiesce.quiesced {
-                    continue;
-                }
-            }
-            core.raft.tick();
         }
         r.quiesced.store(core.quiesce.quiesced, Ordering::Relaxed);
         if inbox.ticks > 0 {

@@ -264,7 +264,8 @@ impl Host {
                 Metrics::add(&self.metrics.messages_dropped, 1);
                 return false;
             }
-            inbox.messages.push(m);
+            let at = inbox.ticks;
+            inbox.messages.push((at, m));
         }
         self.mark_step(r.shard_id);
         true

@@ -35,7 +35,9 @@ pub(crate) enum Command {
 /// or drops (messages; Raft retransmits).
 #[derive(Default)]
 pub(crate) struct Inbox {
-    pub(crate) messages: Vec<Message>,
+    /// Messages with the number of `ticks` queued before each arrived, so
+    /// the step worker replays them in the order they happened.
+    pub(crate) messages: Vec<(u64, Message)>,
     pub(crate) proposals: Vec<Entry>,
     pub(crate) config_changes: Vec<Entry>,
     /// Read requests not yet given a read-index context.
@@ -152,6 +154,14 @@ pub(crate) enum ApplyTask {
 pub(crate) struct QuiesceState {
     pub(crate) idle_ticks: u64,
     pub(crate) quiesced: bool,
+}
+
+impl QuiesceState {
+    /// Traffic: the shard is busy again.
+    pub(crate) fn wake(&mut self) {
+        self.idle_ticks = 0;
+        self.quiesced = false;
+    }
 }
 
 /// The core and the step worker's private state of a replica.

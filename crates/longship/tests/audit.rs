@@ -719,6 +719,97 @@ fn concurrent_starts_of_a_shard_create_one_state_machine() {
     assert_eq!(c.read(1, 1, "get a"), b"1");
 }
 
+/// Runs manual NodeHosts until none has anything left to do.
+fn settle(hosts: &[&NodeHost]) {
+    for _ in 0..10_000 {
+        let mut any = false;
+        for nh in hosts {
+            any |= nh.run_once();
+        }
+        if !any {
+            return;
+        }
+    }
+    panic!("the hosts never settled");
+}
+
+// A step worker stalled for a while (a slow fsync) took, in its next
+// cycle, the messages that arrived meanwhile first and all the stall's
+// ticks after them: a follower that kept hearing from its leader stepped
+// the heartbeats, then timed out and campaigned against a live leader.
+// Ticks and messages are now replayed in the order they arrived.
+#[test]
+fn a_stalled_follower_does_not_campaign_against_a_live_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = longship_transport::MemNetwork::new();
+    let hosts: Vec<NodeHost> = (1..=3)
+        .map(|i| {
+            let cfg = longship::NodeHostConfig {
+                node_host_dir: dir.path().join(format!("nh{i}")),
+                rtt_ms: RTT_MS,
+                raft_address: addr(i),
+                seed: Some(i),
+                ..longship::NodeHostConfig::default()
+            };
+            NodeHost::builder(cfg)
+                .transport(Arc::new(net.transport(&addr(i))))
+                .manual()
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let all: Vec<&NodeHost> = hosts.iter().collect();
+    for (i, nh) in hosts.iter().enumerate() {
+        let cfg = Config {
+            // Without either, a campaign shows as a new term at once.
+            pre_vote: false,
+            check_quorum: false,
+            ..config(1, i as u64 + 1)
+        };
+        nh.start_replica(
+            TestCluster::members(&[1, 2, 3]),
+            false,
+            |_, _| Box::new(Kv::default()),
+            cfg,
+        )
+        .unwrap();
+    }
+    let leader_of = |nh: &NodeHost| nh.get_leader_id(ShardId(1)).unwrap();
+    for _ in 0..1000 {
+        settle(&all);
+        if all.iter().all(|nh| {
+            let l = leader_of(nh);
+            l.valid && l.leader_id == leader_of(all[0]).leader_id
+        }) {
+            break;
+        }
+        for nh in &all {
+            nh.tick();
+        }
+    }
+    let before = leader_of(all[0]);
+    assert!(before.valid, "no leader elected");
+    let l = before.leader_id.0 as usize - 1;
+    let f = (l + 1) % 3;
+    let others: Vec<&NodeHost> = (0..3).filter(|&i| i != f).map(|i| all[i]).collect();
+    // The follower's worker stalls for four election timeouts of ticks,
+    // while its leader keeps sending heartbeats.
+    for _ in 0..4 * config(1, 1).election_rtt {
+        for nh in &others {
+            nh.tick();
+        }
+        all[f].tick();
+        settle(&others);
+    }
+    settle(&all);
+    assert_eq!(
+        leader_of(all[f]),
+        before,
+        "the stalled follower campaigned against a live leader"
+    );
+    assert_eq!(leader_of(all[l]), before);
+}
+
 /// A NodeHost driven by hand (no threads) on `dir`.
 fn manual_host(dir: &std::path::Path, net: &longship_transport::MemNetwork) -> NodeHost {
     let cfg = longship::NodeHostConfig {
