@@ -748,6 +748,11 @@ impl NodeHost {
     }
 
     /// Stops the local replica of `shard` (its data stays; it can be restarted).
+    ///
+    /// Returns once no worker uses the replica any more: a state machine
+    /// call in progress (an update, a snapshot being saved or recovered)
+    /// is waited for. Long calls get a set [`StopFlag`] and should poll
+    /// it and return early; one that ignores it holds this call up.
     pub fn stop_shard(&self, shard: ShardId) -> Result<()> {
         self.stop(shard, None)
     }

@@ -143,17 +143,21 @@ impl Hosts {
             .unwrap();
     }
 
+    /// The host whose replica of `shard` leads now (0 if none).
+    fn leader_now(&self, shard: u64) -> u64 {
+        self.hosts
+            .iter()
+            .find(|(i, nh)| {
+                nh.get_leader_id(ShardId(shard))
+                    .is_ok_and(|l| l.valid && l.leader_id.0 == **i)
+            })
+            .map_or(0, |(i, _)| *i)
+    }
+
     fn wait_leader(&self, shard: u64) -> u64 {
         let mut found = 0;
         wait_for("a leader", Duration::from_secs(10), || {
-            found = self
-                .hosts
-                .iter()
-                .find(|(i, nh)| {
-                    nh.get_leader_id(ShardId(shard))
-                        .is_ok_and(|l| l.valid && l.leader_id.0 == **i)
-                })
-                .map_or(0, |(i, _)| *i);
+            found = self.leader_now(shard);
             found != 0
         });
         found
@@ -168,8 +172,14 @@ fn propose(nh: &NodeHost, shard: u64, cmd: &str) -> u64 {
 #[test]
 fn listener_sees_leadership_membership_and_lifecycle() {
     let mut h = Hosts::new(3);
+    // Long election timeouts: on a loaded machine a 5 ms RTT would let
+    // spurious elections change the leader between the steps below.
+    let steady = |i| Config {
+        election_rtt: 60,
+        ..config(1, i)
+    };
     for i in 1..=3 {
-        h.start(i, &[1, 2, 3], config(1, i));
+        h.start(i, &[1, 2, 3], steady(i));
         assert!(
             h.rec(i)
                 .events()
@@ -208,9 +218,23 @@ fn listener_sees_leadership_membership_and_lifecycle() {
 
     // A leadership transfer is reported with the new leader and a higher term.
     let target = (1..=3).find(|&i| i != leader).unwrap();
-    h.nh(leader)
-        .request_leader_transfer(ShardId(1), ReplicaId(target))
-        .unwrap();
+    // A transfer may be aborted (the target did not catch up within an
+    // election timeout): ask again until it happens.
+    let mut moved = false;
+    for _ in 0..10 {
+        let _ = h
+            .nh(leader)
+            .request_leader_transfer(ShardId(1), ReplicaId(target));
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && !moved {
+            moved = h.leader_now(1) == target;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if moved {
+            break;
+        }
+    }
+    assert!(moved, "leadership never moved to {target}");
     for i in 1..=3 {
         wait_for("leader_updated after transfer", TIMEOUT, || {
             h.rec(i).any(|e| {
