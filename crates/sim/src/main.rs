@@ -3,7 +3,8 @@
 //! ```text
 //! longship-sim --seed N            replay one seed (prints its trace hash)
 //! longship-sim --seeds A..B        run seeds A (inclusive) to B (exclusive)
-//! options: --ops N (operations per seed, default 3000), --jobs N (threads)
+//! options: --ops N (operations per seed, default 3000), --jobs N (threads),
+//!          --progress N (a line on stderr every N passed seeds)
 //! ```
 
 use std::process::ExitCode;
@@ -14,13 +15,15 @@ use std::time::Instant;
 use longship_sim::run_seed;
 
 const USAGE: &str =
-    "usage: longship-sim (--seed N | --seeds A..B) [--ops N] [--jobs N] [--verbose]";
+    "usage: longship-sim (--seed N | --seeds A..B) [--ops N] [--jobs N] [--progress N] [--verbose]";
 
 struct Args {
     seeds: std::ops::Range<u64>,
     ops: u64,
     jobs: usize,
     verbose: bool,
+    /// Print a line to stderr every this many passed seeds (0: never).
+    progress: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -28,6 +31,7 @@ fn parse_args() -> Result<Args, String> {
     let mut ops = 3000;
     let mut jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut verbose = false;
+    let mut progress = 0;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -47,6 +51,7 @@ fn parse_args() -> Result<Args, String> {
             "--ops" => ops = value()?.parse().map_err(|e| format!("--ops: {e}"))?,
             "--jobs" => jobs = value()?.parse().map_err(|e| format!("--jobs: {e}"))?,
             "--verbose" => verbose = true,
+            "--progress" => progress = value()?.parse().map_err(|e| format!("--progress: {e}"))?,
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -57,6 +62,7 @@ fn parse_args() -> Result<Args, String> {
         ops,
         jobs: jobs.max(1),
         verbose,
+        progress,
     })
 }
 
@@ -86,7 +92,13 @@ fn main() -> ExitCode {
                     let t = Instant::now();
                     match run_seed(seed, args.ops) {
                         Ok(r) => {
-                            passed.fetch_add(1, Ordering::Relaxed);
+                            let n = passed.fetch_add(1, Ordering::Relaxed) + 1;
+                            if args.progress > 0 && n % args.progress == 0 {
+                                eprintln!(
+                                    "{n} passed after {:.0?} (last seed {seed})",
+                                    start.elapsed()
+                                );
+                            }
                             if args.verbose {
                                 println!(
                                     "seed {seed}: ok in {:.2?}, trace hash {:016x}\n  {r:?}",
