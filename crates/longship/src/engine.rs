@@ -393,13 +393,27 @@ impl StepWorker {
                 .iter()
                 .map(|m| (m.shard_id, m.to, m.from))
                 .collect();
+            // A witness's snapshot (metadata only) travels in the batch,
+            // with no stream to report its outcome: the leader waits in
+            // the snapshot state for a status, so give it one (as a
+            // stream's end does). Sent, it then probes, and sends the
+            // snapshot again if the message was lost on the way.
+            let witness_snapshots: Vec<Message> = messages
+                .iter()
+                .filter(|m| m.msg_type == MessageType::InstallSnapshot)
+                .cloned()
+                .collect();
             let batch = MessageBatch {
                 deployment_id: host.cfg.deployment_id,
                 source_address: host.cfg.raft_address.clone(),
                 bin_ver: MESSAGE_BATCH_VERSION,
                 messages,
             };
-            match host.transport.send(&addr, batch) {
+            let res = host.transport.send(&addr, batch);
+            for m in &witness_snapshots {
+                report_snapshot_status(host, m, res.is_err());
+            }
+            match res {
                 Ok(()) => Metrics::add(&host.metrics.messages_sent, n),
                 Err(longship_transport::SendError::Unreachable(_)) => {
                     // Leaders stop pipelining to a peer that cannot be reached.

@@ -69,6 +69,11 @@ pub enum Error {
     /// a removed replica id, or a snapshot not possible now).
     #[error("rejected: {0}")]
     Rejected(String),
+    /// The local replica of the shard is a witness: it holds no state
+    /// machine data, so it takes no proposals, sessions or reads (ask a
+    /// replica that holds data).
+    #[error("the local replica of shard {0} is a witness: no proposals, sessions or reads")]
+    Witness(ShardId),
     /// A replica id that was removed can never be used again.
     #[error("replica {0} was removed from the shard and cannot be re-added")]
     ReplicaRemoved(ReplicaId),

@@ -942,7 +942,7 @@ impl NodeHost {
     /// Queries the local state machine (after a completed `read_index`).
     pub fn read_local(&self, shard: ShardId, query: &[u8]) -> Result<Vec<u8>> {
         let r = self.replica_for(shard)?;
-        r.rsm.sm.lookup(query).map_err(|e| Error::StateMachine(e.0))
+        lookup_on(&r, query)
     }
 
     /// A linearizable read: `read_index`, wait, `read_local`.
@@ -1261,6 +1261,7 @@ fn propose_raw(
     cmd: Bytes,
     deadline: u64,
 ) -> Result<RequestHandle<SmResult>> {
+    holds_data(r)?;
     let key = host.random_id();
     let entry = Entry {
         entry_type: EntryType::Normal,
@@ -1326,7 +1327,23 @@ fn propose_on(
     propose_raw(host, r, session, cmd, deadline)
 }
 
+/// Refuses what needs the state machine on a witness (it has none: its
+/// state machine never sees an entry, and would answer reads from nothing).
+fn holds_data(r: &Replica) -> Result<()> {
+    if r.config.is_witness {
+        return Err(Error::Witness(r.shard_id));
+    }
+    Ok(())
+}
+
+/// Queries the state machine of a replica that holds data.
+fn lookup_on(r: &Replica, query: &[u8]) -> Result<Vec<u8>> {
+    holds_data(r)?;
+    r.rsm.sm.lookup(query).map_err(|e| Error::StateMachine(e.0))
+}
+
 fn read_index_on(host: &Host, r: &Replica, deadline: u64) -> Result<RequestHandle<Index>> {
+    holds_data(r)?;
     let (handle, completer) = request();
     {
         let mut inbox = r.inbox.lock();
@@ -1401,11 +1418,7 @@ impl NodeUser {
 
     /// As [`NodeHost::read_local`].
     pub fn read_local(&self, query: &[u8]) -> Result<Vec<u8>> {
-        self.replica
-            .rsm
-            .sm
-            .lookup(query)
-            .map_err(|e| Error::StateMachine(e.0))
+        lookup_on(&self.replica, query)
     }
 }
 

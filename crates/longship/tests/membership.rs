@@ -234,6 +234,28 @@ fn witness_keeps_the_shard_available_with_one_voter_down() {
         applied_on(&c, 3) >= target
     });
 
+    // A witness has no state machine data: what needs it is refused there
+    // (a read used to be answered from its never-updated state machine).
+    let w = c.nh(3);
+    let noop = w.get_noop_session(sid());
+    assert!(matches!(
+        w.propose(&noop, b"set w 9".to_vec(), TIMEOUT),
+        Err(Error::Witness(_))
+    ));
+    assert!(matches!(
+        w.sync_read(sid(), b"get w", TIMEOUT),
+        Err(Error::Witness(_))
+    ));
+    assert!(matches!(
+        w.stale_read(sid(), b"get w"),
+        Err(Error::Witness(_))
+    ));
+    assert!(matches!(
+        w.sync_get_session(sid(), TIMEOUT),
+        Err(Error::Witness(_))
+    ));
+    assert_eq!(c.read(leader, SHARD, "get w"), b"2", "nothing was proposed");
+
     // Of two voters one goes down, leader included: the survivor is elected
     // with the witness's vote and keeps committing with its acknowledgements.
     let survivor = 3 - leader;

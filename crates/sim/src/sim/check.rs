@@ -61,6 +61,16 @@ impl Sim {
                         ));
                     }
                 }
+                let witness = self.hosts[h]
+                    .hosted
+                    .get(&s.shard_id)
+                    .is_some_and(|x| x.cfg.replica_id == s.replica_id && x.cfg.is_witness);
+                if witness && s.is_leader {
+                    return Err(format!(
+                        "witness {} of {} on host {h} leads term {}",
+                        s.replica_id, s.shard_id, s.term
+                    ));
+                }
                 let key = (h, s.shard_id, s.replica_id);
                 let term_before = self.checker.terms.insert(key, s.term);
                 if let Some(before) = term_before
@@ -150,6 +160,31 @@ impl Sim {
                             ));
                         }
                     }
+                }
+            }
+            // Witnesses hold no state to compare; they must run, and
+            // follow the shard's log as far as the others applied it.
+            for (&replica, &h) in &shard.witnesses {
+                let Some(nh) = &self.hosts[h].nh else {
+                    return Some(format!("host {h} of {} is down", shard.id));
+                };
+                let info = nh.get_node_host_info();
+                let Some(s) = info.shards.iter().find(|s| s.shard_id == shard.id) else {
+                    return Some(format!("witness {replica} of {} not running", shard.id));
+                };
+                if s.replica_id != replica {
+                    return Some(format!(
+                        "host {h} runs replica {} of {}, not witness {replica}",
+                        s.replica_id, shard.id
+                    ));
+                }
+                if let Some((applied, _)) = &seen
+                    && s.applied != *applied
+                {
+                    return Some(format!(
+                        "{}: witness {replica} applied {}, the others {applied}",
+                        shard.id, s.applied
+                    ));
                 }
             }
             if !leader {

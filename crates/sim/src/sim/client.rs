@@ -114,6 +114,11 @@ enum Change {
         replica: ReplicaId,
         host: usize,
     },
+    /// A witness (at most one per shard).
+    AddWitness {
+        replica: ReplicaId,
+        host: usize,
+    },
     Remove {
         replica: ReplicaId,
         host: usize,
@@ -657,14 +662,14 @@ impl Sim {
         }
     }
 
-    /// Adds a replica on a host without one (up to four voters), or
-    /// removes one (down to three).
+    /// Adds a replica on a host without one (up to four voters, witnesses
+    /// included), or removes one (down to three).
     pub(super) fn start_membership_change(&mut self, si: usize) -> Result<(), String> {
         if !self.admins[si].is_idle() {
             return Ok(());
         }
         let shard = self.shards[si].id;
-        let voters = self.shards[si].members.len();
+        let voters = self.shards[si].members.len() + self.shards[si].witnesses.len();
         let free: Vec<usize> = (0..self.hosts.len())
             .filter(|&h| !self.hosts[h].hosted.contains_key(&shard))
             .collect();
@@ -672,10 +677,19 @@ impl Sim {
             let host = free[self.rng.below(free.len() as u64) as usize];
             let replica = ReplicaId(self.shards[si].next_replica);
             self.shards[si].next_replica += 1;
-            let non_voting = self.rng.chance(0.5);
+            // Witnesses: at most one, so two replicas always hold data.
+            let witness = self.shards[si].witnesses.is_empty() && self.rng.chance(0.3);
+            let non_voting = !witness && self.rng.chance(0.5);
             let cfg = longship::Config {
                 replica_id: replica,
                 is_non_voting: non_voting,
+                is_witness: witness,
+                // A witness has no state to snapshot.
+                snapshot_entries: if witness {
+                    0
+                } else {
+                    self.shards[si].config.snapshot_entries
+                },
                 ..self.shards[si].config.clone()
             };
             let hosted = Hosted { cfg, initial: None };
@@ -692,7 +706,9 @@ impl Sim {
                     self.crash_host(host, delay)?;
                 }
             }
-            if non_voting {
+            if witness {
+                Change::AddWitness { replica, host }
+            } else if non_voting {
                 Change::AddNonVoting { replica, host }
             } else {
                 Change::Add { replica, host }
@@ -701,6 +717,7 @@ impl Sim {
             let members: Vec<(ReplicaId, usize)> = self.shards[si]
                 .members
                 .iter()
+                .chain(&self.shards[si].witnesses)
                 .map(|(&r, &h)| (r, h))
                 .collect();
             let (replica, host) = members[self.rng.below(members.len() as u64) as usize];
@@ -748,6 +765,7 @@ impl Sim {
                     let addr = match change {
                         Change::Add { host, .. }
                         | Change::AddNonVoting { host, .. }
+                        | Change::AddWitness { host, .. }
                         | Change::Promote { host, .. } => self.hosts[host].addr.clone(),
                         Change::Remove { .. } => String::new(),
                     };
@@ -758,6 +776,9 @@ impl Sim {
                         }
                         Change::AddNonVoting { replica, .. } => {
                             nh.request_add_non_voting(shard, replica, addr, 0, timeout)
+                        }
+                        Change::AddWitness { replica, .. } => {
+                            nh.request_add_witness(shard, replica, addr, 0, timeout)
                         }
                         Change::Remove { replica, .. } => {
                             nh.request_delete_replica(shard, replica, 0, timeout)
@@ -786,6 +807,7 @@ impl Sim {
                             (
                                 Change::Add { .. }
                                 | Change::AddNonVoting { .. }
+                                | Change::AddWitness { .. }
                                 | Change::Promote { .. },
                                 Err(Error::Rejected(why)),
                             ) => {
@@ -836,8 +858,13 @@ impl Sim {
                 self.shards[si].non_voting.insert(replica, host);
                 self.trace_event("added-non-voting", shard.0, replica.0);
             }
+            Change::AddWitness { replica, host } => {
+                self.shards[si].witnesses.insert(replica, host);
+                self.trace_event("added-witness", shard.0, replica.0);
+            }
             Change::Remove { replica, host } => {
                 self.shards[si].members.remove(&replica);
+                self.shards[si].witnesses.remove(&replica);
                 self.hosts[host].hosted.remove(&shard);
                 if let Some(nh) = &self.hosts[host].nh {
                     let _ = nh.stop_replica(shard, replica);

@@ -189,6 +189,9 @@ struct ShardState {
     members: BTreeMap<ReplicaId, usize>,
     /// Non-voting members whose addition is certain (replica → host).
     non_voting: BTreeMap<ReplicaId, usize>,
+    /// Witnesses whose addition is certain (replica → host): they vote
+    /// and count in quorums but hold no state machine data.
+    witnesses: BTreeMap<ReplicaId, usize>,
     next_replica: u64,
     keys: Vec<String>,
     /// The client history (operation times are `Sim::clock` values).
@@ -288,6 +291,7 @@ impl Sim {
                 id: ShardId(s),
                 members: BTreeMap::new(),
                 non_voting: BTreeMap::new(),
+                witnesses: BTreeMap::new(),
                 next_replica: 1,
                 keys: (0..3).map(|k| format!("s{s}k{k}")).collect(),
                 history: Vec::new(),
