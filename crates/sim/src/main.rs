@@ -93,7 +93,7 @@ fn main() -> ExitCode {
                     match run_seed(seed, args.ops) {
                         Ok(r) => {
                             let n = passed.fetch_add(1, Ordering::Relaxed) + 1;
-                            if args.progress > 0 && n % args.progress == 0 {
+                            if args.progress > 0 && n.is_multiple_of(args.progress) {
                                 eprintln!(
                                     "{n} passed after {:.0?} (last seed {seed})",
                                     start.elapsed()
