@@ -583,14 +583,7 @@ fn an_install_snapshot_in_a_message_batch_is_ignored() {
             longship::ReplicaId(f),
         )
     };
-    let batch = longship_raft::MessageBatch {
-        deployment_id: longship::NodeHostConfig::default().deployment_id,
-        source_address: addr(l),
-        bin_ver: longship_raft::MESSAGE_BATCH_VERSION,
-        messages: vec![m],
-    };
-    use longship_transport::Transport as _;
-    c.net.transport("peer:1").send(&addr(f), batch).unwrap();
+    c.send_raw(l, f, vec![m]);
     let s = c.nh(l).get_noop_session(ShardId(1));
     let p = outcome_within(
         c.nh(l).propose(&s, b"set z 1".to_vec(), TIMEOUT),
@@ -642,14 +635,7 @@ fn messages_no_correct_peer_sends_do_not_stop_the_leader() {
             ..from_f(MessageType::ReplicateResp)
         },
     ];
-    let batch = longship_raft::MessageBatch {
-        deployment_id: longship::NodeHostConfig::default().deployment_id,
-        source_address: addr(f),
-        bin_ver: longship_raft::MESSAGE_BATCH_VERSION,
-        messages,
-    };
-    use longship_transport::Transport as _;
-    c.net.transport("peer:1").send(&addr(l), batch).unwrap();
+    c.send_raw(f, l, messages);
     wait_until("the messages were dropped as invalid", TIMEOUT, || {
         c.nh(l)
             .metrics()
@@ -1171,14 +1157,7 @@ fn a_malformed_append_is_ignored() {
             longship::ReplicaId(f),
         )
     };
-    let batch = longship_raft::MessageBatch {
-        deployment_id: longship::NodeHostConfig::default().deployment_id,
-        source_address: addr(l),
-        bin_ver: longship_raft::MESSAGE_BATCH_VERSION,
-        messages: vec![m],
-    };
-    use longship_transport::Transport as _;
-    c.net.transport("peer:1").send(&addr(f), batch).unwrap();
+    c.send_raw(l, f, vec![m]);
     let s = c.nh(l).get_noop_session(ShardId(1));
     let p = outcome_within(
         c.nh(l).propose(&s, b"set z 1".to_vec(), TIMEOUT),
@@ -1255,29 +1234,6 @@ fn a_failing_automatic_snapshot_is_not_retried_in_a_loop() {
     );
 }
 
-/// A Kv recording the size of the largest batch `update` got.
-struct BatchProbe {
-    kv: Kv,
-    largest: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl StateMachine for BatchProbe {
-    fn update(&mut self, entries: &mut [SmEntry]) -> Result<(), SmError> {
-        self.largest
-            .fetch_max(entries.len() as u64, Ordering::SeqCst);
-        self.kv.update(entries)
-    }
-    fn lookup(&self, query: &[u8]) -> Result<Vec<u8>, SmError> {
-        self.kv.lookup(query)
-    }
-    fn save_snapshot(&self, w: &mut dyn Write, stop: &StopFlag) -> Result<(), SmError> {
-        self.kv.save_snapshot(w, stop)
-    }
-    fn recover_from_snapshot(&mut self, r: &mut dyn Read, stop: &StopFlag) -> Result<(), SmError> {
-        self.kv.recover_from_snapshot(r, stop)
-    }
-}
-
 // NodeHostConfig::max_apply_batch_bytes was validated but never used: the
 // core handed out committed entries in batches of its own default size.
 #[test]
@@ -1303,9 +1259,15 @@ fn apply_batches_respect_max_apply_batch_bytes() {
         TestCluster::members(&[1]),
         false,
         move |_, _| {
-            Box::new(BatchProbe {
+            // Records the size of the largest batch `update` got.
+            let l = l.clone();
+            Box::new(HookedKv {
                 kv: Kv::default(),
-                largest: l,
+                hook: Arc::new(move |h| {
+                    if let Hook::Update(n) = h {
+                        l.fetch_max(n as u64, Ordering::SeqCst);
+                    }
+                }),
             })
         },
         config(1, 1),

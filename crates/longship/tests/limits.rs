@@ -642,41 +642,6 @@ fn close_completes_requests_in_flight() {
     assert!(matches!(r.wait(), Err(Error::ShardClosed)));
 }
 
-/// A Kv whose updates wait while `gate` is closed.
-struct Gated {
-    kv: Kv,
-    gate: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
-}
-
-impl longship::StateMachine for Gated {
-    fn update(&mut self, entries: &mut [longship::SmEntry]) -> Result<(), longship::SmError> {
-        let (open, cv) = &*self.gate;
-        let mut g = open.lock().unwrap();
-        while !*g {
-            g = cv.wait(g).unwrap();
-        }
-        drop(g);
-        self.kv.update(entries)
-    }
-    fn lookup(&self, q: &[u8]) -> Result<Vec<u8>, longship::SmError> {
-        self.kv.lookup(q)
-    }
-    fn save_snapshot(
-        &self,
-        w: &mut dyn std::io::Write,
-        stop: &longship::StopFlag,
-    ) -> Result<(), longship::SmError> {
-        self.kv.save_snapshot(w, stop)
-    }
-    fn recover_from_snapshot(
-        &mut self,
-        r: &mut dyn std::io::Read,
-        stop: &longship::StopFlag,
-    ) -> Result<(), longship::SmError> {
-        self.kv.recover_from_snapshot(r, stop)
-    }
-}
-
 // Behind a slow state machine, committed entries wait in the log, at most
 // `max_apply_batch_bytes` of them queued for it (the apply queue grew
 // without bound before). Once the state machine catches up, the apply
@@ -699,9 +664,17 @@ fn a_slow_state_machine_holds_committed_entries_in_the_log() {
         one_member(),
         false,
         move |_, _| {
-            Box::new(Gated {
+            let g = g.clone();
+            Box::new(HookedKv {
                 kv: Kv::default(),
-                gate: g.clone(),
+                // Updates wait while the gate is closed.
+                hook: Arc::new(move |h| {
+                    let (open, cv) = &*g;
+                    let mut o = open.lock().unwrap();
+                    while matches!(h, Hook::Update(_)) && !*o {
+                        o = cv.wait(o).unwrap();
+                    }
+                }),
             })
         },
         rc,

@@ -135,7 +135,6 @@ fn is_quiesced(c: &TestCluster, h: u64) -> bool {
 
 /// A Quiesce message from `from` to the replica on host `to`, in `term`.
 fn send_quiesce(c: &TestCluster, from: u64, to: u64, term: longship::Term) {
-    use longship_transport::Transport as _;
     let m = longship_raft::Message {
         term,
         ..longship_raft::Message::new(
@@ -145,13 +144,7 @@ fn send_quiesce(c: &TestCluster, from: u64, to: u64, term: longship::Term) {
             longship::ReplicaId(to),
         )
     };
-    let batch = longship_raft::MessageBatch {
-        deployment_id: longship::NodeHostConfig::default().deployment_id,
-        source_address: addr(from),
-        bin_ver: longship_raft::MESSAGE_BATCH_VERSION,
-        messages: vec![m],
-    };
-    c.net.transport("peer:9").send(&addr(to), batch).unwrap();
+    c.send_raw(from, to, vec![m]);
 }
 
 // Any replica could quiesce a follower: one that is not the leader, or a

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -306,36 +307,6 @@ fn sessions_survive_snapshot_and_restart() {
     assert_eq!(c.read(3, SHARD, "get s"), b"2");
 }
 
-/// A Kv state machine that records whether it was asked to recover.
-struct Watched {
-    kv: Kv,
-    recovered: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl longship::StateMachine for Watched {
-    fn update(&mut self, entries: &mut [longship::SmEntry]) -> Result<(), longship::SmError> {
-        self.kv.update(entries)
-    }
-    fn lookup(&self, query: &[u8]) -> Result<Vec<u8>, longship::SmError> {
-        self.kv.lookup(query)
-    }
-    fn save_snapshot(
-        &self,
-        w: &mut dyn std::io::Write,
-        stop: &longship::StopFlag,
-    ) -> Result<(), longship::SmError> {
-        self.kv.save_snapshot(w, stop)
-    }
-    fn recover_from_snapshot(
-        &mut self,
-        r: &mut dyn std::io::Read,
-        stop: &longship::StopFlag,
-    ) -> Result<(), longship::SmError> {
-        self.recovered.store(true, Ordering::SeqCst);
-        self.kv.recover_from_snapshot(r, stop)
-    }
-}
-
 /// Every file named `name` under `dir`.
 fn find_files(dir: &std::path::Path, name: &str, out: &mut Vec<std::path::PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
@@ -385,9 +356,14 @@ fn a_damaged_snapshot_is_refused_before_the_state_machine_reads_it() {
         TestCluster::members(&[]),
         false,
         move |_, _| {
-            Box::new(Watched {
+            let flag = flag.clone();
+            Box::new(HookedKv {
                 kv: Kv::default(),
-                recovered: flag.clone(),
+                hook: Arc::new(move |h| {
+                    if h == Hook::Recover {
+                        flag.store(true, Ordering::SeqCst);
+                    }
+                }),
             })
         },
         config(SHARD, 1),

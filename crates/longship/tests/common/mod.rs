@@ -83,6 +83,38 @@ impl StateMachine for Kv {
     }
 }
 
+/// What a [`HookedKv`] is about to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// An update of this many entries.
+    Update(usize),
+    Recover,
+}
+
+/// A Kv that calls `hook` before each update and each recovery (to block
+/// or to record them).
+pub struct HookedKv {
+    pub kv: Kv,
+    pub hook: Arc<dyn Fn(Hook) + Send + Sync>,
+}
+
+impl StateMachine for HookedKv {
+    fn update(&mut self, entries: &mut [SmEntry]) -> Result<(), SmError> {
+        (self.hook)(Hook::Update(entries.len()));
+        self.kv.update(entries)
+    }
+    fn lookup(&self, query: &[u8]) -> Result<Vec<u8>, SmError> {
+        self.kv.lookup(query)
+    }
+    fn save_snapshot(&self, w: &mut dyn Write, stop: &StopFlag) -> Result<(), SmError> {
+        self.kv.save_snapshot(w, stop)
+    }
+    fn recover_from_snapshot(&mut self, r: &mut dyn Read, stop: &StopFlag) -> Result<(), SmError> {
+        (self.hook)(Hook::Recover);
+        self.kv.recover_from_snapshot(r, stop)
+    }
+}
+
 pub const RTT_MS: u64 = 5;
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -217,6 +249,23 @@ pub fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
 }
 
 impl TestCluster {
+    /// Sends `messages` to host `to` as if host `from` sent them (in one
+    /// batch, by the network's side door): for messages no correct peer
+    /// would send.
+    pub fn send_raw(&self, from: u64, to: u64, messages: Vec<longship_raft::Message>) {
+        use longship_transport::Transport as _;
+        let batch = longship_raft::MessageBatch {
+            deployment_id: NodeHostConfig::default().deployment_id,
+            source_address: addr(from),
+            bin_ver: longship_raft::MESSAGE_BATCH_VERSION,
+            messages,
+        };
+        self.net
+            .transport("side-door:1")
+            .send(&addr(to), batch)
+            .unwrap();
+    }
+
     /// Starts a Kv replica on host `i` with `members`, `join` and `cfg`.
     pub fn start_replica_on(&self, i: u64, members: &[u64], join: bool, cfg: Config) {
         self.nh(i)

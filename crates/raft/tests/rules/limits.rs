@@ -31,14 +31,11 @@ fn uncommitted_bytes_limit_refuses_then_frees() {
     assert_eq!(c.raft(1).propose(vec![e()]), Ok(()), "freed by the commit");
 }
 
-/// Apply batching (DESIGN.md §6 "every batch has a bound"): one update
-/// hands out at most `max_apply_bytes` of committed entries (at least
-/// one), in order.
-#[test]
-fn apply_batches_are_bounded_by_max_apply_bytes() {
-    let per_entry = ent(1, 1).size_bytes();
+/// A follower of voters {1, 2, 3} whose log holds 10 committed entries
+/// (term 1) of which none is applied, with `max_apply_bytes`.
+fn ten_committed(max_apply_bytes: u64) -> Raft<MemLog> {
     let c = Config {
-        max_apply_bytes: 2 * per_entry,
+        max_apply_bytes,
         ..cfg(2)
     };
     let mut log = MemLog::new();
@@ -48,7 +45,16 @@ fn apply_batches_are_bounded_by_max_apply_bytes() {
         vote: ReplicaId::NONE,
         commit: Index(10),
     };
-    let mut f = Raft::new(c, log, hs, voters(&[1, 2, 3]), Index(0)).unwrap();
+    Raft::new(c, log, hs, voters(&[1, 2, 3]), Index(0)).unwrap()
+}
+
+/// Apply batching (DESIGN.md §6 "every batch has a bound"): one update
+/// hands out at most `max_apply_bytes` of committed entries (at least
+/// one), in order.
+#[test]
+fn apply_batches_are_bounded_by_max_apply_bytes() {
+    let per_entry = ent(1, 1).size_bytes();
+    let mut f = ten_committed(2 * per_entry);
     let mut applied = Vec::new();
     while f.has_update() {
         let u = cycle(&mut f);
@@ -67,18 +73,7 @@ fn apply_batches_are_bounded_by_max_apply_bytes() {
 #[test]
 fn committed_entries_wait_while_the_state_machine_lags() {
     let per_entry = ent(1, 1).size_bytes();
-    let c = Config {
-        max_apply_bytes: 3 * per_entry,
-        ..cfg(2)
-    };
-    let mut log = MemLog::new();
-    log.append(&ents_from(1, &[1; 10]));
-    let hs = HardState {
-        term: Term(1),
-        vote: ReplicaId::NONE,
-        commit: Index(10),
-    };
-    let mut f = Raft::new(c, log, hs, voters(&[1, 2, 3]), Index(0)).unwrap();
+    let mut f = ten_committed(3 * per_entry);
     // Cycles that never report anything applied.
     let mut handed = Vec::new();
     while f.has_update() {

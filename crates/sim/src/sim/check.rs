@@ -121,27 +121,42 @@ impl Sim {
         Ok(())
     }
 
+    /// The running replica `replica` of `shard` on host `h`, with its
+    /// NodeHost, or why it is not running there.
+    fn running(
+        &self,
+        h: usize,
+        shard: ShardId,
+        replica: ReplicaId,
+    ) -> Result<(&longship::NodeHost, longship::ShardInfo), String> {
+        let Some(nh) = &self.hosts[h].nh else {
+            return Err(format!("host {h} of {shard} is down"));
+        };
+        let info = nh.get_node_host_info();
+        let Some(s) = info.shards.into_iter().find(|s| s.shard_id == shard) else {
+            return Err(format!("replica {replica} of {shard} not running"));
+        };
+        if s.replica_id != replica {
+            return Err(format!(
+                "host {h} runs replica {} of {shard}, not {replica}",
+                s.replica_id
+            ));
+        }
+        Ok((nh, s))
+    }
+
     /// Why the shards have not converged yet: `None` once every member of
-    /// every shard runs, the shard has a leader, and all members applied
-    /// the same index to the same state.
+    /// every shard runs, the shard has a leader, all members applied the
+    /// same index to the same state, and witnesses follow to that index.
     pub(super) fn divergence(&self) -> Option<String> {
         for shard in &self.shards {
             let mut seen: Option<(Index, Digest)> = None;
             let mut leader = false;
             for (&replica, &h) in shard.members.iter().chain(&shard.non_voting) {
-                let Some(nh) = &self.hosts[h].nh else {
-                    return Some(format!("host {h} of {} is down", shard.id));
+                let (nh, s) = match self.running(h, shard.id, replica) {
+                    Ok(x) => x,
+                    Err(why) => return Some(why),
                 };
-                let info = nh.get_node_host_info();
-                let Some(s) = info.shards.iter().find(|s| s.shard_id == shard.id) else {
-                    return Some(format!("replica {replica} of {} not running", shard.id));
-                };
-                if s.replica_id != replica {
-                    return Some(format!(
-                        "host {h} runs replica {} of {}, not {replica}",
-                        s.replica_id, shard.id
-                    ));
-                }
                 leader |= s.is_leader;
                 let Some(d) = nh
                     .stale_read(shard.id, DIGEST_QUERY)
@@ -162,22 +177,12 @@ impl Sim {
                     }
                 }
             }
-            // Witnesses hold no state to compare; they must run, and
-            // follow the shard's log as far as the others applied it.
+            // Witnesses hold no state to compare.
             for (&replica, &h) in &shard.witnesses {
-                let Some(nh) = &self.hosts[h].nh else {
-                    return Some(format!("host {h} of {} is down", shard.id));
+                let s = match self.running(h, shard.id, replica) {
+                    Ok((_, s)) => s,
+                    Err(why) => return Some(why),
                 };
-                let info = nh.get_node_host_info();
-                let Some(s) = info.shards.iter().find(|s| s.shard_id == shard.id) else {
-                    return Some(format!("witness {replica} of {} not running", shard.id));
-                };
-                if s.replica_id != replica {
-                    return Some(format!(
-                        "host {h} runs replica {} of {}, not witness {replica}",
-                        s.replica_id, shard.id
-                    ));
-                }
                 if let Some((applied, _)) = &seen
                     && s.applied != *applied
                 {
