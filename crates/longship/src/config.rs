@@ -30,7 +30,10 @@ pub struct Config {
     pub ordered_config_change: bool,
     /// Start as a non-voting replica.
     pub is_non_voting: bool,
-    /// Start as a witness.
+    /// Start as a witness: it votes and acknowledges entries but holds no
+    /// state machine data (it receives entries without payloads); it takes
+    /// no proposals, sessions or reads. Its snapshots (`snapshot_entries`)
+    /// hold metadata only and compact its log like any replica's.
     pub is_witness: bool,
     /// Most bytes of proposals the leader holds uncommitted (0 = unlimited);
     /// beyond it proposals fail with `SystemBusy`.
@@ -72,12 +75,6 @@ impl Config {
             return Err(Error::invalid_config(
                 "is_witness",
                 "a replica cannot be both witness and non-voting",
-            ));
-        }
-        if self.is_witness && self.snapshot_entries > 0 {
-            return Err(Error::invalid_config(
-                "snapshot_entries",
-                "must be 0 for a witness",
             ));
         }
         if self.max_sessions == 0 {

@@ -280,6 +280,10 @@ impl Rsm {
         };
         let guard = sm.read();
         w.write_all(&self.snapshot_header())?;
+        if self.witness {
+            // Metadata only: a witness's state machine never saw an entry.
+            return Ok(());
+        }
         guard.save_snapshot(w, stop)
     }
 
@@ -288,6 +292,7 @@ impl Rsm {
     /// (Regular state machines are saved whole by [`Rsm::save_regular`].)
     pub(crate) fn prepare(&self) -> Result<Prepared, SmError> {
         let ctx = match &self.sm {
+            _ if self.witness => None,
             UserSm::Regular(_) => None,
             UserSm::Concurrent(sm) => Some(sm.prepare_snapshot()?),
             UserSm::OnDisk(sm) => {

@@ -469,10 +469,6 @@ fn invalid_replica_configs_name_the_field_and_start_nothing() {
             c.is_witness = true;
             c.is_non_voting = true
         }),
-        ("snapshot_entries", |c| {
-            c.is_witness = true;
-            c.snapshot_entries = 10
-        }),
         ("max_sessions", |c| c.max_sessions = 0),
     ];
     for (field, edit) in cases {

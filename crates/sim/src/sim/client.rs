@@ -684,12 +684,6 @@ impl Sim {
                 replica_id: replica,
                 is_non_voting: non_voting,
                 is_witness: witness,
-                // A witness has no state to snapshot.
-                snapshot_entries: if witness {
-                    0
-                } else {
-                    self.shards[si].config.snapshot_entries
-                },
                 ..self.shards[si].config.clone()
             };
             let hosted = Hosted { cfg, initial: None };
