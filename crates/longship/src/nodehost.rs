@@ -936,6 +936,7 @@ impl NodeHost {
     /// completes, [`read_local`](Self::read_local) returns a linearizable answer.
     pub fn read_index(&self, shard: ShardId, timeout: Duration) -> Result<RequestHandle<Index>> {
         let r = self.replica_for(shard)?;
+        holds_data(&r)?;
         read_index_on(&self.host, &r, self.deadline(timeout)?)
     }
 
@@ -1119,8 +1120,8 @@ impl NodeHost {
         shard: ShardId,
         timeout: Duration,
     ) -> Result<MembershipInfo> {
-        self.read_index(shard, timeout)?.wait()?;
         let r = self.replica_for(shard)?;
+        read_index_on(&self.host, &r, self.deadline(timeout)?)?.wait()?;
         Ok(MembershipInfo::from(&r.rsm.applied().membership))
     }
 
@@ -1342,8 +1343,9 @@ fn lookup_on(r: &Replica, query: &[u8]) -> Result<Vec<u8>> {
     r.rsm.sm.lookup(query).map_err(|e| Error::StateMachine(e.0))
 }
 
+/// A read index on any replica (a witness's serves membership queries:
+/// it applies membership changes like every replica).
 fn read_index_on(host: &Host, r: &Replica, deadline: u64) -> Result<RequestHandle<Index>> {
-    holds_data(r)?;
     let (handle, completer) = request();
     {
         let mut inbox = r.inbox.lock();
@@ -1413,6 +1415,7 @@ impl NodeUser {
     /// As [`NodeHost::read_index`].
     pub fn read_index(&self, timeout: Duration) -> Result<RequestHandle<Index>> {
         let deadline = self.deadline(timeout)?;
+        holds_data(&self.replica)?;
         read_index_on(&self.host, &self.replica, deadline)
     }
 

@@ -273,6 +273,8 @@ fn witness_keeps_the_shard_available_with_one_voter_down() {
         Err(Error::Witness(_))
     ));
     assert_eq!(c.read(leader, SHARD, "get w"), b"2", "nothing was proposed");
+    // Membership is metadata: a witness knows it.
+    assert_eq!(membership(&c, 3), membership(&c, leader));
 
     // Of two voters one goes down, leader included: the survivor is elected
     // with the witness's vote and keeps committing with its acknowledgements.
