@@ -31,7 +31,7 @@ pub use config::{Config, NodeHostConfig};
 pub use error::{Error, Result};
 pub use events::EventListener;
 pub use longship_raft::{Index, ReplicaId, ShardId, Term};
-pub use metrics::Metrics;
+pub use metrics::{Gauges, Metrics};
 pub use nodehost::{
     LeaderId, MembershipInfo, NodeHost, NodeHostBuilder, NodeHostInfo, NodeUser, ShardInfo,
     SnapshotOption,

@@ -71,3 +71,57 @@ impl Metrics {
         out
     }
 }
+
+/// Queue depths and replica states of a NodeHost at one instant, from
+/// [`NodeHost::gauges`](crate::NodeHost::gauges): what an operator watches
+/// to see a host falling behind (every queue is bounded; these say how
+/// close to the bound it runs).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// Replicas running.
+    pub replicas: u64,
+    /// Replicas quiesced.
+    pub replicas_quiesced: u64,
+    /// Replicas stopped by a failure (state machine or storage error).
+    pub replicas_failed: u64,
+    /// Inbound messages queued for step workers.
+    pub inbound_messages_queued: u64,
+    /// Proposals queued for step workers.
+    pub proposals_queued: u64,
+    /// Proposals waiting for their outcome (queued, in the log, or
+    /// committed and waiting to be applied).
+    pub proposals_pending: u64,
+    /// Read requests queued or waiting for their read index or apply.
+    pub reads_pending: u64,
+    /// Batches of committed entries queued for apply workers.
+    pub apply_tasks_queued: u64,
+    /// Snapshot jobs (saves and streams) queued.
+    pub snapshot_jobs_queued: u64,
+}
+
+impl Gauges {
+    /// All gauges as (name, value).
+    pub fn values(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("replicas", self.replicas),
+            ("replicas_quiesced", self.replicas_quiesced),
+            ("replicas_failed", self.replicas_failed),
+            ("inbound_messages_queued", self.inbound_messages_queued),
+            ("proposals_queued", self.proposals_queued),
+            ("proposals_pending", self.proposals_pending),
+            ("reads_pending", self.reads_pending),
+            ("apply_tasks_queued", self.apply_tasks_queued),
+            ("snapshot_jobs_queued", self.snapshot_jobs_queued),
+        ]
+    }
+
+    /// The gauges in Prometheus text exposition format.
+    pub fn prometheus_text(&self) -> String {
+        let mut out = String::new();
+        for (name, v) in self.values() {
+            let _ = writeln!(out, "# TYPE longship_{name} gauge");
+            let _ = writeln!(out, "longship_{name} {v}");
+        }
+        out
+    }
+}

@@ -25,7 +25,7 @@ use crate::engine::{ApplyWorker, SnapshotWorker, StepWorker, recover_from_store}
 use crate::error::{Error, Result};
 use crate::events::EventListener;
 use crate::host::{Handler, Host, SnapshotJob};
-use crate::metrics::Metrics;
+use crate::metrics::{Gauges, Metrics};
 use crate::replica::{
     ApplyTask, Command, CoreState, Inbox, Pending, PendingConfigChange, PendingProposal, Replica,
     ReplicaRef,
@@ -442,6 +442,43 @@ impl NodeHost {
     /// The counters of this host.
     pub fn metrics(&self) -> &Metrics {
         &self.host.metrics
+    }
+
+    /// Queue depths and replica states now (takes each replica's queue
+    /// locks briefly; meant for a metrics scrape, not a hot loop).
+    pub fn gauges(&self) -> Gauges {
+        let mut g = Gauges {
+            snapshot_jobs_queued: self.host.snapshot_jobs.lock().len() as u64,
+            ..Gauges::default()
+        };
+        let replicas: Vec<ReplicaRef> = self.host.replicas.read().values().cloned().collect();
+        for r in replicas {
+            g.replicas += 1;
+            g.replicas_quiesced += u64::from(r.quiesced.load(Ordering::Relaxed));
+            g.replicas_failed += u64::from(r.failed.lock().is_some());
+            {
+                let inbox = r.inbox.lock();
+                g.inbound_messages_queued += inbox.messages.len() as u64;
+                g.proposals_queued += inbox.proposals.len() as u64;
+                g.reads_pending += inbox.reads.len() as u64;
+            }
+            {
+                let pending = r.pending.lock();
+                g.proposals_pending += pending.proposals.len() as u64;
+                g.reads_pending += pending
+                    .reads
+                    .values()
+                    .map(|p| p.waiters.len() as u64)
+                    .sum::<u64>();
+            }
+            g.apply_tasks_queued += r.apply_queue.lock().len() as u64;
+        }
+        g
+    }
+
+    /// Counters and gauges in Prometheus text exposition format.
+    pub fn prometheus_text(&self) -> String {
+        self.host.metrics.prometheus_text() + &self.gauges().prometheus_text()
     }
 
     fn spawn_threads(&self) {

@@ -390,7 +390,7 @@ fn parse_prometheus(text: &str) -> BTreeMap<String, u64> {
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap();
-            assert_eq!(kind, "counter", "{line}");
+            assert!(kind == "counter" || kind == "gauge", "{line}");
             types.push(name.to_string());
         } else {
             let (name, v) = line.split_once(' ').expect("name value");
@@ -453,4 +453,14 @@ fn metrics_count_what_happened() {
     assert!(f["longship_messages_received"] > 0);
     assert!(f["longship_entries_applied"] >= 10);
     assert_eq!(f["longship_snapshots_saved"], 0);
+
+    // Gauges: the host's state now, with the counters in one scrape.
+    let all = parse_prometheus(&nh.prometheus_text());
+    assert_eq!(all["longship_replicas"], 1);
+    assert_eq!(all["longship_replicas_failed"], 0);
+    assert_eq!(all["longship_proposals_pending"], 0, "all completed");
+    assert!(all["longship_proposals"] >= 10, "counters included");
+    for (name, _) in nh.gauges().values() {
+        assert!(all.contains_key(&format!("longship_{name}")), "{name}");
+    }
 }

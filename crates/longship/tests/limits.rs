@@ -680,6 +680,16 @@ fn a_slow_state_machine_holds_committed_entries_in_the_log() {
         nh.get_leader_id(ShardId(1)).unwrap().leader_id == ReplicaId(1)
     });
     *gate.0.lock().unwrap() = false;
+    // Opens the gate when dropped, also when an assertion fails: closing
+    // the host would otherwise wait for the blocked apply worker for ever.
+    struct Opener(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+    impl Drop for Opener {
+        fn drop(&mut self) {
+            *self.0.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            self.0.1.notify_all();
+        }
+    }
+    let opener = Opener(gate.clone());
     let s = nh.get_noop_session(ShardId(1));
     let value = "v".repeat(1000);
     // 256 entries, two per batch: waiting for a 200 ms tick (or another
@@ -694,10 +704,16 @@ fn a_slow_state_machine_holds_committed_entries_in_the_log() {
             .unwrap()
         })
         .collect();
-    // Let them commit while the state machine is stuck.
-    std::thread::sleep(Duration::from_millis(300));
-    *gate.0.lock().unwrap() = true;
-    gate.1.notify_all();
+    // They commit while the state machine is stuck; at most a batch or
+    // two of them is queued for it, the rest waits in the log.
+    wait_for("all committed", Duration::from_secs(5), || {
+        nh.get_node_host_info().log_info[0].3.0 >= 256
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let g = nh.gauges();
+    assert_eq!(g.proposals_pending, 256);
+    assert!(g.apply_tasks_queued <= 2, "{g:?}");
+    drop(opener);
     for h in handles {
         h.wait().expect("applied within the proposal's timeout");
     }
