@@ -91,7 +91,8 @@ impl Client {
 /// What the administrator of a shard is doing.
 enum AdminState {
     Idle,
-    Snapshot(Attempt<Index>),
+    /// A requested snapshot, exported to the directory if one is given.
+    Snapshot(Attempt<Index>, Option<std::path::PathBuf>),
     Change {
         change: Change,
         attempt: Option<Attempt<()>>,
@@ -139,7 +140,7 @@ impl Admin {
     pub(super) fn describe(&self) -> String {
         let what = match &self.state {
             AdminState::Idle => "idle".to_string(),
-            AdminState::Snapshot(_) => "snapshot".to_string(),
+            AdminState::Snapshot(..) => "snapshot".to_string(),
             AdminState::Change { change, .. } => format!("{change:?}"),
         };
         format!("admin of shard index {}: {what}", self.shard)
@@ -648,9 +649,16 @@ impl Sim {
         }
         let timeout = self.timeout(REQUEST_TIMEOUT_TICKS);
         let overhead = self.rng.below(8);
+        // One in four is exported too (on the host's own disk), and the
+        // export checked once it completes.
+        let export = self
+            .rng
+            .chance(0.25)
+            .then(|| std::path::PathBuf::from(format!("/exports/{si}-{}", self.round)));
+        let export_path = export.clone();
         let attempt = self.attempt(si, |nh, shard| {
             let opt = SnapshotOption {
-                export_path: None,
+                export_path,
                 compaction_overhead: Some(overhead),
             };
             nh.request_snapshot(shard, opt, timeout)
@@ -658,7 +666,7 @@ impl Sim {
         if let Some(a) = attempt {
             self.stats.snapshots += 1;
             self.trace_event("snapshot", si as u64, a.host as u64);
-            self.admins[si].state = AdminState::Snapshot(a);
+            self.admins[si].state = AdminState::Snapshot(a, export);
         }
     }
 
@@ -741,9 +749,15 @@ impl Sim {
         let timeout = self.timeout(REQUEST_TIMEOUT_TICKS);
         Ok(match state {
             AdminState::Idle => AdminState::Idle,
-            AdminState::Snapshot(a) => match a.handle.try_result() {
-                None => AdminState::Snapshot(a),
-                Some(_) => AdminState::Idle,
+            AdminState::Snapshot(a, export) => match a.handle.try_result() {
+                None => AdminState::Snapshot(a, export),
+                Some(Ok(index)) => {
+                    if let Some(dir) = export {
+                        self.check_export(si, &a, &dir, index)?;
+                    }
+                    AdminState::Idle
+                }
+                Some(Err(_)) => AdminState::Idle,
             },
             AdminState::Change {
                 change,
@@ -837,6 +851,51 @@ impl Sim {
                 },
             },
         })
+    }
+
+    /// A completed export holds the snapshot at `index` whole: importing it
+    /// into a scratch store checks its metadata, files, lengths and
+    /// checksums. (Skipped if the host restarted since, or if the check
+    /// itself met an injected I/O error.) The export is removed after.
+    fn check_export(
+        &mut self,
+        si: usize,
+        a: &Attempt<Index>,
+        dir: &std::path::Path,
+        index: Index,
+    ) -> Result<(), String> {
+        use longship_storage::snapshot::SnapshotStore;
+        use longship_storage::vfs::{FileSystem, MemFs};
+        let slot = &self.hosts[a.host];
+        if slot.incarnation != a.incarnation || slot.nh.is_none() {
+            return Ok(());
+        }
+        let shard = self.shards[si].id;
+        let src = dir.join(format!("snapshot-{:016x}", index.0));
+        let faults = slot.fs.faults_injected();
+        let scratch = SnapshotStore::open(
+            std::sync::Arc::new(MemFs::new()),
+            std::path::Path::new("/scratch"),
+            shard,
+            ReplicaId(1),
+        )
+        .map_err(|e| format!("scratch store: {e}"))?;
+        let res = scratch.import_from(&slot.fs, &src);
+        if slot.fs.faults_injected() == faults {
+            match res {
+                Ok(info) if info.meta.index == index => {}
+                Ok(info) => {
+                    return Err(format!(
+                        "export of {shard} at {index} holds the snapshot at {}",
+                        info.meta.index
+                    ));
+                }
+                Err(e) => return Err(format!("export of {shard} at {index} is damaged: {e}")),
+            }
+        }
+        self.stats.exports += 1;
+        let _ = slot.fs.remove_dir_all(dir);
+        Ok(())
     }
 
     fn finish_change(&mut self, si: usize, change: Change) {

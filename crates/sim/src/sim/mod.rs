@@ -108,6 +108,8 @@ pub struct Report {
     pub partitions: u64,
     /// Membership changes completed.
     pub membership_changes: u64,
+    /// Exported snapshots checked whole.
+    pub exports: u64,
     /// Leader transfers requested.
     pub transfers: u64,
     /// Snapshots requested.
