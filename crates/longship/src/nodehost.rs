@@ -105,6 +105,10 @@ pub struct ShardInfo {
     pub failed: bool,
     /// Whether the replica is quiesced (its shard idle, no heartbeats).
     pub quiesced: bool,
+    /// The config-change id of the membership the replica applied (the
+    /// base for an ordered membership change; not linearizable, see
+    /// [`NodeHost::sync_get_shard_membership`]).
+    pub config_change_id: Index,
 }
 
 /// What a NodeHost hosts, from [`NodeHost::get_node_host_info`].
@@ -1214,6 +1218,7 @@ impl NodeHost {
                     snapshot_index: Index(r.snapshot_index.load(Ordering::Acquire)),
                     failed: r.failed.lock().is_some(),
                     quiesced: r.quiesced.load(Ordering::Relaxed),
+                    config_change_id: r.rsm.config_change_id(),
                 }
             })
             .collect();

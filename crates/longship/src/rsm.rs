@@ -119,6 +119,11 @@ impl Rsm {
         self.state.lock().clone()
     }
 
+    /// The `config_change_id` of the applied membership.
+    pub(crate) fn config_change_id(&self) -> Index {
+        self.state.lock().membership.config_change_id
+    }
+
     pub(crate) fn set_on_disk_index(&self, index: Index) {
         *self.on_disk_index.lock() = index;
     }

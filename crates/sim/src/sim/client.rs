@@ -130,6 +130,11 @@ enum Change {
 pub(super) struct Admin {
     shard: usize,
     state: AdminState,
+    /// Ordered changes: the membership the change in progress is based on,
+    /// read at its first attempt and kept across retries (so a retry after
+    /// an attempt that timed out but applied is refused as stale), read
+    /// again after a stale refusal.
+    base: Option<u64>,
 }
 
 impl Admin {
@@ -228,6 +233,7 @@ impl Sim {
             self.admins.push(Admin {
                 shard: si,
                 state: AdminState::Idle,
+                base: None,
             });
         }
         self.net.faults = self.plan.net;
@@ -733,6 +739,7 @@ impl Sim {
             attempt: None,
             retry_at: self.round,
         };
+        self.admins[si].base = None;
         Ok(())
     }
 
@@ -777,21 +784,43 @@ impl Sim {
                         | Change::Promote { host, .. } => self.hosts[host].addr.clone(),
                         Change::Remove { .. } => String::new(),
                     };
-                    let attempt = self.attempt(si, |nh, shard| match change {
-                        // Adding a voter that is non-voting promotes it.
-                        Change::Add { replica, .. } | Change::Promote { replica, .. } => {
-                            nh.request_add_replica(shard, replica, addr, 0, timeout)
-                        }
-                        Change::AddNonVoting { replica, .. } => {
-                            nh.request_add_non_voting(shard, replica, addr, 0, timeout)
-                        }
-                        Change::AddWitness { replica, .. } => {
-                            nh.request_add_witness(shard, replica, addr, 0, timeout)
-                        }
-                        Change::Remove { replica, .. } => {
-                            nh.request_delete_replica(shard, replica, 0, timeout)
+                    let ordered = self.shards[si].config.ordered_config_change;
+                    let kept = self.admins[si].base;
+                    let mut read = None;
+                    let attempt = self.attempt(si, |nh, shard| {
+                        // The membership this change is based on: kept from
+                        // the first attempt, or as the replica asked has
+                        // applied it.
+                        let base = match (ordered, kept) {
+                            (false, _) => 0,
+                            (true, Some(b)) => b,
+                            (true, None) => nh
+                                .get_node_host_info()
+                                .shards
+                                .iter()
+                                .find(|s| s.shard_id == shard)
+                                .map_or(0, |s| s.config_change_id.0),
+                        };
+                        read = Some(base);
+                        match change {
+                            // Adding a voter that is non-voting promotes it.
+                            Change::Add { replica, .. } | Change::Promote { replica, .. } => {
+                                nh.request_add_replica(shard, replica, addr, base, timeout)
+                            }
+                            Change::AddNonVoting { replica, .. } => {
+                                nh.request_add_non_voting(shard, replica, addr, base, timeout)
+                            }
+                            Change::AddWitness { replica, .. } => {
+                                nh.request_add_witness(shard, replica, addr, base, timeout)
+                            }
+                            Change::Remove { replica, .. } => {
+                                nh.request_delete_replica(shard, replica, base, timeout)
+                            }
                         }
                     });
+                    if ordered && attempt.is_some() {
+                        self.admins[si].base = read;
+                    }
                     let retry_at = if attempt.is_some() {
                         retry_at
                     } else {
@@ -812,6 +841,16 @@ impl Sim {
                     Some(result) => {
                         let done = match (&change, &result) {
                             (_, Ok(())) => true,
+                            // Based on a membership that changed since (an
+                            // earlier attempt of this change applied, or the
+                            // replica asked lagged): ask again on a fresh base.
+                            (_, Err(Error::Rejected(why)))
+                                if ordered_stale(&self.shards[si].config, why) =>
+                            {
+                                self.stats.stale_config_changes += 1;
+                                self.admins[si].base = None;
+                                false
+                            }
                             (
                                 Change::Add { .. }
                                 | Change::AddNonVoting { .. }
@@ -1060,4 +1099,10 @@ fn error_code(e: &Error) -> u64 {
         Error::ShardNotFound(_) => 6,
         _ => 99,
     }
+}
+
+/// Whether `why` is the rejection of an ordered change whose base was stale
+/// (only possible on a shard with ordered changes).
+fn ordered_stale(config: &longship::Config, why: &str) -> bool {
+    config.ordered_config_change && why.contains("config change based on")
 }

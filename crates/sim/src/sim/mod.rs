@@ -110,6 +110,9 @@ pub struct Report {
     pub membership_changes: u64,
     /// Exported snapshots checked whole.
     pub exports: u64,
+    /// Ordered membership changes refused as based on a stale membership
+    /// (and asked again).
+    pub stale_config_changes: u64,
     /// Leader transfers requested.
     pub transfers: u64,
     /// Snapshots requested.
@@ -285,6 +288,9 @@ impl Sim {
                 max_in_mem_log_size,
                 check_quorum: true,
                 pre_vote: true,
+                // Half the shards name the membership each change is based
+                // on (read from the replica asked, so sometimes stale).
+                ordered_config_change: rng.chance(0.5),
                 snapshot_entries,
                 compaction_overhead,
                 ..Config::new(s, 1)
