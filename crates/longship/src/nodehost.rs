@@ -1183,6 +1183,17 @@ impl NodeHost {
         Ok(())
     }
 
+    /// The protocol state of the local replica of `shard` (role, term,
+    /// vote, commit, applied, log range, membership), for operators and
+    /// debugging. Takes the replica's core lock briefly.
+    pub fn raft_status(&self, shard: ShardId) -> Result<longship_raft::Status> {
+        let r = self
+            .host
+            .replica(shard)
+            .ok_or(Error::ShardNotFound(shard))?;
+        Ok(r.core.lock().raft.status())
+    }
+
     /// The leader as known by the local replica.
     pub fn get_leader_id(&self, shard: ShardId) -> Result<LeaderId> {
         let r = self.replica_for(shard)?;

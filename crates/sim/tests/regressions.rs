@@ -54,3 +54,16 @@ fn seed_115_lost_witness_snapshot_is_sent_again() {
 fn seed_373_witness_refuses_reads() {
     must_pass(373, 3000);
 }
+
+/// No leader for ever after healing: of voters {1, 3} and witness 4
+/// (replica 2 removed), the witness held the longest log (an uncommitted
+/// entry), replica 3 a shorter log than replica 1, and replica 1, whose
+/// commit index lagged behind the removal of 2, still counted 2 among the
+/// voters (membership changes take effect when applied) and needed three
+/// votes of four. Fixed in the core: vote answers carry the voter's commit
+/// index and its term, and a candidate whose log has that term there
+/// learns the commit (Log Matching), applies the removal and wins.
+#[test]
+fn seed_6192_candidate_learns_commit_from_votes() {
+    must_pass(6192, 3000);
+}

@@ -120,11 +120,16 @@ impl<L: LogReader> Raft<L> {
         // witnesses, and a replica that has not applied its own promotion yet
         // must still be able to help elect a leader.
         let grant = can_vote && self.log.is_up_to_date(m.log_index, m.log_term);
+        // Every answer tells the candidate our commit index and its term
+        // (see `learn_commit`).
+        let (commit, commit_term) = self.commit_with_term();
         if grant {
             // A granted answer carries the candidate's term so the candidate
             // counts it (for a pre-vote our own term does not change).
             let resp = Message {
                 term: m.term,
+                commit,
+                log_term: commit_term,
                 ..self.new_message(resp_type, m.from)
             };
             if !pre {
@@ -135,9 +140,41 @@ impl<L: LogReader> Raft<L> {
         } else {
             let resp = Message {
                 reject: true,
+                commit,
+                log_term: commit_term,
                 ..self.new_message(resp_type, m.from)
             };
             self.send(resp);
+        }
+    }
+
+    /// Our commit index and the term of the entry there (0, 0 if that term
+    /// is not known any more).
+    fn commit_with_term(&self) -> (crate::ids::Index, Term) {
+        let c = self.log.committed();
+        match self.log.term(c) {
+            Ok(t) => (c, t),
+            Err(_) => (crate::ids::Index(0), Term(0)),
+        }
+    }
+
+    /// Learns a commit index from a vote answer: `m.commit` is committed
+    /// in the shard (the voter learnt it from a leader), and if our entry
+    /// at that index has the same term, our log equals the voter's up to
+    /// it (Raft §5.3, Log Matching), so it is committed here too.
+    ///
+    /// Membership changes take effect when applied, so without this a
+    /// candidate whose commit index lags can count votes with a membership
+    /// that no longer holds (a removed voter still counted) and never win,
+    /// while the replicas with the current membership cannot win either
+    /// (their logs are shorter, or the most up-to-date log is a witness's):
+    /// the shard stays without a leader (found by the simulator, seed 6192).
+    fn learn_commit(&mut self, m: &Message) {
+        if m.commit <= self.log.committed() || m.commit > self.log.last_index() {
+            return;
+        }
+        if self.log.term(m.commit).is_ok_and(|t| t == m.log_term) {
+            self.log.commit_to(m.commit);
         }
     }
 
@@ -160,6 +197,7 @@ impl<L: LogReader> Raft<L> {
                     Role::PreCandidate => MessageType::RequestPreVoteResp,
                     _ => MessageType::RequestVoteResp,
                 };
+                self.learn_commit(&m);
                 if m.msg_type != mine {
                     return;
                 }

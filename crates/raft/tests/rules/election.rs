@@ -212,3 +212,48 @@ fn new_leader_appends_and_commits_a_no_op() {
     assert_eq!((e.entry_type, e.term), (EntryType::NoOp, Term(2)));
     assert!((1..=3).all(|id| committed(&c, id) == Index(4)));
 }
+
+/// Raft §5.3 (Log Matching) applied to elections: a vote answer carries the
+/// voter's commit index and the term of its entry there. A candidate whose
+/// entry at that index has the same term holds the same log up to it, so
+/// the index is committed for it too; with another term, or beyond its
+/// log, nothing is learnt. (Without it, a candidate whose commit lagged
+/// behind a membership change counted votes with the old membership and
+/// never won, while the others could not win either: simulator seed 6192.)
+#[test]
+fn candidate_learns_the_commit_index_from_vote_answers() {
+    let answer = |from: u64, term: u64, commit: u64, commit_term: u64, reject: bool| Message {
+        commit: Index(commit),
+        log_term: Term(commit_term),
+        reject,
+        ..msg(MessageType::RequestVoteResp, from, 1, term)
+    };
+    // Log terms 1 1 1 2 2, commit 2; campaigning makes term 3.
+    let candidate = || {
+        let mut c = replica(cfg(1), &[1, 1, 1, 2, 2], 2, 2);
+        c.campaign();
+        cycle(&mut c);
+        assert_eq!(c.role(), Role::Candidate);
+        c
+    };
+    // Another term at index 4: not the same log, nothing learnt.
+    let mut c = candidate();
+    c.step(answer(2, 3, 4, 3, true));
+    assert_eq!(c.log().committed(), Index(2));
+    // Beyond our log: nothing learnt.
+    let mut c = candidate();
+    c.step(answer(2, 3, 9, 2, true));
+    assert_eq!(c.log().committed(), Index(2));
+    // Same term at index 4: committed here too, even from a refusal.
+    let mut c = candidate();
+    c.step(answer(2, 3, 4, 2, true));
+    assert_eq!(c.log().committed(), Index(4));
+    let u = cycle(&mut c);
+    let applied: Vec<u64> = u.committed_entries.iter().map(|e| e.index.0).collect();
+    assert_eq!(applied, vec![3, 4], "handed out for applying");
+    // A voter answers with its commit index and the term there.
+    let mut v = replica(cfg(2), &[1, 1, 1, 2, 2], 2, 4);
+    v.step(vote_request(1, 2, 3, (5, 2)));
+    let a = only_message(&cycle(&mut v));
+    assert_eq!((a.commit, a.log_term, a.reject), (Index(4), Term(2), false));
+}

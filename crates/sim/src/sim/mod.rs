@@ -531,9 +531,10 @@ impl Sim {
         while !self.quiet() {
             if self.ticks >= deadline {
                 return Err(format!(
-                    "outstanding requests not resolved within {} ticks of healing: {}",
+                    "outstanding requests not resolved within {} ticks of healing: {}\n{}",
                     self.cfg.heal_ticks_max,
-                    self.outstanding()
+                    self.outstanding(),
+                    self.dump()
                 ));
             }
             self.step()?;
@@ -590,8 +591,21 @@ impl Sim {
                     .find(|l| l.0 == s.shard_id && l.1 == s.replica_id)
                     .map(|l| format!("log {}..={}", l.2, l.3))
                     .unwrap_or_default();
+                let core = nh
+                    .raft_status(s.shard_id)
+                    .map(|st| {
+                        format!(
+                            " [{:?} term {} vote {} commit {} applied {}]",
+                            st.role,
+                            st.hard_state.term,
+                            st.hard_state.vote,
+                            st.hard_state.commit,
+                            st.applied
+                        )
+                    })
+                    .unwrap_or_default();
                 out.push_str(&format!(
-                    "  host {h}: {} replica {} leader {} term {} applied {} snapshot {} {log}{}\n",
+                    "  host {h}: {} replica {} leader {} term {} applied {} snapshot {} {log}{}{core}\n",
                     s.shard_id,
                     s.replica_id,
                     s.leader_id,
@@ -600,6 +614,9 @@ impl Sim {
                     s.snapshot_index,
                     if s.failed { " FAILED" } else { "" }
                 ));
+                if s.quiesced {
+                    out.push_str("    (quiesced)\n");
+                }
             }
         }
         out
