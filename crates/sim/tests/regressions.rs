@@ -67,3 +67,17 @@ fn seed_373_witness_refuses_reads() {
 fn seed_6192_candidate_learns_commit_from_votes() {
     must_pass(6192, 3000);
 }
+
+/// No leader for ever after healing: voters {3, 5} and witness 4 (1 and 2
+/// removed, 5 promoted from non-voting). Replica 5 held the whole log but
+/// had not learnt that its promotion and the removal of 2 were committed,
+/// so it thought itself non-voting and never campaigned; replica 3 counted
+/// the removed 2 and had a shorter log than the witness. Fixed in the
+/// core: a replica that cannot campaign asks the others what is committed
+/// once per election timeout without a leader (a pre-vote request that
+/// changes nothing at the receivers); vote answers cap their commit index
+/// at the asker's last index.
+#[test]
+fn seed_22883_non_voting_view_probes_for_the_commit() {
+    must_pass(22883, 3000);
+}

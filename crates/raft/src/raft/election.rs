@@ -120,9 +120,9 @@ impl<L: LogReader> Raft<L> {
         // witnesses, and a replica that has not applied its own promotion yet
         // must still be able to help elect a leader.
         let grant = can_vote && self.log.is_up_to_date(m.log_index, m.log_term);
-        // Every answer tells the candidate our commit index and its term
-        // (see `learn_commit`).
-        let (commit, commit_term) = self.commit_with_term();
+        // Every answer tells the candidate how much of its log we know is
+        // committed, and the term there (see `learn_commit`).
+        let (commit, commit_term) = self.commit_with_term(m.log_index);
         if grant {
             // A granted answer carries the candidate's term so the candidate
             // counts it (for a pre-vote our own term does not change).
@@ -148,13 +148,46 @@ impl<L: LogReader> Raft<L> {
         }
     }
 
-    /// Our commit index and the term of the entry there (0, 0 if that term
-    /// is not known any more).
-    fn commit_with_term(&self) -> (crate::ids::Index, Term) {
-        let c = self.log.committed();
+    /// Our commit index, capped at the asker's last index, and the term of
+    /// our entry there (0, 0 if that term is not known any more). Capped,
+    /// it tells an asker whose last entry matches ours that its whole log
+    /// is committed.
+    fn commit_with_term(&self, asker_last: crate::ids::Index) -> (crate::ids::Index, Term) {
+        let c = self.log.committed().min(asker_last);
         match self.log.term(c) {
             Ok(t) => (c, t),
             Err(_) => (crate::ids::Index(0), Term(0)),
+        }
+    }
+
+    /// A replica that cannot campaign (non-voting or witness in its view,
+    /// or removed) and heard from no leader for an election timeout asks
+    /// every other member what is committed, with a pre-vote request: it
+    /// changes nothing at the receivers, and their answers carry their
+    /// commit index (see `learn_commit`). Its view may be stale because
+    /// its commit index lags (a promotion to voter committed but not known
+    /// here): learning the commit, it applies the change and can campaign.
+    /// Without it a shard could stay without a leader for ever (simulator
+    /// seed 22883: the only replicas that could lead did not know they
+    /// could). The replica does not become a pre-candidate.
+    pub(super) fn probe_commit(&mut self) {
+        let last_index = self.log.last_index();
+        let last_term = self.log.last_term();
+        let term = self.term.next();
+        let me = self.id;
+        let others: Vec<ReplicaId> = self
+            .membership
+            .all_members()
+            .filter(|&id| id != me)
+            .collect();
+        for to in others {
+            let m = Message {
+                term,
+                log_index: last_index,
+                log_term: last_term,
+                ..self.new_message(MessageType::RequestPreVote, to)
+            };
+            self.send(m);
         }
     }
 
@@ -169,7 +202,7 @@ impl<L: LogReader> Raft<L> {
     /// while the replicas with the current membership cannot win either
     /// (their logs are shorter, or the most up-to-date log is a witness's):
     /// the shard stays without a leader (found by the simulator, seed 6192).
-    fn learn_commit(&mut self, m: &Message) {
+    pub(super) fn learn_commit(&mut self, m: &Message) {
         if m.commit <= self.log.committed() || m.commit > self.log.last_index() {
             return;
         }

@@ -37,6 +37,9 @@ impl<L: LogReader> Raft<L> {
                 self.campaign_start(true);
             }
             MessageType::ReadIndexResp => self.handle_read_index_resp(m),
+            // Answers to a commit probe (`probe_commit`), or late answers
+            // to an election we gave up: only what they say is committed.
+            MessageType::RequestPreVoteResp | MessageType::RequestVoteResp => self.learn_commit(&m),
             _ => {}
         }
     }

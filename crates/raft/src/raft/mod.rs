@@ -293,9 +293,17 @@ impl<L: LogReader> Raft<L> {
 
     fn tick_election(&mut self) {
         self.election_elapsed += 1;
-        if self.promotable() && self.election_elapsed >= self.randomized_election_timeout {
-            self.election_elapsed = 0;
-            self.campaign_start(false);
+        let timeout = self.randomized_election_timeout;
+        if self.promotable() {
+            if self.election_elapsed >= timeout {
+                self.election_elapsed = 0;
+                self.campaign_start(false);
+            }
+        } else if self.election_elapsed.is_multiple_of(timeout) {
+            // Once per election timeout without a leader. The elapsed time
+            // keeps growing: the lease of the last leader heard must expire
+            // (this replica grants pre-votes only then).
+            self.probe_commit();
         }
     }
 

@@ -257,3 +257,52 @@ fn candidate_learns_the_commit_index_from_vote_answers() {
     let a = only_message(&cycle(&mut v));
     assert_eq!((a.commit, a.log_term, a.reject), (Index(4), Term(2), false));
 }
+
+/// A replica that cannot campaign (here non-voting) and hears from no
+/// leader for an election timeout asks the other members what is committed
+/// with a pre-vote request, without becoming a pre-candidate; an answer
+/// whose term matches its log there advances its commit, so it can apply a
+/// promotion it did not know was committed. A voter's answer caps its
+/// commit index at the asker's last index: an asker whose last entry
+/// matches learns that its whole log is committed. (Simulator seed 22883:
+/// the replicas that could lead did not know they could.)
+#[test]
+fn replica_that_cannot_campaign_probes_for_the_commit_index() {
+    let mut m = voters(&[1, 2, 3]);
+    m.non_votings.insert(r(4), "node4".into());
+    let mut log = MemLog::new();
+    log.append(&ents_from(1, &[1, 1, 2, 2]));
+    let hs = HardState {
+        term: Term(2),
+        vote: ReplicaId::NONE,
+        commit: Index(1),
+    };
+    let mut n = Raft::new(cfg(4), log, hs, m, Index(1)).unwrap();
+    for _ in 0..2 * ELECTION {
+        n.tick();
+    }
+    assert_eq!(n.role(), Role::Follower);
+    assert_eq!(n.term(), Term(2), "a probe changes no term");
+    let probes = all_messages(&cycle(&mut n));
+    let mut to: Vec<u64> = probes.iter().map(|p| p.to.0).collect();
+    to.sort();
+    to.dedup();
+    assert_eq!(to, vec![1, 2, 3]);
+    assert!(
+        probes
+            .iter()
+            .all(|p| p.msg_type == MessageType::RequestPreVote
+                && p.log_index == Index(4)
+                && p.log_term == Term(2))
+    );
+
+    // A voter that knows index 6 committed answers "committed up to your
+    // last index 4" with its term there.
+    let mut v = replica(cfg(1), &[1, 1, 2, 2, 2, 2], 2, 6);
+    v.step(probes[0].clone());
+    let a = only_message(&cycle(&mut v));
+    assert_eq!((a.commit, a.log_term), (Index(4), Term(2)));
+    n.step(a);
+    assert_eq!(n.log().committed(), Index(4));
+    assert_eq!(n.role(), Role::Follower);
+}

@@ -594,13 +594,20 @@ impl Sim {
                 let core = nh
                     .raft_status(s.shard_id)
                     .map(|st| {
+                        let ids = |m: &std::collections::BTreeMap<ReplicaId, String>| {
+                            m.keys().map(|r| r.0.to_string()).collect::<Vec<_>>().join(",")
+                        };
                         format!(
-                            " [{:?} term {} vote {} commit {} applied {}]",
+                            " [{:?} term {} vote {} commit {} applied {}; voters {} non-voting {} witnesses {} at {}]",
                             st.role,
                             st.hard_state.term,
                             st.hard_state.vote,
                             st.hard_state.commit,
-                            st.applied
+                            st.applied,
+                            ids(&st.membership.voters),
+                            ids(&st.membership.non_votings),
+                            ids(&st.membership.witnesses),
+                            st.membership.config_change_id
                         )
                     })
                     .unwrap_or_default();
