@@ -63,12 +63,7 @@ impl Metrics {
 
     /// The counters in Prometheus text exposition format.
     pub fn prometheus_text(&self) -> String {
-        let mut out = String::new();
-        for (name, v) in self.values() {
-            let _ = writeln!(out, "# TYPE longship_{name} counter");
-            let _ = writeln!(out, "longship_{name} {v}");
-        }
-        out
+        prometheus_lines("counter", &self.values())
     }
 }
 
@@ -117,11 +112,16 @@ impl Gauges {
 
     /// The gauges in Prometheus text exposition format.
     pub fn prometheus_text(&self) -> String {
-        let mut out = String::new();
-        for (name, v) in self.values() {
-            let _ = writeln!(out, "# TYPE longship_{name} gauge");
-            let _ = writeln!(out, "longship_{name} {v}");
-        }
-        out
+        prometheus_lines("gauge", &self.values())
     }
+}
+
+/// `values` as Prometheus samples of `kind`, each after its TYPE line.
+fn prometheus_lines(kind: &str, values: &[(&'static str, u64)]) -> String {
+    let mut out = String::new();
+    for (name, v) in values {
+        let _ = writeln!(out, "# TYPE longship_{name} {kind}");
+        let _ = writeln!(out, "longship_{name} {v}");
+    }
+    out
 }

@@ -53,19 +53,32 @@ impl<L: LogReader> Raft<L> {
             self.on_election_won(msg_type);
             return;
         }
-        let last_index = self.log.last_index();
-        let last_term = self.log.last_term();
         let voters: Vec<ReplicaId> = self
             .membership
             .quorum_members()
             .filter(|&id| id != self.id)
             .collect();
-        for to in voters {
+        let context = if transfer { CAMPAIGN_TRANSFER } else { 0 };
+        self.send_vote_requests(msg_type, term, context, voters);
+    }
+
+    /// Sends a vote request of `msg_type` for `term`, with our last entry,
+    /// to each of `to`.
+    fn send_vote_requests(
+        &mut self,
+        msg_type: MessageType,
+        term: Term,
+        context: u64,
+        to: Vec<ReplicaId>,
+    ) {
+        let last_index = self.log.last_index();
+        let last_term = self.log.last_term();
+        for to in to {
             let m = Message {
                 term,
                 log_index: last_index,
                 log_term: last_term,
-                context: if transfer { CAMPAIGN_TRANSFER } else { 0 },
+                context,
                 ..self.new_message(msg_type, to)
             };
             self.send(m);
@@ -171,24 +184,13 @@ impl<L: LogReader> Raft<L> {
     /// seed 22883: the only replicas that could lead did not know they
     /// could). The replica does not become a pre-candidate.
     pub(super) fn probe_commit(&mut self) {
-        let last_index = self.log.last_index();
-        let last_term = self.log.last_term();
-        let term = self.term.next();
         let me = self.id;
         let others: Vec<ReplicaId> = self
             .membership
             .all_members()
             .filter(|&id| id != me)
             .collect();
-        for to in others {
-            let m = Message {
-                term,
-                log_index: last_index,
-                log_term: last_term,
-                ..self.new_message(MessageType::RequestPreVote, to)
-            };
-            self.send(m);
-        }
+        self.send_vote_requests(MessageType::RequestPreVote, self.term.next(), 0, others);
     }
 
     /// Learns a commit index from a vote answer: `m.commit` is committed
