@@ -244,13 +244,9 @@ impl ConcurrentStateMachine for SlowSave {
     }
 }
 
-// stop_shard did not wait for a snapshot being saved off the apply path (a
-// concurrent or on-disk state machine): it closed the state machine in the
-// middle of its save_snapshot, and a replica restarted at once raced with
-// the old save's commit, log compaction and snapshot store clean-up.
-#[test]
-fn stop_shard_waits_for_a_snapshot_being_saved() {
-    let c = TestCluster::new(1);
+/// Starts a SlowSave replica of shard 1 on host 1, requests a snapshot and
+/// returns once its save is in progress (with the request's handle).
+fn slow_save_in_progress(c: &TestCluster) -> (Arc<SaveProbe>, RequestHandle<longship::Index>) {
     let probe = Arc::new(SaveProbe::default());
     let p = probe.clone();
     c.nh(1)
@@ -267,13 +263,24 @@ fn stop_shard_waits_for_a_snapshot_being_saved() {
         )
         .unwrap();
     c.propose(1, 1, "set a 1");
-    let _snap = c
+    let snap = c
         .nh(1)
         .request_snapshot(ShardId(1), SnapshotOption::default(), TIMEOUT)
         .unwrap();
     wait_until("save started", TIMEOUT, || {
         probe.saving.load(Ordering::SeqCst)
     });
+    (probe, snap)
+}
+
+// stop_shard did not wait for a snapshot being saved off the apply path (a
+// concurrent or on-disk state machine): it closed the state machine in the
+// middle of its save_snapshot, and a replica restarted at once raced with
+// the old save's commit, log compaction and snapshot store clean-up.
+#[test]
+fn stop_shard_waits_for_a_snapshot_being_saved() {
+    let c = TestCluster::new(1);
+    let (probe, _snap) = slow_save_in_progress(&c);
     c.nh(1).stop_shard(ShardId(1)).unwrap();
     assert!(
         !probe.saving.load(Ordering::SeqCst),
@@ -1296,29 +1303,7 @@ fn apply_batches_respect_max_apply_batch_bytes() {
 #[test]
 fn close_asks_a_snapshot_being_saved_to_stop() {
     let c = TestCluster::new(1);
-    let probe = Arc::new(SaveProbe::default());
-    let p = probe.clone();
-    c.nh(1)
-        .start_concurrent_replica(
-            TestCluster::members(&[1]),
-            false,
-            move |_, _| {
-                Box::new(SlowSave {
-                    kv: Mutex::new(Kv::default()),
-                    probe: p,
-                })
-            },
-            config(1, 1),
-        )
-        .unwrap();
-    c.propose(1, 1, "set a 1");
-    let _snap = c
-        .nh(1)
-        .request_snapshot(ShardId(1), SnapshotOption::default(), TIMEOUT)
-        .unwrap();
-    wait_until("save started", TIMEOUT, || {
-        probe.saving.load(Ordering::SeqCst)
-    });
+    let (probe, _snap) = slow_save_in_progress(&c);
     c.nh(1).close();
     assert!(
         probe.stopped.load(Ordering::SeqCst),
