@@ -1134,7 +1134,7 @@ fn applies_resume_once_a_snapshot_is_prepared() {
 // An append whose entries do not follow its previous index (a gap or a
 // jump backwards) made the follower's core panic, which killed its step
 // worker: every shard of that worker stopped, and its requests never even
-// timed out.
+// timed out. The core's own message checks drop it now.
 #[test]
 fn a_malformed_append_is_ignored() {
     let c = TestCluster::new(3);
@@ -1165,6 +1165,10 @@ fn a_malformed_append_is_ignored() {
         )
     };
     c.send_raw(l, f, vec![m]);
+    // The core drops it (validate.rs) and counts it.
+    wait_until("the append was dropped as invalid", TIMEOUT, || {
+        c.nh(f).metrics().messages_invalid.load(Ordering::Relaxed) == 1
+    });
     let s = c.nh(l).get_noop_session(ShardId(1));
     let p = outcome_within(
         c.nh(l).propose(&s, b"set z 1".to_vec(), TIMEOUT),
