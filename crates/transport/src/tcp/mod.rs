@@ -2,9 +2,11 @@
 //!
 //! Sending: per remote host, `connections_per_host` connections; a shard's
 //! messages always use connection `shard % n`, so per-shard order is kept.
-//! Each connection has a bounded queue and one writer task that merges
-//! everything queued into one frame (up to `max_batch_bytes`) and writes it
-//! at once (TCP_NODELAY: no waiting for more). A full queue drops the batch
+//! The sending thread encodes a batch and writes it to the socket at once
+//! when the connection is up and idle (no thread wake-up); what the socket
+//! does not take goes to the connection's bounded queue, which one writer
+//! task drains with as few writes as it can (TCP_NODELAY: no waiting for
+//! more). See `peer`. A full queue drops the batch
 //! (Raft retransmits); a peer that cannot be reached is retried with
 //! exponential backoff and jitter, and the NodeHost is told which replicas
 //! are unreachable so leaders stop pipelining to them.
@@ -21,25 +23,27 @@
 //!
 //! tokio stays inside this module: the transport owns its runtime.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream as StdTcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use longship_raft::codec::{Limits, decode_batch, encode_batch};
+use longship_raft::codec::{Limits, decode_batch};
 use longship_raft::{MessageBatch, ReplicaId, ShardId};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 
 use crate::frame::{
     FRAME_HEADER_BYTES, FrameError, FrameHeader, FrameType, check_body, decode_chunk,
     decode_header, encode_chunk, encode_frame,
 };
 use crate::tls::{TlsContext, TlsError, TlsPaths, server_name};
+
+mod peer;
 use crate::{MessageHandler, SendError, SnapshotChunk, Transport};
+use peer::{Outgoing, PeerConn};
 
 /// Configuration of a [`TcpTransport`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,8 +56,9 @@ pub struct TcpConfig {
     pub connections_per_host: usize,
     /// Largest frame body accepted or sent.
     pub max_frame_bytes: u32,
-    /// Most bytes a writer merges into one frame.
-    pub max_batch_bytes: usize,
+    /// Most bytes queued per connection for its writer (besides
+    /// `send_queue_len`); past it new batches are dropped.
+    pub max_queued_bytes: usize,
     /// Batches queued per connection before new ones are dropped.
     pub send_queue_len: usize,
     /// Snapshot streams sent at once.
@@ -69,7 +74,7 @@ impl Default for TcpConfig {
             deployment_id: 1,
             connections_per_host: 2,
             max_frame_bytes: 64 << 20,
-            max_batch_bytes: 4 << 20,
+            max_queued_bytes: 64 << 20,
             send_queue_len: 1024,
             max_snapshot_streams: 4,
             tls: None,
@@ -94,6 +99,8 @@ pub struct TcpStats {
     pub connect_failures: AtomicU64,
     /// Connections refused during the TLS handshake.
     pub tls_rejected: AtomicU64,
+    /// Sends written at once by the sending thread (no writer task woken).
+    pub direct_writes: AtomicU64,
 }
 
 /// Why the transport could not start.
@@ -131,7 +138,7 @@ struct Inner {
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     handle: tokio::runtime::Handle,
     handler: Mutex<Option<Arc<dyn MessageHandler>>>,
-    peers: Mutex<BTreeMap<String, Vec<mpsc::Sender<MessageBatch>>>>,
+    peers: Mutex<BTreeMap<String, Vec<Arc<PeerConn>>>>,
     tls: Option<TlsContext>,
     closed: AtomicBool,
     stats: TcpStats,
@@ -152,6 +159,8 @@ const SNAPSHOT_ACK_TIMEOUT: Duration = Duration::from_secs(60);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Read buffer of an inbound connection.
+const READ_BUFFER_BYTES: usize = 64 << 10;
 
 impl TcpTransport {
     /// Binds the listener (so a busy port is reported now) and starts the runtime.
@@ -278,11 +287,11 @@ impl Transport for TcpTransport {
             return Err(SendError::Closed);
         }
         let n = inner.cfg.connections_per_host;
-        let senders = {
+        let conns = {
             let mut peers = inner.peers.lock();
             peers
                 .entry(address.to_string())
-                .or_insert_with(|| spawn_peer(inner, address))
+                .or_insert_with(|| (0..n).map(|_| PeerConn::spawn(inner, address)).collect())
                 .clone()
         };
         // Split by shard so a shard's messages always share one connection.
@@ -296,17 +305,16 @@ impl Transport for TcpTransport {
                 continue;
             }
             let b = MessageBatch {
+                deployment_id: batch.deployment_id,
+                source_address: batch.source_address.clone(),
+                bin_ver: batch.bin_ver,
                 messages,
-                ..MessageBatch {
-                    deployment_id: batch.deployment_id,
-                    source_address: batch.source_address.clone(),
-                    bin_ver: batch.bin_ver,
-                    messages: Vec::new(),
-                }
             };
-            if senders[i].try_send(b).is_err() {
-                add(&inner.stats.batches_dropped_queue_full);
-                result = Err(SendError::QueueFull(address.to_string()));
+            // Encoded here, by the sending thread, so that the frame can be
+            // written at once (see `peer`).
+            let out = Outgoing::encode(inner, address, &b);
+            if let Err(e) = conns[i].send(inner, address, out) {
+                result = Err(e);
             }
         }
         result
@@ -396,7 +404,11 @@ impl Transport for TcpTransport {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.inner.peers.lock().clear();
+        for conns in std::mem::take(&mut *self.inner.peers.lock()).into_values() {
+            for c in conns {
+                c.close();
+            }
+        }
         self.inner.streams.lock().clear();
         *self.inner.handler.lock() = None;
         if let Some(rt) = self.inner.runtime.lock().take() {
@@ -412,195 +424,10 @@ impl Transport for TcpTransport {
     }
 }
 
-/// Starts the writer tasks of a new peer.
-fn spawn_peer(inner: &Arc<Inner>, address: &str) -> Vec<mpsc::Sender<MessageBatch>> {
-    (0..inner.cfg.connections_per_host)
-        .map(|_| {
-            let (tx, rx) = mpsc::channel(inner.cfg.send_queue_len);
-            let inner2 = inner.clone();
-            let addr = address.to_string();
-            inner
-                .handle
-                .spawn(async move { writer(inner2, addr, rx).await });
-            tx
-        })
-        .collect()
-}
-
-/// Exponential backoff with jitter between connection attempts.
-struct Backoff {
-    delay: Duration,
-    next_attempt: Instant,
-    seed: u64,
-}
-
-impl Backoff {
-    fn new(address: &str) -> Backoff {
-        let seed = address.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-        });
-        Backoff {
-            delay: BACKOFF_MIN,
-            next_attempt: Instant::now(),
-            seed,
-        }
-    }
-
-    fn ready(&self) -> bool {
-        Instant::now() >= self.next_attempt
-    }
-
-    fn failed(&mut self) {
-        self.seed = self
-            .seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let jitter =
-            Duration::from_millis((self.seed >> 33) % (self.delay.as_millis() as u64 / 2 + 1));
-        self.next_attempt = Instant::now() + self.delay + jitter;
-        self.delay = (self.delay * 2).min(BACKOFF_MAX);
-    }
-
-    fn reset(&mut self) {
-        self.delay = BACKOFF_MIN;
-    }
-}
-
-fn report_unreachable(inner: &Inner, address: &str, batch: &MessageBatch) {
-    add(&inner.stats.batches_dropped_unreachable);
-    let targets: BTreeSet<(ShardId, ReplicaId)> =
-        batch.messages.iter().map(|m| (m.shard_id, m.to)).collect();
-    let handler = inner.handler.lock().clone();
-    if let Some(h) = handler {
-        h.handle_unreachable(address, &targets.into_iter().collect::<Vec<_>>());
-    }
-}
-
-async fn writer(inner: Arc<Inner>, address: String, mut rx: mpsc::Receiver<MessageBatch>) {
-    let mut backoff = Backoff::new(&address);
-    let mut conn: Option<Box<dyn AsyncStream>> = None;
-    // Merge no more than fits one frame (sizes are estimates: `frames_of`
-    // still splits what turns out too big).
-    let merge_bytes = inner
-        .cfg
-        .max_batch_bytes
-        .min(inner.cfg.max_frame_bytes as usize / 2);
-    while let Some(mut batch) = rx.recv().await {
-        let mut size: usize = batch.messages.iter().map(|m| m.size_bytes() as usize).sum();
-        while size < merge_bytes {
-            match rx.try_recv() {
-                Ok(more) => {
-                    size += more
-                        .messages
-                        .iter()
-                        .map(|m| m.size_bytes() as usize)
-                        .sum::<usize>();
-                    batch.messages.extend(more.messages);
-                }
-                Err(_) => break,
-            }
-        }
-        if conn.is_none() {
-            if !backoff.ready() {
-                report_unreachable(&inner, &address, &batch);
-                continue;
-            }
-            match connect_async(&inner, &address).await {
-                Ok(c) => {
-                    backoff.reset();
-                    conn = Some(c);
-                }
-                Err(e) => {
-                    add(&inner.stats.connect_failures);
-                    tracing::debug!(%address, error = %e, "connect failed");
-                    backoff.failed();
-                    report_unreachable(&inner, &address, &batch);
-                    continue;
-                }
-            }
-        }
-        let mut frames = Vec::new();
-        frames_of(&inner, &address, &batch, &mut frames);
-        let c = conn.as_mut().expect("connected above");
-        let res = async {
-            for frame in &frames {
-                c.write_all(frame).await?;
-            }
-            c.flush().await
-        }
-        .await;
-        match res {
-            Ok(()) => {
-                inner
-                    .stats
-                    .frames_sent
-                    .fetch_add(frames.len() as u64, Ordering::Relaxed);
-            }
-            Err(e) => {
-                tracing::debug!(%address, error = %e, "write failed; reconnecting");
-                conn = None;
-                backoff.failed();
-                report_unreachable(&inner, &address, &batch);
-            }
-        }
-    }
-}
-
-/// Encodes `batch` as frames within the frame limit, halving it as often as
-/// needed. A single message over the limit is dropped (and logged).
-fn frames_of(inner: &Inner, address: &str, batch: &MessageBatch, out: &mut Vec<Vec<u8>>) {
-    let body = encode_batch(batch);
-    if body.len() <= inner.cfg.max_frame_bytes as usize {
-        out.push(encode_frame(
-            FrameType::Batch,
-            inner.cfg.deployment_id,
-            &body,
-        ));
-        return;
-    }
-    if batch.messages.len() <= 1 {
-        tracing::warn!(%address, bytes = body.len(), "message over the frame limit dropped");
-        return;
-    }
-    let (first, second) = batch.messages.split_at(batch.messages.len() / 2);
-    for half in [first, second] {
-        let part = MessageBatch {
-            deployment_id: batch.deployment_id,
-            source_address: batch.source_address.clone(),
-            bin_ver: batch.bin_ver,
-            messages: half.to_vec(),
-        };
-        frames_of(inner, address, &part, out);
-    }
-}
-
 fn resolve(address: &str) -> std::io::Result<SocketAddr> {
     address.to_socket_addrs()?.next().ok_or_else(|| {
         std::io::Error::new(std::io::ErrorKind::NotFound, "address resolves to nothing")
     })
-}
-
-async fn connect_async(inner: &Inner, address: &str) -> std::io::Result<Box<dyn AsyncStream>> {
-    let addr = resolve(address)?;
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    stream.set_nodelay(true)?;
-    match &inner.tls {
-        Some(tls) => {
-            let name = server_name(address).ok_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, "bad TLS server name")
-            })?;
-            let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
-            let s = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream))
-                .await
-                .map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
-                })??;
-            Ok(Box::new(s))
-        }
-        None => Ok(Box::new(stream)),
-    }
 }
 
 fn connect_sync(inner: &Inner, address: &str) -> std::io::Result<Box<dyn SyncStream>> {
@@ -644,8 +471,8 @@ enum ReadError {
     Frame(FrameError),
 }
 
-async fn read_frame(
-    s: &mut Box<dyn AsyncStream>,
+async fn read_frame<S: AsyncRead + Unpin>(
+    s: &mut S,
     deployment_id: u64,
     max: u32,
 ) -> Result<Option<(FrameHeader, Vec<u8>)>, ReadError> {
@@ -674,7 +501,9 @@ async fn read_frame(
     Ok(Some((hdr, body)))
 }
 
-async fn serve(inner: Arc<Inner>, mut s: Box<dyn AsyncStream>, peer: SocketAddr) {
+async fn serve(inner: Arc<Inner>, s: Box<dyn AsyncStream>, peer: SocketAddr) {
+    // Buffered: a frame header and a small body cost one read, not two or three.
+    let mut s = tokio::io::BufReader::with_capacity(READ_BUFFER_BYTES, s);
     let dep = inner.cfg.deployment_id;
     let limits = Limits {
         max_payload_bytes: inner.cfg.max_frame_bytes as u64,
