@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use longship::{Config, NodeHost, NodeHostConfig, ReplicaId, ShardId};
 
-use crate::server::KvNode;
+use crate::server::{KvNode, ServerConfig};
 use crate::sm::KvStateMachine;
 
 /// Deployment id of longship-kv clusters.
@@ -29,6 +29,8 @@ pub struct NodeSpec {
     pub rtt_ms: u64,
     /// Snapshot every this many applied entries per shard.
     pub snapshot_entries: u64,
+    /// Limits of the Redis front end.
+    pub server: ServerConfig,
 }
 
 /// The replica config of a shard on this node.
@@ -46,6 +48,12 @@ pub fn replica_config(shard: u64, node_id: u64, snapshot_entries: u64) -> Config
 /// Starts the NodeHost of `spec` and every shard's replica on it (a
 /// restart when data is already there).
 pub fn start_node(spec: &NodeSpec) -> longship::Result<Arc<KvNode>> {
+    if let Err(reason) = spec.server.validate() {
+        return Err(longship::Error::InvalidConfig {
+            field: "server",
+            reason,
+        });
+    }
     if !spec.peers.contains_key(&spec.node_id) {
         return Err(longship::Error::InvalidConfig {
             field: "peers",
@@ -73,5 +81,10 @@ pub fn start_node(spec: &NodeSpec) -> longship::Result<Arc<KvNode>> {
             replica_config(shard, spec.node_id, spec.snapshot_entries),
         )?;
     }
-    Ok(KvNode::new(nh, spec.shards, spec.node_id))
+    Ok(KvNode::with_config(
+        nh,
+        spec.shards,
+        spec.node_id,
+        spec.server.clone(),
+    ))
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use longship_kv::cluster::{NodeSpec, start_node};
-use longship_kv::server::{KvNode, serve};
+use longship_kv::server::{KvNode, ServerConfig, serve};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -43,6 +43,53 @@ struct Args {
     /// Snapshot every this many applied entries per shard.
     #[arg(long, default_value_t = 10_000)]
     snapshot_entries: u64,
+    /// Largest argument of a request and largest value a key can hold, in
+    /// bytes (Redis's proto-max-bulk-len; suffixes kb, mb, gb allowed).
+    #[arg(long, default_value = "512mb", value_parser = parse_size)]
+    proto_max_bulk_len: u64,
+    /// Most client connections per node (Redis's maxclients).
+    #[arg(long, default_value_t = 10_000)]
+    maxclients: usize,
+    /// Close a client connection idle this many seconds (0: never, as Redis's timeout).
+    #[arg(long, default_value_t = 0)]
+    timeout: u64,
+    /// Most bytes buffered for one connection's incomplete command
+    /// (Redis's client-query-buffer-limit; suffixes kb, mb, gb allowed).
+    #[arg(long, default_value = "1gb", value_parser = parse_size)]
+    client_query_buffer_limit: u64,
+}
+
+/// A size in bytes: a number with an optional k/kb/m/mb/g/gb suffix (powers of 1024, as Redis).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let digits = t.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit: u64 = match &t[digits.len()..] {
+        "" | "b" => 1,
+        "k" | "kb" => 1 << 10,
+        "m" | "mb" => 1 << 20,
+        "g" | "gb" => 1 << 30,
+        u => return Err(format!("unknown size unit {u:?} (use kb, mb or gb)")),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size in bytes"))?;
+    n.checked_mul(unit)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+impl Args {
+    fn server_config(&self) -> Result<ServerConfig, String> {
+        let cfg = ServerConfig {
+            proto_max_bulk_len: self.proto_max_bulk_len,
+            maxclients: self.maxclients,
+            timeout: std::time::Duration::from_secs(self.timeout),
+            client_query_buffer_limit: usize::try_from(self.client_query_buffer_limit)
+                .map_err(|_| "--client-query-buffer-limit is too large".to_string())?,
+            ..ServerConfig::default()
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
 }
 
 fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, String> {
@@ -91,6 +138,7 @@ fn run(args: Args, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
     if args.shards == 0 || args.shards > 100_000 {
         return Err("--shards must be in 1..=100000".into());
     }
+    let server = args.server_config()?;
     if local {
         let peers: BTreeMap<u64, String> = (1..=3)
             .map(|i| (i, format!("127.0.0.1:{}", 27378 + i)))
@@ -113,11 +161,20 @@ fn run(args: Args, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
                 data_dir: root.join(format!("node{i}")),
                 rtt_ms: args.rtt_ms,
                 snapshot_entries: args.snapshot_entries,
+                server: server.clone(),
             };
             let node = start_node(&spec).map_err(|e| format!("node {i}: {e}"))?;
             let redis = format!("127.0.0.1:{}", 7378 + i);
             println!("  node {i}: raft {} redis {redis}", spec.raft_addr);
             nodes.push((node, redis));
+        }
+        // One process: each node sends a request to the NodeHost that leads its shard.
+        let hosts: Vec<(u64, Arc<longship::NodeHost>)> = nodes
+            .iter()
+            .map(|(n, _)| (n.node_id, n.nh.clone()))
+            .collect();
+        for (n, _) in &nodes {
+            n.set_local_hosts(hosts.clone());
         }
     } else {
         let node_id = args.node_id.ok_or("--node-id is required with --peers")?;
@@ -141,6 +198,7 @@ fn run(args: Args, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
                 .unwrap_or_else(|| PathBuf::from(format!("longship-data/node{node_id}"))),
             rtt_ms: args.rtt_ms,
             snapshot_entries: args.snapshot_entries,
+            server,
         };
         let node = start_node(&spec).map_err(|e| e.to_string())?;
         println!(

@@ -5,7 +5,7 @@
 /// Limits of one request.
 #[derive(Clone, Copy, Debug)]
 pub struct RespLimits {
-    /// Largest bulk string (a key or value).
+    /// Largest bulk string (a key or value): Redis's `proto-max-bulk-len`.
     pub max_bulk_bytes: usize,
     /// Most arguments in one command.
     pub max_args: usize,
@@ -16,19 +16,20 @@ pub struct RespLimits {
 impl Default for RespLimits {
     fn default() -> Self {
         RespLimits {
-            max_bulk_bytes: 8 << 20,
-            max_args: 1 << 16,
+            max_bulk_bytes: 512 << 20,
+            max_args: 1 << 20,
             max_inline_bytes: 64 << 10,
         }
     }
 }
 
-/// Why a request could not be parsed. The connection is closed after it.
+/// Why a request could not be parsed. The connection is closed after it
+/// (as Redis does on a protocol error).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RespError {
     /// Not RESP.
     Protocol(String),
-    /// A length over the limits.
+    /// A length over the limits (the message names the limit).
     TooLarge(String),
 }
 
@@ -48,8 +49,8 @@ fn find_crlf(buf: &[u8], from: usize, max: usize) -> Result<Option<usize>, RespE
             return Ok(Some(i));
         }
     }
-    if buf.len() - from > max + 2 {
-        return Err(RespError::TooLarge("line too long".into()));
+    if buf.len().saturating_sub(from) > max + 2 {
+        return Err(RespError::Protocol("length line too long".into()));
     }
     Ok(None)
 }
@@ -64,83 +65,167 @@ fn parse_len(line: &[u8], what: &str) -> Result<i64, RespError> {
 /// The arguments of one command and the bytes they used.
 pub type Parsed = (Vec<Vec<u8>>, usize);
 
-/// Parses one command from the front of `buf`. Returns the arguments and
-/// how many bytes they used, or `None` if more bytes are needed.
-pub fn parse_command(buf: &[u8], limits: &RespLimits) -> Result<Option<Parsed>, RespError> {
-    if buf.is_empty() {
-        return Ok(None);
+/// A multibulk command parsed in part: what the next call resumes from.
+#[derive(Debug, Default)]
+struct Partial {
+    /// Arguments announced by the `*n` header.
+    want: usize,
+    /// Arguments parsed so far.
+    args: Vec<Vec<u8>>,
+    /// Offset (from the command's first byte) of the next argument.
+    pos: usize,
+}
+
+/// A resumable request parser: fed the bytes of a connection from the
+/// first byte of the next command on, it keeps what it parsed of an
+/// incomplete multibulk command, so a command that arrives in many reads
+/// costs time linear in its size. Give it the same buffer start until it
+/// returns a command (the bytes of earlier commands may be dropped from
+/// the front between calls, as long as the incomplete one stays first).
+#[derive(Debug)]
+pub struct RequestParser {
+    limits: RespLimits,
+    partial: Option<Partial>,
+}
+
+impl RequestParser {
+    /// A parser with these limits.
+    pub fn new(limits: RespLimits) -> RequestParser {
+        RequestParser {
+            limits,
+            partial: None,
+        }
     }
-    if buf[0] != b'*' {
-        // Inline command: words separated by spaces, ending with \r\n (or \n).
-        let end = buf
-            .iter()
-            .take(limits.max_inline_bytes + 2)
-            .position(|&b| b == b'\n');
-        let Some(end) = end else {
-            if buf.len() > limits.max_inline_bytes {
-                return Err(RespError::TooLarge("inline command too long".into()));
+
+    /// The limits in force.
+    pub fn limits(&self) -> &RespLimits {
+        &self.limits
+    }
+
+    /// Parses one command from the front of `buf`. Returns the arguments and
+    /// how many bytes they used, or `None` if more bytes are needed.
+    pub fn next(&mut self, buf: &[u8]) -> Result<Option<Parsed>, RespError> {
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let limits = self.limits;
+        if self.partial.is_none() {
+            if buf[0] != b'*' {
+                return parse_inline(buf, &limits);
             }
+            let Some(eol) = find_crlf(buf, 1, 20)? else {
+                return Ok(None);
+            };
+            let n = parse_len(&buf[1..eol], "multibulk")?;
+            if n <= 0 {
+                return Ok(Some((Vec::new(), eol + 2)));
+            }
+            if n as u64 > limits.max_args as u64 {
+                return Err(RespError::TooLarge(format!(
+                    "invalid multibulk length: {n} arguments, over the limit of {}",
+                    limits.max_args
+                )));
+            }
+            let want = n as usize;
+            self.partial = Some(Partial {
+                want,
+                // Never pre-allocate more than the bytes present can fill.
+                args: Vec::with_capacity(want.min(buf.len() / 4 + 1)),
+                pos: eol + 2,
+            });
+        }
+        let Some(p) = self.partial.as_mut() else {
             return Ok(None);
         };
-        let line = &buf[..end];
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let args: Vec<Vec<u8>> = line
-            .split(|&b| b == b' ' || b == b'\t')
-            .filter(|w| !w.is_empty())
-            .map(|w| w.to_vec())
-            .collect();
-        if args.len() > limits.max_args {
-            return Err(RespError::TooLarge("too many arguments".into()));
+        while p.args.len() < p.want {
+            let pos = p.pos;
+            if pos >= buf.len() {
+                return Ok(None);
+            }
+            if buf[pos] != b'$' {
+                self.partial = None;
+                return Err(RespError::Protocol(format!(
+                    "expected '$', got '{}'",
+                    buf[pos] as char
+                )));
+            }
+            let eol = match find_crlf(buf, pos + 1, 20) {
+                Ok(Some(eol)) => eol,
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    self.partial = None;
+                    return Err(e);
+                }
+            };
+            let len = match parse_len(&buf[pos + 1..eol], "bulk") {
+                Ok(l) if l >= 0 => l as u64,
+                _ => {
+                    self.partial = None;
+                    return Err(RespError::Protocol("invalid bulk length".into()));
+                }
+            };
+            if len > limits.max_bulk_bytes as u64 {
+                self.partial = None;
+                return Err(RespError::TooLarge(format!(
+                    "invalid bulk length: {len} bytes, over proto-max-bulk-len ({} bytes)",
+                    limits.max_bulk_bytes
+                )));
+            }
+            let len = len as usize;
+            let start = eol + 2;
+            if buf.len() < start + len + 2 {
+                return Ok(None);
+            }
+            if &buf[start + len..start + len + 2] != b"\r\n" {
+                self.partial = None;
+                return Err(RespError::Protocol("bulk not terminated by CRLF".into()));
+            }
+            p.args.push(buf[start..start + len].to_vec());
+            p.pos = start + len + 2;
         }
-        return Ok(Some((args, end + 1)));
+        let used = p.pos;
+        let args = std::mem::take(&mut p.args);
+        self.partial = None;
+        Ok(Some((args, used)))
     }
-    let Some(eol) = find_crlf(buf, 1, 20)? else {
+}
+
+fn parse_inline(buf: &[u8], limits: &RespLimits) -> Result<Option<Parsed>, RespError> {
+    // Inline command: words separated by spaces, ending with \r\n (or \n).
+    let end = buf
+        .iter()
+        .take(limits.max_inline_bytes + 2)
+        .position(|&b| b == b'\n');
+    let Some(end) = end else {
+        if buf.len() > limits.max_inline_bytes {
+            return Err(RespError::TooLarge(format!(
+                "too big inline request (over {} bytes)",
+                limits.max_inline_bytes
+            )));
+        }
         return Ok(None);
     };
-    let n = parse_len(&buf[1..eol], "multibulk")?;
-    if n < 0 {
-        return Ok(Some((Vec::new(), eol + 2)));
+    let line = &buf[..end];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let args: Vec<Vec<u8>> = line
+        .split(|&b| b == b' ' || b == b'\t')
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_vec())
+        .collect();
+    if args.len() > limits.max_args {
+        return Err(RespError::TooLarge(format!(
+            "too many arguments (over {})",
+            limits.max_args
+        )));
     }
-    if n as usize > limits.max_args {
-        return Err(RespError::TooLarge("too many arguments".into()));
-    }
-    let mut pos = eol + 2;
-    // Never pre-allocate more than the bytes present can fill.
-    let mut args = Vec::with_capacity((n as usize).min(buf.len() / 4 + 1));
-    for _ in 0..n {
-        if pos >= buf.len() {
-            return Ok(None);
-        }
-        if buf[pos] != b'$' {
-            return Err(RespError::Protocol(format!(
-                "expected '$', got '{}'",
-                buf[pos] as char
-            )));
-        }
-        let Some(eol) = find_crlf(buf, pos + 1, 20)? else {
-            return Ok(None);
-        };
-        let len = parse_len(&buf[pos + 1..eol], "bulk")?;
-        if len < 0 {
-            return Err(RespError::Protocol("invalid bulk length".into()));
-        }
-        let len = len as usize;
-        if len > limits.max_bulk_bytes {
-            return Err(RespError::TooLarge(format!(
-                "bulk of {len} bytes over the limit"
-            )));
-        }
-        let start = eol + 2;
-        if buf.len() < start + len + 2 {
-            return Ok(None);
-        }
-        if &buf[start + len..start + len + 2] != b"\r\n" {
-            return Err(RespError::Protocol("bulk not terminated by CRLF".into()));
-        }
-        args.push(buf[start..start + len].to_vec());
-        pos = start + len + 2;
-    }
-    Ok(Some((args, pos)))
+    Ok(Some((args, end + 1)))
+}
+
+/// Parses one command from the front of `buf` (a fresh [`RequestParser`]).
+/// Returns the arguments and how many bytes they used, or `None` if more
+/// bytes are needed.
+pub fn parse_command(buf: &[u8], limits: &RespLimits) -> Result<Option<Parsed>, RespError> {
+    RequestParser::new(*limits).next(buf)
 }
 
 /// A reply.
@@ -256,6 +341,43 @@ mod tests {
             Err(RespError::TooLarge(_))
         ));
         assert!(parse_command(&[b'*'; 40], &l).is_err());
+    }
+
+    #[test]
+    fn the_parser_resumes_an_incomplete_command_and_names_limits() {
+        let l = RespLimits::default();
+        let req = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nvv\r\n*1\r\n$4\r\nPING\r\n";
+        let first = req.len() - b"*1\r\n$4\r\nPING\r\n".len();
+        for cut in 0..req.len() {
+            let mut p = RequestParser::new(l);
+            // Feed growing prefixes: the same answers as a fresh parse.
+            for end in 0..=cut {
+                let r = p.next(&req[..end]).unwrap();
+                if end < first {
+                    assert_eq!(r, None, "cut {cut} end {end}");
+                } else {
+                    assert_eq!(r.map(|x| x.1), Some(first));
+                    break;
+                }
+            }
+        }
+        let mut p = RequestParser::new(l);
+        let (args, used) = p.next(req).unwrap().unwrap();
+        assert_eq!(args.len(), 3);
+        let (args, _) = p.next(&req[used..]).unwrap().unwrap();
+        assert_eq!(args, vec![b"PING".to_vec()]);
+        let small = RespLimits {
+            max_bulk_bytes: 5,
+            max_args: 2,
+            max_inline_bytes: 8,
+        };
+        let e = parse_command(b"*1\r\n$6\r\n", &small).unwrap_err();
+        assert!(
+            e.to_string().contains("proto-max-bulk-len (5 bytes)"),
+            "{e}"
+        );
+        let e = parse_command(b"*3\r\n", &small).unwrap_err();
+        assert!(e.to_string().contains("limit of 2"), "{e}");
     }
 
     #[test]

@@ -1,18 +1,65 @@
 //! The Redis-protocol front end of a kv node: connections, commands,
 //! sessions and retries.
+//!
+//! # Order of a connection's commands
+//!
+//! Each connection is served by one task that works in *rounds*: it parses
+//! every complete command in its buffer (at most [`MAX_ROUND_COMMANDS`]
+//! commands or [`MAX_ROUND_BYTES`] of input), executes them, and queues
+//! their replies in the order the commands were sent. It reads the socket
+//! again only when the buffer holds no complete command, so a client that
+//! pipelines faster than the cluster applies is slowed down by TCP
+//! (backpressure), never refused, and never stalls: a client may send
+//! 100,000 commands before reading and gets 100,000 replies.
+//!
+//! The guarantee: **within one connection, commands that touch the same
+//! shard take effect in the order they were sent** — so the same key always
+//! does — and every reply comes back in command order. Commands of one
+//! round that touch *different* shards run in parallel (as a Redis Cluster
+//! client's pipeline runs in parallel on different nodes). Rounds run one
+//! after the other, so a command never takes effect before any command of
+//! an earlier round.
+//!
+//! How a round executes: every command becomes per-shard operations (GET k
+//! is one read on the shard of k; MGET, EXISTS, DEL and MSET are one
+//! operation per key; DBSIZE is a read on every shard) and a combiner that
+//! builds its reply. The operations are grouped by shard, keeping their
+//! order. A shard whose list holds only reads does one ReadIndex round and
+//! answers every read from the local replica (linearizable). A shard whose
+//! list holds a write proposes the whole ordered list as one log entry
+//! (split into several entries, in order, only when it passes the entry
+//! size limit); its reads then execute at apply time at their place in the
+//! log. Proposals use client sessions and are retried with the same series
+//! id, so a retried entry is applied at most once. Multi-key commands are
+//! per key, not atomic across keys.
+//!
+//! # Limits
+//!
+//! [`ServerConfig`] bounds what one client can make a node hold: the size
+//! of one argument (`proto-max-bulk-len`; no value can grow past it,
+//! APPEND included), the arguments of one command, the bytes buffered for
+//! one connection, the number of connections and the idle time. A value
+//! must also fit one replicated log entry (`max_proposal_bytes` of the
+//! NodeHost, at most half its `max_frame_bytes`); a bigger one is answered
+//! with an `-ERR` naming that limit.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use longship::{Error, NodeHost, Session, ShardId, SmResult};
+use longship::{Error, NodeHost, ReplicaId, Session, ShardId, SmResult};
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
-use crate::resp::{Reply, RespLimits, parse_command};
-use crate::sm::{KvWrite, get_query, query, status};
+use crate::resp::{Reply, RequestParser, RespError, RespLimits};
+use crate::sm::{
+    BATCH_HEADER_BYTES, MAX_SNAPSHOT_ITEM_BYTES, Op, OpResult, decode_results, encode_batch, status,
+};
 
 /// How long a request keeps retrying before answering with an error.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
@@ -22,10 +69,78 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 const SESSIONS_PER_SHARD: usize = 256;
 /// Largest key.
 pub const MAX_KEY_BYTES: usize = 64 << 10;
-/// Largest value.
-pub const MAX_VALUE_BYTES: usize = 4 << 20;
-/// Most commands of one pipeline executed before replies are written.
-const MAX_PIPELINE: usize = 1024;
+/// Most commands executed in one round of a connection.
+pub const MAX_ROUND_COMMANDS: usize = 1024;
+/// Most request bytes executed in one round of a connection (a single
+/// bigger command still makes a round of its own).
+pub const MAX_ROUND_BYTES: usize = 4 << 20;
+/// Unsent reply bytes above which a connection stops starting rounds until
+/// the client reads (replies are bounded like requests).
+pub const MAX_PENDING_REPLY_BYTES: usize = 8 << 20;
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 64 << 10;
+
+/// Limits of the Redis front end (Redis's names and defaults).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Largest argument (key or value) of a request, and largest value a
+    /// key can ever hold (`proto-max-bulk-len`; default 512 MB). At most
+    /// [`MAX_SNAPSHOT_ITEM_BYTES`].
+    pub proto_max_bulk_len: u64,
+    /// Most arguments of one command (default 1,048,576 as in Redis).
+    pub max_args: usize,
+    /// Most bytes buffered for one connection's incomplete command
+    /// (`client-query-buffer-limit`; default 1 GB). Over it the client gets
+    /// an `-ERR` and is disconnected.
+    pub client_query_buffer_limit: usize,
+    /// Most client connections of a node (`maxclients`; default 10,000).
+    /// Over it a new connection gets `-ERR max number of clients reached`
+    /// and is closed.
+    pub maxclients: usize,
+    /// Close a connection idle this long (`timeout`; zero: never, the default).
+    pub timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            proto_max_bulk_len: 512 << 20,
+            max_args: 1 << 20,
+            client_query_buffer_limit: 1 << 30,
+            maxclients: 10_000,
+            timeout: Duration::ZERO,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Checks the limits; the error names the first invalid one.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.proto_max_bulk_len == 0 || self.proto_max_bulk_len > MAX_SNAPSHOT_ITEM_BYTES {
+            return Err(format!(
+                "proto-max-bulk-len must be in 1..={MAX_SNAPSHOT_ITEM_BYTES}"
+            ));
+        }
+        if self.max_args == 0 {
+            return Err("the argument limit must be at least 1".into());
+        }
+        if self.client_query_buffer_limit < 1024 {
+            return Err("client-query-buffer-limit must be at least 1024 bytes".into());
+        }
+        if self.maxclients == 0 {
+            return Err("maxclients must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    fn resp_limits(&self) -> RespLimits {
+        RespLimits {
+            max_bulk_bytes: usize::try_from(self.proto_max_bulk_len).unwrap_or(usize::MAX),
+            max_args: self.max_args,
+            ..RespLimits::default()
+        }
+    }
+}
 
 /// The shard of a key: a stable hash (FNV-1a) over `shards` shards numbered from 1.
 pub fn shard_of(key: &[u8], shards: u64) -> ShardId {
@@ -44,37 +159,84 @@ pub struct KvNode {
     pub shards: u64,
     /// This node's id (its replica id in every shard).
     pub node_id: u64,
+    /// The front end's limits.
+    pub config: ServerConfig,
     sessions: Mutex<BTreeMap<ShardId, Vec<Session>>>,
-    limits: RespLimits,
+    clients: AtomicUsize,
+    /// NodeHosts of the same cluster in this process, by node id.
+    local_hosts: OnceLock<Vec<(u64, Arc<NodeHost>)>>,
 }
 
+/// Outcome of one operation: its result, or the error reply of its command.
+type Outcome = Result<OpResult, Reply>;
+
 impl KvNode {
-    /// A front end over `nh`.
+    /// A front end over `nh` with the default limits.
     pub fn new(nh: Arc<NodeHost>, shards: u64, node_id: u64) -> Arc<KvNode> {
+        KvNode::with_config(nh, shards, node_id, ServerConfig::default())
+    }
+
+    /// A front end over `nh` with these limits.
+    pub fn with_config(
+        nh: Arc<NodeHost>,
+        shards: u64,
+        node_id: u64,
+        config: ServerConfig,
+    ) -> Arc<KvNode> {
         Arc::new(KvNode {
             nh,
             shards,
             node_id,
+            config,
             sessions: Mutex::new(BTreeMap::new()),
-            limits: RespLimits {
-                max_bulk_bytes: MAX_VALUE_BYTES,
-                ..RespLimits::default()
-            },
+            clients: AtomicUsize::new(0),
+            local_hosts: OnceLock::new(),
         })
     }
 
-    async fn take_session(&self, shard: ShardId) -> Result<Session, Error> {
+    /// Tells the node about the NodeHosts of its cluster that run in this
+    /// process (the no-argument local cluster): requests then go straight
+    /// to the NodeHost that leads the key's shard instead of being
+    /// forwarded over TCP by a follower. Set once; later calls are ignored.
+    pub fn set_local_hosts(&self, hosts: Vec<(u64, Arc<NodeHost>)>) {
+        let _ = self.local_hosts.set(hosts);
+    }
+
+    /// Connections open now.
+    pub fn clients(&self) -> usize {
+        self.clients.load(Ordering::Acquire)
+    }
+
+    /// The NodeHost to ask about `shard`: the one in this process that
+    /// leads it when known, else this node's.
+    pub fn host_for(&self, shard: ShardId) -> &Arc<NodeHost> {
+        if let Some(hosts) = self.local_hosts.get()
+            && let Ok(l) = self.nh.get_leader_id(shard)
+            && l.valid
+            && let Some((_, nh)) = hosts.iter().find(|(id, _)| ReplicaId(*id) == l.leader_id)
+        {
+            return nh;
+        }
+        &self.nh
+    }
+
+    /// Largest replicated entry the NodeHost accepts (its `max_proposal_bytes`,
+    /// at most half of `max_frame_bytes`).
+    pub fn max_entry_bytes(&self) -> usize {
+        let c = self.nh.config();
+        c.max_proposal_bytes.min(c.max_frame_bytes as usize / 2)
+    }
+
+    async fn take_session(&self, nh: &NodeHost, shard: ShardId) -> Result<Session, Error> {
         if let Some(s) = self.sessions.lock().get_mut(&shard).and_then(|v| v.pop()) {
             return Ok(s);
         }
-        let nh = self.nh.clone();
         let deadline = Instant::now() + REQUEST_DEADLINE;
         loop {
-            let nh2 = nh.clone();
-            let r =
-                tokio::task::spawn_blocking(move || nh2.sync_get_session(shard, ATTEMPT_TIMEOUT))
-                    .await
-                    .map_err(|_| Error::Stopped)?;
+            let r = match nh.register_session(shard, ATTEMPT_TIMEOUT) {
+                Ok((s, h)) => h.await.map(|_| s),
+                Err(e) => Err(e),
+            };
             match r {
                 Ok(s) => return Ok(s),
                 Err(e) if e.is_temporary() && Instant::now() < deadline => {
@@ -93,16 +255,34 @@ impl KvNode {
         }
     }
 
-    /// Proposes a write with a client session; retries (same series id, so
-    /// it is applied at most once) until it completes or the deadline passes.
-    pub async fn write(&self, w: &KvWrite) -> Result<SmResult, Error> {
-        let shard = shard_of(w.key(), self.shards);
-        let cmd = bytes::Bytes::from(w.encode());
-        let mut s = self.take_session(shard).await?;
+    /// Proposes `cmd` to `shard` with a client session and retries (same
+    /// series id, so it is applied at most once) until it completes or the
+    /// deadline passes.
+    ///
+    /// `fence` carries a session whose last proposal ended with an unknown
+    /// outcome: it is used first, with that proposal counted as answered,
+    /// so the lost entry can never be applied after this one. When this
+    /// proposal's outcome ends unknown, its session is left in `fence`.
+    async fn propose(
+        &self,
+        shard: ShardId,
+        cmd: bytes::Bytes,
+        fence: &mut Option<Session>,
+    ) -> Result<SmResult, Error> {
+        let nh = self.host_for(shard).clone();
+        let mut s = match fence.take() {
+            Some(s) => s,
+            None => self.take_session(&nh, shard).await?,
+        };
         let deadline = Instant::now() + REQUEST_DEADLINE;
+        // Whether an attempt of this series id may have entered the log.
+        let mut attempted = false;
         loop {
-            let outcome = match self.nh.propose(&s, cmd.clone(), ATTEMPT_TIMEOUT) {
-                Ok(h) => h.await,
+            let outcome = match nh.propose(&s, cmd.clone(), ATTEMPT_TIMEOUT) {
+                Ok(h) => {
+                    attempted = true;
+                    h.await
+                }
                 Err(e) => Err(e),
             };
             match outcome {
@@ -114,25 +294,32 @@ impl KvNode {
                 Err(e) if e.is_temporary() && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                // The session's last proposal may or may not be applied: it is not reused.
-                Err(e) => return Err(e),
+                // A pooled session the shard evicted: nothing of it was
+                // applied; use a fresh one.
+                Err(Error::InvalidSession) if !attempted && Instant::now() < deadline => {
+                    s = self.take_session(&nh, shard).await?;
+                }
+                Err(e) => {
+                    if attempted && !matches!(e, Error::InvalidSession) {
+                        s.proposal_completed();
+                        *fence = Some(s);
+                    }
+                    return Err(e);
+                }
             }
         }
     }
 
-    /// Reads `q` from a shard: linearizable (ReadIndex) unless `stale`.
-    pub async fn read(&self, shard: ShardId, q: &[u8], stale: bool) -> Result<Vec<u8>, Error> {
-        if stale {
-            return self.nh.stale_read(shard, q);
-        }
+    /// Waits for a linearizable read point of `shard` on `nh` (ReadIndex).
+    async fn read_index(&self, nh: &NodeHost, shard: ShardId) -> Result<(), Error> {
         let deadline = Instant::now() + REQUEST_DEADLINE;
         loop {
-            let r = match self.nh.read_index(shard, ATTEMPT_TIMEOUT) {
+            let r = match nh.read_index(shard, ATTEMPT_TIMEOUT) {
                 Ok(h) => h.await,
                 Err(e) => Err(e),
             };
             match r {
-                Ok(_) => return self.nh.read_local(shard, q),
+                Ok(_) => return Ok(()),
                 Err(e) if e.is_temporary() && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -141,12 +328,105 @@ impl KvNode {
         }
     }
 
+    /// Answers read ops of one shard: linearizable (one ReadIndex round for
+    /// all of them) unless `stale`.
+    pub async fn read_ops(
+        &self,
+        shard: ShardId,
+        ops: &[Op],
+        stale: bool,
+    ) -> Result<Vec<OpResult>, Error> {
+        let nh = self.host_for(shard).clone();
+        if !stale {
+            self.read_index(&nh, shard).await?;
+        }
+        let answer = nh.read_local(shard, &encode_batch(ops))?;
+        match decode_results(&answer) {
+            Some(r) if r.len() == ops.len() => Ok(r),
+            _ => Err(Error::StateMachine("bad lookup answer".into())),
+        }
+    }
+
+    /// Executes the ordered op list of one shard (see the module docs) and
+    /// returns one outcome per op, in order.
+    async fn run_shard(
+        &self,
+        shard: ShardId,
+        ops: Vec<Op>,
+        stale: bool,
+        mut fence: Option<Session>,
+    ) -> (Vec<Outcome>, Option<Session>) {
+        let mut out: Vec<Outcome> = Vec::with_capacity(ops.len());
+        if !ops.iter().any(Op::is_write) {
+            match self.read_ops(shard, &ops, stale).await {
+                Ok(r) => out.extend(r.into_iter().map(Ok)),
+                Err(e) => out.extend(ops.iter().map(|_| Err(error_reply(&e)))),
+            }
+            return (out, fence);
+        }
+        let room = self.max_entry_bytes().saturating_sub(BATCH_HEADER_BYTES);
+        let mut i = 0;
+        while i < ops.len() {
+            // The longest run of ops from i that fits one entry.
+            let mut end = i;
+            let mut size = 0usize;
+            while end < ops.len() && size + ops[end].encoded_len() <= room {
+                size += ops[end].encoded_len();
+                end += 1;
+            }
+            if end == i {
+                // Never happens: commands with an op this big are refused
+                // before they get here.
+                out.push(Err(too_big_for_raft(&ops[i], self.max_entry_bytes())));
+                i += 1;
+                continue;
+            }
+            let cmd = bytes::Bytes::from(encode_batch(&ops[i..end]));
+            let results = match self.propose(shard, cmd, &mut fence).await {
+                Ok(r) if r.value == status::OK => decode_results(&r.data)
+                    .filter(|x| x.len() <= end - i)
+                    .ok_or_else(|| Reply::err("internal error: bad batch result")),
+                Ok(_) => Err(Reply::err("internal error: batch refused")),
+                Err(e) => Err(error_reply(&e)),
+            };
+            match results {
+                Ok(r) => {
+                    let done = r.len();
+                    out.extend(r.into_iter().map(Ok));
+                    i += done;
+                    if i < end {
+                        // The batch stopped before a read whose value is too
+                        // big to return through the log: read it now (every
+                        // earlier op is applied, no later one is), then go on.
+                        match self.read_ops(shard, &ops[i..i + 1], false).await {
+                            Ok(mut r) => out.push(Ok(r.remove(0))),
+                            Err(e) => out.push(Err(error_reply(&e))),
+                        }
+                        i += 1;
+                    }
+                }
+                Err(reply) => {
+                    // Outcome unknown or failed: the later ops are not executed
+                    // (they must not take effect before this one).
+                    out.extend(ops[i..].iter().map(|_| Err(reply.clone())));
+                    break;
+                }
+            }
+        }
+        (out, fence)
+    }
+
     /// A text summary for INFO.
     pub fn info(&self) -> String {
         let info = self.nh.get_node_host_info();
         let mut s = format!(
-            "# longship\r\nnode_id:{}\r\nraft_address:{}\r\nshards:{}\r\n",
-            self.node_id, info.raft_address, self.shards
+            "# longship\r\nnode_id:{}\r\nraft_address:{}\r\nshards:{}\r\nconnected_clients:{}\r\nmaxclients:{}\r\nproto_max_bulk_len:{}\r\n",
+            self.node_id,
+            info.raft_address,
+            self.shards,
+            self.clients(),
+            self.config.maxclients,
+            self.config.proto_max_bulk_len
         );
         let leaders = info.shards.iter().filter(|x| x.is_leader).count();
         s.push_str(&format!("leader_shards:{leaders}\r\n"));
@@ -160,17 +440,36 @@ impl KvNode {
     }
 }
 
-/// Accepts Redis connections until the listener fails.
+/// Counts a connection while it lives.
+struct ClientSlot(Arc<KvNode>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Accepts Redis connections until the listener fails. Over `maxclients`
+/// connections, a new one is answered `-ERR max number of clients reached`
+/// and closed (as Redis does).
 pub async fn serve(listener: TcpListener, node: Arc<KvNode>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
+                if node.clients.fetch_add(1, Ordering::AcqRel) >= node.config.maxclients {
+                    node.clients.fetch_sub(1, Ordering::AcqRel);
+                    // Best effort, never blocking the accept loop.
+                    let _ = stream.try_write(b"-ERR max number of clients reached\r\n");
+                    continue;
+                }
+                let slot = ClientSlot(node.clone());
                 let node = node.clone();
                 tokio::spawn(async move {
                     if let Err(e) = handle_conn(stream, node).await {
                         tracing::debug!(error = %e, "connection closed");
                     }
+                    drop(slot);
                 });
             }
             Err(e) => {
@@ -181,108 +480,350 @@ pub async fn serve(listener: TcpListener, node: Arc<KvNode>) {
     }
 }
 
-/// A command's reply: known now, or being computed.
-enum Slot {
-    Now(Reply),
-    Later(JoinHandle<Reply>),
+/// Per-connection state that commands change.
+#[derive(Default)]
+struct ConnState {
+    /// READONLY: reads without ReadIndex (stale).
+    readonly: bool,
+    /// QUIT was received: close after the replies.
+    quit: bool,
+    /// Sessions whose last proposal has an unknown outcome, by shard (see
+    /// `KvNode::propose`).
+    fences: BTreeMap<ShardId, Session>,
+}
+
+/// The commands of one round, and the protocol error that ended it, if any.
+struct Round {
+    commands: Vec<Vec<Vec<u8>>>,
+    used: usize,
+    error: Option<RespError>,
+}
+
+fn is_conn_command(args: &[Vec<u8>]) -> bool {
+    args.first().is_some_and(|n| {
+        n.eq_ignore_ascii_case(b"QUIT")
+            || n.eq_ignore_ascii_case(b"READONLY")
+            || n.eq_ignore_ascii_case(b"READWRITE")
+    })
+}
+
+/// Takes the complete commands at the front of `buf` for one round. A
+/// command that changes the connection's state (QUIT, READONLY,
+/// READWRITE) ends its round.
+fn parse_round(parser: &mut RequestParser, buf: &[u8]) -> Round {
+    let mut round = Round {
+        commands: Vec::new(),
+        used: 0,
+        error: None,
+    };
+    while round.commands.len() < MAX_ROUND_COMMANDS && round.used < MAX_ROUND_BYTES {
+        match parser.next(&buf[round.used..]) {
+            Ok(Some((args, len))) => {
+                round.used += len;
+                if args.is_empty() {
+                    continue;
+                }
+                let ends = is_conn_command(&args);
+                round.commands.push(args);
+                if ends {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                round.error = Some(e);
+                break;
+            }
+        }
+    }
+    round
+}
+
+/// Writes what the socket takes now without waiting.
+fn flush_some(stream: &TcpStream, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut sent = 0;
+    while sent < out.len() {
+        match stream.try_write(&out[sent..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    out.drain(..sent);
+    Ok(())
 }
 
 async fn handle_conn(mut stream: TcpStream, node: Arc<KvNode>) -> std::io::Result<()> {
+    let mut parser = RequestParser::new(node.config.resp_limits());
     let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
     let mut out: Vec<u8> = Vec::with_capacity(16 << 10);
-    let mut readonly = false;
-    let mut chunk = vec![0u8; 64 << 10];
+    let mut state = ConnState::default();
+    let mut eof = false;
+    let mut last_active = tokio::time::Instant::now();
+    let idle = node.config.timeout;
     loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
+        flush_some(&stream, &mut out)?;
+        while out.len() > MAX_PENDING_REPLY_BYTES {
+            stream.writable().await?;
+            flush_some(&stream, &mut out)?;
+        }
+        let round = parse_round(&mut parser, &buf);
+        if !round.commands.is_empty() || round.error.is_some() {
+            buf.drain(..round.used);
+            for r in execute_round(&node, &mut state, round.commands).await {
+                r.encode(&mut out);
+            }
+            if let Some(e) = round.error {
+                // As Redis: answer the protocol error, then close.
+                Reply::Error(format!("ERR {e}")).encode(&mut out);
+                state.quit = true;
+            }
+            if state.quit {
+                return close_after(stream, &out).await;
+            }
+            last_active = tokio::time::Instant::now();
+            continue;
+        }
+        if eof {
+            stream.write_all(&out).await?;
             return Ok(());
         }
-        buf.extend_from_slice(&chunk[..n]);
-        let mut used = 0;
-        let mut slots: Vec<Slot> = Vec::new();
-        // Writes of this pipeline still running; a read waits for them so it
-        // sees the connection's earlier writes.
-        let mut writes_in_flight = false;
-        let mut quit = false;
-        while slots.len() < MAX_PIPELINE {
-            match parse_command(&buf[used..], &node.limits) {
-                Ok(Some((args, len))) => {
-                    used += len;
-                    if args.is_empty() {
-                        continue;
-                    }
-                    let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
-                    match name.as_str() {
-                        "QUIT" => {
-                            slots.push(Slot::Now(Reply::ok()));
-                            quit = true;
-                            break;
-                        }
-                        "READONLY" => {
-                            readonly = true;
-                            slots.push(Slot::Now(Reply::ok()));
-                            continue;
-                        }
-                        "READWRITE" => {
-                            readonly = false;
-                            slots.push(Slot::Now(Reply::ok()));
-                            continue;
-                        }
-                        _ => {}
-                    }
-                    let is_write = matches!(
-                        name.as_str(),
-                        "SET" | "DEL" | "INCR" | "INCRBY" | "DECR" | "DECRBY" | "APPEND" | "MSET"
-                    );
-                    if !is_write && writes_in_flight {
-                        // Resolve earlier writes first (keeps replies in order too).
-                        for s in slots.iter_mut() {
-                            if let Slot::Later(h) = s {
-                                let r = h.await.unwrap_or_else(|_| Reply::err("internal error"));
-                                *s = Slot::Now(r);
-                            }
-                        }
-                        writes_in_flight = false;
-                    }
-                    let node2 = node.clone();
-                    let stale = readonly;
-                    let handle =
-                        tokio::spawn(async move { execute(&node2, &name, &args, stale).await });
-                    writes_in_flight |= is_write;
-                    slots.push(Slot::Later(handle));
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    // Garbage: answer once and close this connection only.
-                    for s in slots.drain(..) {
-                        encode_slot(s, &mut out).await;
-                    }
-                    Reply::Error(format!("ERR {e}")).encode(&mut out);
-                    stream.write_all(&out).await?;
-                    return Ok(());
+        if buf.len() > node.config.client_query_buffer_limit {
+            Reply::err(format!(
+                "Protocol error: query buffer of {} bytes over client-query-buffer-limit ({} bytes)",
+                buf.len(),
+                node.config.client_query_buffer_limit
+            ))
+            .encode(&mut out);
+            return close_after(stream, &out).await;
+        }
+        // No complete command: read more (and send replies meanwhile).
+        let idle_deadline = last_active + idle;
+        tokio::select! {
+            r = stream.readable() => {
+                r?;
+                buf.reserve(READ_CHUNK);
+                match stream.try_read_buf(&mut buf) {
+                    Ok(0) => eof = true,
+                    Ok(_) => last_active = tokio::time::Instant::now(),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
                 }
             }
-        }
-        buf.drain(..used);
-        for s in slots {
-            encode_slot(s, &mut out).await;
-        }
-        if !out.is_empty() {
-            stream.write_all(&out).await?;
-            out.clear();
-        }
-        if quit {
-            return Ok(());
+            r = stream.writable(), if !out.is_empty() => r?,
+            _ = tokio::time::sleep_until(idle_deadline), if !idle.is_zero() => {
+                // Idle past `timeout`: closed without a reply, as Redis does.
+                return Ok(());
+            }
         }
     }
 }
 
-async fn encode_slot(s: Slot, out: &mut Vec<u8>) {
-    let r = match s {
-        Slot::Now(r) => r,
-        Slot::Later(h) => h.await.unwrap_or_else(|_| Reply::err("internal error")),
+/// Sends the last replies and closes the connection. Input the client
+/// still sends is read and dropped for a moment first: closing a socket
+/// with unread input resets it, and the client could lose the replies.
+async fn close_after(mut stream: TcpStream, out: &[u8]) -> std::io::Result<()> {
+    stream.write_all(out).await?;
+    stream.shutdown().await?;
+    let drain = async {
+        let mut sink = vec![0u8; READ_CHUNK];
+        let mut total = 0usize;
+        while total < (64 << 20) {
+            match tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
     };
-    r.encode(out);
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+    Ok(())
+}
+
+/// Polls every future until all are done; their outputs in order. (The
+/// shards of one round run concurrently inside the connection's task.)
+async fn join_all<F: Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut futs: Vec<Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut outs: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(outs.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *o = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outs.into_iter().flatten().collect()
+}
+
+/// How a command's reply is built from the outcomes of its ops.
+#[derive(Clone, Copy, Debug)]
+enum Combine {
+    /// GET: a bulk or nil.
+    Get,
+    /// MGET: an array of bulks or nils.
+    Mget,
+    /// SET: OK, or nil when NX/XX was not met.
+    Set,
+    /// MSET: OK once every SET is done.
+    Mset,
+    /// DEL, EXISTS, DBSIZE, STRLEN: the sum of the integers.
+    Sum,
+    /// INCRBY, APPEND: the integer, or the error it stands for.
+    Int,
+}
+
+/// A command of a round: its reply now, or ops to run and how to combine them.
+enum Planned {
+    Now(Reply),
+    Ops {
+        first: usize,
+        n: usize,
+        combine: Combine,
+    },
+}
+
+/// Ops of a round, in command order.
+struct RoundOps {
+    ops: Vec<(ShardId, Op)>,
+}
+
+impl RoundOps {
+    fn plan(&mut self, ops: Vec<(ShardId, Op)>, combine: Combine) -> Planned {
+        let first = self.ops.len();
+        let n = ops.len();
+        self.ops.extend(ops);
+        Planned::Ops { first, n, combine }
+    }
+}
+
+/// Executes the commands of one round (see the module docs) and returns
+/// their replies in order. `readonly` makes reads stale (no ReadIndex).
+pub async fn execute_commands(
+    node: &KvNode,
+    commands: Vec<Vec<Vec<u8>>>,
+    readonly: bool,
+) -> Vec<Reply> {
+    let mut state = ConnState {
+        readonly,
+        ..ConnState::default()
+    };
+    execute_round(node, &mut state, commands).await
+}
+
+async fn execute_round(
+    node: &KvNode,
+    state: &mut ConnState,
+    commands: Vec<Vec<Vec<u8>>>,
+) -> Vec<Reply> {
+    let mut round = RoundOps { ops: Vec::new() };
+    let planned: Vec<Planned> = commands
+        .iter()
+        .map(|args| plan(node, state, args, &mut round))
+        .collect();
+    let mut outcomes: Vec<Option<Outcome>> = round.ops.iter().map(|_| None).collect();
+    if !round.ops.is_empty() {
+        // Group by shard, keeping the order of each shard's ops.
+        let mut by_shard: BTreeMap<ShardId, (Vec<usize>, Vec<Op>)> = BTreeMap::new();
+        for (i, (shard, op)) in round.ops.into_iter().enumerate() {
+            let e = by_shard.entry(shard).or_default();
+            e.0.push(i);
+            e.1.push(op);
+        }
+        let stale = state.readonly;
+        let mut places = Vec::with_capacity(by_shard.len());
+        let mut futs = Vec::with_capacity(by_shard.len());
+        for (shard, (idx, ops)) in by_shard {
+            let fence = state.fences.remove(&shard);
+            places.push((shard, idx));
+            futs.push(node.run_shard(shard, ops, stale, fence));
+        }
+        for ((shard, idx), (results, fence)) in places.into_iter().zip(join_all(futs).await) {
+            if let Some(f) = fence {
+                state.fences.insert(shard, f);
+            }
+            for (i, r) in idx.into_iter().zip(results) {
+                outcomes[i] = Some(r);
+            }
+        }
+    }
+    planned
+        .into_iter()
+        .map(|p| match p {
+            Planned::Now(r) => r,
+            Planned::Ops { first, n, combine } => {
+                combine_reply(combine, &outcomes[first..first + n])
+            }
+        })
+        .collect()
+}
+
+fn combine_reply(combine: Combine, outcomes: &[Option<Outcome>]) -> Reply {
+    let mut results = Vec::with_capacity(outcomes.len());
+    for o in outcomes {
+        match o {
+            Some(Ok(r)) => results.push(r),
+            Some(Err(reply)) => return reply.clone(),
+            None => return Reply::err("internal error: operation not executed"),
+        }
+    }
+    let unexpected = || Reply::err("internal error: unexpected result");
+    let bulk = |r: &OpResult| match r {
+        OpResult::Value(Some(v)) => Some(Reply::Bulk(v.clone())),
+        OpResult::Value(None) => Some(Reply::Nil),
+        _ => None,
+    };
+    match combine {
+        Combine::Get => results
+            .first()
+            .and_then(|r| bulk(r))
+            .unwrap_or_else(unexpected),
+        Combine::Mget => results
+            .iter()
+            .map(|r| bulk(r))
+            .collect::<Option<Vec<_>>>()
+            .map_or_else(unexpected, Reply::Array),
+        Combine::Set => match results.first() {
+            Some(OpResult::Ok) => Reply::ok(),
+            Some(OpResult::NotSet) => Reply::Nil,
+            _ => unexpected(),
+        },
+        Combine::Mset => {
+            if results.iter().all(|r| **r == OpResult::Ok) {
+                Reply::ok()
+            } else {
+                unexpected()
+            }
+        }
+        Combine::Sum => {
+            let mut n: i64 = 0;
+            for r in &results {
+                match r {
+                    OpResult::Int(x) => n = n.saturating_add(*x),
+                    _ => return unexpected(),
+                }
+            }
+            Reply::Int(n)
+        }
+        Combine::Int => match results.first() {
+            Some(OpResult::Int(n)) => Reply::Int(*n),
+            Some(OpResult::NotInteger) => Reply::err("value is not an integer or out of range"),
+            Some(OpResult::Overflow) => Reply::err("increment or decrement would overflow"),
+            Some(OpResult::TooLarge(max)) => Reply::err(format!(
+                "string exceeds maximum allowed size (proto-max-bulk-len: {max} bytes)"
+            )),
+            _ => unexpected(),
+        },
+    }
 }
 
 fn arity_error(name: &str) -> Reply {
@@ -296,221 +837,207 @@ fn error_reply(e: &Error) -> Reply {
     match e {
         Error::Timeout => Reply::Error("TIMEOUT request timed out (outcome unknown)".into()),
         Error::SystemBusy => Reply::Error("BUSY system busy, retry later".into()),
-        Error::PayloadTooBig { .. } => Reply::err("value too large"),
+        Error::PayloadTooBig { size, max } => Reply::err(format!(
+            "request of {size} bytes over the replicated entry limit of {max} bytes (max_proposal_bytes)"
+        )),
         other => Reply::err(other.to_string()),
     }
 }
 
-fn check_key(k: &[u8]) -> Option<Reply> {
-    (k.len() > MAX_KEY_BYTES).then(|| Reply::err("key too large"))
+fn too_big_for_raft(op: &Op, max_entry: usize) -> Reply {
+    Reply::err(format!(
+        "value too large to replicate: {} bytes over the replicated entry limit of {} bytes (max_proposal_bytes)",
+        op.encoded_len() + BATCH_HEADER_BYTES,
+        max_entry
+    ))
+}
+
+/// Refuses a key over [`MAX_KEY_BYTES`], or a write that cannot fit one
+/// replicated entry.
+fn check_op(node: &KvNode, op: &Op) -> Option<Reply> {
+    if op.key().is_some_and(|k| k.len() > MAX_KEY_BYTES) {
+        return Some(Reply::err(format!(
+            "key too large (over {MAX_KEY_BYTES} bytes)"
+        )));
+    }
+    let max = node.max_entry_bytes();
+    (op.is_write() && op.encoded_len() + BATCH_HEADER_BYTES > max)
+        .then(|| too_big_for_raft(op, max))
 }
 
 fn parse_i64(b: &[u8]) -> Option<i64> {
     std::str::from_utf8(b).ok()?.parse().ok()
 }
 
-fn write_reply(r: Result<SmResult, Error>, ok: impl FnOnce(SmResult) -> Reply) -> Reply {
-    match r {
-        Ok(res) if res.value == status::NOT_INTEGER => {
-            Reply::err("value is not an integer or out of range")
-        }
-        Ok(res) if res.value == status::OVERFLOW => {
-            Reply::err("increment or decrement would overflow")
-        }
-        Ok(res) => ok(res),
-        Err(e) => error_reply(&e),
-    }
-}
-
-async fn get(node: &KvNode, key: &[u8], stale: bool) -> Result<Option<Vec<u8>>, Error> {
-    let v = node
-        .read(shard_of(key, node.shards), &get_query(key), stale)
-        .await?;
-    Ok(match v.split_first() {
-        Some((1, rest)) => Some(rest.to_vec()),
-        _ => None,
-    })
-}
-
-/// Executes one command.
-pub async fn execute(node: &KvNode, name: &str, args: &[Vec<u8>], stale: bool) -> Reply {
+/// Plans one command: its reply now, or its ops in `round`.
+fn plan(node: &KvNode, state: &mut ConnState, args: &[Vec<u8>], round: &mut RoundOps) -> Planned {
+    let Some(first) = args.first() else {
+        return Planned::Now(Reply::err("empty command"));
+    };
+    let name = String::from_utf8_lossy(first).to_ascii_uppercase();
     let argc = args.len();
-    for a in args.iter().skip(1) {
-        if a.len() > MAX_VALUE_BYTES {
-            return Reply::err("value too large");
+    let shard = |k: &[u8]| shard_of(k, node.shards);
+    // Ops, checked: the command is refused whole if any op is.
+    let mut ops_of = |ops: Vec<(ShardId, Op)>, combine: Combine| -> Planned {
+        for (_, op) in &ops {
+            if let Some(r) = check_op(node, op) {
+                return Planned::Now(r);
+            }
         }
-    }
-    match name {
+        round.plan(ops, combine)
+    };
+    let now = Planned::Now;
+    match name.as_str() {
+        "QUIT" => {
+            state.quit = true;
+            now(Reply::ok())
+        }
+        "READONLY" => {
+            state.readonly = true;
+            now(Reply::ok())
+        }
+        "READWRITE" => {
+            state.readonly = false;
+            now(Reply::ok())
+        }
         "PING" => match argc {
-            1 => Reply::Simple("PONG".into()),
-            2 => Reply::Bulk(args[1].clone()),
-            _ => arity_error(name),
+            1 => now(Reply::Simple("PONG".into())),
+            2 => now(Reply::Bulk(args[1].clone())),
+            _ => now(arity_error(&name)),
         },
-        "ECHO" if argc == 2 => Reply::Bulk(args[1].clone()),
-        "COMMAND" | "CONFIG" => Reply::Array(Vec::new()),
-        "SELECT" if argc == 2 => {
-            if args[1] == b"0" {
-                Reply::ok()
-            } else {
-                Reply::err("DB index is out of range")
-            }
-        }
-        "GET" if argc == 2 => match get(node, &args[1], stale).await {
-            Ok(Some(v)) => Reply::Bulk(v),
-            Ok(None) => Reply::Nil,
-            Err(e) => error_reply(&e),
-        },
-        "STRLEN" if argc == 2 => match get(node, &args[1], stale).await {
-            Ok(v) => Reply::Int(v.map_or(0, |v| v.len() as i64)),
-            Err(e) => error_reply(&e),
-        },
-        "EXISTS" if argc >= 2 => {
-            let mut n = 0;
-            for k in &args[1..] {
-                match get(node, k, stale).await {
-                    Ok(Some(_)) => n += 1,
-                    Ok(None) => {}
-                    Err(e) => return error_reply(&e),
-                }
-            }
-            Reply::Int(n)
-        }
-        "MGET" if argc >= 2 => {
-            let mut out = Vec::with_capacity(argc - 1);
-            for k in &args[1..] {
-                match get(node, k, stale).await {
-                    Ok(Some(v)) => out.push(Reply::Bulk(v)),
-                    Ok(None) => out.push(Reply::Nil),
-                    Err(e) => return error_reply(&e),
-                }
-            }
-            Reply::Array(out)
-        }
+        "ECHO" if argc == 2 => now(Reply::Bulk(args[1].clone())),
+        "COMMAND" | "CONFIG" => now(Reply::Array(Vec::new())),
+        "SELECT" if argc == 2 => now(if args[1] == b"0" {
+            Reply::ok()
+        } else {
+            Reply::err("DB index is out of range")
+        }),
+        "GET" if argc == 2 => ops_of(
+            vec![(
+                shard(&args[1]),
+                Op::Get {
+                    key: args[1].clone(),
+                },
+            )],
+            Combine::Get,
+        ),
+        "STRLEN" if argc == 2 => ops_of(
+            vec![(
+                shard(&args[1]),
+                Op::Strlen {
+                    key: args[1].clone(),
+                },
+            )],
+            Combine::Sum,
+        ),
+        "EXISTS" if argc >= 2 => ops_of(
+            args[1..]
+                .iter()
+                .map(|k| (shard(k), Op::Exists { key: k.clone() }))
+                .collect(),
+            Combine::Sum,
+        ),
+        "MGET" if argc >= 2 => ops_of(
+            args[1..]
+                .iter()
+                .map(|k| (shard(k), Op::Get { key: k.clone() }))
+                .collect(),
+            Combine::Mget,
+        ),
         "SET" if argc >= 3 => {
-            if let Some(r) = check_key(&args[1]) {
-                return r;
-            }
             let (mut nx, mut xx) = (false, false);
             for opt in &args[3..] {
                 match String::from_utf8_lossy(opt).to_ascii_uppercase().as_str() {
                     "NX" => nx = true,
                     "XX" => xx = true,
                     "EX" | "PX" | "EXAT" | "PXAT" | "KEEPTTL" => {
-                        return Reply::err("expiry (EX/PX) is not supported by longship-kv");
+                        return now(Reply::err("expiry (EX/PX) is not supported by longship-kv"));
                     }
-                    "GET" => return Reply::err("SET ... GET is not supported by longship-kv"),
-                    _ => return Reply::err("syntax error"),
+                    "GET" => return now(Reply::err("SET ... GET is not supported by longship-kv")),
+                    _ => return now(Reply::err("syntax error")),
                 }
             }
             if nx && xx {
-                return Reply::err("syntax error");
+                return now(Reply::err("syntax error"));
             }
-            let w = KvWrite::Set {
+            let op = Op::Set {
                 key: args[1].clone(),
                 value: args[2].clone(),
                 nx,
                 xx,
             };
-            write_reply(node.write(&w).await, |r| {
-                if r.value == status::NOT_SET {
-                    Reply::Nil
-                } else {
-                    Reply::ok()
-                }
-            })
+            ops_of(vec![(shard(&args[1]), op)], Combine::Set)
         }
-        "MSET" if argc >= 3 && argc % 2 == 1 => {
-            // Per key: not atomic across keys (they may live on different shards).
-            for pair in args[1..].chunks(2) {
-                if let Some(r) = check_key(&pair[0]) {
-                    return r;
-                }
-            }
-            for pair in args[1..].chunks(2) {
-                let w = KvWrite::Set {
-                    key: pair[0].clone(),
-                    value: pair[1].clone(),
-                    nx: false,
-                    xx: false,
-                };
-                if let Err(e) = node.write(&w).await {
-                    return error_reply(&e);
-                }
-            }
-            Reply::ok()
-        }
-        "DEL" if argc >= 2 => {
-            let mut n = 0;
-            for k in &args[1..] {
-                match node.write(&KvWrite::Del { key: k.clone() }).await {
-                    Ok(r) => n += r.data.first().copied().unwrap_or(0) as i64,
-                    Err(e) => return error_reply(&e),
-                }
-            }
-            Reply::Int(n)
-        }
-        "INCR" | "DECR" if argc == 2 => {
-            let delta = if name == "INCR" { 1 } else { -1 };
-            incr(node, &args[1], delta).await
-        }
-        "INCRBY" | "DECRBY" if argc == 3 => {
-            let Some(d) = parse_i64(&args[2]) else {
-                return Reply::err("value is not an integer or out of range");
+        "MSET" if argc >= 3 && argc % 2 == 1 => ops_of(
+            args[1..]
+                .chunks(2)
+                .map(|p| {
+                    let op = Op::Set {
+                        key: p[0].clone(),
+                        value: p[1].clone(),
+                        nx: false,
+                        xx: false,
+                    };
+                    (shard(&p[0]), op)
+                })
+                .collect(),
+            Combine::Mset,
+        ),
+        "DEL" if argc >= 2 => ops_of(
+            args[1..]
+                .iter()
+                .map(|k| (shard(k), Op::Del { key: k.clone() }))
+                .collect(),
+            Combine::Sum,
+        ),
+        "INCR" | "DECR" | "INCRBY" | "DECRBY"
+            if (argc == 2 && name.len() == 4) || (argc == 3 && name.len() == 6) =>
+        {
+            let d = if argc == 2 {
+                Some(1)
+            } else {
+                parse_i64(&args[2])
             };
-            let delta = if name == "INCRBY" {
+            let Some(d) = d else {
+                return now(Reply::err("value is not an integer or out of range"));
+            };
+            let delta = if name.starts_with("INCR") {
                 Some(d)
             } else {
                 d.checked_neg()
             };
-            match delta {
-                Some(d) => incr(node, &args[1], d).await,
-                None => Reply::err("increment or decrement would overflow"),
-            }
+            let Some(delta) = delta else {
+                return now(Reply::err("increment or decrement would overflow"));
+            };
+            let op = Op::IncrBy {
+                key: args[1].clone(),
+                delta,
+            };
+            ops_of(vec![(shard(&args[1]), op)], Combine::Int)
         }
         "APPEND" if argc == 3 => {
-            if let Some(r) = check_key(&args[1]) {
-                return r;
-            }
-            let w = KvWrite::Append {
+            let op = Op::Append {
                 key: args[1].clone(),
                 value: args[2].clone(),
+                max_len: node.config.proto_max_bulk_len,
             };
-            write_reply(node.write(&w).await, |r| {
-                Reply::Int(parse_i64(&r.data).unwrap_or(0))
-            })
+            ops_of(vec![(shard(&args[1]), op)], Combine::Int)
         }
-        "DBSIZE" if argc == 1 => {
-            let mut total = 0u64;
-            for s in 1..=node.shards {
-                match node.read(ShardId(s), &[query::DBSIZE], stale).await {
-                    Ok(v) if v.len() == 8 => {
-                        total += u64::from_le_bytes(v.try_into().expect("8 bytes"))
-                    }
-                    Ok(_) => return Reply::err("bad DBSIZE answer"),
-                    Err(e) => return error_reply(&e),
-                }
-            }
-            Reply::Int(total as i64)
-        }
-        "INFO" => Reply::Bulk(node.info().into_bytes()),
+        "DBSIZE" if argc == 1 => ops_of(
+            (1..=node.shards)
+                .map(|s| (ShardId(s), Op::DbSize))
+                .collect(),
+            Combine::Sum,
+        ),
+        "INFO" => now(Reply::Bulk(node.info().into_bytes())),
         "ECHO" | "SELECT" | "GET" | "STRLEN" | "EXISTS" | "MGET" | "SET" | "MSET" | "DEL"
-        | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "APPEND" | "DBSIZE" => arity_error(name),
+        | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "APPEND" | "DBSIZE" => now(arity_error(&name)),
         _ => {
             let shown: String = name.chars().take(64).collect();
-            Reply::err(format!("unknown command '{}'", shown.to_ascii_lowercase()))
+            now(Reply::err(format!(
+                "unknown command '{}'",
+                shown.to_ascii_lowercase()
+            )))
         }
     }
-}
-
-async fn incr(node: &KvNode, key: &[u8], delta: i64) -> Reply {
-    if let Some(r) = check_key(key) {
-        return r;
-    }
-    let w = KvWrite::IncrBy {
-        key: key.to_vec(),
-        delta,
-    };
-    write_reply(node.write(&w).await, |r| {
-        Reply::Int(parse_i64(&r.data).unwrap_or(0))
-    })
 }
