@@ -108,6 +108,11 @@ pub struct BenchArgs {
     /// Apply worker threads per NodeHost [default: the NodeHostConfig default].
     #[arg(long)]
     pub apply_workers: Option<usize>,
+    /// `Config::inline_apply_max_bytes` of every replica: committed batches
+    /// up to this size are applied by the step worker (0: always by the
+    /// apply workers). The benchmark's state machine is a counter.
+    #[arg(long, default_value_t = 64 << 10)]
+    pub inline_apply_bytes: u64,
     /// Timeout of each request in milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub timeout_ms: u64,
@@ -173,6 +178,7 @@ pub fn run(args: BenchArgs) -> Res<()> {
         rtt_ms: args.rtt_ms,
         step_workers: args.step_workers,
         apply_workers: args.apply_workers,
+        inline_apply_bytes: args.inline_apply_bytes,
         quiesce: args.idle,
         snapshot_entries: 0,
     };

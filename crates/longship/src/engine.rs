@@ -62,8 +62,24 @@ pub(crate) struct StepWorker {
 impl StepWorker {
     /// One cycle: step every ready replica, then one persist for all of them.
     pub(crate) fn run_once(&self) -> bool {
+        let _cycle = self.host.step_busy[self.id].lock();
+        self.cycle()
+    }
+
+    /// Runs one cycle unless another thread is running one of this worker
+    /// (then returns false at once: that thread will see what is marked
+    /// ready when its cycle ends). Whether a cycle ran.
+    pub(crate) fn try_run_once(&self) -> bool {
+        let Some(_cycle) = self.host.step_busy[self.id].try_lock() else {
+            return false;
+        };
+        self.cycle();
+        true
+    }
+
+    /// The body of a cycle; the caller holds `step_busy[self.id]`.
+    fn cycle(&self) -> bool {
         let host = &self.host;
-        let _cycle = host.step_busy[self.id].lock();
         let ready = host.step_ready[self.id].take();
         if ready.is_empty() {
             return false;
@@ -440,10 +456,58 @@ impl StepWorker {
         }
         if !u.committed_entries.is_empty() {
             let entries = std::mem::take(&mut u.committed_entries);
-            r.apply_queue.lock().push_back(ApplyTask::Entries(entries));
-            self.host.mark_apply(r.shard_id);
+            if let Some(entries) = self.apply_inline(r, entries) {
+                r.apply_queue.lock().push_back(ApplyTask::Entries(entries));
+                self.host.mark_apply(r.shard_id);
+            }
         }
         self.serve_reads(r, u);
+    }
+
+    /// Applies a small committed batch here, in the step worker, when
+    /// nothing older waits for the apply worker and no snapshot save holds
+    /// the state machine: the hand-off to an apply thread (a wake-up each
+    /// way) costs more than applying a few small entries. Returns the
+    /// entries if they must go to the apply worker instead. The order of
+    /// applies is kept: only this step worker queues apply tasks for the
+    /// replica, and under the apply lock an empty queue means nothing
+    /// earlier is outstanding.
+    fn apply_inline(&self, r: &ReplicaRef, entries: Vec<Entry>) -> Option<Vec<Entry>> {
+        let max = r.config.inline_apply_max_bytes;
+        if max == 0 || r.config.is_witness {
+            return Some(entries);
+        }
+        let bytes: u64 = entries.iter().map(|e| e.cmd.len() as u64 + 64).sum();
+        if bytes > max {
+            return Some(entries);
+        }
+        let Some(guard) = r.apply_lock.try_lock() else {
+            return Some(entries);
+        };
+        if !r.apply_queue.lock().is_empty() {
+            return Some(entries);
+        }
+        let applier = ApplyWorker {
+            host: self.host.clone(),
+            id: 0,
+        };
+        let res = applier.apply_entries(r, &entries);
+        drop(guard);
+        Metrics::add(&self.host.metrics.inline_applies, 1);
+        match res {
+            Ok(changed) => {
+                if changed {
+                    self.host.mark_step(r.shard_id);
+                }
+                applier.maybe_schedule_snapshot(r);
+            }
+            Err(e) => {
+                tracing::error!(shard = %r.shard_id, replica = %r.replica_id, error = %e, "replica failed");
+                *r.failed.lock() = Some(e.to_string());
+                r.terminate_requests();
+            }
+        }
+        None
     }
 
     /// Records the indexes of ready reads, fails dropped ones, and
@@ -506,6 +570,11 @@ impl StepWorker {
         self.serve_reads(r, &mut u);
         let mut core = r.core.lock();
         core.raft.advance(&u);
+        // What `hand_on` applied in place: the core may hand out more.
+        let applied = r.applied();
+        if applied <= core.raft.log().committed() {
+            core.raft.applied_to(applied);
+        }
         if core.raft.has_update() {
             host.mark_step(r.shard_id);
         }

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use longship_raft::codec::{Decoder, Limits, decode_message};
-use longship_raft::{Message, MessageBatch, MessageType, ReplicaId, Rng, ShardId};
+use longship_raft::{Message, MessageType, ReplicaId, Rng, ShardId};
 use longship_storage::logdb::LogDb;
 use longship_storage::snapshot::{SnapshotError, SnapshotInfo, SnapshotReceiver};
 use longship_storage::vfs::FileSystem;
-use longship_transport::{MessageHandler, SnapshotChunk, Transport};
+use longship_transport::{SnapshotChunk, Transport};
 use parking_lot::{Mutex, RwLock};
 
 use crate::config::NodeHostConfig;
@@ -64,6 +64,10 @@ pub(crate) struct Host {
     /// `None`: the store already holds that snapshot; the stream's data is skipped.
     receivers: Mutex<BTreeMap<ReceiverKey, Option<SnapshotReceiver>>>,
     pub(crate) snapshot_root: std::path::PathBuf,
+    /// Threaded mode: the transport's reader threads may run an idle step
+    /// worker's cycle (see `inbound`). Off in manual mode, where the
+    /// simulator alone decides what runs.
+    pub(crate) step_on_receive: AtomicBool,
 }
 
 /// A quiesced replica gets one tick in this many (its requests expire that
@@ -161,6 +165,7 @@ impl Host {
             metrics: Metrics::default(),
             receivers: Mutex::new(BTreeMap::new()),
             snapshot_root,
+            step_on_receive: AtomicBool::new(false),
         }
     }
 
@@ -243,8 +248,20 @@ impl Host {
         self.learned.read().get(&(replica.shard_id, to)).cloned()
     }
 
-    /// Queues a message for a local replica (bounded; drops when full).
+    /// Queues a message for a local replica (bounded; drops when full)
+    /// and marks the replica for its step worker.
     pub(crate) fn deliver_local(&self, m: Message) -> bool {
+        let shard = m.shard_id;
+        let queued = self.enqueue(m);
+        if queued {
+            self.mark_step(shard);
+        }
+        queued
+    }
+
+    /// Queues a message for a local replica (bounded; drops when full);
+    /// the caller marks the replica for its step worker.
+    pub(crate) fn enqueue(&self, m: Message) -> bool {
         let Some(r) = self.replica(m.shard_id) else {
             Metrics::add(&self.metrics.messages_dropped, 1);
             return false;
@@ -267,7 +284,6 @@ impl Host {
             let at = inbox.ticks;
             inbox.messages.push((at, m));
         }
-        self.mark_step(r.shard_id);
         true
     }
 
@@ -281,7 +297,7 @@ impl Host {
         (c.shard_id, c.to, c.from, c.index.0)
     }
 
-    fn receive_chunk(&self, chunk: SnapshotChunk) -> Result<(), String> {
+    pub(crate) fn receive_chunk(&self, chunk: SnapshotChunk) -> Result<(), String> {
         if chunk.deployment_id != self.cfg.deployment_id {
             return Err(format!(
                 "snapshot chunk from deployment {}",
@@ -373,120 +389,5 @@ impl Host {
         }
         self.deliver_local(m);
         Ok(())
-    }
-}
-
-/// The NodeHost side of the transport.
-pub(crate) struct Handler(pub(crate) Arc<Host>);
-
-impl MessageHandler for Handler {
-    fn handle_batch(&self, batch: MessageBatch) {
-        let host = &self.0;
-        if batch.deployment_id != host.cfg.deployment_id {
-            tracing::warn!(from = %batch.source_address, "dropping a batch from another deployment");
-            Metrics::add(&host.metrics.messages_dropped, batch.messages.len() as u64);
-            return;
-        }
-        Metrics::add(&host.metrics.messages_received, batch.messages.len() as u64);
-        for m in batch.messages {
-            if m.msg_type.is_local() {
-                Metrics::add(&host.metrics.messages_dropped, 1);
-                continue;
-            }
-            // A snapshot with data arrives by a snapshot stream, which
-            // delivers its InstallSnapshot itself; in a batch, only a
-            // witness's (metadata only) can be valid. Another would make
-            // the replica install a snapshot it does not have.
-            if m.msg_type == MessageType::InstallSnapshot
-                && !(m.snapshot.as_ref().is_some_and(|s| s.witness)
-                    && host
-                        .replica(m.shard_id)
-                        .is_some_and(|r| r.config.is_witness))
-            {
-                Metrics::add(&host.metrics.messages_dropped, 1);
-                continue;
-            }
-            // Only for a replica hosted here: traffic for other shards
-            // would grow the map without bound.
-            if !batch.source_address.is_empty()
-                && host
-                    .replica(m.shard_id)
-                    .is_some_and(|r| r.replica_id == m.to)
-            {
-                let key = (m.shard_id, m.from);
-                let known = host
-                    .learned
-                    .read()
-                    .get(&key)
-                    .is_some_and(|a| *a == batch.source_address);
-                if !known {
-                    host.learned
-                        .write()
-                        .insert(key, batch.source_address.clone());
-                }
-            }
-            host.deliver_local(m);
-        }
-    }
-
-    fn handle_snapshot_chunk(&self, chunk: SnapshotChunk) -> bool {
-        match self.0.receive_chunk(chunk) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "snapshot chunk refused");
-                false
-            }
-        }
-    }
-
-    fn handle_unreachable(&self, _address: &str, targets: &[(ShardId, ReplicaId)]) {
-        for &(shard, replica) in targets {
-            if let Some(r) = self.0.replica(shard) {
-                let m = Message::new(MessageType::Unreachable, shard, replica, r.replica_id);
-                self.0.deliver_local(m);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use longship_storage::logdb::MemLogDb;
-    use longship_storage::vfs::MemFs;
-    use longship_transport::MemNetwork;
-
-    #[test]
-    fn addresses_are_learnt_only_for_replicas_hosted_here() {
-        let net = MemNetwork::new();
-        let cfg = NodeHostConfig {
-            node_host_dir: "/nh".into(),
-            raft_address: "a:1".into(),
-            ..NodeHostConfig::default()
-        };
-        let deployment_id = cfg.deployment_id;
-        let host = Arc::new(Host::new(
-            cfg,
-            Arc::new(MemFs::new()),
-            Arc::new(MemLogDb::new()),
-            Arc::new(net.transport("a:1")),
-            None,
-            1,
-        ));
-        let handler = Handler(host.clone());
-        for shard in 1..=1000 {
-            handler.handle_batch(MessageBatch {
-                deployment_id,
-                source_address: "b:1".into(),
-                bin_ver: longship_raft::MESSAGE_BATCH_VERSION,
-                messages: vec![Message::new(
-                    MessageType::Heartbeat,
-                    ShardId(shard),
-                    ReplicaId(2),
-                    ReplicaId(1),
-                )],
-            });
-        }
-        assert!(host.learned.read().is_empty());
     }
 }

@@ -17,6 +17,7 @@ mod engine;
 mod error;
 pub mod events;
 mod host;
+mod inbound;
 mod metrics;
 mod nodehost;
 mod replica;

@@ -29,6 +29,8 @@ counters!(
     proposals_dropped,
     /// Entries applied to state machines.
     entries_applied,
+    /// Committed batches the step worker applied itself (no apply worker hand-off).
+    inline_applies,
     /// Entries persisted by step workers.
     entries_persisted,
     /// `save_raft_state` calls (one fsync each).

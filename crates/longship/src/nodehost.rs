@@ -24,7 +24,8 @@ use crate::config::{Config, NodeHostConfig};
 use crate::engine::{ApplyWorker, SnapshotWorker, StepWorker, recover_from_store};
 use crate::error::{Error, Result};
 use crate::events::EventListener;
-use crate::host::{Handler, Host, SnapshotJob};
+use crate::host::{Host, SnapshotJob};
+use crate::inbound::Handler;
 use crate::metrics::{Gauges, Metrics};
 use crate::replica::{
     ApplyTask, Command, CoreState, Inbox, Pending, PendingConfigChange, PendingProposal, Replica,
@@ -486,6 +487,7 @@ impl NodeHost {
     }
 
     fn spawn_threads(&self) {
+        self.host.step_on_receive.store(true, Ordering::Release);
         let mut threads = self.threads.lock();
         let idle = Duration::from_millis(self.host.cfg.rtt_ms.max(1));
         for id in 0..self.host.cfg.step_workers {

@@ -39,6 +39,21 @@ impl ReadySet {
         }
     }
 
+    /// Marks many shards without waking the worker; returns whether any
+    /// was new. The caller then runs the worker's cycle itself or calls
+    /// [`wake_one`](Self::wake_one).
+    pub(crate) fn mark_all_quiet(&self, shards: impl IntoIterator<Item = ShardId>) -> bool {
+        let mut set = self.set.lock();
+        let before = set.len();
+        set.extend(shards);
+        set.len() > before
+    }
+
+    /// Wakes the worker if it waits.
+    pub(crate) fn wake_one(&self) {
+        self.cv.notify_one();
+    }
+
     pub(crate) fn take(&self) -> BTreeSet<ShardId> {
         std::mem::take(&mut *self.set.lock())
     }

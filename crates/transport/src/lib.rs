@@ -64,6 +64,14 @@ pub struct SnapshotChunk {
 pub trait MessageHandler: Send + Sync {
     /// A batch of messages arrived.
     fn handle_batch(&self, batch: MessageBatch);
+    /// A batch arrived on a thread the transport owns, which may do the
+    /// protocol work the batch causes (including a log write) before it
+    /// reads on: the receiver may run that work to completion here instead
+    /// of waking another thread for it. The TCP transport's readers call
+    /// this; the default is [`handle_batch`](Self::handle_batch).
+    fn handle_batch_on_io_thread(&self, batch: MessageBatch) {
+        self.handle_batch(batch)
+    }
     /// A snapshot chunk arrived. Returns false to abort the stream (the
     /// sender then reports the snapshot failed).
     fn handle_snapshot_chunk(&self, chunk: SnapshotChunk) -> bool;

@@ -26,6 +26,8 @@ pub struct ClusterOptions {
     pub rtt_ms: u64,
     pub step_workers: Option<usize>,
     pub apply_workers: Option<usize>,
+    /// `Config::inline_apply_max_bytes` of every replica.
+    pub inline_apply_bytes: u64,
     /// Replicas quiesce when idle.
     pub quiesce: bool,
     /// `Config::snapshot_entries` of every replica (0: no automatic snapshots).
@@ -115,6 +117,7 @@ impl Cluster {
     fn replica_config(&self, shard: u64, i: u64) -> Config {
         Config {
             quiesce: self.opts.quiesce,
+            inline_apply_max_bytes: self.opts.inline_apply_bytes,
             snapshot_entries: self.opts.snapshot_entries,
             compaction_overhead: if self.opts.snapshot_entries > 0 {
                 self.opts.snapshot_entries / 2

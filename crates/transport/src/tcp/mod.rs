@@ -530,7 +530,7 @@ async fn serve(inner: Arc<Inner>, s: Box<dyn AsyncStream>, peer: SocketAddr) {
             FrameType::Batch => match decode_batch(&body, &limits) {
                 Ok(b) if b.deployment_id == dep => {
                     add(&inner.stats.frames_received);
-                    handler.handle_batch(b);
+                    handler.handle_batch_on_io_thread(b);
                 }
                 Ok(_) => {
                     add(&inner.stats.frames_rejected);
