@@ -1,6 +1,7 @@
 //! Three `longship-kv` processes on loopback: a client load with a kill -9
 //! and restart of one node in the middle; the recorded client history must
-//! be linearizable (no acknowledged write lost, no stale read). Then
+//! be linearizable (no acknowledged write lost, no stale read). Some clients
+//! send one command at a time, others pipeline several per write. Then
 //! `redis-cli` and `redis-benchmark` (with pipelining) against the cluster.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -11,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use longship_sim::linearizability::kv::{KvInput, KvModel, KvOutput};
+use longship_sim::linearizability::kv::{KvInput, KvModel, KvOutput, prune_invisible_unknowns};
 use longship_sim::linearizability::{Budget, Operation, check};
 
 const SHARDS: u64 = 4;
@@ -134,11 +135,11 @@ impl Client {
     }
 
     fn call(&mut self, args: &[&str]) -> std::io::Result<Resp> {
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        self.w.write_all(req.as_bytes())?;
+        self.w.write_all(&encode(args))?;
+        self.read_reply()
+    }
+
+    fn read_reply(&mut self) -> std::io::Result<Resp> {
         let mut line = String::new();
         self.r.read_line(&mut line)?;
         let body = line.trim_end().to_string();
@@ -162,6 +163,15 @@ impl Client {
     }
 }
 
+/// The RESP encoding of a command.
+fn encode(args: &[&str]) -> Vec<u8> {
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    req.into_bytes()
+}
+
 type History = Arc<Mutex<Vec<Operation<KvInput, KvOutput>>>>;
 
 fn now(start: Instant) -> u64 {
@@ -183,7 +193,8 @@ fn client_loop(
     let mut conn: Option<Client> = None;
     while !stop.load(Ordering::Acquire) {
         n += 1;
-        let key = format!("k{}", (id + n) % 5);
+        // Keys change every second: the checker's partitions stay small.
+        let key = format!("k{}.{}", start.elapsed().as_secs(), (id + n) % 5);
         let write = !n.is_multiple_of(3);
         let value = format!("[{id}.{n}]");
         if conn.is_none() {
@@ -231,6 +242,123 @@ fn client_loop(
     }
 }
 
+/// A client that pipelines: each write carries 2 to 5 commands (appends
+/// of unique values and reads over a few keys); each command is recorded
+/// as invoked when the write starts and answered when its own reply is
+/// read. After a lost connection every unanswered command's outcome is
+/// unknown.
+fn pipelining_client_loop(
+    id: u64,
+    addrs: Vec<String>,
+    stop: Arc<AtomicBool>,
+    history: History,
+    start: Instant,
+) {
+    let mut n = 0u64;
+    let mut which = id as usize % addrs.len();
+    let mut conn: Option<Client> = None;
+    while !stop.load(Ordering::Acquire) {
+        if conn.is_none() {
+            conn = Client::connect(&addrs[which]).ok();
+            if conn.is_none() {
+                which = (which + 1) % addrs.len();
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        }
+        let c = conn.as_mut().expect("connected");
+        n += 1;
+        let depth = 2 + (n % 4) as usize;
+        let epoch = start.elapsed().as_secs();
+        let mut inputs = Vec::with_capacity(depth);
+        let mut req = Vec::new();
+        for j in 0..depth as u64 {
+            // Pairs of commands share a key, so a pipeline both reads its own
+            // appends and appends twice to one key.
+            let key = format!("p{}.{}", epoch, (id + n + j / 2) % 5);
+            if (n + j).is_multiple_of(3) {
+                req.extend(encode(&["GET", &key]));
+                inputs.push(KvInput::Get { key });
+            } else {
+                let value = format!("[{id}.{n}.{j}]");
+                req.extend(encode(&["APPEND", &key, &value]));
+                inputs.push(KvInput::Append { key, value });
+            }
+        }
+        let call = now(start);
+        let mut lost = c.w.write_all(&req).is_err();
+        let mut ops = Vec::with_capacity(depth);
+        for input in inputs {
+            let reply = if lost {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            } else {
+                c.read_reply()
+            };
+            let ret = now(start);
+            let op = match (&input, reply) {
+                (KvInput::Append { .. }, Ok(Resp::Int(_))) => {
+                    Operation::returned(id, input, call, KvOutput::Done, ret)
+                }
+                (KvInput::Get { .. }, Ok(Resp::Bulk(v))) => {
+                    let v = String::from_utf8(v.unwrap_or_default()).expect("utf8 values");
+                    Operation::returned(id, input, call, KvOutput::Value(v), ret)
+                }
+                (_, Ok(Resp::Error(_))) => Operation::unknown(id, input, call),
+                (_, other) => {
+                    if other.is_ok() {
+                        panic!("client {id}: unexpected reply {other:?} to {input:?}");
+                    }
+                    lost = true;
+                    Operation::unknown(id, input, call)
+                }
+            };
+            ops.push(op);
+        }
+        if lost {
+            conn = None;
+            which = (which + 1) % addrs.len();
+        }
+        check_pipeline_order(id, &ops);
+        history.lock().unwrap().extend(ops);
+    }
+}
+
+/// Within one pipeline, a read sees the pipeline's earlier appends to its
+/// key, in order, and none of its later ones (per-connection order, which
+/// is stronger than linearizability for commands sent together).
+fn check_pipeline_order(id: u64, ops: &[Operation<KvInput, KvOutput>]) {
+    use longship_sim::linearizability::Outcome;
+    for (j, op) in ops.iter().enumerate() {
+        let (KvInput::Get { key }, Outcome::Returned { output, .. }) = (&op.input, &op.outcome)
+        else {
+            continue;
+        };
+        let KvOutput::Value(seen) = output else {
+            continue;
+        };
+        let mut at = 0;
+        for (i, other) in ops.iter().enumerate() {
+            let KvInput::Append { key: k, value } = &other.input else {
+                continue;
+            };
+            if k != key {
+                continue;
+            }
+            if i < j && matches!(other.outcome, Outcome::Returned { .. }) {
+                let pos = seen[at..].find(value.as_str()).unwrap_or_else(|| {
+                    panic!("client {id}: GET {key} = {seen:?} misses {value} appended before it")
+                });
+                at += pos + value.len();
+            } else if i > j {
+                assert!(
+                    !seen.contains(value.as_str()),
+                    "client {id}: GET {key} = {seen:?} sees {value} appended after it"
+                );
+            }
+        }
+    }
+}
+
 fn wait_ready(addr: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -261,10 +389,14 @@ fn kill9_during_writes_loses_nothing_and_history_is_linearizable() {
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let history: History = Arc::new(Mutex::new(Vec::new()));
-    let clients: Vec<_> = (1..=6u64)
+    let clients: Vec<_> = (1..=9u64)
         .map(|id| {
             let (a, s, h) = (addrs.clone(), stop.clone(), history.clone());
-            std::thread::spawn(move || client_loop(id, a, s, h, start))
+            if id <= 6 {
+                std::thread::spawn(move || client_loop(id, a, s, h, start))
+            } else {
+                std::thread::spawn(move || pipelining_client_loop(id, a, s, h, start))
+            }
         })
         .collect();
     std::thread::sleep(Duration::from_secs(2));
@@ -281,10 +413,15 @@ fn kill9_during_writes_loses_nothing_and_history_is_linearizable() {
     wait_ready(&addrs[1]);
     // Final reads of every key on every node, after everything else.
     let mut hist = std::mem::take(&mut *history.lock().unwrap());
+    let keys: Vec<String> = hist
+        .iter()
+        .map(|o| o.input.key().to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     for a in &addrs {
         let mut c = Client::connect(a).unwrap_or_else(|e| panic!("connect {a}: {e}"));
-        for k in 0..5 {
-            let key = format!("k{k}");
+        for key in keys.iter().cloned() {
             let call = now(start);
             let reply = c
                 .call(&["GET", &key])
@@ -307,6 +444,17 @@ fn kill9_during_writes_loses_nothing_and_history_is_linearizable() {
         .filter(|o| matches!(o.input, KvInput::Append { .. }))
         .count();
     assert!(acked > 50, "too little load went through: {acked} appends");
+    let pipelined = hist.iter().filter(|o| o.client >= 7).count();
+    assert!(
+        pipelined > 50,
+        "too little pipelined load went through: {pipelined} operations"
+    );
+    // Unknown appends that no read saw cannot matter (and cost the search most).
+    let hist = prune_invisible_unknowns(&hist);
+    eprintln!(
+        "history: {} operations, {pipelined} of pipelining clients",
+        hist.len()
+    );
     let verdict = check(
         &KvModel,
         &hist,
@@ -322,16 +470,12 @@ fn kill9_during_writes_loses_nothing_and_history_is_linearizable() {
     );
 
     // The cluster restarted whole serves every acknowledged write.
-    let before: Vec<Vec<u8>> = (0..5)
-        .map(|k| {
-            match Client::connect(&addrs[0])
-                .unwrap()
-                .call(&["GET", &format!("k{k}")])
-                .unwrap()
-            {
-                Resp::Bulk(v) => v.unwrap_or_default(),
-                other => panic!("{other:?}"),
-            }
+    let mut c = Client::connect(&addrs[0]).unwrap();
+    let before: Vec<Vec<u8>> = keys
+        .iter()
+        .map(|k| match c.call(&["GET", k]).unwrap() {
+            Resp::Bulk(v) => v.unwrap_or_default(),
+            other => panic!("{other:?}"),
         })
         .collect();
     for n in nodes.iter_mut() {
@@ -343,18 +487,15 @@ fn kill9_during_writes_loses_nothing_and_history_is_linearizable() {
     for a in &addrs {
         wait_ready(a);
     }
-    for (k, want) in before.iter().enumerate() {
-        let Resp::Bulk(v) = Client::connect(&addrs[2])
-            .unwrap()
-            .call(&["GET", &format!("k{k}")])
-            .unwrap()
-        else {
+    let mut c = Client::connect(&addrs[2]).unwrap();
+    for (k, want) in keys.iter().zip(&before) {
+        let Resp::Bulk(v) = c.call(&["GET", k]).unwrap() else {
             panic!("GET failed")
         };
         assert_eq!(
             &v.unwrap_or_default(),
             want,
-            "key k{k} changed across a full restart"
+            "key {k} changed across a full restart"
         );
     }
 }
