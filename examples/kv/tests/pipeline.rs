@@ -512,6 +512,14 @@ fn idle_clients_are_closed_after_timeout_and_busy_ones_are_not() {
     let mut idle = c.conn(0);
     assert_eq!(idle.call(&["PING"]), Resp::Simple("PONG".into()));
     let start = Instant::now();
+    // A client that sends a command every 300 ms (the pace is what is
+    // tested) outlives the 1 s timeout.
+    let mut busy = c.conn(0);
+    for _ in 0..6 {
+        assert_eq!(busy.call(&["PING"]), Resp::Simple("PONG".into()));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(busy.call(&["GET", "nothing"]), Resp::Bulk(None));
     assert!(idle.is_closed());
     assert!(start.elapsed() >= Duration::from_millis(900));
 }
@@ -534,4 +542,40 @@ fn an_incomplete_command_over_the_query_buffer_limit_closes_only_its_connection(
         other => panic!("{other:?}"),
     }
     assert_eq!(other.call(&["SET", "k", "v"]), ok());
+}
+
+#[test]
+fn the_local_cluster_sends_requests_to_the_nodehost_that_leads_the_shard() {
+    let c = Cluster::start(ServerConfig::default());
+    for s in 1..=SHARDS {
+        let shard = longship::ShardId(s);
+        // Every shard has a leader once the cluster is ready; retry across a
+        // leader change between the two looks.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let l = c.nodes[0].nh.get_leader_id(shard).unwrap();
+            assert!(l.valid, "shard {s} has no known leader");
+            let leader = &c.nodes[(l.leader_id.get() - 1) as usize].nh;
+            if c.nodes
+                .iter()
+                .all(|n| Arc::ptr_eq(n.host_for(shard), leader))
+            {
+                break;
+            }
+            // Polling until every node has heard of the same leader.
+            assert!(
+                Instant::now() < deadline,
+                "shard {s} not routed to its leader"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    // A node that knows no sibling NodeHosts uses its own.
+    let alone = KvNode::new(c.nodes[1].nh.clone(), SHARDS, 2);
+    for s in 1..=SHARDS {
+        assert!(Arc::ptr_eq(
+            alone.host_for(longship::ShardId(s)),
+            &c.nodes[1].nh
+        ));
+    }
 }
