@@ -128,11 +128,12 @@ pub struct NodeHostConfig {
     pub raft_address: String,
     /// Deployment id: hosts of different deployments never talk.
     pub deployment_id: u64,
-    /// Step worker threads (shard `s` runs on worker `s % step_workers`).
+    /// Step worker threads (shard `s` runs on worker `s % step_workers`);
+    /// default: one per two CPUs.
     pub step_workers: usize,
-    /// Apply worker threads.
+    /// Apply worker threads; default: one per two CPUs.
     pub apply_workers: usize,
-    /// Snapshot worker threads.
+    /// Snapshot worker threads; default: one per four CPUs.
     pub snapshot_workers: usize,
     /// Largest proposal payload in bytes (in effect at most half of
     /// `max_frame_bytes`, so that every entry fits a transport frame).
@@ -157,6 +158,15 @@ pub struct NodeHostConfig {
     pub max_frame_bytes: u32,
 }
 
+/// Worker threads for this machine: one per `cpus_per_worker` CPUs, at
+/// least 1 and at most 16. Measured on 2 CPUs (docs/benchmarks.md): one
+/// step and one apply worker per NodeHost serve 64 clients 1.7 times
+/// faster than two of each, which only took turns on the same cores.
+fn default_workers(cpus_per_worker: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cpus / cpus_per_worker).clamp(1, 16)
+}
+
 impl Default for NodeHostConfig {
     fn default() -> Self {
         NodeHostConfig {
@@ -165,9 +175,9 @@ impl Default for NodeHostConfig {
             rtt_ms: 100,
             raft_address: String::new(),
             deployment_id: 1,
-            step_workers: 2,
-            apply_workers: 2,
-            snapshot_workers: 2,
+            step_workers: default_workers(2),
+            apply_workers: default_workers(2),
+            snapshot_workers: default_workers(4),
             max_proposal_bytes: 8 << 20,
             max_proposal_queue: 8192,
             max_read_queue: 8192,

@@ -54,6 +54,11 @@ pub struct TcpConfig {
     pub deployment_id: u64,
     /// Connections per remote host (shards are spread over them).
     pub connections_per_host: usize,
+    /// Threads of the transport's runtime. Its reader threads also run
+    /// the protocol work that arriving messages cause (see
+    /// `MessageHandler::handle_batch_on_io_thread`). Default: one per two
+    /// CPUs, at most 4.
+    pub io_threads: usize,
     /// Largest frame body accepted or sent.
     pub max_frame_bytes: u32,
     /// Most bytes queued per connection for its writer (besides
@@ -73,6 +78,8 @@ impl Default for TcpConfig {
             address: String::new(),
             deployment_id: 1,
             connections_per_host: 2,
+            io_threads: (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2)
+                .clamp(1, 4),
             max_frame_bytes: 64 << 20,
             max_queued_bytes: 64 << 20,
             send_queue_len: 1024,
@@ -170,6 +177,9 @@ impl TcpTransport {
                 "connections_per_host must be in 1..=64".into(),
             ));
         }
+        if cfg.io_threads == 0 || cfg.io_threads > 64 {
+            return Err(TcpError::Config("io_threads must be in 1..=64".into()));
+        }
         if cfg.send_queue_len == 0 || cfg.max_snapshot_streams == 0 || cfg.max_frame_bytes < 1024 {
             return Err(TcpError::Config(
                 "queue, stream and frame limits must be non-zero".into(),
@@ -187,7 +197,7 @@ impl TcpTransport {
         listener.set_nonblocking(true).map_err(TcpError::Runtime)?;
         let local = listener.local_addr().ok();
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(cfg.io_threads)
             .thread_name("ls-transport")
             .enable_all()
             .build()
