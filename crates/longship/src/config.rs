@@ -152,7 +152,8 @@ pub struct NodeHostConfig {
     pub seed: Option<u64>,
     /// Mutual TLS between NodeHosts (CA, certificate and key PEM files).
     pub mutual_tls: Option<longship_transport::TlsPaths>,
-    /// TCP connections per remote NodeHost.
+    /// TCP connections per remote NodeHost; default: one per two CPUs
+    /// (each connection is one more reader, and one more write per cycle).
     pub connections_per_host: usize,
     /// Largest transport frame in bytes (bigger messages are dropped; snapshots stream in chunks).
     pub max_frame_bytes: u32,
@@ -185,7 +186,7 @@ impl Default for NodeHostConfig {
             max_apply_batch_bytes: 64 << 20,
             seed: None,
             mutual_tls: None,
-            connections_per_host: 2,
+            connections_per_host: default_workers(2),
             max_frame_bytes: 64 << 20,
         }
     }
