@@ -341,7 +341,10 @@ impl Walkthrough {
         let since = self.mark(id);
         if interrupt {
             let pid = self.running[&id].child.id().to_string();
-            let ok = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+            let ok = Command::new("kill")
+                .args(["-INT", &pid])
+                .status()
+                .expect("`kill` not found on PATH: run scripts/test (it installs it), or: sudo apt-get install procps");
             assert!(ok.success());
         } else {
             self.running.get_mut(&id).unwrap().stdin = None;
