@@ -86,6 +86,14 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
+    /// Whether no request waits here (nothing to expire).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.proposals.is_empty()
+            && self.config_changes.is_empty()
+            && self.reads.is_empty()
+            && self.snapshots.is_empty()
+    }
+
     /// Fails every request whose deadline (in ticks) passed.
     pub(crate) fn expire(&mut self, now: u64) {
         self.proposals.retain(|_, p| {
