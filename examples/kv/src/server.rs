@@ -79,6 +79,8 @@ pub const MAX_ROUND_BYTES: usize = 4 << 20;
 pub const MAX_PENDING_REPLY_BYTES: usize = 8 << 20;
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 64 << 10;
+/// An empty connection buffer with more capacity than this is freed.
+const SHRINK_ABOVE: usize = 1 << 20;
 
 /// Limits of the Redis front end (Redis's names and defaults).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -568,9 +570,16 @@ async fn handle_conn(mut stream: TcpStream, node: Arc<KvNode>) -> std::io::Resul
             stream.writable().await?;
             flush_some(&stream, &mut out)?;
         }
+        if out.is_empty() && out.capacity() > SHRINK_ABOVE {
+            out = Vec::with_capacity(16 << 10);
+        }
         let round = parse_round(&mut parser, &buf);
-        if !round.commands.is_empty() || round.error.is_some() {
+        if round.used > 0 || round.error.is_some() {
             buf.drain(..round.used);
+            if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
+                // Give back the memory of a burst.
+                buf = Vec::with_capacity(16 << 10);
+            }
             for r in execute_round(&node, &mut state, round.commands).await {
                 r.encode(&mut out);
             }

@@ -258,6 +258,11 @@ fn three_thousand_pings_in_one_write_all_get_a_pong() {
     for _ in 0..3000 {
         assert_eq!(conn.read(), Resp::Simple("PONG".into()));
     }
+    // Empty commands take no reply and no memory.
+    let mut req = b"*0\r\n".repeat(2_000_000);
+    req.extend(cmd(&["PING"]));
+    conn.send(&req);
+    assert_eq!(conn.read(), Resp::Simple("PONG".into()));
 }
 
 #[test]
