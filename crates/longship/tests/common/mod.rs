@@ -152,6 +152,10 @@ impl TestCluster {
             rtt_ms: RTT_MS,
             raft_address: addr(i),
             seed: Some(i),
+            // Two of each whatever the machine (the defaults follow the
+            // CPU count): tests rely on shards running on different workers.
+            step_workers: 2,
+            apply_workers: 2,
             ..NodeHostConfig::default()
         }
     }
