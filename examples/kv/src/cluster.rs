@@ -41,6 +41,11 @@ pub fn replica_config(shard: u64, node_id: u64, snapshot_entries: u64) -> Config
         snapshot_entries,
         compaction_overhead: snapshot_entries / 10,
         max_in_mem_log_size: 64 << 20,
+        // Idle shards stop ticking and heartbeating (any request wakes them).
+        quiesce: true,
+        // The kv state machine is an in-memory map: small committed batches
+        // are applied by the step worker, without a hand-off.
+        inline_apply_max_bytes: 64 << 10,
         ..Config::new(shard, node_id)
     }
 }
