@@ -293,6 +293,9 @@ impl Sim {
                 ordered_config_change: rng.chance(0.5),
                 snapshot_entries,
                 compaction_overhead,
+                // Half the shards apply small batches in the step worker
+                // (no apply worker hand-off), half through the apply workers.
+                inline_apply_max_bytes: if rng.chance(0.5) { 64 << 10 } else { 0 },
                 ..Config::new(s, 1)
             };
             shards.push(ShardState {
