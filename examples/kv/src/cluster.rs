@@ -50,9 +50,47 @@ pub fn replica_config(shard: u64, node_id: u64, snapshot_entries: u64) -> Config
     }
 }
 
+/// File in a node's data directory that records how keys are placed on
+/// shards; data without it (from a longship-kv that placed keys by an FNV
+/// hash) or with another shard count is refused.
+pub const LAYOUT_FILE: &str = "kv-layout";
+
+fn layout_line(shards: u64) -> String {
+    format!("longship-kv key layout 2: 16384 hash slots (CRC16) over {shards} shards\n")
+}
+
+/// Checks that `dir` is empty or holds data placed as `shards` shards of
+/// hash slots place it.
+fn check_layout(dir: &std::path::Path, shards: u64) -> longship::Result<()> {
+    let bad = |reason: String| longship::Error::InvalidConfig {
+        field: "data_dir",
+        reason,
+    };
+    match std::fs::read_to_string(dir.join(LAYOUT_FILE)) {
+        Ok(s) if s == layout_line(shards) => Ok(()),
+        Ok(s) => Err(bad(format!(
+            "{} holds data laid out as \"{}\", not over {shards} shards: use the same --shards, or wipe the directory",
+            dir.display(),
+            s.trim()
+        ))),
+        Err(_) => {
+            let used = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
+            if used {
+                Err(bad(format!(
+                    "{} holds data of an older longship-kv that placed keys by an FNV hash; keys now go by Redis Cluster hash slots: wipe the directory (rm -r) and reload",
+                    dir.display()
+                )))
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Starts the NodeHost of `spec` and every shard's replica on it (a
 /// restart when data is already there).
 pub fn start_node(spec: &NodeSpec) -> longship::Result<Arc<KvNode>> {
+    check_layout(&spec.data_dir, spec.shards)?;
     if let Err(reason) = spec.server.validate() {
         return Err(longship::Error::InvalidConfig {
             field: "server",
@@ -73,6 +111,12 @@ pub fn start_node(spec: &NodeSpec) -> longship::Result<Arc<KvNode>> {
         ..NodeHostConfig::default()
     };
     let nh = Arc::new(NodeHost::new(cfg)?);
+    std::fs::write(spec.data_dir.join(LAYOUT_FILE), layout_line(spec.shards)).map_err(|e| {
+        longship::Error::InvalidConfig {
+            field: "data_dir",
+            reason: format!("cannot write {LAYOUT_FILE}: {e}"),
+        }
+    })?;
     for shard in 1..=spec.shards {
         let members = if nh.has_node_info(ShardId(shard), ReplicaId(spec.node_id)) {
             BTreeMap::new()

@@ -1,7 +1,8 @@
 //! longship-kv: a replicated key-value server speaking the Redis protocol
 //! (RESP2), built on longship's public API only.
 //!
-//! Keys map to shards by a stable hash; every node runs a replica of every
+//! Keys map to Redis Cluster hash slots and slots to shards (see
+//! [`slots`]); every node runs a replica of every
 //! shard and serves any key (proposals on followers are forwarded to the
 //! shard's leader). Writes use client sessions, so a request the server
 //! retries is applied once. Reads are linearizable (ReadIndex, or inside
@@ -14,6 +15,8 @@
 #![warn(missing_docs)]
 
 pub mod cluster;
+pub mod commands;
 pub mod resp;
 pub mod server;
+pub mod slots;
 pub mod sm;

@@ -31,7 +31,18 @@ struct Args {
     /// All nodes: `1=host:port,2=host:port,3=host:port` (raft addresses).
     #[arg(long)]
     peers: Option<String>,
-    /// Number of shards.
+    /// Every node's Redis address as clients reach it:
+    /// `1=host:port,2=host:port,3=host:port`, for `-MOVED` redirects and
+    /// `CLUSTER SLOTS/SHARDS/NODES` (default: only this node's --redis-addr,
+    /// so other nodes' shards are served by forwarding).
+    #[arg(long)]
+    redis_peers: Option<String>,
+    /// Answer `-MOVED`/`-CROSSSLOT` on every connection (for cluster
+    /// clients that send no CLUSTER command first, as `redis-cli -c`), not
+    /// only on connections that sent READONLY or a CLUSTER command.
+    #[arg(long)]
+    cluster_redirects: bool,
+    /// Number of shards (the 16,384 hash slots are split over them).
     #[arg(long, default_value_t = 16)]
     shards: u64,
     /// Data directory (default ./longship-data, or ./longship-data/node<ID>).
@@ -85,6 +96,7 @@ impl Args {
             timeout: std::time::Duration::from_secs(self.timeout),
             client_query_buffer_limit: usize::try_from(self.client_query_buffer_limit)
                 .map_err(|_| "--client-query-buffer-limit is too large".to_string())?,
+            cluster_redirects: self.cluster_redirects,
             ..ServerConfig::default()
         };
         cfg.validate()?;
@@ -135,10 +147,10 @@ fn main() -> ExitCode {
 fn run(args: Args, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
     let mut nodes: Vec<(Arc<KvNode>, String)> = Vec::new();
     let local = args.node_id.is_none() && args.raft_addr.is_none() && args.peers.is_none();
-    if args.shards == 0 || args.shards > 100_000 {
-        return Err("--shards must be in 1..=100000".into());
+    if args.shards == 0 || args.shards > longship_kv::slots::SLOTS {
+        return Err("--shards must be in 1..=16384 (one hash slot at least per shard)".into());
     }
-    let server = args.server_config()?;
+    let mut server = args.server_config()?;
     if local {
         let peers: BTreeMap<u64, String> = (1..=3)
             .map(|i| (i, format!("127.0.0.1:{}", 27378 + i)))
@@ -147,6 +159,9 @@ fn run(args: Args, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("longship-data"));
+        server.redis_addrs = (1..=3u64)
+            .map(|i| (i, format!("127.0.0.1:{}", 7378 + i)))
+            .collect();
         println!(
             "longship-kv: starting a local cluster: 3 NodeHosts, {} shards x 3 replicas, data in {}",
             args.shards,
@@ -187,6 +202,13 @@ fn run(args: Args, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
                 .ok_or("--raft-addr is required (or list this node in --peers)")?,
         };
         let redis = args.redis_addr.clone().ok_or("--redis-addr is required")?;
+        server.redis_addrs = match &args.redis_peers {
+            Some(p) => parse_peers(p).map_err(|e| format!("--redis-peers: {e}"))?,
+            None => BTreeMap::from([(node_id, redis.clone())]),
+        };
+        if !server.redis_addrs.contains_key(&node_id) {
+            return Err("--redis-peers must list this node".into());
+        }
         let spec = NodeSpec {
             node_id,
             raft_addr,

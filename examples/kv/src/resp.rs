@@ -241,6 +241,8 @@ pub enum Reply {
     Bulk(Vec<u8>),
     /// `$-1`
     Nil,
+    /// `*-1` (a nil array)
+    NilArray,
     /// `*n ...`
     Array(Vec<Reply>),
 }
@@ -276,6 +278,7 @@ impl Reply {
                 out.extend_from_slice(b"\r\n");
             }
             Reply::Nil => out.extend_from_slice(b"$-1\r\n"),
+            Reply::NilArray => out.extend_from_slice(b"*-1\r\n"),
             Reply::Array(items) => {
                 out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
                 for i in items {

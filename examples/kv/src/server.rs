@@ -33,6 +33,15 @@
 //! id, so a retried entry is applied at most once. Multi-key commands are
 //! per key, not atomic across keys.
 //!
+//! # Redis Cluster
+//!
+//! Keys map to hash slots and slots to shards ([`crate::slots`]). A
+//! connection in cluster mode (it sent READONLY or a CLUSTER command, or the
+//! node runs with [`ServerConfig::cluster_redirects`]) gets `-MOVED` for a
+//! key whose shard another node leads and `-CROSSSLOT` for a multi-key
+//! command over several slots; other connections are
+//! served by forwarding, multi-key commands per key.
+//!
 //! # Limits
 //!
 //! [`ServerConfig`] bounds what one client can make a node hold: the size
@@ -46,7 +55,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -57,6 +66,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::resp::{Reply, RequestParser, RespError, RespLimits};
+use crate::slots::{key_slot, shard_of_slot, slot_range};
 use crate::sm::{
     BATCH_HEADER_BYTES, MAX_SNAPSHOT_ITEM_BYTES, Op, OpResult, decode_results, encode_batch, status,
 };
@@ -82,7 +92,8 @@ const READ_CHUNK: usize = 64 << 10;
 /// An empty connection buffer with more capacity than this is freed.
 const SHRINK_ABOVE: usize = 1 << 20;
 
-/// Limits of the Redis front end (Redis's names and defaults).
+/// Settings of the Redis front end: limits (Redis's names and defaults)
+/// and the cluster topology clients are told about.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
     /// Largest argument (key or value) of a request, and largest value a
@@ -101,6 +112,14 @@ pub struct ServerConfig {
     pub maxclients: usize,
     /// Close a connection idle this long (`timeout`; zero: never, the default).
     pub timeout: Duration,
+    /// Every node's Redis address as clients reach it, by node id (this
+    /// node's included): what `-MOVED` and `CLUSTER SLOTS/SHARDS/NODES`
+    /// report. A node missing here is never redirected to: its shards are
+    /// served by forwarding.
+    pub redis_addrs: BTreeMap<u64, String>,
+    /// Answer `-MOVED` / `-CROSSSLOT` on every connection, not only on those
+    /// in cluster mode (that sent `READONLY` or a `CLUSTER` command).
+    pub cluster_redirects: bool,
 }
 
 impl Default for ServerConfig {
@@ -111,6 +130,8 @@ impl Default for ServerConfig {
             client_query_buffer_limit: 1 << 30,
             maxclients: 10_000,
             timeout: Duration::ZERO,
+            redis_addrs: BTreeMap::new(),
+            cluster_redirects: false,
         }
     }
 }
@@ -144,14 +165,7 @@ impl ServerConfig {
     }
 }
 
-/// The shard of a key: a stable hash (FNV-1a) over `shards` shards numbered from 1.
-pub fn shard_of(key: &[u8], shards: u64) -> ShardId {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key {
-        h = (h ^ *b as u64).wrapping_mul(0x100_0000_01b3);
-    }
-    ShardId(h % shards + 1)
-}
+pub use crate::slots::shard_of;
 
 /// One kv node: a NodeHost with a replica of every shard.
 pub struct KvNode {
@@ -165,6 +179,10 @@ pub struct KvNode {
     pub config: ServerConfig,
     sessions: Mutex<BTreeMap<ShardId, Vec<Session>>>,
     clients: AtomicUsize,
+    /// `-MOVED` replies sent.
+    moved: AtomicU64,
+    /// Shards whose local replica was quiesced, and when that was looked up.
+    quiesced: Mutex<(Option<Instant>, std::collections::BTreeSet<ShardId>)>,
     /// NodeHosts of the same cluster in this process, by node id.
     local_hosts: OnceLock<Vec<(u64, Arc<NodeHost>)>>,
 }
@@ -192,6 +210,8 @@ impl KvNode {
             config,
             sessions: Mutex::new(BTreeMap::new()),
             clients: AtomicUsize::new(0),
+            moved: AtomicU64::new(0),
+            quiesced: Mutex::new((None, Default::default())),
             local_hosts: OnceLock::new(),
         })
     }
@@ -202,6 +222,11 @@ impl KvNode {
     /// forwarded over TCP by a follower. Set once; later calls are ignored.
     pub fn set_local_hosts(&self, hosts: Vec<(u64, Arc<NodeHost>)>) {
         let _ = self.local_hosts.set(hosts);
+    }
+
+    /// `-MOVED` replies this node has sent.
+    pub fn moved_replies(&self) -> u64 {
+        self.moved.load(Ordering::Relaxed)
     }
 
     /// Connections open now.
@@ -418,6 +443,301 @@ impl KvNode {
         (out, fence)
     }
 
+    /// The leader of `shard` as this node knows it.
+    fn leader_of(&self, shard: ShardId) -> Option<u64> {
+        self.nh
+            .get_leader_id(shard)
+            .ok()
+            .filter(|l| l.valid)
+            .map(|l| l.leader_id.0)
+    }
+
+    /// Whether this node leads `shard` now.
+    pub fn leads(&self, shard: ShardId) -> bool {
+        self.leader_of(shard) == Some(self.node_id)
+    }
+
+    /// The node that clients are told serves `shard` (the Redis Cluster
+    /// master of its slots): its leader when known and its Redis address
+    /// is known, else this node (which forwards).
+    pub fn master_of(&self, shard: ShardId) -> u64 {
+        match self.leader_of(shard) {
+            Some(l) if self.config.redis_addrs.contains_key(&l) => l,
+            _ => self.node_id,
+        }
+    }
+
+    /// Whether this node's replica of `shard` is quiesced (its shard idle:
+    /// no heartbeats, so a dead leader goes unnoticed until a request
+    /// wakes it). Looked up at most every 100 ms.
+    fn is_quiesced(&self, shard: ShardId) -> bool {
+        let mut q = self.quiesced.lock();
+        if q.0
+            .is_none_or(|at| at.elapsed() > Duration::from_millis(100))
+        {
+            let info = self.nh.get_node_host_info();
+            q.1 = info
+                .shards
+                .iter()
+                .filter(|x| x.quiesced)
+                .map(|x| x.shard_id)
+                .collect();
+            q.0 = Some(Instant::now());
+        }
+        q.1.contains(&shard)
+    }
+
+    /// Wakes the quiesced shards led by other nodes (a ReadIndex request
+    /// whose answer is not awaited), so that a leader that died while its
+    /// shard was idle is replaced: done when a client asks for the topology.
+    fn wake_quiesced(&self) {
+        for x in self.nh.get_node_host_info().shards {
+            if x.quiesced && !x.is_leader {
+                let _ = self.nh.read_index(x.shard_id, ATTEMPT_TIMEOUT);
+            }
+        }
+        self.quiesced.lock().0 = None;
+    }
+
+    /// Cluster-mode routing of a command's ops: `-CROSSSLOT` when its keys
+    /// are in different slots, `-MOVED slot host:port` when the leader of
+    /// their shard is another node whose Redis address is known. Reads of
+    /// a READONLY connection stay here (every node holds a replica of every
+    /// shard), as do ops on a shard with no known leader (forwarded).
+    fn route(&self, ops: &[(ShardId, Op)], readonly: bool) -> Result<(), Reply> {
+        let mut slot = None;
+        for (_, op) in ops {
+            if let Some(k) = op.key() {
+                let s = key_slot(k);
+                if slot.is_some_and(|x| x != s) {
+                    return Err(Reply::Error(
+                        "CROSSSLOT Keys in request don't hash to the same slot".into(),
+                    ));
+                }
+                slot = Some(s);
+            }
+        }
+        let Some(slot) = slot else { return Ok(()) };
+        if readonly && !ops.iter().any(|(_, op)| op.is_write()) {
+            return Ok(());
+        }
+        let shard = shard_of_slot(slot, self.shards);
+        let master = self.master_of(shard);
+        // A quiesced replica may not know that its leader died: forward
+        // (which wakes the shard) rather than send the client to it.
+        if master == self.node_id || self.is_quiesced(shard) {
+            return Ok(());
+        }
+        let addr = &self.config.redis_addrs[&master];
+        self.moved.fetch_add(1, Ordering::Relaxed);
+        Err(Reply::Error(format!("MOVED {slot} {addr}")))
+    }
+
+    /// The slot ranges (first, last, shard) of the shards, in slot order.
+    fn ranges(&self) -> Vec<(u16, u16, ShardId)> {
+        (1..=self.shards)
+            .filter_map(|i| slot_range(ShardId(i), self.shards).map(|(a, b)| (a, b, ShardId(i))))
+            .collect()
+    }
+
+    /// Node ids clients are told about: those with a known Redis address,
+    /// and this node.
+    fn cluster_nodes(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.config.redis_addrs.keys().copied().collect();
+        if !ids.contains(&self.node_id) {
+            ids.push(self.node_id);
+            ids.sort_unstable();
+        }
+        ids
+    }
+
+    /// A node's Redis address as (host, port); this node's is
+    /// `127.0.0.1:0` when not configured.
+    fn redis_endpoint(&self, id: u64) -> (String, i64) {
+        let addr = self
+            .config
+            .redis_addrs
+            .get(&id)
+            .map_or("127.0.0.1:0", String::as_str);
+        match addr.rsplit_once(':') {
+            Some((h, p)) => (
+                h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                p.parse().unwrap_or(0),
+            ),
+            None => (addr.to_string(), 0),
+        }
+    }
+
+    /// Answers `CLUSTER <subcommand> ...`.
+    fn cluster_command(&self, args: &[Vec<u8>]) -> Reply {
+        let sub = String::from_utf8_lossy(&args[1]).to_ascii_uppercase();
+        let argc = args.len();
+        let node_entry = |id: u64| {
+            let (host, port) = self.redis_endpoint(id);
+            Reply::Array(vec![
+                Reply::Bulk(host.into_bytes()),
+                Reply::Int(port),
+                Reply::Bulk(cluster_node_id(id).into_bytes()),
+            ])
+        };
+        if matches!(sub.as_str(), "SLOTS" | "SHARDS" | "NODES" | "INFO") {
+            self.wake_quiesced();
+        }
+        match sub.as_str() {
+            "KEYSLOT" if argc == 3 => Reply::Int(key_slot(&args[2]) as i64),
+            "MYID" if argc == 2 => Reply::Bulk(cluster_node_id(self.node_id).into_bytes()),
+            "SLOTS" if argc == 2 => {
+                let nodes = self.cluster_nodes();
+                Reply::Array(
+                    self.ranges()
+                        .into_iter()
+                        .map(|(a, b, shard)| {
+                            let master = self.master_of(shard);
+                            let mut v = vec![Reply::Int(a as i64), Reply::Int(b as i64)];
+                            v.push(node_entry(master));
+                            v.extend(
+                                nodes
+                                    .iter()
+                                    .filter(|&&n| n != master)
+                                    .map(|&n| node_entry(n)),
+                            );
+                            Reply::Array(v)
+                        })
+                        .collect(),
+                )
+            }
+            "SHARDS" if argc == 2 => {
+                let nodes = self.cluster_nodes();
+                let info = self.nh.get_node_host_info();
+                Reply::Array(
+                    self.ranges()
+                        .into_iter()
+                        .map(|(a, b, shard)| {
+                            let master = self.master_of(shard);
+                            let applied = info
+                                .shards
+                                .iter()
+                                .find(|x| x.shard_id == shard)
+                                .map_or(0, |x| x.applied.0 as i64);
+                            let mut order = vec![master];
+                            order.extend(nodes.iter().copied().filter(|&n| n != master));
+                            let node_maps = order
+                                .into_iter()
+                                .map(|id| {
+                                    let (host, port) = self.redis_endpoint(id);
+                                    let kv = |k: &str, v: Reply| [Reply::Bulk(k.into()), v];
+                                    let bulk = |s: &str| Reply::Bulk(s.as_bytes().to_vec());
+                                    let role = if id == master { "master" } else { "replica" };
+                                    Reply::Array(
+                                        [
+                                            kv("id", bulk(&cluster_node_id(id))),
+                                            kv("port", Reply::Int(port)),
+                                            kv("ip", bulk(&host)),
+                                            kv("endpoint", bulk(&host)),
+                                            kv("role", bulk(role)),
+                                            kv("replication-offset", Reply::Int(applied)),
+                                            kv("health", bulk("online")),
+                                        ]
+                                        .into_iter()
+                                        .flatten()
+                                        .collect(),
+                                    )
+                                })
+                                .collect();
+                            Reply::Array(vec![
+                                Reply::Bulk(b"slots".to_vec()),
+                                Reply::Array(vec![Reply::Int(a as i64), Reply::Int(b as i64)]),
+                                Reply::Bulk(b"nodes".to_vec()),
+                                Reply::Array(node_maps),
+                            ])
+                        })
+                        .collect(),
+                )
+            }
+            "NODES" if argc == 2 => Reply::Bulk(self.cluster_nodes_text().into_bytes()),
+            "INFO" if argc == 2 => {
+                let ranges = self.ranges();
+                let ok_slots: u64 = ranges
+                    .iter()
+                    .filter(|r| self.leader_of(r.2).is_some())
+                    .map(|r| (r.1 - r.0) as u64 + 1)
+                    .sum();
+                let masters: std::collections::BTreeSet<u64> =
+                    ranges.iter().map(|r| self.master_of(r.2)).collect();
+                let term = self
+                    .nh
+                    .get_node_host_info()
+                    .shards
+                    .iter()
+                    .map(|x| x.term.0)
+                    .max()
+                    .unwrap_or(0);
+                Reply::Bulk(
+                    format!(
+                        "cluster_enabled:1\r\ncluster_state:{}\r\ncluster_slots_assigned:{}\r\ncluster_slots_ok:{ok_slots}\r\ncluster_slots_pfail:0\r\ncluster_slots_fail:{}\r\ncluster_known_nodes:{}\r\ncluster_size:{}\r\ncluster_current_epoch:{term}\r\ncluster_my_epoch:{term}\r\nlongship_shards:{}\r\n",
+                        if ok_slots == crate::slots::SLOTS { "ok" } else { "fail" },
+                        crate::slots::SLOTS,
+                        crate::slots::SLOTS - ok_slots,
+                        self.cluster_nodes().len(),
+                        masters.len(),
+                        self.shards,
+                    )
+                    .into_bytes(),
+                )
+            }
+            "KEYSLOT" | "MYID" | "SLOTS" | "SHARDS" | "NODES" | "INFO" => Reply::err(format!(
+                "wrong number of arguments for 'cluster|{}' command",
+                sub.to_ascii_lowercase()
+            )),
+            _ => Reply::err(format!(
+                "unknown subcommand '{}'. Try CLUSTER HELP.",
+                String::from_utf8_lossy(&args[1])
+                    .chars()
+                    .take(64)
+                    .collect::<String>()
+            )),
+        }
+    }
+
+    /// `CLUSTER NODES`: one line per node. A node that leads a range is a
+    /// master with its slots; a node that leads none is shown as a replica
+    /// of the first master (a longship node is a replica of every shard,
+    /// which this format cannot say).
+    fn cluster_nodes_text(&self) -> String {
+        let mut slots: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        for (a, b, shard) in self.ranges() {
+            slots
+                .entry(self.master_of(shard))
+                .or_default()
+                .push(if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                });
+        }
+        let first_master = slots.keys().next().copied().unwrap_or(self.node_id);
+        let mut out = String::new();
+        for id in self.cluster_nodes() {
+            let (host, port) = self.redis_endpoint(id);
+            let me = if id == self.node_id { "myself," } else { "" };
+            let (role, master) = match slots.get(&id) {
+                Some(_) => ("master", "-".to_string()),
+                None => ("slave", cluster_node_id(first_master)),
+            };
+            out.push_str(&format!(
+                "{} {host}:{port}@{} {me}{role} {master} 0 0 0 connected",
+                cluster_node_id(id),
+                port + 10_000,
+            ));
+            for r in slots.get(&id).into_iter().flatten() {
+                out.push(' ');
+                out.push_str(r);
+            }
+            out.push('\n');
+        }
+        out
+    }
+
     /// A text summary for INFO.
     pub fn info(&self) -> String {
         let info = self.nh.get_node_host_info();
@@ -430,8 +750,11 @@ impl KvNode {
             self.config.maxclients,
             self.config.proto_max_bulk_len
         );
+        s.push_str("# Cluster\r\ncluster_enabled:1\r\n");
         let leaders = info.shards.iter().filter(|x| x.is_leader).count();
         s.push_str(&format!("leader_shards:{leaders}\r\n"));
+        let quiesced = info.shards.iter().filter(|x| x.quiesced).count();
+        s.push_str(&format!("quiesced_shards:{quiesced}\r\n"));
         for x in &info.shards {
             s.push_str(&format!(
                 "shard_{}:leader={},term={},applied={},snapshot={}\r\n",
@@ -440,6 +763,11 @@ impl KvNode {
         }
         s
     }
+}
+
+/// The 40-character id of a node in `CLUSTER` replies: its node id in hex.
+pub fn cluster_node_id(node_id: u64) -> String {
+    format!("{node_id:040x}")
 }
 
 /// Counts a connection while it lives.
@@ -487,6 +815,9 @@ pub async fn serve(listener: TcpListener, node: Arc<KvNode>) {
 struct ConnState {
     /// READONLY: reads without ReadIndex (stale).
     readonly: bool,
+    /// Cluster mode: the client sent READONLY or a CLUSTER command, so it
+    /// gets `-MOVED` and `-CROSSSLOT` (see `KvNode::route`).
+    cluster: bool,
     /// QUIT was received: close after the replies.
     quit: bool,
     /// Sessions whose last proposal has an unknown outcome, by shard (see
@@ -886,12 +1217,18 @@ fn plan(node: &KvNode, state: &mut ConnState, args: &[Vec<u8>], round: &mut Roun
     let name = String::from_utf8_lossy(first).to_ascii_uppercase();
     let argc = args.len();
     let shard = |k: &[u8]| shard_of(k, node.shards);
-    // Ops, checked: the command is refused whole if any op is.
+    let cluster_mode = state.cluster || node.config.cluster_redirects;
+    let readonly = state.readonly;
+    // Ops, checked: the command is refused whole if any op is, and in
+    // cluster mode redirected (MOVED) or refused (CROSSSLOT).
     let mut ops_of = |ops: Vec<(ShardId, Op)>, combine: Combine| -> Planned {
         for (_, op) in &ops {
             if let Some(r) = check_op(node, op) {
                 return Planned::Now(r);
             }
+        }
+        if cluster_mode && let Err(r) = node.route(&ops, readonly) {
+            return Planned::Now(r);
         }
         round.plan(ops, combine)
     };
@@ -903,6 +1240,7 @@ fn plan(node: &KvNode, state: &mut ConnState, args: &[Vec<u8>], round: &mut Roun
         }
         "READONLY" => {
             state.readonly = true;
+            state.cluster = true;
             now(Reply::ok())
         }
         "READWRITE" => {
@@ -915,7 +1253,8 @@ fn plan(node: &KvNode, state: &mut ConnState, args: &[Vec<u8>], round: &mut Roun
             _ => now(arity_error(&name)),
         },
         "ECHO" if argc == 2 => now(Reply::Bulk(args[1].clone())),
-        "COMMAND" | "CONFIG" => now(Reply::Array(Vec::new())),
+        "COMMAND" => now(crate::commands::command_command(args)),
+        "CONFIG" => now(Reply::Array(Vec::new())),
         "SELECT" if argc == 2 => now(if args[1] == b"0" {
             Reply::ok()
         } else {
@@ -1032,21 +1371,46 @@ fn plan(node: &KvNode, state: &mut ConnState, args: &[Vec<u8>], round: &mut Roun
             };
             ops_of(vec![(shard(&args[1]), op)], Combine::Int)
         }
+        // In cluster mode a node counts the keys of the shards it leads, as
+        // a Redis Cluster master counts its own (clients sum over masters).
         "DBSIZE" if argc == 1 => ops_of(
             (1..=node.shards)
-                .map(|s| (ShardId(s), Op::DbSize))
+                .map(ShardId)
+                .filter(|&s| !cluster_mode || node.leads(s))
+                .map(|s| (s, Op::DbSize))
                 .collect(),
             Combine::Sum,
         ),
-        "INFO" => now(Reply::Bulk(node.info().into_bytes())),
-        "ECHO" | "SELECT" | "GET" | "STRLEN" | "EXISTS" | "MGET" | "SET" | "MSET" | "DEL"
-        | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "APPEND" | "DBSIZE" => now(arity_error(&name)),
-        _ => {
-            let shown: String = name.chars().take(64).collect();
-            now(Reply::err(format!(
-                "unknown command '{}'",
-                shown.to_ascii_lowercase()
-            )))
+        "CLUSTER" if argc >= 2 => {
+            state.cluster = true;
+            now(node.cluster_command(args))
         }
+        "INFO" => now(Reply::Bulk(node.info().into_bytes())),
+        "ECHO" | "SELECT" | "CLUSTER" | "GET" | "STRLEN" | "EXISTS" | "MGET" | "SET" | "MSET"
+        | "DEL" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "APPEND" | "DBSIZE" => {
+            now(arity_error(&name))
+        }
+        _ => now(unknown_command(args)),
     }
+}
+
+/// Redis's reply to an unknown command: its name and the start of its
+/// arguments, each quoted, at most about 128 characters of them.
+fn unknown_command(args: &[Vec<u8>]) -> Reply {
+    let name: String = String::from_utf8_lossy(&args[0])
+        .chars()
+        .take(128)
+        .collect();
+    let mut shown = String::new();
+    for a in &args[1..] {
+        if shown.len() >= 128 {
+            break;
+        }
+        let room = 128 - shown.len();
+        let a: String = String::from_utf8_lossy(a).chars().take(room).collect();
+        shown.push_str(&format!("'{a}' "));
+    }
+    Reply::err(format!(
+        "unknown command '{name}', with args beginning with: {shown}"
+    ))
 }

@@ -6,7 +6,7 @@
 //! DBSIZE) may be mixed: a read inside a batch executes at apply time, at
 //! its place in the log, so it sees exactly the writes that precede it
 //! (linearizable, and in the order the client sent). The entry's result
-//! ([`SmResult::data`]) holds one encoded [`OpResult`] per executed
+//! (`SmResult::data`) holds one encoded [`OpResult`] per executed
 //! operation, in order (see [`encode_results`]).
 //!
 //! Lookups (`read_local` after a `read_index`) take a batch of reads only

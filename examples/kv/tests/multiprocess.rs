@@ -2,7 +2,9 @@
 //! and restart of one node in the middle; the recorded client history must
 //! be linearizable (no acknowledged write lost, no stale read). Some clients
 //! send one command at a time, others pipeline several per write. Then
-//! `redis-cli` and `redis-benchmark` (with pipelining) against the cluster.
+//! `redis-cli` and `redis-benchmark` (with pipelining) against the cluster,
+//! and `redis-cli -c` following `-MOVED` redirects across a kill -9 of the
+//! node that leads the most shards.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -76,16 +78,25 @@ impl Drop for Node {
     }
 }
 
-fn cluster(dir: &Path) -> Vec<Node> {
+/// Three nodes that know each other's Redis addresses (`--redis-peers`);
+/// with `redirects`, every connection is in cluster mode.
+fn cluster(dir: &Path, redirects: bool) -> Vec<Node> {
     let raft: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let peers = (1..=3)
         .map(|i| format!("{i}=127.0.0.1:{}", raft[i - 1]))
         .collect::<Vec<_>>()
         .join(",");
+    let redis: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let redis_peers = (1..=3)
+        .map(|i| format!("{i}={}", redis[i - 1]))
+        .collect::<Vec<_>>()
+        .join(",");
     (1..=3u64)
         .map(|id| {
-            let redis = format!("127.0.0.1:{}", free_port());
-            let args = vec![
+            let redis = redis[id as usize - 1].clone();
+            let mut args = vec![
                 "--node-id".into(),
                 id.to_string(),
                 "--redis-addr".into(),
@@ -98,7 +109,12 @@ fn cluster(dir: &Path) -> Vec<Node> {
                 dir.join(format!("node{id}")).display().to_string(),
                 "--snapshot-entries".into(),
                 "200".into(),
+                "--redis-peers".into(),
+                redis_peers.clone(),
             ];
+            if redirects {
+                args.push("--cluster-redirects".into());
+            }
             Node {
                 id,
                 args,
@@ -378,7 +394,7 @@ fn wait_ready(addr: &str) {
 #[test]
 fn kill9_during_writes_loses_nothing_and_history_is_linearizable() {
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = cluster(dir.path());
+    let mut nodes = cluster(dir.path(), false);
     for n in nodes.iter_mut() {
         n.start();
     }
@@ -515,7 +531,7 @@ fn tool(name: &str) -> Command {
 #[test]
 fn redis_cli_and_redis_benchmark_with_pipelining() {
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = cluster(dir.path());
+    let mut nodes = cluster(dir.path(), false);
     for n in nodes.iter_mut() {
         n.start();
     }
@@ -566,4 +582,120 @@ fn redis_cli_and_redis_benchmark_with_pipelining() {
         .unwrap();
     let keys: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     assert!(keys >= 2, "benchmark keys missing: {keys}");
+}
+
+/// The master of each slot range as `CLUSTER NODES` on `addr` names it
+/// (its Redis address once per range); empty when the node does not answer.
+fn cluster_masters(addr: &str) -> Vec<String> {
+    let Ok(Resp::Bulk(Some(text))) =
+        Client::connect(addr).and_then(|mut c| c.call(&["CLUSTER", "NODES"]))
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for line in String::from_utf8_lossy(&text).lines() {
+        // <id> <host:port@cport> <flags> <master> 0 0 0 connected <ranges...>
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() > 8 && f[2].contains("master") {
+            let host = f[1].split('@').next().unwrap_or("").to_string();
+            out.extend(std::iter::repeat_n(host, f.len() - 8));
+        }
+    }
+    out
+}
+
+#[test]
+fn redis_cli_in_cluster_mode_across_processes_and_a_kill9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path(), true);
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    let port = |n: &Node| n.redis.rsplit(':').next().unwrap().to_string();
+    // In cluster mode DBSIZE answers on any node (it counts what it leads).
+    for n in &nodes {
+        wait_ready(&n.redis);
+    }
+    let run = |port: &str, input: &str| -> Vec<String> {
+        let mut child = tool("redis-cli")
+            .args(["-c", "-p", port])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with("-> Redirected"))
+            .map(str::to_string)
+            .collect()
+    };
+    let n = 200;
+    let sets: String = (0..n).map(|i| format!("SET key:{i} v{i}\n")).collect();
+    let gets: String = (0..n).map(|i| format!("GET key:{i}\n")).collect();
+    let out = run(&port(&nodes[0]), &sets);
+    assert_eq!(out, vec!["OK".to_string(); n], "SETs through node 1");
+    // Every node names the same masters, each a node of the cluster.
+    let masters = cluster_masters(&nodes[0].redis);
+    assert_eq!(masters.len(), SHARDS as usize, "{masters:?}");
+    assert!(masters.iter().all(|m| nodes.iter().any(|n| n.redis == *m)));
+    // Wait until every shard is idle (quiesced: no heartbeats, so nothing
+    // notices a dead leader until a request comes).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let quiesced = |addr: &str| match Client::connect(addr).and_then(|mut c| c.call(&["INFO"])) {
+        Ok(Resp::Bulk(Some(t))) => {
+            String::from_utf8_lossy(&t).contains(&format!("quiesced_shards:{SHARDS}\r\n"))
+        }
+        _ => false,
+    };
+    while !nodes.iter().all(|n| quiesced(&n.redis)) {
+        assert!(Instant::now() < deadline, "shards never quiesced");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // kill -9 the node that leads the most shards.
+    let victim = nodes
+        .iter()
+        .max_by_key(|n| masters.iter().filter(|m| **m == n.redis).count())
+        .unwrap()
+        .id as usize
+        - 1;
+    nodes[victim].kill9();
+    let alive = (victim + 1) % 3;
+    // At once: a survivor forwards the requests of its quiesced shards
+    // (never redirecting to the dead node); that wakes them, they elect.
+    let want: Vec<String> = (0..n).map(|i| format!("v{i}")).collect();
+    assert_eq!(
+        run(&port(&nodes[alive]), &gets),
+        want,
+        "GETs after the kill"
+    );
+    // The topology no longer names the dead node (asking for it wakes
+    // the shards that are still idle).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = cluster_masters(&nodes[alive].redis);
+        if m.len() == SHARDS as usize && !m.contains(&nodes[victim].redis) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {} is still named master: {m:?}",
+            victim + 1
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(run(&port(&nodes[(victim + 2) % 3]), &gets), want);
+    nodes[victim].start();
+    wait_ready(&nodes[victim].redis);
+    let mut c = Client::connect(&nodes[victim].redis).unwrap();
+    assert_eq!(
+        c.call(&["CLUSTER", "KEYSLOT", "foo"]).unwrap(),
+        Resp::Int(12182)
+    );
 }
