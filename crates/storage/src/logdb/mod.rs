@@ -27,9 +27,11 @@ use crate::error::Result;
 
 mod mem;
 pub(crate) mod shape;
+mod shared;
 pub mod wal;
 
 pub use mem::MemLogDb;
+pub use shared::SharedLogDb;
 pub use wal::{Wal, WalOptions};
 
 use shape::Op;
