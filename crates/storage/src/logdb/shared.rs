@@ -140,3 +140,45 @@ impl LogDb for SharedLogDb {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logdb::MemLogDb;
+    use longship_raft::HardState;
+
+    fn state(shard: u64, replica: u64) -> Update {
+        Update {
+            shard_id: ShardId(shard),
+            replica_id: ReplicaId(replica),
+            hard_state: Some(HardState {
+                term: Term(1),
+                ..HardState::default()
+            }),
+            ..Update::default()
+        }
+    }
+
+    #[test]
+    fn views_share_writes_list_their_own_replicas_and_close_last() {
+        let views = SharedLogDb::views(
+            Arc::new(MemLogDb::new()),
+            (1..=2u64)
+                .map(|i| Box::new(move |_: ShardId, r: ReplicaId| r.0 == i) as Box<Owns>)
+                .collect(),
+        );
+        // One write carries both hosts' replicas of shard 7.
+        views[0]
+            .save_raft_state(&[state(7, 1), state(7, 2)])
+            .unwrap();
+        assert_eq!(views[0].list_replicas(), vec![(ShardId(7), ReplicaId(1))]);
+        assert_eq!(views[1].list_replicas(), vec![(ShardId(7), ReplicaId(2))]);
+        assert!(views[1].read_state(ShardId(7), ReplicaId(2)).is_some());
+        // The first close (even twice) leaves the storage open for the other.
+        views[0].close().unwrap();
+        views[0].close().unwrap();
+        views[1].save_raft_state(&[state(8, 2)]).unwrap();
+        views[1].close().unwrap();
+        assert!(views[1].save_raft_state(&[state(9, 2)]).is_err());
+    }
+}
