@@ -1,6 +1,7 @@
 //! The TCP transport over real loopback sockets: delivery and merging,
 //! malformed input on the listening port, unreachable peers and backoff,
-//! mutual TLS, snapshot streams.
+//! mutual TLS, snapshot streams, and the bounds on what a peer can cost
+//! (connections per address, slow frames, stalled TLS handshakes).
 //!
 //! Every wait is bounded; addresses are 127.0.0.1 with ports picked free.
 
@@ -781,5 +782,85 @@ fn a_cancelled_half_sent_stream_frees_its_slot() {
         .collect();
     assert_eq!(got, other);
     a.close();
+    b.close();
+}
+
+#[test]
+fn inbound_connections_over_the_per_address_limit_are_closed_at_once() {
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let (b, rb) = start_with(TcpConfig {
+        max_inbound_connections_per_ip: 3,
+        ..config(&b_addr)
+    });
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(&b_addr).unwrap())
+        .collect();
+    // Admitted connections are served: a frame on each arrives.
+    for (i, mut s) in held.iter().enumerate() {
+        s.write_all(&good_frame(&a_addr)).unwrap();
+        assert!(
+            rb.wait(WAIT, |seen| seen.batches > i),
+            "frame on admitted connection {i} not delivered"
+        );
+    }
+    let fourth = TcpStream::connect(&b_addr).unwrap();
+    assert_closed_by_peer(fourth, "fourth connection from one address");
+    wait_counter("connections_refused", &b.stats().connections_refused, 1);
+    // A place freed is a place for a new connection.
+    drop(held);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut s = TcpStream::connect(&b_addr).unwrap();
+        let before = rb.seen.lock().unwrap().batches;
+        s.write_all(&good_frame(&a_addr)).unwrap();
+        if rb.wait(Duration::from_millis(300), |seen| seen.batches > before) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connection admitted after the others closed"
+        );
+    }
+    b.close();
+}
+
+#[test]
+fn a_frame_that_trickles_is_dropped_but_an_idle_connection_is_kept() {
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let (b, rb) = start_with(TcpConfig {
+        frame_read_timeout: Duration::from_millis(300),
+        ..config(&b_addr)
+    });
+    // A header announcing a 1 MiB frame, then a few bytes, then nothing.
+    let big = encode_batch(&batch(&a_addr, vec![message(3, 1, 1 << 20)]));
+    let frame = encode_frame(FrameType::Batch, DEPLOYMENT, &big);
+    let mut slow = TcpStream::connect(&b_addr).unwrap();
+    slow.write_all(&frame[..FRAME_HEADER_BYTES + 10]).unwrap();
+    // Idle between frames for longer than the frame timeout: not a slow frame.
+    let mut idle = TcpStream::connect(&b_addr).unwrap();
+    assert_closed_by_peer(slow, "a frame stalled past frame_read_timeout");
+    wait_counter("slow_frames", &b.stats().slow_frames, 1);
+    std::thread::sleep(Duration::from_millis(400));
+    idle.write_all(&good_frame(&a_addr)).unwrap();
+    assert!(
+        rb.wait(WAIT, |seen| seen.batches >= 1),
+        "a frame after an idle spell was not delivered"
+    );
+    assert_eq!(b.stats().slow_frames.load(Ordering::Relaxed), 1);
+    b.close();
+}
+
+#[test]
+fn a_tls_handshake_that_never_comes_is_dropped_after_its_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = make_ca(dir.path(), "good");
+    let b_addr = free_addr();
+    let (b, _rb) = start_with(TcpConfig {
+        handshake_timeout: Duration::from_millis(300),
+        ..tls_config(&b_addr, host_tls(dir.path(), &ca, &ca.pem_path, "b"))
+    });
+    let silent = TcpStream::connect(&b_addr).unwrap();
+    assert_closed_by_peer(silent, "a connection that never starts its TLS handshake");
+    wait_counter("tls_rejected", &b.stats().tls_rejected, 1);
     b.close();
 }

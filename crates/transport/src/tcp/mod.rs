@@ -30,17 +30,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use longship_raft::codec::{Limits, decode_batch};
 use longship_raft::{MessageBatch, ReplicaId, ShardId};
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::frame::{
-    FRAME_HEADER_BYTES, FrameError, FrameHeader, FrameType, check_body, decode_chunk,
-    decode_header, encode_chunk, encode_frame,
+    FRAME_HEADER_BYTES, FrameType, check_body, decode_header, encode_chunk, encode_frame,
 };
 use crate::tls::{TlsContext, TlsError, TlsPaths, server_name};
 
+mod inbound;
 mod peer;
 use crate::{MessageHandler, SendError, SnapshotChunk, Transport};
 use peer::{Outgoing, PeerConn};
@@ -70,6 +69,15 @@ pub struct TcpConfig {
     pub max_snapshot_streams: usize,
     /// Mutual TLS, if set.
     pub tls: Option<TlsPaths>,
+    /// Inbound connections open at once; more are closed at once.
+    pub max_inbound_connections: usize,
+    /// Inbound connections open at once from one remote IP address.
+    pub max_inbound_connections_per_ip: usize,
+    /// Longest TLS handshake of an inbound connection.
+    pub handshake_timeout: Duration,
+    /// Once a frame's first byte arrived, the whole frame must arrive
+    /// within this (a peer cannot hold a buffer by trickling a frame).
+    pub frame_read_timeout: Duration,
 }
 
 impl Default for TcpConfig {
@@ -85,6 +93,10 @@ impl Default for TcpConfig {
             send_queue_len: 1024,
             max_snapshot_streams: 4,
             tls: None,
+            max_inbound_connections: 1024,
+            max_inbound_connections_per_ip: 64,
+            handshake_timeout: Duration::from_secs(10),
+            frame_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -108,6 +120,10 @@ pub struct TcpStats {
     pub tls_rejected: AtomicU64,
     /// Sends written at once by the sending thread (no writer task woken).
     pub direct_writes: AtomicU64,
+    /// Inbound connections closed at once because a connection limit was reached.
+    pub connections_refused: AtomicU64,
+    /// Inbound frames that did not arrive whole within `frame_read_timeout`.
+    pub slow_frames: AtomicU64,
 }
 
 /// Why the transport could not start.
@@ -153,6 +169,7 @@ struct Inner {
     active_streams: AtomicUsize,
     listener: Mutex<Option<std::net::TcpListener>>,
     local_addr: Mutex<Option<SocketAddr>>,
+    inbound: inbound::ConnectionCount,
 }
 
 /// The TCP transport. Cheap to clone.
@@ -166,8 +183,6 @@ const SNAPSHOT_ACK_TIMEOUT: Duration = Duration::from_secs(60);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Read buffer of an inbound connection.
-const READ_BUFFER_BYTES: usize = 64 << 10;
 
 impl TcpTransport {
     /// Binds the listener (so a busy port is reported now) and starts the runtime.
@@ -176,6 +191,14 @@ impl TcpTransport {
             return Err(TcpError::Config(
                 "connections_per_host must be in 1..=64".into(),
             ));
+        }
+        if cfg.max_inbound_connections == 0 || cfg.max_inbound_connections_per_ip == 0 {
+            return Err(TcpError::Config(
+                "inbound connection limits must be non-zero".into(),
+            ));
+        }
+        if cfg.handshake_timeout.is_zero() || cfg.frame_read_timeout.is_zero() {
+            return Err(TcpError::Config("timeouts must be non-zero".into()));
         }
         if cfg.io_threads == 0 || cfg.io_threads > 64 {
             return Err(TcpError::Config("io_threads must be in 1..=64".into()));
@@ -217,6 +240,7 @@ impl TcpTransport {
                 active_streams: AtomicUsize::new(0),
                 listener: Mutex::new(Some(listener)),
                 local_addr: Mutex::new(local),
+                inbound: Default::default(),
             }),
         })
     }
@@ -247,47 +271,9 @@ impl Transport for TcpTransport {
             return Ok(());
         };
         let inner = self.inner.clone();
-        self.inner.handle.spawn(async move {
-            let listener = match tokio::net::TcpListener::from_std(listener) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(error = %e, "transport listener failed");
-                    return;
-                }
-            };
-            loop {
-                let (stream, peer) = match listener.accept().await {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                if inner.closed.load(Ordering::Acquire) {
-                    return;
-                }
-                let _ = stream.set_nodelay(true);
-                let inner = inner.clone();
-                tokio::spawn(async move {
-                    let stream: Box<dyn AsyncStream> = match &inner.tls {
-                        Some(tls) => {
-                            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
-                            match acceptor.accept(stream).await {
-                                Ok(s) => Box::new(s),
-                                Err(e) => {
-                                    add(&inner.stats.tls_rejected);
-                                    tracing::warn!(%peer, error = %e, "TLS handshake refused");
-                                    return;
-                                }
-                            }
-                        }
-                        None => Box::new(stream),
-                    };
-                    serve(inner, stream, peer).await;
-                });
-            }
-        });
+        self.inner
+            .handle
+            .spawn(async move { inbound::accept_loop(inner, listener).await });
         Ok(())
     }
 
@@ -472,113 +458,4 @@ fn read_ack_sync(stream: &mut Box<dyn SyncStream>, deployment_id: u64) -> bool {
     }
     let mut body = [0u8; 1];
     stream.read_exact(&mut body).is_ok() && check_body(&hdr, &body).is_ok() && body[0] == 1
-}
-
-/// Why a connection is closed by the reader.
-#[derive(Debug)]
-enum ReadError {
-    Io(std::io::Error),
-    Frame(FrameError),
-}
-
-async fn read_frame<S: AsyncRead + Unpin>(
-    s: &mut S,
-    deployment_id: u64,
-    max: u32,
-) -> Result<Option<(FrameHeader, Vec<u8>)>, ReadError> {
-    let mut h = [0u8; FRAME_HEADER_BYTES];
-    let mut n = 0;
-    while n < h.len() {
-        match s.read(&mut h[n..]).await {
-            // A clean end between frames.
-            Ok(0) if n == 0 => return Ok(None),
-            Ok(0) => return Err(ReadError::Frame(FrameError::Truncated)),
-            Ok(k) => n += k,
-            Err(e) => return Err(ReadError::Io(e)),
-        }
-    }
-    let hdr = decode_header(&h, deployment_id, max).map_err(ReadError::Frame)?;
-    // Allocated only after the header passed every check.
-    let mut body = vec![0u8; hdr.body_len as usize];
-    s.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            ReadError::Frame(FrameError::Truncated)
-        } else {
-            ReadError::Io(e)
-        }
-    })?;
-    check_body(&hdr, &body).map_err(ReadError::Frame)?;
-    Ok(Some((hdr, body)))
-}
-
-async fn serve(inner: Arc<Inner>, s: Box<dyn AsyncStream>, peer: SocketAddr) {
-    // Buffered: a frame header and a small body cost one read, not two or three.
-    let mut s = tokio::io::BufReader::with_capacity(READ_BUFFER_BYTES, s);
-    let dep = inner.cfg.deployment_id;
-    let limits = Limits {
-        max_payload_bytes: inner.cfg.max_frame_bytes as u64,
-        ..Limits::default()
-    };
-    loop {
-        let (hdr, body) = match read_frame(&mut s, dep, inner.cfg.max_frame_bytes).await {
-            Ok(Some(x)) => x,
-            Ok(None) => return,
-            Err(ReadError::Io(e)) => {
-                tracing::debug!(%peer, error = %e, "connection closed");
-                return;
-            }
-            Err(ReadError::Frame(e)) => {
-                add(&inner.stats.frames_rejected);
-                tracing::warn!(%peer, error = %e, "bad frame; closing the connection");
-                return;
-            }
-        };
-        let Some(handler) = inner.handler.lock().clone() else {
-            return;
-        };
-        match hdr.frame_type {
-            FrameType::Batch => match decode_batch(&body, &limits) {
-                Ok(b) if b.deployment_id == dep => {
-                    add(&inner.stats.frames_received);
-                    handler.handle_batch_on_io_thread(b);
-                }
-                Ok(_) => {
-                    add(&inner.stats.frames_rejected);
-                    tracing::warn!(%peer, "batch from another deployment; closing the connection");
-                    return;
-                }
-                Err(e) => {
-                    add(&inner.stats.frames_rejected);
-                    tracing::warn!(%peer, error = %e, "malformed batch; closing the connection");
-                    return;
-                }
-            },
-            FrameType::Chunk => {
-                let chunk = match decode_chunk(&body, inner.cfg.max_frame_bytes as u64) {
-                    Ok(c) if c.deployment_id == dep => c,
-                    _ => {
-                        add(&inner.stats.frames_rejected);
-                        tracing::warn!(%peer, "malformed snapshot chunk; closing the connection");
-                        return;
-                    }
-                };
-                add(&inner.stats.frames_received);
-                let last = chunk.last;
-                // Chunk handling writes files: keep it off the async workers' hot path.
-                let ok = tokio::task::block_in_place(|| handler.handle_snapshot_chunk(chunk));
-                if !ok || last {
-                    let ack = encode_frame(FrameType::SnapshotAck, dep, &[ok as u8]);
-                    let _ = s.write_all(&ack).await;
-                    let _ = s.flush().await;
-                    if !ok {
-                        return;
-                    }
-                }
-            }
-            FrameType::SnapshotAck => {
-                add(&inner.stats.frames_rejected);
-                return;
-            }
-        }
-    }
 }
