@@ -42,7 +42,7 @@ pub use bootstrap::bootstrap_entries;
 pub use config::{Config, ConfigError};
 pub use log::RaftLog;
 pub use progress::{Inflights, Progress, ProgressState};
-pub use raft::{InvalidReason, Raft, Role, Status};
+pub use raft::{InvalidReason, NOT_A_MEMBER, Raft, Role, Status};
 pub use read_only::{PendingRead, ReadOnly};
 pub use update::{LeaderInfo, ProposalError, ReadState, Update};
 pub mod testkit;

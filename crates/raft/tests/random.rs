@@ -162,3 +162,13 @@ fn seed_12352_replicas_drew_equal_election_timeouts() {
 fn seed_4681_witness_with_higher_term_answers_leader() {
     run_seed(4681, false);
 }
+
+/// A member that missed the change adding a new member while partitioned
+/// never caught up once that member led: the core drops messages from
+/// non-members, and refusing a leader it does not know left the member
+/// behind for good. A leader's messages of a term at least the receiver's
+/// are now taken from any sender.
+#[test]
+fn seed_396_member_follows_a_leader_it_does_not_know() {
+    run_seed(396, false);
+}

@@ -57,6 +57,7 @@ impl<L: LogReader> Raft<L> {
             self.send(resp);
             return;
         }
+        self.note_config_changes(&m.entries);
         match self
             .log
             .maybe_append(m.log_index, m.log_term, m.commit, &m.entries)

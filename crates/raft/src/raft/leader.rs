@@ -166,6 +166,7 @@ impl<L: LogReader> Raft<L> {
             e.term = self.term;
             e.index = index;
         }
+        self.note_config_changes(&entries);
         self.log.append(&entries);
         // The leader's own acknowledgement comes with `advance`, once durable.
     }

@@ -10,7 +10,7 @@ mod follower;
 mod leader;
 mod validate;
 
-pub use validate::InvalidReason;
+pub use validate::{InvalidReason, NOT_A_MEMBER};
 
 use std::collections::BTreeMap;
 
@@ -106,8 +106,15 @@ pub struct Raft<L: LogReader> {
     update_in_progress: bool,
     /// Messages dropped because no correct peer could have sent them.
     invalid_messages: u64,
+    /// Of `invalid_messages`, those dropped because the sender is not a member.
+    non_member_messages: u64,
     /// The sender, type and reason of the last such message.
     last_invalid: Option<(ReplicaId, MessageType, InvalidReason)>,
+    /// Replicas added by config changes in the log above the applied index,
+    /// with the index of the (latest) change adding each.
+    pending_members: BTreeMap<ReplicaId, Index>,
+    /// Whether the durable log was scanned for `pending_members`.
+    pending_members_scanned: bool,
 }
 
 impl<L: LogReader> Raft<L> {
@@ -162,7 +169,10 @@ impl<L: LogReader> Raft<L> {
             },
             update_in_progress: false,
             invalid_messages: 0,
+            non_member_messages: 0,
             last_invalid: None,
+            pending_members: BTreeMap::new(),
+            pending_members_scanned: false,
             cfg,
         };
         let snap = r.log.snapshot();
@@ -319,6 +329,12 @@ impl<L: LogReader> Raft<L> {
         if self.membership.removed.contains(&m.from) {
             return;
         }
+        if !m.msg_type.is_local()
+            && let Err(reason) = self.check_sender(&m)
+        {
+            self.drop_invalid(&m, reason);
+            return;
+        }
         if let Err(reason) = self.check_message(&m) {
             self.drop_invalid(&m, reason);
             return;
@@ -421,6 +437,16 @@ impl<L: LogReader> Raft<L> {
         self.invalid_messages
     }
 
+    /// Of [`invalid_messages`](Self::invalid_messages), how many were
+    /// dropped because their sender is not a member of the shard in this
+    /// replica's view (reason [`NOT_A_MEMBER`]). Unlike the other invalid
+    /// messages, a correct peer can send these: a member this replica does
+    /// not know yet (its addition not in this replica's log), or a replica
+    /// whose addition was proposed but never committed.
+    pub fn non_member_messages(&self) -> u64 {
+        self.non_member_messages
+    }
+
     /// The sender, type and reason of the last message dropped as invalid.
     pub fn last_invalid(&self) -> Option<(ReplicaId, MessageType, InvalidReason)> {
         self.last_invalid
@@ -510,6 +536,7 @@ impl<L: LogReader> Raft<L> {
     /// (or installed a snapshot at `index`).
     pub fn applied_to(&mut self, index: Index) {
         self.log.applied_to(index);
+        self.prune_pending_members();
     }
 
     /// Whether committed entries wait only because `max_apply_bytes` of

@@ -11,13 +11,123 @@
 //! frame that passed its checksum, or a buggy build all look like this.
 
 use super::{Raft, Role};
+use crate::codec::decode_config_change;
+use crate::entry::Entry;
+use crate::ids::ReplicaId;
 use crate::log_reader::LogReader;
+use crate::membership::ConfigChangeType;
 use crate::message::{Message, MessageType};
 
 /// Why a message was dropped as invalid.
 pub type InvalidReason = &'static str;
 
+/// The reason of a message dropped because its sender is not a member of
+/// the shard in the receiver's view (see [`Raft::non_member_messages`]).
+pub const NOT_A_MEMBER: InvalidReason = "sender is not a member of the shard";
+
+/// Bytes of log read at a time when looking for config changes not yet applied.
+const PENDING_SCAN_BYTES: u64 = 1 << 20;
+
 impl<L: LogReader> Raft<L> {
+    /// Messages only from members (thesis §4.1: the members of a shard
+    /// are the servers of its configuration; nobody else takes part).
+    ///
+    /// A message is accepted if its sender is, in this replica's view, a
+    /// voter, non-voting replica or witness: of the membership as applied,
+    /// or added by a config change in the log above the applied index
+    /// (not applied yet here; e.g. a new member's vote requests and
+    /// acknowledgements reach a replica that has the change but not its
+    /// commit). Otherwise only:
+    ///
+    /// - leader messages (`Replicate`, `Heartbeat`, `InstallSnapshot`) of a
+    ///   term at least ours: membership changes reach a replica only
+    ///   through the leader's log, so a correct leader can be unknown here
+    ///   (a replica joining with an empty membership, one restored from a
+    ///   snapshot older than its own addition, or a member that missed the
+    ///   change adding the leader while partitioned); refusing it would
+    ///   leave this replica behind for good. Such a sender can do no more
+    ///   than a member could: it must show a term (bounded, see
+    ///   `TERM_JUMP_MAX`) and it cannot change
+    ///   committed entries (Raft §5.3);
+    /// - vote requests when this replica is not a member of its own view
+    ///   (joining, or its addition not applied yet): it cannot tell who
+    ///   the members are, and the candidate may need its vote (it counts
+    ///   it only if its own view makes this replica a voter).
+    ///
+    /// Forwarded requests (`Propose`, `ReadIndex`, `TransferLeader`) act on
+    /// the shard on the sender's behalf: they are taken only from members
+    /// as applied. Everything else from a non-member (responses,
+    /// `TimeoutNow`, vote requests to a member) is dropped, counted in
+    /// [`invalid_messages`](Self::invalid_messages) and
+    /// [`non_member_messages`](Self::non_member_messages).
+    ///
+    /// The sender id is not authenticated by the core: these checks stop a
+    /// confused peer (a replica whose addition was never committed, one of
+    /// another shard incarnation, a misconfigured process) and anyone
+    /// without a member's id; authenticating hosts is the transport's job.
+    pub(super) fn check_sender(&mut self, m: &Message) -> Result<(), InvalidReason> {
+        use MessageType::*;
+        if self.membership.contains(m.from) {
+            return Ok(());
+        }
+        match m.msg_type {
+            Propose | ReadIndex | TransferLeader => return Err(NOT_A_MEMBER),
+            Replicate | Heartbeat | InstallSnapshot if m.term >= self.term => return Ok(()),
+            RequestVote | RequestPreVote if !self.membership.contains(self.id) => return Ok(()),
+            _ => {}
+        }
+        if self.is_pending_member(m.from) {
+            Ok(())
+        } else {
+            Err(NOT_A_MEMBER)
+        }
+    }
+
+    /// Whether a config change in the log above the applied index adds `id`.
+    fn is_pending_member(&mut self, id: ReplicaId) -> bool {
+        if !self.pending_members_scanned {
+            // Once per life of the core (later appends are noted as they
+            // come): the durable log above the applied index, in chunks.
+            self.pending_members_scanned = true;
+            let hi = self.log.last_index().next();
+            let mut lo = self.log.applied().next();
+            while lo < hi {
+                match self.log.entries(lo, hi, PENDING_SCAN_BYTES) {
+                    Ok(ents) if !ents.is_empty() => {
+                        lo = ents[ents.len() - 1].index.next();
+                        self.note_config_changes(&ents);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        self.pending_members.contains_key(&id)
+    }
+
+    /// Notes the replicas that config changes among `ents` (entering the
+    /// log) add, until applied.
+    pub(super) fn note_config_changes(&mut self, ents: &[Entry]) {
+        let applied = self.log.applied();
+        for e in ents
+            .iter()
+            .filter(|e| e.is_config_change() && e.index > applied)
+        {
+            if let Ok(cc) = decode_config_change(&e.cmd)
+                && cc.change_type != ConfigChangeType::RemoveReplica
+                && !cc.replica_id.is_none()
+            {
+                self.pending_members.insert(cc.replica_id, e.index);
+            }
+        }
+    }
+
+    /// Forgets pending additions at or below the applied index (applied
+    /// now, so in the membership, or rejected).
+    pub(super) fn prune_pending_members(&mut self) {
+        let applied = self.log.applied();
+        self.pending_members.retain(|_, i| *i > applied);
+    }
+
     /// Checks what can be checked of `m` alone, before it changes any state.
     pub(super) fn check_message(&self, m: &Message) -> Result<(), InvalidReason> {
         use MessageType::*;
@@ -70,6 +180,9 @@ impl<L: LogReader> Raft<L> {
     /// Counts and records a dropped message.
     pub(super) fn drop_invalid(&mut self, m: &Message, reason: InvalidReason) {
         self.invalid_messages += 1;
+        if reason == NOT_A_MEMBER {
+            self.non_member_messages += 1;
+        }
         self.last_invalid = Some((m.from, m.msg_type, reason));
     }
 }

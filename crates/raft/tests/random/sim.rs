@@ -72,6 +72,9 @@ pub(crate) struct Stats {
     pub(crate) config_changes_applied: u64,
     pub(crate) reads_ready: u64,
     pub(crate) transfers: u64,
+    /// Messages dropped because the receiver did not know the sender as a
+    /// member (yet), counted on the cores alive at the end.
+    pub(crate) non_member_drops: u64,
 }
 
 impl Stats {
@@ -85,6 +88,7 @@ impl Stats {
         self.config_changes_applied += o.config_changes_applied;
         self.reads_ready += o.reads_ready;
         self.transfers += o.transfers;
+        self.non_member_drops += o.non_member_drops;
     }
 }
 
@@ -347,6 +351,12 @@ impl Sim {
         self.flush_trace();
         self.stats.committed = self.max_commit.0;
         self.stats.leader_terms = self.leaders.len() as u64;
+        self.stats.non_member_drops = self
+            .c
+            .nodes
+            .values()
+            .map(|n| n.raft.non_member_messages())
+            .sum();
         self.stats.config_changes_applied = self
             .c
             .nodes

@@ -277,7 +277,7 @@ fn replica_that_cannot_campaign_probes_for_the_commit_index() {
         vote: ReplicaId::NONE,
         commit: Index(1),
     };
-    let mut n = Raft::new(cfg(4), log, hs, m, Index(1)).unwrap();
+    let mut n = Raft::new(cfg(4), log, hs, m.clone(), Index(1)).unwrap();
     for _ in 0..2 * ELECTION {
         n.tick();
     }
@@ -298,7 +298,14 @@ fn replica_that_cannot_campaign_probes_for_the_commit_index() {
 
     // A voter that knows index 6 committed answers "committed up to your
     // last index 4" with its term there.
-    let mut v = replica(cfg(1), &[1, 1, 2, 2, 2, 2], 2, 6);
+    // (It knows 4 as a member: only members are answered.)
+    let mut vlog = MemLog::new();
+    vlog.append(&ents_from(1, &[1, 1, 2, 2, 2, 2]));
+    let vhs = HardState {
+        commit: Index(6),
+        ..hs
+    };
+    let mut v = Raft::new(cfg(1), vlog, vhs, m, Index(6)).unwrap();
     v.step(probes[0].clone());
     let a = only_message(&cycle(&mut v));
     assert_eq!((a.commit, a.log_term), (Index(4), Term(2)));

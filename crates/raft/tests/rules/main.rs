@@ -16,6 +16,7 @@ mod election;
 mod invalid_messages;
 mod invariants;
 mod limits;
+mod members;
 mod membership;
 mod persistence;
 mod prevote;
