@@ -16,6 +16,10 @@ use crate::engine::StepWorker;
 use crate::host::Host;
 use crate::metrics::Metrics;
 
+/// Most addresses a joining replica learns from traffic (its leader, and
+/// the candidates of elections held meanwhile).
+const MAX_LEARNED_PER_REPLICA: usize = 8;
+
 /// The NodeHost side of the transport.
 pub(crate) struct Handler(pub(crate) Arc<Host>);
 
@@ -49,12 +53,15 @@ impl Handler {
                 Metrics::add(&host.metrics.messages_dropped, 1);
                 continue;
             }
-            // Only for a replica hosted here: traffic for other shards
-            // would grow the map without bound.
+            // A replica that knows no member yet (it joins and learns the
+            // membership from the leader's log or snapshot) answers its
+            // peers at the address their traffic came from. Nothing else
+            // is learnt: a member's address comes from the membership, and
+            // a non-member's is never dialled. Bounded per replica.
             if !batch.source_address.is_empty()
-                && host
-                    .replica(m.shard_id)
-                    .is_some_and(|r| r.replica_id == m.to)
+                && let Some(r) = host.replica(m.shard_id)
+                && r.replica_id == m.to
+                && r.addresses.read().is_empty()
             {
                 let key = (m.shard_id, m.from);
                 let known = host
@@ -63,9 +70,13 @@ impl Handler {
                     .get(&key)
                     .is_some_and(|a| *a == batch.source_address);
                 if !known {
-                    host.learned
-                        .write()
-                        .insert(key, batch.source_address.clone());
+                    let mut learned = host.learned.write();
+                    let of_shard = learned
+                        .range((m.shard_id, ReplicaId(0))..=(m.shard_id, ReplicaId(u64::MAX)))
+                        .count();
+                    if learned.contains_key(&key) || of_shard < MAX_LEARNED_PER_REPLICA {
+                        learned.insert(key, batch.source_address.clone());
+                    }
                 }
             }
             let shard = m.shard_id;
