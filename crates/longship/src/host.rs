@@ -317,22 +317,29 @@ impl Host {
                 )
             })?;
         let key = Host::receiver_key(&chunk);
-        let mut receivers = self.receivers.lock();
-        if chunk.chunk_id == 0 {
-            // A replica receives one snapshot at a time: a new stream to it
-            // replaces any older one, whose sender may be gone for good
-            // (kept, such streams filled every slot and no replica on this
-            // host could receive a snapshot again).
-            receivers.retain(|k, _| (k.0, k.1) != (chunk.shard_id, chunk.to));
-            if receivers.len() >= MAX_SNAPSHOT_RECEIVERS {
-                return Err("too many snapshot streams".into());
+        // The lock guards the map only: chunks are written, files created
+        // and synced without it, so one slow disk write (or fsync) of one
+        // stream does not hold up every other stream to this host. A
+        // stream's chunks arrive one after another on one connection, so
+        // while its receiver is out of the map nothing else wants it.
+        let rx = if chunk.chunk_id == 0 {
+            {
+                // A replica receives one snapshot at a time: a new stream
+                // to it replaces any older one, whose sender may be gone
+                // for good (kept, such streams filled every slot and no
+                // replica on this host could receive a snapshot again).
+                let mut receivers = self.receivers.lock();
+                receivers.retain(|k, _| (k.0, k.1) != (chunk.shard_id, chunk.to));
+                if receivers.len() >= MAX_SNAPSHOT_RECEIVERS {
+                    return Err("too many snapshot streams".into());
+                }
             }
             let path = r.snapshots.dir().to_path_buf();
             let info = SnapshotInfo::decode(&chunk.info, &path).map_err(|e| e.to_string())?;
             if info.meta.index != chunk.index || info.shard != chunk.shard_id {
                 return Err("snapshot chunk does not match its description".into());
             }
-            let rx = match r.snapshots.begin_receive(info) {
+            match r.snapshots.begin_receive(info) {
                 Ok(rx) => Some(rx),
                 // A valid copy is already in the store: received before but
                 // never installed (a crash before log storage recorded it, a
@@ -350,24 +357,39 @@ impl Host {
                     None
                 }
                 Err(e) => return Err(e.to_string()),
-            };
-            receivers.insert(key, rx);
-        }
-        let Some(rx) = receivers.get_mut(&key) else {
-            return Err("snapshot chunk without a stream".into());
+            }
+        } else {
+            match self.receivers.lock().remove(&key) {
+                Some(rx) => rx,
+                None => return Err("snapshot chunk without a stream".into()),
+            }
         };
-        if let Some(rx) = rx
+        let mut rx = rx;
+        if let Some(rx) = &mut rx
             && !chunk.data.is_empty()
-            && let Err(e) = rx.write_chunk(&chunk.file_name, chunk.offset, &chunk.data)
         {
-            receivers.remove(&key);
-            return Err(e.to_string());
+            // A failed write (a full disk) ends the stream; dropping the
+            // receiver removes what it wrote.
+            rx.write_chunk(&chunk.file_name, chunk.offset, &chunk.data)
+                .map_err(|e| e.to_string())?;
         }
         if !chunk.last {
+            let mut receivers = self.receivers.lock();
+            // Not if the replica stopped meanwhile (its streams were
+            // dropped) or a newer stream to it began.
+            if r.is_closed()
+                || receivers
+                    .keys()
+                    .any(|k| (k.0, k.1) == (chunk.shard_id, chunk.to))
+            {
+                return Err("snapshot stream superseded or its replica stopped".into());
+            }
+            if chunk.chunk_id == 0 && receivers.len() >= MAX_SNAPSHOT_RECEIVERS {
+                return Err("too many snapshot streams".into());
+            }
+            receivers.insert(key, rx);
             return Ok(());
         }
-        let rx = receivers.remove(&key).expect("present");
-        drop(receivers);
         let index = match rx {
             Some(rx) => rx.finish().map_err(|e| e.to_string())?.meta.index,
             None => chunk.index,
@@ -384,7 +406,7 @@ impl Host {
         }
         Metrics::add(&self.metrics.snapshots_received, 1);
         if let Some(l) = &self.listener {
-            l.snapshot_received(crate::events::SnapshotInfo {
+            l.snapshot_received(crate::events::SnapshotEvent {
                 shard_id: chunk.shard_id,
                 replica_id: chunk.to,
                 index: chunk.index,
