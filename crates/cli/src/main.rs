@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use longship::NodeHostConfig;
+use longship::{NodeHostConfig, ReplicaId};
 
 mod bench;
 
@@ -34,7 +34,8 @@ enum Command {
         /// The WAL directory, if not `<node_host_dir>/wal`.
         #[arg(long)]
         wal_dir: Option<PathBuf>,
-        /// The exported snapshot directory (`.../snapshot-<index>`).
+        /// The exported snapshot directory (`<export_path>/snapshot-<index as 16 hex digits>`,
+        /// as `request_snapshot` returned it); the shard is taken from its metadata.
         #[arg(long)]
         snapshot_dir: PathBuf,
         /// The new members: `ID=ADDRESS,ID=ADDRESS,...`.
@@ -56,7 +57,7 @@ enum Command {
     Bench(Box<bench::BenchArgs>),
 }
 
-fn parse_members(s: &str) -> Result<BTreeMap<u64, String>, String> {
+fn parse_members(s: &str) -> Result<BTreeMap<ReplicaId, String>, String> {
     let mut out = BTreeMap::new();
     for part in s.split(',').filter(|p| !p.trim().is_empty()) {
         let (id, addr) = part
@@ -66,7 +67,7 @@ fn parse_members(s: &str) -> Result<BTreeMap<u64, String>, String> {
             .trim()
             .parse()
             .map_err(|_| format!("member id {id:?} is not a number"))?;
-        if out.insert(id, addr.trim().to_string()).is_some() {
+        if out.insert(ReplicaId(id), addr.trim().to_string()).is_some() {
             return Err(format!("member id {id} given twice"));
         }
     }
@@ -107,12 +108,17 @@ fn main() -> ExitCode {
                 }
             };
             let cfg = config(node_host_dir, wal_dir);
-            match longship::tools::import_snapshot(&cfg, &snapshot_dir, &members, replica_id) {
-                Ok(()) => {
+            let replica = ReplicaId(replica_id);
+            match longship::tools::import_snapshot(&cfg, &snapshot_dir, &members, replica) {
+                Ok(imported) => {
+                    let members: Vec<String> =
+                        members.iter().map(|(id, a)| format!("{id}={a}")).collect();
                     println!(
-                        "imported {} as replica {replica_id}; members {:?}",
-                        snapshot_dir.display(),
-                        members
+                        "imported the snapshot of shard {} at index {} as replica {replica}; \
+                         members {}; start it with Start::Restart",
+                        imported.shard_id,
+                        imported.index,
+                        members.join(",")
                     );
                     ExitCode::SUCCESS
                 }
@@ -129,8 +135,11 @@ fn main() -> ExitCode {
                     let mut bad = false;
                     println!("{} replica(s)", reports.len());
                     for r in reports {
+                        // The hard state's commit is persisted lazily: it is
+                        // a lower bound, and printed as one.
                         println!(
-                            "shard {} replica {}: log {}..={} term {} vote {} commit {} snapshot {}",
+                            "shard {} replica {}: log {}..={}, term {}, vote {}, \
+                             commit >= {} (as last persisted), snapshot at {}",
                             r.shard_id,
                             r.replica_id,
                             r.first_index,
@@ -141,13 +150,16 @@ fn main() -> ExitCode {
                             r.snapshot_index
                         );
                         for (index, v) in r.snapshots {
+                            let name = format!("snapshot-{:016x}", index.0);
                             match v {
                                 Ok(size) => {
-                                    println!("  snapshot {index}: {size} bytes, checksums ok")
+                                    println!(
+                                        "  snapshot {index} ({name}): {size} bytes, checksums ok"
+                                    )
                                 }
                                 Err(e) => {
                                     bad = true;
-                                    println!("  snapshot {index}: CORRUPT: {e}");
+                                    println!("  snapshot {index} ({name}): CORRUPT: {e}");
                                 }
                             }
                         }
@@ -175,7 +187,7 @@ mod tests {
     fn members_parse_and_bad_input_is_refused() {
         let m = parse_members("1=m1:1, 4=m4:1,5=m5:1").unwrap();
         assert_eq!(m.len(), 3);
-        assert_eq!(m[&4], "m4:1");
+        assert_eq!(m[&ReplicaId(4)], "m4:1");
         assert!(parse_members("1").is_err());
         assert!(parse_members("x=a").is_err());
         assert!(parse_members("1=a,1=b").is_err());

@@ -24,10 +24,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use longship::events::{EventListener, SnapshotInfo};
+use longship::events::{EventListener, SnapshotEvent};
 use longship::{
-    Config, Error, NodeHost, NodeHostConfig, ReplicaId, ShardId, SmEntry, SmError, SnapshotOption,
-    StateMachine, StopFlag,
+    Config, Error, Index, NodeHost, NodeHostConfig, ReplicaId, ShardId, SmEntry, SmError,
+    SnapshotOption, Start, StateMachine, StopFlag,
 };
 
 /// The shard every replica of this example belongs to.
@@ -122,7 +122,7 @@ impl StateMachine for Counter {
 struct Printer;
 
 impl EventListener for Printer {
-    fn log_compacted(&self, info: SnapshotInfo) {
+    fn log_compacted(&self, info: SnapshotEvent) {
         println!("log compacted up to index {}", info.index);
     }
 }
@@ -166,7 +166,7 @@ fn membership_change(nh: &NodeHost, line: &str) -> bool {
                 return false;
             };
             let res = with_retry(|t| {
-                nh.request_add_replica(SHARD, ReplicaId(id), *addr, 0, t)?
+                nh.request_add_replica(SHARD, ReplicaId(id), *addr, Index(0), t)?
                     .wait()
             });
             (res, format!("replica {id} added at {addr}"))
@@ -176,7 +176,7 @@ fn membership_change(nh: &NodeHost, line: &str) -> bool {
                 return false;
             };
             let res = with_retry(|t| {
-                nh.request_delete_replica(SHARD, ReplicaId(id), 0, t)?
+                nh.request_delete_replica(SHARD, ReplicaId(id), Index(0), t)?
                     .wait()
             });
             (res, format!("replica {id} removed"))
@@ -219,7 +219,10 @@ fn snapshotter(nh: Arc<NodeHost>, due: Receiver<u64>) {
             .request_snapshot(SHARD, SnapshotOption::default(), REQUEST_TIMEOUT)
             .and_then(|h| h.wait());
         match res {
-            Ok(index) => println!("snapshot captured at index {index} ({count} proposals applied)"),
+            Ok(done) => println!(
+                "snapshot captured at index {} ({count} proposals applied)",
+                done.index
+            ),
             // Already covered by a newer snapshot (e.g. taken before a restart).
             Err(Error::Rejected(_)) => {}
             Err(Error::Stopped | Error::ShardClosed) => return,
@@ -278,8 +281,11 @@ fn run(args: Args) -> Result<(), String> {
     if args.peers.len() != 3 {
         return Err("--peers takes exactly three addresses".into());
     }
-    let initial: BTreeMap<u64, String> = (1..=3).zip(args.peers.iter().cloned()).collect();
-    let addr = match (&args.addr, initial.get(&id)) {
+    let initial: BTreeMap<ReplicaId, String> = (1..=3)
+        .map(ReplicaId)
+        .zip(args.peers.iter().cloned())
+        .collect();
+    let addr = match (&args.addr, initial.get(&ReplicaId(id))) {
         (Some(a), _) => a.clone(),
         (None, Some(a)) => a.clone(),
         (None, None) => return Err(format!("replica {id} needs --addr HOST:PORT")),
@@ -297,24 +303,32 @@ fn run(args: Args) -> Result<(), String> {
     let nh = Arc::new(nh);
 
     let (snap_tx, snap_rx) = mpsc::channel();
-    let members = if args.join { BTreeMap::new() } else { initial };
-    if !args.join && !members.contains_key(&id) && !nh.has_node_info(SHARD, ReplicaId(id)) {
+    // The same command starts a replica every time: with data on this
+    // host it restarts (whether it first bootstrapped or joined); without,
+    // it joins with --join, else bootstraps the shard with the initial members.
+    let start = if nh.has_node_info(SHARD, ReplicaId(id)) {
+        Start::Restart
+    } else if args.join {
+        Start::Join
+    } else if initial.contains_key(&ReplicaId(id)) {
+        Start::New(initial)
+    } else {
         return Err(format!(
             "replica {id} is not an initial member: add it with `add {addr} {id}`, then start it with --join"
         ));
-    }
+    };
     let shard_cfg = Config {
         election_rtt: 10,
         heartbeat_rtt: 1,
         check_quorum: true,
         compaction_overhead: COMPACTION_OVERHEAD,
-        ..Config::new(SHARD.0, id)
+        ..Config::new(SHARD, ReplicaId(id))
     };
     let sm = Counter {
         count: 0,
         snapshot_due: Mutex::new(snap_tx),
     };
-    nh.start_replica(members, args.join, |_, _| Box::new(sm), shard_cfg)
+    nh.start_replica(start, |_, _| Box::new(sm), shard_cfg)
         .map_err(|e| format!("cannot start replica {id}: {e}"))?;
     println!(
         "replica {id} of shard {SHARD} running at {addr}: type a message and press Enter; \

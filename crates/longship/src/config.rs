@@ -36,8 +36,10 @@ pub struct Config {
     /// hold metadata only and compact its log like any replica's.
     pub is_witness: bool,
     /// Most bytes of proposals the leader holds uncommitted (0 = unlimited);
-    /// beyond it proposals fail with `SystemBusy`.
-    pub max_in_mem_log_size: u64,
+    /// beyond it proposals fail with [`Error::SystemBusy`]. dragonboat calls
+    /// it `MaxInMemLogSize`; it is handed to the protocol core's setting of
+    /// the same name.
+    pub max_uncommitted_bytes: u64,
     /// Stop ticking after this shard saw no traffic for a while.
     pub quiesce: bool,
     /// Most client sessions the shard keeps (LRU eviction beyond).
@@ -50,15 +52,21 @@ pub struct Config {
     /// while it applies inline, the other shards of its step worker wait,
     /// so an `update` that can block (synchronous disk writes, remote
     /// calls, locks held elsewhere) must leave it at 0.
-    pub inline_apply_max_bytes: u64,
+    pub max_inline_apply_bytes: u64,
 }
 
 impl Config {
-    /// A config with defaults for `shard_id` / `replica_id`.
-    pub fn new(shard_id: u64, replica_id: u64) -> Config {
+    /// A config with defaults for replica `replica_id` of shard `shard_id`.
+    ///
+    /// ```
+    /// use longship::{Config, ReplicaId, ShardId};
+    /// let cfg = Config::new(ShardId(128), ReplicaId(1));
+    /// assert_eq!(cfg.election_rtt, 10);
+    /// ```
+    pub fn new(shard_id: ShardId, replica_id: ReplicaId) -> Config {
         Config {
-            shard_id: ShardId(shard_id),
-            replica_id: ReplicaId(replica_id),
+            shard_id,
+            replica_id,
             ..Config::default()
         }
     }
@@ -107,10 +115,10 @@ impl Default for Config {
             ordered_config_change: false,
             is_non_voting: false,
             is_witness: false,
-            max_in_mem_log_size: 0,
+            max_uncommitted_bytes: 0,
             quiesce: false,
             max_sessions: 4096,
-            inline_apply_max_bytes: 0,
+            max_inline_apply_bytes: 0,
         }
     }
 }

@@ -39,7 +39,11 @@ pub(crate) fn proposal_error(e: ProposalError) -> Error {
             Error::SystemBusy
         }
         ProposalError::PendingConfigChange => Error::PendingConfigChange,
-        ProposalError::Invalid => Error::Rejected("invalid request".into()),
+        ProposalError::Invalid => Error::Rejected(
+            "the leader found it invalid (a membership change the current membership refuses, \
+             or a transfer to a replica that cannot lead)"
+                .into(),
+        ),
     }
 }
 
@@ -47,6 +51,9 @@ pub(crate) fn proposal_error(e: ProposalError) -> Error {
 fn config_change_error(e: ConfigChangeRejected) -> Error {
     match e {
         ConfigChangeRejected::Removed(id) => Error::ReplicaRemoved(id),
+        ConfigChangeRejected::Stale { based_on, current } => {
+            Error::StaleConfigChange { based_on, current }
+        }
         other => Error::Rejected(other.to_string()),
     }
 }
@@ -473,7 +480,7 @@ impl StepWorker {
     /// replica, and under the apply lock an empty queue means nothing
     /// earlier is outstanding.
     fn apply_inline(&self, r: &ReplicaRef, entries: Vec<Entry>) -> Option<Vec<Entry>> {
-        let max = r.config.inline_apply_max_bytes;
+        let max = r.config.max_inline_apply_bytes;
         if max == 0 || r.config.is_witness {
             return Some(entries);
         }
@@ -548,7 +555,7 @@ impl StepWorker {
                 Metrics::add(&host.metrics.elections_won, 1);
             }
             if let Some(listener) = &host.listener {
-                listener.leader_updated(crate::events::LeaderInfo {
+                listener.leader_updated(crate::events::LeaderEvent {
                     shard_id: r.shard_id,
                     replica_id: r.replica_id,
                     leader_id: l.leader_id,
@@ -775,7 +782,7 @@ impl ApplyWorker {
         r.snapshot_index.fetch_max(meta.index.0, Ordering::AcqRel);
         complete_reads(&self.host, &mut r.pending.lock(), meta.index);
         if let Some(l) = &self.host.listener {
-            l.snapshot_recovered(crate::events::SnapshotInfo {
+            l.snapshot_recovered(crate::events::SnapshotEvent {
                 shard_id: r.shard_id,
                 replica_id: r.replica_id,
                 index: meta.index,
@@ -878,10 +885,17 @@ impl SnapshotWorker {
                                 Some(path) => r
                                     .snapshots
                                     .export(*index, path)
-                                    .map(|_| *index)
+                                    .map(|dir| crate::nodehost::SnapshotResult {
+                                        index: *index,
+                                        export_dir: Some(dir),
+                                    })
                                     .map_err(Error::from),
-                                None => Ok(*index),
+                                None => Ok(crate::nodehost::SnapshotResult {
+                                    index: *index,
+                                    export_dir: None,
+                                }),
                             },
+                            Err(Error::Rejected(why)) => Err(Error::Rejected(why.clone())),
                             Err(e) => Err(Error::Rejected(e.to_string())),
                         };
                         c.complete(out);
@@ -986,7 +1000,7 @@ pub(crate) fn save_snapshot(host: &Host, r: &Replica) -> Result<Index, Error> {
         .fetch_max(info.meta.index.0, Ordering::AcqRel);
     Metrics::add(&host.metrics.snapshots_saved, 1);
     if let Some(l) = &host.listener {
-        l.snapshot_created(crate::events::SnapshotInfo {
+        l.snapshot_created(crate::events::SnapshotEvent {
             shard_id: r.shard_id,
             replica_id: r.replica_id,
             index: info.meta.index,
@@ -999,7 +1013,7 @@ pub(crate) fn save_snapshot(host: &Host, r: &Replica) -> Result<Index, Error> {
         host.logdb
             .remove_entries_to(r.shard_id, r.replica_id, compact_to)?;
         if let Some(l) = &host.listener {
-            l.log_compacted(crate::events::SnapshotInfo {
+            l.log_compacted(crate::events::SnapshotEvent {
                 shard_id: r.shard_id,
                 replica_id: r.replica_id,
                 index: compact_to,

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use longship_raft::{ReplicaId, ShardId};
+use longship_raft::{Index, ReplicaId, ShardId};
 
 /// Everything a longship call can fail with. Each variant is a case a caller
 /// can act on; [`Error::is_temporary`] tells which are worth retrying.
@@ -12,73 +12,131 @@ use longship_raft::{ReplicaId, ShardId};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No replica of this shard runs on this NodeHost.
-    #[error("shard {0} not found on this NodeHost")]
+    #[error("shard {0} is not running on this NodeHost: start a replica of it first")]
     ShardNotFound(ShardId),
     /// A replica of this shard already runs on this NodeHost.
-    #[error("shard {0} already exists on this NodeHost")]
+    #[error("shard {0} already has a replica running on this NodeHost")]
     ShardAlreadyExists(ShardId),
-    /// A configuration field is invalid.
-    #[error("invalid config: `{field}` {reason}")]
+    /// [`Start::New`](crate::Start::New) or [`Start::Join`](crate::Start::Join)
+    /// for a replica this NodeHost holds data of (it was bootstrapped,
+    /// joined or imported before): restart it with
+    /// [`Start::Restart`](crate::Start::Restart).
+    #[error(
+        "replica {replica_id} of shard {shard_id} already has data on this NodeHost \
+         (bootstrapped, joined or imported): start it with Start::Restart"
+    )]
+    ReplicaHasData {
+        /// The shard.
+        shard_id: ShardId,
+        /// The replica.
+        replica_id: ReplicaId,
+    },
+    /// [`Start::Restart`](crate::Start::Restart) for a replica this NodeHost
+    /// holds no data of: bootstrap it with [`Start::New`](crate::Start::New),
+    /// [`Start::Join`](crate::Start::Join) a running shard, or import a
+    /// snapshot first ([`tools::import_snapshot`](crate::tools::import_snapshot)).
+    #[error(
+        "replica {replica_id} of shard {shard_id} has no data on this NodeHost to restart from: \
+         start it with Start::New or Start::Join, or import a snapshot first"
+    )]
+    ReplicaHasNoData {
+        /// The shard.
+        shard_id: ShardId,
+        /// The replica.
+        replica_id: ReplicaId,
+    },
+    /// A setting or an argument is invalid; nothing was changed.
+    #[error("invalid `{field}`: {reason}")]
     InvalidConfig {
-        /// The field.
+        /// The setting or argument.
         field: &'static str,
-        /// What is wrong with it.
+        /// What is wrong with it and what is expected.
         reason: String,
     },
     /// The session is unknown to the shard (never registered, closed or
     /// evicted), or it is used on the wrong shard.
-    #[error("invalid session")]
+    #[error(
+        "invalid session: the shard does not know it (never registered, closed or evicted) \
+         or it belongs to another shard; register a new one"
+    )]
     InvalidSession,
     /// The timeout is shorter than one RTT.
-    #[error("timeout too small: must be at least one RTT ({rtt_ms} ms)")]
+    #[error("timeout too small: it must be at least one RTT ({rtt_ms} ms)")]
     TimeoutTooSmall {
         /// The NodeHost's RTT.
         rtt_ms: u64,
     },
     /// The payload exceeds the configured limit; nothing was proposed.
-    #[error("payload of {size} bytes exceeds the limit of {max} bytes")]
+    #[error(
+        "payload of {size} bytes exceeds the limit of {max} bytes \
+         (max_proposal_bytes, at most half of max_frame_bytes); nothing was proposed"
+    )]
     PayloadTooBig {
         /// Payload size.
         size: usize,
         /// The limit.
         max: usize,
     },
-    /// A queue or the in-memory log of the shard is full; retry later.
-    #[error("system busy")]
+    /// A queue or the uncommitted log of the shard is full; retry later.
+    #[error(
+        "system busy: a request queue or the uncommitted log of the shard is full; retry later"
+    )]
     SystemBusy,
-    /// The shard is closing or closed on this NodeHost.
-    #[error("shard closed")]
+    /// The local replica of the shard is closing, closed or failed.
+    #[error("the local replica of the shard is closed (stopped, failed or being unloaded)")]
     ShardClosed,
     /// Another membership change is in progress.
-    #[error("pending config change")]
+    #[error("another membership change of the shard is in progress; retry once it completed")]
     PendingConfigChange,
+    /// An ordered membership change ([`Config::ordered_config_change`]) was
+    /// based on a membership that changed since: read the membership again
+    /// ([`NodeHost::sync_get_shard_membership`]) and base the change on its
+    /// `config_change_id`.
+    ///
+    /// [`Config::ordered_config_change`]: crate::Config::ordered_config_change
+    /// [`NodeHost::sync_get_shard_membership`]: crate::NodeHost::sync_get_shard_membership
+    #[error(
+        "membership change based on config change {based_on}, but the membership is at {current}: \
+         read the membership again and base the change on it"
+    )]
+    StaleConfigChange {
+        /// The `config_change_index` the request named.
+        based_on: Index,
+        /// The shard's current config change id.
+        current: Index,
+    },
     /// The request did not complete in time; its outcome is unknown.
-    #[error("timeout (outcome unknown)")]
+    #[error("timeout: the outcome is unknown (the request may still take effect)")]
     Timeout,
     /// The request was dropped before it entered the log (no leader, or a
     /// leadership transfer in progress); retry.
-    #[error("dropped: no leader or leadership transfer in progress")]
+    #[error(
+        "request dropped before it entered the log (no leader, or a leadership transfer in progress); retry"
+    )]
     Dropped,
     /// The NodeHost is stopped.
-    #[error("NodeHost stopped")]
+    #[error("the NodeHost is stopped")]
     Stopped,
     /// The request was cancelled by its caller.
-    #[error("cancelled")]
+    #[error("the request was cancelled by its caller")]
     Cancelled,
-    /// The shard rejected the request (e.g. a stale ordered config change,
-    /// a removed replica id, or a snapshot not possible now).
-    #[error("rejected: {0}")]
+    /// The shard refused the request (e.g. a snapshot with nothing new to
+    /// capture, an invalid transfer target, an invalid membership change).
+    /// The text says why.
+    #[error("the shard refused the request: {0}")]
     Rejected(String),
     /// The local replica of the shard is a witness: it holds no state
     /// machine data, so it takes no proposals, sessions or reads (ask a
     /// replica that holds data).
-    #[error("the local replica of shard {0} is a witness: no proposals, sessions or reads")]
+    #[error(
+        "the local replica of shard {0} is a witness: it takes no proposals, sessions or reads"
+    )]
     Witness(ShardId),
     /// A replica id that was removed can never be used again.
-    #[error("replica {0} was removed from the shard and cannot be re-added")]
+    #[error("replica {0} was removed from the shard and its id can never be used again")]
     ReplicaRemoved(ReplicaId),
     /// Another NodeHost holds the directory.
-    #[error("directory {0} is locked by another NodeHost")]
+    #[error("directory {} is in use by another NodeHost: stop it first", .0.display())]
     DirLocked(PathBuf),
     /// The state machine returned an error.
     #[error("state machine error: {0}")]
@@ -87,16 +145,16 @@ pub enum Error {
     #[error("log storage: {0}")]
     Storage(#[from] longship_storage::Error),
     /// Snapshot storage failed.
-    #[error("snapshot: {0}")]
+    #[error("snapshot storage: {0}")]
     Snapshot(#[from] longship_storage::snapshot::SnapshotError),
     /// The transport failed.
     #[error("transport: {0}")]
     Transport(#[from] longship_transport::SendError),
     /// The transport could not start (port in use, bad TLS files).
-    #[error("transport setup: {0}")]
+    #[error("the transport could not start: {0}")]
     TransportSetup(String),
     /// An I/O error outside log and snapshot storage (lock file, directories).
-    #[error("I/O: {0}")]
+    #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
 

@@ -2,9 +2,9 @@
 
 use longship_raft::{Index, ReplicaId, ShardId, Term};
 
-/// Leadership as seen by one replica.
+/// A change of leadership as seen by one replica ([`EventListener::leader_updated`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LeaderInfo {
+pub struct LeaderEvent {
     /// The shard.
     pub shard_id: ShardId,
     /// The replica reporting it.
@@ -15,9 +15,10 @@ pub struct LeaderInfo {
     pub term: Term,
 }
 
-/// A snapshot or compaction event.
+/// A snapshot or log compaction of one replica (the `snapshot_*` and
+/// `log_compacted` methods of [`EventListener`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SnapshotInfo {
+pub struct SnapshotEvent {
     /// The shard.
     pub shard_id: ShardId,
     /// The replica.
@@ -30,7 +31,7 @@ pub struct SnapshotInfo {
 /// and never call back into the NodeHost from them.
 pub trait EventListener: Send + Sync {
     /// The known leader of a shard changed.
-    fn leader_updated(&self, _info: LeaderInfo) {}
+    fn leader_updated(&self, _info: LeaderEvent) {}
     /// A membership change was applied.
     fn membership_changed(
         &self,
@@ -40,13 +41,13 @@ pub trait EventListener: Send + Sync {
     ) {
     }
     /// A snapshot was saved locally.
-    fn snapshot_created(&self, _info: SnapshotInfo) {}
+    fn snapshot_created(&self, _info: SnapshotEvent) {}
     /// The state machine was recovered from a snapshot.
-    fn snapshot_recovered(&self, _info: SnapshotInfo) {}
+    fn snapshot_recovered(&self, _info: SnapshotEvent) {}
     /// A snapshot stream from a leader was received completely.
-    fn snapshot_received(&self, _info: SnapshotInfo) {}
+    fn snapshot_received(&self, _info: SnapshotEvent) {}
     /// Log entries up to `index` were compacted.
-    fn log_compacted(&self, _info: SnapshotInfo) {}
+    fn log_compacted(&self, _info: SnapshotEvent) {}
     /// A replica started and is ready.
     fn replica_ready(&self, _shard_id: ShardId, _replica_id: ReplicaId) {}
     /// A replica stopped.

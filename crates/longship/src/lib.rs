@@ -31,14 +31,30 @@ mod work;
 pub use config::{Config, NodeHostConfig};
 pub use error::{Error, Result};
 pub use events::EventListener;
-pub use longship_raft::{Index, ReplicaId, ShardId, Term};
+pub use longship_raft::{HardState, Index, ReplicaId, Role, ShardId, Status as RaftStatus, Term};
 pub use metrics::{Gauges, Metrics};
 pub use nodehost::{
-    LeaderId, MembershipInfo, NodeHost, NodeHostBuilder, NodeHostInfo, NodeUser, ShardInfo,
-    SnapshotOption,
+    Leader, MembershipInfo, NodeHost, NodeHostBuilder, NodeHostInfo, NodeUser, ShardInfo,
+    SnapshotOption, SnapshotResult, Start,
 };
 pub use request::RequestHandle;
 pub use session::Session;
 pub use sm::{
     ConcurrentStateMachine, OnDiskStateMachine, SmEntry, SmError, SmResult, StateMachine, StopFlag,
 };
+
+/// The transports a [`NodeHostBuilder`] takes (from `longship-transport`):
+/// TCP (the default of [`NodeHost::new`]) and an in-memory network for
+/// tests and examples that run several NodeHosts in one process.
+pub mod transport {
+    pub use longship_transport::{
+        MemNetwork, MemTransport, TcpConfig, TcpTransport, TlsPaths, Transport,
+    };
+}
+
+/// The storage parts a [`NodeHostBuilder`] takes (from `longship-storage`):
+/// file systems and log storage.
+pub mod storage {
+    pub use longship_storage::logdb::{LogDb, MemLogDb};
+    pub use longship_storage::vfs::{FileSystem, MemFs, OsFs};
+}

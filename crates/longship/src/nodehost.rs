@@ -36,34 +36,104 @@ use crate::rsm::{Rsm, UserSm};
 use crate::session::Session;
 use crate::sm::{ConcurrentStateMachine, OnDiskStateMachine, SmResult, StateMachine, StopFlag};
 
-/// Options of a requested snapshot.
+/// Options of a requested snapshot ([`NodeHost::request_snapshot`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotOption {
-    /// Also export the snapshot to this directory (a copy the repair tool can import).
+    /// Also export the snapshot into this directory, as its child
+    /// `snapshot-<index as 16 hex digits>` (a copy [`tools::import_snapshot`]
+    /// takes). The directory is created if missing. The completed request
+    /// names the exported directory ([`SnapshotResult::export_dir`]).
+    ///
+    /// Exports are named by index only: exporting the same index into the
+    /// same directory a second time (another shard's snapshot at the same
+    /// index included) fails with [`Error::Snapshot`] ("already exists")
+    /// and leaves the first export as it was; use one directory per shard.
+    ///
+    /// [`tools::import_snapshot`]: crate::tools::import_snapshot
     pub export_path: Option<PathBuf>,
     /// Entries to keep in the log behind this snapshot instead of the
     /// replica's `compaction_overhead`.
     pub compaction_overhead: Option<u64>,
 }
 
-/// Leadership as known by the local replica.
+/// A completed snapshot request ([`NodeHost::request_snapshot`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotResult {
+    /// Index of the snapshot (the last entry it covers).
+    pub index: Index,
+    /// The exported snapshot's directory (`<export_path>/snapshot-<index as
+    /// 16 hex digits>`) when [`SnapshotOption::export_path`] was set: pass it
+    /// to [`tools::import_snapshot`](crate::tools::import_snapshot) as is.
+    pub export_dir: Option<PathBuf>,
+}
+
+/// The leader of a shard as known by the local replica
+/// ([`NodeHost::get_leader`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LeaderId {
-    /// The leader (`ReplicaId::NONE` when unknown).
-    pub leader_id: ReplicaId,
-    /// Its term.
+pub struct Leader {
+    /// The leading replica.
+    pub replica_id: ReplicaId,
+    /// The term it leads in.
     pub term: Term,
-    /// Whether a leader is known.
-    pub valid: bool,
+}
+
+/// How [`NodeHost::start_replica`] starts a replica: bootstrap a new shard,
+/// restart one with data on this host, or join an existing shard.
+///
+/// Which one fits depends on what this NodeHost's log storage holds of the
+/// replica ([`NodeHost::has_node_info`] tells): `New` and `Join` need it to
+/// hold nothing, `Restart` needs it to hold data. A wrong choice changes
+/// nothing and fails with [`Error::ReplicaHasData`] or
+/// [`Error::ReplicaHasNoData`].
+///
+/// Why the check, rather than ignoring the members of a replica that
+/// already has data (as dragonboat does): a replica repaired with
+/// [`tools::import_snapshot`](crate::tools::import_snapshot) owns the
+/// imported membership, and a later `New` with the old members (or a
+/// `Join`) would be silently ignored, hiding a mistake in a repair script.
+/// After an import, every member of the new membership (survivors and new
+/// hosts alike) is started with `Restart`.
+///
+/// A program that starts the same way after every reboot picks the variant
+/// from stored data:
+///
+/// ```no_run
+/// # use longship::{NodeHost, ReplicaId, ShardId, Start};
+/// # use std::collections::BTreeMap;
+/// # fn f(nh: &NodeHost, members: BTreeMap<ReplicaId, String>) {
+/// let start = if nh.has_node_info(ShardId(128), ReplicaId(1)) {
+///     Start::Restart
+/// } else {
+///     Start::New(members)
+/// };
+/// # }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Bootstrap a new shard whose initial voters are these replicas (replica
+    /// id → raft address; this replica among them). Every initial member is
+    /// started with the same map. Witness and non-voting replicas cannot be
+    /// initial members: they are added to a running shard and `Join`.
+    New(BTreeMap<ReplicaId, String>),
+    /// Restart a replica from the data this NodeHost holds of it: after a
+    /// reboot, [`NodeHost::stop_replica`], or an import by
+    /// [`tools::import_snapshot`](crate::tools::import_snapshot).
+    Restart,
+    /// Start a replica that was added to a running shard
+    /// ([`NodeHost::request_add_replica`] and the like) and has never run on
+    /// this host: it learns the membership and the state from the leader.
+    Join,
 }
 
 /// A shard's membership, as returned by [`NodeHost::sync_get_shard_membership`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MembershipInfo {
-    /// Index of the config change that produced it; pass it to the next
-    /// ordered membership change.
+    /// Index of the config change that produced it; pass it as the
+    /// `config_change_index` of the next membership change (checked when
+    /// [`Config::ordered_config_change`] is set).
     pub config_change_id: Index,
-    /// Voting replicas and their addresses.
+    /// Voting replicas and their addresses (the shape [`Start::New`] and
+    /// [`tools::import_snapshot`](crate::tools::import_snapshot) take).
     pub voters: BTreeMap<ReplicaId, String>,
     /// Non-voting replicas.
     pub non_votings: BTreeMap<ReplicaId, String>,
@@ -92,9 +162,9 @@ pub struct ShardInfo {
     pub shard_id: ShardId,
     /// The local replica.
     pub replica_id: ReplicaId,
-    /// Known leader.
+    /// The known leader ([`ReplicaId::NONE`] when none is known).
     pub leader_id: ReplicaId,
-    /// Term of the known leader.
+    /// The current term of the local replica.
     pub term: Term,
     /// Whether the local replica leads.
     pub is_leader: bool,
@@ -343,11 +413,17 @@ impl Drop for DirLock {
 
 /// Hosts replicas of many shards. See the crate documentation.
 ///
+/// A one-replica shard on an in-memory network ([`NodeHost::new`] would use
+/// TCP on `raft_address` instead), with nothing but `longship` and `std`:
+///
 /// ```
 /// use std::sync::Arc;
 /// use std::time::Duration;
-/// use longship::{Config, NodeHost, NodeHostConfig, SmEntry, SmError, StateMachine, StopFlag};
-/// use longship_transport::MemNetwork;
+/// use longship::transport::MemNetwork;
+/// use longship::{
+///     Config, NodeHost, NodeHostConfig, ReplicaId, ShardId, SmEntry, SmError, Start,
+///     StateMachine, StopFlag,
+/// };
 ///
 /// /// Counts the proposals it applied.
 /// #[derive(Default)]
@@ -375,18 +451,20 @@ impl Drop for DirLock {
 ///     }
 /// }
 ///
-/// let dir = tempfile::tempdir().unwrap();
+/// let dir = std::env::temp_dir().join(format!("longship-doc-{}", std::process::id()));
 /// let net = MemNetwork::new();
 /// let cfg = NodeHostConfig {
-///     node_host_dir: dir.path().to_path_buf(),
+///     node_host_dir: dir.clone(),
 ///     rtt_ms: 5,
 ///     raft_address: "host1:1".into(),
 ///     ..NodeHostConfig::default()
 /// };
 /// let nh = NodeHost::builder(cfg).transport(Arc::new(net.transport("host1:1"))).build().unwrap();
-/// let members = [(1, "host1:1".to_string())].into_iter().collect();
-/// nh.start_replica(members, false, |_, _| Box::new(Counter::default()), Config::new(100, 1)).unwrap();
-/// let mut session = nh.get_noop_session(100.into());
+/// let shard = ShardId(100);
+/// let members = [(ReplicaId(1), "host1:1".to_string())].into();
+/// let cfg = Config::new(shard, ReplicaId(1));
+/// nh.start_replica(Start::New(members), |_, _| Box::new(Counter::default()), cfg).unwrap();
+/// let mut session = nh.get_noop_session(shard);
 /// let timeout = Duration::from_secs(5);
 /// let result = loop {
 ///     match nh.sync_propose(&mut session, b"hello".to_vec(), timeout) {
@@ -396,9 +474,10 @@ impl Drop for DirLock {
 ///     }
 /// };
 /// assert_eq!(result.value, 1);
-/// let count = nh.sync_read(100.into(), b"", timeout).unwrap();
+/// let count = nh.sync_read(shard, b"", timeout).unwrap();
 /// assert_eq!(count, 1u64.to_le_bytes());
 /// nh.close();
+/// std::fs::remove_dir_all(&dir).unwrap();
 /// ```
 pub struct NodeHost {
     host: Arc<Host>,
@@ -578,66 +657,50 @@ impl NodeHost {
 
     // ------------------------------------------------------------ lifecycle
 
-    /// Starts a replica with an in-memory [`StateMachine`].
+    /// Starts replica `cfg.replica_id` of shard `cfg.shard_id` with an
+    /// in-memory [`StateMachine`] made by `create`: a new shard, a restart,
+    /// or a join, as [`Start`] says (and checks against the data this host
+    /// holds of the replica). `create` runs only once every check passed.
     ///
-    /// `initial_members` (replica id → raft address) bootstraps a new shard
-    /// and must contain this replica; it is ignored when the replica
-    /// restarts from data on this host. `join` starts a replica that was
-    /// added to an existing shard (`initial_members` must then be empty).
-    pub fn start_replica<F>(
-        &self,
-        initial_members: BTreeMap<u64, String>,
-        join: bool,
-        create: F,
-        cfg: Config,
-    ) -> Result<()>
+    /// ```no_run
+    /// # use longship::{Config, NodeHost, ReplicaId, ShardId, Start, StateMachine};
+    /// # fn f(nh: &NodeHost, make: fn() -> Box<dyn StateMachine>) -> longship::Result<()> {
+    /// let members = [(ReplicaId(1), "host1:63001".to_string()), (ReplicaId(2), "host2:63001".to_string())];
+    /// nh.start_replica(Start::New(members.into()), |_, _| make(), Config::new(ShardId(128), ReplicaId(1)))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn start_replica<F>(&self, start: Start, create: F, cfg: Config) -> Result<()>
     where
         F: FnOnce(ShardId, ReplicaId) -> Box<dyn StateMachine>,
     {
         let (shard, replica) = (cfg.shard_id, cfg.replica_id);
         let sm = move || SmFactory::Regular(create(shard, replica));
-        self.start(initial_members, join, sm, cfg)
+        self.start(start, sm, cfg)
     }
 
-    /// Starts a replica with a [`ConcurrentStateMachine`].
-    pub fn start_concurrent_replica<F>(
-        &self,
-        initial_members: BTreeMap<u64, String>,
-        join: bool,
-        create: F,
-        cfg: Config,
-    ) -> Result<()>
+    /// Starts a replica with a [`ConcurrentStateMachine`]; see
+    /// [`start_replica`](Self::start_replica).
+    pub fn start_concurrent_replica<F>(&self, start: Start, create: F, cfg: Config) -> Result<()>
     where
         F: FnOnce(ShardId, ReplicaId) -> Box<dyn ConcurrentStateMachine>,
     {
         let (shard, replica) = (cfg.shard_id, cfg.replica_id);
         let sm = move || SmFactory::Concurrent(create(shard, replica));
-        self.start(initial_members, join, sm, cfg)
+        self.start(start, sm, cfg)
     }
 
-    /// Starts a replica with an [`OnDiskStateMachine`].
-    pub fn start_on_disk_replica<F>(
-        &self,
-        initial_members: BTreeMap<u64, String>,
-        join: bool,
-        create: F,
-        cfg: Config,
-    ) -> Result<()>
+    /// Starts a replica with an [`OnDiskStateMachine`]; see
+    /// [`start_replica`](Self::start_replica).
+    pub fn start_on_disk_replica<F>(&self, start: Start, create: F, cfg: Config) -> Result<()>
     where
         F: FnOnce(ShardId, ReplicaId) -> Box<dyn OnDiskStateMachine>,
     {
         let (shard, replica) = (cfg.shard_id, cfg.replica_id);
         let sm = move || SmFactory::OnDisk(create(shard, replica));
-        self.start(initial_members, join, sm, cfg)
+        self.start(start, sm, cfg)
     }
 
-    fn start(
-        &self,
-        initial_members: BTreeMap<u64, String>,
-        join: bool,
-        sm: impl FnOnce() -> SmFactory,
-        cfg: Config,
-    ) -> Result<()> {
+    fn start(&self, start: Start, sm: impl FnOnce() -> SmFactory, cfg: Config) -> Result<()> {
         let host = &self.host;
         if host.is_stopped() {
             return Err(Error::Stopped);
@@ -647,44 +710,51 @@ impl NodeHost {
         let reserved = host
             .reserve_shard_for_start(shard)
             .ok_or(Error::ShardAlreadyExists(shard))?;
-        let stored = host.logdb.read_state(shard, me);
-        if stored.is_none() {
-            if join {
-                if !initial_members.is_empty() {
-                    return Err(Error::invalid_config(
-                        "initial_members",
-                        "must be empty when joining",
-                    ));
-                }
-            } else {
+        let stored = host.logdb.read_state(shard, me).is_some();
+        match (&start, stored) {
+            (Start::Restart, true) | (Start::Join, false) => {}
+            (Start::New(_) | Start::Join, true) => {
+                return Err(Error::ReplicaHasData {
+                    shard_id: shard,
+                    replica_id: me,
+                });
+            }
+            (Start::Restart, false) => {
+                return Err(Error::ReplicaHasNoData {
+                    shard_id: shard,
+                    replica_id: me,
+                });
+            }
+            (Start::New(initial_members), false) => {
                 if cfg.is_witness || cfg.is_non_voting {
                     return Err(Error::invalid_config(
-                        "join",
-                        "witness and non-voting replicas are added to a shard and started with join",
+                        "is_witness",
+                        "witness and non-voting replicas are added to a running shard and started with Start::Join",
                     ));
                 }
-                if !initial_members.contains_key(&me.0) {
+                if !initial_members.contains_key(&me) {
                     return Err(Error::invalid_config(
-                        "initial_members",
-                        "must contain this replica",
+                        "Start::New",
+                        format!("the initial members must include this replica ({me})"),
                     ));
                 }
-                if initial_members.contains_key(&0) {
+                if initial_members.contains_key(&ReplicaId::NONE) {
                     return Err(Error::invalid_config(
-                        "initial_members",
+                        "Start::New",
                         "replica id 0 is reserved",
                     ));
                 }
                 for a in initial_members.values() {
                     if a.is_empty() || a.len() > 255 {
                         return Err(Error::invalid_config(
-                            "initial_members",
+                            "Start::New",
                             "addresses must be 1..=255 bytes",
                         ));
                     }
                 }
-                let membership =
-                    Membership::with_voters(initial_members.iter().map(|(id, a)| (*id, a.clone())));
+                let membership = Membership::with_voters(
+                    initial_members.iter().map(|(id, a)| (id.0, a.clone())),
+                );
                 let (entries, hard_state) = bootstrap_entries(&membership);
                 host.logdb.save_raft_state(&[LogUpdate {
                     shard_id: shard,
@@ -716,7 +786,7 @@ impl NodeHost {
             heartbeat_rtt: cfg.heartbeat_rtt,
             check_quorum: cfg.check_quorum,
             pre_vote: cfg.pre_vote,
-            max_uncommitted_bytes: cfg.max_in_mem_log_size,
+            max_uncommitted_bytes: cfg.max_uncommitted_bytes,
             // An append (and the batch around it) must fit one transport frame.
             max_append_bytes: longship_raft::Config::default()
                 .max_append_bytes
@@ -1008,7 +1078,7 @@ impl NodeHost {
         change_type: ConfigChangeType,
         replica_id: ReplicaId,
         address: String,
-        config_change_index: u64,
+        config_change_index: Index,
         timeout: Duration,
     ) -> Result<RequestHandle<()>> {
         let r = self.replica_for(shard)?;
@@ -1025,11 +1095,11 @@ impl NodeHost {
             change_type,
             replica_id,
             address,
-            config_change_id: Index(if r.config.ordered_config_change {
+            config_change_id: if r.config.ordered_config_change {
                 config_change_index
             } else {
-                0
-            }),
+                Index(0)
+            },
         };
         let key = self.host.random_id();
         let entry = Entry {
@@ -1065,15 +1135,22 @@ impl NodeHost {
         Ok(handle)
     }
 
-    /// Adds a voting replica, or promotes a non-voting one.
-    /// `config_change_index` is the `config_change_id` of the membership the
-    /// change is based on (checked with `ordered_config_change`).
+    /// Adds a voting replica at `address`, or promotes a non-voting one.
+    /// Start the new replica on its host with [`Start::Join`].
+    ///
+    /// `config_change_index` is the [`MembershipInfo::config_change_id`] of
+    /// the membership the change is based on: with
+    /// [`Config::ordered_config_change`] a change based on an outdated
+    /// membership is refused ([`Error::Rejected`]); without it, it is not
+    /// checked (pass `Index(0)`). The handle completes once the change is
+    /// applied on this replica. A removed replica id is refused
+    /// ([`Error::ReplicaRemoved`]).
     pub fn request_add_replica(
         &self,
         shard: ShardId,
         replica_id: ReplicaId,
         address: impl Into<String>,
-        config_change_index: u64,
+        config_change_index: Index,
         timeout: Duration,
     ) -> Result<RequestHandle<()>> {
         self.config_change(
@@ -1087,26 +1164,32 @@ impl NodeHost {
     }
 
     /// Promotes a non-voting replica to voter (its address is kept).
+    /// `config_change_index` as for
+    /// [`request_add_replica`](Self::request_add_replica).
     pub fn request_promote_non_voting(
         &self,
         shard: ShardId,
         replica_id: ReplicaId,
-        config_change_index: u64,
+        config_change_index: Index,
         timeout: Duration,
     ) -> Result<RequestHandle<()>> {
         let m = self.replica_for(shard)?.rsm.applied().membership;
         let addr = m.non_votings.get(&replica_id).cloned().ok_or_else(|| {
-            Error::Rejected(format!("replica {replica_id} is not a non-voting member"))
+            Error::Rejected(format!(
+                "replica {replica_id} is not a non-voting member of shard {shard}"
+            ))
         })?;
         self.request_add_replica(shard, replica_id, addr, config_change_index, timeout)
     }
 
-    /// Removes a replica for good.
+    /// Removes a replica for good: its id can never be used again in this
+    /// shard. `config_change_index` as for
+    /// [`request_add_replica`](Self::request_add_replica).
     pub fn request_delete_replica(
         &self,
         shard: ShardId,
         replica_id: ReplicaId,
-        config_change_index: u64,
+        config_change_index: Index,
         timeout: Duration,
     ) -> Result<RequestHandle<()>> {
         self.config_change(
@@ -1119,13 +1202,15 @@ impl NodeHost {
         )
     }
 
-    /// Adds a non-voting replica.
+    /// Adds a non-voting replica (it receives the log but does not vote);
+    /// start it with [`Start::Join`]. `config_change_index` as for
+    /// [`request_add_replica`](Self::request_add_replica).
     pub fn request_add_non_voting(
         &self,
         shard: ShardId,
         replica_id: ReplicaId,
         address: impl Into<String>,
-        config_change_index: u64,
+        config_change_index: Index,
         timeout: Duration,
     ) -> Result<RequestHandle<()>> {
         self.config_change(
@@ -1138,13 +1223,16 @@ impl NodeHost {
         )
     }
 
-    /// Adds a witness.
+    /// Adds a witness (it votes and persists log metadata but holds no
+    /// state machine data); start it with [`Start::Join`] and
+    /// [`Config::is_witness`]. `config_change_index` as for
+    /// [`request_add_replica`](Self::request_add_replica).
     pub fn request_add_witness(
         &self,
         shard: ShardId,
         replica_id: ReplicaId,
         address: impl Into<String>,
-        config_change_index: u64,
+        config_change_index: Index,
         timeout: Duration,
     ) -> Result<RequestHandle<()>> {
         self.config_change(
@@ -1196,15 +1284,13 @@ impl NodeHost {
         Ok(r.core.lock().raft.status())
     }
 
-    /// The leader as known by the local replica.
-    pub fn get_leader_id(&self, shard: ShardId) -> Result<LeaderId> {
+    /// The leader of `shard` as known by the local replica: `None` while
+    /// no leader is known (during an election). Not linearizable: another
+    /// replica may already lead in a newer term.
+    pub fn get_leader(&self, shard: ShardId) -> Result<Option<Leader>> {
         let r = self.replica_for(shard)?;
-        let (leader_id, term) = r.leader();
-        Ok(LeaderId {
-            leader_id,
-            term,
-            valid: !leader_id.is_none(),
-        })
+        let (replica_id, term) = r.leader();
+        Ok((!replica_id.is_none()).then_some(Leader { replica_id, term }))
     }
 
     /// Whether log storage holds data of (shard, replica).
@@ -1257,13 +1343,21 @@ impl NodeHost {
         }
     }
 
-    /// Requests a snapshot now; completes with its index.
+    /// Requests a snapshot of the local replica of `shard` now. The handle
+    /// completes with the snapshot's index and, when
+    /// [`SnapshotOption::export_path`] is set, the directory it was exported
+    /// to (see there for how exports are named and what a second export of
+    /// the same index does).
+    ///
+    /// A replica that applied nothing since its last snapshot refuses with
+    /// [`Error::Rejected`] (nothing new to snapshot): propose something
+    /// first, or use the last snapshot.
     pub fn request_snapshot(
         &self,
         shard: ShardId,
         opt: SnapshotOption,
         timeout: Duration,
-    ) -> Result<RequestHandle<Index>> {
+    ) -> Result<RequestHandle<SnapshotResult>> {
         let r = self.replica_for(shard)?;
         let deadline = self.deadline(timeout)?;
         let (handle, completer) = request();

@@ -75,7 +75,7 @@ pub(crate) struct Pending {
     /// Requested snapshots: (completer, deadline, options, applied index at
     /// request time). The first snapshot saved at or past that index answers it.
     pub(crate) snapshots: Vec<(
-        Completer<Index>,
+        Completer<crate::nodehost::SnapshotResult>,
         u64,
         crate::nodehost::SnapshotOption,
         Index,

@@ -1,5 +1,34 @@
 //! Offline tools: repairing a shard that lost its quorum for good by
-//! importing an exported snapshot, and inspecting a NodeHost's directory.
+//! importing an exported snapshot ([`import_snapshot`]), and inspecting a
+//! NodeHost's directory ([`inspect`]).
+//!
+//! # Repairing a shard that lost its quorum
+//!
+//! 1. Before anything is lost (e.g. nightly), export a snapshot:
+//!    [`NodeHost::request_snapshot`](crate::NodeHost::request_snapshot) with
+//!    [`SnapshotOption::export_path`](crate::SnapshotOption::export_path);
+//!    the completed request names the exported directory
+//!    ([`SnapshotResult::export_dir`](crate::SnapshotResult::export_dir)).
+//!    Keep the membership too
+//!    ([`NodeHost::sync_get_shard_membership`](crate::NodeHost::sync_get_shard_membership)).
+//! 2. When a majority of the shard's hosts is lost for good, choose the new
+//!    members: the surviving replicas, plus replicas with new ids on new
+//!    hosts (removed ids are never reused).
+//! 3. Stop the NodeHost on every host of the new membership, copy the
+//!    exported directory there (under the same name), and run
+//!    [`import_snapshot`] (or `longship import-snapshot`) on each with the
+//!    same snapshot and the same members. New hosts need no earlier data:
+//!    the import creates it.
+//! 4. Start the NodeHosts and each replica with
+//!    [`Start::Restart`](crate::Start::Restart): every member, new ones
+//!    included, restarts from the import.
+//!
+//! The whole scenario, runnable (`cargo run --example repair`; also run by
+//! `cargo test` as this documentation's test):
+//!
+//! ```
+#![doc = include_str!("../examples/repair.rs")]
+//! ```
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -14,27 +43,54 @@ use longship_storage::vfs::{FileSystem, OsFs};
 use crate::config::NodeHostConfig;
 use crate::error::{Error, Result};
 use crate::nodehost::DirLock;
+#[allow(unused_imports)] // links in the documentation
+use crate::nodehost::{MembershipInfo, SnapshotResult};
 
-/// Rewrites the history of replica `replica_id` so that it owns the
-/// snapshot exported in `snapshot_dir` and the shard's membership becomes
-/// `members` (replica id → raft address). Entries after the snapshot are
-/// gone; replicas of the old membership that are not in `members` are
-/// removed for good (their ids can never be used again).
+/// What [`import_snapshot`] installed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportedSnapshot {
+    /// The shard, from the snapshot's metadata.
+    pub shard_id: ShardId,
+    /// The replica whose history was rewritten.
+    pub replica_id: ReplicaId,
+    /// Index of the snapshot: the replica's log now starts after it.
+    pub index: Index,
+}
+
+/// Rewrites the history of replica `replica_id` on the NodeHost of
+/// `nh_config` so that it owns the snapshot exported in `snapshot_dir` and
+/// the shard's membership becomes `members` (replica id → raft address, all
+/// voters). The shard is the one of the snapshot (its metadata names it);
+/// there is no shard argument. Entries after the snapshot are gone; replicas
+/// of the old membership that are not in `members` are removed for good
+/// (their ids can never be used again).
+///
+/// `snapshot_dir` is the directory [`NodeHost::request_snapshot`] returned
+/// in [`SnapshotResult::export_dir`] (`<export_path>/snapshot-<index as 16
+/// hex digits>`), or a copy of it under the same name; `members` can be the
+/// [`MembershipInfo::voters`] of a membership read earlier, edited.
 ///
 /// Use it only when a shard lost its quorum permanently: stop the NodeHost
-/// on every host involved, run it on each host of the new membership with
-/// the same `snapshot_dir` content and the same `members`, then restart the
-/// NodeHosts and their replicas as after a reboot.
+/// on every host of the new membership (survivors and new hosts alike), run
+/// it there for each one's replica with the same snapshot and the same
+/// `members`, then start the NodeHosts and each replica with
+/// [`Start::Restart`](crate::Start::Restart): after an import every member
+/// restarts from the imported data, none bootstraps or joins. The module
+/// documentation walks through the whole repair.
 ///
 /// Checks before changing anything: `members` is non-empty, contains
 /// `replica_id`, and reuses no removed id; the snapshot is complete and
 /// every checksum matches; no running NodeHost holds the directory.
+///
+/// [`NodeHost::request_snapshot`]: crate::NodeHost::request_snapshot
+/// [`SnapshotResult::export_dir`]: crate::SnapshotResult::export_dir
+/// [`MembershipInfo::voters`]: crate::MembershipInfo::voters
 pub fn import_snapshot(
     nh_config: &NodeHostConfig,
     snapshot_dir: &Path,
-    members: &BTreeMap<u64, String>,
-    replica_id: u64,
-) -> Result<()> {
+    members: &BTreeMap<ReplicaId, String>,
+    replica_id: ReplicaId,
+) -> Result<ImportedSnapshot> {
     import_on(
         nh_config,
         Arc::new(OsFs::new()),
@@ -51,9 +107,9 @@ pub fn import_snapshot_with(
     nh_config: &NodeHostConfig,
     fs: Arc<dyn FileSystem>,
     snapshot_dir: &Path,
-    members: &BTreeMap<u64, String>,
-    replica_id: u64,
-) -> Result<()> {
+    members: &BTreeMap<ReplicaId, String>,
+    replica_id: ReplicaId,
+) -> Result<ImportedSnapshot> {
     import_on(nh_config, fs, false, snapshot_dir, members, replica_id)
 }
 
@@ -62,22 +118,24 @@ fn import_on(
     fs: Arc<dyn FileSystem>,
     os: bool,
     snapshot_dir: &Path,
-    members: &BTreeMap<u64, String>,
-    replica_id: u64,
-) -> Result<()> {
+    members: &BTreeMap<ReplicaId, String>,
+    replica_id: ReplicaId,
+) -> Result<ImportedSnapshot> {
     if nh_config.node_host_dir.as_os_str().is_empty() {
         return Err(Error::invalid_config("node_host_dir", "must be set"));
     }
     if members.is_empty() {
         return Err(Error::invalid_config("members", "must not be empty"));
     }
-    if replica_id == 0 || !members.contains_key(&replica_id) {
+    if replica_id.is_none() || !members.contains_key(&replica_id) {
         return Err(Error::invalid_config(
             "members",
-            "must contain the replica being repaired",
+            format!("must contain the replica being repaired ({replica_id})"),
         ));
     }
-    if members.contains_key(&0) || members.values().any(|a| a.is_empty() || a.len() > 255) {
+    if members.contains_key(&ReplicaId::NONE)
+        || members.values().any(|a| a.is_empty() || a.len() > 255)
+    {
         return Err(Error::invalid_config(
             "members",
             "ids must be non-zero and addresses 1..=255 bytes",
@@ -86,7 +144,11 @@ fn import_on(
     if !fs.is_dir(snapshot_dir) {
         return Err(Error::invalid_config(
             "snapshot_dir",
-            format!("{} is not a directory", snapshot_dir.display()),
+            format!(
+                "{} is not a directory: pass the directory request_snapshot returned \
+                 in SnapshotResult::export_dir",
+                snapshot_dir.display()
+            ),
         ));
     }
     // The exported snapshot: read its description, then verify every byte.
@@ -98,10 +160,16 @@ fn import_on(
         .ok_or_else(|| Error::invalid_config("snapshot_dir", "has no parent directory"))?;
     let src_store =
         SnapshotStore::open_dir(fs.clone(), parent.to_path_buf(), shard, src_info.replica)?;
-    if src_store.snapshot_dir(index) != snapshot_dir {
+    let expected = src_store.snapshot_dir(index);
+    if expected != snapshot_dir {
         return Err(Error::invalid_config(
             "snapshot_dir",
-            "must be a snapshot directory as written by an export (snapshot-<index>)",
+            format!(
+                "{} holds the snapshot at index {index}, which an export names {}: \
+                 keep the name the export gave it",
+                snapshot_dir.display(),
+                expected.file_name().unwrap_or_default().to_string_lossy(),
+            ),
         ));
     }
     src_store.verify(index)?;
@@ -109,10 +177,7 @@ fn import_on(
     let old = &src_info.meta.membership;
     let mut membership = Membership {
         config_change_id: old.config_change_id,
-        voters: members
-            .iter()
-            .map(|(id, a)| (ReplicaId(*id), a.clone()))
-            .collect(),
+        voters: members.clone(),
         removed: old.removed.clone(),
         ..Membership::default()
     };
@@ -131,7 +196,7 @@ fn import_on(
 
     fs.create_dir_all(&nh_config.node_host_dir)?;
     let _lock = DirLock::acquire(&nh_config.node_host_dir, os)?;
-    let me = ReplicaId(replica_id);
+    let me = replica_id;
     let store = SnapshotStore::open(
         fs.clone(),
         &nh_config.node_host_dir.join("snapshots"),
@@ -162,17 +227,19 @@ fn import_on(
     wal.import_snapshot(shard, me, &info.meta)?;
     wal.close()?;
     tracing::info!(%shard, replica = %me, %index, "snapshot imported; history rewritten");
-    Ok(())
+    Ok(ImportedSnapshot {
+        shard_id: shard,
+        replica_id: me,
+        index,
+    })
 }
 
 fn read_info(fs: &dyn FileSystem, dir: &Path) -> Result<SnapshotInfo> {
     let path = dir.join(META_FILE_NAME);
-    let f = fs.open_read(&path).map_err(|e| {
-        Error::invalid_config(
-            "snapshot_dir",
-            format!("incomplete snapshot: {}: {e}", path.display()),
-        )
-    })?;
+    if !fs.exists(&path) {
+        return Err(not_a_snapshot(fs, dir));
+    }
+    let f = fs.open_read(&path)?;
     let len = f.len()?;
     if len > longship_storage::snapshot::META_BODY_MAX_BYTES as u64 + 64 {
         return Err(Error::invalid_config(
@@ -193,6 +260,39 @@ fn read_info(fs: &dyn FileSystem, dir: &Path) -> Result<SnapshotInfo> {
     Ok(SnapshotInfo::decode(&buf, &path)?)
 }
 
+/// The error for a `snapshot_dir` without snapshot metadata, with a hint
+/// when it is the export directory itself (its `snapshot-*` children are
+/// the snapshots).
+fn not_a_snapshot(fs: &dyn FileSystem, dir: &Path) -> Error {
+    let mut children: Vec<String> = fs
+        .list(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?.to_string();
+            let is_snapshot = name.starts_with("snapshot-")
+                && !name.contains(".tmp")
+                && fs.exists(&dir.join(&name).join(META_FILE_NAME));
+            is_snapshot.then_some(name)
+        })
+        .collect();
+    children.sort();
+    let reason = match children.last() {
+        Some(newest) => format!(
+            "{} is a directory of exported snapshots, not a snapshot: pass one of its \
+             snapshot-<index> children (the newest is {})",
+            dir.display(),
+            dir.join(newest).display()
+        ),
+        None => format!(
+            "{} holds no snapshot (no {META_FILE_NAME}): pass the directory \
+             request_snapshot returned in SnapshotResult::export_dir",
+            dir.display()
+        ),
+    };
+    Error::invalid_config("snapshot_dir", reason)
+}
+
 /// One replica found by [`inspect`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaReport {
@@ -204,7 +304,9 @@ pub struct ReplicaReport {
     pub first_index: Index,
     /// Last log index.
     pub last_index: Index,
-    /// Term, vote, commit.
+    /// Term and vote, and the commit index as last persisted: commit is
+    /// written lazily, so the shard may have committed more (up to
+    /// `last_index`).
     pub hard_state: longship_raft::HardState,
     /// Snapshot recorded in the log storage.
     pub snapshot_index: Index,

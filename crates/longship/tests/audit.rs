@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use longship::{
-    ConcurrentStateMachine, Config, Error, NodeHost, RequestHandle, ShardId, SmEntry, SmError,
-    SnapshotOption, StateMachine, StopFlag,
+    ConcurrentStateMachine, Config, Error, Index, NodeHost, RequestHandle, ShardId, SmEntry,
+    SmError, SnapshotOption, Start, StateMachine, StopFlag,
 };
 
 /// Waits for a request's outcome for at most `within`; `None` if it did not
@@ -82,8 +82,7 @@ impl StateMachine for Faulty {
 fn start_faulty(nh: &NodeHost, shard: u64, cfg: Config, ctl: &Arc<Control>) {
     let ctl = ctl.clone();
     nh.start_replica(
-        TestCluster::members(&[1]),
-        false,
+        new_or_restart(nh, shard, cfg.replica_id.0, &[1]),
         move |_, _| {
             Box::new(Faulty {
                 kv: Kv::default(),
@@ -147,7 +146,8 @@ fn no_snapshot_is_taken_of_a_failed_replica() {
     assert!(blocker.wait().is_ok());
     assert!(boom.wait().is_err());
     wait_until("replica failed", TIMEOUT, || is_failed(c.nh(1), 1));
-    if let Ok(index) = snap.wait() {
+    if let Ok(done) = snap.wait() {
+        let index = done.index;
         assert!(
             index.0 < boom_index,
             "snapshot at {index} covers the failed entry at {boom_index}"
@@ -246,13 +246,14 @@ impl ConcurrentStateMachine for SlowSave {
 
 /// Starts a SlowSave replica of shard 1 on host 1, requests a snapshot and
 /// returns once its save is in progress (with the request's handle).
-fn slow_save_in_progress(c: &TestCluster) -> (Arc<SaveProbe>, RequestHandle<longship::Index>) {
+fn slow_save_in_progress(
+    c: &TestCluster,
+) -> (Arc<SaveProbe>, RequestHandle<longship::SnapshotResult>) {
     let probe = Arc::new(SaveProbe::default());
     let p = probe.clone();
     c.nh(1)
         .start_concurrent_replica(
-            TestCluster::members(&[1]),
-            false,
+            Start::New(TestCluster::members(&[1])),
             move |_, _| {
                 Box::new(SlowSave {
                     kv: Mutex::new(Kv::default()),
@@ -408,8 +409,7 @@ fn stop_shard_waits_for_the_log_write_in_flight() {
         .build()
         .unwrap();
     nh.start_replica(
-        TestCluster::members(&[1]),
-        false,
+        Start::New(TestCluster::members(&[1])),
         |_, _| Box::new(Kv::default()),
         config(1, 1),
     )
@@ -511,7 +511,7 @@ fn a_snapshot_stream_installs_only_on_the_replica_it_was_for() {
     c.start_shard(2, &[1]);
     c.propose(1, 1, "set a 1");
     c.propose(1, 2, "set a 1");
-    let term = c.nh(1).get_leader_id(ShardId(2)).unwrap().term;
+    let term = c.nh(1).get_leader(ShardId(2)).unwrap().unwrap().term;
     let data = b"LSRS";
     let info = snapshot_info(1, 1000, data);
     let peer = c.net.transport("peer:1");
@@ -572,7 +572,7 @@ fn an_install_snapshot_in_a_message_batch_is_ignored() {
     wait_until("follower knows the leader", TIMEOUT, || {
         c.leader_seen_by(f, 1) == l
     });
-    let term = c.nh(f).get_leader_id(ShardId(1)).unwrap().term;
+    let term = c.nh(f).get_leader(ShardId(1)).unwrap().unwrap().term;
     let membership =
         longship_raft::Membership::with_voters([(1, addr(1)), (2, addr(2)), (3, addr(3))]);
     let m = longship_raft::Message {
@@ -619,7 +619,7 @@ fn messages_no_correct_peer_sends_do_not_stop_the_leader() {
     c.propose(1, 1, "set a 1");
     let l = c.wait_leader(1);
     let f = if l == 1 { 2 } else { 1 };
-    let term = c.nh(l).get_leader_id(ShardId(1)).unwrap().term;
+    let term = c.nh(l).get_leader(ShardId(1)).unwrap().unwrap().term;
     let last = last_index(c.nh(l), 1);
     let from_f = |t: MessageType| Message {
         term,
@@ -659,7 +659,7 @@ fn messages_no_correct_peer_sends_do_not_stop_the_leader() {
         matches!(p, Some(Ok(_))),
         "the leader stopped working: {p:?}"
     );
-    assert_eq!(c.nh(l).get_leader_id(ShardId(1)).unwrap().term, term);
+    assert_eq!(c.nh(l).get_leader(ShardId(1)).unwrap().unwrap().term, term);
 }
 
 // Two concurrent starts of one shard both created and opened a state
@@ -679,8 +679,7 @@ fn concurrent_starts_of_a_shard_create_one_state_machine() {
                 s.spawn(move || {
                     barrier.wait();
                     nh.start_replica(
-                        TestCluster::members(&[1]),
-                        false,
+                        Start::New(TestCluster::members(&[1])),
                         move |_, _| {
                             created.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             Box::new(Kv::default())
@@ -708,7 +707,7 @@ fn concurrent_starts_of_a_shard_create_one_state_machine() {
         c.nh(1).stop_replica(ShardId(1), longship::ReplicaId(1)),
         Err(longship::Error::ShardNotFound(_))
     ));
-    c.start_replica_on(1, &[], false, config(1, 1));
+    c.start_replica_on(1, Start::Restart, config(1, 1));
     assert_eq!(c.read(1, 1, "get a"), b"1");
 }
 
@@ -760,19 +759,18 @@ fn a_stalled_follower_does_not_campaign_against_a_live_leader() {
             ..config(1, i as u64 + 1)
         };
         nh.start_replica(
-            TestCluster::members(&[1, 2, 3]),
-            false,
+            Start::New(TestCluster::members(&[1, 2, 3])),
             |_, _| Box::new(Kv::default()),
             cfg,
         )
         .unwrap();
     }
-    let leader_of = |nh: &NodeHost| nh.get_leader_id(ShardId(1)).unwrap();
+    let leader_of = |nh: &NodeHost| nh.get_leader(ShardId(1)).unwrap();
     for _ in 0..1000 {
         settle(&all);
         if all.iter().all(|nh| {
             let l = leader_of(nh);
-            l.valid && l.leader_id == leader_of(all[0]).leader_id
+            l.is_some() && l == leader_of(all[0])
         }) {
             break;
         }
@@ -780,9 +778,8 @@ fn a_stalled_follower_does_not_campaign_against_a_live_leader() {
             nh.tick();
         }
     }
-    let before = leader_of(all[0]);
-    assert!(before.valid, "no leader elected");
-    let l = before.leader_id.0 as usize - 1;
+    let before = leader_of(all[0]).expect("no leader elected");
+    let l = before.replica_id.0 as usize - 1;
     let f = (l + 1) % 3;
     let others: Vec<&NodeHost> = (0..3).filter(|&i| i != f).map(|i| all[i]).collect();
     // The follower's worker stalls for four election timeouts of ticks,
@@ -797,10 +794,10 @@ fn a_stalled_follower_does_not_campaign_against_a_live_leader() {
     settle(&all);
     assert_eq!(
         leader_of(all[f]),
-        before,
+        Some(before),
         "the stalled follower campaigned against a live leader"
     );
-    assert_eq!(leader_of(all[l]), before);
+    assert_eq!(leader_of(all[l]), Some(before));
 }
 
 /// A NodeHost driven by hand (no threads) on `dir`.
@@ -843,8 +840,7 @@ fn a_snapshot_request_refused_as_busy_does_not_stop_automatic_snapshots() {
     let nh = manual_host(dir.path(), &net);
     for shard in [1, 2] {
         nh.start_replica(
-            TestCluster::members(&[1]),
-            false,
+            Start::New(TestCluster::members(&[1])),
             |_, _| Box::new(Kv::default()),
             Config {
                 snapshot_entries: 10,
@@ -854,9 +850,11 @@ fn a_snapshot_request_refused_as_busy_does_not_stop_automatic_snapshots() {
         .unwrap();
     }
     drive_until(&nh, "leaders", || {
-        [1, 2]
-            .iter()
-            .all(|&s| nh.get_leader_id(ShardId(s)).unwrap().leader_id.0 == 1)
+        [1, 2].iter().all(|&s| {
+            nh.get_leader(ShardId(s))
+                .unwrap()
+                .is_some_and(|l| l.replica_id.0 == 1)
+        })
     });
     // Shard 1's requests fill the snapshot job queue; shard 2's is refused.
     let mut held = Vec::new();
@@ -905,8 +903,7 @@ fn a_huge_timeout_does_not_overflow() {
         .build()
         .unwrap();
     nh.start_replica(
-        TestCluster::members(&[1]),
-        false,
+        Start::New(TestCluster::members(&[1])),
         |_, _| Box::new(Kv::default()),
         config(1, 1),
     )
@@ -1001,8 +998,7 @@ fn a_slow_snapshot_export_does_not_stall_other_shards() {
         .unwrap();
     for shard in [1, 2] {
         nh.start_replica(
-            TestCluster::members(&[1]),
-            false,
+            Start::New(TestCluster::members(&[1])),
             |_, _| Box::new(Kv::default()),
             config(shard, 1),
         )
@@ -1093,8 +1089,7 @@ fn applies_resume_once_a_snapshot_is_prepared() {
     let g = gates.clone();
     c.nh(1)
         .start_concurrent_replica(
-            TestCluster::members(&[1]),
-            false,
+            Start::New(TestCluster::members(&[1])),
             move |_, _| {
                 Box::new(GatedSave {
                     kv: Mutex::new(Kv::default()),
@@ -1145,7 +1140,7 @@ fn a_malformed_append_is_ignored() {
     wait_until("follower knows the leader", TIMEOUT, || {
         c.leader_seen_by(f, 1) == l
     });
-    let term = c.nh(f).get_leader_id(ShardId(1)).unwrap().term;
+    let term = c.nh(f).get_leader(ShardId(1)).unwrap().unwrap().term;
     let last = last_index(c.nh(f), 1);
     let m = longship_raft::Message {
         term,
@@ -1213,8 +1208,7 @@ fn a_failing_automatic_snapshot_is_not_retried_in_a_loop() {
     let a = attempts.clone();
     c.nh(1)
         .start_replica(
-            TestCluster::members(&[1]),
-            false,
+            Start::New(TestCluster::members(&[1])),
             move |_, _| {
                 Box::new(FailingSave {
                     kv: Kv::default(),
@@ -1267,8 +1261,7 @@ fn apply_batches_respect_max_apply_batch_bytes() {
     let largest = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let l = largest.clone();
     nh.start_replica(
-        TestCluster::members(&[1]),
-        false,
+        Start::New(TestCluster::members(&[1])),
         move |_, _| {
             // Records the size of the largest batch `update` got.
             let l = l.clone();
@@ -1285,7 +1278,9 @@ fn apply_batches_respect_max_apply_batch_bytes() {
     )
     .unwrap();
     drive_until(&nh, "leader", || {
-        nh.get_leader_id(ShardId(1)).unwrap().leader_id.0 == 1
+        nh.get_leader(ShardId(1))
+            .unwrap()
+            .is_some_and(|l| l.replica_id.0 == 1)
     });
     let s = nh.get_noop_session(ShardId(1));
     let handles: Vec<_> = (0..20)
@@ -1365,8 +1360,7 @@ fn start_quits_on_stop(c: &TestCluster, saving: &Arc<AtomicBool>) {
     let saving = saving.clone();
     c.nh(1)
         .start_concurrent_replica(
-            TestCluster::members(&[1]),
-            false,
+            new_or_restart(c.nh(1), 1, 1, &[1]),
             move |_, _| {
                 Box::new(QuitsOnStop {
                     kv: Mutex::new(Kv::default()),
@@ -1469,8 +1463,7 @@ fn nothing_is_applied_after_a_recovery_cut_short() {
         let p = probe.clone();
         c.nh(3)
             .start_concurrent_replica(
-                TestCluster::members(&[1, 2, 3]),
-                false,
+                new_or_restart(c.nh(3), 1, 3, &[1, 2, 3]),
                 move |_, _| {
                     Box::new(SlowRecover {
                         kv: Mutex::new(Kv::default()),
@@ -1482,7 +1475,11 @@ fn nothing_is_applied_after_a_recovery_cut_short() {
             .unwrap();
     };
     for i in 1..=2 {
-        c.start_replica_on(i, &[1, 2, 3], false, config(1, i));
+        c.start_replica_on(
+            i,
+            Start::New(TestCluster::members(&[1, 2, 3])),
+            config(1, i),
+        );
     }
     start_3(&c, &probe);
     c.propose(1, 1, "set a 1");
@@ -1626,10 +1623,12 @@ fn a_failed_snapshot_stream_is_always_reported() {
         panic!("never happened: {what}");
     };
     let kv = |_, _| -> Box<dyn StateMachine> { Box::new(Kv::default()) };
-    nh1.start_replica(TestCluster::members(&[1]), false, kv, config(1, 1))
+    nh1.start_replica(Start::New(TestCluster::members(&[1])), kv, config(1, 1))
         .unwrap();
     until("leader", &mut || {
-        nh1.get_leader_id(ShardId(1)).unwrap().leader_id.0 == 1
+        nh1.get_leader(ShardId(1))
+            .unwrap()
+            .is_some_and(|l| l.replica_id.0 == 1)
     });
     let s = nh1.get_noop_session(ShardId(1));
     for i in 0..5 {
@@ -1643,12 +1642,17 @@ fn a_failed_snapshot_stream_is_always_reported() {
     let h = nh1.request_snapshot(ShardId(1), opt, TIMEOUT).unwrap();
     until("snapshot", &mut || h.try_result().is_some());
     let h = nh1
-        .request_add_non_voting(ShardId(1), longship::ReplicaId(3), addr(3), 0, TIMEOUT)
+        .request_add_non_voting(
+            ShardId(1),
+            longship::ReplicaId(3),
+            addr(3),
+            Index(0),
+            TIMEOUT,
+        )
         .unwrap();
     until("replica 3 added", &mut || h.try_result().is_some());
     nh3.start_replica(
-        Default::default(),
-        true,
+        Start::Join,
         kv,
         Config {
             is_non_voting: true,
@@ -1673,8 +1677,7 @@ fn stopping_a_replica_ends_its_snapshot_streams() {
     let nh = manual_host(dir.path(), &net);
     for shard in 1..=65 {
         nh.start_replica(
-            TestCluster::members(&[1]),
-            false,
+            Start::New(TestCluster::members(&[1])),
             |_, _| Box::new(Kv::default()),
             config(shard, 1),
         )

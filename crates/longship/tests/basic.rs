@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use longship::ShardId;
+use longship::Start;
 
 #[test]
 fn three_hosts_replicate_and_read_linearizably() {
@@ -44,12 +45,7 @@ fn restart_keeps_applied_state() {
         c.start_host(h);
         assert!(c.nh(h).has_node_info(ShardId(1), longship::ReplicaId(h)));
         c.nh(h)
-            .start_replica(
-                Default::default(),
-                false,
-                |_, _| Box::new(Kv::default()),
-                config(1, h),
-            )
+            .start_replica(Start::Restart, |_, _| Box::new(Kv::default()), config(1, h))
             .unwrap();
     }
     for h in 1..=3 {
@@ -67,12 +63,7 @@ fn a_restarted_host_with_a_fixed_seed_does_not_reuse_client_ids() {
     c.stop_host(1);
     c.start_host(1);
     c.nh(1)
-        .start_replica(
-            Default::default(),
-            false,
-            |_, _| Box::new(Kv::default()),
-            config(1, 1),
-        )
+        .start_replica(Start::Restart, |_, _| Box::new(Kv::default()), config(1, 1))
         .unwrap();
     c.wait_leader(1);
     let after = retry(|| c.nh(1).sync_get_session(ShardId(1), TIMEOUT));

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use longship::events::{LeaderInfo, SnapshotInfo};
+use longship::events::{LeaderEvent, SnapshotEvent};
 use longship::{Config, EventListener, Index, NodeHost, ReplicaId, ShardId, SnapshotOption};
 use longship_transport::MemNetwork;
 
@@ -25,12 +25,12 @@ fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Event {
-    Leader(LeaderInfo),
+    Leader(LeaderEvent),
     Membership(ShardId, ReplicaId, Index),
-    SnapshotCreated(SnapshotInfo),
-    SnapshotRecovered(SnapshotInfo),
-    SnapshotReceived(SnapshotInfo),
-    LogCompacted(SnapshotInfo),
+    SnapshotCreated(SnapshotEvent),
+    SnapshotRecovered(SnapshotEvent),
+    SnapshotReceived(SnapshotEvent),
+    LogCompacted(SnapshotEvent),
     Ready(ShardId, ReplicaId),
     Unloaded(ShardId, ReplicaId),
 }
@@ -54,22 +54,22 @@ impl Recorder {
 }
 
 impl EventListener for Recorder {
-    fn leader_updated(&self, info: LeaderInfo) {
+    fn leader_updated(&self, info: LeaderEvent) {
         self.push(Event::Leader(info));
     }
     fn membership_changed(&self, shard: ShardId, replica: ReplicaId, index: Index) {
         self.push(Event::Membership(shard, replica, index));
     }
-    fn snapshot_created(&self, info: SnapshotInfo) {
+    fn snapshot_created(&self, info: SnapshotEvent) {
         self.push(Event::SnapshotCreated(info));
     }
-    fn snapshot_recovered(&self, info: SnapshotInfo) {
+    fn snapshot_recovered(&self, info: SnapshotEvent) {
         self.push(Event::SnapshotRecovered(info));
     }
-    fn snapshot_received(&self, info: SnapshotInfo) {
+    fn snapshot_received(&self, info: SnapshotEvent) {
         self.push(Event::SnapshotReceived(info));
     }
-    fn log_compacted(&self, info: SnapshotInfo) {
+    fn log_compacted(&self, info: SnapshotEvent) {
         self.push(Event::LogCompacted(info));
     }
     fn replica_ready(&self, shard: ShardId, replica: ReplicaId) {
@@ -135,8 +135,7 @@ impl Hosts {
     fn start(&self, i: u64, members: &[u64], cfg: Config) {
         self.nh(i)
             .start_replica(
-                TestCluster::members(members),
-                false,
+                new_or_restart(self.nh(i), cfg.shard_id.0, i, members),
                 |_, _| Box::new(Kv::default()),
                 cfg,
             )
@@ -148,8 +147,8 @@ impl Hosts {
         self.hosts
             .iter()
             .find(|(i, nh)| {
-                nh.get_leader_id(ShardId(shard))
-                    .is_ok_and(|l| l.valid && l.leader_id.0 == **i)
+                nh.get_leader(ShardId(shard))
+                    .is_ok_and(|l| l.is_some_and(|l| l.replica_id.0 == **i))
             })
             .map_or(0, |(i, _)| *i)
     }
@@ -187,7 +186,7 @@ fn listener_sees_leadership_membership_and_lifecycle() {
         );
     }
     let leader = h.wait_leader(1);
-    let term = h.nh(leader).get_leader_id(ShardId(1)).unwrap().term;
+    let term = h.nh(leader).get_leader(ShardId(1)).unwrap().unwrap().term;
     // Every replica reports the leader it learnt, in the leader's term.
     for i in 1..=3 {
         wait_for("leader_updated", TIMEOUT, || {
@@ -204,7 +203,7 @@ fn listener_sees_leadership_membership_and_lifecycle() {
     propose(h.nh(leader), 1, "x");
     retry(|| {
         h.nh(leader)
-            .request_add_non_voting(ShardId(1), ReplicaId(4), addr(4), 0, TIMEOUT)?
+            .request_add_non_voting(ShardId(1), ReplicaId(4), addr(4), Index(0), TIMEOUT)?
             .wait()
     });
     let m = retry(|| h.nh(leader).sync_get_shard_membership(ShardId(1), TIMEOUT));
@@ -296,7 +295,7 @@ fn listener_sees_automatic_snapshots_and_compaction() {
                     "snapshots every 5 entries: {events:?}"
                 );
                 last = s.index;
-                let compacted = Event::LogCompacted(SnapshotInfo {
+                let compacted = Event::LogCompacted(SnapshotEvent {
                     index: Index(s.index.0 - 2),
                     ..*s
                 });
@@ -332,8 +331,9 @@ fn listener_sees_requested_snapshot_and_catch_up() {
             h.nh(r)
                 .request_snapshot(ShardId(1), opt.clone(), TIMEOUT)?
                 .wait()
-        });
-        let created = SnapshotInfo {
+        })
+        .index;
+        let created = SnapshotEvent {
             shard_id: ShardId(1),
             replica_id: ReplicaId(r),
             index,

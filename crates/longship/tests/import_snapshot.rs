@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use common::*;
 use longship::tools::import_snapshot;
-use longship::{Error, ReplicaId, ShardId, SnapshotOption};
+use longship::{Error, Index, ReplicaId, ShardId, SnapshotOption, Start};
 
 const SHARD: u64 = 100;
 
-fn members(ids: &[u64]) -> BTreeMap<u64, String> {
-    ids.iter().map(|&i| (i, addr(i))).collect()
+fn members(ids: &[u64]) -> BTreeMap<ReplicaId, String> {
+    ids.iter().map(|&i| (ReplicaId(i), addr(i))).collect()
 }
 
 #[test]
@@ -38,13 +38,23 @@ fn import_snapshot_repairs_a_shard_that_lost_its_quorum() {
         export_path: Some(export.clone()),
         compaction_overhead: None,
     };
-    let index = retry(|| {
+    let done = retry(|| {
         c.nh(1)
             .request_snapshot(ShardId(SHARD), opt.clone(), TIMEOUT)?
             .wait()
     });
-    let snapshot_dir = export.join(longship_storage::snapshot::snapshot_dir_name(index));
+    // The request names the exported directory.
+    let snapshot_dir = done.export_dir.expect("an export names its directory");
+    assert_eq!(
+        snapshot_dir,
+        export.join(format!("snapshot-{:016x}", done.index.0))
+    );
     assert!(snapshot_dir.is_dir());
+    // The membership as read before the loss, edited, is the new member list.
+    let mut new_members =
+        retry(|| c.nh(1).sync_get_shard_membership(ShardId(SHARD), TIMEOUT)).voters;
+    new_members.retain(|id, _| *id == ReplicaId(1));
+    new_members.extend(members(&[4, 5]));
     // Writes after the export are lost by the repair.
     retry(|| {
         c.nh(leader)
@@ -56,7 +66,7 @@ fn import_snapshot_repairs_a_shard_that_lost_its_quorum() {
 
     // Bad inputs change nothing.
     let cfg1 = c.host_config(1);
-    let err = import_snapshot(&cfg1, &snapshot_dir, &BTreeMap::new(), 1).unwrap_err();
+    let err = import_snapshot(&cfg1, &snapshot_dir, &BTreeMap::new(), ReplicaId(1)).unwrap_err();
     assert!(
         matches!(
             err,
@@ -67,7 +77,7 @@ fn import_snapshot_repairs_a_shard_that_lost_its_quorum() {
         ),
         "{err}"
     );
-    let err = import_snapshot(&cfg1, &snapshot_dir, &members(&[4, 5]), 1).unwrap_err();
+    let err = import_snapshot(&cfg1, &snapshot_dir, &members(&[4, 5]), ReplicaId(1)).unwrap_err();
     assert!(
         matches!(
             err,
@@ -78,8 +88,13 @@ fn import_snapshot_repairs_a_shard_that_lost_its_quorum() {
         ),
         "{err}"
     );
-    let err =
-        import_snapshot(&cfg1, &c.dir.path().join("nope"), &members(&[1, 4, 5]), 1).unwrap_err();
+    let err = import_snapshot(
+        &cfg1,
+        &c.dir.path().join("nope"),
+        &new_members,
+        ReplicaId(1),
+    )
+    .unwrap_err();
     assert!(
         matches!(
             err,
@@ -90,17 +105,57 @@ fn import_snapshot_repairs_a_shard_that_lost_its_quorum() {
         ),
         "{err}"
     );
+    // The export directory itself: the error points at its snapshot-* child,
+    // and names each path once.
+    let err = import_snapshot(&cfg1, &export, &new_members, ReplicaId(1)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                field: "snapshot_dir",
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&snapshot_dir.display().to_string()),
+        "no hint at the snapshot-* child: {msg}"
+    );
+    assert!(!msg.contains("incomplete"), "{msg}");
+    assert_eq!(
+        msg.matches(&export.display().to_string()).count(),
+        2,
+        "the export dir, then its child: {msg}"
+    );
 
     // Repair on m1, m4 and m5.
     for id in [1, 4, 5] {
-        import_snapshot(&c.host_config(id), &snapshot_dir, &members(&[1, 4, 5]), id).unwrap();
+        let imported = import_snapshot(
+            &c.host_config(id),
+            &snapshot_dir,
+            &new_members,
+            ReplicaId(id),
+        )
+        .unwrap();
+        // The shard comes from the snapshot's metadata.
+        assert_eq!(imported.shard_id, ShardId(SHARD));
+        assert_eq!(imported.index, done.index);
     }
     for id in [1, 4, 5] {
         c.start_host(id);
+        // An imported replica restarts: bootstrapping or joining is refused.
+        for start in [Start::New(new_members.clone()), Start::Join] {
+            let err = c
+                .nh(id)
+                .start_replica(start, |_, _| Box::new(Kv::default()), config(SHARD, id))
+                .unwrap_err();
+            assert!(matches!(err, Error::ReplicaHasData { .. }), "{err}");
+        }
         c.nh(id)
             .start_replica(
-                BTreeMap::new(),
-                false,
+                Start::Restart,
                 |_, _| Box::new(Kv::default()),
                 config(SHARD, id),
             )
@@ -137,8 +192,7 @@ fn import_snapshot_repairs_a_shard_that_lost_its_quorum() {
     c.start_host(2);
     c.nh(2)
         .start_replica(
-            BTreeMap::new(),
-            false,
+            Start::Restart,
             |_, _| Box::new(Kv::default()),
             config(SHARD, 2),
         )
@@ -163,7 +217,7 @@ fn import_snapshot_repairs_a_shard_that_lost_its_quorum() {
     // Re-adding a removed id is refused.
     let err = c
         .nh(leader)
-        .request_add_replica(ShardId(SHARD), ReplicaId(3), addr(3), 0, TIMEOUT)
+        .request_add_replica(ShardId(SHARD), ReplicaId(3), addr(3), Index(0), TIMEOUT)
         .unwrap()
         .wait();
     assert!(

@@ -1,5 +1,5 @@
 //! Committed batches applied by the step worker itself
-//! (`Config::inline_apply_max_bytes`): the same results, in the same order,
+//! (`Config::max_inline_apply_bytes`): the same results, in the same order,
 //! as through the apply workers, with large batches still handed off.
 
 mod common;
@@ -11,7 +11,7 @@ use longship::{Config, ShardId};
 
 fn inline_config(shard: u64, replica: u64) -> Config {
     Config {
-        inline_apply_max_bytes: 64 << 10,
+        max_inline_apply_bytes: 64 << 10,
         ..config(shard, replica)
     }
 }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use longship::{
-    Config, Error, NodeHost, NodeHostConfig, ReplicaId, RequestHandle, ShardId, SmResult,
-    SnapshotOption,
+    Config, Error, Index, NodeHost, NodeHostConfig, ReplicaId, RequestHandle, ShardId, SmResult,
+    SnapshotOption, Start,
 };
 use longship_transport::MemNetwork;
 
@@ -40,12 +40,12 @@ fn build(net: &MemNetwork, cfg: NodeHostConfig) -> longship::Result<NodeHost> {
     NodeHost::builder(cfg).transport(t).build()
 }
 
-fn one_member() -> BTreeMap<u64, String> {
-    [(1, addr(1))].into_iter().collect()
+fn one_member() -> BTreeMap<ReplicaId, String> {
+    [(ReplicaId(1), addr(1))].into_iter().collect()
 }
 
-fn start_kv(nh: &NodeHost, members: BTreeMap<u64, String>, cfg: Config) -> longship::Result<()> {
-    nh.start_replica(members, false, |_, _| Box::new(Kv::default()), cfg)
+fn start_kv(nh: &NodeHost, start: Start, cfg: Config) -> longship::Result<()> {
+    nh.start_replica(start, |_, _| Box::new(Kv::default()), cfg)
 }
 
 /// A threaded NodeHost with a single-replica shard 1 that has elected itself.
@@ -53,9 +53,11 @@ fn single(dir: &Path, net: &MemNetwork, f: impl FnOnce(&mut NodeHostConfig)) -> 
     let mut cfg = host_config(dir, 1);
     f(&mut cfg);
     let nh = build(net, cfg).unwrap();
-    start_kv(&nh, one_member(), config(1, 1)).unwrap();
+    start_kv(&nh, Start::New(one_member()), config(1, 1)).unwrap();
     wait_for("single replica leads", TIMEOUT, || {
-        nh.get_leader_id(ShardId(1)).unwrap().leader_id == ReplicaId(1)
+        nh.get_leader(ShardId(1))
+            .unwrap()
+            .is_some_and(|l| l.replica_id == ReplicaId(1))
     });
     nh
 }
@@ -120,7 +122,7 @@ fn full_proposal_and_read_queues_answer_system_busy() {
         .manual()
         .build()
         .unwrap();
-    start_kv(&nh, one_member(), config(1, 1)).unwrap();
+    start_kv(&nh, Start::New(one_member()), config(1, 1)).unwrap();
     let s = nh.get_noop_session(ShardId(1));
     let h1 = nh.propose(&s, b"a".to_vec(), TIMEOUT).unwrap();
     let h2 = nh.propose(&s, b"b".to_vec(), TIMEOUT).unwrap();
@@ -151,7 +153,11 @@ fn full_proposal_and_read_queues_answer_system_busy() {
     assert!(matches!(h2.wait(), Err(Error::Dropped)));
     assert!(matches!(r1.wait(), Err(Error::Dropped)));
     let mut ticks = 0;
-    while nh.get_leader_id(ShardId(1)).unwrap().leader_id != ReplicaId(1) {
+    while nh
+        .get_leader(ShardId(1))
+        .unwrap()
+        .is_none_or(|l| l.replica_id != ReplicaId(1))
+    {
         assert!(ticks < 200, "no election after {ticks} ticks");
         nh.tick();
         while nh.run_once() {}
@@ -174,7 +180,7 @@ fn full_proposal_and_read_queues_answer_system_busy() {
 fn in_memory_log_limit_answers_system_busy() {
     let mut c = TestCluster::new(3);
     let cfg = |i| Config {
-        max_in_mem_log_size: 250,
+        max_uncommitted_bytes: 250,
         check_quorum: false,
         ..config(1, i)
     };
@@ -216,7 +222,7 @@ fn in_memory_log_limit_answers_system_busy() {
     // When the followers return, the log commits and proposals go through.
     for &h in &others {
         c.start_host(h);
-        start_kv(c.nh(h), BTreeMap::new(), cfg(h)).unwrap();
+        start_kv(c.nh(h), Start::Restart, cfg(h)).unwrap();
     }
     // Isolated, the leader kept them uncommitted; now they commit in order.
     for (i, h) in accepted.into_iter().enumerate() {
@@ -279,7 +285,7 @@ fn timeout_shorter_than_one_rtt_is_refused() {
         ShardId(1),
         ReplicaId(2),
         addr(2),
-        0,
+        Index(0),
         short
     ))));
     let user = nh.get_node_user(ShardId(1)).unwrap();
@@ -342,7 +348,7 @@ fn unknown_and_duplicate_shards() {
     assert!(is_nf(expect_err(nh.read_index(nf, TIMEOUT))));
     assert!(is_nf(nh.read_local(nf, b"").unwrap_err()));
     assert!(is_nf(nh.stale_read(nf, b"").unwrap_err()));
-    assert!(is_nf(nh.get_leader_id(nf).unwrap_err()));
+    assert!(is_nf(nh.get_leader(nf).unwrap_err()));
     assert!(is_nf(nh.sync_get_session(nf, TIMEOUT).unwrap_err()));
     assert!(is_nf(expect_err(nh.get_node_user(nf))));
     assert!(is_nf(
@@ -357,7 +363,7 @@ fn unknown_and_duplicate_shards() {
         nf,
         ReplicaId(2),
         addr(2),
-        0,
+        Index(0),
         TIMEOUT
     ))));
     assert!(is_nf(
@@ -374,7 +380,8 @@ fn unknown_and_duplicate_shards() {
 
     // A second replica of a running shard, whatever its id.
     for id in [1, 2] {
-        let err = start_kv(nh, TestCluster::members(&[1, 2]), config(1, id)).unwrap_err();
+        let err =
+            start_kv(nh, Start::New(TestCluster::members(&[1, 2])), config(1, id)).unwrap_err();
         assert!(
             matches!(err, Error::ShardAlreadyExists(ShardId(1))),
             "{err}"
@@ -382,8 +389,7 @@ fn unknown_and_duplicate_shards() {
         // The state machine factory is not even called.
         let err = nh
             .start_on_disk_replica(
-                TestCluster::members(&[1]),
-                false,
+                Start::New(TestCluster::members(&[1])),
                 |_, _| unreachable_sm(),
                 config(1, id),
             )
@@ -393,8 +399,8 @@ fn unknown_and_duplicate_shards() {
     assert_eq!(propose(nh, 1, "still fine"), 1);
     // Stopped, the shard is gone; started again, it runs.
     nh.stop_shard(ShardId(1)).unwrap();
-    assert!(is_nf_shard1(nh.get_leader_id(ShardId(1)).unwrap_err()));
-    start_kv(nh, BTreeMap::new(), config(1, 1)).unwrap();
+    assert!(is_nf_shard1(nh.get_leader(ShardId(1)).unwrap_err()));
+    start_kv(nh, Start::Restart, config(1, 1)).unwrap();
     assert_eq!(propose(nh, 1, "again"), 2);
 }
 
@@ -476,71 +482,98 @@ fn invalid_replica_configs_name_the_field_and_start_nothing() {
         edit(&mut cfg);
         assert_eq!(field_of(cfg.validate().unwrap_err()), *field);
         assert_eq!(
-            field_of(start_kv(&nh, one_member(), cfg).unwrap_err()),
+            field_of(start_kv(&nh, Start::New(one_member()), cfg).unwrap_err()),
             *field
         );
         // Concurrent and on-disk replicas are checked the same way.
         let mut cfg = config(1, 1);
         edit(&mut cfg);
         assert!(matches!(
-            nh.start_on_disk_replica(one_member(), false, |_, _| unreachable_sm(), cfg),
+            nh.start_on_disk_replica(Start::New(one_member()), |_, _| unreachable_sm(), cfg),
             Err(Error::InvalidConfig { .. })
         ));
     }
-    // Members must contain this replica, not contain id 0, and be empty on join.
-    let cases: &[(&str, BTreeMap<u64, String>, bool, Config)] = &[
+    // New members must contain this replica, not contain id 0, and have
+    // addresses; witnesses and non-voting replicas join.
+    let cases: &[(&str, Start, Config)] = &[
         (
-            "initial_members",
-            TestCluster::members(&[2, 3]),
-            false,
+            "Start::New",
+            Start::New(TestCluster::members(&[2, 3])),
             config(1, 1),
         ),
         (
-            "initial_members",
-            [(0, addr(0)), (1, addr(1))].into_iter().collect(),
-            false,
+            "Start::New",
+            Start::New([(ReplicaId(0), addr(0)), (ReplicaId(1), addr(1))].into()),
             config(1, 1),
         ),
         (
-            "initial_members",
-            [(1, String::new())].into_iter().collect(),
-            false,
+            "Start::New",
+            Start::New([(ReplicaId(1), String::new())].into()),
             config(1, 1),
         ),
-        ("initial_members", one_member(), true, config(1, 1)),
         (
-            "join",
-            one_member(),
-            false,
+            "is_witness",
+            Start::New(one_member()),
             Config {
                 is_non_voting: true,
                 ..config(1, 1)
             },
         ),
     ];
-    for (field, members, join, cfg) in cases {
+    for (field, start, cfg) in cases {
         let err = nh
             .start_concurrent_replica(
-                members.clone(),
-                *join,
+                start.clone(),
                 |_, _| panic!("the factory of an invalid replica was called"),
                 cfg.clone(),
             )
             .unwrap_err();
         assert_eq!(field_of(err), *field);
     }
+    // A restart needs data of the replica on this host.
+    let err = start_kv(&nh, Start::Restart, config(1, 1)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ReplicaHasNoData {
+                shard_id: ShardId(1),
+                replica_id: ReplicaId(1)
+            }
+        ),
+        "{err}"
+    );
     // Nothing was started or written.
     assert!(matches!(
-        nh.get_leader_id(ShardId(1)),
+        nh.get_leader(ShardId(1)),
         Err(Error::ShardNotFound(_))
     ));
     assert!(!nh.has_node_info(ShardId(1), ReplicaId(1)));
     assert!(nh.get_node_host_info().shards.is_empty());
     // Membership requests check their arguments too.
-    start_kv(&nh, one_member(), config(1, 1)).unwrap();
-    let err = expect_err(nh.request_add_replica(ShardId(1), ReplicaId(0), addr(2), 0, TIMEOUT));
+    start_kv(&nh, Start::New(one_member()), config(1, 1)).unwrap();
+    // A replica with data is restarted, never bootstrapped or joined again
+    // (the factory is not called).
+    nh.stop_shard(ShardId(1)).unwrap();
+    for start in [Start::New(one_member()), Start::Join] {
+        let err = nh
+            .start_on_disk_replica(start, |_, _| unreachable_sm(), config(1, 1))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::ReplicaHasData {
+                    shard_id: ShardId(1),
+                    replica_id: ReplicaId(1)
+                }
+            ),
+            "{err}"
+        );
+    }
+    start_kv(&nh, Start::Restart, config(1, 1)).unwrap();
+    let err =
+        expect_err(nh.request_add_replica(ShardId(1), ReplicaId(0), addr(2), Index(0), TIMEOUT));
     assert_eq!(field_of(err), "replica_id");
-    let err = expect_err(nh.request_add_replica(ShardId(1), ReplicaId(2), "", 0, TIMEOUT));
+    let err = expect_err(nh.request_add_replica(ShardId(1), ReplicaId(2), "", Index(0), TIMEOUT));
     assert_eq!(field_of(err), "address");
     assert_eq!(
         field_of(
@@ -599,7 +632,7 @@ fn calls_after_close_return_stopped() {
     assert!(stopped(nh.sync_read(ShardId(1), b"", TIMEOUT).unwrap_err()));
     assert!(stopped(expect_err(nh.read_index(ShardId(1), TIMEOUT))));
     assert!(stopped(nh.stale_read(ShardId(1), b"").unwrap_err()));
-    assert!(stopped(nh.get_leader_id(ShardId(1)).unwrap_err()));
+    assert!(stopped(nh.get_leader(ShardId(1)).unwrap_err()));
     assert!(stopped(
         nh.sync_get_session(ShardId(1), TIMEOUT).unwrap_err()
     ));
@@ -610,7 +643,7 @@ fn calls_after_close_return_stopped() {
         TIMEOUT
     ))));
     assert!(stopped(
-        start_kv(&nh, one_member(), config(2, 1)).unwrap_err()
+        start_kv(&nh, Start::New(one_member()), config(2, 1)).unwrap_err()
     ));
     assert!(stopped(expect_err(user.propose(
         &s,
@@ -629,7 +662,7 @@ fn close_completes_requests_in_flight() {
         .manual()
         .build()
         .unwrap();
-    start_kv(&nh, one_member(), config(1, 1)).unwrap();
+    start_kv(&nh, Start::New(one_member()), config(1, 1)).unwrap();
     let s = nh.get_noop_session(ShardId(1));
     let h = nh.propose(&s, b"x".to_vec(), TIMEOUT).unwrap();
     let r = nh.read_index(ShardId(1), TIMEOUT).unwrap();
@@ -657,8 +690,7 @@ fn a_slow_state_machine_holds_committed_entries_in_the_log() {
         ..config(1, 1)
     };
     nh.start_replica(
-        one_member(),
-        false,
+        Start::New(one_member()),
         move |_, _| {
             let g = g.clone();
             Box::new(HookedKv {
@@ -677,7 +709,9 @@ fn a_slow_state_machine_holds_committed_entries_in_the_log() {
     )
     .unwrap();
     wait_for("single replica leads", Duration::from_secs(20), || {
-        nh.get_leader_id(ShardId(1)).unwrap().leader_id == ReplicaId(1)
+        nh.get_leader(ShardId(1))
+            .unwrap()
+            .is_some_and(|l| l.replica_id == ReplicaId(1))
     });
     *gate.0.lock().unwrap() = false;
     // Opens the gate when dropped, also when an assertion fails: closing

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
-use longship::{Config, Error, ReplicaId, ShardId};
+use longship::{Config, Error, Index, ReplicaId, ShardId, Start};
 
 const SHARD: u64 = 1;
 
@@ -21,7 +21,7 @@ fn rid(i: u64) -> ReplicaId {
 }
 
 /// Adds voter `id` through host `on` (retrying while the shard is busy).
-fn add_replica(c: &TestCluster, on: u64, id: u64, ccid: u64) -> Result<(), Error> {
+fn add_replica(c: &TestCluster, on: u64, id: u64, ccid: Index) -> Result<(), Error> {
     retry_outcome(|| {
         c.nh(on)
             .request_add_replica(sid(), rid(id), addr(id), ccid, TIMEOUT)?
@@ -29,7 +29,7 @@ fn add_replica(c: &TestCluster, on: u64, id: u64, ccid: u64) -> Result<(), Error
     })
 }
 
-fn add_non_voting(c: &TestCluster, on: u64, id: u64, ccid: u64) -> Result<(), Error> {
+fn add_non_voting(c: &TestCluster, on: u64, id: u64, ccid: Index) -> Result<(), Error> {
     retry_outcome(|| {
         c.nh(on)
             .request_add_non_voting(sid(), rid(id), addr(id), ccid, TIMEOUT)?
@@ -37,7 +37,7 @@ fn add_non_voting(c: &TestCluster, on: u64, id: u64, ccid: u64) -> Result<(), Er
     })
 }
 
-fn add_witness(c: &TestCluster, on: u64, id: u64, ccid: u64) -> Result<(), Error> {
+fn add_witness(c: &TestCluster, on: u64, id: u64, ccid: Index) -> Result<(), Error> {
     retry_outcome(|| {
         c.nh(on)
             .request_add_witness(sid(), rid(id), addr(id), ccid, TIMEOUT)?
@@ -45,7 +45,7 @@ fn add_witness(c: &TestCluster, on: u64, id: u64, ccid: u64) -> Result<(), Error
     })
 }
 
-fn delete_replica(c: &TestCluster, on: u64, id: u64, ccid: u64) -> Result<(), Error> {
+fn delete_replica(c: &TestCluster, on: u64, id: u64, ccid: Index) -> Result<(), Error> {
     retry_outcome(|| {
         c.nh(on)
             .request_delete_replica(sid(), rid(id), ccid, TIMEOUT)?
@@ -93,8 +93,8 @@ fn added_voter_catches_up_and_serves_reads() {
     for i in 0..10 {
         c.propose(leader, SHARD, format!("set k{i} v{i}"));
     }
-    add_replica(&c, leader, 4, 0).unwrap();
-    c.start_replica_on(4, &[], true, config(SHARD, 4));
+    add_replica(&c, leader, 4, Index(0)).unwrap();
+    c.start_replica_on(4, Start::Join, config(SHARD, 4));
 
     // The joiner receives the whole history and answers linearizable reads.
     assert_eq!(c.read(4, SHARD, "get k9"), b"v9");
@@ -120,7 +120,7 @@ fn removed_replica_stops_receiving_and_cannot_come_back() {
     c.propose(leader, SHARD, "set a 1");
     assert_eq!(c.read(victim, SHARD, "get a"), b"1");
 
-    delete_replica(&c, leader, victim, 0).unwrap();
+    delete_replica(&c, leader, victim, Index(0)).unwrap();
     let m = membership(&c, leader);
     assert!(!m.voters.contains_key(&rid(victim)));
     assert_eq!(m.removed, BTreeSet::from([rid(victim)]));
@@ -143,11 +143,11 @@ fn removed_replica_stops_receiving_and_cannot_come_back() {
     assert!(applied_on(&c, leader) > frozen);
 
     // A removed id is never reused, in any role.
-    match add_replica(&c, leader, victim, 0) {
+    match add_replica(&c, leader, victim, Index(0)) {
         Err(Error::ReplicaRemoved(r)) => assert_eq!(r, rid(victim)),
         other => panic!("re-adding a removed replica: {other:?}"),
     }
-    match add_non_voting(&c, leader, victim, 0) {
+    match add_non_voting(&c, leader, victim, Index(0)) {
         Err(Error::ReplicaRemoved(r)) => assert_eq!(r, rid(victim)),
         other => panic!("re-adding a removed replica as non-voting: {other:?}"),
     }
@@ -163,12 +163,12 @@ fn non_voting_replica_follows_and_is_promoted() {
     c.start_shard(SHARD, &[1, 2, 3]);
     let leader = c.wait_leader(SHARD);
     c.propose(leader, SHARD, "set x 1");
-    add_non_voting(&c, leader, 4, 0).unwrap();
+    add_non_voting(&c, leader, 4, Index(0)).unwrap();
     let cfg = Config {
         is_non_voting: true,
         ..config(SHARD, 4)
     };
-    c.start_replica_on(4, &[], true, cfg);
+    c.start_replica_on(4, Start::Join, cfg);
     assert_eq!(c.read(4, SHARD, "get x"), b"1");
     let m = membership(&c, leader);
     assert_eq!(ids(&m.voters), vec![1, 2, 3]);
@@ -179,7 +179,7 @@ fn non_voting_replica_follows_and_is_promoted() {
     c.propose(leader, SHARD, "set x 2");
     assert_eq!(c.leader_seen_by(leader, SHARD), leader);
 
-    let ccid = m.config_change_id.0;
+    let ccid = m.config_change_id;
     retry_outcome(|| {
         c.nh(leader)
             .request_promote_non_voting(sid(), rid(4), ccid, TIMEOUT)?
@@ -216,7 +216,7 @@ fn witness_keeps_the_shard_available_with_one_voter_down() {
     c.start_shard(SHARD, &[1, 2]);
     let leader = c.wait_leader(SHARD);
     c.propose(leader, SHARD, "set w 1");
-    add_witness(&c, leader, 3, 0).unwrap();
+    add_witness(&c, leader, 3, Index(0)).unwrap();
     let cfg = Config {
         is_witness: true,
         // Its own snapshots (metadata only) compact its log.
@@ -224,7 +224,7 @@ fn witness_keeps_the_shard_available_with_one_voter_down() {
         compaction_overhead: 0,
         ..config(SHARD, 3)
     };
-    c.start_replica_on(3, &[], true, cfg);
+    c.start_replica_on(3, Start::Join, cfg);
     let m = membership(&c, leader);
     assert_eq!(ids(&m.voters), vec![1, 2]);
     assert_eq!(ids(&m.witnesses), vec![3]);
@@ -296,25 +296,31 @@ fn ordered_config_change_rejects_a_stale_base() {
     });
     let leader = c.wait_leader(SHARD);
     let m0 = membership(&c, leader);
-    add_non_voting(&c, leader, 4, m0.config_change_id.0).unwrap();
+    add_non_voting(&c, leader, 4, m0.config_change_id).unwrap();
     let m1 = membership(&c, leader);
     assert!(m1.config_change_id > m0.config_change_id);
     assert_eq!(ids(&m1.non_votings), vec![4]);
 
     // Based on the membership before the last change: refused, nothing changes.
-    let stale = add_non_voting(&c, leader, 5, m0.config_change_id.0);
-    assert!(matches!(stale, Err(Error::Rejected(_))), "{stale:?}");
+    let stale = add_non_voting(&c, leader, 5, m0.config_change_id);
+    assert!(
+        matches!(stale, Err(Error::StaleConfigChange { .. })),
+        "{stale:?}"
+    );
     let m = membership(&c, leader);
     assert_eq!(m, m1);
 
     // Based on the current one: accepted.
-    add_non_voting(&c, leader, 5, m1.config_change_id.0).unwrap();
+    add_non_voting(&c, leader, 5, m1.config_change_id).unwrap();
     let m2 = membership(&c, leader);
     assert_eq!(ids(&m2.non_votings), vec![4, 5]);
     assert!(m2.config_change_id > m1.config_change_id);
-    let stale = delete_replica(&c, leader, 4, m1.config_change_id.0);
-    assert!(matches!(stale, Err(Error::Rejected(_))), "{stale:?}");
-    delete_replica(&c, leader, 4, m2.config_change_id.0).unwrap();
+    let stale = delete_replica(&c, leader, 4, m1.config_change_id);
+    assert!(
+        matches!(stale, Err(Error::StaleConfigChange { .. })),
+        "{stale:?}"
+    );
+    delete_replica(&c, leader, 4, m2.config_change_id).unwrap();
 }
 
 #[test]
@@ -331,12 +337,12 @@ fn membership_query_reports_every_role_and_the_change_id() {
 
     // Replicas 4 and 5 exist only in the membership (not started): neither a
     // non-voting replica nor one witness among three voters blocks commits.
-    add_non_voting(&c, leader, 4, 0).unwrap();
+    add_non_voting(&c, leader, 4, Index(0)).unwrap();
     let m1 = membership(&c, leader);
-    add_witness(&c, leader, 5, 0).unwrap();
+    add_witness(&c, leader, 5, Index(0)).unwrap();
     let m2 = membership(&c, leader);
     let victim = if leader == 3 { 2 } else { 3 };
-    delete_replica(&c, leader, victim, 0).unwrap();
+    delete_replica(&c, leader, victim, Index(0)).unwrap();
     let m3 = membership(&c, leader);
     assert!(m0.config_change_id < m1.config_change_id);
     assert!(m1.config_change_id < m2.config_change_id);
@@ -362,7 +368,7 @@ fn removing_the_leader_elects_another() {
     c.start_shard(SHARD, &[1, 2, 3]);
     let old = c.wait_leader(SHARD);
     c.propose(old, SHARD, "set r 1");
-    delete_replica(&c, old, old, 0).unwrap();
+    delete_replica(&c, old, old, Index(0)).unwrap();
 
     let new = wait_new_leader(&c, &[1, 2, 3], old);
     assert_ne!(new, old);

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
-use longship::{Config, LeaderId, NodeHost, ShardId};
+use longship::{Config, Leader, NodeHost, ShardId};
 
 fn sent(c: &TestCluster) -> u64 {
     c.hosts
@@ -62,9 +62,9 @@ fn wait_quiet(c: &TestCluster) -> u64 {
     }
 }
 
-fn leaders(c: &TestCluster) -> Vec<LeaderId> {
+fn leaders(c: &TestCluster) -> Vec<Option<Leader>> {
     (1..=3)
-        .map(|h| c.nh(h).get_leader_id(ShardId(1)).unwrap())
+        .map(|h| c.nh(h).get_leader(ShardId(1)).unwrap())
         .collect()
 }
 
@@ -74,7 +74,11 @@ fn idle_shard_quiesces_and_wakes_on_a_proposal() {
     let (busy, _) = cluster(false);
     let quiet_at = wait_quiet(&q);
     let roles = leaders(&q);
-    assert!(roles.iter().all(|l| l.valid && l.leader_id.0 == leader));
+    assert!(
+        roles
+            .iter()
+            .all(|l| l.is_some_and(|l| l.replica_id.0 == leader))
+    );
     let elections_before = elections(&q);
     let busy_before = sent(&busy);
 
@@ -167,7 +171,7 @@ fn only_the_followed_leader_quiesces_a_follower() {
     wait_until("followers know the leader", TIMEOUT, || {
         c.leader_seen_by(f1, 1) == leader && c.leader_seen_by(f2, 1) == leader
     });
-    let term = c.nh(f1).get_leader_id(ShardId(1)).unwrap().term;
+    let term = c.nh(f1).get_leader(ShardId(1)).unwrap().unwrap().term;
 
     send_quiesce(&c, f2, f1, term);
     send_quiesce(&c, leader, f1, longship::Term(term.0 - 1));

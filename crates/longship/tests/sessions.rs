@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use longship::{Config, Error, NodeHost, Session, ShardId};
+use longship::{Config, Error, NodeHost, Session, ShardId, Start};
 
 const SHARD: u64 = 1;
 
@@ -361,7 +361,8 @@ fn sessions_survive_snapshot_and_restart() {
         .request_snapshot(ShardId(SHARD), opt, TIMEOUT)
         .unwrap()
         .wait()
-        .unwrap();
+        .unwrap()
+        .index;
     assert!(index.0 > 0);
     let info = c.nh(follower).get_node_host_info();
     let (_, _, first, _) = info
@@ -374,8 +375,7 @@ fn sessions_survive_snapshot_and_restart() {
     c.start_host(follower);
     c.nh(follower)
         .start_replica(
-            Default::default(),
-            false,
+            Start::Restart,
             |_, _| Box::new(Kv::default()),
             config(SHARD, follower),
         )

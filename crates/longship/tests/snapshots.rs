@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use longship::{Config, Error, Index, NodeHost, ShardId, SnapshotOption};
+use longship::{Config, Error, Index, NodeHost, ShardId, SnapshotOption, Start};
 
 const SHARD: u64 = 1;
 
@@ -49,7 +49,7 @@ fn count(c: &TestCluster, i: u64) -> u64 {
 }
 
 fn request_snapshot(nh: &NodeHost, opt: SnapshotOption) -> Result<Index, Error> {
-    retry_outcome(|| nh.request_snapshot(sid(), opt.clone(), TIMEOUT)?.wait())
+    retry_outcome(|| nh.request_snapshot(sid(), opt.clone(), TIMEOUT)?.wait()).map(|s| s.index)
 }
 
 /// Restarts every host and its replica of the shard (from its own data).
@@ -59,7 +59,7 @@ fn restart_all(c: &mut TestCluster, n: u64, cfg: impl Fn(u64) -> Config) {
     }
     for h in 1..=n {
         c.start_host(h);
-        c.start_replica_on(h, &[], false, cfg(h));
+        c.start_replica_on(h, Start::Restart, cfg(h));
     }
 }
 
@@ -196,7 +196,7 @@ fn lagging_follower_catches_up_through_a_streamed_snapshot() {
     let sent_before = [1, 2].map(|h| snapshot_bytes_sent(&c, h));
 
     c.start_host(3);
-    c.start_replica_on(3, &[], false, cfg(3));
+    c.start_replica_on(3, Start::Restart, cfg(3));
     assert_eq!(c.read(3, SHARD, "get k299"), big_value(299).into_bytes());
     assert_eq!(c.read(3, SHARD, "get k0"), big_value(0).into_bytes());
     assert_eq!(c.read(3, SHARD, "get first"), b"1");
@@ -353,8 +353,7 @@ fn a_damaged_snapshot_is_refused_before_the_state_machine_reads_it() {
     let recovered = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = recovered.clone();
     let res = c.nh(1).start_replica(
-        TestCluster::members(&[]),
-        false,
+        Start::Restart,
         move |_, _| {
             let flag = flag.clone();
             Box::new(HookedKv {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use longship::{
     ConcurrentStateMachine, Config, Error, Index, NodeHost, OnDiskStateMachine, ReplicaId, ShardId,
-    SmEntry, SmError, SnapshotOption, StateMachine, StopFlag,
+    SmEntry, SmError, SnapshotOption, Start, StateMachine, StopFlag,
 };
 
 /// Polls `f` until it holds; panics with `what` after `within`.
@@ -259,15 +259,15 @@ impl Sms {
         self.files.path().join(format!("sm-{shard}-{h}"))
     }
 
-    /// Starts replica `h` (members ignored on restart).
+    /// Starts replica `h`: a restart when its host has data of it, else
+    /// a new shard with `members` (a join when empty).
     fn start(&self, h: u64, members: &[u64], cfg: Config) {
-        let members = TestCluster::members(members);
+        let start = new_or_restart(self.c.nh(h), cfg.shard_id.0, h, members);
         let probe = self.probes[&h].clone();
         let nh = self.c.nh(h);
         match self.kind {
             Kind::Concurrent => nh.start_concurrent_replica(
-                members,
-                false,
+                start,
                 move |_, _| {
                     Box::new(ConcurrentKv {
                         kv: RwLock::new(Kv::default()),
@@ -278,12 +278,7 @@ impl Sms {
             ),
             Kind::OnDisk => {
                 let path = self.file(h, cfg.shard_id.0);
-                nh.start_on_disk_replica(
-                    members,
-                    false,
-                    move |_, _| Box::new(DiskKv::new(path, probe)),
-                    cfg,
-                )
+                nh.start_on_disk_replica(start, move |_, _| Box::new(DiskKv::new(path, probe)), cfg)
             }
         }
         .unwrap();
@@ -374,7 +369,8 @@ fn snapshot_and_restart(kind: Kind) {
             .request_snapshot(ShardId(1), opt, TIMEOUT)
             .unwrap()
             .wait()
-            .unwrap();
+            .unwrap()
+            .index;
     assert!(index.0 >= 4);
     // A second request with nothing new applied is refused.
     let again =
@@ -547,8 +543,7 @@ fn blocked_state_machine_does_not_stall_shards_of_other_apply_workers() {
         let g = gate.clone();
         c.nh(h)
             .start_replica(
-                TestCluster::members(&[1, 2, 3]),
-                false,
+                Start::New(TestCluster::members(&[1, 2, 3])),
                 move |_, _| {
                     Box::new(Blocking {
                         kv: Kv::default(),
@@ -710,7 +705,10 @@ fn node_user_proposes_and_reads() {
     let leader = c.wait_leader(1);
     let follower = (1..=3).find(|&h| h != leader).unwrap();
     wait_for("follower knows the leader", TIMEOUT, || {
-        c.nh(follower).get_leader_id(ShardId(1)).unwrap().leader_id == ReplicaId(leader)
+        c.nh(follower)
+            .get_leader(ShardId(1))
+            .unwrap()
+            .is_some_and(|l| l.replica_id == ReplicaId(leader))
     });
     for h in [leader, follower] {
         let user = c.nh(h).get_node_user(ShardId(1)).unwrap();
@@ -779,7 +777,7 @@ fn requested_snapshots_race_automatic_ones(kind: Option<Kind>) {
                 .request_snapshot(ShardId(1), SnapshotOption::default(), TIMEOUT)?
                 .wait())
         }) {
-            Ok(index) => assert!(index >= applied, "{index} < {applied}"),
+            Ok(done) => assert!(done.index >= applied, "{} < {applied}", done.index),
             Err(Error::Rejected(msg)) => assert!(msg.contains("nothing new"), "{kind:?}: {msg}"),
             Err(e) => panic!("{kind:?}: {e}"),
         }

@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Kv, TIMEOUT, retry, wait_until};
-use longship::{Config, NodeHost, NodeHostConfig, ReplicaId, ShardId, SnapshotOption};
+use longship::{
+    Config, Index, NodeHost, NodeHostConfig, ReplicaId, ShardId, SnapshotOption, Start,
+};
 use longship_raft::codec::encode_batch;
 use longship_raft::{MESSAGE_BATCH_VERSION, Message, MessageBatch, MessageType};
 use longship_transport::frame::{FrameType, encode_frame};
@@ -108,8 +110,10 @@ impl TcpCluster {
         &self.hosts[&i]
     }
 
-    fn members(&self, ids: &[u64]) -> BTreeMap<u64, String> {
-        ids.iter().map(|&i| (i, self.addrs[&i].clone())).collect()
+    fn members(&self, ids: &[u64]) -> BTreeMap<ReplicaId, String> {
+        ids.iter()
+            .map(|&i| (ReplicaId(i), self.addrs[&i].clone()))
+            .collect()
     }
 
     /// Starts replica `i` on host `i` for each `i` of `on`, members `ids`, config `cfg(i)`.
@@ -117,8 +121,7 @@ impl TcpCluster {
         for &i in on {
             self.nh(i)
                 .start_replica(
-                    self.members(ids),
-                    false,
+                    Start::New(self.members(ids)),
                     |_, _| Box::new(Kv::default()),
                     cfg(i),
                 )
@@ -186,7 +189,7 @@ fn config(shard: u64, replica: u64) -> Config {
     Config {
         election_rtt: 10,
         heartbeat_rtt: 1,
-        ..Config::new(shard, replica)
+        ..Config::new(ShardId(shard), ReplicaId(replica))
     }
 }
 
@@ -251,12 +254,7 @@ fn a_host_closed_and_restarted_on_the_same_port_catches_up() {
     for &s in &all {
         assert!(c.nh(3).has_node_info(ShardId(s), ReplicaId(3)));
         c.nh(3)
-            .start_replica(
-                BTreeMap::new(),
-                false,
-                |_, _| Box::new(Kv::default()),
-                config(s, 3),
-            )
+            .start_replica(Start::Restart, |_, _| Box::new(Kv::default()), config(s, 3))
             .unwrap();
     }
     c.wait_counts(&[3], &all, 15);
@@ -514,8 +512,7 @@ fn a_snapshot_larger_than_the_frame_limit_is_streamed_to_a_lagging_follower() {
     }
     c.nh(3)
         .start_replica(
-            BTreeMap::new(),
-            false,
+            Start::Restart,
             |_, _| Box::new(Kv::default()),
             config(SHARD, 3),
         )
@@ -560,7 +557,7 @@ fn re_adding_a_removed_replica_is_refused_on_every_host() {
     c.propose_all(1, &[SHARD], |_| "set a 1".into());
     retry(|| {
         c.nh(1)
-            .request_delete_replica(ShardId(SHARD), ReplicaId(3), 0, TIMEOUT)?
+            .request_delete_replica(ShardId(SHARD), ReplicaId(3), Index(0), TIMEOUT)?
             .wait()
     });
     for i in 1..=2 {
@@ -578,7 +575,7 @@ fn re_adding_a_removed_replica_is_refused_on_every_host() {
                 ShardId(SHARD),
                 ReplicaId(3),
                 c.addrs[&3].clone(),
-                0,
+                Index(0),
                 TIMEOUT,
             )
             .and_then(|h| h.wait());

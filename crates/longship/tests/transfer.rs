@@ -20,7 +20,7 @@ fn all_agree_on(c: &TestCluster, leader: u64) -> bool {
 }
 
 fn term_seen_by(c: &TestCluster, h: u64) -> u64 {
-    c.nh(h).get_leader_id(sid()).unwrap().term.0
+    c.nh(h).get_leader(sid()).unwrap().unwrap().term.0
 }
 
 /// Asks `from` to move leadership to `target` until every host agrees
@@ -59,10 +59,9 @@ fn leader_transfer_moves_leadership() {
         "term {new_term} after transfer from term {term}"
     );
     for h in 1..=3 {
-        let l = c.nh(h).get_leader_id(sid()).unwrap();
-        assert!(l.valid);
+        let l = c.nh(h).get_leader(sid()).unwrap().expect("a known leader");
         assert_eq!(
-            (l.leader_id, l.term.0),
+            (l.replica_id, l.term.0),
             (ReplicaId(target), new_term),
             "host {h}"
         );

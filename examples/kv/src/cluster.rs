@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use longship::{Config, NodeHost, NodeHostConfig, ReplicaId, ShardId};
+use longship::{Config, NodeHost, NodeHostConfig, ReplicaId, ShardId, Start};
 
 use crate::server::{KvNode, ServerConfig};
 use crate::sm::KvStateMachine;
@@ -40,13 +40,13 @@ pub fn replica_config(shard: u64, node_id: u64, snapshot_entries: u64) -> Config
         heartbeat_rtt: 1,
         snapshot_entries,
         compaction_overhead: snapshot_entries / 10,
-        max_in_mem_log_size: 64 << 20,
+        max_uncommitted_bytes: 64 << 20,
         // Idle shards stop ticking and heartbeating (any request wakes them).
         quiesce: true,
         // The kv state machine is an in-memory map: small committed batches
         // are applied by the step worker, without a hand-off.
-        inline_apply_max_bytes: 64 << 10,
-        ..Config::new(shard, node_id)
+        max_inline_apply_bytes: 64 << 10,
+        ..Config::new(ShardId(shard), ReplicaId(node_id))
     }
 }
 
@@ -118,14 +118,18 @@ pub fn start_node(spec: &NodeSpec) -> longship::Result<Arc<KvNode>> {
         }
     })?;
     for shard in 1..=spec.shards {
-        let members = if nh.has_node_info(ShardId(shard), ReplicaId(spec.node_id)) {
-            BTreeMap::new()
+        let start = if nh.has_node_info(ShardId(shard), ReplicaId(spec.node_id)) {
+            Start::Restart
         } else {
-            spec.peers.clone()
+            Start::New(
+                spec.peers
+                    .iter()
+                    .map(|(id, a)| (ReplicaId(*id), a.clone()))
+                    .collect(),
+            )
         };
         nh.start_replica(
-            members,
-            false,
+            start,
             |_, _| Box::new(KvStateMachine::default()),
             replica_config(shard, spec.node_id, spec.snapshot_entries),
         )?;

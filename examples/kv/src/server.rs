@@ -238,9 +238,8 @@ impl KvNode {
     /// leads it when known, else this node's.
     pub fn host_for(&self, shard: ShardId) -> &Arc<NodeHost> {
         if let Some(hosts) = self.local_hosts.get()
-            && let Ok(l) = self.nh.get_leader_id(shard)
-            && l.valid
-            && let Some((_, nh)) = hosts.iter().find(|(id, _)| ReplicaId(*id) == l.leader_id)
+            && let Ok(Some(l)) = self.nh.get_leader(shard)
+            && let Some((_, nh)) = hosts.iter().find(|(id, _)| ReplicaId(*id) == l.replica_id)
         {
             return nh;
         }
@@ -446,10 +445,10 @@ impl KvNode {
     /// The leader of `shard` as this node knows it.
     fn leader_of(&self, shard: ShardId) -> Option<u64> {
         self.nh
-            .get_leader_id(shard)
+            .get_leader(shard)
             .ok()
-            .filter(|l| l.valid)
-            .map(|l| l.leader_id.0)
+            .flatten()
+            .map(|l| l.replica_id.0)
     }
 
     /// Whether this node leads `shard` now.

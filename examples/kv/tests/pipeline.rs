@@ -558,9 +558,9 @@ fn the_local_cluster_sends_requests_to_the_nodehost_that_leads_the_shard() {
         // leader change between the two looks.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let l = c.nodes[0].nh.get_leader_id(shard).unwrap();
-            assert!(l.valid, "shard {s} has no known leader");
-            let leader = &c.nodes[(l.leader_id.get() - 1) as usize].nh;
+            let l = c.nodes[0].nh.get_leader(shard).unwrap();
+            let l = l.unwrap_or_else(|| panic!("shard {s} has no known leader"));
+            let leader = &c.nodes[(l.replica_id.get() - 1) as usize].nh;
             if c.nodes
                 .iter()
                 .all(|n| Arc::ptr_eq(n.host_for(shard), leader))

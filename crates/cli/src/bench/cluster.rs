@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use longship::{Config, NodeHost, NodeHostConfig, ReplicaId, ShardId};
+use longship::{Config, NodeHost, NodeHostConfig, ReplicaId, ShardId, Start};
 use longship_transport::MemNetwork;
 
 use super::sm::BenchSm;
@@ -117,33 +117,38 @@ impl Cluster {
     fn replica_config(&self, shard: u64, i: u64) -> Config {
         Config {
             quiesce: self.opts.quiesce,
-            inline_apply_max_bytes: self.opts.inline_apply_bytes,
+            max_inline_apply_bytes: self.opts.inline_apply_bytes,
             snapshot_entries: self.opts.snapshot_entries,
             compaction_overhead: if self.opts.snapshot_entries > 0 {
                 self.opts.snapshot_entries / 2
             } else {
                 0
             },
-            ..Config::new(shard, i)
+            ..Config::new(ShardId(shard), ReplicaId(i))
         }
     }
 
-    fn members(&self) -> BTreeMap<u64, String> {
+    fn members(&self) -> BTreeMap<ReplicaId, String> {
         (1..=self.opts.replicas)
-            .map(|i| (i, self.addrs[(i - 1) as usize].clone()))
+            .map(|i| (ReplicaId(i), self.addrs[(i - 1) as usize].clone()))
             .collect()
     }
 
-    /// Starts replica `i` of `shard` on host `i`.
+    /// Starts replica `i` of `shard` on host `i`: a new shard, or a restart
+    /// from the data of an earlier run (`bench --mode restart`).
     pub fn start_replica(&self, shard: u64, i: u64) -> Res<()> {
-        self.hosts[(i - 1) as usize]
-            .start_replica(
-                self.members(),
-                false,
-                |_, _| Box::new(BenchSm::default()),
-                self.replica_config(shard, i),
-            )
-            .map_err(|e| format!("starting shard {shard} replica {i}: {e}"))
+        let nh = &self.hosts[(i - 1) as usize];
+        let start = if nh.has_node_info(ShardId(shard), ReplicaId(i)) {
+            Start::Restart
+        } else {
+            Start::New(self.members())
+        };
+        nh.start_replica(
+            start,
+            |_, _| Box::new(BenchSm::default()),
+            self.replica_config(shard, i),
+        )
+        .map_err(|e| format!("starting shard {shard} replica {i}: {e}"))
     }
 
     /// Starts every replica of shards `1..=shards` on every host, calling
@@ -165,13 +170,10 @@ impl Cluster {
     pub fn leader_host(&self, shard: u64) -> Option<u64> {
         let mut seen = None;
         for nh in &self.hosts {
-            let l = nh.get_leader_id(ShardId(shard)).ok()?;
-            if !l.valid {
-                return None;
-            }
+            let l = nh.get_leader(ShardId(shard)).ok()??;
             match seen {
-                None => seen = Some(l.leader_id),
-                Some(x) if x != l.leader_id => return None,
+                None => seen = Some(l.replica_id),
+                Some(x) if x != l.replica_id => return None,
                 _ => {}
             }
         }

@@ -268,8 +268,8 @@ pub fn restart(args: &BenchArgs, opts: ClusterOptions, report: &mut Report) -> R
 fn leader_among(cluster: &Cluster, hosts: u64) -> Option<u64> {
     (1..=hosts).find(|&i| {
         cluster.hosts[(i - 1) as usize]
-            .get_leader_id(ShardId(1))
-            .is_ok_and(|l| l.valid && l.leader_id == ReplicaId(i))
+            .get_leader(ShardId(1))
+            .is_ok_and(|l| l.is_some_and(|l| l.replica_id == ReplicaId(i)))
     })
 }
 
@@ -318,7 +318,8 @@ pub fn snapshot(args: &BenchArgs, opts: ClusterOptions, report: &mut Report) -> 
             timeout,
         )
         .and_then(|h| h.wait())
-        .map_err(|e| format!("saving the snapshot: {e}"))?;
+        .map_err(|e| format!("saving the snapshot: {e}"))?
+        .index;
     let save_s = t.elapsed().as_secs_f64();
     report.set_f("save_s", save_s);
     report.set_f("save_mb_per_s", bytes as f64 / 1e6 / save_s);

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use longship::{
-    Config, Error, NodeHost, NodeHostConfig, ShardId, SmEntry, SmError, StateMachine, StopFlag,
+    Config, Error, NodeHost, NodeHostConfig, ReplicaId, ShardId, SmEntry, SmError, Start,
+    StateMachine, StopFlag,
 };
 use longship_transport::MemNetwork;
 
@@ -179,8 +180,8 @@ impl TestCluster {
         &self.hosts[&i]
     }
 
-    pub fn members(ids: &[u64]) -> BTreeMap<u64, String> {
-        ids.iter().map(|&i| (i, addr(i))).collect()
+    pub fn members(ids: &[u64]) -> BTreeMap<ReplicaId, String> {
+        ids.iter().map(|&i| (ReplicaId(i), addr(i))).collect()
     }
 
     /// Starts replica `i` of `shard` on host `i` with members `ids` and the default test config.
@@ -193,8 +194,7 @@ impl TestCluster {
         for &i in ids {
             self.nh(i)
                 .start_replica(
-                    Self::members(ids),
-                    false,
+                    Start::New(Self::members(ids)),
                     |_, _| Box::new(Kv::default()),
                     cfg(i),
                 )
@@ -207,9 +207,8 @@ impl TestCluster {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             for (&i, nh) in &self.hosts {
-                if let Ok(l) = nh.get_leader_id(ShardId(shard))
-                    && l.valid
-                    && l.leader_id.0 == i
+                if let Ok(Some(l)) = nh.get_leader(ShardId(shard))
+                    && l.replica_id == ReplicaId(i)
                 {
                     return i;
                 }
@@ -224,7 +223,7 @@ pub fn config(shard: u64, replica: u64) -> Config {
     Config {
         election_rtt: 10,
         heartbeat_rtt: 1,
-        ..Config::new(shard, replica)
+        ..Config::new(ShardId(shard), ReplicaId(replica))
     }
 }
 
@@ -270,15 +269,10 @@ impl TestCluster {
             .unwrap();
     }
 
-    /// Starts a Kv replica on host `i` with `members`, `join` and `cfg`.
-    pub fn start_replica_on(&self, i: u64, members: &[u64], join: bool, cfg: Config) {
+    /// Starts a Kv replica on host `i` as `start` says, with `cfg`.
+    pub fn start_replica_on(&self, i: u64, start: Start, cfg: Config) {
         self.nh(i)
-            .start_replica(
-                Self::members(members),
-                join,
-                |_, _| Box::new(Kv::default()),
-                cfg,
-            )
+            .start_replica(start, |_, _| Box::new(Kv::default()), cfg)
             .unwrap();
     }
 
@@ -300,8 +294,8 @@ impl TestCluster {
 
     /// The leader of `shard` as seen by host `i` (0 when unknown).
     pub fn leader_seen_by(&self, i: u64, shard: u64) -> u64 {
-        match self.nh(i).get_leader_id(ShardId(shard)) {
-            Ok(l) if l.valid => l.leader_id.0,
+        match self.nh(i).get_leader(ShardId(shard)) {
+            Ok(Some(l)) => l.replica_id.0,
             _ => 0,
         }
     }
@@ -318,5 +312,18 @@ pub fn retry_outcome<T>(mut f: impl FnMut() -> Result<T, Error>) -> Result<T, Er
             }
             other => return other,
         }
+    }
+}
+
+/// How a test that starts the same replica again and again starts it:
+/// `Start::Restart` once `nh` holds data of it, else a new shard with
+/// members `ids`, or a join when `ids` is empty.
+pub fn new_or_restart(nh: &NodeHost, shard: u64, replica: u64, ids: &[u64]) -> Start {
+    if nh.has_node_info(ShardId(shard), ReplicaId(replica)) {
+        Start::Restart
+    } else if ids.is_empty() {
+        Start::Join
+    } else {
+        Start::New(TestCluster::members(ids))
     }
 }

@@ -7,6 +7,7 @@
 
 use longship::{
     Error, Index, NodeHost, ReplicaId, RequestHandle, Session, ShardId, SmResult, SnapshotOption,
+    SnapshotResult,
 };
 
 use super::host::Hosted;
@@ -92,7 +93,7 @@ impl Client {
 enum AdminState {
     Idle,
     /// A requested snapshot, exported to the directory if one is given.
-    Snapshot(Attempt<Index>, Option<std::path::PathBuf>),
+    Snapshot(Attempt<SnapshotResult>, Option<std::path::PathBuf>),
     Change {
         change: Change,
         attempt: Option<Attempt<()>>,
@@ -134,7 +135,7 @@ pub(super) struct Admin {
     /// read at its first attempt and kept across retries (so a retry after
     /// an attempt that timed out but applied is refused as stale), read
     /// again after a stale refusal.
-    base: Option<u64>,
+    base: Option<Index>,
 }
 
 impl Admin {
@@ -627,8 +628,8 @@ impl Sim {
                 continue;
             };
             let leads = nh
-                .get_leader_id(shard)
-                .is_ok_and(|l| l.leader_id == hosted.cfg.replica_id);
+                .get_leader(shard)
+                .is_ok_and(|l| l.is_some_and(|l| l.replica_id == hosted.cfg.replica_id));
             if !leads {
                 continue;
             }
@@ -758,9 +759,9 @@ impl Sim {
             AdminState::Idle => AdminState::Idle,
             AdminState::Snapshot(a, export) => match a.handle.try_result() {
                 None => AdminState::Snapshot(a, export),
-                Some(Ok(index)) => {
+                Some(Ok(done)) => {
                     if let Some(dir) = export {
-                        self.check_export(si, &a, &dir, index)?;
+                        self.check_export(si, &a, &dir, &done)?;
                     }
                     AdminState::Idle
                 }
@@ -792,14 +793,14 @@ impl Sim {
                         // the first attempt, or as the replica asked has
                         // applied it.
                         let base = match (ordered, kept) {
-                            (false, _) => 0,
+                            (false, _) => Index(0),
                             (true, Some(b)) => b,
                             (true, None) => nh
                                 .get_node_host_info()
                                 .shards
                                 .iter()
                                 .find(|s| s.shard_id == shard)
-                                .map_or(0, |s| s.config_change_id.0),
+                                .map_or(Index(0), |s| s.config_change_id),
                         };
                         read = Some(base);
                         match change {
@@ -844,8 +845,8 @@ impl Sim {
                             // Based on a membership that changed since (an
                             // earlier attempt of this change applied, or the
                             // replica asked lagged): ask again on a fresh base.
-                            (_, Err(Error::Rejected(why)))
-                                if ordered_stale(&self.shards[si].config, why) =>
+                            (_, Err(Error::StaleConfigChange { .. }))
+                                if self.shards[si].config.ordered_config_change =>
                             {
                                 self.stats.stale_config_changes += 1;
                                 self.admins[si].base = None;
@@ -899,10 +900,11 @@ impl Sim {
     fn check_export(
         &mut self,
         si: usize,
-        a: &Attempt<Index>,
+        a: &Attempt<SnapshotResult>,
         dir: &std::path::Path,
-        index: Index,
+        done: &SnapshotResult,
     ) -> Result<(), String> {
+        let index = done.index;
         use longship_storage::snapshot::SnapshotStore;
         use longship_storage::vfs::{FileSystem, MemFs};
         let slot = &self.hosts[a.host];
@@ -911,6 +913,13 @@ impl Sim {
         }
         let shard = self.shards[si].id;
         let src = dir.join(format!("snapshot-{:016x}", index.0));
+        if done.export_dir.as_deref() != Some(src.as_path()) {
+            return Err(format!(
+                "export of {shard} at {index} named {:?}, written to {}",
+                done.export_dir,
+                src.display()
+            ));
+        }
         let faults = slot.fs.faults_injected();
         let scratch = SnapshotStore::open(
             std::sync::Arc::new(MemFs::new()),
@@ -1099,10 +1108,4 @@ fn error_code(e: &Error) -> u64 {
         Error::ShardNotFound(_) => 6,
         _ => 99,
     }
-}
-
-/// Whether `why` is the rejection of an ordered change whose base was stale
-/// (only possible on a shard with ordered changes).
-fn ordered_stale(config: &longship::Config, why: &str) -> bool {
-    config.ordered_config_change && why.contains("config change based on")
 }

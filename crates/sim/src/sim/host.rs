@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use longship::{Config, NodeHost, NodeHostConfig, ShardId};
+use longship::{Config, NodeHost, NodeHostConfig, ReplicaId, ShardId, Start};
 use longship_storage::logdb::{Wal, WalOptions};
 use longship_storage::vfs::{CrashMode, FaultyFs, FileSystem};
 
@@ -17,7 +17,7 @@ use crate::kv::SimKv;
 pub(super) struct Hosted {
     pub(super) cfg: Config,
     /// Members to bootstrap a new shard with (`None`: the replica joins).
-    pub(super) initial: Option<BTreeMap<u64, String>>,
+    pub(super) initial: Option<BTreeMap<ReplicaId, String>>,
 }
 
 /// One NodeHost's place in the simulation.
@@ -63,7 +63,11 @@ impl HostSlot {
         }
     }
 
-    pub(super) fn add_replica(&mut self, cfg: Config, initial: Option<BTreeMap<u64, String>>) {
+    pub(super) fn add_replica(
+        &mut self,
+        cfg: Config,
+        initial: Option<BTreeMap<ReplicaId, String>>,
+    ) {
         self.hosted.insert(cfg.shard_id, Hosted { cfg, initial });
     }
 
@@ -76,20 +80,14 @@ impl HostSlot {
 /// Starts one replica on a running NodeHost.
 pub(super) fn start_replica(nh: &NodeHost, hosted: &Hosted) -> longship::Result<()> {
     let (shard, replica) = (hosted.cfg.shard_id, hosted.cfg.replica_id);
-    // A replica with data restarts from it (no members); otherwise it
-    // bootstraps with the initial members or joins.
-    let stored = nh.has_node_info(shard, replica);
-    let (members, join) = match (&hosted.initial, stored) {
-        (Some(initial), false) => (initial.clone(), false),
-        (None, false) => (BTreeMap::new(), true),
-        (_, true) => (BTreeMap::new(), hosted.initial.is_none()),
+    // A replica with data restarts from it; otherwise it bootstraps with
+    // the initial members or joins.
+    let start = match (&hosted.initial, nh.has_node_info(shard, replica)) {
+        (_, true) => Start::Restart,
+        (Some(initial), false) => Start::New(initial.clone()),
+        (None, false) => Start::Join,
     };
-    nh.start_replica(
-        members,
-        join,
-        |_, _| Box::new(SimKv::new()),
-        hosted.cfg.clone(),
-    )
+    nh.start_replica(start, |_, _| Box::new(SimKv::new()), hosted.cfg.clone())
 }
 
 impl Sim {

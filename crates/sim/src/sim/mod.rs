@@ -274,7 +274,7 @@ impl Sim {
         let heartbeat_rtt = 1 + rng.below(2);
         let election_rtt = 2 * heartbeat_rtt + 4 + rng.below(12);
         let quiesce = rng.chance(0.2);
-        let max_in_mem_log_size = if rng.chance(0.25) {
+        let max_uncommitted_bytes = if rng.chance(0.25) {
             1024 + rng.below(8192)
         } else {
             0
@@ -285,7 +285,7 @@ impl Sim {
                 election_rtt,
                 heartbeat_rtt,
                 quiesce,
-                max_in_mem_log_size,
+                max_uncommitted_bytes,
                 check_quorum: true,
                 pre_vote: true,
                 // Half the shards name the membership each change is based
@@ -295,8 +295,8 @@ impl Sim {
                 compaction_overhead,
                 // Half the shards apply small batches in the step worker
                 // (no apply worker hand-off), half through the apply workers.
-                inline_apply_max_bytes: if rng.chance(0.5) { 64 << 10 } else { 0 },
-                ..Config::new(s, 1)
+                max_inline_apply_bytes: if rng.chance(0.5) { 64 << 10 } else { 0 },
+                ..Config::new(ShardId(s), ReplicaId(1))
             };
             shards.push(ShardState {
                 id: ShardId(s),
@@ -348,7 +348,7 @@ impl Sim {
                 let id = ReplicaId(shard.next_replica);
                 shard.next_replica += 1;
                 shard.members.insert(id, h);
-                initial.insert(id.0, self.hosts[h].addr.clone());
+                initial.insert(id, self.hosts[h].addr.clone());
             }
             for (&id, &h) in &shard.members {
                 let cfg = Config {
