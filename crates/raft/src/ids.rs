@@ -63,18 +63,23 @@ impl ReplicaId {
 }
 
 impl Term {
-    /// The next term.
+    /// The next term, saturating at `u64::MAX` (never wraps: a wrapped term
+    /// would be older than every term and no election could succeed). The
+    /// core never gets near it: messages with terms beyond
+    /// [`TERM_MAX`](crate::TERM_MAX) are dropped.
     #[inline]
     pub const fn next(self) -> Term {
-        Term(self.0 + 1)
+        Term(self.0.saturating_add(1))
     }
 }
 
 impl Index {
-    /// The following log position.
+    /// The following log position, saturating at `u64::MAX` (the core
+    /// never gets near it: messages with indexes beyond
+    /// [`INDEX_MAX`](crate::INDEX_MAX) are dropped).
     #[inline]
     pub const fn next(self) -> Index {
-        Index(self.0 + 1)
+        Index(self.0.saturating_add(1))
     }
 
     /// The preceding log position (saturating at 0).
@@ -83,10 +88,10 @@ impl Index {
         Index(self.0.saturating_sub(1))
     }
 
-    /// `self + n`.
+    /// `self + n`, saturating at `u64::MAX`.
     #[inline]
     pub const fn plus(self, n: u64) -> Index {
-        Index(self.0 + n)
+        Index(self.0.saturating_add(n))
     }
 
     /// `self - n`, saturating at 0.

@@ -118,7 +118,10 @@ impl<L: LogReader> Raft<L> {
         }
         let bytes: u64 = entries.iter().map(Entry::payload_bytes).sum();
         let limit = self.cfg.max_uncommitted_bytes;
-        if limit > 0 && self.uncommitted_bytes > 0 && self.uncommitted_bytes + bytes > limit {
+        if limit > 0
+            && self.uncommitted_bytes > 0
+            && self.uncommitted_bytes.saturating_add(bytes) > limit
+        {
             return Err(ProposalError::TooManyUncommittedBytes);
         }
         for i in 0..entries.len() {
@@ -137,7 +140,7 @@ impl<L: LogReader> Raft<L> {
             }
             self.pending_config_change = self.log.last_index().plus(i as u64 + 1);
         }
-        self.uncommitted_bytes += bytes;
+        self.uncommitted_bytes = self.uncommitted_bytes.saturating_add(bytes);
         self.append_entries(entries);
         self.broadcast_append();
         Ok(())

@@ -10,7 +10,7 @@ mod follower;
 mod leader;
 mod validate;
 
-pub use validate::{InvalidReason, NOT_A_MEMBER};
+pub use validate::{INDEX_MAX, InvalidReason, NOT_A_MEMBER, TERM_JUMP_MAX, TERM_MAX};
 
 use std::collections::BTreeMap;
 

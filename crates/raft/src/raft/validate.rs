@@ -13,7 +13,7 @@
 use super::{Raft, Role};
 use crate::codec::decode_config_change;
 use crate::entry::Entry;
-use crate::ids::ReplicaId;
+use crate::ids::{Index, ReplicaId, Term};
 use crate::log_reader::LogReader;
 use crate::membership::ConfigChangeType;
 use crate::message::{Message, MessageType};
@@ -24,6 +24,29 @@ pub type InvalidReason = &'static str;
 /// The reason of a message dropped because its sender is not a member of
 /// the shard in the receiver's view (see [`Raft::non_member_messages`]).
 pub const NOT_A_MEMBER: InvalidReason = "sender is not a member of the shard";
+
+/// The largest term a message may carry. Half the `u64` range: a shard
+/// cannot get there by elections (one per election timeout, 2^63 of them),
+/// so a larger term is forged or corrupt; refusing it keeps `Term::next`
+/// far from overflow, and leaves any replica pushed to the bound room to
+/// count its terms (no wrap, no wedged campaign).
+pub const TERM_MAX: Term = Term(u64::MAX >> 1);
+
+/// How far above its own term a replica takes a message's term: 2^32
+/// elections (at one per 10 ms, more than a year of back-to-back
+/// elections this replica missed). A larger jump is dropped and counted,
+/// so a forged message cannot use up the term space in a few steps (it
+/// takes 2^31 of them to get from 0 to [`TERM_MAX`]). A replica that has
+/// never seen a term (term 0: a replica joining the shard) takes a leader's
+/// messages of any term up to [`TERM_MAX`], since a shard's term can be
+/// anything by the time it joins.
+pub const TERM_JUMP_MAX: u64 = 1 << 32;
+
+/// The largest log index (or commit index, hint, snapshot index) a message
+/// may carry: half the `u64` range, which no log reaches (2^63 entries), so
+/// index arithmetic on peer input (`next`, `plus`, sums of lengths) cannot
+/// overflow.
+pub const INDEX_MAX: Index = Index(u64::MAX >> 1);
 
 /// Bytes of log read at a time when looking for config changes not yet applied.
 const PENDING_SCAN_BYTES: u64 = 1 << 20;
@@ -47,7 +70,7 @@ impl<L: LogReader> Raft<L> {
     ///   change adding the leader while partitioned); refusing it would
     ///   leave this replica behind for good. Such a sender can do no more
     ///   than a member could: it must show a term (bounded, see
-    ///   `TERM_JUMP_MAX`) and it cannot change
+    ///   [`TERM_JUMP_MAX`]) and it cannot change
     ///   committed entries (Raft §5.3);
     /// - vote requests when this replica is not a member of its own view
     ///   (joining, or its addition not applied yet): it cannot tell who
@@ -148,8 +171,21 @@ impl<L: LogReader> Raft<L> {
         if needs_term && m.term.0 == 0 {
             return Err("protocol message without a term");
         }
+        if matches!(m.msg_type, Propose | ReadIndex | TransferLeader) && m.term.0 != 0 {
+            // Forwarded requests are served by whichever leader gets them:
+            // a term there could only depose a leader for nothing.
+            return Err("forwarded request with a term");
+        }
+        self.check_bounds(m)?;
         match m.msg_type {
             Replicate => check_append(m),
+            // The leader sends min(match, commit) and a follower acknowledges
+            // only durable entries, so a correct heartbeat never commits past
+            // our log; one that does would commit a tail the leader may not
+            // have (Raft §5.3).
+            Heartbeat if m.commit > self.log.last_index() => {
+                Err("heartbeat commits past our last index")
+            }
             InstallSnapshot => match &m.snapshot {
                 None => Err("snapshot message without a snapshot"),
                 Some(s) if s.is_empty() => Err("snapshot at index 0"),
@@ -160,6 +196,47 @@ impl<L: LogReader> Raft<L> {
         }
     }
 
+    /// No input can wedge a shard: terms and indexes a message carries
+    /// stay far from overflow ([`TERM_MAX`], [`INDEX_MAX`]), and a term
+    /// jumps at most [`TERM_JUMP_MAX`] above ours (Raft §5.1: terms only
+    /// grow, so a replica pushed to an absurd term could never follow a
+    /// correct leader again, nor could the shard ever elect one past it).
+    fn check_bounds(&self, m: &Message) -> Result<(), InvalidReason> {
+        use MessageType::*;
+        if m.term > TERM_MAX
+            || m.log_term > TERM_MAX
+            || m.hint_term > TERM_MAX
+            || m.snapshot.as_ref().is_some_and(|s| s.term > TERM_MAX)
+        {
+            return Err("term beyond the largest usable term");
+        }
+        // Every log term a message names (a candidate's last entry, a
+        // commit's or a hint's term) is of an entry the sender holds, so
+        // not newer than the sender's term.
+        if m.log_term > m.term || m.hint_term > m.term {
+            return Err("log term ahead of the sender's term");
+        }
+        let joining_leader =
+            self.term.0 == 0 && matches!(m.msg_type, Replicate | Heartbeat | InstallSnapshot);
+        if m.term.0 > self.term.0.saturating_add(TERM_JUMP_MAX) && !joining_leader {
+            return Err("term too far ahead of ours");
+        }
+        if m.log_index > INDEX_MAX
+            || m.commit > INDEX_MAX
+            || m.hint > INDEX_MAX
+            || m.entries.iter().any(|e| e.index > INDEX_MAX)
+            || m.snapshot.as_ref().is_some_and(|s| s.index > INDEX_MAX)
+        {
+            return Err("index beyond the largest usable index");
+        }
+        if let Some(s) = &m.snapshot
+            && !s.membership.is_consistent()
+        {
+            return Err("snapshot membership is not consistent");
+        }
+        Ok(())
+    }
+
     /// A leader's checks of an answer in its own term (answers from older
     /// terms were dropped before; a leader of a term is one life of one
     /// replica, so the answer's claims are bounded by the leader's state).
@@ -168,6 +245,14 @@ impl<L: LogReader> Raft<L> {
         match m.msg_type {
             MessageType::ReplicateResp if !m.reject && m.log_index > self.log.last_index() => {
                 Err("acknowledges entries past the leader's last index")
+            }
+            // A rejection names the previous index of an append we sent,
+            // and a hint at or below it (Raft §5.3, fast backtracking).
+            MessageType::ReplicateResp if m.reject && m.log_index > self.log.last_index() => {
+                Err("rejects an append past the leader's last index")
+            }
+            MessageType::ReplicateResp if m.reject && m.hint > m.log_index => {
+                Err("rejection hint past the rejected index")
             }
             // Echoes the tick at which we sent the heartbeat.
             MessageType::HeartbeatResp if m.log_index.0 > self.ticks => {

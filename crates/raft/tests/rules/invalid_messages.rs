@@ -177,3 +177,111 @@ fn correct_peers_send_no_invalid_message() {
     }
     assert_eq!(last_index(&c, 3), last_index(&c, 2));
 }
+
+/// Raft §5.1 (terms only grow): a replica that took an absurd term could
+/// never follow a correct leader again, and `u64::MAX` made the next
+/// campaign wrap to term 0. Terms beyond `TERM_MAX`, or more than
+/// `TERM_JUMP_MAX` above ours, are dropped.
+#[test]
+fn absurd_terms_are_dropped() {
+    let mut f = replica(cfg(2), &[1, 1], 2, 2);
+    let jump = 2 + TERM_JUMP_MAX + 1;
+    for term in [u64::MAX, TERM_MAX.0 + 1, jump] {
+        assert_dropped(&mut f, vote_request(1, 2, term, (9, 1)), "vote request");
+        assert_dropped(&mut f, heartbeat(1, 2, term, 2), "heartbeat");
+        assert_dropped(
+            &mut f,
+            append(1, 2, term, (2, 1), ents_from(3, &[term]), 3),
+            "append",
+        );
+        assert_dropped(
+            &mut f,
+            msg(MessageType::RequestVoteResp, 1, 2, term),
+            "answer",
+        );
+    }
+    // Terms inside the bounds are taken.
+    f.step(heartbeat(1, 2, jump - 1, 2));
+    assert_eq!(f.term(), Term(jump - 1));
+
+    // A replica that never saw a term (joining) takes a leader's term
+    // whatever it is, up to TERM_MAX; not a candidate's.
+    let mut j = Raft::new(
+        cfg(4),
+        MemLog::new(),
+        HardState::default(),
+        Membership::default(),
+        Index(0),
+    )
+    .expect("valid config");
+    assert_dropped(&mut j, vote_request(1, 4, jump, (9, 1)), "vote to joiner");
+    assert_dropped(
+        &mut j,
+        heartbeat(1, 4, TERM_MAX.0 + 1, 0),
+        "beyond TERM_MAX",
+    );
+    j.step(heartbeat(1, 4, TERM_MAX.0, 0));
+    assert_eq!(j.term(), TERM_MAX);
+    // Even there, the next campaign does not wrap.
+    assert_eq!(Term(u64::MAX).next(), Term(u64::MAX));
+}
+
+/// Raft §5.3: indexes stay far from overflow (`INDEX_MAX`), a heartbeat
+/// commits only what our log holds (the leader sends min(match, commit)),
+/// and a rejection names an append the leader sent, with a hint at or
+/// below it.
+#[test]
+fn absurd_indexes_are_dropped() {
+    let mut f = replica(cfg(2), &[1, 1], 2, 1);
+    let huge = INDEX_MAX.0 + 1;
+    assert_dropped(&mut f, append(1, 2, 2, (huge, 1), vec![], 2), "prev index");
+    assert_dropped(&mut f, append(1, 2, 2, (2, 1), vec![], huge), "commit");
+    assert_dropped(&mut f, heartbeat(1, 2, 2, huge), "heartbeat commit");
+    assert_dropped(&mut f, heartbeat(1, 2, 2, 3), "heartbeat past our log");
+    assert_dropped(&mut f, snapshot_message(1, 2, 2, huge, 2), "snapshot index");
+    assert_dropped(
+        &mut f,
+        vote_request(3, 2, 3, (u64::MAX, 2)),
+        "vote request index",
+    );
+    let mut inconsistent = snapshot_message(1, 2, 2, 9, 2);
+    let snap = inconsistent.snapshot.as_mut().expect("snapshot");
+    snap.membership.removed.insert(r(1));
+    assert_dropped(&mut f, inconsistent, "snapshot membership");
+    // The same append with a sane commit is taken.
+    f.step(append(1, 2, 2, (2, 1), vec![], 2));
+    assert_eq!(f.log().committed(), Index(2));
+
+    let mut l = replica(cfg(1), &[1], 1, 1);
+    make_leader(&mut l, &[2]);
+    let term = l.term().0;
+    let last = l.log().last_index().0;
+    let reject = |index: u64, hint: u64| Message {
+        reject: true,
+        log_index: Index(index),
+        hint: Index(hint),
+        ..msg(MessageType::ReplicateResp, 2, 1, term)
+    };
+    assert_dropped(&mut l, reject(last + 1, 0), "rejection past last index");
+    assert_dropped(
+        &mut l,
+        reject(last, last + 1),
+        "hint past the rejected index",
+    );
+    assert_dropped(&mut l, reject(u64::MAX, u64::MAX), "rejection at u64::MAX");
+}
+
+/// Forwarded requests carry no term (any leader may serve them): a term
+/// on one could only depose a leader for nothing.
+#[test]
+fn forwarded_request_with_a_term_is_dropped() {
+    let mut l = replica(cfg(1), &[1], 1, 1);
+    make_leader(&mut l, &[2]);
+    let term = l.term().0;
+    let m = Message {
+        entries: vec![ent(0, 0)],
+        ..msg(MessageType::Propose, 2, 1, term + 1)
+    };
+    assert_dropped(&mut l, m, "proposal with a term");
+    assert!(l.is_leader());
+}

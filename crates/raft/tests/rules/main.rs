@@ -10,6 +10,7 @@
 
 mod support;
 
+mod bad_input;
 mod check_quorum;
 mod commit;
 mod election;

@@ -8,9 +8,9 @@ pub use bytes::Bytes;
 pub use longship_raft::testkit::{Cluster, ClusterOptions, TEST_SHARD};
 pub use longship_raft::{
     CAMPAIGN_TRANSFER, Config, ConfigChange, ConfigChangeRejected, ConfigChangeType, ConfigError,
-    ENTRY_OVERHEAD_BYTES, Entry, EntryType, HardState, Index, LogReader, MemLog, Membership,
-    Message, MessageType, ProgressState, ProposalError, Raft, RaftLog, ReadState, ReplicaId, Role,
-    SnapshotMeta, Term, Update, bootstrap_entries,
+    ENTRY_OVERHEAD_BYTES, Entry, EntryType, HardState, INDEX_MAX, Index, LogReader, MemLog,
+    Membership, Message, MessageType, ProgressState, ProposalError, Raft, RaftLog, ReadState,
+    ReplicaId, Role, SnapshotMeta, TERM_JUMP_MAX, TERM_MAX, Term, Update, bootstrap_entries,
 };
 
 pub const ELECTION: u64 = 10;
