@@ -16,8 +16,8 @@ use crate::engine::StepWorker;
 use crate::host::Host;
 use crate::metrics::Metrics;
 
-/// Most addresses a joining replica learns from traffic (its leader, and
-/// the candidates of elections held meanwhile).
+/// Most addresses a replica learns from traffic (senders outside its view
+/// of the membership: its leader, candidates of elections held meanwhile).
 const MAX_LEARNED_PER_REPLICA: usize = 8;
 
 /// The NodeHost side of the transport.
@@ -53,15 +53,17 @@ impl Handler {
                 Metrics::add(&host.metrics.messages_dropped, 1);
                 continue;
             }
-            // A replica that knows no member yet (it joins and learns the
-            // membership from the leader's log or snapshot) answers its
-            // peers at the address their traffic came from. Nothing else
-            // is learnt: a member's address comes from the membership, and
-            // a non-member's is never dialled. Bounded per replica.
+            // The address of a sender outside this replica's view of the
+            // membership is learnt from its traffic: a joining replica
+            // answering its leader, or a member behind a membership change
+            // answering a leader or candidate it does not know yet (the core
+            // decides what it takes from such senders). A member's address
+            // comes from the membership and is never replaced. Bounded per
+            // replica.
             if !batch.source_address.is_empty()
                 && let Some(r) = host.replica(m.shard_id)
                 && r.replica_id == m.to
-                && r.addresses.read().is_empty()
+                && !r.addresses.read().contains_key(&m.from)
             {
                 let key = (m.shard_id, m.from);
                 let known = host
@@ -70,13 +72,31 @@ impl Handler {
                     .get(&key)
                     .is_some_and(|a| *a == batch.source_address);
                 if !known {
+                    let members = r.addresses.read();
                     let mut learned = host.learned.write();
-                    let of_shard = learned
+                    let of_shard: Vec<ReplicaId> = learned
                         .range((m.shard_id, ReplicaId(0))..=(m.shard_id, ReplicaId(u64::MAX)))
-                        .count();
-                    if learned.contains_key(&key) || of_shard < MAX_LEARNED_PER_REPLICA {
-                        learned.insert(key, batch.source_address.clone());
+                        .map(|(&(_, id), _)| id)
+                        .collect();
+                    if !learned.contains_key(&key) && of_shard.len() >= MAX_LEARNED_PER_REPLICA {
+                        // Full: forget senders that are members by now
+                        // (their address is the membership's), else the
+                        // lowest id (ids grow, so the oldest sender).
+                        let stale: Vec<ReplicaId> = of_shard
+                            .iter()
+                            .copied()
+                            .filter(|id| members.contains_key(id))
+                            .collect();
+                        let evict = if stale.is_empty() {
+                            of_shard[..1].to_vec()
+                        } else {
+                            stale
+                        };
+                        for id in evict {
+                            learned.remove(&(m.shard_id, id));
+                        }
                     }
+                    learned.insert(key, batch.source_address.clone());
                 }
             }
             let shard = m.shard_id;

@@ -81,3 +81,16 @@ fn seed_6192_candidate_learns_commit_from_votes() {
 fn seed_22883_non_voting_view_probes_for_the_commit() {
     must_pass(22883, 3000);
 }
+
+/// A first version of "learn addresses only from members" (issue 13) let a
+/// replica learn a sender's address only while it knew no member at all.
+/// A member behind a membership change (its view: voters 1, 2, 3) then
+/// could not answer the new leader 4, which its view did not list: it never
+/// acknowledged an append and stayed at index 120 while the shard went on
+/// (no convergence after healing). Fixed: the addresses of senders outside
+/// the replica's view are learnt (bounded per replica, members' addresses
+/// never replaced). Found by seed 138 before that change landed.
+#[test]
+fn seed_138_a_member_behind_a_change_answers_a_leader_it_does_not_know() {
+    must_pass(138, 3000);
+}
