@@ -1,5 +1,5 @@
-//! Who a NodeHost believes: traffic from outside a shard's membership does
-//! not teach it addresses to dial.
+//! Who a NodeHost believes: a stranger claiming to be a replica of a shard
+//! gets nothing sent to it.
 
 mod common;
 
@@ -27,7 +27,7 @@ impl MessageHandler for Listener {
 }
 
 #[test]
-fn a_non_member_s_address_is_never_learnt_or_dialled() {
+fn a_stranger_posing_as_a_replica_gets_no_traffic() {
     let c = TestCluster::new(3);
     c.start_shard(1, &[1, 2, 3]);
     let leader = c.wait_leader(1);
