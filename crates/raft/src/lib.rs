@@ -34,6 +34,7 @@ mod bootstrap;
 mod config;
 mod log;
 mod progress;
+pub mod quorum;
 mod raft;
 mod read_only;
 mod update;

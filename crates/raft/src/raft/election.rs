@@ -6,14 +6,7 @@ use crate::ids::{ReplicaId, Term};
 use crate::log_reader::LogReader;
 use crate::message::{CAMPAIGN_TRANSFER, Message, MessageType};
 use crate::progress::Progress;
-
-/// Outcome of counting votes.
-#[derive(Debug, PartialEq, Eq)]
-enum Poll {
-    Won,
-    Lost,
-    Pending,
-}
+use crate::quorum::{VoteResult as Poll, vote_result};
 
 impl<L: LogReader> Raft<L> {
     /// Starts an election now, as if the election timeout elapsed (used by
@@ -95,25 +88,7 @@ impl<L: LogReader> Raft<L> {
     }
 
     fn poll(&self) -> Poll {
-        let granted = self
-            .membership
-            .quorum_members()
-            .filter(|id| self.votes.get(id) == Some(&true))
-            .count();
-        let rejected = self
-            .membership
-            .quorum_members()
-            .filter(|id| self.votes.get(id) == Some(&false))
-            .count();
-        let quorum = self.membership.quorum();
-        let total = self.membership.quorum_members().count();
-        if granted >= quorum {
-            Poll::Won
-        } else if rejected > total - quorum {
-            Poll::Lost
-        } else {
-            Poll::Pending
-        }
+        vote_result(&self.membership, |id| self.votes.get(&id).copied())
     }
 
     /// Raft §5.2, §5.4.1; thesis §9.6 for pre-votes.

@@ -9,6 +9,7 @@ use crate::log_reader::{LogError, LogReader};
 use crate::membership::{ConfigChange, ConfigChangeRejected};
 use crate::message::{Message, MessageType};
 use crate::progress::{Progress, ProgressState};
+use crate::quorum;
 use crate::update::{ProposalError, ReadState};
 
 impl<L: LogReader> Raft<L> {
@@ -35,12 +36,9 @@ impl<L: LogReader> Raft<L> {
     /// last CheckQuorum round, that is within the last election timeout.
     fn quorum_recently_active(&self) -> bool {
         let me = self.id;
-        let active = self
-            .membership
-            .quorum_members()
-            .filter(|id| *id == me || self.progress.get(id).is_some_and(|p| p.recent_active))
-            .count();
-        active >= self.membership.quorum()
+        quorum::has_quorum(&self.membership, |id| {
+            id == me || self.progress.get(&id).is_some_and(|p| p.recent_active)
+        })
     }
 
     /// Whether a quorum of voters and witnesses answered heartbeats sent
@@ -50,19 +48,14 @@ impl<L: LogReader> Raft<L> {
     fn quorum_in_lease(&self) -> bool {
         let me = self.id;
         let window = self.election_timeout().saturating_sub(2);
-        let fresh = |acked: u64| acked > 0 && self.ticks < acked + window;
-        let held = self
-            .membership
-            .quorum_members()
-            .filter(|id| {
-                *id == me
-                    || self
-                        .progress
-                        .get(id)
-                        .is_some_and(|p| fresh(p.heartbeat_acked_at))
-            })
-            .count();
-        held >= self.membership.quorum()
+        let fresh = |acked: u64| acked > 0 && self.ticks < acked.saturating_add(window);
+        quorum::has_quorum(&self.membership, |id| {
+            id == me
+                || self
+                    .progress
+                    .get(&id)
+                    .is_some_and(|p| fresh(p.heartbeat_acked_at))
+        })
     }
 
     /// CheckQuorum: whether a quorum was heard from since the last check;
@@ -296,16 +289,10 @@ impl<L: LogReader> Raft<L> {
     /// Raft §5.3, §5.4.2: commits the highest index replicated on a quorum
     /// of voters and witnesses, but only if it belongs to the current term.
     pub(super) fn maybe_commit(&mut self) -> bool {
-        let mut matched: Vec<Index> = self
-            .membership
-            .quorum_members()
-            .map(|id| self.progress.get(&id).map_or(Index(0), |p| p.match_index))
-            .collect();
-        if matched.is_empty() {
-            return false;
-        }
-        matched.sort_unstable_by(|a, b| b.cmp(a));
-        let quorum_index = matched[self.membership.quorum() - 1];
+        let progress = &self.progress;
+        let quorum_index = quorum::committed_index(&self.membership, |id| {
+            progress.get(&id).map_or(Index(0), |p| p.match_index)
+        });
         if quorum_index > self.log.committed() && self.log.term_or_zero(quorum_index) == self.term {
             self.log.commit_to(quorum_index);
             self.on_commit_in_term();
@@ -431,11 +418,7 @@ impl<L: LogReader> Raft<L> {
         }
         let membership = &self.membership;
         let done = self.read_only.recv_ack(m.from, m.context, |acks| {
-            membership
-                .quorum_members()
-                .filter(|id| acks.contains(id))
-                .count()
-                >= membership.quorum()
+            quorum::has_quorum(membership, |id| acks.contains(&id))
         });
         for r in done {
             self.release_read(r.context, r.index, r.from);

@@ -21,6 +21,7 @@ mod members;
 mod membership;
 mod persistence;
 mod prevote;
+mod quorum;
 mod read_index;
 mod replication;
 mod snapshots;
