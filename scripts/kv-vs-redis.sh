@@ -6,6 +6,7 @@
 #
 #   scripts/kv-vs-redis.sh            # the table (markdown) on stdout
 #   KV_BENCH_SECONDS=5 scripts/kv-vs-redis.sh
+#   KV_BIN=/path/to/older/longship-kv scripts/kv-vs-redis.sh   # another build
 #
 # Needs redis-server and redis-benchmark (apt-get install redis-server
 # redis-tools); builds longship-kv in release mode.
@@ -23,8 +24,12 @@ seconds=${KV_BENCH_SECONDS:-4}
 redis_port=${REDIS_PORT:-6399}
 kv_port=7379 # longship-kv with no arguments serves 7379-7381
 
-cargo build --release -q -p longship-kv
-kv_bin=${CARGO_TARGET_DIR:-target}/release/longship-kv
+if [ -n "${KV_BIN:-}" ]; then
+    kv_bin=$(realpath "$KV_BIN")
+else
+    cargo build --release -q -p longship-kv
+    kv_bin=$(realpath "${CARGO_TARGET_DIR:-target}/release/longship-kv")
+fi
 
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/kv-vs-redis.XXXXXX")
 pids=()
@@ -44,7 +49,7 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$scratch/redis" \
     --appendonly yes --appendfsync always --save "" --daemonize no \
     >"$scratch/redis.log" 2>&1 &
 pids+=($!)
-(cd "$scratch/kv" && exec "$OLDPWD/$kv_bin") >"$scratch/kv.log" 2>&1 &
+(cd "$scratch/kv" && exec "$kv_bin") >"$scratch/kv.log" 2>&1 &
 pids+=($!)
 
 # Ready when a write goes through (longship-kv: every shard has a leader).
@@ -96,7 +101,7 @@ run() {
 echo "## longship-kv vs redis-server --appendfsync always"
 echo
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, load average before: $(cut -d' ' -f1-3 /proc/loadavg), fdatasync probe p50: $(fsync_probe_us) us"
-echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown); redis-benchmark -d 16 -r 100000 -P 1"
+echo "longship-kv: $kv_bin (commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown) in $(pwd)); redis-benchmark -d 16 -r 100000 -P 1"
 echo
 echo "| test | clients | redis+fsync ops/s | p50 ms | p99 ms | longship-kv ops/s | p50 ms | p99 ms | kv / redis |"
 echo "|---|---|---|---|---|---|---|---|---|"
