@@ -44,7 +44,8 @@ pub use config::{Config, ConfigError};
 pub use log::RaftLog;
 pub use progress::{Inflights, Progress, ProgressState};
 pub use raft::{
-    INDEX_MAX, InvalidReason, NOT_A_MEMBER, Raft, Role, Status, TERM_JUMP_MAX, TERM_MAX,
+    INDEX_MAX, InvalidReason, InvariantViolation, NOT_A_MEMBER, Raft, Role, Status, TERM_JUMP_MAX,
+    TERM_MAX,
 };
 pub use read_only::{PendingRead, ReadOnly};
 pub use update::{LeaderInfo, ProposalError, ReadState, Update};

@@ -16,6 +16,7 @@
 
 pub mod cluster;
 pub mod commands;
+pub mod exec;
 pub mod resp;
 pub mod server;
 pub mod slots;

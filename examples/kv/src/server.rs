@@ -65,11 +65,21 @@ use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::commands;
+use crate::exec::is_read;
 use crate::resp::{Reply, RequestParser, RespError, RespLimits};
 use crate::slots::{key_slot, shard_of_slot, slot_range};
 use crate::sm::{
-    BATCH_HEADER_BYTES, MAX_SNAPSHOT_ITEM_BYTES, Op, OpResult, decode_results, encode_batch, status,
+    BATCH_HEADER_BYTES, Cmd, CmdResult, MAX_SNAPSHOT_ITEM_BYTES, cmd_encoded_len, decode_results,
+    encode_batch, status,
 };
+
+/// This node's wall clock in ms since the epoch (what batches are stamped with).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// How long a request keeps retrying before answering with an error.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
@@ -77,6 +87,8 @@ const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Sessions kept per shard for reuse.
 const SESSIONS_PER_SHARD: usize = 256;
+/// How often a node looks for expired keys in the shards it leads.
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// Largest key.
 pub const MAX_KEY_BYTES: usize = 64 << 10;
 /// Most commands executed in one round of a connection.
@@ -181,14 +193,13 @@ pub struct KvNode {
     clients: AtomicUsize,
     /// `-MOVED` replies sent.
     moved: AtomicU64,
+    /// Whether the sweeper runs.
+    sweeper: std::sync::atomic::AtomicBool,
     /// Shards whose local replica was quiesced, and when that was looked up.
     quiesced: Mutex<(Option<Instant>, std::collections::BTreeSet<ShardId>)>,
     /// NodeHosts of the same cluster in this process, by node id.
     local_hosts: OnceLock<Vec<(u64, Arc<NodeHost>)>>,
 }
-
-/// Outcome of one operation: its result, or the error reply of its command.
-type Outcome = Result<OpResult, Reply>;
 
 impl KvNode {
     /// A front end over `nh` with the default limits.
@@ -211,6 +222,7 @@ impl KvNode {
             sessions: Mutex::new(BTreeMap::new()),
             clients: AtomicUsize::new(0),
             moved: AtomicU64::new(0),
+            sweeper: std::sync::atomic::AtomicBool::new(false),
             quiesced: Mutex::new((None, Default::default())),
             local_hosts: OnceLock::new(),
         })
@@ -354,60 +366,149 @@ impl KvNode {
         }
     }
 
-    /// Answers read ops of one shard: linearizable (one ReadIndex round for
-    /// all of them) unless `stale`.
-    pub async fn read_ops(
+    /// Answers read commands of one shard: linearizable (one ReadIndex
+    /// round for all of them) unless `stale`. When a command touches a key
+    /// that expired by this node's clock but not yet by the shard's
+    /// replicated clock, the shard's clock is advanced through the log and
+    /// the commands are read again (see [`crate::sm`]).
+    pub async fn read_cmds(
         &self,
         shard: ShardId,
-        ops: &[Op],
+        cmds: &[Cmd],
         stale: bool,
-    ) -> Result<Vec<OpResult>, Error> {
+    ) -> Result<Vec<Reply>, Error> {
         let nh = self.host_for(shard).clone();
         if !stale {
             self.read_index(&nh, shard).await?;
         }
-        let answer = nh.read_local(shard, &encode_batch(ops))?;
-        match decode_results(&answer) {
-            Some(r) if r.len() == ops.len() => Ok(r),
-            _ => Err(Error::StateMachine("bad lookup answer".into())),
+        for _ in 0..5 {
+            let q = encode_batch(now_ms(), self.config.proto_max_bulk_len, cmds);
+            let answer = nh.read_local(shard, &q)?;
+            let results = match decode_results(&answer) {
+                Some(r) if r.len() == cmds.len() => r,
+                _ => return Err(Error::StateMachine("bad lookup answer".into())),
+            };
+            if results.iter().all(|r| matches!(r, CmdResult::Reply(_))) {
+                return Ok(results
+                    .into_iter()
+                    .filter_map(|r| match r {
+                        CmdResult::Reply(r) => Some(r),
+                        CmdResult::NeedsClock => None,
+                    })
+                    .collect());
+            }
+            // The entry is applied here before the answer: read again.
+            self.advance_clock(shard).await?;
+        }
+        Err(Error::StateMachine(
+            "the shard clock did not advance".into(),
+        ))
+    }
+
+    /// Proposes an empty batch to `shard`: it advances the shard's clock to
+    /// this node's and deletes up to [`SWEEP_PER_BATCH`](crate::sm::SWEEP_PER_BATCH) expired keys. It
+    /// changes nothing else, so it needs no session (retrying it is harmless).
+    pub async fn advance_clock(&self, shard: ShardId) -> Result<(), Error> {
+        let nh = self.host_for(shard).clone();
+        let deadline = Instant::now() + REQUEST_DEADLINE;
+        loop {
+            let cmd = bytes::Bytes::from(encode_batch(now_ms(), 0, &[]));
+            let r = match nh.propose(&nh.get_noop_session(shard), cmd, ATTEMPT_TIMEOUT) {
+                Ok(h) => h.await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_temporary() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
-    /// Executes the ordered op list of one shard (see the module docs) and
-    /// returns one outcome per op, in order.
+    /// Starts (once per node) the task that deletes expired keys of the
+    /// shards this node leads, every [`SWEEP_INTERVAL`] (see `sweep_once`).
+    pub fn start_sweeper(node: &Arc<KvNode>) {
+        if node.sweeper.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let node = node.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP_INTERVAL).await;
+                node.sweep_once().await;
+            }
+        });
+    }
+
+    /// One pass of the sweeper: for each shard this node leads whose
+    /// earliest expiry has passed by this node's clock, proposes empty
+    /// batches (each deletes up to [`SWEEP_PER_BATCH`](crate::sm::SWEEP_PER_BATCH) expired keys) until
+    /// none is due. Returns the batches proposed.
+    pub async fn sweep_once(&self) -> usize {
+        let mut proposed = 0;
+        for s in 1..=self.shards {
+            let shard = ShardId(s);
+            if !self.leads(shard) {
+                continue;
+            }
+            for _ in 0..100 {
+                let due = match self.nh.read_local(shard, &[crate::sm::query::NEXT_EXPIRY]) {
+                    Ok(b) if b.len() == 16 => {
+                        let next = u64::from_le_bytes(b[..8].try_into().unwrap_or([0xff; 8]));
+                        next <= now_ms()
+                    }
+                    _ => false,
+                };
+                if !due || self.advance_clock(shard).await.is_err() {
+                    break;
+                }
+                proposed += 1;
+            }
+        }
+        proposed
+    }
+
+    /// Executes the ordered command list of one shard (see the module docs)
+    /// and returns one outcome per command, in order.
     async fn run_shard(
         &self,
         shard: ShardId,
-        ops: Vec<Op>,
+        cmds: Vec<Cmd>,
         stale: bool,
         mut fence: Option<Session>,
-    ) -> (Vec<Outcome>, Option<Session>) {
-        let mut out: Vec<Outcome> = Vec::with_capacity(ops.len());
-        if !ops.iter().any(Op::is_write) {
-            match self.read_ops(shard, &ops, stale).await {
-                Ok(r) => out.extend(r.into_iter().map(Ok)),
-                Err(e) => out.extend(ops.iter().map(|_| Err(error_reply(&e)))),
+    ) -> (Vec<Reply>, Option<Session>) {
+        let mut out: Vec<Reply> = Vec::with_capacity(cmds.len());
+        if cmds.iter().all(|c| is_read(c)) {
+            match self.read_cmds(shard, &cmds, stale).await {
+                Ok(r) => out.extend(r),
+                Err(e) => out.extend(cmds.iter().map(|_| error_reply(&e))),
             }
             return (out, fence);
         }
         let room = self.max_entry_bytes().saturating_sub(BATCH_HEADER_BYTES);
         let mut i = 0;
-        while i < ops.len() {
-            // The longest run of ops from i that fits one entry.
+        while i < cmds.len() {
+            // The longest run of commands from i that fits one entry.
             let mut end = i;
             let mut size = 0usize;
-            while end < ops.len() && size + ops[end].encoded_len() <= room {
-                size += ops[end].encoded_len();
+            while end < cmds.len() && size + cmd_encoded_len(&cmds[end]) <= room {
+                size += cmd_encoded_len(&cmds[end]);
                 end += 1;
             }
             if end == i {
-                // Never happens: commands with an op this big are refused
-                // before they get here.
-                out.push(Err(too_big_for_raft(&ops[i], self.max_entry_bytes())));
+                // Never happens: commands this big are refused before they
+                // get here.
+                out.push(too_big_for_raft(&cmds[i], self.max_entry_bytes()));
                 i += 1;
                 continue;
             }
-            let cmd = bytes::Bytes::from(encode_batch(&ops[i..end]));
+            let cmd = bytes::Bytes::from(encode_batch(
+                now_ms(),
+                self.config.proto_max_bulk_len,
+                &cmds[i..end],
+            ));
             let results = match self.propose(shard, cmd, &mut fence).await {
                 Ok(r) if r.value == status::OK => decode_results(&r.data)
                     .filter(|x| x.len() <= end - i)
@@ -418,23 +519,26 @@ impl KvNode {
             match results {
                 Ok(r) => {
                     let done = r.len();
-                    out.extend(r.into_iter().map(Ok));
+                    out.extend(r.into_iter().map(|x| match x {
+                        CmdResult::Reply(r) => r,
+                        CmdResult::NeedsClock => Reply::err("internal error: clock"),
+                    }));
                     i += done;
                     if i < end {
-                        // The batch stopped before a read whose value is too
+                        // The batch stopped before a read whose reply is too
                         // big to return through the log: read it now (every
-                        // earlier op is applied, no later one is), then go on.
-                        match self.read_ops(shard, &ops[i..i + 1], false).await {
-                            Ok(mut r) => out.push(Ok(r.remove(0))),
-                            Err(e) => out.push(Err(error_reply(&e))),
+                        // earlier command is applied, no later one is), then go on.
+                        match self.read_cmds(shard, &cmds[i..i + 1], false).await {
+                            Ok(mut r) => out.push(r.remove(0)),
+                            Err(e) => out.push(error_reply(&e)),
                         }
                         i += 1;
                     }
                 }
                 Err(reply) => {
-                    // Outcome unknown or failed: the later ops are not executed
-                    // (they must not take effect before this one).
-                    out.extend(ops[i..].iter().map(|_| Err(reply.clone())));
+                    // Outcome unknown or failed: the later commands are not
+                    // executed (they must not take effect before this one).
+                    out.extend(cmds[i..].iter().map(|_| reply.clone()));
                     break;
                 }
             }
@@ -503,21 +607,11 @@ impl KvNode {
     /// their shard is another node whose Redis address is known. Reads of
     /// a READONLY connection stay here (every node holds a replica of every
     /// shard), as do ops on a shard with no known leader (forwarded).
-    fn route(&self, ops: &[(ShardId, Op)], readonly: bool) -> Result<(), Reply> {
-        let mut slot = None;
-        for (_, op) in ops {
-            if let Some(k) = op.key() {
-                let s = key_slot(k);
-                if slot.is_some_and(|x| x != s) {
-                    return Err(Reply::Error(
-                        "CROSSSLOT Keys in request don't hash to the same slot".into(),
-                    ));
-                }
-                slot = Some(s);
-            }
-        }
-        let Some(slot) = slot else { return Ok(()) };
-        if readonly && !ops.iter().any(|(_, op)| op.is_write()) {
+    fn route(&self, keys: &[&[u8]], write: bool, readonly: bool) -> Result<(), Reply> {
+        let Some(slot) = same_slot(keys)? else {
+            return Ok(());
+        };
+        if readonly && !write {
             return Ok(());
         }
         let shard = shard_of_slot(slot, self.shards);
@@ -750,6 +844,20 @@ impl KvNode {
             self.config.proto_max_bulk_len
         );
         s.push_str("# Cluster\r\ncluster_enabled:1\r\n");
+        // Keys held by this node's replicas (expired keys not yet swept
+        // included), as Redis's keyspace section.
+        let (mut keys, mut expires) = (0u64, 0u64);
+        for x in &info.shards {
+            if let Ok(b) = self.nh.read_local(x.shard_id, &[crate::sm::query::STATS])
+                && b.len() == 16
+            {
+                keys += u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
+                expires += u64::from_le_bytes(b[8..].try_into().unwrap_or_default());
+            }
+        }
+        s.push_str(&format!(
+            "# Keyspace\r\ndb0:keys={keys},expires={expires},avg_ttl=0\r\n"
+        ));
         let leaders = info.shards.iter().filter(|x| x.is_leader).count();
         s.push_str(&format!("leader_shards:{leaders}\r\n"));
         let quiesced = info.shards.iter().filter(|x| x.quiesced).count();
@@ -762,6 +870,21 @@ impl KvNode {
         }
         s
     }
+}
+
+/// The slot of all of `keys` (`None` when there are none), or `-CROSSSLOT`.
+fn same_slot(keys: &[&[u8]]) -> Result<Option<u16>, Reply> {
+    let mut slot = None;
+    for k in keys {
+        let s = key_slot(k);
+        if slot.is_some_and(|x| x != s) {
+            return Err(Reply::Error(
+                "CROSSSLOT Keys in request don't hash to the same slot".into(),
+            ));
+        }
+        slot = Some(s);
+    }
+    Ok(slot)
 }
 
 /// The 40-character id of a node in `CLUSTER` replies: its node id in hex.
@@ -782,6 +905,7 @@ impl Drop for ClientSlot {
 /// connections, a new one is answered `-ERR max number of clients reached`
 /// and closed (as Redis does).
 pub async fn serve(listener: TcpListener, node: Arc<KvNode>) {
+    KvNode::start_sweeper(&node);
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -819,6 +943,12 @@ struct ConnState {
     cluster: bool,
     /// QUIT was received: close after the replies.
     quit: bool,
+    /// MULTI: the commands queued for EXEC.
+    multi: Option<Vec<Cmd>>,
+    /// A command queued after MULTI was refused: EXEC answers EXECABORT.
+    multi_error: bool,
+    /// WATCHed keys and their digests when watched.
+    watched: Vec<(Vec<u8>, Vec<u8>)>,
     /// Sessions whose last proposal has an unknown outcome, by shard (see
     /// `KvNode::propose`).
     fences: BTreeMap<ShardId, Session>,
@@ -836,12 +966,13 @@ fn is_conn_command(args: &[Vec<u8>]) -> bool {
         n.eq_ignore_ascii_case(b"QUIT")
             || n.eq_ignore_ascii_case(b"READONLY")
             || n.eq_ignore_ascii_case(b"READWRITE")
+            || n.eq_ignore_ascii_case(b"WATCH")
     })
 }
 
 /// Takes the complete commands at the front of `buf` for one round. A
 /// command that changes the connection's state (QUIT, READONLY,
-/// READWRITE) ends its round.
+/// READWRITE, WATCH) ends its round.
 fn parse_round(parser: &mut RequestParser, buf: &[u8]) -> Round {
     let mut round = Round {
         commands: Vec::new(),
@@ -1004,45 +1135,39 @@ async fn join_all<F: Future>(futs: Vec<F>) -> Vec<F::Output> {
     outs.into_iter().flatten().collect()
 }
 
-/// How a command's reply is built from the outcomes of its ops.
-#[derive(Clone, Copy, Debug)]
+/// How a command's reply is built from the replies of its sub-commands.
+#[derive(Clone, Debug)]
 enum Combine {
-    /// GET: a bulk or nil.
-    Get,
-    /// MGET: an array of bulks or nils.
-    Mget,
-    /// SET: OK, or nil when NX/XX was not met.
-    Set,
-    /// MSET: OK once every SET is done.
-    Mset,
-    /// DEL, EXISTS, DBSIZE, STRLEN: the sum of the integers.
+    /// The one reply as is.
+    One,
+    /// The arrays concatenated (MGET per key, KEYS per shard).
+    Concat,
+    /// The integers summed (DEL, EXISTS, TOUCH, UNLINK, DBSIZE).
     Sum,
-    /// INCRBY, APPEND: the integer, or the error it stands for.
-    Int,
+    /// OK once every part answered OK (MSET, FLUSHALL).
+    AllOk,
+    /// The first non-nil reply (RANDOMKEY over shards in random order).
+    FirstNonNil,
+    /// One shard's part of a SCAN: the cursor goes on from shard index `idx`.
+    Scan { idx: u64 },
+    /// WATCH: the digests of these keys are kept in the connection.
+    Watch(Vec<Vec<u8>>),
 }
 
-/// A command of a round: its reply now, or ops to run and how to combine them.
+/// A command of a round: its reply now, or sub-commands to run and how to
+/// combine their replies.
 enum Planned {
     Now(Reply),
-    Ops {
+    Cmds {
         first: usize,
         n: usize,
         combine: Combine,
     },
 }
 
-/// Ops of a round, in command order.
-struct RoundOps {
-    ops: Vec<(ShardId, Op)>,
-}
-
-impl RoundOps {
-    fn plan(&mut self, ops: Vec<(ShardId, Op)>, combine: Combine) -> Planned {
-        let first = self.ops.len();
-        let n = ops.len();
-        self.ops.extend(ops);
-        Planned::Ops { first, n, combine }
-    }
+/// Sub-commands of a round, in command order, with their shard.
+struct RoundCmds {
+    cmds: Vec<(ShardId, Cmd)>,
 }
 
 /// Executes the commands of one round (see the module docs) and returns
@@ -1064,34 +1189,34 @@ async fn execute_round(
     state: &mut ConnState,
     commands: Vec<Vec<Vec<u8>>>,
 ) -> Vec<Reply> {
-    let mut round = RoundOps { ops: Vec::new() };
+    let mut round = RoundCmds { cmds: Vec::new() };
     let planned: Vec<Planned> = commands
         .iter()
         .map(|args| plan(node, state, args, &mut round))
         .collect();
-    let mut outcomes: Vec<Option<Outcome>> = round.ops.iter().map(|_| None).collect();
-    if !round.ops.is_empty() {
-        // Group by shard, keeping the order of each shard's ops.
-        let mut by_shard: BTreeMap<ShardId, (Vec<usize>, Vec<Op>)> = BTreeMap::new();
-        for (i, (shard, op)) in round.ops.into_iter().enumerate() {
+    let mut replies: Vec<Option<Reply>> = round.cmds.iter().map(|_| None).collect();
+    if !round.cmds.is_empty() {
+        // Group by shard, keeping the order of each shard's commands.
+        let mut by_shard: BTreeMap<ShardId, (Vec<usize>, Vec<Cmd>)> = BTreeMap::new();
+        for (i, (shard, cmd)) in round.cmds.into_iter().enumerate() {
             let e = by_shard.entry(shard).or_default();
             e.0.push(i);
-            e.1.push(op);
+            e.1.push(cmd);
         }
         let stale = state.readonly;
         let mut places = Vec::with_capacity(by_shard.len());
         let mut futs = Vec::with_capacity(by_shard.len());
-        for (shard, (idx, ops)) in by_shard {
+        for (shard, (idx, cmds)) in by_shard {
             let fence = state.fences.remove(&shard);
             places.push((shard, idx));
-            futs.push(node.run_shard(shard, ops, stale, fence));
+            futs.push(node.run_shard(shard, cmds, stale, fence));
         }
         for ((shard, idx), (results, fence)) in places.into_iter().zip(join_all(futs).await) {
             if let Some(f) = fence {
                 state.fences.insert(shard, f);
             }
             for (i, r) in idx.into_iter().zip(results) {
-                outcomes[i] = Some(r);
+                replies[i] = Some(r);
             }
         }
     }
@@ -1099,71 +1224,111 @@ async fn execute_round(
         .into_iter()
         .map(|p| match p {
             Planned::Now(r) => r,
-            Planned::Ops { first, n, combine } => {
-                combine_reply(combine, &outcomes[first..first + n])
+            Planned::Cmds { first, n, combine } => {
+                combine_reply(node, state, combine, &replies[first..first + n])
             }
         })
         .collect()
 }
 
-fn combine_reply(combine: Combine, outcomes: &[Option<Outcome>]) -> Reply {
-    let mut results = Vec::with_capacity(outcomes.len());
-    for o in outcomes {
-        match o {
-            Some(Ok(r)) => results.push(r),
-            Some(Err(reply)) => return reply.clone(),
-            None => return Reply::err("internal error: operation not executed"),
+fn combine_reply(
+    node: &KvNode,
+    state: &mut ConnState,
+    combine: Combine,
+    replies: &[Option<Reply>],
+) -> Reply {
+    let mut rs = Vec::with_capacity(replies.len());
+    for r in replies {
+        match r {
+            // A failure of the request (not a command's own error reply,
+            // which is part of the result) answers the whole command.
+            Some(Reply::Error(e))
+                if !matches!(combine, Combine::One | Combine::Concat)
+                    || e.starts_with("TIMEOUT")
+                    || e.starts_with("BUSY") =>
+            {
+                return Reply::Error(e.clone());
+            }
+            Some(r) => rs.push(r),
+            None => return Reply::err("internal error: command not executed"),
         }
     }
-    let unexpected = || Reply::err("internal error: unexpected result");
-    let bulk = |r: &OpResult| match r {
-        OpResult::Value(Some(v)) => Some(Reply::Bulk(v.clone())),
-        OpResult::Value(None) => Some(Reply::Nil),
-        _ => None,
-    };
+    let unexpected = || Reply::err("internal error: unexpected reply");
     match combine {
-        Combine::Get => results
-            .first()
-            .and_then(|r| bulk(r))
-            .unwrap_or_else(unexpected),
-        Combine::Mget => results
-            .iter()
-            .map(|r| bulk(r))
-            .collect::<Option<Vec<_>>>()
-            .map_or_else(unexpected, Reply::Array),
-        Combine::Set => match results.first() {
-            Some(OpResult::Ok) => Reply::ok(),
-            Some(OpResult::NotSet) => Reply::Nil,
-            _ => unexpected(),
-        },
-        Combine::Mset => {
-            if results.iter().all(|r| **r == OpResult::Ok) {
-                Reply::ok()
-            } else {
-                unexpected()
+        Combine::One => rs.first().map_or_else(unexpected, |r| (*r).clone()),
+        Combine::Concat => {
+            let mut out = Vec::new();
+            for r in rs {
+                match r {
+                    Reply::Array(items) => out.extend(items.iter().cloned()),
+                    Reply::Error(e) => return Reply::Error(e.clone()),
+                    _ => return unexpected(),
+                }
             }
+            Reply::Array(out)
         }
         Combine::Sum => {
             let mut n: i64 = 0;
-            for r in &results {
+            for r in rs {
                 match r {
-                    OpResult::Int(x) => n = n.saturating_add(*x),
+                    Reply::Int(x) => n = n.saturating_add(*x),
                     _ => return unexpected(),
                 }
             }
             Reply::Int(n)
         }
-        Combine::Int => match results.first() {
-            Some(OpResult::Int(n)) => Reply::Int(*n),
-            Some(OpResult::NotInteger) => Reply::err("value is not an integer or out of range"),
-            Some(OpResult::Overflow) => Reply::err("increment or decrement would overflow"),
-            Some(OpResult::TooLarge(max)) => Reply::err(format!(
-                "string exceeds maximum allowed size (proto-max-bulk-len: {max} bytes)"
-            )),
+        Combine::AllOk => {
+            if rs.iter().all(|r| **r == Reply::ok()) {
+                Reply::ok()
+            } else {
+                unexpected()
+            }
+        }
+        Combine::FirstNonNil => rs
+            .into_iter()
+            .find(|r| **r != Reply::Nil)
+            .cloned()
+            .unwrap_or(Reply::Nil),
+        Combine::Scan { idx } => match rs.first() {
+            Some(Reply::Array(parts)) if parts.len() == 2 => {
+                let pos: u64 = match &parts[0] {
+                    Reply::Bulk(b) => std::str::from_utf8(b)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0),
+                    _ => return unexpected(),
+                };
+                let cursor = if pos != 0 {
+                    (idx << SCAN_SHARD_SHIFT) | pos
+                } else if idx + 1 < node.shards {
+                    (idx + 1) << SCAN_SHARD_SHIFT
+                } else {
+                    0
+                };
+                Reply::Array(vec![
+                    Reply::Bulk(cursor.to_string().into_bytes()),
+                    parts[1].clone(),
+                ])
+            }
+            _ => unexpected(),
+        },
+        Combine::Watch(keys) => match rs.first() {
+            Some(Reply::Array(ds)) if ds.len() == keys.len() => {
+                for (k, d) in keys.into_iter().zip(ds) {
+                    if let Reply::Bulk(d) = d {
+                        state.watched.push((k, d.clone()));
+                    }
+                }
+                Reply::ok()
+            }
             _ => unexpected(),
         },
     }
 }
+
+/// Bits of a SCAN cursor that hold the position inside a shard (a 48-bit
+/// key hash plus one); the shard's index is above them.
+const SCAN_SHARD_SHIFT: u32 = 49;
 
 fn arity_error(name: &str) -> Reply {
     Reply::err(format!(
@@ -1183,214 +1348,405 @@ fn error_reply(e: &Error) -> Reply {
     }
 }
 
-fn too_big_for_raft(op: &Op, max_entry: usize) -> Reply {
+fn too_big_for_raft(cmd: &[Vec<u8>], max_entry: usize) -> Reply {
     Reply::err(format!(
         "value too large to replicate: {} bytes over the replicated entry limit of {} bytes (max_proposal_bytes)",
-        op.encoded_len() + BATCH_HEADER_BYTES,
+        cmd_encoded_len(cmd) + BATCH_HEADER_BYTES,
         max_entry
     ))
 }
 
 /// Refuses a key over [`MAX_KEY_BYTES`], or a write that cannot fit one
 /// replicated entry.
-fn check_op(node: &KvNode, op: &Op) -> Option<Reply> {
-    if op.key().is_some_and(|k| k.len() > MAX_KEY_BYTES) {
+fn check_cmd(node: &KvNode, keys: &[&[u8]], cmd: &[Vec<u8>]) -> Option<Reply> {
+    if keys.iter().any(|k| k.len() > MAX_KEY_BYTES) {
         return Some(Reply::err(format!(
             "key too large (over {MAX_KEY_BYTES} bytes)"
         )));
     }
     let max = node.max_entry_bytes();
-    (op.is_write() && op.encoded_len() + BATCH_HEADER_BYTES > max)
-        .then(|| too_big_for_raft(op, max))
+    (!cmd.is_empty() && !is_read(cmd) && cmd_encoded_len(cmd) + BATCH_HEADER_BYTES > max)
+        .then(|| too_big_for_raft(cmd, max))
 }
 
-fn parse_i64(b: &[u8]) -> Option<i64> {
+fn parse_u64(b: &[u8]) -> Option<u64> {
     std::str::from_utf8(b).ok()?.parse().ok()
 }
 
-/// Plans one command: its reply now, or its ops in `round`.
-fn plan(node: &KvNode, state: &mut ConnState, args: &[Vec<u8>], round: &mut RoundOps) -> Planned {
+/// Commands answered by the node itself, never inside MULTI.
+const CONN_COMMANDS: &[&str] = &[
+    "QUIT",
+    "READONLY",
+    "READWRITE",
+    "COMMAND",
+    "CONFIG",
+    "CLUSTER",
+    "INFO",
+    "SELECT",
+    "MULTI",
+    "EXEC",
+    "DISCARD",
+    "WATCH",
+    "UNWATCH",
+];
+
+/// Commands over every shard (or, in cluster mode, every shard this node
+/// leads).
+const ALL_SHARD_COMMANDS: &[&str] = &["DBSIZE", "KEYS", "SCAN", "RANDOMKEY", "FLUSHALL", "FLUSHDB"];
+
+/// Plans one command: its reply now, or its sub-commands in `round`.
+fn plan(node: &KvNode, state: &mut ConnState, args: &[Vec<u8>], round: &mut RoundCmds) -> Planned {
+    let now = Planned::Now;
     let Some(first) = args.first() else {
-        return Planned::Now(Reply::err("empty command"));
+        return now(Reply::err("empty command"));
     };
     let name = String::from_utf8_lossy(first).to_ascii_uppercase();
     let argc = args.len();
-    let shard = |k: &[u8]| shard_of(k, node.shards);
-    let cluster_mode = state.cluster || node.config.cluster_redirects;
-    let readonly = state.readonly;
-    // Ops, checked: the command is refused whole if any op is, and in
-    // cluster mode redirected (MOVED) or refused (CROSSSLOT).
-    let mut ops_of = |ops: Vec<(ShardId, Op)>, combine: Combine| -> Planned {
-        for (_, op) in &ops {
-            if let Some(r) = check_op(node, op) {
-                return Planned::Now(r);
-            }
+    let Some(info) = commands::lookup(first) else {
+        if state.multi.is_some() {
+            state.multi_error = true;
         }
-        if cluster_mode && let Err(r) = node.route(&ops, readonly) {
-            return Planned::Now(r);
-        }
-        round.plan(ops, combine)
+        return now(unknown_command(args));
     };
-    let now = Planned::Now;
+    if !info.arity_ok(argc) {
+        if state.multi.is_some() {
+            state.multi_error = true;
+        }
+        return now(arity_error(&name));
+    }
+    let cluster_mode = state.cluster || node.config.cluster_redirects;
+    let keys = info.keys(args);
+    // Inside MULTI: data commands are queued, checked like any other.
+    if let Some(queued) = &mut state.multi
+        && !matches!(
+            name.as_str(),
+            "EXEC" | "DISCARD" | "MULTI" | "WATCH" | "QUIT"
+        )
+    {
+        if CONN_COMMANDS.contains(&name.as_str()) || ALL_SHARD_COMMANDS.contains(&name.as_str()) {
+            state.multi_error = true;
+            return now(Reply::err(format!(
+                "{} is not supported inside MULTI by longship-kv",
+                name.to_ascii_lowercase()
+            )));
+        }
+        if let Some(r) = check_cmd(node, &keys, args) {
+            state.multi_error = true;
+            return now(r);
+        }
+        queued.push(args.to_vec());
+        return now(Reply::Simple("QUEUED".into()));
+    }
     match name.as_str() {
         "QUIT" => {
             state.quit = true;
-            now(Reply::ok())
+            return now(Reply::ok());
         }
         "READONLY" => {
             state.readonly = true;
             state.cluster = true;
-            now(Reply::ok())
+            return now(Reply::ok());
         }
         "READWRITE" => {
             state.readonly = false;
-            now(Reply::ok())
+            return now(Reply::ok());
         }
-        "PING" => match argc {
-            1 => now(Reply::Simple("PONG".into())),
-            2 => now(Reply::Bulk(args[1].clone())),
-            _ => now(arity_error(&name)),
-        },
-        "ECHO" if argc == 2 => now(Reply::Bulk(args[1].clone())),
-        "COMMAND" => now(crate::commands::command_command(args)),
-        "CONFIG" => now(Reply::Array(Vec::new())),
-        "SELECT" if argc == 2 => now(if args[1] == b"0" {
-            Reply::ok()
-        } else {
-            Reply::err("DB index is out of range")
-        }),
-        "GET" if argc == 2 => ops_of(
-            vec![(
-                shard(&args[1]),
-                Op::Get {
-                    key: args[1].clone(),
-                },
-            )],
-            Combine::Get,
-        ),
-        "STRLEN" if argc == 2 => ops_of(
-            vec![(
-                shard(&args[1]),
-                Op::Strlen {
-                    key: args[1].clone(),
-                },
-            )],
-            Combine::Sum,
-        ),
-        "EXISTS" if argc >= 2 => ops_of(
-            args[1..]
-                .iter()
-                .map(|k| (shard(k), Op::Exists { key: k.clone() }))
-                .collect(),
-            Combine::Sum,
-        ),
-        "MGET" if argc >= 2 => ops_of(
-            args[1..]
-                .iter()
-                .map(|k| (shard(k), Op::Get { key: k.clone() }))
-                .collect(),
-            Combine::Mget,
-        ),
-        "SET" if argc >= 3 => {
-            let (mut nx, mut xx) = (false, false);
-            for opt in &args[3..] {
-                match String::from_utf8_lossy(opt).to_ascii_uppercase().as_str() {
-                    "NX" => nx = true,
-                    "XX" => xx = true,
-                    "EX" | "PX" | "EXAT" | "PXAT" | "KEEPTTL" => {
-                        return now(Reply::err("expiry (EX/PX) is not supported by longship-kv"));
-                    }
-                    "GET" => return now(Reply::err("SET ... GET is not supported by longship-kv")),
-                    _ => return now(Reply::err("syntax error")),
+        "PING" => {
+            return now(match argc {
+                1 => Reply::Simple("PONG".into()),
+                2 => Reply::Bulk(args[1].clone()),
+                _ => arity_error(&name),
+            });
+        }
+        "ECHO" => return now(Reply::Bulk(args[1].clone())),
+        "COMMAND" => return now(commands::command_command(args)),
+        "CONFIG" => return now(Reply::Array(Vec::new())),
+        "SELECT" => {
+            return now(if args[1] == b"0" {
+                Reply::ok()
+            } else {
+                Reply::err("DB index is out of range")
+            });
+        }
+        "INFO" => return now(Reply::Bulk(node.info().into_bytes())),
+        "CLUSTER" => {
+            state.cluster = true;
+            return now(node.cluster_command(args));
+        }
+        "MULTI" => {
+            if state.multi.is_some() {
+                return now(Reply::err("MULTI calls can not be nested"));
+            }
+            state.multi = Some(Vec::new());
+            state.multi_error = false;
+            return now(Reply::ok());
+        }
+        "DISCARD" => {
+            if state.multi.take().is_none() {
+                return now(Reply::err("DISCARD without MULTI"));
+            }
+            state.watched.clear();
+            return now(Reply::ok());
+        }
+        "UNWATCH" => {
+            state.watched.clear();
+            return now(Reply::ok());
+        }
+        "WATCH" => {
+            if state.multi.is_some() {
+                return now(Reply::err("WATCH inside MULTI is not allowed"));
+            }
+            let shard = shard_of(keys[0], node.shards);
+            if keys.iter().any(|k| shard_of(k, node.shards) != shard) {
+                return now(not_one_shard(cluster_mode, &keys));
+            }
+            if cluster_mode && let Err(r) = node.route(&keys, false, false) {
+                return now(r);
+            }
+            let mut cmd = vec![crate::exec::DIGEST_CMD.to_vec()];
+            cmd.extend(keys.iter().map(|k| k.to_vec()));
+            let keys = keys.iter().map(|k| k.to_vec()).collect();
+            return round.plan(vec![(shard, cmd)], Combine::Watch(keys));
+        }
+        "EXEC" => {
+            let Some(queued) = state.multi.take() else {
+                return now(Reply::err("EXEC without MULTI"));
+            };
+            let watched = std::mem::take(&mut state.watched);
+            if state.multi_error {
+                return now(Reply::Error(
+                    "EXECABORT Transaction discarded because of previous errors.".into(),
+                ));
+            }
+            if queued.is_empty() {
+                return now(Reply::Array(Vec::new()));
+            }
+            let mut all_keys: Vec<&[u8]> = watched.iter().map(|(k, _)| k.as_slice()).collect();
+            for c in &queued {
+                if let Some(i) = commands::lookup(&c[0]) {
+                    all_keys.extend(i.keys(c));
                 }
             }
-            if nx && xx {
-                return now(Reply::err("syntax error"));
+            let shard = all_keys
+                .first()
+                .map_or(ShardId(1), |k| shard_of(k, node.shards));
+            if all_keys.iter().any(|k| shard_of(k, node.shards) != shard) {
+                return now(not_one_shard(cluster_mode, &all_keys));
             }
-            let op = Op::Set {
-                key: args[1].clone(),
-                value: args[2].clone(),
-                nx,
-                xx,
-            };
-            ops_of(vec![(shard(&args[1]), op)], Combine::Set)
+            let write = queued.iter().any(|c| !is_read(c));
+            if cluster_mode && let Err(r) = node.route(&all_keys, write, state.readonly) {
+                return now(r);
+            }
+            let mut cmds = Vec::with_capacity(queued.len() + 1);
+            if !watched.is_empty() {
+                let mut w = vec![crate::exec::WATCHED_CMD.to_vec()];
+                for (k, d) in watched {
+                    w.push(k);
+                    w.push(d);
+                }
+                cmds.push(w);
+            }
+            cmds.extend(queued);
+            let cmd = crate::exec::encode_exec(&cmds);
+            if let Some(r) = check_cmd(node, &[], &cmd) {
+                return now(r);
+            }
+            return round.plan(vec![(shard, cmd)], Combine::One);
         }
-        "MSET" if argc >= 3 && argc % 2 == 1 => ops_of(
-            args[1..]
+        _ => {}
+    }
+    if let Some(r) = check_cmd(node, &keys, &[]) {
+        return now(r);
+    }
+    let write = !is_read(args);
+    if cluster_mode && let Err(r) = node.route(&keys, write, state.readonly) {
+        return now(r);
+    }
+    let shard = |k: &[u8]| shard_of(k, node.shards);
+    // The shards a keyspace-wide command runs on.
+    let all_shards = || -> Vec<ShardId> {
+        (1..=node.shards)
+            .map(ShardId)
+            .filter(|&s| !cluster_mode || node.leads(s))
+            .collect()
+    };
+    match name.as_str() {
+        // Keyspace-wide: every shard (in cluster mode, as a Redis Cluster
+        // master does, only the shards this node leads).
+        "DBSIZE" | "KEYS" | "FLUSHALL" | "FLUSHDB" => {
+            let combine = match name.as_str() {
+                "DBSIZE" => Combine::Sum,
+                "KEYS" => Combine::Concat,
+                _ => Combine::AllOk,
+            };
+            let cmds = all_shards()
+                .into_iter()
+                .map(|s| (s, args.to_vec()))
+                .collect();
+            plan_cmds(node, round, cmds, combine)
+        }
+        "RANDOMKEY" => {
+            let mut shards = all_shards();
+            let seed = random_u64();
+            if !shards.is_empty() {
+                let k = (seed % shards.len() as u64) as usize;
+                shards.rotate_left(k);
+            }
+            let cmds = shards
+                .into_iter()
+                .map(|s| {
+                    (
+                        s,
+                        vec![b"RANDOMKEY".to_vec(), seed.to_string().into_bytes()],
+                    )
+                })
+                .collect();
+            plan_cmds(node, round, cmds, Combine::FirstNonNil)
+        }
+        "SCAN" => plan_scan(node, args, cluster_mode, round),
+        // Per key, not atomic across keys (in cluster mode the keys share a
+        // slot, so the parts are consecutive commands of one entry).
+        "MGET" | "DEL" | "UNLINK" | "EXISTS" | "TOUCH" => {
+            let sub = if name == "MGET" {
+                b"MGET".to_vec()
+            } else {
+                first.clone()
+            };
+            let cmds = keys
+                .iter()
+                .map(|k| (shard(k), vec![sub.clone(), k.to_vec()]))
+                .collect();
+            let combine = if name == "MGET" {
+                Combine::Concat
+            } else {
+                Combine::Sum
+            };
+            plan_cmds(node, round, cmds, combine)
+        }
+        "MSET" => {
+            let cmds = args[1..]
                 .chunks(2)
                 .map(|p| {
-                    let op = Op::Set {
-                        key: p[0].clone(),
-                        value: p[1].clone(),
-                        nx: false,
-                        xx: false,
-                    };
-                    (shard(&p[0]), op)
+                    (
+                        shard(&p[0]),
+                        vec![b"MSET".to_vec(), p[0].clone(), p[1].clone()],
+                    )
                 })
-                .collect(),
-            Combine::Mset,
-        ),
-        "DEL" if argc >= 2 => ops_of(
-            args[1..]
-                .iter()
-                .map(|k| (shard(k), Op::Del { key: k.clone() }))
-                .collect(),
-            Combine::Sum,
-        ),
-        "INCR" | "DECR" | "INCRBY" | "DECRBY"
-            if (argc == 2 && name.len() == 4) || (argc == 3 && name.len() == 6) =>
-        {
-            let d = if argc == 2 {
-                Some(1)
-            } else {
-                parse_i64(&args[2])
-            };
-            let Some(d) = d else {
-                return now(Reply::err("value is not an integer or out of range"));
-            };
-            let delta = if name.starts_with("INCR") {
-                Some(d)
-            } else {
-                d.checked_neg()
-            };
-            let Some(delta) = delta else {
-                return now(Reply::err("increment or decrement would overflow"));
-            };
-            let op = Op::IncrBy {
-                key: args[1].clone(),
-                delta,
-            };
-            ops_of(vec![(shard(&args[1]), op)], Combine::Int)
+                .collect();
+            plan_cmds(node, round, cmds, Combine::AllOk)
         }
-        "APPEND" if argc == 3 => {
-            let op = Op::Append {
-                key: args[1].clone(),
-                value: args[2].clone(),
-                max_len: node.config.proto_max_bulk_len,
+        _ => {
+            // One shard: a single-key command, or a multi-key one (RENAME,
+            // MSETNX) whose keys must be on the same shard.
+            let Some(k0) = keys.first() else {
+                return plan_cmds(node, round, vec![(ShardId(1), args.to_vec())], Combine::One);
             };
-            ops_of(vec![(shard(&args[1]), op)], Combine::Int)
+            let s = shard(k0);
+            if keys.iter().any(|k| shard(k) != s) {
+                return now(not_one_shard(cluster_mode, &keys));
+            }
+            plan_cmds(node, round, vec![(s, args.to_vec())], Combine::One)
         }
-        // In cluster mode a node counts the keys of the shards it leads, as
-        // a Redis Cluster master counts its own (clients sum over masters).
-        "DBSIZE" if argc == 1 => ops_of(
-            (1..=node.shards)
-                .map(ShardId)
-                .filter(|&s| !cluster_mode || node.leads(s))
-                .map(|s| (s, Op::DbSize))
-                .collect(),
-            Combine::Sum,
-        ),
-        "CLUSTER" if argc >= 2 => {
-            state.cluster = true;
-            now(node.cluster_command(args))
-        }
-        "INFO" => now(Reply::Bulk(node.info().into_bytes())),
-        "ECHO" | "SELECT" | "CLUSTER" | "GET" | "STRLEN" | "EXISTS" | "MGET" | "SET" | "MSET"
-        | "DEL" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "APPEND" | "DBSIZE" => {
-            now(arity_error(&name))
-        }
-        _ => now(unknown_command(args)),
     }
+}
+
+/// Plans sub-commands, each checked to fit one replicated entry (the
+/// command is refused whole if one does not).
+fn plan_cmds(
+    node: &KvNode,
+    round: &mut RoundCmds,
+    cmds: Vec<(ShardId, Cmd)>,
+    combine: Combine,
+) -> Planned {
+    for (_, c) in &cmds {
+        if let Some(r) = check_cmd(node, &[], c) {
+            return Planned::Now(r);
+        }
+    }
+    round.plan(cmds, combine)
+}
+
+impl RoundCmds {
+    fn plan(&mut self, cmds: Vec<(ShardId, Cmd)>, combine: Combine) -> Planned {
+        let first = self.cmds.len();
+        let n = cmds.len();
+        self.cmds.extend(cmds);
+        Planned::Cmds { first, n, combine }
+    }
+}
+
+/// Plans `SCAN cursor [MATCH pattern] [COUNT n] [TYPE t]`: the cursor holds
+/// a shard index (above [`SCAN_SHARD_SHIFT`]) and a position in its keys.
+fn plan_scan(
+    node: &KvNode,
+    args: &[Vec<u8>],
+    cluster_mode: bool,
+    round: &mut RoundCmds,
+) -> Planned {
+    let Some(cursor) = parse_u64(&args[1]) else {
+        return Planned::Now(Reply::err("invalid cursor"));
+    };
+    let (mut pattern, mut count, mut ty) = (Vec::new(), 10u64, Vec::new());
+    let mut i = 2;
+    while i < args.len() {
+        let opt = String::from_utf8_lossy(&args[i]).to_ascii_uppercase();
+        let Some(v) = args.get(i + 1) else {
+            return Planned::Now(Reply::err("syntax error"));
+        };
+        match opt.as_str() {
+            "MATCH" => pattern = v.clone(),
+            "COUNT" => match crate::exec::parse_int(v) {
+                Some(n) if n >= 1 => count = n as u64,
+                Some(_) => return Planned::Now(Reply::err("syntax error")),
+                None => {
+                    return Planned::Now(Reply::err("value is not an integer or out of range"));
+                }
+            },
+            "TYPE" => ty = v.clone(),
+            _ => return Planned::Now(Reply::err("syntax error")),
+        }
+        i += 2;
+    }
+    let mut idx = cursor >> SCAN_SHARD_SHIFT;
+    let mut pos = cursor & ((1 << SCAN_SHARD_SHIFT) - 1);
+    // In cluster mode: only the shards this node leads.
+    while idx < node.shards && cluster_mode && !node.leads(ShardId(idx + 1)) {
+        idx += 1;
+        pos = 0;
+    }
+    if idx >= node.shards {
+        return Planned::Now(Reply::Array(vec![
+            Reply::Bulk(b"0".to_vec()),
+            Reply::Array(Vec::new()),
+        ]));
+    }
+    let cmd = vec![
+        b"SCAN".to_vec(),
+        pos.to_string().into_bytes(),
+        count.to_string().into_bytes(),
+        pattern,
+        ty,
+    ];
+    round.plan(vec![(ShardId(idx + 1), cmd)], Combine::Scan { idx })
+}
+
+/// The error for a command whose keys are on several shards: CROSSSLOT in
+/// cluster mode (or when the slots differ), else a longship-kv error.
+fn not_one_shard(cluster_mode: bool, keys: &[&[u8]]) -> Reply {
+    match same_slot(keys) {
+        Err(r) if cluster_mode => r,
+        _ => Reply::err(
+            "keys in request are on different shards (longship-kv runs this command on one shard: put the keys in one {hash tag})",
+        ),
+    }
+}
+
+/// A random number (for RANDOMKEY), from the std hasher's random keys.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms());
+    h.finish()
 }
 
 /// Redis's reply to an unknown command: its name and the start of its

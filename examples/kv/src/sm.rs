@@ -1,32 +1,51 @@
-//! The replicated key-value state machine and its command encoding.
+//! The replicated key-value state machine and its entry encoding.
 //!
-//! Every proposal is a *batch*: a versioned, ordered list of operations
-//! ([`Op`]) on keys of one shard, applied in order inside one log entry.
-//! Writes (SET, DEL, INCRBY, APPEND) and reads (GET, STRLEN, EXISTS,
-//! DBSIZE) may be mixed: a read inside a batch executes at apply time, at
-//! its place in the log, so it sees exactly the writes that precede it
-//! (linearizable, and in the order the client sent). The entry's result
-//! (`SmResult::data`) holds one encoded [`OpResult`] per executed
-//! operation, in order (see [`encode_results`]).
+//! Every proposal is a *batch* ([`Batch`]): a versioned, ordered list of
+//! Redis commands on keys of one shard, with the proposing node's wall
+//! clock (`stamp_ms`) and the largest value the server allows. The state
+//! machine executes the commands itself ([`exec`](KvStateMachine::exec)),
+//! in order, inside one log entry, and answers one RESP reply per command:
+//! writes and reads may be mixed, and a read inside a batch sees exactly
+//! the writes before it. The entry's result (`SmResult::data`) holds the
+//! encoded replies (see [`encode_results`]).
 //!
-//! Lookups (`read_local` after a `read_index`) take a batch of reads only
-//! and answer with the same result encoding.
+//! # Time
 //!
-//! Reads inside a batch return at most [`MAX_BATCH_RESULT_BYTES`] of values
-//! in all (a result stays in the replicated session table until the
-//! client's next proposal, so it must stay small). When a read's value
-//! would pass that budget, the batch *stops* at that read: the read and
-//! every later op of the batch are not applied, and the result list is
-//! shorter than the batch. The proposer then does that read with a
-//! linearizable ReadIndex read and proposes the rest again; this keeps the
-//! order and is deterministic on every replica.
+//! The shard has a replicated clock: applying a batch sets it to
+//! `max(clock, stamp_ms)`, so it never goes back (not even when the leader
+//! changes to a node whose clock is behind), and every replica computes the
+//! same thing. Every command runs at that time: a key whose expiry is at or
+//! before it is absent, `EX 10` means 10 s after it, `TTL` counts from it.
+//! A replica's own clock is never read in apply. Applying a batch also
+//! deletes up to [`SWEEP_PER_BATCH`] expired keys; a node proposes empty
+//! batches for the shards it leads while they hold expired keys (see the
+//! server), so expired keys are deleted by replicated commands.
+//!
+//! Lookups (`read_local` after a `read_index`) take a batch of read
+//! commands and run them at the shard's clock as of the applied state. The
+//! batch's `stamp_ms` is the reading node's clock: if a command touches a
+//! key that expired by that clock but not by the shard's, its result is
+//! [`CmdResult::NeedsClock`] and the server advances the shard's clock
+//! through the log (an empty batch) and reads again — so a read never
+//! returns a key after its expiry by the clock of the node that serves it,
+//! and what it returns stays consistent with the log's order.
+//!
+//! Reads inside a batch return at most [`MAX_BATCH_RESULT_BYTES`] in all (a
+//! result stays in the replicated session table until the client's next
+//! proposal, so it must stay small). When a read's reply would pass that
+//! budget, the batch *stops* at that read: the read and every later command
+//! are not applied, and the result list is shorter than the batch. The
+//! proposer then does that read with a linearizable ReadIndex read and
+//! proposes the rest again; this keeps the order and is deterministic.
 //!
 //! Every decoder takes untrusted bytes: bounded, never panics.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 
 use longship::{SmEntry, SmError, StateMachine, StopFlag};
+
+use crate::resp::Reply;
 
 /// Result codes in `SmResult::value`.
 pub mod status {
@@ -38,90 +57,54 @@ pub mod status {
 
 /// First byte of a batch (tells it from the single-byte queries of [`query`]).
 pub const BATCH_MAGIC: u8 = 0xb7;
-/// Version of the batch encoding (second byte).
-pub const BATCH_VERSION: u8 = 1;
+/// Version of the batch encoding (second byte): 2 carries commands, the
+/// stamp and the value limit. Version 1 (typed operations, no clock) is
+/// not read: data from before is refused at start (see `cluster`).
+pub const BATCH_VERSION: u8 = 2;
 /// Version of the result encoding (first byte of `SmResult::data`).
-pub const RESULTS_VERSION: u8 = 1;
-/// Bytes of a batch header: magic, version and the op count.
-pub const BATCH_HEADER_BYTES: usize = 2 + 8;
-/// Most bytes of values that reads inside one replicated batch return (see
+pub const RESULTS_VERSION: u8 = 2;
+/// Bytes of a batch header: magic, version, stamp, value limit, count.
+pub const BATCH_HEADER_BYTES: usize = 2 + 8 + 8 + 8;
+/// Most bytes of replies that reads inside one replicated batch return (see
 /// the module docs: a bigger read stops the batch and is done by ReadIndex).
 pub const MAX_BATCH_RESULT_BYTES: usize = 1 << 20;
 /// Largest key or value a snapshot may hold (bounds recovery; the server
 /// never lets a value grow past its `proto-max-bulk-len`, which is capped
 /// at this).
 pub const MAX_SNAPSHOT_ITEM_BYTES: u64 = 1 << 32;
+/// Expired keys deleted when a batch is applied (before its commands).
+pub const SWEEP_PER_BATCH: usize = 1000;
+/// Deepest nesting of arrays in a decoded reply.
+const MAX_REPLY_DEPTH: usize = 8;
 
 /// Single-byte queries (outside batches).
 pub mod query {
     /// A digest of the whole state (8 bytes LE), for consistency checks.
     pub const DIGEST: u8 = 3;
+    /// The earliest expiry time of any key (8 bytes LE, `u64::MAX` when no
+    /// key expires) and the shard's clock (8 bytes LE).
+    pub const NEXT_EXPIRY: u8 = 4;
+    /// Keys stored (expired ones not yet deleted included) and keys with an
+    /// expiry (8 bytes LE each).
+    pub const STATS: u8 = 5;
 }
 
-/// One operation of a batch.
+/// Name of the internal command that runs a transaction: its arguments
+/// are the commands, each as its argument count then its arguments.
+pub const EXEC_CMD: &[u8] = b"\x00EXEC";
+
+/// One command: its arguments, the name first.
+pub type Cmd = Vec<Vec<u8>>;
+
+/// A batch: what one log entry (or one lookup) carries.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Op {
-    /// SET with NX (only if absent) / XX (only if present).
-    Set {
-        /// The key.
-        key: Vec<u8>,
-        /// The value.
-        value: Vec<u8>,
-        /// Only if absent.
-        nx: bool,
-        /// Only if present.
-        xx: bool,
-    },
-    /// DEL of one key: `Int(1)` if it existed, else `Int(0)`.
-    Del {
-        /// The key.
-        key: Vec<u8>,
-    },
-    /// INCRBY: `Int(new value)`.
-    IncrBy {
-        /// The key.
-        key: Vec<u8>,
-        /// Added to the integer value.
-        delta: i64,
-    },
-    /// APPEND: `Int(new length)`, or `TooLarge(max_len)` with the value
-    /// unchanged when the new length would pass `max_len`.
-    Append {
-        /// The key.
-        key: Vec<u8>,
-        /// Appended bytes.
-        value: Vec<u8>,
-        /// Longest value allowed (the server's proto-max-bulk-len).
-        max_len: u64,
-    },
-    /// GET: `Value(Some)` or `Value(None)`.
-    Get {
-        /// The key.
-        key: Vec<u8>,
-    },
-    /// STRLEN: `Int(length)` (0 when absent).
-    Strlen {
-        /// The key.
-        key: Vec<u8>,
-    },
-    /// EXISTS of one key: `Int(0 or 1)`.
-    Exists {
-        /// The key.
-        key: Vec<u8>,
-    },
-    /// Number of keys of the shard: `Int(n)`.
-    DbSize,
-}
-
-mod tag {
-    pub const SET: u8 = 1;
-    pub const DEL: u8 = 2;
-    pub const INCRBY: u8 = 3;
-    pub const APPEND: u8 = 4;
-    pub const GET: u8 = 16;
-    pub const STRLEN: u8 = 17;
-    pub const EXISTS: u8 = 18;
-    pub const DBSIZE: u8 = 19;
+pub struct Batch {
+    /// The proposing (or reading) node's wall clock, in ms since the epoch.
+    pub stamp_ms: u64,
+    /// Longest value a command may make (the server's proto-max-bulk-len).
+    pub max_len: u64,
+    /// The commands, in order.
+    pub cmds: Vec<Cmd>,
 }
 
 fn put(out: &mut Vec<u8>, b: &[u8]) {
@@ -148,225 +131,152 @@ fn take<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
     Some(v)
 }
 
-impl Op {
-    /// Whether the op changes the state.
-    pub fn is_write(&self) -> bool {
-        matches!(
-            self,
-            Op::Set { .. } | Op::Del { .. } | Op::IncrBy { .. } | Op::Append { .. }
-        )
-    }
-
-    /// The key the op touches (`None` for DBSIZE).
-    pub fn key(&self) -> Option<&[u8]> {
-        match self {
-            Op::Set { key, .. }
-            | Op::Del { key }
-            | Op::IncrBy { key, .. }
-            | Op::Append { key, .. }
-            | Op::Get { key }
-            | Op::Strlen { key }
-            | Op::Exists { key } => Some(key),
-            Op::DbSize => None,
-        }
-    }
-
-    /// Bytes of the op's encoding.
-    pub fn encoded_len(&self) -> usize {
-        match self {
-            Op::Set { key, value, .. } => 2 + 16 + key.len() + value.len(),
-            Op::Append { key, value, .. } => 1 + 24 + key.len() + value.len(),
-            Op::IncrBy { key, .. } => 1 + 16 + key.len(),
-            Op::Del { key } | Op::Get { key } | Op::Strlen { key } | Op::Exists { key } => {
-                1 + 8 + key.len()
-            }
-            Op::DbSize => 1,
-        }
-    }
-
-    fn encode_into(&self, out: &mut Vec<u8>) {
-        match self {
-            Op::Set { key, value, nx, xx } => {
-                out.push(tag::SET);
-                out.push((*nx as u8) | ((*xx as u8) << 1));
-                put(out, key);
-                put(out, value);
-            }
-            Op::Del { key } => {
-                out.push(tag::DEL);
-                put(out, key);
-            }
-            Op::IncrBy { key, delta } => {
-                out.push(tag::INCRBY);
-                put(out, key);
-                out.extend_from_slice(&delta.to_le_bytes());
-            }
-            Op::Append {
-                key,
-                value,
-                max_len,
-            } => {
-                out.push(tag::APPEND);
-                put(out, key);
-                put(out, value);
-                out.extend_from_slice(&max_len.to_le_bytes());
-            }
-            Op::Get { key } => {
-                out.push(tag::GET);
-                put(out, key);
-            }
-            Op::Strlen { key } => {
-                out.push(tag::STRLEN);
-                put(out, key);
-            }
-            Op::Exists { key } => {
-                out.push(tag::EXISTS);
-                put(out, key);
-            }
-            Op::DbSize => out.push(tag::DBSIZE),
-        }
-    }
-
-    fn decode_from(buf: &mut &[u8]) -> Option<Op> {
-        Some(match take_u8(buf)? {
-            tag::SET => {
-                let flags = take_u8(buf)?;
-                if flags > 3 {
-                    return None;
-                }
-                let key = take(buf)?.to_vec();
-                let value = take(buf)?.to_vec();
-                Op::Set {
-                    key,
-                    value,
-                    nx: flags & 1 != 0,
-                    xx: flags & 2 != 0,
-                }
-            }
-            tag::DEL => Op::Del {
-                key: take(buf)?.to_vec(),
-            },
-            tag::INCRBY => {
-                let key = take(buf)?.to_vec();
-                let delta = take_u64(buf)? as i64;
-                Op::IncrBy { key, delta }
-            }
-            tag::APPEND => {
-                let key = take(buf)?.to_vec();
-                let value = take(buf)?.to_vec();
-                let max_len = take_u64(buf)?;
-                Op::Append {
-                    key,
-                    value,
-                    max_len,
-                }
-            }
-            tag::GET => Op::Get {
-                key: take(buf)?.to_vec(),
-            },
-            tag::STRLEN => Op::Strlen {
-                key: take(buf)?.to_vec(),
-            },
-            tag::EXISTS => Op::Exists {
-                key: take(buf)?.to_vec(),
-            },
-            tag::DBSIZE => Op::DbSize,
-            _ => return None,
-        })
-    }
+/// Bytes of a command's encoding in a batch.
+pub fn cmd_encoded_len(cmd: &[Vec<u8>]) -> usize {
+    8 + cmd.iter().map(|a| 8 + a.len()).sum::<usize>()
 }
 
-/// Encodes an ordered list of ops as one batch (a proposal payload or a
-/// lookup query). Its length is `BATCH_HEADER_BYTES` plus the ops' `encoded_len`.
-pub fn encode_batch(ops: &[Op]) -> Vec<u8> {
-    let mut out =
-        Vec::with_capacity(BATCH_HEADER_BYTES + ops.iter().map(Op::encoded_len).sum::<usize>());
+/// Encodes a batch. Its length is `BATCH_HEADER_BYTES` plus the commands'
+/// [`cmd_encoded_len`].
+pub fn encode_batch(stamp_ms: u64, max_len: u64, cmds: &[Cmd]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        BATCH_HEADER_BYTES + cmds.iter().map(|c| cmd_encoded_len(c)).sum::<usize>(),
+    );
     out.push(BATCH_MAGIC);
     out.push(BATCH_VERSION);
-    out.extend_from_slice(&(ops.len() as u64).to_le_bytes());
-    for op in ops {
-        op.encode_into(&mut out);
+    out.extend_from_slice(&stamp_ms.to_le_bytes());
+    out.extend_from_slice(&max_len.to_le_bytes());
+    out.extend_from_slice(&(cmds.len() as u64).to_le_bytes());
+    for c in cmds {
+        out.extend_from_slice(&(c.len() as u64).to_le_bytes());
+        for a in c {
+            put(&mut out, a);
+        }
     }
     out
 }
 
 /// Decodes a batch (untrusted bytes: bounded by their length, never panics).
-pub fn decode_batch(mut buf: &[u8]) -> Option<Vec<Op>> {
+pub fn decode_batch(mut buf: &[u8]) -> Option<Batch> {
     if take_u8(&mut buf)? != BATCH_MAGIC || take_u8(&mut buf)? != BATCH_VERSION {
         return None;
     }
+    let stamp_ms = take_u64(&mut buf)?;
+    let max_len = take_u64(&mut buf)?;
     let n = take_u64(&mut buf)?;
-    // Every op takes at least one byte: no count can allocate past the input.
-    if n > buf.len() as u64 {
+    // Every command takes at least 8 bytes: no count allocates past the input.
+    if n > buf.len() as u64 / 8 {
         return None;
     }
-    let mut ops = Vec::with_capacity(n as usize);
+    let mut cmds = Vec::with_capacity(n as usize);
     for _ in 0..n {
-        ops.push(Op::decode_from(&mut buf)?);
+        let argc = take_u64(&mut buf)?;
+        if argc > buf.len() as u64 / 8 {
+            return None;
+        }
+        let mut args = Vec::with_capacity(argc as usize);
+        for _ in 0..argc {
+            args.push(take(&mut buf)?.to_vec());
+        }
+        cmds.push(args);
     }
-    buf.is_empty().then_some(ops)
+    buf.is_empty().then_some(Batch {
+        stamp_ms,
+        max_len,
+        cmds,
+    })
 }
 
-/// The outcome of one op.
+/// The outcome of one command.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum OpResult {
-    /// Done (SET).
-    Ok,
-    /// SET NX/XX condition not met: nothing written.
-    NotSet,
-    /// An integer (INCRBY, APPEND, DEL, STRLEN, EXISTS, DBSIZE).
-    Int(i64),
-    /// A value or its absence (GET).
-    Value(Option<Vec<u8>>),
-    /// INCRBY on a value that is not an integer.
-    NotInteger,
-    /// INCRBY would overflow.
-    Overflow,
-    /// APPEND would make the value longer than this limit: nothing written.
-    TooLarge(u64),
+pub enum CmdResult {
+    /// Its reply.
+    Reply(Reply),
+    /// (Lookups only.) It touched a key that expired by the reader's clock
+    /// but not by the shard's: advance the shard's clock and read again.
+    NeedsClock,
 }
 
 mod rtag {
-    pub const OK: u8 = 0;
-    pub const NOT_SET: u8 = 1;
+    pub const SIMPLE: u8 = 0;
+    pub const ERROR: u8 = 1;
     pub const INT: u8 = 2;
-    pub const VALUE: u8 = 3;
+    pub const BULK: u8 = 3;
     pub const NIL: u8 = 4;
-    pub const NOT_INTEGER: u8 = 5;
-    pub const OVERFLOW: u8 = 6;
-    pub const TOO_LARGE: u8 = 7;
+    pub const ARRAY: u8 = 5;
+    pub const NIL_ARRAY: u8 = 6;
+    pub const NEEDS_CLOCK: u8 = 7;
+}
+
+fn encode_reply(r: &Reply, out: &mut Vec<u8>) {
+    match r {
+        Reply::Simple(s) => {
+            out.push(rtag::SIMPLE);
+            put(out, s.as_bytes());
+        }
+        Reply::Error(s) => {
+            out.push(rtag::ERROR);
+            put(out, s.as_bytes());
+        }
+        Reply::Int(n) => {
+            out.push(rtag::INT);
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        Reply::Bulk(b) => {
+            out.push(rtag::BULK);
+            put(out, b);
+        }
+        Reply::Nil => out.push(rtag::NIL),
+        Reply::NilArray => out.push(rtag::NIL_ARRAY),
+        Reply::Array(items) => {
+            out.push(rtag::ARRAY);
+            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+            for i in items {
+                encode_reply(i, out);
+            }
+        }
+    }
+}
+
+fn decode_reply(buf: &mut &[u8], depth: usize) -> Option<Reply> {
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).ok();
+    Some(match take_u8(buf)? {
+        rtag::SIMPLE => Reply::Simple(text(take(buf)?)?),
+        rtag::ERROR => Reply::Error(text(take(buf)?)?),
+        rtag::INT => Reply::Int(take_u64(buf)? as i64),
+        rtag::BULK => Reply::Bulk(take(buf)?.to_vec()),
+        rtag::NIL => Reply::Nil,
+        rtag::NIL_ARRAY => Reply::NilArray,
+        rtag::ARRAY if depth < MAX_REPLY_DEPTH => {
+            let n = take_u64(buf)?;
+            if n > buf.len() as u64 {
+                return None;
+            }
+            let mut items = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                items.push(decode_reply(buf, depth + 1)?);
+            }
+            Reply::Array(items)
+        }
+        _ => return None,
+    })
 }
 
 /// Encodes results: version, count (8 bytes LE), then each result.
-pub fn encode_results(results: &[OpResult]) -> Vec<u8> {
+pub fn encode_results(results: &[CmdResult]) -> Vec<u8> {
     let mut out = vec![RESULTS_VERSION];
     out.extend_from_slice(&(results.len() as u64).to_le_bytes());
     for r in results {
         match r {
-            OpResult::Ok => out.push(rtag::OK),
-            OpResult::NotSet => out.push(rtag::NOT_SET),
-            OpResult::Int(n) => {
-                out.push(rtag::INT);
-                out.extend_from_slice(&n.to_le_bytes());
-            }
-            OpResult::Value(Some(v)) => {
-                out.push(rtag::VALUE);
-                put(&mut out, v);
-            }
-            OpResult::Value(None) => out.push(rtag::NIL),
-            OpResult::NotInteger => out.push(rtag::NOT_INTEGER),
-            OpResult::Overflow => out.push(rtag::OVERFLOW),
-            OpResult::TooLarge(max) => {
-                out.push(rtag::TOO_LARGE);
-                out.extend_from_slice(&max.to_le_bytes());
-            }
+            CmdResult::Reply(r) => encode_reply(r, &mut out),
+            CmdResult::NeedsClock => out.push(rtag::NEEDS_CLOCK),
         }
     }
     out
 }
 
 /// Decodes results (bounded, never panics).
-pub fn decode_results(mut buf: &[u8]) -> Option<Vec<OpResult>> {
+pub fn decode_results(mut buf: &[u8]) -> Option<Vec<CmdResult>> {
     if take_u8(&mut buf)? != RESULTS_VERSION {
         return None;
     }
@@ -376,145 +286,343 @@ pub fn decode_results(mut buf: &[u8]) -> Option<Vec<OpResult>> {
     }
     let mut out = Vec::with_capacity(n as usize);
     for _ in 0..n {
-        out.push(match take_u8(&mut buf)? {
-            rtag::OK => OpResult::Ok,
-            rtag::NOT_SET => OpResult::NotSet,
-            rtag::INT => OpResult::Int(take_u64(&mut buf)? as i64),
-            rtag::VALUE => OpResult::Value(Some(take(&mut buf)?.to_vec())),
-            rtag::NIL => OpResult::Value(None),
-            rtag::NOT_INTEGER => OpResult::NotInteger,
-            rtag::OVERFLOW => OpResult::Overflow,
-            rtag::TOO_LARGE => OpResult::TooLarge(take_u64(&mut buf)?),
-            _ => return None,
-        });
+        if buf.first() == Some(&rtag::NEEDS_CLOCK) {
+            buf = &buf[1..];
+            out.push(CmdResult::NeedsClock);
+        } else {
+            out.push(CmdResult::Reply(decode_reply(&mut buf, 0)?));
+        }
     }
     buf.is_empty().then_some(out)
 }
 
-/// The state machine: an ordered map of bytes to bytes.
-#[derive(Default, Debug, Clone, PartialEq, Eq)]
-pub struct KvStateMachine {
-    map: BTreeMap<Vec<u8>, Vec<u8>>,
+/// A value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    /// A string.
+    Str(Vec<u8>),
+    /// A hash: field to value.
+    Hash(BTreeMap<Vec<u8>, Vec<u8>>),
 }
 
+/// A key's value and expiry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The value.
+    pub value: Value,
+    /// When it expires (ms since the epoch, on the shard's clock).
+    pub expire_at: Option<u64>,
+}
+
+/// A key's place in the map: a 48-bit hash of the key, then the key. The
+/// map is ordered by it, so SCAN's cursor is a hash (keys added during a
+/// scan never move the ones not yet returned).
+pub type MapKey = (u64, Vec<u8>);
+
+/// The 48-bit hash ordering a key (FNV-1a).
+pub fn key_hash(key: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key {
+        h = (h ^ *b as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    h >> 16
+}
+
+fn mk(key: &[u8]) -> MapKey {
+    (key_hash(key), key.to_vec())
+}
+
+/// The time a command runs at, and what a lookup watches for.
+#[derive(Clone, Copy, Debug)]
+pub struct Ctx {
+    /// The shard's clock: keys expiring at or before it are absent.
+    pub now: u64,
+    /// (Lookups) the reader's clock: a live key expiring at or before it
+    /// makes the result [`CmdResult::NeedsClock`]. 0 in the log.
+    pub probe: u64,
+    /// Longest value a command may make.
+    pub max_len: u64,
+}
+
+/// The state machine: keys (strings and hashes, with expiry) and the
+/// shard's replicated clock.
+#[derive(Default, Debug, Clone, PartialEq, Eq)]
+pub struct KvStateMachine {
+    map: BTreeMap<MapKey, Entry>,
+    /// (expire_at, hash, key) of every key with an expiry.
+    expiries: BTreeSet<(u64, u64, Vec<u8>)>,
+    /// The shard's clock (ms): the largest stamp applied.
+    clock: u64,
+}
+
+/// Why a read must go through the log (see [`CmdResult::NeedsClock`]).
+#[derive(Debug)]
+pub struct NeedsClock;
+
+/// A command's reply, or [`NeedsClock`].
+pub type Exec = Result<Reply, NeedsClock>;
+
 impl KvStateMachine {
-    /// Applies one op.
-    pub fn apply(&mut self, op: Op) -> OpResult {
-        match op {
-            Op::Set { key, value, nx, xx } => {
-                let exists = self.map.contains_key(&key);
-                if (nx && exists) || (xx && !exists) {
-                    return OpResult::NotSet;
-                }
-                self.map.insert(key, value);
-                OpResult::Ok
-            }
-            Op::Del { key } => OpResult::Int(self.map.remove(&key).is_some() as i64),
-            Op::IncrBy { key, delta } => {
-                let cur = match self.map.get(&key) {
-                    None => 0i64,
-                    Some(v) => match std::str::from_utf8(v)
-                        .ok()
-                        .and_then(|s| s.parse::<i64>().ok())
-                    {
-                        Some(n) => n,
-                        None => return OpResult::NotInteger,
-                    },
-                };
-                let Some(next) = cur.checked_add(delta) else {
-                    return OpResult::Overflow;
-                };
-                self.map.insert(key, next.to_string().into_bytes());
-                OpResult::Int(next)
-            }
-            Op::Append {
-                key,
-                value,
-                max_len,
-            } => {
-                let cur = self.map.get(&key).map_or(0, Vec::len) as u64;
-                let new_len = cur.saturating_add(value.len() as u64);
-                if new_len > max_len.min(MAX_SNAPSHOT_ITEM_BYTES) {
-                    return OpResult::TooLarge(max_len.min(MAX_SNAPSHOT_ITEM_BYTES));
-                }
-                let v = self.map.entry(key).or_default();
-                v.extend_from_slice(&value);
-                OpResult::Int(v.len() as i64)
-            }
-            read => self.read(&read),
+    /// The shard's clock (ms).
+    pub fn clock(&self) -> u64 {
+        self.clock
+    }
+
+    /// Live keys (those not expired at the shard's clock).
+    pub fn len(&self) -> usize {
+        let expired = self
+            .expiries
+            .range(..(self.clock.saturating_add(1), 0, Vec::new()))
+            .count();
+        self.map.len() - expired
+    }
+
+    /// Whether no key is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether an entry is live at `ctx`; `Err` when it is live but
+    /// expired by the lookup's probe clock.
+    pub(crate) fn live_entry<'a>(ctx: &Ctx, e: &'a Entry) -> Result<Option<&'a Entry>, NeedsClock> {
+        match e.expire_at {
+            Some(at) if at <= ctx.now => Ok(None),
+            Some(at) if at <= ctx.probe => Err(NeedsClock),
+            _ => Ok(Some(e)),
         }
     }
 
-    /// Answers a read op (a write answers `NotInteger`: never asked).
-    pub fn read(&self, op: &Op) -> OpResult {
-        match op {
-            Op::Get { key } => OpResult::Value(self.map.get(key).cloned()),
-            Op::Strlen { key } => OpResult::Int(self.map.get(key).map_or(0, Vec::len) as i64),
-            Op::Exists { key } => OpResult::Int(self.map.contains_key(key) as i64),
-            Op::DbSize => OpResult::Int(self.map.len() as i64),
-            _ => OpResult::NotInteger,
+    /// The live entry of `key`.
+    pub(crate) fn get(&self, ctx: &Ctx, key: &[u8]) -> Result<Option<&Entry>, NeedsClock> {
+        match self.map.get(&mk(key)) {
+            Some(e) => Self::live_entry(ctx, e),
+            None => Ok(None),
         }
     }
 
-    /// Bytes a read op would return.
-    fn read_bytes(&self, op: &Op) -> usize {
-        match op {
-            Op::Get { key } => self.map.get(key).map_or(0, Vec::len),
-            _ => 0,
+    /// All live entries in map order, from `from` on.
+    pub(crate) fn iter_from<'a>(
+        &'a self,
+        from: u64,
+    ) -> impl Iterator<Item = (&'a MapKey, &'a Entry)> + 'a {
+        self.map.range((from, Vec::new())..)
+    }
+
+    /// The live entry of `key` for a write: an expired one is deleted first.
+    pub(crate) fn get_mut(&mut self, ctx: &Ctx, key: &[u8]) -> Option<&mut Entry> {
+        let k = mk(key);
+        let expired =
+            matches!(self.map.get(&k), Some(e) if e.expire_at.is_some_and(|at| at <= ctx.now));
+        if expired {
+            self.remove(key);
+            return None;
+        }
+        self.map.get_mut(&k)
+    }
+
+    /// Removes a key (live or not); its entry.
+    pub(crate) fn remove(&mut self, key: &[u8]) -> Option<Entry> {
+        let k = mk(key);
+        let e = self.map.remove(&k)?;
+        if let Some(at) = e.expire_at {
+            self.expiries.remove(&(at, k.0, k.1));
+        }
+        Some(e)
+    }
+
+    /// Sets a key's value and expiry.
+    pub(crate) fn insert(&mut self, key: &[u8], value: Value, expire_at: Option<u64>) {
+        self.remove(key);
+        let k = mk(key);
+        if let Some(at) = expire_at {
+            self.expiries.insert((at, k.0, k.1.clone()));
+        }
+        self.map.insert(k, Entry { value, expire_at });
+    }
+
+    /// Changes the expiry of an existing key.
+    pub(crate) fn set_expiry(&mut self, key: &[u8], expire_at: Option<u64>) {
+        let k = mk(key);
+        let Some(e) = self.map.get_mut(&k) else {
+            return;
+        };
+        if let Some(at) = e.expire_at {
+            self.expiries.remove(&(at, k.0, k.1.clone()));
+        }
+        e.expire_at = expire_at;
+        if let Some(at) = expire_at {
+            self.expiries.insert((at, k.0, k.1));
         }
     }
 
-    /// Applies a batch in order. Stops before a read whose value would
-    /// pass [`MAX_BATCH_RESULT_BYTES`] (see the module docs): the result
-    /// list is then shorter than the batch.
-    pub fn apply_batch(&mut self, ops: Vec<Op>) -> Vec<OpResult> {
-        let mut out = Vec::with_capacity(ops.len());
+    /// Deletes every key (FLUSHALL).
+    pub(crate) fn clear(&mut self) {
+        self.map.clear();
+        self.expiries.clear();
+    }
+
+    /// Deletes up to `max` keys expired at the shard's clock; how many.
+    pub fn sweep(&mut self, max: usize) -> usize {
+        let due: Vec<(u64, u64, Vec<u8>)> = self
+            .expiries
+            .range(..(self.clock.saturating_add(1), 0, Vec::new()))
+            .take(max)
+            .cloned()
+            .collect();
+        for (_, _, key) in &due {
+            self.remove(key);
+        }
+        due.len()
+    }
+
+    /// Whether a key expires in `(after, until]`.
+    pub fn expiring_between(&self, after: u64, until: u64) -> bool {
+        self.expiries
+            .range((after.saturating_add(1), 0, Vec::new())..)
+            .next()
+            .is_some_and(|e| e.0 <= until)
+    }
+
+    /// The earliest expiry of any key (`u64::MAX`: none).
+    pub fn next_expiry(&self) -> u64 {
+        self.expiries.first().map_or(u64::MAX, |e| e.0)
+    }
+
+    /// Applies a batch: advances the clock, sweeps, then runs the commands
+    /// in order. Stops before a read whose reply would pass
+    /// [`MAX_BATCH_RESULT_BYTES`] (see the module docs): the reply list is
+    /// then shorter than the batch.
+    pub fn apply_batch(&mut self, batch: Batch) -> Vec<Reply> {
+        self.clock = self.clock.max(batch.stamp_ms);
+        self.sweep(SWEEP_PER_BATCH);
+        let ctx = Ctx {
+            now: self.clock,
+            probe: 0,
+            max_len: batch.max_len.min(MAX_SNAPSHOT_ITEM_BYTES),
+        };
+        let mut out = Vec::with_capacity(batch.cmds.len());
         let mut budget = MAX_BATCH_RESULT_BYTES;
-        for op in ops {
-            if !op.is_write() {
-                let n = self.read_bytes(&op);
+        for cmd in batch.cmds {
+            if crate::exec::is_read(&cmd) {
+                let r = self
+                    .read(&ctx, &cmd)
+                    .unwrap_or_else(|_| Reply::err("internal"));
+                let n = reply_bytes(&r);
                 if n > budget {
                     break;
                 }
                 budget -= n;
+                out.push(r);
+            } else {
+                out.push(self.exec(&ctx, &cmd));
             }
-            out.push(self.apply(op));
         }
         out
     }
 
-    /// Answers a lookup: a batch of reads (encoded results), or a
+    /// Runs one command (a write, or a read) in the log.
+    pub fn exec(&mut self, ctx: &Ctx, cmd: &[Vec<u8>]) -> Reply {
+        crate::exec::exec(self, ctx, cmd)
+    }
+
+    /// Runs one read command.
+    pub fn read(&self, ctx: &Ctx, cmd: &[Vec<u8>]) -> Exec {
+        crate::exec::read(self, ctx, cmd)
+    }
+
+    /// Answers a lookup: a batch of read commands (encoded results), or a
     /// single-byte [`query`].
     pub fn query(&self, q: &[u8]) -> Result<Vec<u8>, SmError> {
         if q == [query::DIGEST] {
-            // FNV-1a over every key and value, in order.
+            // FNV-1a over every key, value and expiry, in order, and the clock.
             let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-            for (k, v) in &self.map {
-                for b in k.iter().chain(&[0xff]).chain(v).chain(&[0xfe]) {
-                    h = (h ^ *b as u64).wrapping_mul(0x100_0000_01b3);
+            let mut eat = |b: &[u8]| {
+                for x in b {
+                    h = (h ^ *x as u64).wrapping_mul(0x100_0000_01b3);
                 }
+            };
+            eat(&self.clock.to_le_bytes());
+            for ((_, k), e) in &self.map {
+                eat(k);
+                eat(&[0xff]);
+                eat(&e.expire_at.unwrap_or(0).to_le_bytes());
+                match &e.value {
+                    Value::Str(v) => eat(v),
+                    Value::Hash(m) => {
+                        for (f, v) in m {
+                            eat(f);
+                            eat(&[0xfd]);
+                            eat(v);
+                        }
+                    }
+                }
+                eat(&[0xfe]);
             }
             return Ok(h.to_le_bytes().to_vec());
         }
-        let ops = decode_batch(q).ok_or_else(|| SmError::new("bad query"))?;
-        if ops.iter().any(Op::is_write) {
+        if q == [query::STATS] {
+            let mut out = (self.map.len() as u64).to_le_bytes().to_vec();
+            out.extend_from_slice(&(self.expiries.len() as u64).to_le_bytes());
+            return Ok(out);
+        }
+        if q == [query::NEXT_EXPIRY] {
+            let mut out = self.next_expiry().to_le_bytes().to_vec();
+            out.extend_from_slice(&self.clock.to_le_bytes());
+            return Ok(out);
+        }
+        let batch = decode_batch(q).ok_or_else(|| SmError::new("bad query"))?;
+        if !batch.cmds.iter().all(|c| crate::exec::is_read(c)) {
             return Err(SmError::new("a lookup cannot write"));
         }
-        let results: Vec<OpResult> = ops.iter().map(|op| self.read(op)).collect();
+        let ctx = Ctx {
+            now: self.clock,
+            probe: batch.stamp_ms,
+            max_len: batch.max_len,
+        };
+        let results: Vec<CmdResult> = batch
+            .cmds
+            .iter()
+            .map(|c| match self.read(&ctx, c) {
+                Ok(r) => CmdResult::Reply(r),
+                Err(NeedsClock) => CmdResult::NeedsClock,
+            })
+            .collect();
         Ok(encode_results(&results))
     }
 }
 
-/// Magic of the snapshot format with 64-bit lengths (version 2). Version 1
-/// (32-bit lengths) began directly with the key count, which can never
-/// equal this value in practice, so both are read.
+/// Bytes of a reply's payload (what a batch result holds of it).
+pub fn reply_bytes(r: &Reply) -> usize {
+    match r {
+        Reply::Simple(s) | Reply::Error(s) => s.len(),
+        Reply::Bulk(b) => b.len(),
+        Reply::Array(items) => items.iter().map(|i| 9 + reply_bytes(i)).sum(),
+        Reply::Int(_) | Reply::Nil | Reply::NilArray => 0,
+    }
+}
+
+/// Magic of the snapshot format with 64-bit lengths (version 2: strings
+/// only, no expiry). Version 1 (32-bit lengths) began directly with the
+/// key count, which can never equal a magic in practice.
 const SNAPSHOT_MAGIC_V2: u64 = u64::from_le_bytes(*b"LSKVSNP2");
+/// Magic of version 3: the clock, then typed values with expiry.
+const SNAPSHOT_MAGIC_V3: u64 = u64::from_le_bytes(*b"LSKVSNP3");
+
+fn read_u64(r: &mut dyn Read) -> Result<u64, SmError> {
+    let mut b = [0u8; 8];
+    r.read_exact(&mut b)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn read_u8(r: &mut dyn Read) -> Result<u8, SmError> {
+    let mut b = [0u8; 1];
+    r.read_exact(&mut b)?;
+    Ok(b[0])
+}
 
 fn read_item(r: &mut dyn Read, wide: bool) -> Result<Vec<u8>, SmError> {
     let len = if wide {
-        let mut l = [0u8; 8];
-        r.read_exact(&mut l)?;
-        u64::from_le_bytes(l)
+        read_u64(r)?
     } else {
         let mut l = [0u8; 4];
         r.read_exact(&mut l)?;
@@ -534,11 +642,21 @@ fn read_item(r: &mut dyn Read, wide: bool) -> Result<Vec<u8>, SmError> {
     Ok(v)
 }
 
+mod vtag {
+    pub const STR: u8 = 0;
+    pub const HASH: u8 = 1;
+}
+
 impl StateMachine for KvStateMachine {
     fn update(&mut self, entries: &mut [SmEntry]) -> Result<(), SmError> {
         for e in entries {
             let (value, data) = match decode_batch(&e.cmd) {
-                Some(ops) => (status::OK, encode_results(&self.apply_batch(ops))),
+                Some(batch) => {
+                    let replies = self.apply_batch(batch);
+                    let results: Vec<CmdResult> =
+                        replies.into_iter().map(CmdResult::Reply).collect();
+                    (status::OK, encode_results(&results))
+                }
                 None => (status::BAD_COMMAND, Vec::new()),
             };
             e.result.value = value;
@@ -551,308 +669,90 @@ impl StateMachine for KvStateMachine {
         self.query(query)
     }
 
-    /// Format v2: magic, key count, then per key `u64 len, key, u64 len, value` (LE).
+    /// Format v3: magic, clock, key count, then per key: type (0 string,
+    /// 1 hash), expiry (`u64`, 0: none), `u64 len, key`, then the string
+    /// (`u64 len, bytes`) or the hash (`u64` field count, then `u64 len,
+    /// field, u64 len, value` per field). All integers LE.
     fn save_snapshot(&self, w: &mut dyn Write, stop: &StopFlag) -> Result<(), SmError> {
-        w.write_all(&SNAPSHOT_MAGIC_V2.to_le_bytes())?;
+        w.write_all(&SNAPSHOT_MAGIC_V3.to_le_bytes())?;
+        w.write_all(&self.clock.to_le_bytes())?;
         w.write_all(&(self.map.len() as u64).to_le_bytes())?;
-        for (k, v) in &self.map {
+        let item = |w: &mut dyn Write, b: &[u8]| -> Result<(), SmError> {
+            w.write_all(&(b.len() as u64).to_le_bytes())?;
+            w.write_all(b)?;
+            Ok(())
+        };
+        for ((_, k), e) in &self.map {
             if stop.is_set() {
                 return Err(SmError::new("stopped"));
             }
-            w.write_all(&(k.len() as u64).to_le_bytes())?;
-            w.write_all(k)?;
-            w.write_all(&(v.len() as u64).to_le_bytes())?;
-            w.write_all(v)?;
+            let t = match e.value {
+                Value::Str(_) => vtag::STR,
+                Value::Hash(_) => vtag::HASH,
+            };
+            w.write_all(&[t])?;
+            w.write_all(&e.expire_at.unwrap_or(0).to_le_bytes())?;
+            item(w, k)?;
+            match &e.value {
+                Value::Str(v) => item(w, v)?,
+                Value::Hash(m) => {
+                    w.write_all(&(m.len() as u64).to_le_bytes())?;
+                    for (f, v) in m {
+                        item(w, f)?;
+                        item(w, v)?;
+                    }
+                }
+            }
         }
         Ok(())
     }
 
     fn recover_from_snapshot(&mut self, r: &mut dyn Read, stop: &StopFlag) -> Result<(), SmError> {
-        let mut n8 = [0u8; 8];
-        r.read_exact(&mut n8)?;
-        let mut n = u64::from_le_bytes(n8);
-        let wide = n == SNAPSHOT_MAGIC_V2;
-        if wide {
-            r.read_exact(&mut n8)?;
-            n = u64::from_le_bytes(n8);
-        }
-        let mut map = BTreeMap::new();
-        for _ in 0..n {
-            if stop.is_set() {
-                return Err(SmError::new("stopped"));
+        let first = read_u64(r)?;
+        let mut sm = KvStateMachine::default();
+        if first == SNAPSHOT_MAGIC_V3 {
+            sm.clock = read_u64(r)?;
+            let n = read_u64(r)?;
+            for _ in 0..n {
+                if stop.is_set() {
+                    return Err(SmError::new("stopped"));
+                }
+                let t = read_u8(r)?;
+                let at = read_u64(r)?;
+                let k = read_item(r, true)?;
+                let value = match t {
+                    vtag::STR => Value::Str(read_item(r, true)?),
+                    vtag::HASH => {
+                        let fields = read_u64(r)?;
+                        let mut m = BTreeMap::new();
+                        for _ in 0..fields {
+                            let f = read_item(r, true)?;
+                            let v = read_item(r, true)?;
+                            m.insert(f, v);
+                        }
+                        Value::Hash(m)
+                    }
+                    other => return Err(SmError::new(format!("unknown value type {other}"))),
+                };
+                sm.insert(&k, value, (at != 0).then_some(at));
             }
-            let k = read_item(r, wide)?;
-            let v = read_item(r, wide)?;
-            map.insert(k, v);
+        } else {
+            // Versions 1 and 2: strings without expiry.
+            let wide = first == SNAPSHOT_MAGIC_V2;
+            let n = if wide { read_u64(r)? } else { first };
+            for _ in 0..n {
+                if stop.is_set() {
+                    return Err(SmError::new("stopped"));
+                }
+                let k = read_item(r, wide)?;
+                let v = read_item(r, wide)?;
+                sm.insert(&k, Value::Str(v), None);
+            }
         }
-        self.map = map;
+        *self = sm;
         Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn all_ops() -> Vec<Op> {
-        vec![
-            Op::Set {
-                key: b"k".to_vec(),
-                value: b"v".to_vec(),
-                nx: true,
-                xx: false,
-            },
-            Op::Del { key: b"k".to_vec() },
-            Op::IncrBy {
-                key: b"n".to_vec(),
-                delta: -5,
-            },
-            Op::Append {
-                key: b"a".to_vec(),
-                value: b"xyz".to_vec(),
-                max_len: 10,
-            },
-            Op::Get { key: b"a".to_vec() },
-            Op::Strlen { key: b"a".to_vec() },
-            Op::Exists { key: b"a".to_vec() },
-            Op::DbSize,
-        ]
-    }
-
-    #[test]
-    fn batches_round_trip_and_every_prefix_is_refused() {
-        let ops = all_ops();
-        let enc = encode_batch(&ops);
-        assert_eq!(
-            enc.len(),
-            BATCH_HEADER_BYTES + ops.iter().map(Op::encoded_len).sum::<usize>()
-        );
-        assert_eq!(decode_batch(&enc), Some(ops.clone()));
-        for cut in 0..enc.len() {
-            assert_eq!(decode_batch(&enc[..cut]), None, "prefix of {cut} bytes");
-        }
-        let mut longer = enc.clone();
-        longer.push(0);
-        assert_eq!(decode_batch(&longer), None);
-        assert_eq!(decode_batch(&encode_batch(&[])), Some(vec![]));
-        // A count far larger than the bytes present allocates nothing.
-        let mut huge = vec![BATCH_MAGIC, BATCH_VERSION];
-        huge.extend_from_slice(&u64::MAX.to_le_bytes());
-        assert_eq!(decode_batch(&huge), None);
-        let mut wrong_version = enc;
-        wrong_version[1] = 9;
-        assert_eq!(decode_batch(&wrong_version), None);
-    }
-
-    #[test]
-    fn results_round_trip_and_every_prefix_is_refused() {
-        let results = vec![
-            OpResult::Ok,
-            OpResult::NotSet,
-            OpResult::Int(-7),
-            OpResult::Value(Some(b"val".to_vec())),
-            OpResult::Value(None),
-            OpResult::NotInteger,
-            OpResult::Overflow,
-            OpResult::TooLarge(512),
-        ];
-        let enc = encode_results(&results);
-        assert_eq!(decode_results(&enc), Some(results));
-        for cut in 0..enc.len() {
-            assert_eq!(decode_results(&enc[..cut]), None, "prefix of {cut} bytes");
-        }
-    }
-
-    #[test]
-    fn random_bytes_never_panic() {
-        // xorshift: deterministic pseudo-random inputs, some starting with a valid header.
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        let valid = encode_batch(&all_ops());
-        for i in 0..20_000 {
-            let len = (next() % 96) as usize;
-            let mut b: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-            if i % 2 == 0 && !b.is_empty() {
-                // Keep a valid prefix and corrupt the rest.
-                let keep = (next() as usize) % valid.len();
-                b = valid[..keep].iter().copied().chain(b).collect();
-            }
-            let _ = decode_batch(&b);
-            let _ = decode_results(&b);
-            let sm = KvStateMachine::default();
-            let _ = sm.query(&b);
-            let mut sm2 = KvStateMachine::default();
-            let _ = sm2.recover_from_snapshot(&mut &b[..], &StopFlag::new());
-        }
-    }
-
-    #[test]
-    fn semantics_of_set_incr_append_del() {
-        let mut sm = KvStateMachine::default();
-        let set = |k: &str, v: &str, nx, xx| Op::Set {
-            key: k.into(),
-            value: v.into(),
-            nx,
-            xx,
-        };
-        assert_eq!(sm.apply(set("a", "1", false, true)), OpResult::NotSet);
-        assert_eq!(sm.apply(set("a", "1", true, false)), OpResult::Ok);
-        assert_eq!(sm.apply(set("a", "2", true, false)), OpResult::NotSet);
-        let incr = |k: &str, d| Op::IncrBy {
-            key: k.into(),
-            delta: d,
-        };
-        assert_eq!(sm.apply(incr("a", 41)), OpResult::Int(42));
-        let append = |k: &str, v: &str, max_len| Op::Append {
-            key: k.into(),
-            value: v.into(),
-            max_len,
-        };
-        assert_eq!(sm.apply(append("a", "x", 100)), OpResult::Int(3));
-        // APPEND never grows a value past its limit; the value is unchanged.
-        assert_eq!(sm.apply(append("a", "yz", 4)), OpResult::TooLarge(4));
-        assert_eq!(
-            sm.read(&Op::Get { key: b"a".to_vec() }),
-            OpResult::Value(Some(b"42x".to_vec()))
-        );
-        assert_eq!(sm.apply(append("a", "y", 4)), OpResult::Int(4));
-        assert_eq!(sm.apply(incr("a", 1)), OpResult::NotInteger);
-        sm.apply(set("m", &i64::MAX.to_string(), false, false));
-        assert_eq!(sm.apply(incr("m", 1)), OpResult::Overflow);
-        assert_eq!(sm.apply(Op::Del { key: b"a".to_vec() }), OpResult::Int(1));
-        assert_eq!(sm.apply(Op::Del { key: b"a".to_vec() }), OpResult::Int(0));
-        assert_eq!(
-            sm.read(&Op::Get { key: b"a".to_vec() }),
-            OpResult::Value(None)
-        );
-        assert_eq!(sm.read(&Op::DbSize), OpResult::Int(1));
-        let mut buf = Vec::new();
-        sm.save_snapshot(&mut buf, &StopFlag::new()).unwrap();
-        let mut back = KvStateMachine::default();
-        back.recover_from_snapshot(&mut &buf[..], &StopFlag::new())
-            .unwrap();
-        assert_eq!(back, sm);
-        assert_eq!(
-            back.query(&[query::DIGEST]).unwrap(),
-            sm.query(&[query::DIGEST]).unwrap()
-        );
-    }
-
-    #[test]
-    fn a_batch_applies_in_order_and_reads_see_earlier_writes() {
-        let mut sm = KvStateMachine::default();
-        let mut ops = Vec::new();
-        for i in 0..200 {
-            ops.push(Op::Set {
-                key: b"k".to_vec(),
-                value: format!("v{i}").into_bytes(),
-                nx: false,
-                xx: false,
-            });
-        }
-        ops.push(Op::Get { key: b"k".to_vec() });
-        ops.push(Op::IncrBy {
-            key: b"c".to_vec(),
-            delta: 1,
-        });
-        ops.push(Op::Strlen { key: b"k".to_vec() });
-        ops.push(Op::Exists { key: b"c".to_vec() });
-        let r = sm.apply_batch(ops);
-        assert_eq!(r.len(), 204);
-        assert!(r[..200].iter().all(|x| *x == OpResult::Ok));
-        assert_eq!(r[200], OpResult::Value(Some(b"v199".to_vec())));
-        assert_eq!(r[201], OpResult::Int(1));
-        assert_eq!(r[202], OpResult::Int(4));
-        assert_eq!(r[203], OpResult::Int(1));
-        // The same reads as a lookup.
-        let q = encode_batch(&[Op::Get { key: b"k".to_vec() }, Op::DbSize]);
-        assert_eq!(
-            decode_results(&sm.query(&q).unwrap()).unwrap(),
-            vec![OpResult::Value(Some(b"v199".to_vec())), OpResult::Int(2)]
-        );
-        assert!(
-            sm.query(&encode_batch(&[Op::Del { key: b"k".to_vec() }]))
-                .is_err()
-        );
-    }
-
-    #[test]
-    fn a_batch_stops_before_a_read_over_the_result_budget() {
-        let mut sm = KvStateMachine::default();
-        let big = vec![b'x'; MAX_BATCH_RESULT_BYTES];
-        let r = sm.apply_batch(vec![
-            Op::Set {
-                key: b"big".to_vec(),
-                value: big.clone(),
-                nx: false,
-                xx: false,
-            },
-            Op::Get {
-                key: b"big".to_vec(),
-            },
-            Op::Get {
-                key: b"big".to_vec(),
-            },
-            Op::Del {
-                key: b"big".to_vec(),
-            },
-        ]);
-        // The first read fits the budget exactly; the second stops the batch.
-        assert_eq!(r.len(), 2);
-        assert_eq!(r[1], OpResult::Value(Some(big)));
-        // The DEL after the stop was not applied.
-        assert_eq!(
-            sm.read(&Op::Exists {
-                key: b"big".to_vec()
-            }),
-            OpResult::Int(1)
-        );
-    }
-
-    #[test]
-    fn snapshots_use_64_bit_lengths_and_read_the_old_format() {
-        let mut sm = KvStateMachine::default();
-        sm.apply(Op::Set {
-            key: b"k".to_vec(),
-            value: b"value".to_vec(),
-            nx: false,
-            xx: false,
-        });
-        let mut buf = Vec::new();
-        sm.save_snapshot(&mut buf, &StopFlag::new()).unwrap();
-        assert_eq!(&buf[..8], b"LSKVSNP2");
-        assert_eq!(&buf[16..24], &1u64.to_le_bytes()); // key length, 64 bits
-        // Version 1: count, then 32-bit lengths.
-        let mut old = 1u64.to_le_bytes().to_vec();
-        old.extend_from_slice(&1u32.to_le_bytes());
-        old.push(b'k');
-        old.extend_from_slice(&5u32.to_le_bytes());
-        old.extend_from_slice(b"value");
-        let mut back = KvStateMachine::default();
-        back.recover_from_snapshot(&mut &old[..], &StopFlag::new())
-            .unwrap();
-        assert_eq!(back, sm);
-        // A length over the bound is refused before any allocation.
-        let mut bad = SNAPSHOT_MAGIC_V2.to_le_bytes().to_vec();
-        bad.extend_from_slice(&1u64.to_le_bytes());
-        bad.extend_from_slice(&u64::MAX.to_le_bytes());
-        assert!(
-            KvStateMachine::default()
-                .recover_from_snapshot(&mut &bad[..], &StopFlag::new())
-                .is_err()
-        );
-        for cut in 0..buf.len() {
-            assert!(
-                KvStateMachine::default()
-                    .recover_from_snapshot(&mut &buf[..cut], &StopFlag::new())
-                    .is_err(),
-                "prefix of {cut} bytes"
-            );
-        }
-    }
-}
+mod tests;

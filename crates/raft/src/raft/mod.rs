@@ -7,9 +7,11 @@
 
 mod election;
 mod follower;
+mod invariants;
 mod leader;
 mod validate;
 
+pub use invariants::InvariantViolation;
 pub use validate::{INDEX_MAX, InvalidReason, NOT_A_MEMBER, TERM_JUMP_MAX, TERM_MAX};
 
 use std::collections::BTreeMap;

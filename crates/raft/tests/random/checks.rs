@@ -92,6 +92,9 @@ impl Sim {
             fail!(self, "node {} went backwards: {prev:?} -> {now:?}", id.0);
         }
         self.marks.insert(id, now);
+        if let Err(e) = r.check_invariants() {
+            fail!(self, "{e}");
+        }
         // Correct peers over a faulty network never send what the core
         // drops as invalid (a false positive would lose a real message),
         // except messages from a member this replica does not know yet

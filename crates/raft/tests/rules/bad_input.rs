@@ -228,6 +228,9 @@ fn run(steps: Vec<Step>) {
             }
         }
         for id in 1..=3 {
+            if let Err(e) = c.raft(id).check_invariants() {
+                panic!("{e}");
+            }
             assert!(
                 c.raft(id).term().0 < 1_000,
                 "{id} took an absurd term {}",

@@ -76,3 +76,34 @@ fn raft_log_commit_is_monotonic_and_bounded() {
     let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| l.commit_to(Index(4))));
     assert!(err.is_err(), "commit beyond the last entry");
 }
+
+/// Raft §5.1 (terms only grow, every entry's term is at most the current
+/// term) and Figure 2 (`commitIndex` <= last log index), checked by the
+/// core itself: `check_invariants` holds through an election, replication
+/// and a membership change, and reports a state that breaks them (here a
+/// durable state no correct history produces: entries of a term newer
+/// than the replica's term).
+#[test]
+fn check_invariants_holds_in_a_cluster_and_reports_a_broken_state() {
+    let mut c = cluster(3, opts());
+    let check = |c: &Cluster| {
+        for n in c.nodes.values() {
+            n.raft.check_invariants().expect("invariants hold");
+        }
+    };
+    check(&c);
+    elect(&mut c, 1);
+    check(&c);
+    propose(&mut c, 1, "x");
+    c.stabilize();
+    check(&c);
+    add_member(&mut c, 1, ConfigChangeType::AddWitness, 4);
+    check(&c);
+
+    let broken = replica(cfg(2), &[1, 3, 3], 2, 1);
+    let err = broken
+        .check_invariants()
+        .expect_err("entry terms ahead of term 2");
+    assert_eq!(err.replica, r(2));
+    assert!(err.what.contains("ahead of the term"), "{err}");
+}
