@@ -99,12 +99,12 @@ impl Cluster {
         let ls: Vec<_> = self
             .nodes
             .iter()
-            .map(|n| n.nh.get_leader_id(shard).ok().filter(|l| l.valid))
+            .map(|n| n.nh.get_leader(shard).ok().flatten())
             .collect();
         let first = ls[0]?;
         ls.iter()
-            .all(|l| l.is_some_and(|l| l.leader_id == first.leader_id))
-            .then_some(first.leader_id.get())
+            .all(|l| l.is_some_and(|l| l.replica_id == first.replica_id))
+            .then_some(first.replica_id.get())
     }
 
     /// Waits until every node knows the same leader of every shard.
