@@ -56,6 +56,10 @@ counters!(
     snapshot_bytes_sent,
     /// Step worker cycles.
     step_cycles,
+    /// Replicas failed by a panic in their protocol work (the worker went on).
+    replicas_failed,
+    /// Worker rounds that panicked outside any replica's guard (the thread went on).
+    worker_panics,
 );
 
 impl Metrics {

@@ -576,7 +576,7 @@ impl NodeHost {
             };
             threads.push(spawn(format!("ls-step-{id}"), move || {
                 while !w.host.is_stopped() {
-                    if !w.run_once() {
+                    if !crate::engine::supervised(&w.host, || w.run_once()) {
                         w.host.step_ready[id].wait(idle);
                     }
                 }
@@ -589,7 +589,7 @@ impl NodeHost {
             };
             threads.push(spawn(format!("ls-apply-{id}"), move || {
                 while !w.host.is_stopped() {
-                    if !w.run_once() {
+                    if !crate::engine::supervised(&w.host, || w.run_once()) {
                         w.host.apply_ready[id].wait(idle);
                     }
                 }
@@ -601,7 +601,7 @@ impl NodeHost {
             };
             threads.push(spawn(format!("ls-snap-{id}"), move || {
                 while !w.host.is_stopped() {
-                    if !w.run_once() {
+                    if !crate::engine::supervised(&w.host, || w.run_once()) {
                         w.host.snapshot_ready.wait(idle);
                     }
                 }
@@ -779,7 +779,7 @@ impl NodeHost {
             _ => None,
         };
         let rsm = Rsm::new(user_sm, cfg.max_sessions, cfg.is_witness);
-        let raft_cfg = longship_raft::Config {
+        let raft_cfg = longship_raft::RaftConfig {
             shard_id: shard,
             replica_id: me,
             election_rtt: cfg.election_rtt,
@@ -788,12 +788,12 @@ impl NodeHost {
             pre_vote: cfg.pre_vote,
             max_uncommitted_bytes: cfg.max_uncommitted_bytes,
             // An append (and the batch around it) must fit one transport frame.
-            max_append_bytes: longship_raft::Config::default()
+            max_append_bytes: longship_raft::RaftConfig::default()
                 .max_append_bytes
                 .min(host.cfg.max_frame_bytes as u64 / 2),
             max_apply_bytes: host.cfg.max_apply_batch_bytes,
             seed: host.random_id(),
-            ..longship_raft::Config::default()
+            ..longship_raft::RaftConfig::default()
         };
         let reader = ReplicaLog::new(host.logdb.clone(), shard, me);
         let hs: HardState = state.hard_state;

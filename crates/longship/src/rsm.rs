@@ -24,28 +24,57 @@ pub(crate) enum UserSm {
     OnDisk(Box<dyn OnDiskStateMachine>),
 }
 
+/// Runs a call into the user's state machine; a panic there becomes an
+/// error of this replica (which then fails: its shard's other replicas,
+/// and every other shard of this host, go on) instead of unwinding through
+/// a worker that drives many shards.
+pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, SmError>) -> Result<T, SmError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => Err(SmError::new(format!(
+            "state machine panicked in {what}: {}",
+            panic_message(&*payload)
+        ))),
+    }
+}
+
+/// The message a panic carried.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic payload".into())
+}
+
 impl UserSm {
     fn update(&self, entries: &mut [SmEntry]) -> Result<(), SmError> {
-        match self {
+        guarded("update", || match self {
             UserSm::Regular(sm) => sm.write().update(entries),
             UserSm::Concurrent(sm) => sm.update(entries),
             UserSm::OnDisk(sm) => sm.update(entries),
-        }
+        })
     }
 
     pub(crate) fn lookup(&self, query: &[u8]) -> Result<Vec<u8>, SmError> {
-        match self {
+        guarded("lookup", || match self {
             UserSm::Regular(sm) => sm.read().lookup(query),
             UserSm::Concurrent(sm) => sm.lookup(query),
             UserSm::OnDisk(sm) => sm.lookup(query),
-        }
+        })
     }
 
     pub(crate) fn close(&self) {
-        match self {
-            UserSm::Regular(sm) => sm.write().close(),
-            UserSm::Concurrent(sm) => sm.close(),
-            UserSm::OnDisk(sm) => sm.close(),
+        let closed = guarded("close", || {
+            match self {
+                UserSm::Regular(sm) => sm.write().close(),
+                UserSm::Concurrent(sm) => sm.close(),
+                UserSm::OnDisk(sm) => sm.close(),
+            }
+            Ok(())
+        });
+        if let Err(e) = closed {
+            tracing::error!(error = %e, "closing a state machine");
         }
     }
 
@@ -289,7 +318,7 @@ impl Rsm {
             // Metadata only: a witness's state machine never saw an entry.
             return Ok(());
         }
-        guard.save_snapshot(w, stop)
+        guarded("save_snapshot", || guard.save_snapshot(w, stop))
     }
 
     /// Captures a snapshot's content on the apply path: the RSM header and,
@@ -299,11 +328,11 @@ impl Rsm {
         let ctx = match &self.sm {
             _ if self.witness => None,
             UserSm::Regular(_) => None,
-            UserSm::Concurrent(sm) => Some(sm.prepare_snapshot()?),
+            UserSm::Concurrent(sm) => Some(guarded("prepare_snapshot", || sm.prepare_snapshot())?),
             UserSm::OnDisk(sm) => {
                 // The streamed state must include everything applied so far.
-                sm.sync()?;
-                Some(sm.prepare_snapshot()?)
+                guarded("sync", || sm.sync())?;
+                Some(guarded("prepare_snapshot", || sm.prepare_snapshot())?)
             }
         };
         Ok(Prepared {
@@ -323,14 +352,14 @@ impl Rsm {
         if self.witness {
             return Ok(());
         }
-        match (&self.sm, p.ctx) {
+        guarded("save_snapshot", || match (&self.sm, p.ctx) {
             (UserSm::Concurrent(sm), Some(ctx)) => sm.save_snapshot(ctx, w, stop),
             (UserSm::OnDisk(sm), Some(ctx)) => sm.save_snapshot(ctx, w, stop),
             (UserSm::Regular(sm), None) => sm.read().save_snapshot(w, stop),
             _ => Err(SmError::new(
                 "prepared snapshot does not match the state machine kind",
             )),
-        }
+        })
     }
 
     /// Reads the RSM header and recovers the state machine from the rest.
@@ -375,15 +404,21 @@ impl Rsm {
             .map_err(|e| SmError::new(format!("session table: {e}")))?;
         if !self.witness {
             match &self.sm {
-                UserSm::Regular(sm) => sm.write().recover_from_snapshot(r, stop)?,
-                UserSm::Concurrent(sm) => sm.recover_from_snapshot(r, stop)?,
+                UserSm::Regular(sm) => guarded("recover_from_snapshot", || {
+                    sm.write().recover_from_snapshot(r, stop)
+                })?,
+                UserSm::Concurrent(sm) => guarded("recover_from_snapshot", || {
+                    sm.recover_from_snapshot(r, stop)
+                })?,
                 // Its own store may already be at or past the snapshot (a
                 // restart after a local snapshot): replacing its state by the
                 // older snapshot would lose the entries after the snapshot,
                 // which are skipped as already applied.
                 UserSm::OnDisk(_) if self.on_disk_index() >= applied.index => {}
                 UserSm::OnDisk(sm) => {
-                    sm.recover_from_snapshot(r, stop)?;
+                    guarded("recover_from_snapshot", || {
+                        sm.recover_from_snapshot(r, stop)
+                    })?;
                     self.set_on_disk_index(applied.index);
                 }
             }

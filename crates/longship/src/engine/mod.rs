@@ -67,3 +67,22 @@ pub(crate) fn report_snapshot_status(host: &Host, m: &Message, failed: bool) {
     };
     host.deliver_local(status);
 }
+
+/// Runs one round of a worker thread's loop. A panic that escaped the
+/// per-replica guards (an engine bug) is logged and counted, and the
+/// thread goes on with its next round instead of dying silently with the
+/// shards it drives. Returns whether the round did work (a panicked round
+/// counts as work, so the thread looks again at once).
+pub(crate) fn supervised(host: &Host, round: impl FnOnce() -> bool) -> bool {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(round)) {
+        Ok(did) => did,
+        Err(p) => {
+            Metrics::add(&host.metrics.worker_panics, 1);
+            tracing::error!(
+                "a worker round panicked (continuing): {}",
+                crate::rsm::panic_message(&*p)
+            );
+            true
+        }
+    }
+}

@@ -72,22 +72,31 @@ impl StepWorker {
             if r.is_closed() || r.failed.lock().is_some() {
                 continue;
             }
-            let mut core = r.core.lock();
-            // Term and vote as of the last advance: what is durable.
-            let durable = core.raft.hard_state();
-            self.drive(&r, &mut core, &mut extra);
-            if core.raft.has_update() {
-                let u = core.raft.get_update();
-                must_sync |= !u.entries.is_empty()
-                    || u.snapshot.is_some()
-                    || u.hard_state
-                        .is_some_and(|hs| hs.term != durable.term || hs.vote != durable.vote);
-                work.push((r.clone(), u));
+            // A panic while stepping one replica (a broken invariant, a bug)
+            // fails that replica, not the worker and its other shards.
+            let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut core = r.core.lock();
+                // Term and vote as of the last advance: what is durable.
+                let durable = core.raft.hard_state();
+                self.drive(&r, &mut core, &mut extra);
+                let u = core.raft.has_update().then(|| core.raft.get_update());
+                // Committed entries held back until the state machine
+                // catches up: the apply worker wakes us when it has applied some.
+                r.apply_throttled
+                    .store(core.raft.apply_throttled(), Ordering::Release);
+                (durable, u)
+            }));
+            match stepped {
+                Ok((durable, Some(u))) => {
+                    must_sync |= !u.entries.is_empty()
+                        || u.snapshot.is_some()
+                        || u.hard_state
+                            .is_some_and(|hs| hs.term != durable.term || hs.vote != durable.vote);
+                    work.push((r.clone(), u));
+                }
+                Ok((_, None)) => {}
+                Err(p) => fail_replica(host, &r, "stepping", &*p),
             }
-            // Committed entries held back until the state machine catches
-            // up: the apply worker wakes us when it has applied some.
-            r.apply_throttled
-                .store(core.raft.apply_throttled(), Ordering::Release);
         }
         // Leader replication leaves before the local write (thesis §10.2.1).
         // Messages and entries are moved, not cloned, on their way out.
@@ -149,7 +158,12 @@ impl StepWorker {
         }
         self.send(late);
         for (r, u) in work {
-            self.after_persist(&r, u);
+            let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.after_persist(&r, u)
+            }));
+            if let Err(p) = done {
+                fail_replica(host, &r, "advancing", &*p);
+            }
         }
         true
     }
@@ -550,4 +564,17 @@ impl StepWorker {
             host.mark_step(r.shard_id);
         }
     }
+}
+
+/// Fails a replica whose protocol work panicked: it is stepped no more, its
+/// requests end with an error, and the worker goes on with its other shards.
+fn fail_replica(host: &Host, r: &Replica, during: &str, payload: &(dyn std::any::Any + Send)) {
+    let why = format!(
+        "panicked while {during}: {}",
+        crate::rsm::panic_message(payload)
+    );
+    tracing::error!(shard = %r.shard_id, replica = %r.replica_id, "replica failed: {why}");
+    Metrics::add(&host.metrics.replicas_failed, 1);
+    *r.failed.lock() = Some(why);
+    r.terminate_requests();
 }
