@@ -6,7 +6,7 @@ use crate::ids::{ReplicaId, ShardId};
 ///
 /// Times are in ticks; the engine ticks once per RTT (`rtt_ms`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
+pub struct RaftConfig {
     /// The shard.
     pub shard_id: ShardId,
     /// This replica.
@@ -48,9 +48,9 @@ pub struct Config {
     pub seed: u64,
 }
 
-impl Default for Config {
+impl Default for RaftConfig {
     fn default() -> Self {
-        Config {
+        RaftConfig {
             shard_id: ShardId(1),
             replica_id: ReplicaId(1),
             election_rtt: 10,
@@ -69,7 +69,7 @@ impl Default for Config {
     }
 }
 
-/// Why a [`Config`] is invalid; names the field.
+/// Why a [`RaftConfig`] is invalid; names the field.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// A field has an invalid value.
@@ -82,7 +82,7 @@ pub enum ConfigError {
     },
 }
 
-impl Config {
+impl RaftConfig {
     /// Checks every field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |field, reason| Err(ConfigError::Invalid { field, reason });
@@ -126,11 +126,11 @@ mod tests {
 
     #[test]
     fn validate_names_the_field() {
-        assert!(Config::default().validate().is_ok());
-        let c = Config {
+        assert!(RaftConfig::default().validate().is_ok());
+        let c = RaftConfig {
             election_rtt: 2,
             heartbeat_rtt: 1,
-            ..Config::default()
+            ..RaftConfig::default()
         };
         assert!(matches!(
             c.validate(),
@@ -139,9 +139,9 @@ mod tests {
                 ..
             })
         ));
-        let c = Config {
+        let c = RaftConfig {
             replica_id: ReplicaId(0),
-            ..Config::default()
+            ..RaftConfig::default()
         };
         assert!(matches!(
             c.validate(),
@@ -150,10 +150,10 @@ mod tests {
                 ..
             })
         ));
-        let c = Config {
+        let c = RaftConfig {
             lease_read: true,
             check_quorum: false,
-            ..Config::default()
+            ..RaftConfig::default()
         };
         assert!(matches!(
             c.validate(),

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use crate::bootstrap::bootstrap_entries;
 use crate::codec::decode_config_change;
-use crate::config::Config;
+use crate::config::RaftConfig;
 use crate::entry::{Entry, EntryType, HardState, SnapshotMeta};
 use crate::ids::{Index, ReplicaId, ShardId, Term};
 use crate::log_reader::LogReader;
@@ -140,9 +140,9 @@ impl Cluster {
     }
 
     /// The core config for node `id`.
-    pub fn config_for(&self, id: ReplicaId) -> Config {
+    pub fn config_for(&self, id: ReplicaId) -> RaftConfig {
         let o = &self.options;
-        Config {
+        RaftConfig {
             shard_id: TEST_SHARD,
             replica_id: id,
             election_rtt: o.election_rtt,
@@ -154,7 +154,7 @@ impl Cluster {
             max_inflight_msgs: o.max_inflight_msgs,
             max_uncommitted_bytes: o.max_uncommitted_bytes,
             seed: o.seed,
-            ..Config::default()
+            ..RaftConfig::default()
         }
     }
 

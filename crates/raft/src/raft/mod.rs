@@ -16,7 +16,7 @@ pub use validate::{INDEX_MAX, InvalidReason, NOT_A_MEMBER, TERM_JUMP_MAX, TERM_M
 
 use std::collections::BTreeMap;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{ConfigError, RaftConfig};
 use crate::entry::{Entry, HardState, SnapshotMeta};
 use crate::ids::{Index, ReplicaId, ShardId, Term};
 use crate::log::RaftLog;
@@ -64,7 +64,7 @@ pub struct Status {
 
 /// The protocol core of one replica. See the crate documentation.
 pub struct Raft<L: LogReader> {
-    cfg: Config,
+    cfg: RaftConfig,
     id: ReplicaId,
     shard_id: ShardId,
     /// Current term; never decreases.
@@ -125,7 +125,7 @@ impl<L: LogReader> Raft<L> {
     /// or the initial members of a new shard; empty for a replica joining an
     /// existing shard, which waits to hear from the leader).
     pub fn new(
-        cfg: Config,
+        cfg: RaftConfig,
         reader: L,
         hard_state: HardState,
         membership: Membership,
@@ -234,7 +234,7 @@ impl<L: LogReader> Raft<L> {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &Config {
+    pub fn config(&self) -> &RaftConfig {
         &self.cfg
     }
 
