@@ -13,7 +13,7 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use longship_raft::codec::decode_config_change;
 use longship_raft::{
-    Entry, EntryType, HardState, Index, LogReader, MemLog, Membership, Message, Raft, RaftConfig,
+    Config, Entry, EntryType, HardState, Index, LogReader, MemLog, Membership, Message, Raft,
     ReplicaId, ShardId, bootstrap_entries,
 };
 
@@ -45,13 +45,13 @@ impl Loop {
             .map(|id| {
                 let mut log = MemLog::new();
                 log.append(&entries);
-                let cfg = RaftConfig {
+                let cfg = Config {
                     shard_id: ShardId(1),
                     replica_id: ReplicaId(id),
                     check_quorum: false,
                     pre_vote: false,
                     seed: 7,
-                    ..RaftConfig::default()
+                    ..Config::default()
                 };
                 let raft = Raft::new(cfg, log, hard_state, Membership::default(), Index(0))
                     .expect("valid config");

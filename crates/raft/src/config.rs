@@ -6,7 +6,7 @@ use crate::ids::{ReplicaId, ShardId};
 ///
 /// Times are in ticks; the engine ticks once per RTT (`rtt_ms`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RaftConfig {
+pub struct Config {
     /// The shard.
     pub shard_id: ShardId,
     /// This replica.
@@ -48,9 +48,9 @@ pub struct RaftConfig {
     pub seed: u64,
 }
 
-impl Default for RaftConfig {
+impl Default for Config {
     fn default() -> Self {
-        RaftConfig {
+        Config {
             shard_id: ShardId(1),
             replica_id: ReplicaId(1),
             election_rtt: 10,
@@ -69,7 +69,7 @@ impl Default for RaftConfig {
     }
 }
 
-/// Why a [`RaftConfig`] is invalid; names the field.
+/// Why a [`Config`] is invalid; names the field.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// A field has an invalid value.
@@ -82,7 +82,7 @@ pub enum ConfigError {
     },
 }
 
-impl RaftConfig {
+impl Config {
     /// Checks every field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |field, reason| Err(ConfigError::Invalid { field, reason });
@@ -126,11 +126,11 @@ mod tests {
 
     #[test]
     fn validate_names_the_field() {
-        assert!(RaftConfig::default().validate().is_ok());
-        let c = RaftConfig {
+        assert!(Config::default().validate().is_ok());
+        let c = Config {
             election_rtt: 2,
             heartbeat_rtt: 1,
-            ..RaftConfig::default()
+            ..Config::default()
         };
         assert!(matches!(
             c.validate(),
@@ -139,9 +139,9 @@ mod tests {
                 ..
             })
         ));
-        let c = RaftConfig {
+        let c = Config {
             replica_id: ReplicaId(0),
-            ..RaftConfig::default()
+            ..Config::default()
         };
         assert!(matches!(
             c.validate(),
@@ -150,10 +150,10 @@ mod tests {
                 ..
             })
         ));
-        let c = RaftConfig {
+        let c = Config {
             lease_read: true,
             check_quorum: false,
-            ..RaftConfig::default()
+            ..Config::default()
         };
         assert!(matches!(
             c.validate(),

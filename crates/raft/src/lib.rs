@@ -40,15 +40,13 @@ mod read_only;
 mod update;
 
 pub use bootstrap::bootstrap_entries;
-pub use config::{ConfigError, RaftConfig};
+pub use config::{Config, ConfigError};
 pub use log::RaftLog;
 pub use progress::{Inflights, Progress, ProgressState};
 pub use raft::{
     INDEX_MAX, InvalidReason, InvariantViolation, NOT_A_MEMBER, Raft, Role, Status, TERM_JUMP_MAX,
     TERM_MAX,
 };
+pub use read_only::{PendingRead, ReadOnly};
 pub use update::{LeaderInfo, ProposalError, ReadState, Update};
-/// A deterministic multi-replica cluster for tests of the core (and of
-/// code built on it): behind the `testkit` feature, off by default.
-#[cfg(feature = "testkit")]
 pub mod testkit;

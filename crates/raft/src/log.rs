@@ -86,6 +86,10 @@ pub struct RaftLog<L: LogReader> {
     /// Most bytes handed out and not yet applied (a slow state machine
     /// must not make the apply queue grow without bound).
     max_applying_bytes: u64,
+    /// The first storage error a read of the durable log returned; once
+    /// set, the log hands out nothing more to apply (see
+    /// [`storage_error`](Self::storage_error)).
+    storage_error: std::sync::OnceLock<LogError>,
 }
 
 impl<L: LogReader> RaftLog<L> {
@@ -108,6 +112,7 @@ impl<L: LogReader> RaftLog<L> {
             applying_batches: Default::default(),
             applying_bytes: 0,
             max_applying_bytes: u64::MAX,
+            storage_error: std::sync::OnceLock::new(),
         }
     }
 
@@ -148,10 +153,33 @@ impl<L: LogReader> RaftLog<L> {
             .unwrap_or_else(|| self.reader.last_index())
     }
 
-    /// Term of the last entry.
-    pub fn last_term(&self) -> Term {
+    /// Term of the last entry. Fails only if the storage fails to read it
+    /// (the error is also kept, see [`storage_error`](Self::storage_error)).
+    pub fn last_term(&self) -> Result<Term, LogError> {
         self.term(self.last_index())
-            .unwrap_or_else(|e| panic!("term of last index {}: {e}", self.last_index()))
+    }
+
+    /// The first storage error ([`LogError::Storage`]) a read of the durable
+    /// log returned, if any. Reads never panic on one: they fail (or, where
+    /// a caller cannot fail, hand out nothing), and the error is kept here
+    /// for the engine, which fails the replica (DESIGN: a fault fails only
+    /// its replica).
+    pub fn storage_error(&self) -> Option<&LogError> {
+        self.storage_error.get()
+    }
+
+    /// Records a storage failure found outside a read (e.g. a log the
+    /// storage reports compacted without a snapshot).
+    pub fn record_storage_error(&self, e: LogError) {
+        let _ = self.storage_error.set(e);
+    }
+
+    /// Keeps the first storage error of a read of the durable log.
+    fn note<T>(&self, r: Result<T, LogError>) -> Result<T, LogError> {
+        if let Err(e @ LogError::Storage(_)) = &r {
+            let _ = self.storage_error.set(e.clone());
+        }
+        r
     }
 
     /// Last index that is durable locally.
@@ -186,7 +214,7 @@ impl<L: LogReader> RaftLog<L> {
         if let Some(t) = self.unstable.maybe_term(i) {
             return Ok(t);
         }
-        self.reader.term(i)
+        self.note(self.reader.term(i))
     }
 
     /// Term at `i`, or 0 if unknown (compacted or beyond the end).
@@ -200,8 +228,12 @@ impl<L: LogReader> RaftLog<L> {
     }
 
     /// Raft §5.4.1: is a log ending at (`index`, `term`) at least as up to date as ours?
+    /// A log whose last term cannot be read is never behind: no vote is
+    /// granted on a guess.
     pub fn is_up_to_date(&self, index: Index, term: Term) -> bool {
-        let last_term = self.last_term();
+        let Ok(last_term) = self.last_term() else {
+            return false;
+        };
         term > last_term || (term == last_term && index >= self.last_index())
     }
 
@@ -218,7 +250,7 @@ impl<L: LogReader> RaftLog<L> {
         }
         let offset = self.unstable.offset;
         let mut out = if lo < offset {
-            self.reader.entries(lo, hi.min(offset), max_bytes)?
+            self.note(self.reader.entries(lo, hi.min(offset), max_bytes))?
         } else {
             Vec::new()
         };
@@ -346,22 +378,37 @@ impl<L: LogReader> RaftLog<L> {
     }
 
     fn committed_waiting(&self) -> bool {
-        self.unstable.snapshot.is_none()
+        self.storage_error.get().is_none()
+            && self.unstable.snapshot.is_none()
             && self.applying < self.committed.min(self.stable_last_index())
     }
 
     /// Committed, locally durable entries not yet handed out (bounded by
     /// `max_bytes` and by what the bound on bytes not yet applied leaves);
-    /// marks them handed out.
+    /// marks them handed out. If the storage fails to read them, nothing is
+    /// handed out, now or later, and the error is kept in
+    /// [`storage_error`](Self::storage_error).
     pub fn take_next_committed(&mut self, max_bytes: u64) -> Vec<Entry> {
         if !self.has_next_committed() {
             return Vec::new();
         }
         let hi = self.committed.min(self.stable_last_index()).next();
         let budget = max_bytes.min(self.max_applying_bytes - self.applying_bytes);
-        let ents = self
-            .entries(self.applying.next(), hi, budget)
-            .unwrap_or_else(|e| panic!("committed entries from {}: {e}", self.applying.next()));
+        let ents = match self.entries(self.applying.next(), hi, budget) {
+            Ok(ents) => ents,
+            Err(e) => {
+                // Compacted or unavailable would be a storage bug: the
+                // durable log lost committed entries not yet applied.
+                let _ = self.storage_error.set(match e {
+                    LogError::Storage(_) => e,
+                    other => LogError::Storage(format!(
+                        "committed entries from {}: {other}",
+                        self.applying.next()
+                    )),
+                });
+                return Vec::new();
+            }
+        };
         if let Some(last) = ents.last() {
             self.applying = last.index;
             let bytes: u64 = ents.iter().map(Entry::size_bytes).sum();

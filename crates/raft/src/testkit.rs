@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use crate::bootstrap::bootstrap_entries;
 use crate::codec::decode_config_change;
-use crate::config::RaftConfig;
+use crate::config::Config;
 use crate::entry::{Entry, EntryType, HardState, SnapshotMeta};
 use crate::ids::{Index, ReplicaId, ShardId, Term};
 use crate::log_reader::LogReader;
@@ -140,9 +140,9 @@ impl Cluster {
     }
 
     /// The core config for node `id`.
-    pub fn config_for(&self, id: ReplicaId) -> RaftConfig {
+    pub fn config_for(&self, id: ReplicaId) -> Config {
         let o = &self.options;
-        RaftConfig {
+        Config {
             shard_id: TEST_SHARD,
             replica_id: id,
             election_rtt: o.election_rtt,
@@ -154,7 +154,7 @@ impl Cluster {
             max_inflight_msgs: o.max_inflight_msgs,
             max_uncommitted_bytes: o.max_uncommitted_bytes,
             seed: o.seed,
-            ..RaftConfig::default()
+            ..Config::default()
         }
     }
 
@@ -607,7 +607,7 @@ pub fn format_status(r: &Raft<MemLog>) -> String {
 
 /// The term of the last entry of a node's log (for checks).
 pub fn last_term(r: &Raft<MemLog>) -> Term {
-    r.log().last_term()
+    r.log().last_term().expect("MemLog reads never fail")
 }
 
 /// Whether the durable log of a node is readable (for checks).

@@ -21,8 +21,8 @@ const DIR: &str = "/wal";
 fn options() -> WalOptions {
     WalOptions {
         segment_bytes: 1200,
-        max_cache_bytes: 4096,
-        max_group_bytes: 1 << 20,
+        cache_bytes: 4096,
+        group_bytes_max: 1 << 20,
         preallocate_bytes: 500,
     }
 }

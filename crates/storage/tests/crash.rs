@@ -22,8 +22,8 @@ fn options() -> WalOptions {
     WalOptions {
         // Small segments: rollover, checkpoints and deletions happen often.
         segment_bytes: 1500,
-        max_cache_bytes: 2000,
-        max_group_bytes: 1 << 20,
+        cache_bytes: 2000,
+        group_bytes_max: 1 << 20,
         preallocate_bytes: 600,
     }
 }

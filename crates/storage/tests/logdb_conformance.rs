@@ -89,8 +89,8 @@ impl Subject for WalSubject {
 fn tiny_segments() -> WalOptions {
     WalOptions {
         segment_bytes: 2048,
-        max_cache_bytes: 4096,
-        max_group_bytes: 1 << 20,
+        cache_bytes: 4096,
+        group_bytes_max: 1 << 20,
         preallocate_bytes: 1000,
     }
 }
@@ -532,7 +532,7 @@ fn wal_group_commit_shares_fsyncs_between_threads() {
 fn wal_reads_old_entries_from_disk_and_splits_big_updates() {
     let fs: Arc<dyn FileSystem> = Arc::new(MemFs::new());
     let options = WalOptions {
-        max_cache_bytes: 0,
+        cache_bytes: 0,
         ..WalOptions::default()
     };
     let wal = Wal::open(fs.clone(), Path::new("/wal"), options.clone()).unwrap();

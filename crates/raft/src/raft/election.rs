@@ -27,7 +27,7 @@ impl<L: LogReader> Raft<L> {
         // A replica with committed but unapplied config changes does not know
         // its membership yet; it must not campaign on a stale one.
         let unapplied = self.log.unapplied_committed(u64::MAX);
-        if unapplied.iter().any(Entry::is_config_change) {
+        if unapplied.iter().any(Entry::is_config_change) || self.storage_error().is_some() {
             return;
         }
         if self.cfg.pre_vote && !transfer {
@@ -65,7 +65,10 @@ impl<L: LogReader> Raft<L> {
         to: Vec<ReplicaId>,
     ) {
         let last_index = self.log.last_index();
-        let last_term = self.log.last_term();
+        // A failed read is kept in `storage_error`: no campaign on a guess.
+        let Ok(last_term) = self.log.last_term() else {
+            return;
+        };
         for to in to {
             let m = Message {
                 term,

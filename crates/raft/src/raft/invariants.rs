@@ -38,7 +38,7 @@ impl<L: LogReader> Raft<L> {
     /// - the membership: its sets are disjoint.
     ///
     /// A storage error reading the last entry's term is not a broken
-    /// invariant (the engine fails the replica for it); that check
+    /// invariant (see [`storage_error`](Self::storage_error)); that check
     /// is skipped.
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
         let fail = |what: String| {

@@ -232,7 +232,9 @@ impl<L: LogReader> Raft<L> {
                     self.send_snapshot(to);
                     return;
                 }
-                (Err(e), _) | (_, Err(e)) => panic!("leader log read at {next}: {e}"),
+                // A storage failure is kept in `storage_error` (the engine
+                // fails this replica); nothing is sent.
+                (Err(_), _) | (_, Err(_)) => return,
             };
             let witness = self.membership.is_witness(to);
             let ents: Vec<Entry> = if witness {
@@ -272,7 +274,13 @@ impl<L: LogReader> Raft<L> {
 
     fn send_snapshot(&mut self, to: ReplicaId) {
         let mut snap = self.log.snapshot();
-        assert!(!snap.is_empty(), "log compacted without a snapshot");
+        if snap.is_empty() {
+            self.log
+                .record_storage_error(crate::log_reader::LogError::Storage(
+                    "log compacted without a snapshot".to_string(),
+                ));
+            return;
+        }
         snap.witness = self.membership.is_witness(to);
         let pr = self
             .progress

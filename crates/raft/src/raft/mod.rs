@@ -16,7 +16,7 @@ pub use validate::{INDEX_MAX, InvalidReason, NOT_A_MEMBER, TERM_JUMP_MAX, TERM_M
 
 use std::collections::BTreeMap;
 
-use crate::config::{ConfigError, RaftConfig};
+use crate::config::{Config, ConfigError};
 use crate::entry::{Entry, HardState, SnapshotMeta};
 use crate::ids::{Index, ReplicaId, ShardId, Term};
 use crate::log::RaftLog;
@@ -64,7 +64,7 @@ pub struct Status {
 
 /// The protocol core of one replica. See the crate documentation.
 pub struct Raft<L: LogReader> {
-    cfg: RaftConfig,
+    cfg: Config,
     id: ReplicaId,
     shard_id: ShardId,
     /// Current term; never decreases.
@@ -125,7 +125,7 @@ impl<L: LogReader> Raft<L> {
     /// or the initial members of a new shard; empty for a replica joining an
     /// existing shard, which waits to hear from the leader).
     pub fn new(
-        cfg: RaftConfig,
+        cfg: Config,
         reader: L,
         hard_state: HardState,
         membership: Membership,
@@ -234,7 +234,7 @@ impl<L: LogReader> Raft<L> {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &RaftConfig {
+    pub fn config(&self) -> &Config {
         &self.cfg
     }
 
@@ -294,8 +294,28 @@ impl<L: LogReader> Raft<L> {
 
     // ----- time -----
 
+    /// The first storage error the core met reading the durable log
+    /// ([`LogError::Storage`](crate::LogError::Storage)), if any.
+    ///
+    /// The core never panics on a storage error. Once one is set the
+    /// replica is failed: [`tick`](Self::tick) and [`step`](Self::step) do
+    /// nothing (a leader that cannot read its log stops heartbeats, so the
+    /// shard elects another), no campaign starts, no vote is granted and no
+    /// committed entry is handed out any more. The engine checks this after
+    /// stepping a replica (after `step`, `tick`, `propose*`, `read_index`,
+    /// `get_update` and `advance`) and fails that replica alone: it stops
+    /// driving it and answers its pending requests with an error. What
+    /// the current [`Update`] asks to persist is still consistent and may
+    /// be persisted or dropped.
+    pub fn storage_error(&self) -> Option<&crate::log_reader::LogError> {
+        self.log.storage_error()
+    }
+
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
+        if self.storage_error().is_some() {
+            return;
+        }
         self.ticks += 1;
         match self.role {
             Role::Leader => self.tick_leader(),
@@ -324,6 +344,9 @@ impl<L: LogReader> Raft<L> {
     /// Steps one message received from another replica (or produced locally
     /// by the transport: `Unreachable`, `SnapshotStatus`).
     pub fn step(&mut self, m: Message) {
+        if self.storage_error().is_some() {
+            return;
+        }
         if m.shard_id != self.shard_id || (m.to != self.id && !m.msg_type.is_local()) {
             return;
         }

@@ -186,7 +186,12 @@ impl Sim {
         let log = r.log();
         let first = log.first_index();
         let last = log.last_index();
-        let fp = (first, last, log.last_term(), log.stable_last_index());
+        let fp = (
+            first,
+            last,
+            log.last_term().expect("MemLog reads never fail"),
+            log.stable_last_index(),
+        );
         if self.seen_fingerprint.get(&id) == Some(&fp) {
             return;
         }

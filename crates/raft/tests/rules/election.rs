@@ -8,7 +8,7 @@ use crate::support::*;
 fn election_timeout_is_random_within_one_to_two_election_timeouts() {
     let mut seen = BTreeSet::new();
     for seed in 0..64 {
-        let mut f = replica(RaftConfig { seed, ..cfg(1) }, &[1], 1, 1);
+        let mut f = replica(Config { seed, ..cfg(1) }, &[1], 1, 1);
         let mut ticks = 0;
         while f.role() == Role::Follower {
             f.tick();

@@ -7,7 +7,7 @@ use crate::support::*;
 #[test]
 fn term_never_goes_back() {
     let mut f = replica(
-        RaftConfig {
+        Config {
             pre_vote: true,
             ..cfg(2)
         },

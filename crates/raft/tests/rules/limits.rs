@@ -34,7 +34,7 @@ fn uncommitted_bytes_limit_refuses_then_frees() {
 /// A follower of voters {1, 2, 3} whose log holds 10 committed entries
 /// (term 1) of which none is applied, with `max_apply_bytes`.
 fn ten_committed(max_apply_bytes: u64) -> Raft<MemLog> {
-    let c = RaftConfig {
+    let c = Config {
         max_apply_bytes,
         ..cfg(2)
     };

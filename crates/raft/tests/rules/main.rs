@@ -25,5 +25,6 @@ mod quorum;
 mod read_index;
 mod replication;
 mod snapshots;
+mod storage_errors;
 mod transfer;
 mod update_cycle;

@@ -120,7 +120,7 @@ fn pending_reads_are_dropped_when_leadership_is_lost() {
 /// election timeout), so a config without CheckQuorum is invalid.
 #[test]
 fn lease_read_requires_check_quorum_and_skips_the_heartbeat_round() {
-    let bad = RaftConfig {
+    let bad = Config {
         lease_read: true,
         check_quorum: false,
         ..cfg(1)

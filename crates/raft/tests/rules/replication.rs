@@ -212,7 +212,7 @@ fn replicate_state_pipelines_up_to_inflight_window() {
 #[test]
 fn inflight_window_is_bounded_in_bytes() {
     let entry_bytes = Cluster::entry("x").size_bytes();
-    let c = RaftConfig {
+    let c = Config {
         max_inflight_bytes: 2 * entry_bytes,
         ..cfg(1)
     };

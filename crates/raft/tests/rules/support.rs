@@ -7,7 +7,7 @@ pub use std::collections::BTreeSet;
 pub use bytes::Bytes;
 pub use longship_raft::testkit::{Cluster, ClusterOptions, TEST_SHARD};
 pub use longship_raft::{
-    CAMPAIGN_TRANSFER, RaftConfig, ConfigChange, ConfigChangeRejected, ConfigChangeType, ConfigError,
+    CAMPAIGN_TRANSFER, Config, ConfigChange, ConfigChangeRejected, ConfigChangeType, ConfigError,
     ENTRY_OVERHEAD_BYTES, Entry, EntryType, HardState, INDEX_MAX, Index, LogReader, MemLog,
     Membership, Message, MessageType, ProgressState, ProposalError, Raft, RaftLog, ReadState,
     ReplicaId, Role, SnapshotMeta, TERM_JUMP_MAX, TERM_MAX, Term, Update, bootstrap_entries,
@@ -21,8 +21,8 @@ pub fn r(id: u64) -> ReplicaId {
     ReplicaId(id)
 }
 
-pub fn cfg(id: u64) -> RaftConfig {
-    RaftConfig {
+pub fn cfg(id: u64) -> Config {
+    Config {
         shard_id: TEST_SHARD,
         replica_id: r(id),
         election_rtt: ELECTION,
@@ -30,7 +30,7 @@ pub fn cfg(id: u64) -> RaftConfig {
         pre_vote: false,
         check_quorum: false,
         seed: 7,
-        ..RaftConfig::default()
+        ..Config::default()
     }
 }
 
@@ -58,7 +58,7 @@ pub fn ents_from(from: u64, terms: &[u64]) -> Vec<Entry> {
 
 /// A replica of voters {1, 2, 3} whose durable log holds normal entries
 /// with `terms` (from index 1), at `term`, with `commit` committed and applied.
-pub fn replica(c: RaftConfig, terms: &[u64], term: u64, commit: u64) -> Raft<MemLog> {
+pub fn replica(c: Config, terms: &[u64], term: u64, commit: u64) -> Raft<MemLog> {
     let mut log = MemLog::new();
     log.append(&ents_from(1, terms));
     let hs = HardState {

@@ -43,8 +43,8 @@ pub(super) struct HostSlot {
 fn wal_options() -> WalOptions {
     WalOptions {
         segment_bytes: 64 << 10,
-        max_cache_bytes: 1 << 20,
-        max_group_bytes: 1 << 20,
+        cache_bytes: 1 << 20,
+        group_bytes_max: 1 << 20,
         preallocate_bytes: 0,
     }
 }

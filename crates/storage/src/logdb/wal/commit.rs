@@ -141,7 +141,7 @@ impl Wal {
             let mut bytes = 0;
             while let Some(s) = q.pending.front() {
                 let b = s.lock().bytes;
-                if !group.is_empty() && bytes + b > self.options.max_group_bytes {
+                if !group.is_empty() && bytes + b > self.options.group_bytes_max {
                     break;
                 }
                 bytes += b;

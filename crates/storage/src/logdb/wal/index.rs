@@ -111,7 +111,7 @@ pub(crate) struct IndexState {
     /// Sum of every replica's `cache_bytes`.
     pub cache_bytes: u64,
     /// Bound on `cache_bytes` after each write.
-    pub max_cache_bytes: u64,
+    pub cache_bytes_max: u64,
     /// Where cache eviction continues (round robin over replicas).
     evict_cursor: Option<Key>,
 }
@@ -201,12 +201,12 @@ impl ReplicaIndex {
 
 impl IndexState {
     /// An empty index.
-    pub fn new(max_cache_bytes: u64) -> IndexState {
+    pub fn new(cache_bytes_max: u64) -> IndexState {
         IndexState {
             replicas: BTreeMap::new(),
             segments: BTreeMap::new(),
             cache_bytes: 0,
-            max_cache_bytes,
+            cache_bytes_max,
             evict_cursor: None,
         }
     }
@@ -411,7 +411,7 @@ impl IndexState {
         let mut idle_visits = 0;
         // Bounded: each visit either drops entries or counts towards one
         // full idle round over the replicas.
-        while self.cache_bytes > self.max_cache_bytes && idle_visits <= self.replicas.len() {
+        while self.cache_bytes > self.cache_bytes_max && idle_visits <= self.replicas.len() {
             let next = match self.evict_cursor {
                 Some(k) => self
                     .replicas

@@ -58,9 +58,9 @@ pub struct WalOptions {
     /// A new segment is started once the active one holds this many bytes.
     pub segment_bytes: u64,
     /// Bound on the bytes of cached recent entries (by `Entry::size_bytes`).
-    pub max_cache_bytes: u64,
+    pub cache_bytes: u64,
     /// Bound on the bytes one group commit writes (at least one batch).
-    pub max_group_bytes: usize,
+    pub group_bytes_max: usize,
     /// Segment space is zero-filled this far ahead of the writes (0: never),
     /// so that a small batch overwrites allocated blocks and its fdatasync
     /// need not also commit a new file size.
@@ -72,8 +72,8 @@ impl Default for WalOptions {
     fn default() -> WalOptions {
         WalOptions {
             segment_bytes: 64 << 20,
-            max_cache_bytes: 64 << 20,
-            max_group_bytes: 32 << 20,
+            cache_bytes: 64 << 20,
+            group_bytes_max: 32 << 20,
             preallocate_bytes: 4 << 20,
         }
     }
@@ -171,12 +171,12 @@ impl Wal {
     /// Opens (or creates) the log in `dir`: replays its segments, repairs a
     /// torn tail, reports corruption, and starts a new active segment.
     pub fn open(fs: Arc<dyn FileSystem>, dir: &Path, options: WalOptions) -> Result<Wal> {
-        if options.segment_bytes == 0 || options.max_group_bytes == 0 {
+        if options.segment_bytes == 0 || options.group_bytes_max == 0 {
             return Err(Error::InvalidArgument(
                 "WalOptions bounds must be > 0".into(),
             ));
         }
-        let (index, next_id) = replay::replay(&*fs, dir, options.max_cache_bytes)?;
+        let (index, next_id) = replay::replay(&*fs, dir, options.cache_bytes)?;
         let wal = Wal {
             fs: fs.clone(),
             dir: dir.to_path_buf(),
