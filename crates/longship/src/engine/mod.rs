@@ -1,0 +1,88 @@
+//! The workers: step (drive cores, persist, send), apply (state machines,
+//! request completion) and snapshot (save, stream), one file each. Each
+//! has a `run_once` that does one bounded round of work and returns whether
+//! it did any, so threads loop over it in production and the simulator
+//! calls it directly. See docs/engine.md for how work moves between them.
+
+mod apply;
+mod snapshot;
+mod step;
+
+pub(crate) use apply::{ApplyWorker, recover_from_store};
+pub(crate) use snapshot::SnapshotWorker;
+pub(crate) use step::StepWorker;
+
+use longship_raft::{ConfigChangeRejected, Index, Message, MessageType, ProposalError};
+
+use crate::error::Error;
+use crate::host::Host;
+use crate::metrics::Metrics;
+
+pub(crate) fn proposal_error(e: ProposalError) -> Error {
+    match e {
+        ProposalError::NoLeader | ProposalError::TransferInProgress | ProposalError::NotReady => {
+            Error::Dropped
+        }
+        ProposalError::TooManyUncommittedBytes | ProposalError::TooManyPendingReads => {
+            Error::SystemBusy
+        }
+        ProposalError::PendingConfigChange => Error::PendingConfigChange,
+        ProposalError::Invalid => Error::Rejected(
+            "the leader found it invalid (a membership change the current membership refuses, \
+             or a transfer to a replica that cannot lead)"
+                .into(),
+        ),
+    }
+}
+
+/// The API error of a config change the membership refuses.
+pub(crate) fn config_change_error(e: ConfigChangeRejected) -> Error {
+    match e {
+        ConfigChangeRejected::Removed(id) => Error::ReplicaRemoved(id),
+        ConfigChangeRejected::Stale { based_on, current } => {
+            Error::StaleConfigChange { based_on, current }
+        }
+        other => Error::Rejected(other.to_string()),
+    }
+}
+
+/// Completes reads whose index is applied.
+pub(crate) fn complete_reads(host: &Host, pending: &mut crate::replica::Pending, applied: Index) {
+    pending.reads.retain(|_, pr| match pr.index {
+        Some(index) if index <= applied => {
+            for (c, _) in pr.waiters.drain(..) {
+                c.complete(Ok(index));
+                Metrics::add(&host.metrics.reads, 1);
+            }
+            false
+        }
+        _ => true,
+    });
+}
+
+pub(crate) fn report_snapshot_status(host: &Host, m: &Message, failed: bool) {
+    let status = Message {
+        reject: failed,
+        ..Message::new(MessageType::SnapshotStatus, m.shard_id, m.to, m.from)
+    };
+    host.deliver_local(status);
+}
+
+/// Runs one round of a worker thread's loop. A panic that escaped the
+/// per-replica guards (an engine bug) is logged and counted, and the
+/// thread goes on with its next round instead of dying silently with the
+/// shards it drives. Returns whether the round did work (a panicked round
+/// counts as work, so the thread looks again at once).
+pub(crate) fn supervised(host: &Host, round: impl FnOnce() -> bool) -> bool {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(round)) {
+        Ok(did) => did,
+        Err(p) => {
+            Metrics::add(&host.metrics.worker_panics, 1);
+            tracing::error!(
+                "a worker round panicked (continuing): {}",
+                crate::rsm::panic_message(&*p)
+            );
+            true
+        }
+    }
+}

@@ -1,0 +1,580 @@
+//! The step worker: drives the cores of its shards, persists their updates
+//! with one log write per cycle, sends their messages.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use longship_raft::codec::decode_config_change;
+use longship_raft::{
+    ConfigChangeRejected, Entry, MESSAGE_BATCH_VERSION, Message, MessageBatch, MessageType,
+    ProposalError, ReplicaId,
+};
+use longship_storage::logdb::Update as LogUpdate;
+
+use super::apply::ApplyWorker;
+use super::{complete_reads, config_change_error, proposal_error, report_snapshot_status};
+use crate::error::Error;
+use crate::host::{Host, SnapshotJob};
+use crate::metrics::Metrics;
+use crate::replica::{ApplyTask, Command, CoreState, Replica, ReplicaRef};
+
+/// Ticks without traffic, in election timeouts, before a shard quiesces.
+const QUIESCE_ELECTION_TIMEOUTS: u64 = 10;
+
+// ---------------------------------------------------------------- step
+
+/// Drives the cores of the shards of one step worker.
+pub(crate) struct StepWorker {
+    pub(crate) host: Arc<Host>,
+    pub(crate) id: usize,
+}
+
+impl StepWorker {
+    /// One cycle: step every ready replica, then one persist for all of them.
+    pub(crate) fn run_once(&self) -> bool {
+        let _cycle = self.host.step_busy[self.id].lock();
+        self.cycle()
+    }
+
+    /// Runs one cycle unless another thread is running one of this worker
+    /// (then returns false at once: that thread will see what is marked
+    /// ready when its cycle ends). Whether a cycle ran.
+    pub(crate) fn try_run_once(&self) -> bool {
+        let Some(_cycle) = self.host.step_busy[self.id].try_lock() else {
+            return false;
+        };
+        self.cycle();
+        true
+    }
+
+    /// The body of a cycle; the caller holds `step_busy[self.id]`.
+    fn cycle(&self) -> bool {
+        let host = &self.host;
+        let ready = host.step_ready[self.id].take();
+        if ready.is_empty() {
+            return false;
+        }
+        Metrics::add(&host.metrics.step_cycles, 1);
+        let mut work: Vec<(ReplicaRef, longship_raft::Update)> = Vec::new();
+        let mut extra: Vec<(ReplicaRef, Message)> = Vec::new();
+        // Whether this cycle has something that must be durable before what
+        // depends on it: entries, a snapshot, a new term or vote. A hard
+        // state whose only change is the commit index need not be (commit
+        // is volatile state, Raft §5 Figure 2, relearnt from the leader
+        // after a restart): a cycle with nothing else skips the write and
+        // its fsync, and such hard states ride along with the next write.
+        let mut must_sync = false;
+        for shard in ready {
+            let Some(r) = host.replica(shard) else {
+                continue;
+            };
+            if r.is_closed() || r.failed.lock().is_some() {
+                continue;
+            }
+            // A panic while stepping one replica (a broken invariant, a bug)
+            // fails that replica, not the worker and its other shards.
+            let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut core = r.core.lock();
+                // Term and vote as of the last advance: what is durable.
+                let durable = core.raft.hard_state();
+                self.drive(&r, &mut core, &mut extra);
+                let u = core.raft.has_update().then(|| core.raft.get_update());
+                // Committed entries held back until the state machine
+                // catches up: the apply worker wakes us when it has applied some.
+                r.apply_throttled
+                    .store(core.raft.apply_throttled(), Ordering::Release);
+                (durable, u)
+            }));
+            match stepped {
+                Ok((durable, Some(u))) => {
+                    must_sync |= !u.entries.is_empty()
+                        || u.snapshot.is_some()
+                        || u.hard_state
+                            .is_some_and(|hs| hs.term != durable.term || hs.vote != durable.vote);
+                    work.push((r.clone(), u));
+                }
+                Ok((_, None)) => {}
+                Err(p) => fail_replica(host, &r, "stepping", &*p),
+            }
+        }
+        // Leader replication leaves before the local write (thesis §10.2.1).
+        // Messages and entries are moved, not cloned, on their way out.
+        let mut early: Vec<(&Replica, Message)> = extra
+            .iter_mut()
+            .map(|(r, m)| (&**r, std::mem::take(m)))
+            .collect();
+        for (r, u) in &mut work {
+            early.extend(
+                std::mem::take(&mut u.messages)
+                    .into_iter()
+                    .map(|m| (&**r, m)),
+            );
+        }
+        self.send(early);
+        for (r, u) in &mut work {
+            self.hand_on(r, u);
+        }
+        let mut updates: Vec<LogUpdate> = Vec::new();
+        // Which `work` item each of `updates` came from.
+        let mut persisted: Vec<usize> = Vec::new();
+        if must_sync {
+            for (i, (_, u)) in work.iter_mut().enumerate() {
+                if u.needs_persist() {
+                    let entries = std::mem::take(&mut u.entries);
+                    let mut lu = LogUpdate::from_raft(u);
+                    lu.entries = entries;
+                    updates.push(lu);
+                    persisted.push(i);
+                }
+            }
+        }
+        if !updates.is_empty() {
+            let n: usize = updates.iter().map(|u| u.entries.len()).sum();
+            if let Err(e) = host.logdb.save_raft_state(&updates) {
+                // What is on disk is unknown: nothing that depends on this
+                // write may leave. Stop the affected replicas.
+                tracing::error!(error = %e, "log storage write failed; stopping the replicas of this batch");
+                for (r, _) in &work {
+                    *r.failed.lock() = Some(format!("log storage write failed: {e}"));
+                    r.terminate_requests();
+                }
+                return true;
+            }
+            Metrics::add(&host.metrics.persist_batches, 1);
+            Metrics::add(&host.metrics.entries_persisted, n as u64);
+        }
+        // `advance` marks the written entries stable: give them back.
+        for (lu, i) in updates.into_iter().zip(persisted) {
+            work[i].1.entries = lu.entries;
+        }
+        let mut late: Vec<(&Replica, Message)> = Vec::new();
+        for (r, u) in &mut work {
+            late.extend(
+                std::mem::take(&mut u.persisted_messages)
+                    .into_iter()
+                    .map(|m| (&**r, m)),
+            );
+        }
+        self.send(late);
+        for (r, u) in work {
+            let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.after_persist(&r, u)
+            }));
+            if let Err(p) = done {
+                fail_replica(host, &r, "advancing", &*p);
+            }
+        }
+        true
+    }
+
+    /// One tick of a replica's core, unless it is quiesced; a leader that
+    /// goes quiet tells its followers.
+    fn tick_core(&self, r: &Replica, core: &mut CoreState, extra: &mut Vec<(ReplicaRef, Message)>) {
+        if r.config.quiesce {
+            let threshold = r.config.election_rtt * QUIESCE_ELECTION_TIMEOUTS;
+            core.quiesce.idle_ticks += 1;
+            if !core.quiesce.quiesced && core.quiesce.idle_ticks >= threshold {
+                core.quiesce.quiesced = true;
+                if core.raft.is_leader() {
+                    // Followers go quiet at once instead of timing out.
+                    let me = core.raft.id();
+                    for to in core.raft.membership().all_members().filter(|&id| id != me) {
+                        let m = Message {
+                            term: core.raft.term(),
+                            ..Message::new(MessageType::Quiesce, r.shard_id, me, to)
+                        };
+                        if let Some(rr) = self.host.replica(r.shard_id) {
+                            extra.push((rr, m));
+                        }
+                    }
+                }
+            }
+            if core.quiesce.quiesced {
+                return;
+            }
+        }
+        core.raft.tick();
+    }
+
+    /// Feeds a replica's queued inputs to its core.
+    fn drive(&self, r: &Replica, core: &mut CoreState, extra: &mut Vec<(ReplicaRef, Message)>) {
+        let host = &self.host;
+        let inbox = std::mem::take(&mut *r.inbox.lock());
+        let active = !inbox.proposals.is_empty()
+            || !inbox.reads.is_empty()
+            || !inbox.config_changes.is_empty()
+            || !inbox.commands.is_empty();
+        if active {
+            core.quiesce.wake();
+        }
+        let invalid_before = core.raft.invalid_messages();
+        // Ticks and messages in the order they arrived: after a stalled
+        // cycle (a slow fsync), a follower must not take all the ticks of
+        // the stall after the leader's heartbeats that came meanwhile, or
+        // it would time out and campaign against a live leader.
+        let mut ticked = 0;
+        for (at, m) in inbox.messages {
+            for _ in ticked..at.min(inbox.ticks) {
+                self.tick_core(r, core, extra);
+            }
+            ticked = ticked.max(at.min(inbox.ticks));
+            match m.msg_type {
+                MessageType::Heartbeat | MessageType::HeartbeatResp => {}
+                MessageType::Quiesce => {
+                    // Only the leader we follow in its term may silence us:
+                    // a quiesced follower stops counting election ticks.
+                    if r.config.quiesce
+                        && !core.raft.is_leader()
+                        && m.from == core.raft.leader_id()
+                        && m.term == core.raft.term()
+                    {
+                        core.quiesce.quiesced = true;
+                    }
+                    continue;
+                }
+                _ => core.quiesce.wake(),
+            }
+            core.raft.step(m);
+        }
+        for _ in ticked..inbox.ticks {
+            self.tick_core(r, core, extra);
+        }
+        let invalid = core.raft.invalid_messages() - invalid_before;
+        if invalid > 0 {
+            Metrics::add(&host.metrics.messages_invalid, invalid);
+            if let Some((from, msg_type, reason)) = core.raft.last_invalid() {
+                tracing::error!(
+                    shard = r.shard_id.0,
+                    replica = r.replica_id.0,
+                    from = from.0,
+                    ?msg_type,
+                    dropped = invalid,
+                    "dropped invalid message: {reason}"
+                );
+            }
+        }
+        r.quiesced.store(core.quiesce.quiesced, Ordering::Relaxed);
+        if inbox.ticks > 0 {
+            r.pending.lock().expire(host.now());
+        }
+        if !inbox.proposals.is_empty() {
+            let keys: Vec<u64> = inbox.proposals.iter().map(|e| e.key).collect();
+            let n = keys.len() as u64;
+            if let Err(e) = core.raft.propose(inbox.proposals) {
+                let mut pending = r.pending.lock();
+                for k in keys {
+                    if let Some(p) = pending.proposals.remove(&k) {
+                        p.completer.complete(Err(proposal_error(e)));
+                    }
+                }
+                let counter = if matches!(proposal_error(e), Error::SystemBusy) {
+                    &host.metrics.proposals_busy
+                } else {
+                    &host.metrics.proposals_dropped
+                };
+                Metrics::add(counter, n);
+            }
+        }
+        for cc in inbox.config_changes {
+            let (key, cmd) = (cc.key, cc.cmd.clone());
+            // Removals are permanent, so even a follower's view suffices to
+            // refuse a removed id; forwarded, the leader would drop the change
+            // without an answer and the caller would only see a timeout.
+            let removed = decode_config_change(&cmd).ok().and_then(|c| {
+                match core.raft.membership().check(&c) {
+                    Err(ConfigChangeRejected::Removed(id)) => Some(id),
+                    _ => None,
+                }
+            });
+            if let Some(id) = removed {
+                if let Some(p) = r.pending.lock().config_changes.remove(&key) {
+                    p.completer.complete(Err(Error::ReplicaRemoved(id)));
+                }
+                continue;
+            }
+            if let Err(e) = core.raft.propose(vec![cc]) {
+                // Say why an invalid change is refused (e.g. a removed id).
+                let refused = decode_config_change(&cmd)
+                    .ok()
+                    .and_then(|c| core.raft.membership().check(&c).err());
+                let err = match refused {
+                    Some(rejected) if e == ProposalError::Invalid => config_change_error(rejected),
+                    _ => proposal_error(e),
+                };
+                if let Some(p) = r.pending.lock().config_changes.remove(&key) {
+                    p.completer.complete(Err(err));
+                }
+            }
+        }
+        if !inbox.reads.is_empty() {
+            let ctx = host.random_id();
+            let mut pending = r.pending.lock();
+            if pending.closed {
+                for (c, _) in inbox.reads {
+                    c.complete(Err(Error::ShardClosed));
+                }
+            } else {
+                pending.reads.insert(
+                    ctx,
+                    crate::replica::PendingRead {
+                        waiters: inbox.reads,
+                        index: None,
+                    },
+                );
+            }
+            drop(pending);
+            if let Err(e) = core.raft.read_index(ctx)
+                && let Some(pr) = r.pending.lock().reads.remove(&ctx)
+            {
+                for (c, _) in pr.waiters {
+                    c.complete(Err(proposal_error(e)));
+                }
+            }
+        }
+        for c in inbox.commands {
+            match c {
+                Command::Transfer(target) => {
+                    if let Err(e) = core.raft.transfer_leader(target) {
+                        tracing::info!(shard = %r.shard_id, %target, error = %e, "leader transfer not started");
+                    }
+                }
+            }
+        }
+        let applied = r.applied();
+        if applied <= core.raft.log().committed() {
+            core.raft.applied_to(applied);
+        }
+        let m = core.raft.membership();
+        if m.config_change_id.0 != r.addresses_version.load(Ordering::Acquire)
+            || r.addresses.read().is_empty()
+        {
+            let mut addrs = r.addresses.write();
+            addrs.clear();
+            for id in m.all_members() {
+                if let Some(a) = m.address(id) {
+                    addrs.insert(id, a.to_string());
+                }
+            }
+            r.addresses_version
+                .store(m.config_change_id.0, Ordering::Release);
+        }
+    }
+
+    /// Sends messages, batched per destination host. Snapshots go to the
+    /// snapshot workers to be streamed.
+    fn send(&self, msgs: Vec<(&Replica, Message)>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let host = &self.host;
+        let mut by_addr: BTreeMap<String, Vec<Message>> = BTreeMap::new();
+        for (r, m) in msgs {
+            let Some(addr) = host.resolve(r, m.to) else {
+                tracing::debug!(shard = %m.shard_id, to = %m.to, "no address for message target; dropped");
+                continue;
+            };
+            if m.msg_type == MessageType::InstallSnapshot
+                && !m.snapshot.as_ref().is_some_and(|s| s.witness)
+            {
+                let job = SnapshotJob::Stream {
+                    message: Box::new(m.clone()),
+                    address: addr,
+                };
+                if !host.push_snapshot_job(job) {
+                    report_snapshot_status(host, &m, true);
+                }
+                continue;
+            }
+            by_addr.entry(addr).or_default().push(m);
+        }
+        for (addr, messages) in by_addr {
+            let n = messages.len() as u64;
+            let targets: Vec<(longship_raft::ShardId, ReplicaId, ReplicaId)> = messages
+                .iter()
+                .map(|m| (m.shard_id, m.to, m.from))
+                .collect();
+            // A witness's snapshot (metadata only) travels in the batch,
+            // with no stream to report its outcome: the leader waits in
+            // the snapshot state for a status, so give it one (as a
+            // stream's end does). Sent, it then probes, and sends the
+            // snapshot again if the message was lost on the way.
+            let witness_snapshots: Vec<Message> = messages
+                .iter()
+                .filter(|m| m.msg_type == MessageType::InstallSnapshot)
+                .cloned()
+                .collect();
+            let batch = MessageBatch {
+                deployment_id: host.cfg.deployment_id,
+                source_address: host.cfg.raft_address.clone(),
+                bin_ver: MESSAGE_BATCH_VERSION,
+                messages,
+            };
+            let res = host.transport.send(&addr, batch);
+            for m in &witness_snapshots {
+                report_snapshot_status(host, m, res.is_err());
+            }
+            match res {
+                Ok(()) => Metrics::add(&host.metrics.messages_sent, n),
+                Err(longship_transport::SendError::Unreachable(_)) => {
+                    // Leaders stop pipelining to a peer that cannot be reached.
+                    for (shard, to, from) in targets {
+                        let m = Message::new(MessageType::Unreachable, shard, to, from);
+                        host.deliver_local(m);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Before the cycle's write: hands committed entries to the apply
+    /// worker and serves reads whose index is known. Neither depends on
+    /// this write: the core hands out only committed entries its durable
+    /// log already holds (`RaftLog::take_next_committed`), and a read index
+    /// is confirmed by a quorum's heartbeat answers, not by local storage;
+    /// so they need not wait for this cycle's fsync. An update that
+    /// installs a snapshot keeps everything for after the write.
+    fn hand_on(&self, r: &ReplicaRef, u: &mut longship_raft::Update) {
+        if u.snapshot.is_some() {
+            return;
+        }
+        if !u.committed_entries.is_empty() {
+            let entries = std::mem::take(&mut u.committed_entries);
+            if let Some(entries) = self.apply_inline(r, entries) {
+                r.apply_queue.lock().push_back(ApplyTask::Entries(entries));
+                self.host.mark_apply(r.shard_id);
+            }
+        }
+        self.serve_reads(r, u);
+    }
+
+    /// Applies a small committed batch here, in the step worker, when
+    /// nothing older waits for the apply worker and no snapshot save holds
+    /// the state machine: the hand-off to an apply thread (a wake-up each
+    /// way) costs more than applying a few small entries. Returns the
+    /// entries if they must go to the apply worker instead. The order of
+    /// applies is kept: only this step worker queues apply tasks for the
+    /// replica, and under the apply lock an empty queue means nothing
+    /// earlier is outstanding.
+    fn apply_inline(&self, r: &ReplicaRef, entries: Vec<Entry>) -> Option<Vec<Entry>> {
+        let max = r.config.max_inline_apply_bytes;
+        if max == 0 || r.config.is_witness {
+            return Some(entries);
+        }
+        let bytes: u64 = entries.iter().map(|e| e.cmd.len() as u64 + 64).sum();
+        if bytes > max {
+            return Some(entries);
+        }
+        let Some(guard) = r.apply_lock.try_lock() else {
+            return Some(entries);
+        };
+        if !r.apply_queue.lock().is_empty() {
+            return Some(entries);
+        }
+        let applier = ApplyWorker {
+            host: self.host.clone(),
+            id: 0,
+        };
+        let res = applier.apply_entries(r, &entries);
+        drop(guard);
+        Metrics::add(&self.host.metrics.inline_applies, 1);
+        match res {
+            Ok(changed) => {
+                if changed {
+                    self.host.mark_step(r.shard_id);
+                }
+                applier.maybe_schedule_snapshot(r);
+            }
+            Err(e) => {
+                tracing::error!(shard = %r.shard_id, replica = %r.replica_id, error = %e, "replica failed");
+                *r.failed.lock() = Some(e.to_string());
+                r.terminate_requests();
+            }
+        }
+        None
+    }
+
+    /// Records the indexes of ready reads, fails dropped ones, and
+    /// completes those already applied (taking them out of `u`).
+    fn serve_reads(&self, r: &ReplicaRef, u: &mut longship_raft::Update) {
+        if u.ready_reads.is_empty() && u.dropped_reads.is_empty() {
+            return;
+        }
+        // Applied index read under the lock: the apply worker stores it
+        // before it takes the lock to complete reads, so either it sees
+        // the index set here or this sees its applied index. Read before
+        // the lock, a read could miss both and wait for the next apply.
+        let mut pending = r.pending.lock();
+        let applied = r.applied();
+        for rs in std::mem::take(&mut u.ready_reads) {
+            if let Some(pr) = pending.reads.get_mut(&rs.context) {
+                pr.index = Some(rs.index);
+            }
+        }
+        for ctx in std::mem::take(&mut u.dropped_reads) {
+            if let Some(pr) = pending.reads.remove(&ctx) {
+                for (c, _) in pr.waiters {
+                    c.complete(Err(Error::Dropped));
+                }
+            }
+        }
+        complete_reads(&self.host, &mut pending, applied);
+    }
+
+    /// After the write: hand a received snapshot (and what `hand_on` left)
+    /// to the apply worker, report leadership, and advance the core.
+    fn after_persist(&self, r: &ReplicaRef, mut u: longship_raft::Update) {
+        let host = &self.host;
+        if let Some(l) = u.leader_change {
+            r.leader_id.store(l.leader_id.0, Ordering::Release);
+            r.leader_term.store(l.term.0, Ordering::Release);
+            if l.leader_id == r.replica_id {
+                Metrics::add(&host.metrics.elections_won, 1);
+            }
+            if let Some(listener) = &host.listener {
+                listener.leader_updated(crate::events::LeaderEvent {
+                    shard_id: r.shard_id,
+                    replica_id: r.replica_id,
+                    leader_id: l.leader_id,
+                    term: l.term,
+                });
+            }
+        }
+        let mut tasks = Vec::new();
+        if let Some(s) = &u.snapshot {
+            tasks.push(ApplyTask::Snapshot(s.clone()));
+        }
+        if !u.committed_entries.is_empty() {
+            tasks.push(ApplyTask::Entries(std::mem::take(&mut u.committed_entries)));
+        }
+        if !tasks.is_empty() {
+            r.apply_queue.lock().extend(tasks);
+            host.mark_apply(r.shard_id);
+        }
+        self.serve_reads(r, &mut u);
+        let mut core = r.core.lock();
+        core.raft.advance(&u);
+        // What `hand_on` applied in place: the core may hand out more.
+        let applied = r.applied();
+        if applied <= core.raft.log().committed() {
+            core.raft.applied_to(applied);
+        }
+        if core.raft.has_update() {
+            host.mark_step(r.shard_id);
+        }
+    }
+}
+
+/// Fails a replica whose protocol work panicked: it is stepped no more, its
+/// requests end with an error, and the worker goes on with its other shards.
+fn fail_replica(host: &Host, r: &Replica, during: &str, payload: &(dyn std::any::Any + Send)) {
+    let why = format!(
+        "panicked while {during}: {}",
+        crate::rsm::panic_message(payload)
+    );
+    tracing::error!(shard = %r.shard_id, replica = %r.replica_id, "replica failed: {why}");
+    Metrics::add(&host.metrics.replicas_failed, 1);
+    *r.failed.lock() = Some(why);
+    r.terminate_requests();
+}

@@ -1,0 +1,179 @@
+//! The one error type of the `longship` API.
+
+use std::path::PathBuf;
+
+use longship_raft::{Index, ReplicaId, ShardId};
+
+/// Everything a longship call can fail with. Each variant is a case a caller
+/// can act on; [`Error::is_temporary`] tells which are worth retrying.
+///
+/// A [`Error::Timeout`] means "outcome unknown", never "failed": the
+/// proposal may still be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No replica of this shard runs on this NodeHost.
+    #[error("shard {0} is not running on this NodeHost: start a replica of it first")]
+    ShardNotFound(ShardId),
+    /// A replica of this shard already runs on this NodeHost.
+    #[error("shard {0} already has a replica running on this NodeHost")]
+    ShardAlreadyExists(ShardId),
+    /// [`Start::New`](crate::Start::New) or [`Start::Join`](crate::Start::Join)
+    /// for a replica this NodeHost holds data of (it was bootstrapped,
+    /// joined or imported before): restart it with
+    /// [`Start::Restart`](crate::Start::Restart).
+    #[error(
+        "replica {replica_id} of shard {shard_id} already has data on this NodeHost \
+         (bootstrapped, joined or imported): start it with Start::Restart"
+    )]
+    ReplicaHasData {
+        /// The shard.
+        shard_id: ShardId,
+        /// The replica.
+        replica_id: ReplicaId,
+    },
+    /// [`Start::Restart`](crate::Start::Restart) for a replica this NodeHost
+    /// holds no data of: bootstrap it with [`Start::New`](crate::Start::New),
+    /// [`Start::Join`](crate::Start::Join) a running shard, or import a
+    /// snapshot first ([`tools::import_snapshot`](crate::tools::import_snapshot)).
+    #[error(
+        "replica {replica_id} of shard {shard_id} has no data on this NodeHost to restart from: \
+         start it with Start::New or Start::Join, or import a snapshot first"
+    )]
+    ReplicaHasNoData {
+        /// The shard.
+        shard_id: ShardId,
+        /// The replica.
+        replica_id: ReplicaId,
+    },
+    /// A setting or an argument is invalid; nothing was changed.
+    #[error("invalid `{field}`: {reason}")]
+    InvalidConfig {
+        /// The setting or argument.
+        field: &'static str,
+        /// What is wrong with it and what is expected.
+        reason: String,
+    },
+    /// The session is unknown to the shard (never registered, closed or
+    /// evicted), or it is used on the wrong shard.
+    #[error(
+        "invalid session: the shard does not know it (never registered, closed or evicted) \
+         or it belongs to another shard; register a new one"
+    )]
+    InvalidSession,
+    /// The timeout is shorter than one RTT.
+    #[error("timeout too small: it must be at least one RTT ({rtt_ms} ms)")]
+    TimeoutTooSmall {
+        /// The NodeHost's RTT.
+        rtt_ms: u64,
+    },
+    /// The payload exceeds the configured limit; nothing was proposed.
+    #[error(
+        "payload of {size} bytes exceeds the limit of {max} bytes \
+         (max_proposal_bytes, at most half of max_frame_bytes); nothing was proposed"
+    )]
+    PayloadTooBig {
+        /// Payload size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A queue or the uncommitted log of the shard is full; retry later.
+    #[error(
+        "system busy: a request queue or the uncommitted log of the shard is full; retry later"
+    )]
+    SystemBusy,
+    /// The local replica of the shard is closing, closed or failed.
+    #[error("the local replica of the shard is closed (stopped, failed or being unloaded)")]
+    ShardClosed,
+    /// Another membership change is in progress.
+    #[error("another membership change of the shard is in progress; retry once it completed")]
+    PendingConfigChange,
+    /// An ordered membership change ([`Config::ordered_config_change`]) was
+    /// based on a membership that changed since: read the membership again
+    /// ([`NodeHost::sync_get_shard_membership`]) and base the change on its
+    /// `config_change_id`.
+    ///
+    /// [`Config::ordered_config_change`]: crate::Config::ordered_config_change
+    /// [`NodeHost::sync_get_shard_membership`]: crate::NodeHost::sync_get_shard_membership
+    #[error(
+        "membership change based on config change {based_on}, but the membership is at {current}: \
+         read the membership again and base the change on it"
+    )]
+    StaleConfigChange {
+        /// The `config_change_index` the request named.
+        based_on: Index,
+        /// The shard's current config change id.
+        current: Index,
+    },
+    /// The request did not complete in time; its outcome is unknown.
+    #[error("timeout: the outcome is unknown (the request may still take effect)")]
+    Timeout,
+    /// The request was dropped before it entered the log (no leader, or a
+    /// leadership transfer in progress); retry.
+    #[error(
+        "request dropped before it entered the log (no leader, or a leadership transfer in progress); retry"
+    )]
+    Dropped,
+    /// The NodeHost is stopped.
+    #[error("the NodeHost is stopped")]
+    Stopped,
+    /// The request was cancelled by its caller.
+    #[error("the request was cancelled by its caller")]
+    Cancelled,
+    /// The shard refused the request (e.g. a snapshot with nothing new to
+    /// capture, an invalid transfer target, an invalid membership change).
+    /// The text says why.
+    #[error("the shard refused the request: {0}")]
+    Rejected(String),
+    /// The local replica of the shard is a witness: it holds no state
+    /// machine data, so it takes no proposals, sessions or reads (ask a
+    /// replica that holds data).
+    #[error(
+        "the local replica of shard {0} is a witness: it takes no proposals, sessions or reads"
+    )]
+    Witness(ShardId),
+    /// A replica id that was removed can never be used again.
+    #[error("replica {0} was removed from the shard and its id can never be used again")]
+    ReplicaRemoved(ReplicaId),
+    /// Another NodeHost holds the directory.
+    #[error("directory {} is in use by another NodeHost: stop it first", .0.display())]
+    DirLocked(PathBuf),
+    /// The state machine returned an error.
+    #[error("state machine error: {0}")]
+    StateMachine(String),
+    /// Log storage failed.
+    #[error("log storage: {0}")]
+    Storage(#[from] longship_storage::Error),
+    /// Snapshot storage failed.
+    #[error("snapshot storage: {0}")]
+    Snapshot(#[from] longship_storage::snapshot::SnapshotError),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] longship_transport::SendError),
+    /// The transport could not start (port in use, bad TLS files).
+    #[error("the transport could not start: {0}")]
+    TransportSetup(String),
+    /// An I/O error outside log and snapshot storage (lock file, directories).
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// Whether retrying the same call later may succeed.
+    pub fn is_temporary(&self) -> bool {
+        matches!(
+            self,
+            Error::SystemBusy | Error::Timeout | Error::Dropped | Error::PendingConfigChange
+        )
+    }
+
+    pub(crate) fn invalid_config(field: &'static str, reason: impl Into<String>) -> Error {
+        Error::InvalidConfig {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

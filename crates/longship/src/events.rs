@@ -1,0 +1,55 @@
+//! Event listeners: what a NodeHost tells the application as it happens.
+
+use longship_raft::{Index, ReplicaId, ShardId, Term};
+
+/// A change of leadership as seen by one replica ([`EventListener::leader_updated`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaderEvent {
+    /// The shard.
+    pub shard_id: ShardId,
+    /// The replica reporting it.
+    pub replica_id: ReplicaId,
+    /// The leader (`ReplicaId::NONE` when unknown).
+    pub leader_id: ReplicaId,
+    /// The term.
+    pub term: Term,
+}
+
+/// A snapshot or log compaction of one replica (the `snapshot_*` and
+/// `log_compacted` methods of [`EventListener`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotEvent {
+    /// The shard.
+    pub shard_id: ShardId,
+    /// The replica.
+    pub replica_id: ReplicaId,
+    /// The index concerned.
+    pub index: Index,
+}
+
+/// Receives NodeHost events. Methods run on worker threads: keep them short
+/// and never call back into the NodeHost from them.
+pub trait EventListener: Send + Sync {
+    /// The known leader of a shard changed.
+    fn leader_updated(&self, _info: LeaderEvent) {}
+    /// A membership change was applied.
+    fn membership_changed(
+        &self,
+        _shard_id: ShardId,
+        _replica_id: ReplicaId,
+        _config_change_id: Index,
+    ) {
+    }
+    /// A snapshot was saved locally.
+    fn snapshot_created(&self, _info: SnapshotEvent) {}
+    /// The state machine was recovered from a snapshot.
+    fn snapshot_recovered(&self, _info: SnapshotEvent) {}
+    /// A snapshot stream from a leader was received completely.
+    fn snapshot_received(&self, _info: SnapshotEvent) {}
+    /// Log entries up to `index` were compacted.
+    fn log_compacted(&self, _info: SnapshotEvent) {}
+    /// A replica started and is ready.
+    fn replica_ready(&self, _shard_id: ShardId, _replica_id: ReplicaId) {}
+    /// A replica stopped.
+    fn replica_unloaded(&self, _shard_id: ShardId, _replica_id: ReplicaId) {}
+}

@@ -1,0 +1,60 @@
+//! longship: multi-group Raft consensus for Rust.
+//!
+//! One [`NodeHost`] per server hosts replicas of many Raft groups (shards)
+//! that share one log storage (a write-ahead log with one fsync per worker
+//! cycle for all shards), one transport and fixed worker pools. Applications
+//! implement a state machine trait ([`StateMachine`],
+//! [`ConcurrentStateMachine`] or [`OnDiskStateMachine`]); longship gives
+//! them proposals, linearizable reads, exactly-once client sessions,
+//! snapshots with log compaction, membership changes and leadership transfer.
+//!
+//! See [`NodeHost`] for an example.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod config;
+mod engine;
+mod error;
+pub mod events;
+mod host;
+mod inbound;
+mod metrics;
+mod nodehost;
+mod replica;
+mod request;
+mod rsm;
+mod session;
+mod sm;
+pub mod tools;
+mod work;
+
+pub use config::{Config, NodeHostConfig};
+pub use error::{Error, Result};
+pub use events::EventListener;
+pub use longship_raft::{HardState, Index, ReplicaId, Role, ShardId, Status as RaftStatus, Term};
+pub use metrics::{Gauges, Metrics};
+pub use nodehost::{
+    Leader, MembershipInfo, NodeHost, NodeHostBuilder, NodeHostInfo, NodeUser, ShardInfo,
+    SnapshotOption, SnapshotResult, Start,
+};
+pub use request::RequestHandle;
+pub use session::Session;
+pub use sm::{
+    ConcurrentStateMachine, OnDiskStateMachine, SmEntry, SmError, SmResult, StateMachine, StopFlag,
+};
+
+/// The transports a [`NodeHostBuilder`] takes (from `longship-transport`):
+/// TCP (the default of [`NodeHost::new`]) and an in-memory network for
+/// tests and examples that run several NodeHosts in one process.
+pub mod transport {
+    pub use longship_transport::{
+        MemNetwork, MemTransport, TcpConfig, TcpTransport, TlsPaths, Transport,
+    };
+}
+
+/// The storage parts a [`NodeHostBuilder`] takes (from `longship-storage`):
+/// file systems and log storage.
+pub mod storage {
+    pub use longship_storage::logdb::{LogDb, MemLogDb};
+    pub use longship_storage::vfs::{FileSystem, MemFs, OsFs};
+}

@@ -1,0 +1,1602 @@
+//! [`NodeHost`]: the API. One per server; hosts replicas of many shards
+//! that share one log storage, one transport and the worker pools.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use longship_raft::codec::encode_config_change;
+use longship_raft::{
+    ConfigChange, ConfigChangeType, Entry, EntryType, HardState, Index, Membership, Raft,
+    ReplicaId, ShardId, Term, bootstrap_entries,
+};
+use longship_storage::logdb::{LogDb, MemLogDb, ReplicaLog, Update as LogUpdate, Wal, WalOptions};
+use longship_storage::snapshot::SnapshotStore;
+use longship_storage::vfs::{FileSystem, OsFs};
+use longship_transport::{TcpConfig, TcpTransport, Transport};
+use parking_lot::Mutex;
+
+use crate::config::{Config, NodeHostConfig};
+use crate::engine::{ApplyWorker, SnapshotWorker, StepWorker, recover_from_store};
+use crate::error::{Error, Result};
+use crate::events::EventListener;
+use crate::host::{Host, SnapshotJob};
+use crate::inbound::Handler;
+use crate::metrics::{Gauges, Metrics};
+use crate::replica::{
+    ApplyTask, Command, CoreState, Inbox, Pending, PendingConfigChange, PendingProposal, Replica,
+    ReplicaRef,
+};
+use crate::request::{RequestHandle, request};
+use crate::rsm::{Rsm, UserSm};
+use crate::session::Session;
+use crate::sm::{ConcurrentStateMachine, OnDiskStateMachine, SmResult, StateMachine, StopFlag};
+
+/// Options of a requested snapshot ([`NodeHost::request_snapshot`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotOption {
+    /// Also export the snapshot into this directory, as its child
+    /// `snapshot-<index as 16 hex digits>` (a copy [`tools::import_snapshot`]
+    /// takes). The directory is created if missing. The completed request
+    /// names the exported directory ([`SnapshotResult::export_dir`]).
+    ///
+    /// Exports are named by index only: exporting the same index into the
+    /// same directory a second time (another shard's snapshot at the same
+    /// index included) fails with [`Error::Snapshot`] ("already exists")
+    /// and leaves the first export as it was; use one directory per shard.
+    ///
+    /// [`tools::import_snapshot`]: crate::tools::import_snapshot
+    pub export_path: Option<PathBuf>,
+    /// Entries to keep in the log behind this snapshot instead of the
+    /// replica's `compaction_overhead`.
+    pub compaction_overhead: Option<u64>,
+}
+
+/// A completed snapshot request ([`NodeHost::request_snapshot`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotResult {
+    /// Index of the snapshot (the last entry it covers).
+    pub index: Index,
+    /// The exported snapshot's directory (`<export_path>/snapshot-<index as
+    /// 16 hex digits>`) when [`SnapshotOption::export_path`] was set: pass it
+    /// to [`tools::import_snapshot`](crate::tools::import_snapshot) as is.
+    pub export_dir: Option<PathBuf>,
+}
+
+/// The leader of a shard as known by the local replica
+/// ([`NodeHost::get_leader`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leader {
+    /// The leading replica.
+    pub replica_id: ReplicaId,
+    /// The term it leads in.
+    pub term: Term,
+}
+
+/// How [`NodeHost::start_replica`] starts a replica: bootstrap a new shard,
+/// restart one with data on this host, or join an existing shard.
+///
+/// Which one fits depends on what this NodeHost's log storage holds of the
+/// replica ([`NodeHost::has_node_info`] tells): `New` and `Join` need it to
+/// hold nothing, `Restart` needs it to hold data. A wrong choice changes
+/// nothing and fails with [`Error::ReplicaHasData`] or
+/// [`Error::ReplicaHasNoData`].
+///
+/// Why the check, rather than ignoring the members of a replica that
+/// already has data (as dragonboat does): a replica repaired with
+/// [`tools::import_snapshot`](crate::tools::import_snapshot) owns the
+/// imported membership, and a later `New` with the old members (or a
+/// `Join`) would be silently ignored, hiding a mistake in a repair script.
+/// After an import, every member of the new membership (survivors and new
+/// hosts alike) is started with `Restart`.
+///
+/// A program that starts the same way after every reboot picks the variant
+/// from stored data:
+///
+/// ```no_run
+/// # use longship::{NodeHost, ReplicaId, ShardId, Start};
+/// # use std::collections::BTreeMap;
+/// # fn f(nh: &NodeHost, members: BTreeMap<ReplicaId, String>) {
+/// let start = if nh.has_node_info(ShardId(128), ReplicaId(1)) {
+///     Start::Restart
+/// } else {
+///     Start::New(members)
+/// };
+/// # }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Bootstrap a new shard whose initial voters are these replicas (replica
+    /// id → raft address; this replica among them). Every initial member is
+    /// started with the same map. Witness and non-voting replicas cannot be
+    /// initial members: they are added to a running shard and `Join`.
+    New(BTreeMap<ReplicaId, String>),
+    /// Restart a replica from the data this NodeHost holds of it: after a
+    /// reboot, [`NodeHost::stop_replica`], or an import by
+    /// [`tools::import_snapshot`](crate::tools::import_snapshot).
+    Restart,
+    /// Start a replica that was added to a running shard
+    /// ([`NodeHost::request_add_replica`] and the like) and has never run on
+    /// this host: it learns the membership and the state from the leader.
+    Join,
+}
+
+/// A shard's membership, as returned by [`NodeHost::sync_get_shard_membership`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MembershipInfo {
+    /// Index of the config change that produced it; pass it as the
+    /// `config_change_index` of the next membership change (checked when
+    /// [`Config::ordered_config_change`] is set).
+    pub config_change_id: Index,
+    /// Voting replicas and their addresses (the shape [`Start::New`] and
+    /// [`tools::import_snapshot`](crate::tools::import_snapshot) take).
+    pub voters: BTreeMap<ReplicaId, String>,
+    /// Non-voting replicas.
+    pub non_votings: BTreeMap<ReplicaId, String>,
+    /// Witnesses.
+    pub witnesses: BTreeMap<ReplicaId, String>,
+    /// Removed replica ids (never usable again).
+    pub removed: BTreeSet<ReplicaId>,
+}
+
+impl From<&Membership> for MembershipInfo {
+    fn from(m: &Membership) -> Self {
+        MembershipInfo {
+            config_change_id: m.config_change_id,
+            voters: m.voters.clone(),
+            non_votings: m.non_votings.clone(),
+            witnesses: m.witnesses.clone(),
+            removed: m.removed.clone(),
+        }
+    }
+}
+
+/// One replica in [`NodeHostInfo`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardInfo {
+    /// The shard.
+    pub shard_id: ShardId,
+    /// The local replica.
+    pub replica_id: ReplicaId,
+    /// The known leader ([`ReplicaId::NONE`] when none is known).
+    pub leader_id: ReplicaId,
+    /// The current term of the local replica.
+    pub term: Term,
+    /// Whether the local replica leads.
+    pub is_leader: bool,
+    /// Applied index.
+    pub applied: Index,
+    /// Index of the newest snapshot.
+    pub snapshot_index: Index,
+    /// Whether the replica stopped after a failure.
+    pub failed: bool,
+    /// Whether the replica is quiesced (its shard idle, no heartbeats).
+    pub quiesced: bool,
+    /// The config-change id of the membership the replica applied (the
+    /// base for an ordered membership change; not linearizable, see
+    /// [`NodeHost::sync_get_shard_membership`]).
+    pub config_change_id: Index,
+}
+
+/// What a NodeHost hosts, from [`NodeHost::get_node_host_info`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeHostInfo {
+    /// The host's raft address.
+    pub raft_address: String,
+    /// Running replicas.
+    pub shards: Vec<ShardInfo>,
+    /// Replicas with data in log storage (running or not): (shard, replica, first index, last index).
+    pub log_info: Vec<(ShardId, ReplicaId, Index, Index)>,
+}
+
+/// Directories held by NodeHosts of this process (a second NodeHost on the
+/// same directory is refused even on file systems without OS locks).
+fn held_dirs() -> &'static Mutex<HashSet<PathBuf>> {
+    static HELD: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
+    HELD.get_or_init(|| Mutex::new(HashSet::new()))
+}
+
+/// Builds a [`NodeHost`] with injected parts (transport, file system, log
+/// storage), and chooses between worker threads and manual stepping.
+pub struct NodeHostBuilder {
+    cfg: NodeHostConfig,
+    transport: Option<Arc<dyn Transport>>,
+    fs: Option<Arc<dyn FileSystem>>,
+    logdb: Option<Arc<dyn LogDb>>,
+    listener: Option<Arc<dyn EventListener>>,
+    manual: bool,
+}
+
+impl NodeHostBuilder {
+    /// The transport to use (default: TCP on `raft_address`).
+    pub fn transport(mut self, t: Arc<dyn Transport>) -> Self {
+        self.transport = Some(t);
+        self
+    }
+
+    /// The file system for log storage, snapshots and the lock (default: the OS).
+    pub fn file_system(mut self, fs: Arc<dyn FileSystem>) -> Self {
+        self.fs = Some(fs);
+        self
+    }
+
+    /// Log storage (default: the write-ahead log in `wal_dir`).
+    pub fn log_db(mut self, db: Arc<dyn LogDb>) -> Self {
+        self.logdb = Some(db);
+        self
+    }
+
+    /// In-memory log storage (tests; nothing survives `close`).
+    pub fn mem_log_db(self) -> Self {
+        self.log_db(Arc::new(MemLogDb::new()))
+    }
+
+    /// An event listener.
+    pub fn event_listener(mut self, l: Arc<dyn EventListener>) -> Self {
+        self.listener = Some(l);
+        self
+    }
+
+    /// No threads: the caller drives the NodeHost with
+    /// [`NodeHost::run_once`] and [`NodeHost::tick`] (the simulator).
+    pub fn manual(mut self) -> Self {
+        self.manual = true;
+        self
+    }
+
+    /// Creates the NodeHost.
+    pub fn build(self) -> Result<NodeHost> {
+        let cfg = self.cfg;
+        cfg.validate()?;
+        let transport: Arc<dyn Transport> = match self.transport {
+            Some(t) => t,
+            None => Arc::new(
+                TcpTransport::new(TcpConfig {
+                    address: cfg.raft_address.clone(),
+                    deployment_id: cfg.deployment_id,
+                    connections_per_host: cfg.connections_per_host,
+                    max_frame_bytes: cfg.max_frame_bytes,
+                    tls: cfg.mutual_tls.clone(),
+                    ..TcpConfig::default()
+                })
+                .map_err(|e| Error::TransportSetup(e.to_string()))?,
+            ),
+        };
+        if transport.local_address() != cfg.raft_address {
+            return Err(Error::invalid_config(
+                "raft_address",
+                "differs from the transport's address",
+            ));
+        }
+        let os_fs = self.fs.is_none();
+        let fs: Arc<dyn FileSystem> = self.fs.unwrap_or_else(|| Arc::new(OsFs::new()));
+        fs.create_dir_all(&cfg.node_host_dir)?;
+        let lock = DirLock::acquire(&cfg.node_host_dir, os_fs)?;
+        let logdb: Arc<dyn LogDb> = match self.logdb {
+            Some(db) => db,
+            None => Arc::new(Wal::open(
+                fs.clone(),
+                &cfg.wal_dir(),
+                WalOptions::default(),
+            )?),
+        };
+        // Request keys, read contexts and client ids must not repeat across
+        // restarts, even with a configured seed: mix in the incarnation.
+        let incarnation = next_incarnation(&*fs, &cfg.node_host_dir)?;
+        let seed = mix_seed(cfg.seed.unwrap_or_else(os_seed), incarnation);
+        let host = Arc::new(Host::new(
+            cfg,
+            fs,
+            logdb,
+            transport.clone(),
+            self.listener,
+            seed,
+        ));
+        transport.start(Arc::new(Handler(host.clone())))?;
+        let nh = NodeHost {
+            host,
+            threads: Mutex::new(Vec::new()),
+            _lock: lock,
+            closed: AtomicBool::new(false),
+        };
+        if !self.manual {
+            nh.spawn_threads();
+        }
+        Ok(nh)
+    }
+}
+
+/// Name of the file counting the starts of a NodeHost directory.
+const INCARNATION_FILE: &str = "INCARNATION";
+
+/// Reads, increments and durably stores the start counter of `dir`
+/// (8 bytes LE + CRC32C; written to a temporary file, fsynced, renamed).
+fn next_incarnation(fs: &dyn FileSystem, dir: &Path) -> Result<u64> {
+    let path = dir.join(INCARNATION_FILE);
+    let mut current = 0u64;
+    if fs.exists(&path) {
+        let f = fs.open_read(&path)?;
+        let mut buf = [0u8; 12];
+        let n = f.read_at(0, &mut buf)?;
+        let crc = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
+        if n != 12 || crc32c::crc32c(&buf[..8]) != crc {
+            return Err(Error::Storage(longship_storage::Error::corruption(
+                &path,
+                0,
+                "bad start counter",
+            )));
+        }
+        current = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+    }
+    let next = current + 1;
+    let mut buf = next.to_le_bytes().to_vec();
+    buf.extend_from_slice(&crc32c::crc32c(&buf).to_le_bytes());
+    let tmp = dir.join(format!("{INCARNATION_FILE}.tmp"));
+    let f = fs.create(&tmp)?;
+    f.write_at(0, &buf)?;
+    f.sync()?;
+    drop(f);
+    fs.rename(&tmp, &path)?;
+    fs.sync_dir(dir)?;
+    Ok(next)
+}
+
+/// A seed for this start from the configured seed and the incarnation (SplitMix64 finalizer).
+fn mix_seed(seed: u64, incarnation: u64) -> u64 {
+    let mut z = seed ^ incarnation.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn os_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.write_u64(std::process::id() as u64);
+    h.finish()
+}
+
+/// The exclusive hold of a NodeHost directory.
+pub(crate) struct DirLock {
+    dir: PathBuf,
+    _file: Option<std::fs::File>,
+}
+
+impl DirLock {
+    pub(crate) fn acquire(dir: &Path, os: bool) -> Result<DirLock> {
+        let canonical = if os {
+            dir.canonicalize()?
+        } else {
+            dir.to_path_buf()
+        };
+        if !held_dirs().lock().insert(canonical.clone()) {
+            return Err(Error::DirLocked(dir.to_path_buf()));
+        }
+        let file = if os {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join("LOCK"));
+            let f = match f {
+                Ok(f) => f,
+                Err(e) => {
+                    held_dirs().lock().remove(&canonical);
+                    return Err(e.into());
+                }
+            };
+            if f.try_lock().is_err() {
+                held_dirs().lock().remove(&canonical);
+                return Err(Error::DirLocked(dir.to_path_buf()));
+            }
+            Some(f)
+        } else {
+            None
+        };
+        Ok(DirLock {
+            dir: canonical,
+            _file: file,
+        })
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        held_dirs().lock().remove(&self.dir);
+    }
+}
+
+/// Hosts replicas of many shards. See the crate documentation.
+///
+/// A one-replica shard on an in-memory network ([`NodeHost::new`] would use
+/// TCP on `raft_address` instead), with nothing but `longship` and `std`:
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use longship::transport::MemNetwork;
+/// use longship::{
+///     Config, NodeHost, NodeHostConfig, ReplicaId, ShardId, SmEntry, SmError, Start,
+///     StateMachine, StopFlag,
+/// };
+///
+/// /// Counts the proposals it applied.
+/// #[derive(Default)]
+/// struct Counter(u64);
+///
+/// impl StateMachine for Counter {
+///     fn update(&mut self, entries: &mut [SmEntry]) -> Result<(), SmError> {
+///         for e in entries {
+///             self.0 += 1;
+///             e.result.value = self.0;
+///         }
+///         Ok(())
+///     }
+///     fn lookup(&self, _query: &[u8]) -> Result<Vec<u8>, SmError> {
+///         Ok(self.0.to_le_bytes().to_vec())
+///     }
+///     fn save_snapshot(&self, w: &mut dyn std::io::Write, _: &StopFlag) -> Result<(), SmError> {
+///         Ok(w.write_all(&self.0.to_le_bytes())?)
+///     }
+///     fn recover_from_snapshot(&mut self, r: &mut dyn std::io::Read, _: &StopFlag) -> Result<(), SmError> {
+///         let mut b = [0u8; 8];
+///         r.read_exact(&mut b)?;
+///         self.0 = u64::from_le_bytes(b);
+///         Ok(())
+///     }
+/// }
+///
+/// let dir = std::env::temp_dir().join(format!("longship-doc-{}", std::process::id()));
+/// let net = MemNetwork::new();
+/// let cfg = NodeHostConfig {
+///     node_host_dir: dir.clone(),
+///     rtt_ms: 5,
+///     raft_address: "host1:1".into(),
+///     ..NodeHostConfig::default()
+/// };
+/// let nh = NodeHost::builder(cfg).transport(Arc::new(net.transport("host1:1"))).build().unwrap();
+/// let shard = ShardId(100);
+/// let members = [(ReplicaId(1), "host1:1".to_string())].into();
+/// let cfg = Config::new(shard, ReplicaId(1));
+/// nh.start_replica(Start::New(members), |_, _| Box::new(Counter::default()), cfg).unwrap();
+/// let mut session = nh.get_noop_session(shard);
+/// let timeout = Duration::from_secs(5);
+/// let result = loop {
+///     match nh.sync_propose(&mut session, b"hello".to_vec(), timeout) {
+///         Ok(r) => break r,
+///         Err(e) if e.is_temporary() => std::thread::sleep(Duration::from_millis(10)),
+///         Err(e) => panic!("{e}"),
+///     }
+/// };
+/// assert_eq!(result.value, 1);
+/// let count = nh.sync_read(shard, b"", timeout).unwrap();
+/// assert_eq!(count, 1u64.to_le_bytes());
+/// nh.close();
+/// std::fs::remove_dir_all(&dir).unwrap();
+/// ```
+pub struct NodeHost {
+    host: Arc<Host>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    _lock: DirLock,
+    closed: AtomicBool,
+}
+
+/// Which kind of state machine a replica runs.
+enum SmFactory {
+    Regular(Box<dyn StateMachine>),
+    Concurrent(Box<dyn ConcurrentStateMachine>),
+    OnDisk(Box<dyn OnDiskStateMachine>),
+}
+
+impl NodeHost {
+    /// A NodeHost with the default parts: TCP transport on `raft_address`
+    /// (with mutual TLS if configured), the write-ahead log in `wal_dir`,
+    /// OS files, worker threads.
+    pub fn new(cfg: NodeHostConfig) -> Result<NodeHost> {
+        NodeHost::builder(cfg).build()
+    }
+
+    /// A builder for a NodeHost with `cfg`.
+    pub fn builder(cfg: NodeHostConfig) -> NodeHostBuilder {
+        NodeHostBuilder {
+            cfg,
+            transport: None,
+            fs: None,
+            logdb: None,
+            listener: None,
+            manual: false,
+        }
+    }
+
+    /// The raft address of this host.
+    pub fn raft_address(&self) -> &str {
+        &self.host.cfg.raft_address
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NodeHostConfig {
+        &self.host.cfg
+    }
+
+    /// The counters of this host.
+    pub fn metrics(&self) -> &Metrics {
+        &self.host.metrics
+    }
+
+    /// Queue depths and replica states now (takes each replica's queue
+    /// locks briefly; meant for a metrics scrape, not a hot loop).
+    pub fn gauges(&self) -> Gauges {
+        let mut g = Gauges {
+            snapshot_jobs_queued: self.host.snapshot_jobs.lock().len() as u64,
+            ..Gauges::default()
+        };
+        let replicas: Vec<ReplicaRef> = self.host.replicas.read().values().cloned().collect();
+        for r in replicas {
+            g.replicas += 1;
+            g.replicas_quiesced += u64::from(r.quiesced.load(Ordering::Relaxed));
+            g.replicas_failed += u64::from(r.failed.lock().is_some());
+            {
+                let inbox = r.inbox.lock();
+                g.inbound_messages_queued += inbox.messages.len() as u64;
+                g.proposals_queued += inbox.proposals.len() as u64;
+                g.reads_pending += inbox.reads.len() as u64;
+            }
+            {
+                let pending = r.pending.lock();
+                g.proposals_pending += pending.proposals.len() as u64;
+                g.reads_pending += pending
+                    .reads
+                    .values()
+                    .map(|p| p.waiters.len() as u64)
+                    .sum::<u64>();
+            }
+            g.apply_tasks_queued += r.apply_queue.lock().len() as u64;
+        }
+        g
+    }
+
+    /// Counters and gauges in Prometheus text exposition format.
+    pub fn prometheus_text(&self) -> String {
+        self.host.metrics.prometheus_text() + &self.gauges().prometheus_text()
+    }
+
+    fn spawn_threads(&self) {
+        self.host.step_on_receive.store(true, Ordering::Release);
+        let mut threads = self.threads.lock();
+        let idle = Duration::from_millis(self.host.cfg.rtt_ms.max(1));
+        for id in 0..self.host.cfg.step_workers {
+            let w = StepWorker {
+                host: self.host.clone(),
+                id,
+            };
+            threads.push(spawn(format!("ls-step-{id}"), move || {
+                while !w.host.is_stopped() {
+                    if !crate::engine::supervised(&w.host, || w.run_once()) {
+                        w.host.step_ready[id].wait(idle);
+                    }
+                }
+            }));
+        }
+        for id in 0..self.host.cfg.apply_workers {
+            let w = ApplyWorker {
+                host: self.host.clone(),
+                id,
+            };
+            threads.push(spawn(format!("ls-apply-{id}"), move || {
+                while !w.host.is_stopped() {
+                    if !crate::engine::supervised(&w.host, || w.run_once()) {
+                        w.host.apply_ready[id].wait(idle);
+                    }
+                }
+            }));
+        }
+        for id in 0..self.host.cfg.snapshot_workers {
+            let w = SnapshotWorker {
+                host: self.host.clone(),
+            };
+            threads.push(spawn(format!("ls-snap-{id}"), move || {
+                while !w.host.is_stopped() {
+                    if !crate::engine::supervised(&w.host, || w.run_once()) {
+                        w.host.snapshot_ready.wait(idle);
+                    }
+                }
+            }));
+        }
+        let host = self.host.clone();
+        threads.push(spawn("ls-ticker".into(), move || {
+            let rtt = Duration::from_millis(host.cfg.rtt_ms);
+            let mut next = Instant::now() + rtt;
+            while !host.is_stopped() {
+                let now = Instant::now();
+                if now < next {
+                    std::thread::sleep((next - now).min(Duration::from_millis(50)));
+                    continue;
+                }
+                // Never two ticks closer than one RTT (no catching up in a
+                // burst after a stall): request deadlines count ticks, and a
+                // burst would time requests out before their timeout.
+                next = now + rtt;
+                host.tick();
+            }
+        }));
+    }
+
+    /// Manual mode: runs every worker once. Returns whether any did work.
+    pub fn run_once(&self) -> bool {
+        let mut any = false;
+        for id in 0..self.host.step_ready.len() {
+            any |= StepWorker {
+                host: self.host.clone(),
+                id,
+            }
+            .run_once();
+        }
+        for id in 0..self.host.apply_ready.len() {
+            any |= ApplyWorker {
+                host: self.host.clone(),
+                id,
+            }
+            .run_once();
+        }
+        any |= SnapshotWorker {
+            host: self.host.clone(),
+        }
+        .run_once();
+        any
+    }
+
+    /// Manual mode: advances logical time by one RTT.
+    pub fn tick(&self) {
+        self.host.tick();
+    }
+
+    // ------------------------------------------------------------ lifecycle
+
+    /// Starts replica `cfg.replica_id` of shard `cfg.shard_id` with an
+    /// in-memory [`StateMachine`] made by `create`: a new shard, a restart,
+    /// or a join, as [`Start`] says (and checks against the data this host
+    /// holds of the replica). `create` runs only once every check passed.
+    ///
+    /// ```no_run
+    /// # use longship::{Config, NodeHost, ReplicaId, ShardId, Start, StateMachine};
+    /// # fn f(nh: &NodeHost, make: fn() -> Box<dyn StateMachine>) -> longship::Result<()> {
+    /// let members = [(ReplicaId(1), "host1:63001".to_string()), (ReplicaId(2), "host2:63001".to_string())];
+    /// nh.start_replica(Start::New(members.into()), |_, _| make(), Config::new(ShardId(128), ReplicaId(1)))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn start_replica<F>(&self, start: Start, create: F, cfg: Config) -> Result<()>
+    where
+        F: FnOnce(ShardId, ReplicaId) -> Box<dyn StateMachine>,
+    {
+        let (shard, replica) = (cfg.shard_id, cfg.replica_id);
+        let sm = move || SmFactory::Regular(create(shard, replica));
+        self.start(start, sm, cfg)
+    }
+
+    /// Starts a replica with a [`ConcurrentStateMachine`]; see
+    /// [`start_replica`](Self::start_replica).
+    pub fn start_concurrent_replica<F>(&self, start: Start, create: F, cfg: Config) -> Result<()>
+    where
+        F: FnOnce(ShardId, ReplicaId) -> Box<dyn ConcurrentStateMachine>,
+    {
+        let (shard, replica) = (cfg.shard_id, cfg.replica_id);
+        let sm = move || SmFactory::Concurrent(create(shard, replica));
+        self.start(start, sm, cfg)
+    }
+
+    /// Starts a replica with an [`OnDiskStateMachine`]; see
+    /// [`start_replica`](Self::start_replica).
+    pub fn start_on_disk_replica<F>(&self, start: Start, create: F, cfg: Config) -> Result<()>
+    where
+        F: FnOnce(ShardId, ReplicaId) -> Box<dyn OnDiskStateMachine>,
+    {
+        let (shard, replica) = (cfg.shard_id, cfg.replica_id);
+        let sm = move || SmFactory::OnDisk(create(shard, replica));
+        self.start(start, sm, cfg)
+    }
+
+    fn start(&self, start: Start, sm: impl FnOnce() -> SmFactory, cfg: Config) -> Result<()> {
+        let host = &self.host;
+        if host.is_stopped() {
+            return Err(Error::Stopped);
+        }
+        cfg.validate()?;
+        let (shard, me) = (cfg.shard_id, cfg.replica_id);
+        let reserved = host
+            .reserve_shard_for_start(shard)
+            .ok_or(Error::ShardAlreadyExists(shard))?;
+        let stored = host.logdb.read_state(shard, me).is_some();
+        match (&start, stored) {
+            (Start::Restart, true) | (Start::Join, false) => {}
+            (Start::New(_) | Start::Join, true) => {
+                return Err(Error::ReplicaHasData {
+                    shard_id: shard,
+                    replica_id: me,
+                });
+            }
+            (Start::Restart, false) => {
+                return Err(Error::ReplicaHasNoData {
+                    shard_id: shard,
+                    replica_id: me,
+                });
+            }
+            (Start::New(initial_members), false) => {
+                if cfg.is_witness || cfg.is_non_voting {
+                    return Err(Error::invalid_config(
+                        "is_witness",
+                        "witness and non-voting replicas are added to a running shard and started with Start::Join",
+                    ));
+                }
+                if !initial_members.contains_key(&me) {
+                    return Err(Error::invalid_config(
+                        "Start::New",
+                        format!("the initial members must include this replica ({me})"),
+                    ));
+                }
+                if initial_members.contains_key(&ReplicaId::NONE) {
+                    return Err(Error::invalid_config(
+                        "Start::New",
+                        "replica id 0 is reserved",
+                    ));
+                }
+                for a in initial_members.values() {
+                    if a.is_empty() || a.len() > 255 {
+                        return Err(Error::invalid_config(
+                            "Start::New",
+                            "addresses must be 1..=255 bytes",
+                        ));
+                    }
+                }
+                let membership = Membership::with_voters(
+                    initial_members.iter().map(|(id, a)| (id.0, a.clone())),
+                );
+                let (entries, hard_state) = bootstrap_entries(&membership);
+                host.logdb.save_raft_state(&[LogUpdate {
+                    shard_id: shard,
+                    replica_id: me,
+                    entries,
+                    hard_state: Some(hard_state),
+                    snapshot: None,
+                }])?;
+            }
+        }
+        let state = host.logdb.read_state(shard, me).unwrap_or_default();
+        let snapshots = SnapshotStore::open(host.fs.clone(), &host.snapshot_root, shard, me)?;
+        let stop = StopFlag::new();
+        // The factory runs only once every argument was checked.
+        let user_sm = match sm() {
+            SmFactory::Regular(sm) => UserSm::Regular(parking_lot::RwLock::new(sm)),
+            SmFactory::Concurrent(sm) => UserSm::Concurrent(sm),
+            SmFactory::OnDisk(sm) => UserSm::OnDisk(sm),
+        };
+        let on_disk_index = match &user_sm {
+            UserSm::OnDisk(sm) => Some(sm.open(&stop).map_err(|e| Error::StateMachine(e.0))?),
+            _ => None,
+        };
+        let rsm = Rsm::new(user_sm, cfg.max_sessions, cfg.is_witness);
+        let raft_cfg = longship_raft::RaftConfig {
+            shard_id: shard,
+            replica_id: me,
+            election_rtt: cfg.election_rtt,
+            heartbeat_rtt: cfg.heartbeat_rtt,
+            check_quorum: cfg.check_quorum,
+            pre_vote: cfg.pre_vote,
+            max_uncommitted_bytes: cfg.max_uncommitted_bytes,
+            // An append (and the batch around it) must fit one transport frame.
+            max_append_bytes: longship_raft::RaftConfig::default()
+                .max_append_bytes
+                .min(host.cfg.max_frame_bytes as u64 / 2),
+            max_apply_bytes: host.cfg.max_apply_batch_bytes,
+            seed: host.random_id(),
+            ..longship_raft::RaftConfig::default()
+        };
+        let reader = ReplicaLog::new(host.logdb.clone(), shard, me);
+        let hs: HardState = state.hard_state;
+        let snap = state.snapshot.clone();
+        let raft = match Raft::new(raft_cfg, reader, hs, snap.membership.clone(), snap.index) {
+            Ok(raft) => raft,
+            Err(e) => {
+                rsm.sm.close();
+                return Err(Error::invalid_config("config", e.to_string()));
+            }
+        };
+        let replica = Arc::new(Replica {
+            shard_id: shard,
+            replica_id: me,
+            config: cfg,
+            core: Mutex::new(CoreState {
+                raft,
+                quiesce: Default::default(),
+            }),
+            inbox: Mutex::new(Inbox::default()),
+            pending: Mutex::new(Pending::default()),
+            apply_queue: Mutex::new(VecDeque::new()),
+            apply_throttled: AtomicBool::new(false),
+            rsm,
+            snapshots,
+            applied_index: AtomicU64::new(0),
+            snapshot_index: AtomicU64::new(0),
+            snapshotting: AtomicBool::new(false),
+            snapshot_tried: AtomicU64::new(0),
+            leader_id: AtomicU64::new(0),
+            leader_term: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            quiesced: AtomicBool::new(false),
+            stop,
+            failed: Mutex::new(None),
+            unloaded: AtomicBool::new(false),
+            compaction_override: AtomicU64::new(u64::MAX),
+            apply_lock: Mutex::new(()),
+            snapshot_save: Mutex::new(()),
+            addresses: Default::default(),
+            addresses_version: AtomicU64::new(u64::MAX),
+            boot_last_index: state.last_index,
+        });
+        // Before recovering: an on-disk state machine that already holds the
+        // snapshot's state keeps it (see `Rsm::recover`).
+        if let Some(i) = on_disk_index {
+            replica.rsm.set_on_disk_index(i);
+        }
+        if !snap.is_empty() {
+            if let Err(e) = recover_from_store(&replica, &snap) {
+                replica.rsm.sm.close();
+                return Err(e);
+            }
+            replica.applied_index.store(snap.index.0, Ordering::Release);
+            replica
+                .snapshot_index
+                .store(snap.index.0, Ordering::Release);
+        }
+        host.finish_start(reserved, replica);
+        host.mark_step(shard);
+        if let Some(l) = &host.listener {
+            l.replica_ready(shard, me);
+        }
+        Ok(())
+    }
+
+    /// Stops the local replica of `shard` (its data stays; it can be restarted).
+    ///
+    /// Returns once no worker uses the replica any more: a state machine
+    /// call in progress (an update, a snapshot being saved or recovered)
+    /// is waited for. Long calls get a set [`StopFlag`] and should poll
+    /// it and return early; one that ignores it holds this call up.
+    pub fn stop_shard(&self, shard: ShardId) -> Result<()> {
+        self.stop(shard, None)
+    }
+
+    /// Stops the local replica `replica` of `shard`.
+    pub fn stop_replica(&self, shard: ShardId, replica: ReplicaId) -> Result<()> {
+        self.stop(shard, Some(replica))
+    }
+
+    fn stop(&self, shard: ShardId, replica: Option<ReplicaId>) -> Result<()> {
+        let (r, _reserved) = self
+            .host
+            .remove_for_stop(shard, replica)
+            .ok_or(Error::ShardNotFound(shard))?;
+        self.unload(&r);
+        Ok(())
+    }
+
+    fn unload(&self, r: &Replica) {
+        r.closed.store(true, Ordering::Release);
+        r.stop.set();
+        r.terminate_requests();
+        self.host.drop_receivers(r.shard_id);
+        // Wait until no worker still works on it: a step cycle in flight
+        // (its write), a snapshot being saved (its commit and compaction,
+        // and the state machine it reads), an apply round. A replica
+        // restarted afterwards then loads a state nothing changes under it.
+        drop(self.host.step_busy[self.host.step_worker_of(r.shard_id)].lock());
+        let _save = r.snapshot_save.lock();
+        let _g = r.apply_lock.lock();
+        if !r.unloaded.swap(true, Ordering::AcqRel) {
+            r.rsm.sm.close();
+            if let Some(l) = &self.host.listener {
+                l.replica_unloaded(r.shard_id, r.replica_id);
+            }
+        }
+    }
+
+    /// Stops every replica and the workers; the NodeHost cannot be used
+    /// afterwards. Everything acknowledged is durable.
+    pub fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.host.stopped.store(true, Ordering::Release);
+        // Long state machine calls (snapshots) stop early instead of
+        // holding up the join of their worker below.
+        for r in self.host.replicas.read().values() {
+            r.stop.set();
+        }
+        for w in &self.host.step_ready {
+            w.wake();
+        }
+        for w in &self.host.apply_ready {
+            w.wake();
+        }
+        self.host.snapshot_ready.wake();
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+        self.host.transport.close();
+        let replicas: Vec<ReplicaRef> = std::mem::take(&mut *self.host.replicas.write())
+            .into_values()
+            .collect();
+        for r in replicas {
+            self.unload(&r);
+        }
+        if let Err(e) = self.host.logdb.close() {
+            tracing::warn!(error = %e, "closing log storage");
+        }
+    }
+
+    // ------------------------------------------------------------ requests
+
+    fn replica_for(&self, shard: ShardId) -> Result<ReplicaRef> {
+        if self.host.is_stopped() {
+            return Err(Error::Stopped);
+        }
+        let r = self
+            .host
+            .replica(shard)
+            .ok_or(Error::ShardNotFound(shard))?;
+        if r.is_closed() || r.failed.lock().is_some() {
+            return Err(Error::ShardClosed);
+        }
+        Ok(r)
+    }
+
+    fn deadline(&self, timeout: Duration) -> Result<u64> {
+        let rtt = self.host.cfg.rtt_ms;
+        // Saturating: Duration::MAX may stand for "no timeout".
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        if ms < rtt {
+            return Err(Error::TimeoutTooSmall { rtt_ms: rtt });
+        }
+        Ok(self
+            .host
+            .now()
+            .saturating_add(ms.div_ceil(rtt))
+            .saturating_add(1))
+    }
+
+    /// Proposes `cmd` to the shard of `session`. The returned handle
+    /// completes with the state machine's result once the entry is applied
+    /// on this replica. After a completed proposal with a real session,
+    /// call [`Session::proposal_completed`].
+    pub fn propose(
+        &self,
+        session: &Session,
+        cmd: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<RequestHandle<SmResult>> {
+        let r = self.replica_for(session.shard_id)?;
+        propose_on(
+            &self.host,
+            &r,
+            session,
+            cmd.into(),
+            timeout,
+            self.deadline(timeout)?,
+        )
+    }
+
+    /// Proposes and waits for the result; advances the session on success.
+    pub fn sync_propose(
+        &self,
+        session: &mut Session,
+        cmd: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<SmResult> {
+        let result = self.propose(session, cmd, timeout)?.wait()?;
+        session.proposal_completed();
+        Ok(result)
+    }
+
+    /// Registers a new client session with the shard (thesis §6.3).
+    pub fn sync_get_session(&self, shard: ShardId, timeout: Duration) -> Result<Session> {
+        let r = self.replica_for(shard)?;
+        let mut s = Session::new(shard, self.host.random_id());
+        s.prepare_for_register();
+        let h = propose_raw(&self.host, &r, &s, Bytes::new(), self.deadline(timeout)?)?;
+        h.wait()?;
+        s.prepare_for_propose();
+        Ok(s)
+    }
+
+    /// Starts registering a new client session without blocking (manual
+    /// mode, async callers). Use the session for proposals only once the
+    /// handle completed successfully; after a timeout, register another.
+    pub fn register_session(
+        &self,
+        shard: ShardId,
+        timeout: Duration,
+    ) -> Result<(Session, RequestHandle<SmResult>)> {
+        let r = self.replica_for(shard)?;
+        let mut s = Session::new(shard, self.host.random_id());
+        s.prepare_for_register();
+        let h = propose_raw(&self.host, &r, &s, Bytes::new(), self.deadline(timeout)?)?;
+        s.prepare_for_propose();
+        Ok((s, h))
+    }
+
+    /// Unregisters a client session.
+    pub fn sync_close_session(&self, session: &mut Session, timeout: Duration) -> Result<()> {
+        if session.is_noop() {
+            return Ok(());
+        }
+        let r = self.replica_for(session.shard_id)?;
+        let mut s = session.clone();
+        s.prepare_for_unregister();
+        propose_raw(&self.host, &r, &s, Bytes::new(), self.deadline(timeout)?)?.wait()?;
+        Ok(())
+    }
+
+    /// A session without de-duplication, for idempotent state machines.
+    pub fn get_noop_session(&self, shard: ShardId) -> Session {
+        Session::noop(shard)
+    }
+
+    /// Starts a linearizable read (ReadIndex, thesis §6.4). When the handle
+    /// completes, [`read_local`](Self::read_local) returns a linearizable answer.
+    pub fn read_index(&self, shard: ShardId, timeout: Duration) -> Result<RequestHandle<Index>> {
+        let r = self.replica_for(shard)?;
+        holds_data(&r)?;
+        read_index_on(&self.host, &r, self.deadline(timeout)?)
+    }
+
+    /// Queries the local state machine (after a completed `read_index`).
+    pub fn read_local(&self, shard: ShardId, query: &[u8]) -> Result<Vec<u8>> {
+        let r = self.replica_for(shard)?;
+        lookup_on(&r, query)
+    }
+
+    /// A linearizable read: `read_index`, wait, `read_local`.
+    pub fn sync_read(&self, shard: ShardId, query: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+        self.read_index(shard, timeout)?.wait()?;
+        self.read_local(shard, query)
+    }
+
+    /// Queries the local state machine without any consistency guarantee.
+    pub fn stale_read(&self, shard: ShardId, query: &[u8]) -> Result<Vec<u8>> {
+        self.read_local(shard, query)
+    }
+
+    // ------------------------------------------------------------ membership
+
+    fn config_change(
+        &self,
+        shard: ShardId,
+        change_type: ConfigChangeType,
+        replica_id: ReplicaId,
+        address: String,
+        config_change_index: Index,
+        timeout: Duration,
+    ) -> Result<RequestHandle<()>> {
+        let r = self.replica_for(shard)?;
+        if replica_id.is_none() {
+            return Err(Error::invalid_config("replica_id", "must be non-zero"));
+        }
+        if change_type != ConfigChangeType::RemoveReplica
+            && (address.is_empty() || address.len() > 255)
+        {
+            return Err(Error::invalid_config("address", "must be 1..=255 bytes"));
+        }
+        let deadline = self.deadline(timeout)?;
+        let cc = ConfigChange {
+            change_type,
+            replica_id,
+            address,
+            config_change_id: if r.config.ordered_config_change {
+                config_change_index
+            } else {
+                Index(0)
+            },
+        };
+        let key = self.host.random_id();
+        let entry = Entry {
+            entry_type: EntryType::ConfigChange,
+            key,
+            cmd: encode_config_change(&cc).into(),
+            ..Entry::default()
+        };
+        let (handle, completer) = request();
+        {
+            let mut pending = r.pending.lock();
+            if pending.closed {
+                return Err(Error::ShardClosed);
+            }
+            pending.config_changes.insert(
+                key,
+                PendingConfigChange {
+                    completer,
+                    deadline,
+                },
+            );
+        }
+        {
+            let mut inbox = r.inbox.lock();
+            if inbox.config_changes.len() >= 64 {
+                drop(inbox);
+                r.pending.lock().config_changes.remove(&key);
+                return Err(Error::SystemBusy);
+            }
+            inbox.config_changes.push(entry);
+        }
+        self.host.mark_step(shard);
+        Ok(handle)
+    }
+
+    /// Adds a voting replica at `address`, or promotes a non-voting one.
+    /// Start the new replica on its host with [`Start::Join`].
+    ///
+    /// `config_change_index` is the [`MembershipInfo::config_change_id`] of
+    /// the membership the change is based on: with
+    /// [`Config::ordered_config_change`] a change based on an outdated
+    /// membership is refused ([`Error::Rejected`]); without it, it is not
+    /// checked (pass `Index(0)`). The handle completes once the change is
+    /// applied on this replica. A removed replica id is refused
+    /// ([`Error::ReplicaRemoved`]).
+    pub fn request_add_replica(
+        &self,
+        shard: ShardId,
+        replica_id: ReplicaId,
+        address: impl Into<String>,
+        config_change_index: Index,
+        timeout: Duration,
+    ) -> Result<RequestHandle<()>> {
+        self.config_change(
+            shard,
+            ConfigChangeType::AddReplica,
+            replica_id,
+            address.into(),
+            config_change_index,
+            timeout,
+        )
+    }
+
+    /// Promotes a non-voting replica to voter (its address is kept).
+    /// `config_change_index` as for
+    /// [`request_add_replica`](Self::request_add_replica).
+    pub fn request_promote_non_voting(
+        &self,
+        shard: ShardId,
+        replica_id: ReplicaId,
+        config_change_index: Index,
+        timeout: Duration,
+    ) -> Result<RequestHandle<()>> {
+        let m = self.replica_for(shard)?.rsm.applied().membership;
+        let addr = m.non_votings.get(&replica_id).cloned().ok_or_else(|| {
+            Error::Rejected(format!(
+                "replica {replica_id} is not a non-voting member of shard {shard}"
+            ))
+        })?;
+        self.request_add_replica(shard, replica_id, addr, config_change_index, timeout)
+    }
+
+    /// Removes a replica for good: its id can never be used again in this
+    /// shard. `config_change_index` as for
+    /// [`request_add_replica`](Self::request_add_replica).
+    pub fn request_delete_replica(
+        &self,
+        shard: ShardId,
+        replica_id: ReplicaId,
+        config_change_index: Index,
+        timeout: Duration,
+    ) -> Result<RequestHandle<()>> {
+        self.config_change(
+            shard,
+            ConfigChangeType::RemoveReplica,
+            replica_id,
+            String::new(),
+            config_change_index,
+            timeout,
+        )
+    }
+
+    /// Adds a non-voting replica (it receives the log but does not vote);
+    /// start it with [`Start::Join`]. `config_change_index` as for
+    /// [`request_add_replica`](Self::request_add_replica).
+    pub fn request_add_non_voting(
+        &self,
+        shard: ShardId,
+        replica_id: ReplicaId,
+        address: impl Into<String>,
+        config_change_index: Index,
+        timeout: Duration,
+    ) -> Result<RequestHandle<()>> {
+        self.config_change(
+            shard,
+            ConfigChangeType::AddNonVoting,
+            replica_id,
+            address.into(),
+            config_change_index,
+            timeout,
+        )
+    }
+
+    /// Adds a witness (it votes and persists log metadata but holds no
+    /// state machine data); start it with [`Start::Join`] and
+    /// [`Config::is_witness`]. `config_change_index` as for
+    /// [`request_add_replica`](Self::request_add_replica).
+    pub fn request_add_witness(
+        &self,
+        shard: ShardId,
+        replica_id: ReplicaId,
+        address: impl Into<String>,
+        config_change_index: Index,
+        timeout: Duration,
+    ) -> Result<RequestHandle<()>> {
+        self.config_change(
+            shard,
+            ConfigChangeType::AddWitness,
+            replica_id,
+            address.into(),
+            config_change_index,
+            timeout,
+        )
+    }
+
+    /// The shard's membership, read linearizably.
+    pub fn sync_get_shard_membership(
+        &self,
+        shard: ShardId,
+        timeout: Duration,
+    ) -> Result<MembershipInfo> {
+        let r = self.replica_for(shard)?;
+        read_index_on(&self.host, &r, self.deadline(timeout)?)?.wait()?;
+        Ok(MembershipInfo::from(&r.rsm.applied().membership))
+    }
+
+    /// Asks the shard to move leadership to `target`.
+    pub fn request_leader_transfer(&self, shard: ShardId, target: ReplicaId) -> Result<()> {
+        let r = self.replica_for(shard)?;
+        if target.is_none() {
+            return Err(Error::invalid_config("target", "must be non-zero"));
+        }
+        {
+            let mut inbox = r.inbox.lock();
+            if inbox.commands.len() >= 64 {
+                return Err(Error::SystemBusy);
+            }
+            inbox.commands.push(Command::Transfer(target));
+        }
+        self.host.mark_step(shard);
+        Ok(())
+    }
+
+    /// The protocol state of the local replica of `shard` (role, term,
+    /// vote, commit, applied, log range, membership), for operators and
+    /// debugging. Takes the replica's core lock briefly.
+    pub fn raft_status(&self, shard: ShardId) -> Result<longship_raft::Status> {
+        let r = self
+            .host
+            .replica(shard)
+            .ok_or(Error::ShardNotFound(shard))?;
+        Ok(r.core.lock().raft.status())
+    }
+
+    /// The leader of `shard` as known by the local replica: `None` while
+    /// no leader is known (during an election). Not linearizable: another
+    /// replica may already lead in a newer term.
+    pub fn get_leader(&self, shard: ShardId) -> Result<Option<Leader>> {
+        let r = self.replica_for(shard)?;
+        let (replica_id, term) = r.leader();
+        Ok((!replica_id.is_none()).then_some(Leader { replica_id, term }))
+    }
+
+    /// Whether log storage holds data of (shard, replica).
+    pub fn has_node_info(&self, shard: ShardId, replica: ReplicaId) -> bool {
+        self.host.logdb.read_state(shard, replica).is_some()
+    }
+
+    /// What this host runs and stores.
+    pub fn get_node_host_info(&self) -> NodeHostInfo {
+        let mut shards: Vec<ShardInfo> = self
+            .host
+            .replicas
+            .read()
+            .values()
+            .map(|r| {
+                let (leader_id, term) = r.leader();
+                ShardInfo {
+                    shard_id: r.shard_id,
+                    replica_id: r.replica_id,
+                    leader_id,
+                    term,
+                    is_leader: leader_id == r.replica_id,
+                    applied: r.applied(),
+                    snapshot_index: Index(r.snapshot_index.load(Ordering::Acquire)),
+                    failed: r.failed.lock().is_some(),
+                    quiesced: r.quiesced.load(Ordering::Relaxed),
+                    config_change_id: r.rsm.config_change_id(),
+                }
+            })
+            .collect();
+        shards.sort_by_key(|s| s.shard_id);
+        let log_info = self
+            .host
+            .logdb
+            .list_replicas()
+            .into_iter()
+            .map(|(s, r)| {
+                (
+                    s,
+                    r,
+                    self.host.logdb.first_index(s, r),
+                    self.host.logdb.last_index(s, r),
+                )
+            })
+            .collect();
+        NodeHostInfo {
+            raft_address: self.host.cfg.raft_address.clone(),
+            shards,
+            log_info,
+        }
+    }
+
+    /// Requests a snapshot of the local replica of `shard` now. The handle
+    /// completes with the snapshot's index and, when
+    /// [`SnapshotOption::export_path`] is set, the directory it was exported
+    /// to (see there for how exports are named and what a second export of
+    /// the same index does).
+    ///
+    /// A replica that applied nothing since its last snapshot refuses with
+    /// [`Error::Rejected`] (nothing new to snapshot): propose something
+    /// first, or use the last snapshot.
+    pub fn request_snapshot(
+        &self,
+        shard: ShardId,
+        opt: SnapshotOption,
+        timeout: Duration,
+    ) -> Result<RequestHandle<SnapshotResult>> {
+        let r = self.replica_for(shard)?;
+        let deadline = self.deadline(timeout)?;
+        let (handle, completer) = request();
+        if let Some(o) = opt.compaction_overhead {
+            r.compaction_override.store(o, Ordering::Release);
+        }
+        let min = r.applied();
+        {
+            let mut pending = r.pending.lock();
+            if pending.closed {
+                return Err(Error::ShardClosed);
+            }
+            pending.snapshots.push((completer, deadline, opt, min));
+        }
+        r.snapshotting.store(true, Ordering::Release);
+        if !self.host.push_snapshot_job(SnapshotJob::Save(shard)) {
+            // No job will clear the mark: left set, it would stop the
+            // automatic snapshots of this replica for good.
+            r.snapshotting.store(false, Ordering::Release);
+            return Err(Error::SystemBusy);
+        }
+        Ok(handle)
+    }
+
+    /// A handle for fast repeated requests on one shard.
+    pub fn get_node_user(&self, shard: ShardId) -> Result<NodeUser> {
+        Ok(NodeUser {
+            host: self.host.clone(),
+            replica: self.replica_for(shard)?,
+        })
+    }
+}
+
+impl Drop for NodeHost {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .expect("spawn worker thread")
+}
+
+fn propose_raw(
+    host: &Host,
+    r: &Replica,
+    session: &Session,
+    cmd: Bytes,
+    deadline: u64,
+) -> Result<RequestHandle<SmResult>> {
+    holds_data(r)?;
+    let key = host.random_id();
+    let entry = Entry {
+        entry_type: EntryType::Normal,
+        key,
+        client_id: session.client_id,
+        series_id: session.series_id,
+        responded_to: session.responded_to,
+        cmd,
+        ..Entry::default()
+    };
+    let (handle, completer) = request();
+    {
+        let mut pending = r.pending.lock();
+        if pending.closed {
+            return Err(Error::ShardClosed);
+        }
+        pending.proposals.insert(
+            key,
+            PendingProposal {
+                completer,
+                deadline,
+            },
+        );
+    }
+    {
+        let mut inbox = r.inbox.lock();
+        if inbox.proposals.len() >= host.cfg.max_proposal_queue {
+            drop(inbox);
+            r.pending.lock().proposals.remove(&key);
+            Metrics::add(&host.metrics.proposals_busy, 1);
+            return Err(Error::SystemBusy);
+        }
+        inbox.proposals.push(entry);
+    }
+    Metrics::add(&host.metrics.proposals, 1);
+    host.mark_step(r.shard_id);
+    Ok(handle)
+}
+
+fn propose_on(
+    host: &Host,
+    r: &Replica,
+    session: &Session,
+    cmd: Bytes,
+    _timeout: Duration,
+    deadline: u64,
+) -> Result<RequestHandle<SmResult>> {
+    // An entry must fit one transport frame, or no follower could ever
+    // receive it and the shard's replication would stall behind it.
+    let max = host
+        .cfg
+        .max_proposal_bytes
+        .min(host.cfg.max_frame_bytes as usize / 2);
+    if cmd.len() > max {
+        return Err(Error::PayloadTooBig {
+            size: cmd.len(),
+            max,
+        });
+    }
+    if !session.valid_for_proposal(r.shard_id) {
+        return Err(Error::InvalidSession);
+    }
+    propose_raw(host, r, session, cmd, deadline)
+}
+
+/// Refuses what needs the state machine on a witness (it has none: its
+/// state machine never sees an entry, and would answer reads from nothing).
+fn holds_data(r: &Replica) -> Result<()> {
+    if r.config.is_witness {
+        return Err(Error::Witness(r.shard_id));
+    }
+    Ok(())
+}
+
+/// Queries the state machine of a replica that holds data.
+fn lookup_on(r: &Replica, query: &[u8]) -> Result<Vec<u8>> {
+    holds_data(r)?;
+    r.rsm.sm.lookup(query).map_err(|e| Error::StateMachine(e.0))
+}
+
+/// A read index on any replica (a witness's serves membership queries:
+/// it applies membership changes like every replica).
+fn read_index_on(host: &Host, r: &Replica, deadline: u64) -> Result<RequestHandle<Index>> {
+    let (handle, completer) = request();
+    {
+        let mut inbox = r.inbox.lock();
+        if inbox.closed {
+            return Err(Error::ShardClosed);
+        }
+        if inbox.reads.len() >= host.cfg.max_read_queue {
+            return Err(Error::SystemBusy);
+        }
+        inbox.reads.push((completer, deadline));
+    }
+    host.mark_step(r.shard_id);
+    Ok(handle)
+}
+
+/// A handle bound to one shard's local replica: proposes and reads without
+/// looking the replica up each time (bulk loads).
+pub struct NodeUser {
+    host: Arc<Host>,
+    replica: ReplicaRef,
+}
+
+impl NodeUser {
+    fn deadline(&self, timeout: Duration) -> Result<u64> {
+        let rtt = self.host.cfg.rtt_ms;
+        // Saturating: Duration::MAX may stand for "no timeout".
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        if ms < rtt {
+            return Err(Error::TimeoutTooSmall { rtt_ms: rtt });
+        }
+        if self.host.is_stopped() {
+            return Err(Error::Stopped);
+        }
+        if self.replica.is_closed() {
+            return Err(Error::ShardClosed);
+        }
+        Ok(self
+            .host
+            .now()
+            .saturating_add(ms.div_ceil(rtt))
+            .saturating_add(1))
+    }
+
+    /// The shard.
+    pub fn shard_id(&self) -> ShardId {
+        self.replica.shard_id
+    }
+
+    /// As [`NodeHost::propose`].
+    pub fn propose(
+        &self,
+        session: &Session,
+        cmd: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<RequestHandle<SmResult>> {
+        let deadline = self.deadline(timeout)?;
+        propose_on(
+            &self.host,
+            &self.replica,
+            session,
+            cmd.into(),
+            timeout,
+            deadline,
+        )
+    }
+
+    /// As [`NodeHost::read_index`].
+    pub fn read_index(&self, timeout: Duration) -> Result<RequestHandle<Index>> {
+        let deadline = self.deadline(timeout)?;
+        holds_data(&self.replica)?;
+        read_index_on(&self.host, &self.replica, deadline)
+    }
+
+    /// As [`NodeHost::read_local`].
+    pub fn read_local(&self, query: &[u8]) -> Result<Vec<u8>> {
+        lookup_on(&self.replica, query)
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<NodeHost>();
+    is::<NodeUser>();
+    let _ = ApplyTask::Entries(Vec::new());
+}
+
+#[cfg(test)]
+mod incarnation_tests {
+    use super::*;
+    use longship_storage::vfs::MemFs;
+
+    #[test]
+    fn the_start_counter_grows_and_a_damaged_one_is_refused() {
+        let fs = MemFs::new();
+        let dir = Path::new("/nh");
+        fs.create_dir_all(dir).unwrap();
+        assert_eq!(next_incarnation(&fs, dir).unwrap(), 1);
+        assert_eq!(next_incarnation(&fs, dir).unwrap(), 2);
+        assert_ne!(mix_seed(7, 1), mix_seed(7, 2));
+        let f = fs.open(&dir.join(INCARNATION_FILE)).unwrap();
+        f.write_at(0, &[0xff]).unwrap();
+        assert!(matches!(next_incarnation(&fs, dir), Err(Error::Storage(_))));
+    }
+}

@@ -1,0 +1,265 @@
+//! One replica hosted by a NodeHost: its protocol core, its input queues,
+//! its replicated state machine and the requests waiting on it.
+//!
+//! Every map here is ordered (BTreeMap) so that a run driven by the
+//! simulator completes requests in the same order every time.
+//!
+//! Ownership: the core (`core`) is stepped only by the replica's step
+//! worker; the apply worker takes the core's lock briefly to apply a config
+//! change. The state machine (`rsm`) is driven only by the apply worker (and
+//! the snapshot worker for saving). API threads only push into `inbox` and
+//! `pending`, both bounded.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use longship_raft::{Entry, Index, Message, Raft, ReplicaId, ShardId, SnapshotMeta, Term};
+use longship_storage::logdb::ReplicaLog;
+use longship_storage::snapshot::SnapshotStore;
+use parking_lot::Mutex;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::request::Completer;
+use crate::rsm::Rsm;
+use crate::sm::{SmResult, StopFlag};
+
+/// A leadership transfer, snapshot or other request from the API.
+pub(crate) enum Command {
+    Transfer(ReplicaId),
+}
+
+/// Inputs queued for the step worker. Every queue is bounded by the
+/// NodeHost config; pushing past a bound fails with `SystemBusy` (requests)
+/// or drops (messages; Raft retransmits).
+#[derive(Default)]
+pub(crate) struct Inbox {
+    /// Messages with the number of `ticks` queued before each arrived, so
+    /// the step worker replays them in the order they happened.
+    pub(crate) messages: Vec<(u64, Message)>,
+    pub(crate) proposals: Vec<Entry>,
+    pub(crate) config_changes: Vec<Entry>,
+    /// Read requests not yet given a read-index context.
+    pub(crate) reads: Vec<(Completer<Index>, u64)>,
+    pub(crate) commands: Vec<Command>,
+    pub(crate) ticks: u64,
+    /// The replica stopped or failed: reads are refused, not queued.
+    pub(crate) closed: bool,
+}
+
+/// A read batch waiting for its read index, then for the apply index.
+pub(crate) struct PendingRead {
+    pub(crate) waiters: Vec<(Completer<Index>, u64)>,
+    pub(crate) index: Option<Index>,
+}
+
+/// A proposal waiting to be applied.
+pub(crate) struct PendingProposal {
+    pub(crate) completer: Completer<SmResult>,
+    pub(crate) deadline: u64,
+}
+
+/// A config change waiting to be applied.
+pub(crate) struct PendingConfigChange {
+    pub(crate) completer: Completer<()>,
+    pub(crate) deadline: u64,
+}
+
+/// Requests waiting for an outcome, by key.
+#[derive(Default)]
+pub(crate) struct Pending {
+    pub(crate) proposals: BTreeMap<u64, PendingProposal>,
+    pub(crate) config_changes: BTreeMap<u64, PendingConfigChange>,
+    pub(crate) reads: BTreeMap<u64, PendingRead>,
+    /// Requested snapshots: (completer, deadline, options, applied index at
+    /// request time). The first snapshot saved at or past that index answers it.
+    pub(crate) snapshots: Vec<(
+        Completer<crate::nodehost::SnapshotResult>,
+        u64,
+        crate::nodehost::SnapshotOption,
+        Index,
+    )>,
+    /// Set by `terminate`: new requests end at once with `ShardClosed`
+    /// (nothing would ever answer or expire them).
+    pub(crate) closed: bool,
+}
+
+impl Pending {
+    /// Whether no request waits here (nothing to expire).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.proposals.is_empty()
+            && self.config_changes.is_empty()
+            && self.reads.is_empty()
+            && self.snapshots.is_empty()
+    }
+
+    /// Fails every request whose deadline (in ticks) passed.
+    pub(crate) fn expire(&mut self, now: u64) {
+        self.proposals.retain(|_, p| {
+            let keep = p.deadline > now && !p.completer.is_abandoned();
+            if !keep {
+                p.completer.complete(Err(Error::Timeout));
+            }
+            keep
+        });
+        self.config_changes.retain(|_, p| {
+            let keep = p.deadline > now;
+            if !keep {
+                p.completer.complete(Err(Error::Timeout));
+            }
+            keep
+        });
+        self.reads.retain(|_, r| {
+            r.waiters.retain(|(c, deadline)| {
+                let keep = *deadline > now;
+                if !keep {
+                    c.complete(Err(Error::Timeout));
+                }
+                keep
+            });
+            !r.waiters.is_empty()
+        });
+        self.snapshots.retain(|(c, deadline, _, _)| {
+            let keep = *deadline > now;
+            if !keep {
+                c.complete(Err(Error::Timeout));
+            }
+            keep
+        });
+    }
+
+    /// Fails everything (the replica stops).
+    pub(crate) fn terminate(&mut self) {
+        self.closed = true;
+        for (_, p) in std::mem::take(&mut self.proposals) {
+            p.completer.complete(Err(Error::ShardClosed));
+        }
+        for (_, p) in std::mem::take(&mut self.config_changes) {
+            p.completer.complete(Err(Error::ShardClosed));
+        }
+        for (_, r) in std::mem::take(&mut self.reads) {
+            for (c, _) in r.waiters {
+                c.complete(Err(Error::ShardClosed));
+            }
+        }
+        for (c, _, _, _) in self.snapshots.drain(..) {
+            c.complete(Err(Error::ShardClosed));
+        }
+    }
+}
+
+/// Work handed from the step worker to the apply worker, in log order.
+pub(crate) enum ApplyTask {
+    /// Committed entries to apply.
+    Entries(Vec<Entry>),
+    /// A snapshot received from the leader, now durable: recover from it.
+    Snapshot(SnapshotMeta),
+}
+
+/// What the step worker tracks for quiescing.
+#[derive(Default)]
+pub(crate) struct QuiesceState {
+    pub(crate) idle_ticks: u64,
+    pub(crate) quiesced: bool,
+}
+
+impl QuiesceState {
+    /// Traffic: the shard is busy again.
+    pub(crate) fn wake(&mut self) {
+        self.idle_ticks = 0;
+        self.quiesced = false;
+    }
+}
+
+/// The core and the step worker's private state of a replica.
+pub(crate) struct CoreState {
+    pub(crate) raft: Raft<ReplicaLog>,
+    pub(crate) quiesce: QuiesceState,
+}
+
+/// One replica on this NodeHost.
+pub(crate) struct Replica {
+    pub(crate) shard_id: ShardId,
+    pub(crate) replica_id: ReplicaId,
+    pub(crate) config: Config,
+    pub(crate) core: Mutex<CoreState>,
+    pub(crate) inbox: Mutex<Inbox>,
+    pub(crate) pending: Mutex<Pending>,
+    pub(crate) apply_queue: Mutex<VecDeque<ApplyTask>>,
+    /// The core holds committed entries back until more are applied
+    /// (`max_apply_batch_bytes` handed out and not yet applied).
+    pub(crate) apply_throttled: AtomicBool,
+    pub(crate) rsm: Rsm,
+    pub(crate) snapshots: SnapshotStore,
+    /// Highest index applied by the state machine (read by the step worker).
+    pub(crate) applied_index: AtomicU64,
+    /// Index of the newest snapshot taken or installed.
+    pub(crate) snapshot_index: AtomicU64,
+    /// A snapshot of this replica is being saved.
+    pub(crate) snapshotting: AtomicBool,
+    /// Applied index at which an automatic snapshot was last scheduled.
+    pub(crate) snapshot_tried: AtomicU64,
+    /// Leader id and term as last seen by the step worker.
+    pub(crate) leader_id: AtomicU64,
+    pub(crate) leader_term: AtomicU64,
+    pub(crate) closed: AtomicBool,
+    /// The core is quiesced (the step worker's `QuiesceState`, for the ticker).
+    pub(crate) quiesced: AtomicBool,
+    pub(crate) stop: StopFlag,
+    /// Set when the replica failed (state machine error); it stops stepping.
+    pub(crate) failed: Mutex<Option<String>>,
+    pub(crate) unloaded: AtomicBool,
+    /// Compaction overhead for the next requested snapshot (`u64::MAX`: use the config's).
+    pub(crate) compaction_override: AtomicU64,
+    /// Held by the apply worker while it applies this replica, and by the
+    /// snapshot worker while it captures (or, for regular state machines,
+    /// saves) a snapshot.
+    pub(crate) apply_lock: Mutex<()>,
+    /// Held for the whole save of a snapshot: saves of one replica never
+    /// overlap (two could otherwise capture the same index).
+    pub(crate) snapshot_save: Mutex<()>,
+    /// Addresses of the members, from the core's membership (step worker updates it).
+    pub(crate) addresses: parking_lot::RwLock<std::collections::BTreeMap<ReplicaId, String>>,
+    /// `config_change_id` of the membership `addresses` was built from.
+    pub(crate) addresses_version: AtomicU64,
+    /// Last log index when this replica started. Entries up to it were
+    /// proposed by an earlier run of the NodeHost, which may have drawn the
+    /// same request keys as this run (a configured seed draws the same ids
+    /// again), so applying them never completes a request of this run.
+    pub(crate) boot_last_index: Index,
+}
+
+impl Replica {
+    pub(crate) fn leader(&self) -> (ReplicaId, Term) {
+        (
+            ReplicaId(self.leader_id.load(Ordering::Acquire)),
+            Term(self.leader_term.load(Ordering::Acquire)),
+        )
+    }
+
+    pub(crate) fn applied(&self) -> Index {
+        Index(self.applied_index.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Ends every request waiting on this replica, and every later one,
+    /// with `ShardClosed`: it stopped or failed.
+    pub(crate) fn terminate_requests(&self) {
+        let reads = {
+            let mut inbox = self.inbox.lock();
+            inbox.closed = true;
+            std::mem::take(&mut inbox.reads)
+        };
+        for (c, _) in reads {
+            c.complete(Err(Error::ShardClosed));
+        }
+        self.pending.lock().terminate();
+    }
+}
+
+/// Shared handle.
+pub(crate) type ReplicaRef = Arc<Replica>;

@@ -1,0 +1,549 @@
+//! The replicated state machine layer: applies committed entries to the
+//! user's state machine (of any of the three kinds) with client-session
+//! de-duplication and membership changes, and saves/recovers snapshots that
+//! hold the session table and the state machine's data.
+
+use std::io::{Read, Write};
+
+use longship_raft::codec::{Decoder, Limits, decode_config_change};
+use longship_raft::{
+    ConfigChange, ConfigChangeRejected, Entry, EntryType, Index, Membership, SERIES_ID_REGISTER,
+    SERIES_ID_UNREGISTER, Term,
+};
+use parking_lot::{Mutex, RwLock};
+
+use crate::session::{SessionCheck, SessionManager};
+use crate::sm::{
+    ConcurrentStateMachine, OnDiskStateMachine, SmEntry, SmError, SmResult, StateMachine, StopFlag,
+};
+
+/// The user's state machine, of one of the three kinds.
+pub(crate) enum UserSm {
+    Regular(RwLock<Box<dyn StateMachine>>),
+    Concurrent(Box<dyn ConcurrentStateMachine>),
+    OnDisk(Box<dyn OnDiskStateMachine>),
+}
+
+/// Runs a call into the user's state machine; a panic there becomes an
+/// error of this replica (which then fails: its shard's other replicas,
+/// and every other shard of this host, go on) instead of unwinding through
+/// a worker that drives many shards.
+pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, SmError>) -> Result<T, SmError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => Err(SmError::new(format!(
+            "state machine panicked in {what}: {}",
+            panic_message(&*payload)
+        ))),
+    }
+}
+
+/// The message a panic carried.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic payload".into())
+}
+
+impl UserSm {
+    fn update(&self, entries: &mut [SmEntry]) -> Result<(), SmError> {
+        guarded("update", || match self {
+            UserSm::Regular(sm) => sm.write().update(entries),
+            UserSm::Concurrent(sm) => sm.update(entries),
+            UserSm::OnDisk(sm) => sm.update(entries),
+        })
+    }
+
+    pub(crate) fn lookup(&self, query: &[u8]) -> Result<Vec<u8>, SmError> {
+        guarded("lookup", || match self {
+            UserSm::Regular(sm) => sm.read().lookup(query),
+            UserSm::Concurrent(sm) => sm.lookup(query),
+            UserSm::OnDisk(sm) => sm.lookup(query),
+        })
+    }
+
+    pub(crate) fn close(&self) {
+        let closed = guarded("close", || {
+            match self {
+                UserSm::Regular(sm) => sm.write().close(),
+                UserSm::Concurrent(sm) => sm.close(),
+                UserSm::OnDisk(sm) => sm.close(),
+            }
+            Ok(())
+        });
+        if let Err(e) = closed {
+            tracing::error!(error = %e, "closing a state machine");
+        }
+    }
+
+    pub(crate) fn is_on_disk(&self) -> bool {
+        matches!(self, UserSm::OnDisk(_))
+    }
+}
+
+/// What applying one entry produced, for completing the request that made it.
+#[derive(Debug)]
+pub(crate) enum Applied {
+    /// A normal proposal's result (also for a de-duplicated retry).
+    Result { key: u64, result: SmResult },
+    /// A retried proposal that was applied before a restart whose result
+    /// is no longer known (on-disk state machines).
+    ResultLost { key: u64 },
+    /// A session operation or proposal the session table refused.
+    SessionInvalid { key: u64 },
+    /// A session was registered or unregistered.
+    Session { key: u64, ok: bool },
+    /// A config change was applied or rejected.
+    ConfigChange {
+        key: u64,
+        outcome: Result<(), ConfigChangeRejected>,
+    },
+}
+
+/// A snapshot captured on the apply path, to be written off it.
+pub(crate) struct Prepared {
+    pub(crate) header: Vec<u8>,
+    pub(crate) ctx: Option<Box<dyn std::any::Any + Send>>,
+}
+
+/// State the snapshot of a shard carries besides the user's data.
+pub(crate) const RSM_SNAPSHOT_MAGIC: &[u8; 4] = b"LSRS";
+/// Version of the RSM snapshot header.
+pub(crate) const RSM_SNAPSHOT_VERSION: u32 = 1;
+
+/// Applied position and membership, updated together.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct AppliedState {
+    pub(crate) index: Index,
+    pub(crate) term: Term,
+    pub(crate) membership: Membership,
+}
+
+/// The replicated state machine of one replica.
+pub(crate) struct Rsm {
+    pub(crate) sm: UserSm,
+    sessions: Mutex<SessionManager>,
+    max_sessions: usize,
+    state: Mutex<AppliedState>,
+    /// On-disk state machines: entries up to this index are already applied.
+    on_disk_index: Mutex<Index>,
+    witness: bool,
+}
+
+impl Rsm {
+    pub(crate) fn new(sm: UserSm, max_sessions: usize, witness: bool) -> Rsm {
+        Rsm {
+            sm,
+            sessions: Mutex::new(SessionManager::new(max_sessions)),
+            max_sessions,
+            state: Mutex::new(AppliedState::default()),
+            on_disk_index: Mutex::new(Index(0)),
+            witness,
+        }
+    }
+
+    pub(crate) fn applied(&self) -> AppliedState {
+        self.state.lock().clone()
+    }
+
+    /// The `config_change_id` of the applied membership.
+    pub(crate) fn config_change_id(&self) -> Index {
+        self.state.lock().membership.config_change_id
+    }
+
+    pub(crate) fn set_on_disk_index(&self, index: Index) {
+        *self.on_disk_index.lock() = index;
+    }
+
+    pub(crate) fn on_disk_index(&self) -> Index {
+        *self.on_disk_index.lock()
+    }
+
+    pub(crate) fn set_applied(&self, st: AppliedState) {
+        *self.state.lock() = st;
+    }
+
+    /// Applies committed entries in order. `apply_cc` applies a config change
+    /// to the protocol core. Returns what each request-bearing entry produced.
+    pub(crate) fn apply(
+        &self,
+        entries: &[Entry],
+        apply_cc: &mut dyn FnMut(&ConfigChange, Index) -> Result<Membership, ConfigChangeRejected>,
+        out: &mut Vec<Applied>,
+    ) -> Result<(), SmError> {
+        let mut batch: Vec<SmEntry> = Vec::new();
+        // (key, client, series) of each entry in `batch`, or a duplicate's result.
+        let mut batch_meta: Vec<(u64, u64, u64)> = Vec::new();
+        let mut sessions = self.sessions.lock();
+        let skip_to = self.on_disk_index();
+        for e in entries {
+            let mut st = self.state.lock();
+            if e.index <= st.index {
+                continue;
+            }
+            debug_assert_eq!(e.index, st.index.next(), "entries applied in order");
+            match e.entry_type {
+                EntryType::NoOp | EntryType::Metadata => {}
+                EntryType::ConfigChange => {
+                    drop(st);
+                    self.flush(&mut batch, &mut batch_meta, &mut sessions, out)?;
+                    st = self.state.lock();
+                    let outcome = decode_config_change(&e.cmd)
+                        .map_err(|_| ConfigChangeRejected::ZeroReplicaId)
+                        .and_then(|cc| apply_cc(&cc, e.index));
+                    let outcome = match outcome {
+                        Ok(m) => {
+                            st.membership = m;
+                            Ok(())
+                        }
+                        Err(err) => Err(err),
+                    };
+                    out.push(Applied::ConfigChange {
+                        key: e.key,
+                        outcome,
+                    });
+                }
+                EntryType::Normal => {
+                    if e.client_id != 0 && e.series_id == SERIES_ID_REGISTER {
+                        let ok = sessions.register(e.client_id, e.index);
+                        out.push(Applied::Session { key: e.key, ok });
+                    } else if e.client_id != 0 && e.series_id == SERIES_ID_UNREGISTER {
+                        let ok = sessions.unregister(e.client_id);
+                        out.push(Applied::Session { key: e.key, ok });
+                    } else if self.witness {
+                        // Witnesses hold no state machine.
+                    } else if e.index <= skip_to {
+                        // An on-disk state machine already holds this entry's
+                        // effect. The session table still learns that the
+                        // series was applied (its result is gone), so a retry
+                        // is refused rather than applied twice.
+                        if e.client_id != 0
+                            && sessions.check(e.client_id, e.series_id, e.responded_to, e.index)
+                                == SessionCheck::Apply
+                        {
+                            sessions.record_lost(e.client_id, e.series_id);
+                        }
+                    } else if e.client_id == 0 {
+                        batch.push(SmEntry {
+                            index: e.index,
+                            cmd: e.cmd.clone(),
+                            result: SmResult::default(),
+                        });
+                        batch_meta.push((e.key, 0, 0));
+                    } else {
+                        // A duplicate inside this batch must see the first one's result.
+                        let in_batch = batch_meta
+                            .iter()
+                            .any(|&(_, c, s)| c == e.client_id && s == e.series_id);
+                        if in_batch {
+                            drop(st);
+                            self.flush(&mut batch, &mut batch_meta, &mut sessions, out)?;
+                            st = self.state.lock();
+                        }
+                        match sessions.check(e.client_id, e.series_id, e.responded_to, e.index) {
+                            SessionCheck::Apply => {
+                                batch.push(SmEntry {
+                                    index: e.index,
+                                    cmd: e.cmd.clone(),
+                                    result: SmResult::default(),
+                                });
+                                batch_meta.push((e.key, e.client_id, e.series_id));
+                            }
+                            SessionCheck::Duplicate(Some(result)) => {
+                                out.push(Applied::Result { key: e.key, result })
+                            }
+                            SessionCheck::Duplicate(None) => {
+                                out.push(Applied::ResultLost { key: e.key })
+                            }
+                            SessionCheck::Invalid => {
+                                out.push(Applied::SessionInvalid { key: e.key })
+                            }
+                        }
+                    }
+                }
+            }
+            st.index = e.index;
+            st.term = e.term;
+        }
+        self.flush(&mut batch, &mut batch_meta, &mut sessions, out)
+    }
+
+    fn flush(
+        &self,
+        batch: &mut Vec<SmEntry>,
+        meta: &mut Vec<(u64, u64, u64)>,
+        sessions: &mut SessionManager,
+        out: &mut Vec<Applied>,
+    ) -> Result<(), SmError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.sm.update(batch)?;
+        for (e, &(key, client, series)) in batch.iter().zip(meta.iter()) {
+            if client != 0 {
+                sessions.record(client, series, &e.result);
+            }
+            out.push(Applied::Result {
+                key,
+                result: e.result.clone(),
+            });
+        }
+        batch.clear();
+        meta.clear();
+        Ok(())
+    }
+
+    /// The RSM header of a snapshot: magic, version, the session table.
+    pub(crate) fn snapshot_header(&self) -> Vec<u8> {
+        let mut sessions = Vec::new();
+        self.sessions.lock().encode(&mut sessions);
+        let mut out = Vec::with_capacity(16 + sessions.len());
+        out.extend_from_slice(RSM_SNAPSHOT_MAGIC);
+        out.extend_from_slice(&RSM_SNAPSHOT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(sessions.len() as u64).to_le_bytes());
+        out.extend_from_slice(&sessions);
+        out
+    }
+
+    /// Writes a snapshot of a regular state machine (blocks its updates).
+    pub(crate) fn save_regular(&self, w: &mut dyn Write, stop: &StopFlag) -> Result<(), SmError> {
+        let UserSm::Regular(sm) = &self.sm else {
+            return Err(SmError::new("save_regular on a non-regular state machine"));
+        };
+        let guard = sm.read();
+        w.write_all(&self.snapshot_header())?;
+        if self.witness {
+            // Metadata only: a witness's state machine never saw an entry.
+            return Ok(());
+        }
+        guarded("save_snapshot", || guard.save_snapshot(w, stop))
+    }
+
+    /// Captures a snapshot's content on the apply path: the RSM header and,
+    /// for concurrent and on-disk state machines, their prepared context.
+    /// (Regular state machines are saved whole by [`Rsm::save_regular`].)
+    pub(crate) fn prepare(&self) -> Result<Prepared, SmError> {
+        let ctx = match &self.sm {
+            _ if self.witness => None,
+            UserSm::Regular(_) => None,
+            UserSm::Concurrent(sm) => Some(guarded("prepare_snapshot", || sm.prepare_snapshot())?),
+            UserSm::OnDisk(sm) => {
+                // The streamed state must include everything applied so far.
+                guarded("sync", || sm.sync())?;
+                Some(guarded("prepare_snapshot", || sm.prepare_snapshot())?)
+            }
+        };
+        Ok(Prepared {
+            header: self.snapshot_header(),
+            ctx,
+        })
+    }
+
+    /// Writes a prepared snapshot (off the apply path).
+    pub(crate) fn save_prepared(
+        &self,
+        p: Prepared,
+        w: &mut dyn Write,
+        stop: &StopFlag,
+    ) -> Result<(), SmError> {
+        w.write_all(&p.header)?;
+        if self.witness {
+            return Ok(());
+        }
+        guarded("save_snapshot", || match (&self.sm, p.ctx) {
+            (UserSm::Concurrent(sm), Some(ctx)) => sm.save_snapshot(ctx, w, stop),
+            (UserSm::OnDisk(sm), Some(ctx)) => sm.save_snapshot(ctx, w, stop),
+            (UserSm::Regular(sm), None) => sm.read().save_snapshot(w, stop),
+            _ => Err(SmError::new(
+                "prepared snapshot does not match the state machine kind",
+            )),
+        })
+    }
+
+    /// Reads the RSM header and recovers the state machine from the rest.
+    pub(crate) fn recover(
+        &self,
+        r: &mut dyn Read,
+        applied: AppliedState,
+        stop: &StopFlag,
+    ) -> Result<(), SmError> {
+        let mut head = [0u8; 16];
+        r.read_exact(&mut head)?;
+        if &head[..4] != RSM_SNAPSHOT_MAGIC {
+            return Err(SmError::new("snapshot data has a bad magic"));
+        }
+        let version = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
+        if version != RSM_SNAPSHOT_VERSION {
+            return Err(SmError::new(format!(
+                "unsupported snapshot data version {version}"
+            )));
+        }
+        let len = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
+        let limit = (self.max_sessions as u64 + 1) * (1 << 20);
+        if len > limit {
+            return Err(SmError::new(format!(
+                "session table of {len} bytes is over the limit"
+            )));
+        }
+        // Grows with the bytes actually read: a damaged length cannot make
+        // us allocate up to the limit before the data runs out.
+        let mut buf = Vec::new();
+        r.take(len).read_to_end(&mut buf)?;
+        if buf.len() as u64 != len {
+            return Err(SmError::new(format!(
+                "session table truncated: {} of {len} bytes",
+                buf.len()
+            )));
+        }
+        let mut d = Decoder::new(&buf, Limits::default());
+        let sessions = SessionManager::decode(&mut d, self.max_sessions)
+            .map_err(|e| SmError::new(format!("session table: {e}")))?;
+        d.finish()
+            .map_err(|e| SmError::new(format!("session table: {e}")))?;
+        if !self.witness {
+            match &self.sm {
+                UserSm::Regular(sm) => guarded("recover_from_snapshot", || {
+                    sm.write().recover_from_snapshot(r, stop)
+                })?,
+                UserSm::Concurrent(sm) => guarded("recover_from_snapshot", || {
+                    sm.recover_from_snapshot(r, stop)
+                })?,
+                // Its own store may already be at or past the snapshot (a
+                // restart after a local snapshot): replacing its state by the
+                // older snapshot would lose the entries after the snapshot,
+                // which are skipped as already applied.
+                UserSm::OnDisk(_) if self.on_disk_index() >= applied.index => {}
+                UserSm::OnDisk(sm) => {
+                    guarded("recover_from_snapshot", || {
+                        sm.recover_from_snapshot(r, stop)
+                    })?;
+                    self.set_on_disk_index(applied.index);
+                }
+            }
+        }
+        *self.sessions.lock() = sessions;
+        *self.state.lock() = applied;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use longship_raft::{Index, SERIES_ID_REGISTER, Term};
+
+    use super::*;
+
+    /// Counts the entries it is handed.
+    struct Counting(Arc<AtomicU64>);
+
+    impl OnDiskStateMachine for Counting {
+        fn open(&self, _: &StopFlag) -> Result<Index, SmError> {
+            Ok(Index(0))
+        }
+        fn update(&self, entries: &mut [SmEntry]) -> Result<(), SmError> {
+            for e in entries {
+                e.result.value = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+            }
+            Ok(())
+        }
+        fn lookup(&self, _: &[u8]) -> Result<Vec<u8>, SmError> {
+            Ok(Vec::new())
+        }
+        fn sync(&self) -> Result<(), SmError> {
+            Ok(())
+        }
+        fn prepare_snapshot(&self) -> Result<Box<dyn std::any::Any + Send>, SmError> {
+            Ok(Box::new(()))
+        }
+        fn save_snapshot(
+            &self,
+            _: Box<dyn std::any::Any + Send>,
+            _: &mut dyn Write,
+            _: &StopFlag,
+        ) -> Result<(), SmError> {
+            Ok(())
+        }
+        fn recover_from_snapshot(&self, _: &mut dyn Read, _: &StopFlag) -> Result<(), SmError> {
+            Ok(())
+        }
+    }
+
+    fn entry(index: u64, key: u64, client: u64, series: u64) -> Entry {
+        Entry {
+            term: Term(1),
+            index: Index(index),
+            key,
+            client_id: client,
+            series_id: series,
+            cmd: bytes::Bytes::from_static(b"x"),
+            ..Entry::default()
+        }
+    }
+
+    // Thesis §6.3 with an on-disk state machine: an entry skipped after a
+    // restart (already in the store) still marks its series applied, so a
+    // retry of it is refused instead of applied a second time.
+    #[test]
+    fn retry_of_an_entry_skipped_after_restart_is_not_applied_again() {
+        let count = Arc::new(AtomicU64::new(0));
+        let rsm = Rsm::new(UserSm::OnDisk(Box::new(Counting(count.clone()))), 16, false);
+        rsm.set_on_disk_index(Index(2));
+        let mut no_cc = |_: &ConfigChange, _: Index| -> Result<Membership, ConfigChangeRejected> {
+            Err(ConfigChangeRejected::ZeroReplicaId)
+        };
+        let mut out = Vec::new();
+        let entries = vec![
+            entry(1, 10, 7, SERIES_ID_REGISTER),
+            entry(2, 11, 7, 1),
+            // The client timed out and retried series 1 after the restart.
+            entry(3, 12, 7, 1),
+            entry(4, 13, 7, 2),
+        ];
+        rsm.apply(&entries, &mut no_cc, &mut out).unwrap();
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            1,
+            "only series 2 reaches the state machine"
+        );
+        assert!(
+            out.iter()
+                .any(|a| matches!(a, Applied::ResultLost { key: 12 })),
+            "{out:?}"
+        );
+        assert!(
+            out.iter()
+                .any(|a| matches!(a, Applied::Result { key: 13, .. })),
+            "{out:?}"
+        );
+    }
+
+    // Snapshot data is untrusted: a session-table length within the limit
+    // (which grows with max_sessions) but longer than the data must not be
+    // allocated up front. With 2^24 sessions allowed, 8 TiB were asked of
+    // the allocator before reading a byte, and the process aborted.
+    #[test]
+    fn a_session_table_length_past_the_data_is_refused_without_allocating_it() {
+        let count = Arc::new(AtomicU64::new(0));
+        let rsm = Rsm::new(UserSm::OnDisk(Box::new(Counting(count))), 1 << 24, false);
+        let mut data = Vec::new();
+        data.extend_from_slice(RSM_SNAPSHOT_MAGIC);
+        data.extend_from_slice(&RSM_SNAPSHOT_VERSION.to_le_bytes());
+        data.extend_from_slice(&(1u64 << 43).to_le_bytes());
+        data.extend_from_slice(b"short");
+        let applied = AppliedState {
+            index: Index(5),
+            term: Term(1),
+            membership: Membership::default(),
+        };
+        let err = rsm
+            .recover(&mut &data[..], applied, &StopFlag::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+        assert_eq!(rsm.applied().index, Index(0), "nothing recovered");
+    }
+}

@@ -1,0 +1,354 @@
+//! Offline tools: repairing a shard that lost its quorum for good by
+//! importing an exported snapshot ([`import_snapshot`]), and inspecting a
+//! NodeHost's directory ([`inspect`]).
+//!
+//! # Repairing a shard that lost its quorum
+//!
+//! 1. Before anything is lost (e.g. nightly), export a snapshot:
+//!    [`NodeHost::request_snapshot`](crate::NodeHost::request_snapshot) with
+//!    [`SnapshotOption::export_path`](crate::SnapshotOption::export_path);
+//!    the completed request names the exported directory
+//!    ([`SnapshotResult::export_dir`](crate::SnapshotResult::export_dir)).
+//!    Keep the membership too
+//!    ([`NodeHost::sync_get_shard_membership`](crate::NodeHost::sync_get_shard_membership)).
+//! 2. When a majority of the shard's hosts is lost for good, choose the new
+//!    members: the surviving replicas, plus replicas with new ids on new
+//!    hosts (removed ids are never reused).
+//! 3. Stop the NodeHost on every host of the new membership, copy the
+//!    exported directory there (under the same name), and run
+//!    [`import_snapshot`] (or `longship import-snapshot`) on each with the
+//!    same snapshot and the same members. New hosts need no earlier data:
+//!    the import creates it.
+//! 4. Start the NodeHosts and each replica with
+//!    [`Start::Restart`](crate::Start::Restart): every member, new ones
+//!    included, restarts from the import.
+//!
+//! The whole scenario, runnable (`cargo run --example repair`; also run by
+//! `cargo test` as this documentation's test):
+//!
+//! ```
+#![doc = include_str!("../examples/repair.rs")]
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use longship_raft::{Index, Membership, ReplicaId, ShardId, SnapshotMeta};
+use longship_storage::logdb::{LogDb, Wal, WalOptions};
+use longship_storage::snapshot::{META_FILE_NAME, SnapshotInfo, SnapshotStore};
+use longship_storage::vfs::{FileSystem, OsFs};
+
+use crate::config::NodeHostConfig;
+use crate::error::{Error, Result};
+use crate::nodehost::DirLock;
+#[allow(unused_imports)] // links in the documentation
+use crate::nodehost::{MembershipInfo, SnapshotResult};
+
+/// What [`import_snapshot`] installed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportedSnapshot {
+    /// The shard, from the snapshot's metadata.
+    pub shard_id: ShardId,
+    /// The replica whose history was rewritten.
+    pub replica_id: ReplicaId,
+    /// Index of the snapshot: the replica's log now starts after it.
+    pub index: Index,
+}
+
+/// Rewrites the history of replica `replica_id` on the NodeHost of
+/// `nh_config` so that it owns the snapshot exported in `snapshot_dir` and
+/// the shard's membership becomes `members` (replica id → raft address, all
+/// voters). The shard is the one of the snapshot (its metadata names it);
+/// there is no shard argument. Entries after the snapshot are gone; replicas
+/// of the old membership that are not in `members` are removed for good
+/// (their ids can never be used again).
+///
+/// `snapshot_dir` is the directory [`NodeHost::request_snapshot`] returned
+/// in [`SnapshotResult::export_dir`] (`<export_path>/snapshot-<index as 16
+/// hex digits>`), or a copy of it under the same name; `members` can be the
+/// [`MembershipInfo::voters`] of a membership read earlier, edited.
+///
+/// Use it only when a shard lost its quorum permanently: stop the NodeHost
+/// on every host of the new membership (survivors and new hosts alike), run
+/// it there for each one's replica with the same snapshot and the same
+/// `members`, then start the NodeHosts and each replica with
+/// [`Start::Restart`](crate::Start::Restart): after an import every member
+/// restarts from the imported data, none bootstraps or joins. The module
+/// documentation walks through the whole repair.
+///
+/// Checks before changing anything: `members` is non-empty, contains
+/// `replica_id`, and reuses no removed id; the snapshot is complete and
+/// every checksum matches; no running NodeHost holds the directory.
+///
+/// [`NodeHost::request_snapshot`]: crate::NodeHost::request_snapshot
+/// [`SnapshotResult::export_dir`]: crate::SnapshotResult::export_dir
+/// [`MembershipInfo::voters`]: crate::MembershipInfo::voters
+pub fn import_snapshot(
+    nh_config: &NodeHostConfig,
+    snapshot_dir: &Path,
+    members: &BTreeMap<ReplicaId, String>,
+    replica_id: ReplicaId,
+) -> Result<ImportedSnapshot> {
+    import_on(
+        nh_config,
+        Arc::new(OsFs::new()),
+        true,
+        snapshot_dir,
+        members,
+        replica_id,
+    )
+}
+
+/// [`import_snapshot`] on a given file system (tests, simulator). The
+/// directory lock is then only checked against NodeHosts of this process.
+pub fn import_snapshot_with(
+    nh_config: &NodeHostConfig,
+    fs: Arc<dyn FileSystem>,
+    snapshot_dir: &Path,
+    members: &BTreeMap<ReplicaId, String>,
+    replica_id: ReplicaId,
+) -> Result<ImportedSnapshot> {
+    import_on(nh_config, fs, false, snapshot_dir, members, replica_id)
+}
+
+fn import_on(
+    nh_config: &NodeHostConfig,
+    fs: Arc<dyn FileSystem>,
+    os: bool,
+    snapshot_dir: &Path,
+    members: &BTreeMap<ReplicaId, String>,
+    replica_id: ReplicaId,
+) -> Result<ImportedSnapshot> {
+    if nh_config.node_host_dir.as_os_str().is_empty() {
+        return Err(Error::invalid_config("node_host_dir", "must be set"));
+    }
+    if members.is_empty() {
+        return Err(Error::invalid_config("members", "must not be empty"));
+    }
+    if replica_id.is_none() || !members.contains_key(&replica_id) {
+        return Err(Error::invalid_config(
+            "members",
+            format!("must contain the replica being repaired ({replica_id})"),
+        ));
+    }
+    if members.contains_key(&ReplicaId::NONE)
+        || members.values().any(|a| a.is_empty() || a.len() > 255)
+    {
+        return Err(Error::invalid_config(
+            "members",
+            "ids must be non-zero and addresses 1..=255 bytes",
+        ));
+    }
+    if !fs.is_dir(snapshot_dir) {
+        return Err(Error::invalid_config(
+            "snapshot_dir",
+            format!(
+                "{} is not a directory: pass the directory request_snapshot returned \
+                 in SnapshotResult::export_dir",
+                snapshot_dir.display()
+            ),
+        ));
+    }
+    // The exported snapshot: read its description, then verify every byte.
+    let src_info = read_info(&*fs, snapshot_dir)?;
+    let shard = src_info.shard;
+    let index = src_info.meta.index;
+    let parent = snapshot_dir
+        .parent()
+        .ok_or_else(|| Error::invalid_config("snapshot_dir", "has no parent directory"))?;
+    let src_store =
+        SnapshotStore::open_dir(fs.clone(), parent.to_path_buf(), shard, src_info.replica)?;
+    let expected = src_store.snapshot_dir(index);
+    if expected != snapshot_dir {
+        return Err(Error::invalid_config(
+            "snapshot_dir",
+            format!(
+                "{} holds the snapshot at index {index}, which an export names {}: \
+                 keep the name the export gave it",
+                snapshot_dir.display(),
+                expected.file_name().unwrap_or_default().to_string_lossy(),
+            ),
+        ));
+    }
+    src_store.verify(index)?;
+
+    let old = &src_info.meta.membership;
+    let mut membership = Membership {
+        config_change_id: old.config_change_id,
+        voters: members.clone(),
+        removed: old.removed.clone(),
+        ..Membership::default()
+    };
+    for id in old.all_members() {
+        if !membership.voters.contains_key(&id) {
+            membership.removed.insert(id);
+        }
+    }
+    if let Some(id) = membership
+        .voters
+        .keys()
+        .find(|id| membership.removed.contains(id))
+    {
+        return Err(Error::ReplicaRemoved(*id));
+    }
+
+    fs.create_dir_all(&nh_config.node_host_dir)?;
+    let _lock = DirLock::acquire(&nh_config.node_host_dir, os)?;
+    let me = replica_id;
+    let store = SnapshotStore::open(
+        fs.clone(),
+        &nh_config.node_host_dir.join("snapshots"),
+        shard,
+        me,
+    )?;
+    let meta = SnapshotMeta {
+        membership,
+        witness: false,
+        ..src_info.meta.clone()
+    };
+    // Write the snapshot with the new membership into the replica's store.
+    for old_index in store.list()? {
+        store.remove(old_index)?;
+    }
+    let mut sink = store.create(meta, src_info.data_version)?;
+    {
+        let (_, mut reader) = src_store.open_snapshot(index)?;
+        std::io::copy(&mut reader, &mut sink)?;
+        sink.flush()?;
+    }
+    for f in &src_info.external_files {
+        let mut r = src_store.open_external(index, &f.name)?;
+        sink.write_external_file(&f.name, &mut r)?;
+    }
+    let info = sink.commit()?;
+    let wal = Wal::open(fs.clone(), &nh_config.wal_dir(), WalOptions::default())?;
+    wal.import_snapshot(shard, me, &info.meta)?;
+    wal.close()?;
+    tracing::info!(%shard, replica = %me, %index, "snapshot imported; history rewritten");
+    Ok(ImportedSnapshot {
+        shard_id: shard,
+        replica_id: me,
+        index,
+    })
+}
+
+fn read_info(fs: &dyn FileSystem, dir: &Path) -> Result<SnapshotInfo> {
+    let path = dir.join(META_FILE_NAME);
+    if !fs.exists(&path) {
+        return Err(not_a_snapshot(fs, dir));
+    }
+    let f = fs.open_read(&path)?;
+    let len = f.len()?;
+    if len > longship_storage::snapshot::META_BODY_MAX_BYTES as u64 + 64 {
+        return Err(Error::invalid_config(
+            "snapshot_dir",
+            "snapshot metadata file too large",
+        ));
+    }
+    let mut buf = vec![0u8; len as usize];
+    let mut read = 0;
+    while read < buf.len() {
+        let n = f.read_at(read as u64, &mut buf[read..])?;
+        if n == 0 {
+            break;
+        }
+        read += n;
+    }
+    buf.truncate(read);
+    Ok(SnapshotInfo::decode(&buf, &path)?)
+}
+
+/// The error for a `snapshot_dir` without snapshot metadata, with a hint
+/// when it is the export directory itself (its `snapshot-*` children are
+/// the snapshots).
+fn not_a_snapshot(fs: &dyn FileSystem, dir: &Path) -> Error {
+    let mut children: Vec<String> = fs
+        .list(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?.to_string();
+            let is_snapshot = name.starts_with("snapshot-")
+                && !name.contains(".tmp")
+                && fs.exists(&dir.join(&name).join(META_FILE_NAME));
+            is_snapshot.then_some(name)
+        })
+        .collect();
+    children.sort();
+    let reason = match children.last() {
+        Some(newest) => format!(
+            "{} is a directory of exported snapshots, not a snapshot: pass one of its \
+             snapshot-<index> children (the newest is {})",
+            dir.display(),
+            dir.join(newest).display()
+        ),
+        None => format!(
+            "{} holds no snapshot (no {META_FILE_NAME}): pass the directory \
+             request_snapshot returned in SnapshotResult::export_dir",
+            dir.display()
+        ),
+    };
+    Error::invalid_config("snapshot_dir", reason)
+}
+
+/// One replica found by [`inspect`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaReport {
+    /// The shard.
+    pub shard_id: ShardId,
+    /// The replica.
+    pub replica_id: ReplicaId,
+    /// First available log index.
+    pub first_index: Index,
+    /// Last log index.
+    pub last_index: Index,
+    /// Term and vote, and the commit index as last persisted: commit is
+    /// written lazily, so the shard may have committed more (up to
+    /// `last_index`).
+    pub hard_state: longship_raft::HardState,
+    /// Snapshot recorded in the log storage.
+    pub snapshot_index: Index,
+    /// Snapshots in the replica's snapshot store, newest first, each with
+    /// `Ok(size)` or the verification error.
+    pub snapshots: Vec<(Index, std::result::Result<u64, String>)>,
+}
+
+/// Reads a (stopped) NodeHost's directory: opens the write-ahead log (which
+/// checks every record's checksum) and verifies every snapshot file. An
+/// error names the damaged file and offset.
+pub fn inspect(nh_config: &NodeHostConfig) -> Result<Vec<ReplicaReport>> {
+    let fs: Arc<dyn FileSystem> = Arc::new(OsFs::new());
+    // Opening the log repairs a torn tail: never do that under a running NodeHost.
+    let _lock = DirLock::acquire(&nh_config.node_host_dir, true)?;
+    let wal = Wal::open(fs.clone(), &nh_config.wal_dir(), WalOptions::default())?;
+    let root = nh_config.node_host_dir.join("snapshots");
+    let mut out = Vec::new();
+    for (shard, replica) in wal.list_replicas() {
+        let state = wal.read_state(shard, replica).unwrap_or_default();
+        let mut snapshots = Vec::new();
+        let store_dir = root.join(longship_storage::snapshot::replica_dir_name(shard, replica));
+        if fs.is_dir(&store_dir) {
+            let store = SnapshotStore::open(fs.clone(), &root, shard, replica)?;
+            for index in store.list()? {
+                let v = store
+                    .verify(index)
+                    .map(|i| i.data_size_bytes)
+                    .map_err(|e| e.to_string());
+                snapshots.push((index, v));
+            }
+        }
+        out.push(ReplicaReport {
+            shard_id: shard,
+            replica_id: replica,
+            first_index: state.first_index,
+            last_index: state.last_index,
+            hard_state: state.hard_state,
+            snapshot_index: state.snapshot.index,
+            snapshots,
+        });
+    }
+    wal.close()?;
+    Ok(out)
+}

@@ -1,0 +1,86 @@
+//! Who a NodeHost believes: a stranger claiming to be a replica of a shard
+//! gets nothing sent to it.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use longship_raft::{Message, MessageBatch, MessageType, ReplicaId, ShardId, Term};
+use longship_transport::{MessageHandler, SnapshotChunk, Transport as _};
+
+/// Counts what reaches an address of the test's own.
+#[derive(Default)]
+struct Listener {
+    batches: Mutex<Vec<MessageBatch>>,
+}
+
+impl MessageHandler for Listener {
+    fn handle_batch(&self, batch: MessageBatch) {
+        self.batches.lock().unwrap().push(batch);
+    }
+    fn handle_snapshot_chunk(&self, _: SnapshotChunk) -> bool {
+        false
+    }
+    fn handle_unreachable(&self, _: &str, _: &[(ShardId, ReplicaId)]) {}
+}
+
+#[test]
+fn a_stranger_posing_as_a_replica_gets_no_traffic() {
+    let c = TestCluster::new(3);
+    c.start_shard(1, &[1, 2, 3]);
+    let leader = c.wait_leader(1);
+    // Every member applied the membership (it is known by then).
+    for h in 1..=3 {
+        wait_until("membership applied", TIMEOUT, || {
+            c.nh(h).stale_read(ShardId(1), b"count").is_ok()
+        });
+    }
+    let evil = "evil:1";
+    let listener = Arc::new(Listener::default());
+    let t = c.net.transport(evil);
+    t.start(listener.clone()).unwrap();
+    // Replica 9 is no member; it asks for (pre-)votes and claims to lead a
+    // later term, which members answer when they take the message at all.
+    let term = c
+        .nh(leader)
+        .raft_status(ShardId(1))
+        .unwrap()
+        .hard_state
+        .term;
+    for to in 1..=3u64 {
+        for msg_type in [
+            MessageType::RequestPreVote,
+            MessageType::RequestVote,
+            MessageType::Heartbeat,
+        ] {
+            let m = Message {
+                term: Term(term.0 + 1),
+                log_index: longship_raft::Index(1_000_000),
+                log_term: Term(term.0),
+                ..Message::new(msg_type, ShardId(1), ReplicaId(to), ReplicaId(9))
+            };
+            t.send(
+                &addr(to),
+                MessageBatch {
+                    deployment_id: longship::NodeHostConfig::default().deployment_id,
+                    source_address: evil.into(),
+                    bin_ver: longship_raft::MESSAGE_BATCH_VERSION,
+                    messages: vec![m],
+                },
+            )
+            .unwrap();
+        }
+    }
+    // Long enough for every host to step the requests and send what it
+    // would send (a tick is 5 ms here): nothing may come to the stranger.
+    std::thread::sleep(Duration::from_millis(300));
+    // The shard still works.
+    c.propose(leader, 1, "set a 1");
+    assert!(
+        listener.batches.lock().unwrap().is_empty(),
+        "a host sent traffic to an address learnt from a non-member: {:?}",
+        listener.batches.lock().unwrap()
+    );
+}

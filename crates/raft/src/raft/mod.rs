@@ -1,0 +1,579 @@
+//! The Raft state machine of one replica.
+//!
+//! Split by concern: this file holds the state, ticking, message dispatch by
+//! term, and the `Update`/`advance` cycle; [`election`] holds campaigns and
+//! votes; [`leader`] replication, commit, reads, transfers and config changes
+//! on the leader; [`follower`] the handling of appends, heartbeats and snapshots.
+
+mod election;
+mod follower;
+mod invariants;
+mod leader;
+mod validate;
+
+pub use invariants::InvariantViolation;
+pub use validate::{INDEX_MAX, InvalidReason, NOT_A_MEMBER, TERM_JUMP_MAX, TERM_MAX};
+
+use std::collections::BTreeMap;
+
+use crate::config::{ConfigError, RaftConfig};
+use crate::entry::{Entry, HardState, SnapshotMeta};
+use crate::ids::{Index, ReplicaId, ShardId, Term};
+use crate::log::RaftLog;
+use crate::log_reader::LogReader;
+use crate::membership::Membership;
+use crate::message::{Message, MessageType};
+use crate::progress::Progress;
+use crate::read_only::ReadOnly;
+use crate::rng::Rng;
+use crate::update::{LeaderInfo, ReadState, Update};
+
+/// The role a replica plays in its current term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Runs a pre-vote round (thesis §9.6); its term has not changed.
+    PreCandidate,
+    /// Runs an election (Raft §5.2).
+    Candidate,
+    /// Leads the shard.
+    Leader,
+}
+
+/// A snapshot of a replica's protocol state, for tests, checkers and ops.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// This replica.
+    pub replica_id: ReplicaId,
+    /// Current role.
+    pub role: Role,
+    /// Hard state in memory.
+    pub hard_state: HardState,
+    /// Known leader.
+    pub leader_id: ReplicaId,
+    /// Applied index.
+    pub applied: Index,
+    /// First available log index.
+    pub first_index: Index,
+    /// Last log index.
+    pub last_index: Index,
+    /// Current membership.
+    pub membership: Membership,
+}
+
+/// The protocol core of one replica. See the crate documentation.
+pub struct Raft<L: LogReader> {
+    cfg: RaftConfig,
+    id: ReplicaId,
+    shard_id: ShardId,
+    /// Current term; never decreases.
+    term: Term,
+    /// Vote in `term`.
+    vote: ReplicaId,
+    role: Role,
+    leader: ReplicaId,
+    log: RaftLog<L>,
+    /// Membership as of the applied index (config changes take effect when applied).
+    membership: Membership,
+    /// Leader only: progress of every member, self included.
+    progress: BTreeMap<ReplicaId, Progress>,
+    /// Candidate/pre-candidate: votes received (true = granted).
+    votes: BTreeMap<ReplicaId, bool>,
+    election_elapsed: u64,
+    heartbeat_elapsed: u64,
+    /// Ticks since the replica started (from 1): the clock lease reads use.
+    ticks: u64,
+    randomized_election_timeout: u64,
+    /// Leader: index of the newest config change appended; another may be
+    /// proposed only once this one is applied.
+    pending_config_change: Index,
+    /// Leader: target of a leadership transfer in progress.
+    transfer_target: ReplicaId,
+    read_only: ReadOnly,
+    /// Leader: reads that arrived before the leader committed an entry of its term.
+    reads_before_commit: Vec<(u64, ReplicaId)>,
+    /// Leader: payload bytes appended but not yet handed out as committed.
+    uncommitted_bytes: u64,
+    msgs: Vec<Message>,
+    msgs_after_persist: Vec<Message>,
+    ready_reads: Vec<ReadState>,
+    dropped_reads: Vec<u64>,
+    rng: Rng,
+    /// The hard state last handed out for persisting.
+    prev_hard_state: HardState,
+    /// The leader/term last reported in an update.
+    prev_leader: LeaderInfo,
+    /// An update was taken and not yet advanced.
+    update_in_progress: bool,
+    /// Messages dropped because no correct peer could have sent them.
+    invalid_messages: u64,
+    /// Of `invalid_messages`, those dropped because the sender is not a member.
+    non_member_messages: u64,
+    /// The sender, type and reason of the last such message.
+    last_invalid: Option<(ReplicaId, MessageType, InvalidReason)>,
+    /// Replicas added by config changes in the log above the applied index,
+    /// with the index of the (latest) change adding each.
+    pending_members: BTreeMap<ReplicaId, Index>,
+    /// Whether the durable log was scanned for `pending_members`.
+    pending_members_scanned: bool,
+}
+
+impl<L: LogReader> Raft<L> {
+    /// A replica restarting from its durable state: `hard_state` and the log
+    /// from storage, `membership` as of `applied` (the snapshot's membership,
+    /// or the initial members of a new shard; empty for a replica joining an
+    /// existing shard, which waits to hear from the leader).
+    pub fn new(
+        cfg: RaftConfig,
+        reader: L,
+        hard_state: HardState,
+        membership: Membership,
+        applied: Index,
+    ) -> Result<Raft<L>, ConfigError> {
+        cfg.validate()?;
+        let mut log = RaftLog::new(reader, hard_state.commit, applied);
+        log.set_max_applying_bytes(cfg.max_apply_bytes);
+        let mut r = Raft {
+            id: cfg.replica_id,
+            shard_id: cfg.shard_id,
+            // Hash the replica id into the seed: SplitMix64 advances its
+            // state by the golden-ratio constant, so seeding with
+            // `seed ^ id * golden` made replicas' streams shifted copies of
+            // each other, and replicas ticked together drew equal election
+            // timeouts forever (split votes without end).
+            rng: Rng::new(Rng::new(cfg.seed ^ Rng::new(cfg.replica_id.0).next_u64()).next_u64()),
+            term: hard_state.term,
+            vote: hard_state.vote,
+            role: Role::Follower,
+            leader: ReplicaId::NONE,
+            log,
+            membership,
+            progress: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            ticks: 1,
+            randomized_election_timeout: 0,
+            pending_config_change: Index(0),
+            transfer_target: ReplicaId::NONE,
+            read_only: ReadOnly::default(),
+            reads_before_commit: Vec::new(),
+            uncommitted_bytes: 0,
+            msgs: Vec::new(),
+            msgs_after_persist: Vec::new(),
+            ready_reads: Vec::new(),
+            dropped_reads: Vec::new(),
+            prev_hard_state: hard_state,
+            prev_leader: LeaderInfo {
+                leader_id: ReplicaId::NONE,
+                term: hard_state.term,
+            },
+            update_in_progress: false,
+            invalid_messages: 0,
+            non_member_messages: 0,
+            last_invalid: None,
+            pending_members: BTreeMap::new(),
+            pending_members_scanned: false,
+            cfg,
+        };
+        let snap = r.log.snapshot();
+        if !snap.is_empty() && snap.membership.config_change_id > r.membership.config_change_id {
+            r.membership = snap.membership;
+        }
+        r.reset_randomized_election_timeout();
+        Ok(r)
+    }
+
+    // ----- accessors -----
+
+    /// This replica's id.
+    pub fn id(&self) -> ReplicaId {
+        self.id
+    }
+
+    /// The shard.
+    pub fn shard_id(&self) -> ShardId {
+        self.shard_id
+    }
+
+    /// Current term.
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    /// Current role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Known leader (`NONE` if unknown).
+    pub fn leader_id(&self) -> ReplicaId {
+        self.leader
+    }
+
+    /// Whether this replica is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.role == Role::Leader
+    }
+
+    /// Membership as of the applied index.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// The log.
+    pub fn log(&self) -> &RaftLog<L> {
+        &self.log
+    }
+
+    /// The log, mutably: for engines and tests that own the durable log
+    /// (e.g. to compact a [`MemLog`](crate::MemLog)).
+    pub fn log_reader_mut(&mut self) -> &mut L {
+        self.log.reader_mut()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RaftConfig {
+        &self.cfg
+    }
+
+    /// Leader only: progress of each member.
+    pub fn progress(&self) -> &BTreeMap<ReplicaId, Progress> {
+        &self.progress
+    }
+
+    /// Target of a leadership transfer in progress.
+    pub fn transfer_target(&self) -> ReplicaId {
+        self.transfer_target
+    }
+
+    /// The in-memory hard state.
+    pub fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.log.committed(),
+        }
+    }
+
+    /// A summary of the replica's state.
+    pub fn status(&self) -> Status {
+        Status {
+            replica_id: self.id,
+            role: self.role,
+            hard_state: self.hard_state(),
+            leader_id: self.leader,
+            applied: self.log.applied(),
+            first_index: self.log.first_index(),
+            last_index: self.log.last_index(),
+            membership: self.membership.clone(),
+        }
+    }
+
+    /// Whether this replica may campaign: only voters (never witnesses,
+    /// non-voting or removed replicas).
+    pub fn promotable(&self) -> bool {
+        self.membership.is_voter(self.id)
+    }
+
+    fn election_timeout(&self) -> u64 {
+        self.cfg.election_rtt
+    }
+
+    fn reset_randomized_election_timeout(&mut self) {
+        let base = self.cfg.election_rtt;
+        self.randomized_election_timeout = base + self.rng.below(base);
+    }
+
+    /// Whether this replica heard from a leader within the election timeout
+    /// (the "lease" followers honour, thesis §4.2.3).
+    fn in_lease(&self) -> bool {
+        !self.leader.is_none() && self.election_elapsed < self.election_timeout()
+    }
+
+    // ----- time -----
+
+    /// The first storage error the core met reading the durable log
+    /// ([`LogError::Storage`](crate::LogError::Storage)), if any.
+    ///
+    /// The core never panics on a storage error. Once one is set the
+    /// replica is failed: [`tick`](Self::tick) and [`step`](Self::step) do
+    /// nothing (a leader that cannot read its log stops heartbeats, so the
+    /// shard elects another), no campaign starts, no vote is granted and no
+    /// committed entry is handed out any more. The engine checks this after
+    /// stepping a replica (after `step`, `tick`, `propose*`, `read_index`,
+    /// `get_update` and `advance`) and fails that replica alone: it stops
+    /// driving it and answers its pending requests with an error. What
+    /// the current [`Update`] asks to persist is still consistent and may
+    /// be persisted or dropped.
+    pub fn storage_error(&self) -> Option<&crate::log_reader::LogError> {
+        self.log.storage_error()
+    }
+
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) {
+        if self.storage_error().is_some() {
+            return;
+        }
+        self.ticks += 1;
+        match self.role {
+            Role::Leader => self.tick_leader(),
+            _ => self.tick_election(),
+        }
+    }
+
+    fn tick_election(&mut self) {
+        self.election_elapsed += 1;
+        let timeout = self.randomized_election_timeout;
+        if self.promotable() {
+            if self.election_elapsed >= timeout {
+                self.election_elapsed = 0;
+                self.campaign_start(false);
+            }
+        } else if self.election_elapsed.is_multiple_of(timeout) {
+            // Once per election timeout without a leader. The elapsed time
+            // keeps growing: the lease of the last leader heard must expire
+            // (this replica grants pre-votes only then).
+            self.probe_commit();
+        }
+    }
+
+    // ----- message dispatch -----
+
+    /// Steps one message received from another replica (or produced locally
+    /// by the transport: `Unreachable`, `SnapshotStatus`).
+    pub fn step(&mut self, m: Message) {
+        if self.storage_error().is_some() {
+            return;
+        }
+        if m.shard_id != self.shard_id || (m.to != self.id && !m.msg_type.is_local()) {
+            return;
+        }
+        // A removed replica cannot disrupt the group (thesis §4.2.3).
+        if self.membership.removed.contains(&m.from) {
+            return;
+        }
+        if !m.msg_type.is_local()
+            && let Err(reason) = self.check_sender(&m)
+        {
+            self.drop_invalid(&m, reason);
+            return;
+        }
+        if let Err(reason) = self.check_message(&m) {
+            self.drop_invalid(&m, reason);
+            return;
+        }
+        if m.term.0 != 0 && m.term > self.term {
+            if matches!(
+                m.msg_type,
+                MessageType::RequestVote | MessageType::RequestPreVote
+            ) {
+                let forced = m.context == crate::message::CAMPAIGN_TRANSFER;
+                // Thesis §4.2.3: disregard vote requests while a leader is believed alive.
+                if !forced && self.cfg.check_quorum && self.in_lease() {
+                    return;
+                }
+            }
+            match m.msg_type {
+                // A pre-vote never changes our term (thesis §9.6).
+                MessageType::RequestPreVote => {}
+                // A granted pre-vote carries the future term; only a rejection
+                // from a higher term tells us we are behind.
+                MessageType::RequestPreVoteResp if !m.reject => {}
+                MessageType::Replicate | MessageType::Heartbeat | MessageType::InstallSnapshot => {
+                    self.become_follower(m.term, m.from)
+                }
+                _ => self.become_follower(m.term, ReplicaId::NONE),
+            }
+        } else if m.term.0 != 0 && m.term < self.term {
+            self.step_lower_term(&m);
+            return;
+        }
+        match m.msg_type {
+            MessageType::RequestVote | MessageType::RequestPreVote => self.handle_vote_request(&m),
+            _ => match self.role {
+                Role::Leader => self.step_leader(m),
+                Role::Candidate | Role::PreCandidate => self.step_candidate(m),
+                Role::Follower => self.step_follower(m),
+            },
+        }
+    }
+
+    fn step_lower_term(&mut self, m: &Message) {
+        match m.msg_type {
+            // A stale leader, or a leader whose term we passed while
+            // partitioned with check-quorum/pre-vote: tell it our term so it
+            // steps down and the shard can converge. Without either, a voter
+            // gets there by campaigning; a replica that cannot campaign (a
+            // witness or non-voting replica that got a higher term, e.g. from
+            // a since-removed candidate) must always answer.
+            MessageType::Replicate | MessageType::Heartbeat
+                if self.cfg.check_quorum || self.cfg.pre_vote || !self.promotable() =>
+            {
+                let resp = Message {
+                    term: self.term,
+                    ..self.new_message(MessageType::ReplicateResp, m.from)
+                };
+                self.send(resp);
+            }
+            MessageType::RequestPreVote => {
+                let resp = Message {
+                    term: self.term,
+                    reject: true,
+                    ..self.new_message(MessageType::RequestPreVoteResp, m.from)
+                };
+                self.send(resp);
+            }
+            _ => {}
+        }
+    }
+
+    // ----- sending -----
+
+    fn new_message(&self, msg_type: MessageType, to: ReplicaId) -> Message {
+        Message {
+            term: self.term,
+            ..Message::new(msg_type, self.shard_id, self.id, to)
+        }
+    }
+
+    /// Queues a message. Acknowledgements of entries and votes wait for
+    /// persistence; everything else leaves at once if our term is durable.
+    fn send(&mut self, m: Message) {
+        debug_assert_ne!(m.to, self.id, "message to self: {m:?}");
+        let waits = matches!(
+            m.msg_type,
+            MessageType::ReplicateResp | MessageType::RequestVoteResp
+        ) || self.term != self.prev_hard_state.term
+            || self.vote != self.prev_hard_state.vote;
+        if waits {
+            self.msgs_after_persist.push(m);
+        } else {
+            self.msgs.push(m);
+        }
+    }
+
+    // ----- the update cycle -----
+
+    /// How many messages were dropped because no correct peer could have
+    /// sent them (see [`InvalidReason`]).
+    pub fn invalid_messages(&self) -> u64 {
+        self.invalid_messages
+    }
+
+    /// Of [`invalid_messages`](Self::invalid_messages), how many were
+    /// dropped because their sender is not a member of the shard in this
+    /// replica's view (reason [`NOT_A_MEMBER`]). Unlike the other invalid
+    /// messages, a correct peer can send these: a member this replica does
+    /// not know yet (its addition not in this replica's log), or a replica
+    /// whose addition was proposed but never committed.
+    pub fn non_member_messages(&self) -> u64 {
+        self.non_member_messages
+    }
+
+    /// The sender, type and reason of the last message dropped as invalid.
+    pub fn last_invalid(&self) -> Option<(ReplicaId, MessageType, InvalidReason)> {
+        self.last_invalid
+    }
+
+    /// Whether [`get_update`](Self::get_update) has anything to return.
+    pub fn has_update(&self) -> bool {
+        !self.msgs.is_empty()
+            || !self.msgs_after_persist.is_empty()
+            || !self.log.unstable_entries().is_empty()
+            || self.log.unstable_snapshot().is_some()
+            || self.hard_state() != self.prev_hard_state
+            || self.log.has_next_committed()
+            || !self.ready_reads.is_empty()
+            || !self.dropped_reads.is_empty()
+            || self.current_leader_info() != self.prev_leader
+    }
+
+    fn current_leader_info(&self) -> LeaderInfo {
+        LeaderInfo {
+            leader_id: self.leader,
+            term: self.term,
+        }
+    }
+
+    /// Takes what must be done now. Must be followed by
+    /// [`advance`](Self::advance) before the next call.
+    pub fn get_update(&mut self) -> Update {
+        assert!(
+            !self.update_in_progress,
+            "get_update called twice without advance"
+        );
+        self.update_in_progress = true;
+        let hs = self.hard_state();
+        let committed_entries = self.log.take_next_committed(self.cfg.max_apply_bytes);
+        if self.role == Role::Leader {
+            let freed: u64 = committed_entries.iter().map(Entry::payload_bytes).sum();
+            self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(freed);
+        }
+        let leader = self.current_leader_info();
+        let leader_change = (leader != self.prev_leader).then_some(leader);
+        self.prev_leader = leader;
+        let hard_state = (hs != self.prev_hard_state).then_some(hs);
+        Update {
+            shard_id: self.shard_id,
+            replica_id: self.id,
+            entries: self.log.unstable_entries().to_vec(),
+            hard_state,
+            snapshot: self.log.unstable_snapshot().cloned(),
+            committed_entries,
+            messages: std::mem::take(&mut self.msgs),
+            persisted_messages: std::mem::take(&mut self.msgs_after_persist),
+            ready_reads: std::mem::take(&mut self.ready_reads),
+            dropped_reads: std::mem::take(&mut self.dropped_reads),
+            leader_change,
+        }
+    }
+
+    /// Tells the core that everything `update` asked to persist is durable.
+    /// (Applying committed entries is reported separately with
+    /// [`applied_to`](Self::applied_to).)
+    pub fn advance(&mut self, update: &Update) {
+        assert!(self.update_in_progress, "advance without get_update");
+        self.update_in_progress = false;
+        if let Some(hs) = update.hard_state {
+            self.prev_hard_state = hs;
+        }
+        if let Some(snap) = &update.snapshot {
+            self.log.stable_snap_to(snap.index);
+        }
+        if let Some(last) = update.entries.last() {
+            self.log.stable_to(last.index, last.term);
+        }
+        if self.role == Role::Leader {
+            // The leader counts its own log only once durable (DESIGN §2).
+            let stable = self.log.stable_last_index();
+            if let Some(pr) = self.progress.get_mut(&self.id) {
+                pr.maybe_update(stable);
+            }
+            if self.maybe_commit() {
+                self.broadcast_append();
+            }
+        }
+    }
+
+    /// Records that the state machine applied every entry up to `index`
+    /// (or installed a snapshot at `index`).
+    pub fn applied_to(&mut self, index: Index) {
+        self.log.applied_to(index);
+        self.prune_pending_members();
+    }
+
+    /// Whether committed entries wait only because `max_apply_bytes` of
+    /// them were handed out and not yet reported applied: the engine
+    /// should call [`applied_to`](Self::applied_to) as soon as the state
+    /// machine catches up.
+    pub fn apply_throttled(&self) -> bool {
+        self.log.apply_throttled()
+    }
+
+    /// Snapshot metadata of the durable log.
+    pub fn snapshot(&self) -> SnapshotMeta {
+        self.log.snapshot()
+    }
+}

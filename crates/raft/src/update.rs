@@ -1,0 +1,92 @@
+//! What the core asks its caller to do: the [`Update`].
+
+use crate::entry::{Entry, HardState, SnapshotMeta};
+use crate::ids::{Index, ReplicaId, ShardId, Term};
+use crate::message::Message;
+
+/// A linearizable read that may be served once the replica applied `index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    /// The read index (thesis §6.4).
+    pub index: Index,
+    /// The context the caller gave to `read_index`.
+    pub context: u64,
+}
+
+/// Who leads the shard, as this replica knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaderInfo {
+    /// The leader (`ReplicaId::NONE` if unknown).
+    pub leader_id: ReplicaId,
+    /// The term.
+    pub term: Term,
+}
+
+/// Why a proposal (or a config change, or a transfer) was refused at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProposalError {
+    /// No leader is known; retry later.
+    #[error("no leader")]
+    NoLeader,
+    /// A leadership transfer is in progress; retry later.
+    #[error("leadership transfer in progress")]
+    TransferInProgress,
+    /// The leader holds too many uncommitted bytes; answer `SystemBusy`.
+    #[error("too many uncommitted bytes")]
+    TooManyUncommittedBytes,
+    /// Another config change is pending (thesis §4.1).
+    #[error("a config change is pending")]
+    PendingConfigChange,
+    /// The leader has not committed an entry of its term yet, which must
+    /// precede a config change (thesis §4.1 safety fix); retry shortly.
+    #[error("leader has not committed an entry in its term yet")]
+    NotReady,
+    /// The config change or transfer target is invalid (e.g. transfer to a
+    /// witness, a non-voting or an unknown replica).
+    #[error("invalid request")]
+    Invalid,
+    /// Too many reads are queued.
+    #[error("too many pending reads")]
+    TooManyPendingReads,
+}
+
+/// Everything the caller must do after stepping the core, in this order:
+/// send `messages`; persist `snapshot`, `entries` and `hard_state` with one
+/// durable write; then send `persisted_messages`; apply `committed_entries`;
+/// serve `ready_reads` once applied up to their index; finally call
+/// [`Raft::advance`](crate::Raft::advance).
+#[derive(Clone, Debug, Default)]
+pub struct Update {
+    /// The shard.
+    pub shard_id: ShardId,
+    /// This replica.
+    pub replica_id: ReplicaId,
+    /// Entries to append to durable storage (replacing any from their first index on).
+    pub entries: Vec<Entry>,
+    /// Hard state to persist, if it changed.
+    pub hard_state: Option<HardState>,
+    /// A snapshot received from the leader, to install and persist.
+    pub snapshot: Option<SnapshotMeta>,
+    /// Committed entries to apply, in order.
+    pub committed_entries: Vec<Entry>,
+    /// Messages that may leave before the persistence above (leader
+    /// replication, thesis §10.2.1).
+    pub messages: Vec<Message>,
+    /// Messages that may leave only after the persistence above (votes,
+    /// append acknowledgements).
+    pub persisted_messages: Vec<Message>,
+    /// Reads whose index is known.
+    pub ready_reads: Vec<ReadState>,
+    /// Contexts of reads that will never complete (leadership lost); their
+    /// callers can be answered at once.
+    pub dropped_reads: Vec<u64>,
+    /// Set when the known leader or term changed.
+    pub leader_change: Option<LeaderInfo>,
+}
+
+impl Update {
+    /// Whether something must be persisted.
+    pub fn needs_persist(&self) -> bool {
+        !self.entries.is_empty() || self.hard_state.is_some() || self.snapshot.is_some()
+    }
+}

@@ -1,0 +1,221 @@
+//! NodeHosts of the simulation: start, crash (losing what was not synced)
+//! and restart on the same file system.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use longship::{Config, NodeHost, NodeHostConfig, ReplicaId, ShardId, Start};
+use longship_storage::logdb::{Wal, WalOptions};
+use longship_storage::vfs::{CrashMode, FaultyFs, FileSystem};
+
+use super::{RTT_MS, Sim};
+use crate::kv::SimKv;
+
+/// A replica a host runs (and starts again after a restart).
+#[derive(Clone, Debug)]
+pub(super) struct Hosted {
+    pub(super) cfg: Config,
+    /// Members to bootstrap a new shard with (`None`: the replica joins).
+    pub(super) initial: Option<BTreeMap<ReplicaId, String>>,
+}
+
+/// One NodeHost's place in the simulation.
+pub(super) struct HostSlot {
+    pub(super) addr: String,
+    pub(super) dir: PathBuf,
+    /// The host's disk; survives crashes.
+    pub(super) fs: FaultyFs,
+    /// The running NodeHost (`None` while crashed).
+    pub(super) nh: Option<NodeHost>,
+    /// Bumped by every start.
+    pub(super) incarnation: u64,
+    /// The replicas the host runs, by shard.
+    pub(super) hosted: BTreeMap<ShardId, Hosted>,
+    /// When a crashed host comes back.
+    pub(super) restart_at: Option<u64>,
+    /// When a host whose replicas failed (I/O errors) is restarted.
+    pub(super) sick_since: Option<u64>,
+}
+
+/// Small segments, no preallocation: rotation and compaction happen in
+/// short runs, and the in-memory disk stays small.
+fn wal_options() -> WalOptions {
+    WalOptions {
+        segment_bytes: 64 << 10,
+        max_cache_bytes: 1 << 20,
+        max_group_bytes: 1 << 20,
+        preallocate_bytes: 0,
+    }
+}
+
+impl HostSlot {
+    pub(super) fn new(addr: String, dir: PathBuf, seed: u64) -> HostSlot {
+        HostSlot {
+            addr,
+            dir,
+            fs: FaultyFs::over_mem(seed),
+            nh: None,
+            incarnation: 0,
+            hosted: BTreeMap::new(),
+            restart_at: None,
+            sick_since: None,
+        }
+    }
+
+    pub(super) fn add_replica(
+        &mut self,
+        cfg: Config,
+        initial: Option<BTreeMap<ReplicaId, String>>,
+    ) {
+        self.hosted.insert(cfg.shard_id, Hosted { cfg, initial });
+    }
+
+    /// Whether this host runs a replica of `shard` now.
+    pub(super) fn runs(&self, shard: ShardId) -> bool {
+        self.nh.is_some() && self.hosted.contains_key(&shard)
+    }
+}
+
+/// Starts one replica on a running NodeHost.
+pub(super) fn start_replica(nh: &NodeHost, hosted: &Hosted) -> longship::Result<()> {
+    let (shard, replica) = (hosted.cfg.shard_id, hosted.cfg.replica_id);
+    // A replica with data restarts from it; otherwise it bootstraps with
+    // the initial members or joins.
+    let start = match (&hosted.initial, nh.has_node_info(shard, replica)) {
+        (_, true) => Start::Restart,
+        (Some(initial), false) => Start::New(initial.clone()),
+        (None, false) => Start::Join,
+    };
+    nh.start_replica(start, |_, _| Box::new(SimKv::new()), hosted.cfg.clone())
+}
+
+impl Sim {
+    /// Builds host `h`'s NodeHost on its disk and starts its replicas. An
+    /// injected I/O error on the way crashes it again (it retries later).
+    pub(super) fn start_host(&mut self, h: usize) -> Result<(), String> {
+        let seed = self.rng.next_u64();
+        let io = match self.phase {
+            super::Phase::Faults => self.plan.io,
+            super::Phase::Heal => Default::default(),
+        };
+        let slot = &mut self.hosts[h];
+        slot.restart_at = None;
+        slot.sick_since = None;
+        slot.incarnation += 1;
+        let fs: Arc<dyn FileSystem> = Arc::new(slot.fs.clone());
+        let cfg = NodeHostConfig {
+            node_host_dir: slot.dir.clone(),
+            rtt_ms: RTT_MS,
+            raft_address: slot.addr.clone(),
+            deployment_id: 7,
+            step_workers: 2,
+            apply_workers: 2,
+            snapshot_workers: 1,
+            seed: Some(seed),
+            ..NodeHostConfig::default()
+        };
+        let faults_before = slot.fs.faults_injected();
+        let built = Wal::open(fs.clone(), &cfg.wal_dir(), wal_options())
+            .map_err(longship::Error::from)
+            .and_then(|wal| {
+                NodeHost::builder(cfg)
+                    .transport(Arc::new(self.net.network().transport(&slot.addr)))
+                    .file_system(fs)
+                    .log_db(Arc::new(wal))
+                    .manual()
+                    .build()
+            });
+        let started = built.and_then(|nh| {
+            for hosted in slot.hosted.values() {
+                if let Err(e) = start_replica(&nh, hosted) {
+                    // Nothing more reaches the disk while it is dropped.
+                    slot.fs.crash_after_op(Some(slot.fs.op_count()));
+                    drop(nh);
+                    return Err(longship::Error::Rejected(format!(
+                        "replica {} of {}: {e}",
+                        hosted.cfg.replica_id, hosted.cfg.shard_id
+                    )));
+                }
+            }
+            Ok(nh)
+        });
+        let inc = slot.incarnation;
+        match started {
+            Ok(nh) => {
+                slot.nh = Some(nh);
+                slot.fs.set_probabilities(io);
+                self.trace_event("start", h as u64, inc);
+                Ok(())
+            }
+            Err(e) => {
+                if slot.fs.faults_injected() == faults_before {
+                    return Err(format!("host {h} did not start: {e}"));
+                }
+                // An injected I/O error: the half-started host is gone; its
+                // disk crashes again and it retries later.
+                self.trace_event("start-failed", h as u64, inc);
+                let delay = super::ROUNDS_PER_TICK * (1 + self.rng.below(10));
+                self.crash_host(h, delay)
+            }
+        }
+    }
+
+    /// Crashes host `h`: the power is cut (nothing more reaches its disk),
+    /// the NodeHost is dropped, and the disk keeps only what was synced (or
+    /// a random prefix of unsynced appends). It restarts `delay` rounds on.
+    pub(super) fn crash_host(&mut self, h: usize, delay: u64) -> Result<(), String> {
+        let mode = if self.rng.chance(0.5) {
+            CrashMode::DropUnsynced
+        } else {
+            CrashMode::KeepRandomPrefix
+        };
+        let slot = &mut self.hosts[h];
+        slot.fs.crash_after_op(Some(slot.fs.op_count()));
+        let was_running = slot.nh.take().is_some();
+        slot.fs
+            .crash(mode)
+            .map_err(|e| format!("crash of host {h}'s disk failed: {e}"))?;
+        slot.restart_at = Some(self.round + delay.max(1));
+        slot.sick_since = None;
+        if was_running {
+            self.stats.crashes += 1;
+        }
+        self.checker.host_crashed(h);
+        self.trace_event("crash", h as u64, delay);
+        Ok(())
+    }
+
+    pub(super) fn restart_due_hosts(&mut self) -> Result<(), String> {
+        for h in 0..self.hosts.len() {
+            let due = self.hosts[h].restart_at.is_some_and(|at| at <= self.round);
+            if due && self.hosts[h].nh.is_none() {
+                self.start_host(h)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A host with a replica stopped by an I/O error is restarted (as an
+    /// operator or supervisor would) a little later.
+    pub(super) fn crash_sick_hosts(&mut self) -> Result<(), String> {
+        for h in 0..self.hosts.len() {
+            let Some(nh) = &self.hosts[h].nh else {
+                continue;
+            };
+            let failed = nh.get_node_host_info().shards.iter().any(|s| s.failed);
+            if !failed {
+                continue;
+            }
+            match self.hosts[h].sick_since {
+                None => self.hosts[h].sick_since = Some(self.round),
+                Some(since) if self.round >= since + 8 * super::ROUNDS_PER_TICK => {
+                    let delay = super::ROUNDS_PER_TICK * (1 + self.rng.below(10));
+                    self.crash_host(h, delay)?;
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,96 @@
+//! Seeds that found bugs in longship, kept as regression tests. Each names
+//! the bug; the seed's run is the one of the simulator at the time (a later
+//! change to the simulator's draws may make it a different run, which
+//! still has to pass).
+
+use longship_sim::run_seed;
+
+fn must_pass(seed: u64, ops: u64) {
+    if let Err(f) = run_seed(seed, ops) {
+        panic!("{f}");
+    }
+}
+
+/// A follower received a snapshot into its store but crashed (after an I/O
+/// error stopped it) before log storage recorded it. After the restart the
+/// leader streamed the same snapshot again and the receiver refused it
+/// ("snapshot at index N already exists") on every retry: the replica never
+/// caught up. Found by seeds 91, 609 and 1092 of the first simulator; seed
+/// 116 is one that still fails with the fix reverted. Fixed by reusing the
+/// copy already in the store.
+#[test]
+fn seed_116_snapshot_already_in_store_is_reused() {
+    must_pass(116, 3000);
+}
+
+/// The fix above reused a snapshot whose publication had failed at the
+/// directory sync (an injected I/O error): visible in the store but not
+/// durable. Log storage recorded it, a crash took the snapshot directory
+/// away, and the replica could not restart ("snapshot at index 114 not
+/// found"). Fixed by syncing the store's directory before reusing a copy.
+#[test]
+fn seed_565_reused_snapshot_is_made_durable_first() {
+    must_pass(565, 3000);
+}
+
+/// A witness's snapshot (metadata only) travels in a message batch, with
+/// no stream to report its outcome; the leader waited in the snapshot
+/// state for a status that never came, so when the network dropped that
+/// message the witness never received anything again (stuck at index 82
+/// while the shard went on). Found by seed 115 once the simulator added
+/// witnesses. Fixed by reporting the send's outcome like a stream's end.
+#[test]
+fn seed_115_lost_witness_snapshot_is_sent_again() {
+    must_pass(115, 3000);
+}
+
+/// A witness holds no state machine data, but took reads: a linearizable
+/// read on the witness's host was answered from its never-updated state
+/// machine (an acknowledged probe write "not seen"; appends "lost" in the
+/// final reads). Found by seed 373 (and a third of all seeds) once the
+/// simulator added witnesses. Fixed: a witness refuses proposals, session
+/// registration and reads with `Error::Witness`.
+#[test]
+fn seed_373_witness_refuses_reads() {
+    must_pass(373, 3000);
+}
+
+/// No leader for ever after healing: of voters {1, 3} and witness 4
+/// (replica 2 removed), the witness held the longest log (an uncommitted
+/// entry), replica 3 a shorter log than replica 1, and replica 1, whose
+/// commit index lagged behind the removal of 2, still counted 2 among the
+/// voters (membership changes take effect when applied) and needed three
+/// votes of four. Fixed in the core: vote answers carry the voter's commit
+/// index and its term, and a candidate whose log has that term there
+/// learns the commit (Log Matching), applies the removal and wins.
+#[test]
+fn seed_6192_candidate_learns_commit_from_votes() {
+    must_pass(6192, 3000);
+}
+
+/// No leader for ever after healing: voters {3, 5} and witness 4 (1 and 2
+/// removed, 5 promoted from non-voting). Replica 5 held the whole log but
+/// had not learnt that its promotion and the removal of 2 were committed,
+/// so it thought itself non-voting and never campaigned; replica 3 counted
+/// the removed 2 and had a shorter log than the witness. Fixed in the
+/// core: a replica that cannot campaign asks the others what is committed
+/// once per election timeout without a leader (a pre-vote request that
+/// changes nothing at the receivers); vote answers cap their commit index
+/// at the asker's last index.
+#[test]
+fn seed_22883_non_voting_view_probes_for_the_commit() {
+    must_pass(22883, 3000);
+}
+
+/// A first version of "learn addresses only from members" (issue 13) let a
+/// replica learn a sender's address only while it knew no member at all.
+/// A member behind a membership change (its view: voters 1, 2, 3) then
+/// could not answer the new leader 4, which its view did not list: it never
+/// acknowledged an append and stayed at index 120 while the shard went on
+/// (no convergence after healing). Fixed: the addresses of senders outside
+/// the replica's view are learnt (bounded per replica, members' addresses
+/// never replaced). Found by seed 138 before that change landed.
+#[test]
+fn seed_138_a_member_behind_a_change_answers_a_leader_it_does_not_know() {
+    must_pass(138, 3000);
+}

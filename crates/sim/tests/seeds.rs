@@ -1,0 +1,104 @@
+//! The simulator in CI: many seeds of a few thousand operations each, in
+//! parallel; and replay (the same seed gives the same trace hash).
+//!
+//! `LONGSHIP_SIM_SEEDS=A..B` and `LONGSHIP_SIM_OPS=N` override the range and
+//! the operations per seed.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use longship_sim::{Failure, run_seed};
+
+/// Seeds CI runs.
+const CI_SEEDS: std::ops::Range<u64> = 0..200;
+/// Client operations per seed.
+const CI_OPS: u64 = 2_500;
+
+fn env_range() -> std::ops::Range<u64> {
+    let Ok(v) = std::env::var("LONGSHIP_SIM_SEEDS") else {
+        return CI_SEEDS;
+    };
+    let (a, b) = v.split_once("..").expect("LONGSHIP_SIM_SEEDS=A..B");
+    a.parse().expect("seed")..b.parse().expect("seed")
+}
+
+fn env_ops() -> u64 {
+    std::env::var("LONGSHIP_SIM_OPS").map_or(CI_OPS, |v| v.parse().expect("LONGSHIP_SIM_OPS"))
+}
+
+/// Runs `seeds` on every core; returns the failures, by seed.
+fn run_seeds(seeds: std::ops::Range<u64>, ops: u64) -> Vec<Failure> {
+    let next = AtomicU64::new(seeds.start);
+    let failures = Mutex::new(Vec::new());
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= seeds.end {
+                        break;
+                    }
+                    if let Err(f) = run_seed(seed, ops) {
+                        failures.lock().expect("failures").push(f);
+                    }
+                }
+            });
+        }
+    });
+    let mut failures = failures.into_inner().expect("failures");
+    failures.sort_by_key(|f| f.seed);
+    failures
+}
+
+#[test]
+fn ci_seeds_pass() {
+    let (seeds, ops) = (env_range(), env_ops());
+    let start = Instant::now();
+    let failures = run_seeds(seeds.clone(), ops);
+    eprintln!(
+        "simulated seeds {seeds:?} with {ops} operations each in {:.1?}",
+        start.elapsed()
+    );
+    if !failures.is_empty() {
+        let text: Vec<String> = failures.iter().map(|f| f.to_string()).collect();
+        panic!(
+            "{} of {} seeds failed:\n{}",
+            failures.len(),
+            seeds.end - seeds.start,
+            text.join("\n")
+        );
+    }
+}
+
+#[test]
+fn same_seed_replays_the_same_run() {
+    let a = run_seed(4242, 600).expect("seed 4242");
+    let b = run_seed(4242, 600).expect("seed 4242 again");
+    assert_eq!(a, b, "a replay must be identical, trace hash included");
+    let c = run_seed(4243, 600).expect("seed 4243");
+    assert_ne!(a.trace_hash, c.trace_hash, "another seed, another run");
+}
+
+/// The binary replays a seed across processes too (nothing depends on
+/// per-process randomness such as hash map seeds).
+#[test]
+fn binary_prints_the_same_trace_hash_twice() {
+    let run = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_longship-sim"))
+            .args(["--seed", "77", "--ops", "400"])
+            .output()
+            .expect("run longship-sim");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let text = String::from_utf8(out.stdout).expect("utf-8");
+        text.lines()
+            .find_map(|l| l.split_once("trace hash ").map(|(_, h)| h.to_string()))
+            .unwrap_or_else(|| panic!("no trace hash in {text}"))
+    };
+    assert_eq!(run(), run());
+}

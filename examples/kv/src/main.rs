@@ -1,0 +1,250 @@
+//! `longship-kv`: with no arguments, a complete local cluster in one
+//! process (three NodeHosts on loopback TCP, 16 shards x 3 replicas, data in
+//! ./longship-data, Redis protocol on 127.0.0.1:7379, 7380 and 7381); with
+//! `--node-id` etc., one node of a multi-process cluster.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use longship_kv::cluster::{NodeSpec, start_node};
+use longship_kv::server::{KvNode, ServerConfig, serve};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "longship-kv",
+    version,
+    about = "A replicated key-value server speaking the Redis protocol"
+)]
+struct Args {
+    /// This node's id (omit everything to start a local 3-node cluster in one process).
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// This node's raft address (host:port).
+    #[arg(long)]
+    raft_addr: Option<String>,
+    /// Where to serve the Redis protocol (host:port).
+    #[arg(long)]
+    redis_addr: Option<String>,
+    /// All nodes: `1=host:port,2=host:port,3=host:port` (raft addresses).
+    #[arg(long)]
+    peers: Option<String>,
+    /// Every node's Redis address as clients reach it:
+    /// `1=host:port,2=host:port,3=host:port`, for `-MOVED` redirects and
+    /// `CLUSTER SLOTS/SHARDS/NODES` (default: only this node's --redis-addr,
+    /// so other nodes' shards are served by forwarding).
+    #[arg(long)]
+    redis_peers: Option<String>,
+    /// Answer `-MOVED`/`-CROSSSLOT` on every connection (for cluster
+    /// clients that send no CLUSTER command first, as `redis-cli -c`), not
+    /// only on connections that sent READONLY or a CLUSTER command.
+    #[arg(long)]
+    cluster_redirects: bool,
+    /// Number of shards (the 16,384 hash slots are split over them).
+    #[arg(long, default_value_t = 16)]
+    shards: u64,
+    /// Data directory (default ./longship-data, or ./longship-data/node<ID>).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// RTT in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    rtt_ms: u64,
+    /// Snapshot every this many applied entries per shard.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_entries: u64,
+    /// Largest argument of a request and largest value a key can hold, in
+    /// bytes (Redis's proto-max-bulk-len; suffixes kb, mb, gb allowed).
+    #[arg(long, default_value = "512mb", value_parser = parse_size)]
+    proto_max_bulk_len: u64,
+    /// Most client connections per node (Redis's maxclients).
+    #[arg(long, default_value_t = 10_000)]
+    maxclients: usize,
+    /// Close a client connection idle this many seconds (0: never, as Redis's timeout).
+    #[arg(long, default_value_t = 0)]
+    timeout: u64,
+    /// Most bytes buffered for one connection's incomplete command
+    /// (Redis's client-query-buffer-limit; suffixes kb, mb, gb allowed).
+    #[arg(long, default_value = "1gb", value_parser = parse_size)]
+    client_query_buffer_limit: u64,
+}
+
+/// A size in bytes: a number with an optional k/kb/m/mb/g/gb suffix (powers of 1024, as Redis).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let digits = t.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit: u64 = match &t[digits.len()..] {
+        "" | "b" => 1,
+        "k" | "kb" => 1 << 10,
+        "m" | "mb" => 1 << 20,
+        "g" | "gb" => 1 << 30,
+        u => return Err(format!("unknown size unit {u:?} (use kb, mb or gb)")),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size in bytes"))?;
+    n.checked_mul(unit)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+impl Args {
+    fn server_config(&self) -> Result<ServerConfig, String> {
+        let cfg = ServerConfig {
+            proto_max_bulk_len: self.proto_max_bulk_len,
+            maxclients: self.maxclients,
+            timeout: std::time::Duration::from_secs(self.timeout),
+            client_query_buffer_limit: usize::try_from(self.client_query_buffer_limit)
+                .map_err(|_| "--client-query-buffer-limit is too large".to_string())?,
+            cluster_redirects: self.cluster_redirects,
+            ..ServerConfig::default()
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut out = BTreeMap::new();
+    for p in s.split(',').filter(|p| !p.trim().is_empty()) {
+        let (id, a) = p
+            .split_once('=')
+            .ok_or_else(|| format!("peer {p:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("peer id {id:?} is not a number"))?;
+        out.insert(id, a.trim().to_string());
+    }
+    if out.is_empty() {
+        return Err("no peers".into());
+    }
+    Ok(out)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(args, &runtime) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
+    let mut nodes: Vec<(Arc<KvNode>, String)> = Vec::new();
+    let local = args.node_id.is_none() && args.raft_addr.is_none() && args.peers.is_none();
+    if args.shards == 0 || args.shards > longship_kv::slots::SLOTS {
+        return Err("--shards must be in 1..=16384 (one hash slot at least per shard)".into());
+    }
+    let mut server = args.server_config()?;
+    if local {
+        let peers: BTreeMap<u64, String> = (1..=3)
+            .map(|i| (i, format!("127.0.0.1:{}", 27378 + i)))
+            .collect();
+        let root = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("longship-data"));
+        server.redis_addrs = (1..=3u64)
+            .map(|i| (i, format!("127.0.0.1:{}", 7378 + i)))
+            .collect();
+        println!(
+            "longship-kv: starting a local cluster: 3 NodeHosts, {} shards x 3 replicas, data in {}",
+            args.shards,
+            root.display()
+        );
+        for i in 1..=3u64 {
+            let spec = NodeSpec {
+                node_id: i,
+                raft_addr: peers[&i].clone(),
+                peers: peers.clone(),
+                shards: args.shards,
+                data_dir: root.join(format!("node{i}")),
+                rtt_ms: args.rtt_ms,
+                snapshot_entries: args.snapshot_entries,
+                server: server.clone(),
+            };
+            let node = start_node(&spec).map_err(|e| format!("node {i}: {e}"))?;
+            let redis = format!("127.0.0.1:{}", 7378 + i);
+            println!("  node {i}: raft {} redis {redis}", spec.raft_addr);
+            nodes.push((node, redis));
+        }
+        // One process: each node sends a request to the NodeHost that leads its shard.
+        let hosts: Vec<(u64, Arc<longship::NodeHost>)> = nodes
+            .iter()
+            .map(|(n, _)| (n.node_id, n.nh.clone()))
+            .collect();
+        for (n, _) in &nodes {
+            n.set_local_hosts(hosts.clone());
+        }
+    } else {
+        let node_id = args.node_id.ok_or("--node-id is required with --peers")?;
+        let peers = parse_peers(args.peers.as_deref().ok_or("--peers is required")?)?;
+        let raft_addr = match args.raft_addr {
+            Some(a) => a,
+            None => peers
+                .get(&node_id)
+                .cloned()
+                .ok_or("--raft-addr is required (or list this node in --peers)")?,
+        };
+        let redis = args.redis_addr.clone().ok_or("--redis-addr is required")?;
+        server.redis_addrs = match &args.redis_peers {
+            Some(p) => parse_peers(p).map_err(|e| format!("--redis-peers: {e}"))?,
+            None => BTreeMap::from([(node_id, redis.clone())]),
+        };
+        if !server.redis_addrs.contains_key(&node_id) {
+            return Err("--redis-peers must list this node".into());
+        }
+        let spec = NodeSpec {
+            node_id,
+            raft_addr,
+            peers,
+            shards: args.shards,
+            data_dir: args
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("longship-data/node{node_id}"))),
+            rtt_ms: args.rtt_ms,
+            snapshot_entries: args.snapshot_entries,
+            server,
+        };
+        let node = start_node(&spec).map_err(|e| e.to_string())?;
+        println!(
+            "longship-kv: node {node_id}: raft {} redis {redis}, {} shards",
+            spec.raft_addr, args.shards
+        );
+        nodes.push((node, redis));
+    }
+    runtime.block_on(async {
+        for (node, addr) in &nodes {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            tokio::spawn(serve(listener, node.clone()));
+        }
+        let first = &nodes[0].1;
+        let port = first.rsplit(':').next().unwrap_or("7379");
+        println!("ready: connect with `redis-cli -p {port}` (Ctrl+C to stop)");
+        tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
+        Ok::<(), String>(())
+    })?;
+    println!("stopping");
+    for (node, _) in nodes {
+        node.nh.close();
+    }
+    Ok(())
+}

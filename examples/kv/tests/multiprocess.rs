@@ -1,0 +1,701 @@
+//! Three `longship-kv` processes on loopback: a client load with a kill -9
+//! and restart of one node in the middle; the recorded client history must
+//! be linearizable (no acknowledged write lost, no stale read). Some clients
+//! send one command at a time, others pipeline several per write. Then
+//! `redis-cli` and `redis-benchmark` (with pipelining) against the cluster,
+//! and `redis-cli -c` following `-MOVED` redirects across a kill -9 of the
+//! node that leads the most shards.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use longship_sim::linearizability::kv::{KvInput, KvModel, KvOutput, prune_invisible_unknowns};
+use longship_sim::linearizability::{Budget, Operation, check};
+
+const SHARDS: u64 = 4;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Node {
+    id: u64,
+    args: Vec<String>,
+    redis: String,
+    child: Option<Child>,
+    log: std::path::PathBuf,
+}
+
+impl Node {
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_longship-kv"))
+            .args(&self.args)
+            .env("RUST_BACKTRACE", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start longship-kv");
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: String = log
+                .chars()
+                .rev()
+                .take(4000)
+                .collect::<String>()
+                .chars()
+                .rev()
+                .collect();
+            eprintln!("--- stderr of node {} ---\n{tail}", self.id);
+        }
+    }
+}
+
+/// Three nodes that know each other's Redis addresses (`--redis-peers`);
+/// with `redirects`, every connection is in cluster mode.
+fn cluster(dir: &Path, redirects: bool) -> Vec<Node> {
+    let raft: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let peers = (1..=3)
+        .map(|i| format!("{i}=127.0.0.1:{}", raft[i - 1]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let redis: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let redis_peers = (1..=3)
+        .map(|i| format!("{i}={}", redis[i - 1]))
+        .collect::<Vec<_>>()
+        .join(",");
+    (1..=3u64)
+        .map(|id| {
+            let redis = redis[id as usize - 1].clone();
+            let mut args = vec![
+                "--node-id".into(),
+                id.to_string(),
+                "--redis-addr".into(),
+                redis.clone(),
+                "--peers".into(),
+                peers.clone(),
+                "--shards".into(),
+                SHARDS.to_string(),
+                "--data-dir".into(),
+                dir.join(format!("node{id}")).display().to_string(),
+                "--snapshot-entries".into(),
+                "200".into(),
+                "--redis-peers".into(),
+                redis_peers.clone(),
+            ];
+            if redirects {
+                args.push("--cluster-redirects".into());
+            }
+            Node {
+                id,
+                args,
+                redis,
+                child: None,
+                log: dir.join(format!("node{id}.log")),
+            }
+        })
+        .collect()
+}
+
+/// A RESP reply, as the test needs it.
+#[derive(Debug, PartialEq)]
+enum Resp {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+}
+
+struct Client {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Client {
+    fn connect(addr: &str) -> std::io::Result<Client> {
+        let s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(500))?;
+        s.set_read_timeout(Some(Duration::from_secs(15)))?;
+        Ok(Client {
+            r: BufReader::new(s.try_clone()?),
+            w: s,
+        })
+    }
+
+    fn call(&mut self, args: &[&str]) -> std::io::Result<Resp> {
+        self.w.write_all(&encode(args))?;
+        self.read_reply()
+    }
+
+    fn read_reply(&mut self) -> std::io::Result<Resp> {
+        let mut line = String::new();
+        self.r.read_line(&mut line)?;
+        let body = line.trim_end().to_string();
+        let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "bad reply");
+        match body.chars().next() {
+            Some('+') => Ok(Resp::Simple(body[1..].to_string())),
+            Some('-') => Ok(Resp::Error(body[1..].to_string())),
+            Some(':') => Ok(Resp::Int(body[1..].parse().map_err(|_| bad())?)),
+            Some('$') => {
+                let n: i64 = body[1..].parse().map_err(|_| bad())?;
+                if n < 0 {
+                    return Ok(Resp::Bulk(None));
+                }
+                let mut buf = vec![0u8; n as usize + 2];
+                self.r.read_exact(&mut buf)?;
+                buf.truncate(n as usize);
+                Ok(Resp::Bulk(Some(buf)))
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// The RESP encoding of a command.
+fn encode(args: &[&str]) -> Vec<u8> {
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    req.into_bytes()
+}
+
+type History = Arc<Mutex<Vec<Operation<KvInput, KvOutput>>>>;
+
+fn now(start: Instant) -> u64 {
+    start.elapsed().as_nanos() as u64
+}
+
+/// One client: appends unique values and reads, over a few keys, switching
+/// node after errors. Every operation is recorded; an error or a lost
+/// connection makes a write's outcome unknown.
+fn client_loop(
+    id: u64,
+    addrs: Vec<String>,
+    stop: Arc<AtomicBool>,
+    history: History,
+    start: Instant,
+) {
+    let mut n = 0u64;
+    let mut which = id as usize % addrs.len();
+    let mut conn: Option<Client> = None;
+    while !stop.load(Ordering::Acquire) {
+        n += 1;
+        // Keys change every second: the checker's partitions stay small.
+        let key = format!("k{}.{}", start.elapsed().as_secs(), (id + n) % 5);
+        let write = !n.is_multiple_of(3);
+        let value = format!("[{id}.{n}]");
+        if conn.is_none() {
+            conn = Client::connect(&addrs[which]).ok();
+            if conn.is_none() {
+                which = (which + 1) % addrs.len();
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        }
+        let c = conn.as_mut().expect("connected");
+        let call = now(start);
+        let input = if write {
+            KvInput::Append {
+                key: key.clone(),
+                value: value.clone(),
+            }
+        } else {
+            KvInput::Get { key: key.clone() }
+        };
+        let reply = if write {
+            c.call(&["APPEND", &key, &value])
+        } else {
+            c.call(&["GET", &key])
+        };
+        let ret = now(start);
+        let op = match (&input, reply) {
+            (KvInput::Append { .. }, Ok(Resp::Int(_))) => {
+                Operation::returned(id, input, call, KvOutput::Done, ret)
+            }
+            (KvInput::Get { .. }, Ok(Resp::Bulk(v))) => {
+                let v = String::from_utf8(v.unwrap_or_default()).expect("utf8 values");
+                Operation::returned(id, input, call, KvOutput::Value(v), ret)
+            }
+            (_, Ok(Resp::Error(_))) => Operation::unknown(id, input, call),
+            (_, other) => {
+                // Connection trouble: outcome unknown; use another node.
+                let _ = other;
+                conn = None;
+                which = (which + 1) % addrs.len();
+                Operation::unknown(id, input, call)
+            }
+        };
+        history.lock().unwrap().push(op);
+    }
+}
+
+/// A client that pipelines: each write carries 2 to 5 commands (appends
+/// of unique values and reads over a few keys); each command is recorded
+/// as invoked when the write starts and answered when its own reply is
+/// read. After a lost connection every unanswered command's outcome is
+/// unknown.
+fn pipelining_client_loop(
+    id: u64,
+    addrs: Vec<String>,
+    stop: Arc<AtomicBool>,
+    history: History,
+    start: Instant,
+) {
+    let mut n = 0u64;
+    let mut which = id as usize % addrs.len();
+    let mut conn: Option<Client> = None;
+    while !stop.load(Ordering::Acquire) {
+        if conn.is_none() {
+            conn = Client::connect(&addrs[which]).ok();
+            if conn.is_none() {
+                which = (which + 1) % addrs.len();
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        }
+        let c = conn.as_mut().expect("connected");
+        n += 1;
+        let depth = 2 + (n % 4) as usize;
+        let epoch = start.elapsed().as_secs();
+        let mut inputs = Vec::with_capacity(depth);
+        let mut req = Vec::new();
+        for j in 0..depth as u64 {
+            // Pairs of commands share a key, so a pipeline both reads its own
+            // appends and appends twice to one key.
+            let key = format!("p{}.{}", epoch, (id + n + j / 2) % 5);
+            if (n + j).is_multiple_of(3) {
+                req.extend(encode(&["GET", &key]));
+                inputs.push(KvInput::Get { key });
+            } else {
+                let value = format!("[{id}.{n}.{j}]");
+                req.extend(encode(&["APPEND", &key, &value]));
+                inputs.push(KvInput::Append { key, value });
+            }
+        }
+        let call = now(start);
+        let mut lost = c.w.write_all(&req).is_err();
+        let mut ops = Vec::with_capacity(depth);
+        for input in inputs {
+            let reply = if lost {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            } else {
+                c.read_reply()
+            };
+            let ret = now(start);
+            let op = match (&input, reply) {
+                (KvInput::Append { .. }, Ok(Resp::Int(_))) => {
+                    Operation::returned(id, input, call, KvOutput::Done, ret)
+                }
+                (KvInput::Get { .. }, Ok(Resp::Bulk(v))) => {
+                    let v = String::from_utf8(v.unwrap_or_default()).expect("utf8 values");
+                    Operation::returned(id, input, call, KvOutput::Value(v), ret)
+                }
+                (_, Ok(Resp::Error(_))) => Operation::unknown(id, input, call),
+                (_, other) => {
+                    if other.is_ok() {
+                        panic!("client {id}: unexpected reply {other:?} to {input:?}");
+                    }
+                    lost = true;
+                    Operation::unknown(id, input, call)
+                }
+            };
+            ops.push(op);
+        }
+        if lost {
+            conn = None;
+            which = (which + 1) % addrs.len();
+        }
+        check_pipeline_order(id, &ops);
+        history.lock().unwrap().extend(ops);
+    }
+}
+
+/// Within one pipeline, a read sees the pipeline's earlier appends to its
+/// key, in order, and none of its later ones (per-connection order, which
+/// is stronger than linearizability for commands sent together).
+fn check_pipeline_order(id: u64, ops: &[Operation<KvInput, KvOutput>]) {
+    use longship_sim::linearizability::Outcome;
+    for (j, op) in ops.iter().enumerate() {
+        let (KvInput::Get { key }, Outcome::Returned { output, .. }) = (&op.input, &op.outcome)
+        else {
+            continue;
+        };
+        let KvOutput::Value(seen) = output else {
+            continue;
+        };
+        let mut at = 0;
+        for (i, other) in ops.iter().enumerate() {
+            let KvInput::Append { key: k, value } = &other.input else {
+                continue;
+            };
+            if k != key {
+                continue;
+            }
+            if i < j && matches!(other.outcome, Outcome::Returned { .. }) {
+                let pos = seen[at..].find(value.as_str()).unwrap_or_else(|| {
+                    panic!("client {id}: GET {key} = {seen:?} misses {value} appended before it")
+                });
+                at += pos + value.len();
+            } else if i > j {
+                assert!(
+                    !seen.contains(value.as_str()),
+                    "client {id}: GET {key} = {seen:?} sees {value} appended after it"
+                );
+            }
+        }
+    }
+}
+
+fn wait_ready(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut c) = Client::connect(addr)
+            && let Ok(Resp::Int(_)) = c.call(&["DBSIZE"])
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node at {addr} did not become ready"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn kill9_during_writes_loses_nothing_and_history_is_linearizable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path(), false);
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    let addrs: Vec<String> = nodes.iter().map(|n| n.redis.clone()).collect();
+    for a in &addrs {
+        wait_ready(a);
+    }
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let history: History = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (1..=9u64)
+        .map(|id| {
+            let (a, s, h) = (addrs.clone(), stop.clone(), history.clone());
+            if id <= 6 {
+                std::thread::spawn(move || client_loop(id, a, s, h, start))
+            } else {
+                std::thread::spawn(move || pipelining_client_loop(id, a, s, h, start))
+            }
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let victim = &mut nodes[1];
+    assert_eq!(victim.id, 2);
+    victim.kill9();
+    std::thread::sleep(Duration::from_secs(2));
+    victim.start();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Release);
+    for c in clients {
+        c.join().unwrap();
+    }
+    wait_ready(&addrs[1]);
+    // Final reads of every key on every node, after everything else.
+    let mut hist = std::mem::take(&mut *history.lock().unwrap());
+    let keys: Vec<String> = hist
+        .iter()
+        .map(|o| o.input.key().to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for a in &addrs {
+        let mut c = Client::connect(a).unwrap_or_else(|e| panic!("connect {a}: {e}"));
+        for key in keys.iter().cloned() {
+            let call = now(start);
+            let reply = c
+                .call(&["GET", &key])
+                .unwrap_or_else(|e| panic!("final GET {key} on {a}: {e}"));
+            let Resp::Bulk(v) = reply else {
+                panic!("final GET {key} on {a}: {reply:?}")
+            };
+            let v = String::from_utf8(v.unwrap_or_default()).unwrap();
+            hist.push(Operation::returned(
+                99,
+                KvInput::Get { key },
+                call,
+                KvOutput::Value(v),
+                now(start),
+            ));
+        }
+    }
+    let acked = hist
+        .iter()
+        .filter(|o| matches!(o.input, KvInput::Append { .. }))
+        .count();
+    assert!(acked > 50, "too little load went through: {acked} appends");
+    let pipelined = hist.iter().filter(|o| o.client >= 7).count();
+    assert!(
+        pipelined > 50,
+        "too little pipelined load went through: {pipelined} operations"
+    );
+    // Unknown appends that no read saw cannot matter (and cost the search most).
+    let hist = prune_invisible_unknowns(&hist);
+    eprintln!(
+        "history: {} operations, {pipelined} of pipelining clients",
+        hist.len()
+    );
+    let verdict = check(
+        &KvModel,
+        &hist,
+        Budget {
+            steps_max: 200_000_000,
+            time_max: Some(Duration::from_secs(120)),
+        },
+    );
+    assert!(
+        verdict.is_linearizable(),
+        "history of {} operations: {verdict:?}",
+        hist.len()
+    );
+
+    // The cluster restarted whole serves every acknowledged write.
+    let mut c = Client::connect(&addrs[0]).unwrap();
+    let before: Vec<Vec<u8>> = keys
+        .iter()
+        .map(|k| match c.call(&["GET", k]).unwrap() {
+            Resp::Bulk(v) => v.unwrap_or_default(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    for n in nodes.iter_mut() {
+        n.kill9();
+    }
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    for a in &addrs {
+        wait_ready(a);
+    }
+    let mut c = Client::connect(&addrs[2]).unwrap();
+    for (k, want) in keys.iter().zip(&before) {
+        let Resp::Bulk(v) = c.call(&["GET", k]).unwrap() else {
+            panic!("GET failed")
+        };
+        assert_eq!(
+            &v.unwrap_or_default(),
+            want,
+            "key {k} changed across a full restart"
+        );
+    }
+}
+
+fn tool(name: &str) -> Command {
+    let found = Command::new(name)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{name} not found: install redis-tools (the CI script does)"
+    );
+    Command::new(name)
+}
+
+#[test]
+fn redis_cli_and_redis_benchmark_with_pipelining() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path(), false);
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    for n in &nodes {
+        wait_ready(&n.redis);
+    }
+    let port = |i: usize| nodes[i].redis.rsplit(':').next().unwrap().to_string();
+    let out = tool("redis-cli")
+        .args(["-p", &port(0), "SET", "greeting", "hello"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    let out = tool("redis-cli")
+        .args(["-p", &port(2), "GET", "greeting"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello");
+    let out = tool("redis-cli")
+        .args(["-p", &port(1), "NOSUCHCMD"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ERR unknown command"));
+    let out = tool("redis-benchmark")
+        .args([
+            "-p",
+            &port(0),
+            "-t",
+            "set,get",
+            "-n",
+            "3000",
+            "-c",
+            "8",
+            "-P",
+            "16",
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "redis-benchmark failed: {text}");
+    assert!(
+        text.contains("SET:") && text.contains("GET:") && text.contains("requests per second"),
+        "{text}"
+    );
+    let out = tool("redis-cli")
+        .args(["-p", &port(1), "DBSIZE"])
+        .output()
+        .unwrap();
+    let keys: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(keys >= 2, "benchmark keys missing: {keys}");
+}
+
+/// The master of each slot range as `CLUSTER NODES` on `addr` names it
+/// (its Redis address once per range); empty when the node does not answer.
+fn cluster_masters(addr: &str) -> Vec<String> {
+    let Ok(Resp::Bulk(Some(text))) =
+        Client::connect(addr).and_then(|mut c| c.call(&["CLUSTER", "NODES"]))
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for line in String::from_utf8_lossy(&text).lines() {
+        // <id> <host:port@cport> <flags> <master> 0 0 0 connected <ranges...>
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() > 8 && f[2].contains("master") {
+            let host = f[1].split('@').next().unwrap_or("").to_string();
+            out.extend(std::iter::repeat_n(host, f.len() - 8));
+        }
+    }
+    out
+}
+
+#[test]
+fn redis_cli_in_cluster_mode_across_processes_and_a_kill9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path(), true);
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    let port = |n: &Node| n.redis.rsplit(':').next().unwrap().to_string();
+    // In cluster mode DBSIZE answers on any node (it counts what it leads).
+    for n in &nodes {
+        wait_ready(&n.redis);
+    }
+    let run = |port: &str, input: &str| -> Vec<String> {
+        let mut child = tool("redis-cli")
+            .args(["-c", "-p", port])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with("-> Redirected"))
+            .map(str::to_string)
+            .collect()
+    };
+    let n = 200;
+    let sets: String = (0..n).map(|i| format!("SET key:{i} v{i}\n")).collect();
+    let gets: String = (0..n).map(|i| format!("GET key:{i}\n")).collect();
+    let out = run(&port(&nodes[0]), &sets);
+    assert_eq!(out, vec!["OK".to_string(); n], "SETs through node 1");
+    // Every node names the same masters, each a node of the cluster.
+    let masters = cluster_masters(&nodes[0].redis);
+    assert_eq!(masters.len(), SHARDS as usize, "{masters:?}");
+    assert!(masters.iter().all(|m| nodes.iter().any(|n| n.redis == *m)));
+    // Wait until every shard is idle (quiesced: no heartbeats, so nothing
+    // notices a dead leader until a request comes).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let quiesced = |addr: &str| match Client::connect(addr).and_then(|mut c| c.call(&["INFO"])) {
+        Ok(Resp::Bulk(Some(t))) => {
+            String::from_utf8_lossy(&t).contains(&format!("quiesced_shards:{SHARDS}\r\n"))
+        }
+        _ => false,
+    };
+    while !nodes.iter().all(|n| quiesced(&n.redis)) {
+        assert!(Instant::now() < deadline, "shards never quiesced");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // kill -9 the node that leads the most shards.
+    let victim = nodes
+        .iter()
+        .max_by_key(|n| masters.iter().filter(|m| **m == n.redis).count())
+        .unwrap()
+        .id as usize
+        - 1;
+    nodes[victim].kill9();
+    let alive = (victim + 1) % 3;
+    // At once: a survivor forwards the requests of its quiesced shards
+    // (never redirecting to the dead node); that wakes them, they elect.
+    let want: Vec<String> = (0..n).map(|i| format!("v{i}")).collect();
+    assert_eq!(
+        run(&port(&nodes[alive]), &gets),
+        want,
+        "GETs after the kill"
+    );
+    // The topology no longer names the dead node (asking for it wakes
+    // the shards that are still idle).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = cluster_masters(&nodes[alive].redis);
+        if m.len() == SHARDS as usize && !m.contains(&nodes[victim].redis) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {} is still named master: {m:?}",
+            victim + 1
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(run(&port(&nodes[(victim + 2) % 3]), &gets), want);
+    nodes[victim].start();
+    wait_ready(&nodes[victim].redis);
+    let mut c = Client::connect(&nodes[victim].redis).unwrap();
+    assert_eq!(
+        c.call(&["CLUSTER", "KEYSLOT", "foo"]).unwrap(),
+        Resp::Int(12182)
+    );
+}
