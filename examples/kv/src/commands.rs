@@ -52,6 +52,8 @@ const SF: &[&str] = &["loading", "stale", "fast"];
 /// Every supported command, by name.
 pub const COMMANDS: &[CommandInfo] = &[
     c("append", 3, W, 1, 1, 1),
+    c("auth", -2, SF, 0, 0, 0),
+    c("client", -2, S, 0, 0, 0),
     c("cluster", -2, S, 0, 0, 0),
     c("command", -1, S, 0, 0, 0),
     c("config", -2, S, 0, 0, 0),
@@ -74,6 +76,7 @@ pub const COMMANDS: &[CommandInfo] = &[
     c("getrange", 4, R, 1, 1, 1),
     c("getset", 3, WF, 1, 1, 1),
     c("hdel", -3, WRF, 1, 1, 1),
+    c("hello", -1, SF, 0, 0, 0),
     c("hexists", 3, RF, 1, 1, 1),
     c("hget", 3, RF, 1, 1, 1),
     c("hgetall", 2, R, 1, 1, 1),

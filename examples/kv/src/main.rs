@@ -68,6 +68,17 @@ struct Args {
     /// (Redis's client-query-buffer-limit; suffixes kb, mb, gb allowed).
     #[arg(long, default_value = "1gb", value_parser = parse_size)]
     client_query_buffer_limit: u64,
+    /// Password clients must give with AUTH before any command (Redis's
+    /// requirepass). Visible in the process list: prefer --requirepass-file.
+    #[arg(long, conflicts_with = "requirepass_file")]
+    requirepass: Option<String>,
+    /// File holding the password (its first line).
+    #[arg(long)]
+    requirepass_file: Option<PathBuf>,
+    /// Serve Redis clients on a non-loopback address without a password
+    /// (multi-process mode refuses to otherwise).
+    #[arg(long)]
+    insecure: bool,
 }
 
 /// A size in bytes: a number with an optional k/kb/m/mb/g/gb suffix (powers of 1024, as Redis).
@@ -89,6 +100,24 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 impl Args {
+    /// The password of --requirepass or --requirepass-file.
+    fn password(&self) -> Result<Option<String>, String> {
+        let p = match (&self.requirepass, &self.requirepass_file) {
+            (Some(p), _) => p.clone(),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .map_err(|e| format!("--requirepass-file {}: {e}", f.display()))?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+            (None, None) => return Ok(None),
+        };
+        if p.is_empty() {
+            return Err("the password is empty".into());
+        }
+        Ok(Some(p))
+    }
+
     fn server_config(&self) -> Result<ServerConfig, String> {
         let cfg = ServerConfig {
             proto_max_bulk_len: self.proto_max_bulk_len,
@@ -97,11 +126,22 @@ impl Args {
             client_query_buffer_limit: usize::try_from(self.client_query_buffer_limit)
                 .map_err(|_| "--client-query-buffer-limit is too large".to_string())?,
             cluster_redirects: self.cluster_redirects,
+            requirepass: self.password()?,
             ..ServerConfig::default()
         };
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// Whether `addr` (host:port) only accepts connections from this machine.
+fn is_loopback(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, String> {
@@ -202,6 +242,11 @@ fn run(args: Args, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
                 .ok_or("--raft-addr is required (or list this node in --peers)")?,
         };
         let redis = args.redis_addr.clone().ok_or("--redis-addr is required")?;
+        if !is_loopback(&redis) && server.requirepass.is_none() && !args.insecure {
+            return Err(format!(
+                "refusing to serve Redis clients on {redis} without a password: give --requirepass-file (or --requirepass), or --insecure to serve anyone who can connect"
+            ));
+        }
         server.redis_addrs = match &args.redis_peers {
             Some(p) => parse_peers(p).map_err(|e| format!("--redis-peers: {e}"))?,
             None => BTreeMap::from([(node_id, redis.clone())]),

@@ -87,6 +87,9 @@ const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Sessions kept per shard for reuse.
 const SESSIONS_PER_SHARD: usize = 256;
+/// The Redis version longship-kv answers as (`HELLO`, `INFO`): the
+/// commands it supports behave as in this version.
+pub const REDIS_VERSION: &str = "7.2.0";
 /// How often a node looks for expired keys in the shards it leads.
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// Largest key.
@@ -132,6 +135,9 @@ pub struct ServerConfig {
     /// Answer `-MOVED` / `-CROSSSLOT` on every connection, not only on those
     /// in cluster mode (that sent `READONLY` or a `CLUSTER` command).
     pub cluster_redirects: bool,
+    /// The password clients must give with `AUTH` (or `HELLO ... AUTH`)
+    /// before any other command (`requirepass`; none by default).
+    pub requirepass: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -144,6 +150,7 @@ impl Default for ServerConfig {
             timeout: Duration::ZERO,
             redis_addrs: BTreeMap::new(),
             cluster_redirects: false,
+            requirepass: None,
         }
     }
 }
@@ -193,6 +200,14 @@ pub struct KvNode {
     clients: AtomicUsize,
     /// `-MOVED` replies sent.
     moved: AtomicU64,
+    /// The last client id given.
+    next_client_id: AtomicU64,
+    /// Commands received.
+    commands: AtomicU64,
+    /// When the node started.
+    started: Instant,
+    /// Open connections, by client id (`CLIENT LIST`).
+    client_list: Mutex<BTreeMap<u64, ClientEntry>>,
     /// Whether the sweeper runs.
     sweeper: std::sync::atomic::AtomicBool,
     /// Shards whose local replica was quiesced, and when that was looked up.
@@ -222,6 +237,10 @@ impl KvNode {
             sessions: Mutex::new(BTreeMap::new()),
             clients: AtomicUsize::new(0),
             moved: AtomicU64::new(0),
+            next_client_id: AtomicU64::new(0),
+            commands: AtomicU64::new(0),
+            started: Instant::now(),
+            client_list: Mutex::new(BTreeMap::new()),
             sweeper: std::sync::atomic::AtomicBool::new(false),
             quiesced: Mutex::new((None, Default::default())),
             local_hosts: OnceLock::new(),
@@ -546,6 +565,190 @@ impl KvNode {
         (out, fence)
     }
 
+    /// `AUTH [user] password`: the only user is `default`.
+    fn auth(&self, state: &mut ConnState, password: &[u8]) -> Reply {
+        let Some(want) = &self.config.requirepass else {
+            return Reply::err(
+                "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+            );
+        };
+        if same_secret(password, want.as_bytes()) {
+            state.authed = true;
+            Reply::ok()
+        } else {
+            Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into())
+        }
+    }
+
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: RESP2 only (a
+    /// request for 3 is answered `-NOPROTO`, and clients fall back).
+    fn hello(&self, state: &mut ConnState, args: &[Vec<u8>]) -> Reply {
+        if let Some(v) = args.get(1) {
+            match crate::exec::parse_int(v) {
+                Some(2) => {}
+                Some(3) => {
+                    return Reply::Error(
+                        "NOPROTO sorry, this protocol version is not supported".into(),
+                    );
+                }
+                _ => return Reply::Error("NOPROTO unsupported protocol version".into()),
+            }
+        }
+        let mut i = 2;
+        while i < args.len() {
+            match String::from_utf8_lossy(&args[i])
+                .to_ascii_uppercase()
+                .as_str()
+            {
+                "AUTH" if i + 2 < args.len() => {
+                    let r = self.auth(state, &args[i + 2]);
+                    if r != Reply::ok() {
+                        return r;
+                    }
+                    i += 3;
+                }
+                "SETNAME" if i + 1 < args.len() => {
+                    if let Some(c) = self.client_list.lock().get_mut(&state.id) {
+                        c.name = String::from_utf8_lossy(&args[i + 1]).into_owned();
+                    }
+                    i += 2;
+                }
+                _ => return Reply::err("syntax error in HELLO option"),
+            }
+        }
+        if !state.authed {
+            return Reply::Error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".into());
+        }
+        let b = |s: &str| Reply::Bulk(s.as_bytes().to_vec());
+        Reply::Array(vec![
+            b("server"),
+            b("redis"),
+            b("version"),
+            b(REDIS_VERSION),
+            b("proto"),
+            Reply::Int(2),
+            b("id"),
+            Reply::Int(state.id as i64),
+            b("mode"),
+            b("cluster"),
+            b("role"),
+            b("master"),
+            b("modules"),
+            Reply::Array(Vec::new()),
+        ])
+    }
+
+    /// `CLIENT ID | SETNAME | GETNAME | INFO | LIST | SETINFO`.
+    fn client_command(&self, state: &mut ConnState, args: &[Vec<u8>]) -> Reply {
+        let sub = String::from_utf8_lossy(&args[1]).to_ascii_uppercase();
+        let mut list = self.client_list.lock();
+        match (sub.as_str(), args.len()) {
+            ("ID", 2) => Reply::Int(state.id as i64),
+            ("SETNAME", 3) => {
+                let name = String::from_utf8_lossy(&args[2]).into_owned();
+                if name.chars().any(|c| c <= ' ' || c > '~') {
+                    return Reply::err(
+                        "Client names cannot contain spaces, newlines or special characters.",
+                    );
+                }
+                if let Some(c) = list.get_mut(&state.id) {
+                    c.name = name;
+                }
+                Reply::ok()
+            }
+            ("GETNAME", 2) => match list.get(&state.id) {
+                Some(c) if !c.name.is_empty() => Reply::Bulk(c.name.clone().into_bytes()),
+                _ => Reply::Nil,
+            },
+            ("SETINFO", 4) => {
+                let v = String::from_utf8_lossy(&args[3]).into_owned();
+                let Some(c) = list.get_mut(&state.id) else {
+                    return Reply::ok();
+                };
+                match String::from_utf8_lossy(&args[2])
+                    .to_ascii_uppercase()
+                    .as_str()
+                {
+                    "LIB-NAME" => c.lib_name = v,
+                    "LIB-VER" => c.lib_ver = v,
+                    other => {
+                        return Reply::err(format!("Unrecognized option '{other}'"));
+                    }
+                }
+                Reply::ok()
+            }
+            ("INFO", 2) => Reply::Bulk(
+                list.get(&state.id)
+                    .map(|c| format!("{}\n", c.line(state.id)))
+                    .unwrap_or_default()
+                    .into_bytes(),
+            ),
+            ("LIST", 2) => Reply::Bulk(
+                list.iter()
+                    .map(|(id, c)| format!("{}\n", c.line(*id)))
+                    .collect::<String>()
+                    .into_bytes(),
+            ),
+            ("ID" | "SETNAME" | "GETNAME" | "SETINFO" | "INFO" | "LIST", _) => Reply::err(format!(
+                "wrong number of arguments for 'client|{}' command",
+                sub.to_ascii_lowercase()
+            )),
+            _ => Reply::err(format!(
+                "unknown subcommand '{}'. Try CLIENT HELP.",
+                String::from_utf8_lossy(&args[1])
+                    .chars()
+                    .take(64)
+                    .collect::<String>()
+            )),
+        }
+    }
+
+    /// `CONFIG GET pattern...` with this node's real settings; `CONFIG SET`
+    /// is refused (settings are command-line flags).
+    fn config_command(&self, args: &[Vec<u8>]) -> Reply {
+        let sub = String::from_utf8_lossy(&args[1]).to_ascii_uppercase();
+        if sub != "GET" || args.len() < 3 {
+            return Reply::err(format!(
+                "CONFIG {} is not supported by longship-kv (settings are command-line flags); CONFIG GET parameter... is",
+                sub.to_ascii_lowercase()
+            ));
+        }
+        let c = &self.config;
+        let values: Vec<(&str, String)> = vec![
+            ("maxclients", c.maxclients.to_string()),
+            ("timeout", c.timeout.as_secs().to_string()),
+            ("proto-max-bulk-len", c.proto_max_bulk_len.to_string()),
+            (
+                "client-query-buffer-limit",
+                c.client_query_buffer_limit.to_string(),
+            ),
+            ("databases", "1".into()),
+            ("cluster-enabled", "yes".into()),
+            ("appendonly", "yes".into()),
+            ("appendfsync", "always".into()),
+            ("save", String::new()),
+            ("maxmemory", "0".into()),
+            ("requirepass", String::new()),
+        ];
+        let mut out = Vec::new();
+        for (name, v) in values {
+            if args[2..]
+                .iter()
+                .any(|p| crate::exec::glob_match(&p.to_ascii_lowercase(), name.as_bytes()))
+            {
+                out.push(Reply::Bulk(name.as_bytes().to_vec()));
+                // The password itself is never shown.
+                let v = if name == "requirepass" && c.requirepass.is_some() {
+                    "********".into()
+                } else {
+                    v
+                };
+                out.push(Reply::Bulk(v.into_bytes()));
+            }
+        }
+        Reply::Array(out)
+    }
+
     /// The leader of `shard` as this node knows it.
     fn leader_of(&self, shard: ShardId) -> Option<u64> {
         self.nh
@@ -831,42 +1034,94 @@ impl KvNode {
         out
     }
 
-    /// A text summary for INFO.
-    pub fn info(&self) -> String {
+    /// `INFO [section ...]`: Redis's `server`, `clients`, `memory`, `stats`,
+    /// `keyspace` and `cluster` sections, and a `raft` section (shards,
+    /// leaders, terms, applied indexes). No section (or `default`, `all`,
+    /// `everything`): all of them.
+    pub fn info(&self, sections: &[Vec<u8>]) -> String {
+        let want = |name: &str| {
+            sections.is_empty()
+                || sections.iter().any(|s| {
+                    let s = String::from_utf8_lossy(s).to_ascii_lowercase();
+                    s == name || s == "all" || s == "default" || s == "everything"
+                })
+        };
         let info = self.nh.get_node_host_info();
-        let mut s = format!(
-            "# longship\r\nnode_id:{}\r\nraft_address:{}\r\nshards:{}\r\nconnected_clients:{}\r\nmaxclients:{}\r\nproto_max_bulk_len:{}\r\n",
-            self.node_id,
-            info.raft_address,
-            self.shards,
-            self.clients(),
-            self.config.maxclients,
-            self.config.proto_max_bulk_len
-        );
-        s.push_str("# Cluster\r\ncluster_enabled:1\r\n");
-        // Keys held by this node's replicas (expired keys not yet swept
-        // included), as Redis's keyspace section.
-        let (mut keys, mut expires) = (0u64, 0u64);
-        for x in &info.shards {
-            if let Ok(b) = self.nh.read_local(x.shard_id, &[crate::sm::query::STATS])
-                && b.len() == 16
-            {
-                keys += u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
-                expires += u64::from_le_bytes(b[8..].try_into().unwrap_or_default());
-            }
-        }
-        s.push_str(&format!(
-            "# Keyspace\r\ndb0:keys={keys},expires={expires},avg_ttl=0\r\n"
-        ));
-        let leaders = info.shards.iter().filter(|x| x.is_leader).count();
-        s.push_str(&format!("leader_shards:{leaders}\r\n"));
-        let quiesced = info.shards.iter().filter(|x| x.quiesced).count();
-        s.push_str(&format!("quiesced_shards:{quiesced}\r\n"));
-        for x in &info.shards {
+        let mut s = String::new();
+        if want("server") {
+            let port = self
+                .config
+                .redis_addrs
+                .get(&self.node_id)
+                .and_then(|a| a.rsplit(':').next())
+                .unwrap_or("0");
             s.push_str(&format!(
-                "shard_{}:leader={},term={},applied={},snapshot={}\r\n",
-                x.shard_id, x.leader_id, x.term, x.applied, x.snapshot_index
+                "# Server\r\nredis_version:{REDIS_VERSION}\r\nredis_mode:cluster\r\nlongship_kv_version:{}\r\nprocess_id:{}\r\ntcp_port:{port}\r\nuptime_in_seconds:{}\r\nnode_id:{}\r\nraft_address:{}\r\n\r\n",
+                env!("CARGO_PKG_VERSION"),
+                std::process::id(),
+                self.started.elapsed().as_secs(),
+                self.node_id,
+                info.raft_address,
             ));
+        }
+        if want("clients") {
+            s.push_str(&format!(
+                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
+                self.clients(),
+                self.config.maxclients
+            ));
+        }
+        if want("memory") {
+            // Resident set size (Linux; 0 elsewhere).
+            let rss = std::fs::read_to_string("/proc/self/statm")
+                .ok()
+                .and_then(|t| t.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .map_or(0, |pages| pages * 4096);
+            s.push_str(&format!(
+                "# Memory\r\nused_memory:{rss}\r\nused_memory_rss:{rss}\r\nmaxmemory:0\r\nproto_max_bulk_len:{}\r\n\r\n",
+                self.config.proto_max_bulk_len
+            ));
+        }
+        if want("stats") {
+            s.push_str(&format!(
+                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nmoved_replies:{}\r\n\r\n",
+                self.next_client_id.load(Ordering::Relaxed),
+                self.commands.load(Ordering::Relaxed),
+                self.moved_replies(),
+            ));
+        }
+        if want("keyspace") {
+            // Keys held by this node's replicas (expired keys not yet swept
+            // included).
+            let (mut keys, mut expires) = (0u64, 0u64);
+            for x in &info.shards {
+                if let Ok(b) = self.nh.read_local(x.shard_id, &[crate::sm::query::STATS])
+                    && b.len() == 16
+                {
+                    keys += u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
+                    expires += u64::from_le_bytes(b[8..].try_into().unwrap_or_default());
+                }
+            }
+            s.push_str(&format!(
+                "# Keyspace\r\ndb0:keys={keys},expires={expires},avg_ttl=0\r\n\r\n"
+            ));
+        }
+        if want("cluster") {
+            s.push_str("# Cluster\r\ncluster_enabled:1\r\n\r\n");
+        }
+        if want("raft") {
+            let leaders = info.shards.iter().filter(|x| x.is_leader).count();
+            let quiesced = info.shards.iter().filter(|x| x.quiesced).count();
+            s.push_str(&format!(
+                "# Raft\r\nshards:{}\r\nleader_shards:{leaders}\r\nquiesced_shards:{quiesced}\r\n",
+                self.shards
+            ));
+            for x in &info.shards {
+                s.push_str(&format!(
+                    "shard_{}:leader={},term={},applied={},snapshot={}\r\n",
+                    x.shard_id, x.leader_id, x.term, x.applied, x.snapshot_index
+                ));
+            }
         }
         s
     }
@@ -892,13 +1147,52 @@ pub fn cluster_node_id(node_id: u64) -> String {
     format!("{node_id:040x}")
 }
 
-/// Counts a connection while it lives.
-struct ClientSlot(Arc<KvNode>);
+/// What `CLIENT LIST` shows of a connection.
+#[derive(Clone, Debug)]
+struct ClientEntry {
+    addr: String,
+    laddr: String,
+    name: String,
+    lib_name: String,
+    lib_ver: String,
+    since: Instant,
+    last: Instant,
+    last_cmd: String,
+}
+
+impl ClientEntry {
+    fn line(&self, id: u64) -> String {
+        format!(
+            "id={id} addr={} laddr={} fd=0 name={} age={} idle={} flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 cmd={} user=default redir=-1 resp=2 lib-name={} lib-ver={}",
+            self.addr,
+            self.laddr,
+            self.name,
+            self.since.elapsed().as_secs(),
+            self.last.elapsed().as_secs(),
+            self.last_cmd,
+            self.lib_name,
+            self.lib_ver
+        )
+    }
+}
+
+/// Counts a connection while it lives (and lists it for `CLIENT LIST`).
+struct ClientSlot(Arc<KvNode>, u64);
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
+        self.0.client_list.lock().remove(&self.1);
         self.0.clients.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Compares two secrets in time independent of where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() != b.len()) as u8;
+    for i in 0..a.len().max(b.len()) {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
 }
 
 /// Accepts Redis connections until the listener fails. Over `maxclients`
@@ -916,10 +1210,31 @@ pub async fn serve(listener: TcpListener, node: Arc<KvNode>) {
                     let _ = stream.try_write(b"-ERR max number of clients reached\r\n");
                     continue;
                 }
-                let slot = ClientSlot(node.clone());
+                let id = node.next_client_id.fetch_add(1, Ordering::AcqRel) + 1;
+                let now = Instant::now();
+                node.client_list.lock().insert(
+                    id,
+                    ClientEntry {
+                        addr: stream
+                            .peer_addr()
+                            .map(|a| a.to_string())
+                            .unwrap_or_default(),
+                        laddr: stream
+                            .local_addr()
+                            .map(|a| a.to_string())
+                            .unwrap_or_default(),
+                        name: String::new(),
+                        lib_name: String::new(),
+                        lib_ver: String::new(),
+                        since: now,
+                        last: now,
+                        last_cmd: "NULL".into(),
+                    },
+                );
+                let slot = ClientSlot(node.clone(), id);
                 let node = node.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle_conn(stream, node).await {
+                    if let Err(e) = handle_conn(stream, node, id).await {
                         tracing::debug!(error = %e, "connection closed");
                     }
                     drop(slot);
@@ -949,6 +1264,10 @@ struct ConnState {
     multi_error: bool,
     /// WATCHed keys and their digests when watched.
     watched: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The client id (`CLIENT ID`).
+    id: u64,
+    /// Whether the client may run commands (AUTH given, or no password).
+    authed: bool,
     /// Sessions whose last proposal has an unknown outcome, by shard (see
     /// `KvNode::propose`).
     fences: BTreeMap<ShardId, Session>,
@@ -1017,11 +1336,15 @@ fn flush_some(stream: &TcpStream, out: &mut Vec<u8>) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn handle_conn(mut stream: TcpStream, node: Arc<KvNode>) -> std::io::Result<()> {
+async fn handle_conn(mut stream: TcpStream, node: Arc<KvNode>, id: u64) -> std::io::Result<()> {
     let mut parser = RequestParser::new(node.config.resp_limits());
     let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
     let mut out: Vec<u8> = Vec::with_capacity(16 << 10);
-    let mut state = ConnState::default();
+    let mut state = ConnState {
+        id,
+        authed: node.config.requirepass.is_none(),
+        ..ConnState::default()
+    };
     let mut eof = false;
     let mut last_active = tokio::time::Instant::now();
     let idle = node.config.timeout;
@@ -1179,6 +1502,7 @@ pub async fn execute_commands(
 ) -> Vec<Reply> {
     let mut state = ConnState {
         readonly,
+        authed: true,
         ..ConnState::default()
     };
     execute_round(node, &mut state, commands).await
@@ -1414,6 +1738,14 @@ fn plan(node: &KvNode, state: &mut ConnState, args: &[Vec<u8>], round: &mut Roun
         }
         return now(arity_error(&name));
     }
+    node.commands.fetch_add(1, Ordering::Relaxed);
+    if let Some(c) = node.client_list.lock().get_mut(&state.id) {
+        c.last = Instant::now();
+        c.last_cmd = name.to_ascii_lowercase();
+    }
+    if !state.authed && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
+        return now(Reply::Error("NOAUTH Authentication required.".into()));
+    }
     let cluster_mode = state.cluster || node.config.cluster_redirects;
     let keys = info.keys(args);
     // Inside MULTI: data commands are queued, checked like any other.
@@ -1460,7 +1792,10 @@ fn plan(node: &KvNode, state: &mut ConnState, args: &[Vec<u8>], round: &mut Roun
         }
         "ECHO" => return now(Reply::Bulk(args[1].clone())),
         "COMMAND" => return now(commands::command_command(args)),
-        "CONFIG" => return now(Reply::Array(Vec::new())),
+        "CONFIG" => return now(node.config_command(args)),
+        "AUTH" => return now(node.auth(state, args.last().map_or(&[][..], |p| p.as_slice()))),
+        "HELLO" => return now(node.hello(state, args)),
+        "CLIENT" => return now(node.client_command(state, args)),
         "SELECT" => {
             return now(if args[1] == b"0" {
                 Reply::ok()
@@ -1468,7 +1803,7 @@ fn plan(node: &KvNode, state: &mut ConnState, args: &[Vec<u8>], round: &mut Roun
                 Reply::err("DB index is out of range")
             });
         }
-        "INFO" => return now(Reply::Bulk(node.info().into_bytes())),
+        "INFO" => return now(Reply::Bulk(node.info(&args[1..]).into_bytes())),
         "CLUSTER" => {
             state.cluster = true;
             return now(node.cluster_command(args));

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use longship::ShardId;
+use longship_kv::server::ServerConfig;
 use longship_kv::slots::shard_of;
 
 /// Keys on different shards.
@@ -351,6 +352,93 @@ fn multi_exec_runs_as_one_entry_and_watch_aborts_on_a_change() {
     assert_eq!(conn.call(&["MULTI"]), ok());
     assert_eq!(conn.call(&["INCR", "{t}a"]), Resp::Simple("QUEUED".into()));
     assert_eq!(conn.call(&["EXEC"]), Resp::Array(vec![Resp::Int(6)]));
+}
+
+#[test]
+fn auth_hello_client_config_and_info() {
+    let c = Cluster::start_with(ServerConfig {
+        requirepass: Some("s3cret".into()),
+        ..ServerConfig::default()
+    });
+    let mut conn = c.conn(0);
+    let noauth = Resp::Error("NOAUTH Authentication required.".into());
+    assert_eq!(conn.call(&["GET", "k"]), noauth);
+    assert_eq!(conn.call(&["PING"]), noauth);
+    assert_eq!(
+        conn.call(&["AUTH", "wrong"]),
+        Resp::Error("WRONGPASS invalid username-password pair or user is disabled.".into())
+    );
+    assert_eq!(conn.call(&["GET", "k"]), noauth);
+    assert_eq!(conn.call(&["AUTH", "default", "s3cret"]), ok());
+    assert_eq!(conn.call(&["SET", "k", "v"]), ok());
+    // HELLO 2 with AUTH and SETNAME on a new connection; RESP3 is refused.
+    let mut other = c.conn(0);
+    assert!(matches!(other.call(&["HELLO", "3"]), Resp::Error(e) if e.starts_with("NOPROTO")));
+    let Resp::Array(hello) =
+        other.call(&["HELLO", "2", "AUTH", "default", "s3cret", "SETNAME", "me"])
+    else {
+        panic!()
+    };
+    assert_eq!(hello[0], bulk("server"));
+    assert_eq!(hello[5], Resp::Int(2));
+    assert_eq!(other.call(&["CLIENT", "GETNAME"]), bulk("me"));
+    assert_eq!(other.call(&["GET", "k"]), bulk("v"));
+    let Resp::Int(id) = other.call(&["CLIENT", "ID"]) else {
+        panic!()
+    };
+    assert_eq!(other.call(&["CLIENT", "SETINFO", "LIB-NAME", "test"]), ok());
+    let list = text(&conn.call(&["CLIENT", "LIST"]));
+    assert!(
+        list.lines().any(|l| l.starts_with(&format!("id={id} "))
+            && l.contains(" name=me ")
+            && l.contains("lib-name=test")),
+        "{list}"
+    );
+    assert!(text(&other.call(&["CLIENT", "INFO"])).starts_with(&format!("id={id} ")));
+    assert!(matches!(
+        other.call(&["CLIENT", "SETNAME", "a b"]),
+        Resp::Error(e) if e.contains("cannot contain spaces")
+    ));
+    // CONFIG GET with the real values; the password is never shown.
+    assert_eq!(
+        conn.call(&["CONFIG", "GET", "maxclients"]),
+        Resp::Array(vec![bulk("maxclients"), bulk("10000")])
+    );
+    let Resp::Array(all) = conn.call(&["CONFIG", "GET", "*"]) else {
+        panic!()
+    };
+    assert!(all.contains(&bulk("proto-max-bulk-len")));
+    assert!(!all.contains(&bulk("s3cret")));
+    assert!(matches!(
+        conn.call(&["CONFIG", "SET", "timeout", "1"]),
+        Resp::Error(_)
+    ));
+    // INFO: Redis's sections and the raft one.
+    let info = text(&conn.call(&["INFO"]));
+    for section in [
+        "# Server",
+        "# Clients",
+        "# Memory",
+        "# Stats",
+        "# Keyspace",
+        "# Cluster",
+        "# Raft",
+    ] {
+        assert!(info.contains(section), "{section} missing:\n{info}");
+    }
+    assert!(info.contains("redis_version:"));
+    assert!(info.contains(&format!("shards:{SHARDS}\r\n")));
+    let keyspace = text(&conn.call(&["INFO", "keyspace"]));
+    assert!(
+        keyspace.starts_with("# Keyspace") && !keyspace.contains("# Server"),
+        "{keyspace}"
+    );
+    // AUTH without a password configured is an error, as in Redis.
+    let open = Cluster::start(false);
+    assert!(matches!(
+        open.conn(0).call(&["AUTH", "x"]),
+        Resp::Error(e) if e.contains("without any password configured")
+    ));
 }
 
 const REDIS_PY_COMMANDS: &str = r#"

@@ -699,3 +699,84 @@ fn redis_cli_in_cluster_mode_across_processes_and_a_kill9() {
         Resp::Int(12182)
     );
 }
+
+#[test]
+fn a_public_address_needs_a_password_and_requirepass_file_is_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let raft = format!("127.0.0.1:{}", free_port());
+    let redis_port = free_port();
+    let base = |redis: &str| -> Vec<String> {
+        vec![
+            "--node-id".into(),
+            "1".into(),
+            "--redis-addr".into(),
+            redis.into(),
+            "--peers".into(),
+            format!("1={raft}"),
+            "--shards".into(),
+            "2".into(),
+            "--data-dir".into(),
+            dir.path().join("node1").display().to_string(),
+        ]
+    };
+    // Any address that is not loopback, without a password: refused at once.
+    let out = Command::new(env!("CARGO_BIN_EXE_longship-kv"))
+        .args(base(&format!("0.0.0.0:{redis_port}")))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("without a password") && err.contains("--insecure"),
+        "{err}"
+    );
+    // With a password from a file: NOAUTH until AUTH.
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "pw-from-file\n").unwrap();
+    let redis = format!("127.0.0.1:{redis_port}");
+    let mut args = base(&redis);
+    args.extend(["--requirepass-file".into(), pass.display().to_string()]);
+    let mut node = Node {
+        id: 1,
+        args,
+        redis: redis.clone(),
+        child: None,
+        log: dir.path().join("node1.log"),
+    };
+    node.start();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = Client::connect(&redis).and_then(|mut c| {
+            c.call(&["AUTH", "pw-from-file"])?;
+            c.call(&["DBSIZE"])
+        });
+        if let Ok(Resp::Int(_)) = r {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node did not become ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let port = redis_port.to_string();
+    let out = tool("redis-cli")
+        .args(["-p", &port, "SET", "k", "v"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("NOAUTH"),
+        "{out:?}"
+    );
+    let out = tool("redis-cli")
+        .args([
+            "-p",
+            &port,
+            "--no-auth-warning",
+            "-a",
+            "pw-from-file",
+            "SET",
+            "k",
+            "v",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+}

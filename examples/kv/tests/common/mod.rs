@@ -34,6 +34,14 @@ pub struct Cluster {
 impl Cluster {
     /// Three nodes that know each other's Redis addresses.
     pub fn start(cluster_redirects: bool) -> Cluster {
+        Cluster::start_with(ServerConfig {
+            cluster_redirects,
+            ..ServerConfig::default()
+        })
+    }
+
+    /// Three nodes with these settings (their Redis addresses filled in).
+    pub fn start_with(config: ServerConfig) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let peers: BTreeMap<u64, String> = (1..=3)
             .map(|i| (i, format!("127.0.0.1:{}", free_port())))
@@ -55,8 +63,7 @@ impl Cluster {
             .collect();
         let server = ServerConfig {
             redis_addrs: (1..=3u64).zip(addrs.iter().cloned()).collect(),
-            cluster_redirects,
-            ..ServerConfig::default()
+            ..config
         };
         let nodes: Vec<Arc<KvNode>> = (1..=3u64)
             .map(|i| {
