@@ -113,6 +113,11 @@ pub struct BenchArgs {
     /// apply workers). The benchmark's state machine is a counter.
     #[arg(long, default_value_t = 64 << 10)]
     pub inline_apply_bytes: u64,
+    /// The NodeHosts of this process share one write-ahead log: one group
+    /// commit (one fsync) covers the writes of all of them, as separate
+    /// fsyncs of the same disk would (`longship_storage::logdb::SharedLogDb`).
+    #[arg(long)]
+    pub shared_wal: bool,
     /// Timeout of each request in milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub timeout_ms: u64,
@@ -179,6 +184,7 @@ pub fn run(args: BenchArgs) -> Res<()> {
         step_workers: args.step_workers,
         apply_workers: args.apply_workers,
         inline_apply_bytes: args.inline_apply_bytes,
+        shared_wal: args.shared_wal,
         quiesce: args.idle,
         snapshot_entries: 0,
     };

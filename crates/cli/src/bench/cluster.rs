@@ -28,6 +28,8 @@ pub struct ClusterOptions {
     pub apply_workers: Option<usize>,
     /// `Config::inline_apply_max_bytes` of every replica.
     pub inline_apply_bytes: u64,
+    /// The hosts share one write-ahead log (one fsync for all of them).
+    pub shared_wal: bool,
     /// Replicas quiesce when idle.
     pub quiesce: bool,
     /// `Config::snapshot_entries` of every replica (0: no automatic snapshots).
@@ -84,6 +86,29 @@ impl Cluster {
 
     /// Opens every NodeHost (again after `close_hosts`, on the same data).
     pub fn open_hosts(&mut self) -> Res<()> {
+        // One write-ahead log for every host (each host has replica id `i`
+        // in every shard, so a view owns the replicas with its id).
+        let mut shared = if self.opts.shared_wal && self.opts.logdb == LogDbKind::Wal {
+            let dir = self.opts.dir.join("wal-shared");
+            let fs: Arc<dyn longship_storage::vfs::FileSystem> =
+                Arc::new(longship_storage::vfs::OsFs::new());
+            let wal = longship_storage::logdb::Wal::open(
+                fs,
+                &dir,
+                longship_storage::logdb::WalOptions::default(),
+            )
+            .map_err(|e| format!("opening the shared log in {}: {e}", dir.display()))?;
+            let owners = (1..=self.opts.replicas)
+                .map(|i| {
+                    Box::new(move |_: longship::ShardId, r: longship::ReplicaId| r.0 == i)
+                        as Box<dyn Fn(longship::ShardId, longship::ReplicaId) -> bool + Send + Sync>
+                })
+                .collect();
+            longship_storage::logdb::SharedLogDb::views(Arc::new(wal), owners)
+        } else {
+            Vec::new()
+        };
+        shared.reverse();
         for i in 1..=self.opts.replicas {
             let cfg = self.host_config(i);
             let mut b = NodeHost::builder(cfg);
@@ -92,6 +117,8 @@ impl Cluster {
             }
             if self.opts.logdb == LogDbKind::Mem {
                 b = b.mem_log_db();
+            } else if let Some(view) = shared.pop() {
+                b = b.log_db(view);
             }
             let nh = b
                 .build()
