@@ -56,7 +56,8 @@ counters!(
     snapshot_bytes_sent,
     /// Step worker cycles.
     step_cycles,
-    /// Replicas failed by a panic in their protocol work (the worker went on).
+    /// Replicas failed by a panic in their protocol work or a log storage
+    /// read error (the worker went on with its other shards).
     replicas_failed,
     /// Worker rounds that panicked outside any replica's guard (the thread went on).
     worker_panics,

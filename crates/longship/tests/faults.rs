@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use common::*;
@@ -95,4 +96,157 @@ fn a_panicking_lookup_is_an_error_and_other_reads_go_on() {
     );
     assert_eq!(c.read(1, 1, "get a"), b"1");
     assert_eq!(c.nh(1).metrics().worker_panics.load(Ordering::Relaxed), 0);
+}
+
+/// Log storage whose reads of one shard's entries fail once `broken` is
+/// set (a disk read error or corruption under that shard's records).
+struct FailingReads {
+    inner: longship_storage::logdb::MemLogDb,
+    broken: std::sync::atomic::AtomicU64,
+}
+
+impl FailingReads {
+    fn check(&self, shard: ShardId) -> longship_storage::Result<()> {
+        if self.broken.load(Ordering::SeqCst) == shard.0 {
+            return Err(longship_storage::Error::Corruption {
+                file: "wal/0000000000000001.log".into(),
+                offset: 4096,
+                reason: "injected by the test".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+use longship::{Index, ReplicaId, Term};
+use longship_raft::{Entry, SnapshotMeta};
+use longship_storage::logdb::{LogDb, ReplicaState, Update};
+
+impl LogDb for FailingReads {
+    fn save_raft_state(&self, updates: &[Update]) -> longship_storage::Result<()> {
+        self.inner.save_raft_state(updates)
+    }
+    fn entries(
+        &self,
+        shard: ShardId,
+        replica: ReplicaId,
+        low: Index,
+        high: Index,
+        max_bytes: u64,
+    ) -> longship_storage::Result<Vec<Entry>> {
+        self.check(shard)?;
+        self.inner.entries(shard, replica, low, high, max_bytes)
+    }
+    fn term(
+        &self,
+        shard: ShardId,
+        replica: ReplicaId,
+        index: Index,
+    ) -> longship_storage::Result<Term> {
+        self.check(shard)?;
+        self.inner.term(shard, replica, index)
+    }
+    fn first_index(&self, shard: ShardId, replica: ReplicaId) -> Index {
+        self.inner.first_index(shard, replica)
+    }
+    fn last_index(&self, shard: ShardId, replica: ReplicaId) -> Index {
+        self.inner.last_index(shard, replica)
+    }
+    fn snapshot(&self, shard: ShardId, replica: ReplicaId) -> SnapshotMeta {
+        self.inner.snapshot(shard, replica)
+    }
+    fn read_state(&self, shard: ShardId, replica: ReplicaId) -> Option<ReplicaState> {
+        self.inner.read_state(shard, replica)
+    }
+    fn list_replicas(&self) -> Vec<(ShardId, ReplicaId)> {
+        self.inner.list_replicas()
+    }
+    fn remove_entries_to(
+        &self,
+        shard: ShardId,
+        replica: ReplicaId,
+        index: Index,
+    ) -> longship_storage::Result<()> {
+        self.inner.remove_entries_to(shard, replica, index)
+    }
+    fn save_snapshot(
+        &self,
+        shard: ShardId,
+        replica: ReplicaId,
+        s: &SnapshotMeta,
+    ) -> longship_storage::Result<()> {
+        self.inner.save_snapshot(shard, replica, s)
+    }
+    fn remove_node_data(&self, shard: ShardId, replica: ReplicaId) -> longship_storage::Result<()> {
+        self.inner.remove_node_data(shard, replica)
+    }
+    fn import_snapshot(
+        &self,
+        shard: ShardId,
+        replica: ReplicaId,
+        s: &SnapshotMeta,
+    ) -> longship_storage::Result<()> {
+        self.inner.import_snapshot(shard, replica, s)
+    }
+    fn close(&self) -> longship_storage::Result<()> {
+        self.inner.close()
+    }
+}
+
+#[test]
+fn a_log_read_error_fails_only_the_replica_whose_entries_cannot_be_read() {
+    let c = TestCluster::new(2);
+    // Host 3: shards 1 and 3 (one step worker, one apply worker) over the
+    // failing log storage, each with a follower on host 1 and host 2.
+    let log = Arc::new(FailingReads {
+        inner: longship_storage::logdb::MemLogDb::new(),
+        broken: std::sync::atomic::AtomicU64::new(0),
+    });
+    let nh3 = longship::NodeHost::builder(longship::NodeHostConfig {
+        step_workers: 1,
+        apply_workers: 1,
+        ..c.host_config(3)
+    })
+    .transport(Arc::new(c.net.transport(&addr(3))))
+    .log_db(log.clone())
+    .build()
+    .unwrap();
+    for shard in [1u64, 3] {
+        for h in 1..=2 {
+            c.start_replica_on(
+                h,
+                Start::New(TestCluster::members(&[1, 2, 3])),
+                config(shard, h),
+            );
+        }
+        nh3.start_replica(
+            Start::New(TestCluster::members(&[1, 2, 3])),
+            |_, _| Box::new(Kv::default()),
+            config(shard, 3),
+        )
+        .unwrap();
+    }
+    // Proposals on host 1 are forwarded to wherever the leader is.
+    for shard in [1u64, 3] {
+        c.propose(1, shard, "set a 1");
+    }
+    // Reads of shard 1's entries fail from now on; new entries of shard 1
+    // must be read back to be applied on host 3.
+    log.broken.store(1, Ordering::SeqCst);
+    for shard in [1u64, 3] {
+        let mut s = c.nh(1).get_noop_session(ShardId(shard));
+        // Shard 1 may have lost its leader with host 3's replica: either way.
+        let _ = c.nh(1).sync_propose(&mut s, b"set b 2".to_vec(), TIMEOUT);
+    }
+    wait_until("replica 1/3 failed", TIMEOUT, || {
+        nh3.metrics().replicas_failed.load(Ordering::Relaxed) >= 1
+    });
+    // Host 3's replica of shard 3, on the same workers, still applies.
+    c.propose(1, 3, "set c 3");
+    wait_until("shard 3 applied on host 3", TIMEOUT, || {
+        nh3.stale_read(ShardId(3), b"get c")
+            .is_ok_and(|v| v == b"3")
+    });
+    assert_eq!(nh3.metrics().worker_panics.load(Ordering::Relaxed), 0);
+    nh3.close();
 }

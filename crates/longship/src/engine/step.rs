@@ -84,17 +84,26 @@ impl StepWorker {
                 // catches up: the apply worker wakes us when it has applied some.
                 r.apply_throttled
                     .store(core.raft.apply_throttled(), Ordering::Release);
-                (durable, u)
+                let storage_error = core.raft.storage_error().map(|e| e.to_string());
+                (durable, u, storage_error)
             }));
             match stepped {
-                Ok((durable, Some(u))) => {
+                // The log storage could not give this replica its entries
+                // (a read error, corruption): the core is inert from now on;
+                // the replica fails alone, the worker's other shards go on.
+                // What the update asks to persist is still consistent, but
+                // nothing of it is needed any more.
+                Ok((_, _, Some(e))) => {
+                    fail_replica_with(host, &r, format!("log storage read failed: {e}"))
+                }
+                Ok((durable, Some(u), None)) => {
                     must_sync |= !u.entries.is_empty()
                         || u.snapshot.is_some()
                         || u.hard_state
                             .is_some_and(|hs| hs.term != durable.term || hs.vote != durable.vote);
                     work.push((r.clone(), u));
                 }
-                Ok((_, None)) => {}
+                Ok((_, None, None)) => {}
                 Err(p) => fail_replica(host, &r, "stepping", &*p),
             }
         }
@@ -566,13 +575,19 @@ impl StepWorker {
     }
 }
 
-/// Fails a replica whose protocol work panicked: it is stepped no more, its
-/// requests end with an error, and the worker goes on with its other shards.
+/// Fails a replica whose protocol work panicked; the worker goes on with its
+/// other shards.
 fn fail_replica(host: &Host, r: &Replica, during: &str, payload: &(dyn std::any::Any + Send)) {
     let why = format!(
         "panicked while {during}: {}",
         crate::rsm::panic_message(payload)
     );
+    fail_replica_with(host, r, why);
+}
+
+/// Fails a replica for `why`: it is stepped no more and its requests end
+/// with an error.
+fn fail_replica_with(host: &Host, r: &Replica, why: String) {
     tracing::error!(shard = %r.shard_id, replica = %r.replica_id, "replica failed: {why}");
     Metrics::add(&host.metrics.replicas_failed, 1);
     *r.failed.lock() = Some(why);
