@@ -31,6 +31,9 @@ pub struct NodeSpec {
     pub snapshot_entries: u64,
     /// Limits of the Redis front end.
     pub server: ServerConfig,
+    /// Mutual TLS for the raft port (every node's certificate signed by the
+    /// same CA); plain TCP when `None`.
+    pub raft_tls: Option<longship::transport::TlsPaths>,
 }
 
 /// The replica config of a shard on this node.
@@ -108,6 +111,7 @@ pub fn start_node(spec: &NodeSpec) -> longship::Result<Arc<KvNode>> {
         rtt_ms: spec.rtt_ms,
         raft_address: spec.raft_addr.clone(),
         deployment_id: DEPLOYMENT_ID,
+        mutual_tls: spec.raft_tls.clone(),
         ..NodeHostConfig::default()
     };
     let nh = Arc::new(NodeHost::new(cfg)?);

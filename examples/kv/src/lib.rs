@@ -21,3 +21,4 @@ pub mod resp;
 pub mod server;
 pub mod slots;
 pub mod sm;
+pub mod tls;

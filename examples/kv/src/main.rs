@@ -11,6 +11,7 @@ use std::sync::Arc;
 use clap::Parser;
 use longship_kv::cluster::{NodeSpec, start_node};
 use longship_kv::server::{KvNode, ServerConfig, serve};
+use longship_kv::tls::{self, TlsFiles};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -76,9 +77,46 @@ struct Args {
     #[arg(long)]
     requirepass_file: Option<PathBuf>,
     /// Serve Redis clients on a non-loopback address without a password
-    /// (multi-process mode refuses to otherwise).
+    /// or TLS (multi-process mode refuses to otherwise).
     #[arg(long)]
     insecure: bool,
+    /// The Redis port speaks TLS (with --tls-cert-file, --tls-key-file and
+    /// --tls-ca-cert-file).
+    #[arg(long, requires_all = ["tls_cert_file", "tls_key_file", "tls_ca_cert_file"])]
+    tls: bool,
+    /// This node's certificate (PEM). With the key and CA files, the raft
+    /// port uses mutual TLS; with --tls, the Redis port serves TLS too.
+    #[arg(long, requires_all = ["tls_key_file", "tls_ca_cert_file"])]
+    tls_cert_file: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+    /// The CA certificate that signs every node (and client) certificate.
+    #[arg(long, requires = "tls_cert_file")]
+    tls_ca_cert_file: Option<PathBuf>,
+    /// Whether Redis clients must present a certificate signed by the CA
+    /// (Redis's tls-auth-clients).
+    #[arg(long, default_value = "yes", value_parser = ["yes", "no"])]
+    tls_auth_clients: String,
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Sub {
+    /// Writes a CA and per-node certificates for a test cluster (ca.crt,
+    /// node<i>.crt/.key, client.crt/.key).
+    Certs {
+        /// Where to write them.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Number of node certificates.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Host names and IP addresses the certificates are valid for.
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1,localhost")]
+        names: Vec<String>,
+    },
 }
 
 /// A size in bytes: a number with an optional k/kb/m/mb/g/gb suffix (powers of 1024, as Redis).
@@ -185,6 +223,35 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
+    if let Some(Sub::Certs { dir, nodes, names }) = &args.command {
+        for f in longship_kv::tls::write_certs(dir, *nodes, names)? {
+            println!("wrote {f}");
+        }
+        return Ok(());
+    }
+    let tls_files = match (
+        &args.tls_cert_file,
+        &args.tls_key_file,
+        &args.tls_ca_cert_file,
+    ) {
+        (Some(cert), Some(key), Some(ca)) => Some(TlsFiles {
+            cert_file: cert.clone(),
+            key_file: key.clone(),
+            ca_file: ca.clone(),
+        }),
+        _ => None,
+    };
+    let acceptor = if args.tls {
+        let files = tls_files.as_ref().ok_or("--tls needs the TLS files")?;
+        Some(tls::acceptor(files, args.tls_auth_clients == "yes")?)
+    } else {
+        None
+    };
+    let raft_tls = tls_files.as_ref().map(|f| longship::transport::TlsPaths {
+        ca_file: f.ca_file.clone(),
+        cert_file: f.cert_file.clone(),
+        key_file: f.key_file.clone(),
+    });
     let mut nodes: Vec<(Arc<KvNode>, String)> = Vec::new();
     let local = args.node_id.is_none() && args.raft_addr.is_none() && args.peers.is_none();
     if args.shards == 0 || args.shards > longship_kv::slots::SLOTS {
@@ -217,6 +284,7 @@ fn run(args: Args, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
                 rtt_ms: args.rtt_ms,
                 snapshot_entries: args.snapshot_entries,
                 server: server.clone(),
+                raft_tls: raft_tls.clone(),
             };
             let node = start_node(&spec).map_err(|e| format!("node {i}: {e}"))?;
             let redis = format!("127.0.0.1:{}", 7378 + i);
@@ -242,9 +310,9 @@ fn run(args: Args, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
                 .ok_or("--raft-addr is required (or list this node in --peers)")?,
         };
         let redis = args.redis_addr.clone().ok_or("--redis-addr is required")?;
-        if !is_loopback(&redis) && server.requirepass.is_none() && !args.insecure {
+        if !is_loopback(&redis) && server.requirepass.is_none() && !args.tls && !args.insecure {
             return Err(format!(
-                "refusing to serve Redis clients on {redis} without a password: give --requirepass-file (or --requirepass), or --insecure to serve anyone who can connect"
+                "refusing to serve Redis clients on {redis} without a password or TLS: give --requirepass-file (or --requirepass) or --tls, or --insecure to serve anyone who can connect"
             ));
         }
         server.redis_addrs = match &args.redis_peers {
@@ -266,6 +334,7 @@ fn run(args: Args, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
             rtt_ms: args.rtt_ms,
             snapshot_entries: args.snapshot_entries,
             server,
+            raft_tls,
         };
         let node = start_node(&spec).map_err(|e| e.to_string())?;
         println!(
@@ -279,6 +348,9 @@ fn run(args: Args, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            if let Some(a) = &acceptor {
+                node.set_tls(a.clone());
+            }
             tokio::spawn(serve(listener, node.clone()));
         }
         let first = &nodes[0].1;

@@ -62,8 +62,8 @@ use std::time::{Duration, Instant};
 
 use longship::{Error, NodeHost, ReplicaId, Session, ShardId, SmResult};
 use parking_lot::Mutex;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 use crate::commands;
 use crate::exec::is_read;
@@ -102,6 +102,8 @@ pub const MAX_ROUND_BYTES: usize = 4 << 20;
 /// Unsent reply bytes above which a connection stops starting rounds until
 /// the client reads (replies are bounded like requests).
 pub const MAX_PENDING_REPLY_BYTES: usize = 8 << 20;
+/// Longest a client may take to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 64 << 10;
 /// An empty connection buffer with more capacity than this is freed.
@@ -202,6 +204,8 @@ pub struct KvNode {
     moved: AtomicU64,
     /// The last client id given.
     next_client_id: AtomicU64,
+    /// TLS for client connections (set before serving).
+    tls: OnceLock<tokio_rustls::TlsAcceptor>,
     /// Commands received.
     commands: AtomicU64,
     /// When the node started.
@@ -238,6 +242,7 @@ impl KvNode {
             clients: AtomicUsize::new(0),
             moved: AtomicU64::new(0),
             next_client_id: AtomicU64::new(0),
+            tls: OnceLock::new(),
             commands: AtomicU64::new(0),
             started: Instant::now(),
             client_list: Mutex::new(BTreeMap::new()),
@@ -253,6 +258,13 @@ impl KvNode {
     /// forwarded over TCP by a follower. Set once; later calls are ignored.
     pub fn set_local_hosts(&self, hosts: Vec<(u64, Arc<NodeHost>)>) {
         let _ = self.local_hosts.set(hosts);
+    }
+
+    /// Makes every client connection of this node TLS (see
+    /// [`crate::tls::acceptor`]). Set once, before [`serve`]; later calls
+    /// are ignored.
+    pub fn set_tls(&self, acceptor: tokio_rustls::TlsAcceptor) {
+        let _ = self.tls.set(acceptor);
     }
 
     /// `-MOVED` replies this node has sent.
@@ -1233,8 +1245,30 @@ pub async fn serve(listener: TcpListener, node: Arc<KvNode>) {
                 );
                 let slot = ClientSlot(node.clone(), id);
                 let node = node.clone();
+                let tls = node.tls.get().cloned();
                 tokio::spawn(async move {
-                    if let Err(e) = handle_conn(stream, node, id).await {
+                    let r = match tls {
+                        None => {
+                            let (r, w) = stream.into_split();
+                            handle_conn(r, w, node, id).await
+                        }
+                        Some(acceptor) => {
+                            match tokio::time::timeout(
+                                TLS_HANDSHAKE_TIMEOUT,
+                                acceptor.accept(stream),
+                            )
+                            .await
+                            {
+                                Ok(Ok(tls)) => {
+                                    let (r, w) = tokio::io::split(tls);
+                                    handle_conn(r, w, node, id).await
+                                }
+                                Ok(Err(e)) => Err(e),
+                                Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+                            }
+                        }
+                    };
+                    if let Err(e) = r {
                         tracing::debug!(error = %e, "connection closed");
                     }
                     drop(slot);
@@ -1321,22 +1355,48 @@ fn parse_round(parser: &mut RequestParser, buf: &[u8]) -> Round {
     round
 }
 
-/// Writes what the socket takes now without waiting.
-fn flush_some(stream: &TcpStream, out: &mut Vec<u8>) -> std::io::Result<()> {
+/// Polls `f` once: its output if it is ready now.
+async fn poll_once<F: Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match f.as_mut().poll(cx) {
+            Poll::Ready(v) => Some(v),
+            Poll::Pending => None,
+        })
+    })
+    .await
+}
+
+/// Writes what the stream takes now without waiting; then, when all is
+/// written, flushes (TLS keeps records buffered until then). Returns
+/// whether a flush is still pending.
+async fn flush_some<W: AsyncWrite + Unpin>(w: &mut W, out: &mut Vec<u8>) -> std::io::Result<bool> {
     let mut sent = 0;
     while sent < out.len() {
-        match stream.try_write(&out[sent..]) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
+        match poll_once(w.write(&out[sent..])).await {
+            Some(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Some(Ok(n)) => sent += n,
+            Some(Err(e)) => return Err(e),
+            None => break,
         }
     }
     out.drain(..sent);
-    Ok(())
+    if !out.is_empty() {
+        return Ok(true);
+    }
+    match poll_once(w.flush()).await {
+        Some(r) => r.map(|_| false),
+        None => Ok(true),
+    }
 }
 
-async fn handle_conn(mut stream: TcpStream, node: Arc<KvNode>, id: u64) -> std::io::Result<()> {
+/// Serves one client connection (a TCP stream's halves, or a TLS
+/// stream's) until it closes; see the module docs for the rounds.
+async fn handle_conn<R, W>(mut r: R, mut w: W, node: Arc<KvNode>, id: u64) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut parser = RequestParser::new(node.config.resp_limits());
     let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
     let mut out: Vec<u8> = Vec::with_capacity(16 << 10);
@@ -1348,11 +1408,14 @@ async fn handle_conn(mut stream: TcpStream, node: Arc<KvNode>, id: u64) -> std::
     let mut eof = false;
     let mut last_active = tokio::time::Instant::now();
     let idle = node.config.timeout;
+    let mut unflushed;
     loop {
-        flush_some(&stream, &mut out)?;
+        unflushed = flush_some(&mut w, &mut out).await?;
         while out.len() > MAX_PENDING_REPLY_BYTES {
-            stream.writable().await?;
-            flush_some(&stream, &mut out)?;
+            match w.write(&out).await? {
+                0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                n => drop(out.drain(..n)),
+            }
         }
         if out.is_empty() && out.capacity() > SHRINK_ABOVE {
             out = Vec::with_capacity(16 << 10);
@@ -1373,13 +1436,14 @@ async fn handle_conn(mut stream: TcpStream, node: Arc<KvNode>, id: u64) -> std::
                 state.quit = true;
             }
             if state.quit {
-                return close_after(stream, &out).await;
+                return close_after(r, w, &out).await;
             }
             last_active = tokio::time::Instant::now();
             continue;
         }
         if eof {
-            stream.write_all(&out).await?;
+            w.write_all(&out).await?;
+            w.flush().await?;
             return Ok(());
         }
         if buf.len() > node.config.client_query_buffer_limit {
@@ -1389,22 +1453,34 @@ async fn handle_conn(mut stream: TcpStream, node: Arc<KvNode>, id: u64) -> std::
                 node.config.client_query_buffer_limit
             ))
             .encode(&mut out);
-            return close_after(stream, &out).await;
+            return close_after(r, w, &out).await;
         }
         // No complete command: read more (and send replies meanwhile).
         let idle_deadline = last_active + idle;
+        buf.reserve(READ_CHUNK);
         tokio::select! {
-            r = stream.readable() => {
-                r?;
-                buf.reserve(READ_CHUNK);
-                match stream.try_read_buf(&mut buf) {
-                    Ok(0) => eof = true,
-                    Ok(_) => last_active = tokio::time::Instant::now(),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
+            // Cancel safe: when another branch wins, nothing was read.
+            n = r.read_buf(&mut buf) => {
+                match n? {
+                    0 => eof = true,
+                    _ => last_active = tokio::time::Instant::now(),
                 }
             }
-            r = stream.writable(), if !out.is_empty() => r?,
+            // Replies, or (TLS) the flush of what was written.
+            n = async {
+                if out.is_empty() {
+                    w.flush().await.map(|_| None)
+                } else {
+                    w.write(&out).await.map(Some)
+                }
+            }, if !out.is_empty() || unflushed => {
+                match n? {
+                    Some(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Some(n) => drop(out.drain(..n)),
+                    // Flushed: the next flush_some finds nothing pending.
+                    None => {}
+                }
+            }
             _ = tokio::time::sleep_until(idle_deadline), if !idle.is_zero() => {
                 // Idle past `timeout`: closed without a reply, as Redis does.
                 return Ok(());
@@ -1416,14 +1492,18 @@ async fn handle_conn(mut stream: TcpStream, node: Arc<KvNode>, id: u64) -> std::
 /// Sends the last replies and closes the connection. Input the client
 /// still sends is read and dropped for a moment first: closing a socket
 /// with unread input resets it, and the client could lose the replies.
-async fn close_after(mut stream: TcpStream, out: &[u8]) -> std::io::Result<()> {
-    stream.write_all(out).await?;
-    stream.shutdown().await?;
+async fn close_after<R, W>(mut r: R, mut w: W, out: &[u8]) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    w.write_all(out).await?;
+    w.shutdown().await?;
     let drain = async {
         let mut sink = vec![0u8; READ_CHUNK];
         let mut total = 0usize;
         while total < (64 << 20) {
-            match tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await {
+            match r.read(&mut sink).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => total += n,
             }

@@ -48,6 +48,7 @@ impl Cluster {
                     rtt_ms: 10,
                     snapshot_entries: 1000,
                     server: server.clone(),
+                    raft_tls: None,
                 })
                 .unwrap_or_else(|e| panic!("node {i}: {e}"))
             })
