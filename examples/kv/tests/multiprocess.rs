@@ -641,6 +641,32 @@ fn redis_cli_in_cluster_mode_across_processes_and_a_kill9() {
     let gets: String = (0..n).map(|i| format!("GET key:{i}\n")).collect();
     let out = run(&port(&nodes[0]), &sets);
     assert_eq!(out, vec!["OK".to_string(); n], "SETs through node 1");
+    // redis-benchmark in cluster mode reads CLUSTER NODES and sends each
+    // key to its master.
+    let out = tool("redis-benchmark")
+        .args([
+            "--cluster",
+            "-p",
+            &port(&nodes[1]),
+            "-t",
+            "set,get",
+            "-n",
+            "2000",
+            "-c",
+            "8",
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "redis-benchmark --cluster failed: {text}"
+    );
+    assert!(
+        text.contains("Master 2:") && text.contains("GET:"),
+        "{text}"
+    );
     // Every node names the same masters, each a node of the cluster.
     let masters = cluster_masters(&nodes[0].redis);
     assert_eq!(masters.len(), SHARDS as usize, "{masters:?}");
