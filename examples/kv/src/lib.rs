@@ -10,7 +10,10 @@
 //! sent READONLY. Within one connection, commands on the same shard take
 //! effect in the order sent and replies come back in order at any pipeline
 //! depth (see [`server`]). MSET, MGET, DEL and EXISTS are per key, not
-//! atomic across shards.
+//! atomic across shards; MULTI/EXEC on one shard is one log entry. The
+//! state machine ([`sm`], [`exec`]) runs Redis commands on strings and
+//! hashes with expiry on a replicated clock. Clients may be asked for a
+//! password and served over TLS ([`tls`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -20,18 +20,23 @@
 //! after the other, so a command never takes effect before any command of
 //! an earlier round.
 //!
-//! How a round executes: every command becomes per-shard operations (GET k
-//! is one read on the shard of k; MGET, EXISTS, DEL and MSET are one
-//! operation per key; DBSIZE is a read on every shard) and a combiner that
-//! builds its reply. The operations are grouped by shard, keeping their
-//! order. A shard whose list holds only reads does one ReadIndex round and
-//! answers every read from the local replica (linearizable). A shard whose
-//! list holds a write proposes the whole ordered list as one log entry
-//! (split into several entries, in order, only when it passes the entry
-//! size limit); its reads then execute at apply time at their place in the
-//! log. Proposals use client sessions and are retried with the same series
-//! id, so a retried entry is applied at most once. Multi-key commands are
-//! per key, not atomic across keys.
+//! How a round executes: every command is checked against the command
+//! table ([`crate::commands`]: name, arity, keys) and becomes per-shard
+//! sub-commands (GET k is one command on the shard of k; MGET, EXISTS,
+//! TOUCH, DEL, UNLINK and MSET are one command per key; DBSIZE, KEYS,
+//! RANDOMKEY and FLUSHALL one per shard; SCAN one on the shard its cursor
+//! names; MULTI ... EXEC one transaction command) and a combiner that builds
+//! its reply. The sub-commands are grouped by shard, keeping their order.
+//! A shard whose list holds only reads does one ReadIndex round and
+//! answers every read from the local replica (linearizable; see
+//! [`crate::sm`] for reads of keys that just expired). A shard whose list
+//! holds a write proposes the whole ordered list as one log entry (split
+//! into several entries, in order, only when it passes the entry size
+//! limit), stamped with this node's clock; its reads then execute at apply
+//! time at their place in the log ([`crate::exec`] runs them). Proposals use
+//! client sessions and are retried with the same series id, so a retried
+//! entry is applied at most once. Multi-key commands are per key, not
+//! atomic across shards.
 //!
 //! # Redis Cluster
 //!
