@@ -177,3 +177,63 @@ impl Error {
 
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every message is one sentence: lower-case start, no trailing period,
+    /// no prefix repeated, and the id of what it is about.
+    #[test]
+    fn messages_are_one_clear_sentence() {
+        let cases = [
+            Error::ShardNotFound(ShardId(7)),
+            Error::ReplicaHasData {
+                shard_id: ShardId(7),
+                replica_id: ReplicaId(2),
+            },
+            Error::ReplicaHasNoData {
+                shard_id: ShardId(7),
+                replica_id: ReplicaId(2),
+            },
+            Error::invalid_config("snapshot_dir", "is not a directory"),
+            Error::StaleConfigChange {
+                based_on: Index(3),
+                current: Index(5),
+            },
+            Error::Rejected("nothing new to snapshot".into()),
+            Error::Timeout,
+            Error::SystemBusy,
+            Error::DirLocked(PathBuf::from("/data/nh1")),
+        ];
+        for e in cases {
+            let s = e.to_string();
+            assert!(!s.ends_with('.'), "{s}");
+            assert!(
+                s.chars()
+                    .next()
+                    .is_some_and(|c| !c.is_uppercase() || s.starts_with("NodeHost")),
+                "{s}"
+            );
+            for word in s.split([' ', ':']).filter(|w| w.len() > 3) {
+                assert!(
+                    !s.contains(&format!("{word}: {word}")),
+                    "repeated prefix in {s}"
+                );
+            }
+        }
+        assert_eq!(
+            Error::ReplicaHasData {
+                shard_id: ShardId(7),
+                replica_id: ReplicaId(2)
+            }
+            .to_string(),
+            "replica 2 of shard 7 already has data on this NodeHost \
+             (bootstrapped, joined or imported): start it with Start::Restart"
+        );
+        assert_eq!(
+            Error::invalid_config("snapshot_dir", "is not a directory").to_string(),
+            "invalid `snapshot_dir`: is not a directory"
+        );
+    }
+}

@@ -379,6 +379,13 @@ fn snapshot_and_restart(kind: Kind) {
             .unwrap()
             .wait();
     assert!(matches!(again, Err(Error::Rejected(_))), "{again:?}");
+    // One sentence, its reason once (no "rejected: rejected: ...").
+    let text = again.unwrap_err().to_string();
+    assert!(
+        text.starts_with("the shard refused the request: nothing new to snapshot")
+            && text.matches("refused").count() == 1,
+        "{text}"
+    );
     // Applied after the snapshot: must survive the restart too.
     propose(s.c.nh(leader), 1, "set after 5");
     wait_count(s.c.nh(follower), 1, 5);
