@@ -172,3 +172,12 @@ fn seed_4681_witness_with_higher_term_answers_leader() {
 fn seed_396_member_follows_a_leader_it_does_not_know() {
     run_seed(396, false);
 }
+
+/// A forwarded proposal keeps its asker as `from`, so a follower that
+/// forwards it on to the leader it knows can send it back to the asker
+/// itself, now leader: messages "from this replica" are dropped as
+/// invalid except forwarded requests.
+#[test]
+fn seed_10729_forwarded_request_returns_to_its_asker() {
+    run_seed(10729, false);
+}

@@ -354,6 +354,18 @@ impl<L: LogReader> Raft<L> {
         if self.membership.removed.contains(&m.from) {
             return;
         }
+        let forwarded = matches!(
+            m.msg_type,
+            MessageType::Propose | MessageType::ReadIndex | MessageType::TransferLeader
+        );
+        if m.from.is_none() || (m.from == self.id && !forwarded) {
+            // Replica 0 is "nobody", and only a forwarded request (whose
+            // `from` is the original asker, possibly this replica, when
+            // followers forward it on to the leader they know) comes back
+            // from this replica: an answer would go to the wrong replica.
+            self.drop_invalid(&m, "sender is this replica or no replica");
+            return;
+        }
         if !m.msg_type.is_local()
             && let Err(reason) = self.check_sender(&m)
         {

@@ -285,3 +285,15 @@ fn forwarded_request_with_a_term_is_dropped() {
     assert_dropped(&mut l, m, "proposal with a term");
     assert!(l.is_leader());
 }
+
+/// Raft §5.2 (a replica answers the replica that asked): no replica sends
+/// to itself over the network, and replica 0 is nobody; answering either
+/// would go to the wrong replica (found by the forged-message property
+/// test: a debug assertion fired on a message "from" its receiver).
+#[test]
+fn messages_from_self_or_nobody_are_dropped() {
+    let mut f = replica(cfg(2), &[1, 1], 2, 1);
+    assert_dropped(&mut f, vote_request(2, 2, 3, (9, 2)), "from itself");
+    assert_dropped(&mut f, append(0, 2, 3, (2, 1), vec![], 2), "from nobody");
+    assert_eq!(f.term(), Term(2));
+}
