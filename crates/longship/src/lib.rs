@@ -34,7 +34,7 @@ pub use events::EventListener;
 pub use longship_raft::{HardState, Index, ReplicaId, Role, ShardId, Status as RaftStatus, Term};
 pub use metrics::{Gauges, Metrics};
 pub use nodehost::{
-    Leader, MembershipInfo, NodeHost, NodeHostBuilder, NodeHostInfo, NodeUser, ShardInfo,
+    Leader, LogInfo, MembershipInfo, NodeHost, NodeHostBuilder, NodeHostInfo, NodeUser, ShardInfo,
     SnapshotOption, SnapshotResult, Start,
 };
 pub use request::RequestHandle;

@@ -189,8 +189,21 @@ pub struct NodeHostInfo {
     pub raft_address: String,
     /// Running replicas.
     pub shards: Vec<ShardInfo>,
-    /// Replicas with data in log storage (running or not): (shard, replica, first index, last index).
-    pub log_info: Vec<(ShardId, ReplicaId, Index, Index)>,
+    /// Replicas with data in log storage, running or not.
+    pub log_info: Vec<LogInfo>,
+}
+
+/// One replica's log in [`NodeHostInfo::log_info`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogInfo {
+    /// The shard.
+    pub shard_id: ShardId,
+    /// The replica.
+    pub replica_id: ReplicaId,
+    /// First index the log holds (entries before it were compacted).
+    pub first_index: Index,
+    /// Last index the log holds.
+    pub last_index: Index,
 }
 
 /// Directories held by NodeHosts of this process (a second NodeHost on the
@@ -1327,13 +1340,11 @@ impl NodeHost {
             .logdb
             .list_replicas()
             .into_iter()
-            .map(|(s, r)| {
-                (
-                    s,
-                    r,
-                    self.host.logdb.first_index(s, r),
-                    self.host.logdb.last_index(s, r),
-                )
+            .map(|(shard_id, replica_id)| LogInfo {
+                shard_id,
+                replica_id,
+                first_index: self.host.logdb.first_index(shard_id, replica_id),
+                last_index: self.host.logdb.last_index(shard_id, replica_id),
             })
             .collect();
         NodeHostInfo {

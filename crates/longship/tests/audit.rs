@@ -108,8 +108,8 @@ fn last_index(nh: &NodeHost, shard: u64) -> u64 {
     nh.get_node_host_info()
         .log_info
         .iter()
-        .find(|l| l.0 == ShardId(shard))
-        .map_or(0, |l| l.3.0)
+        .find(|l| l.shard_id == ShardId(shard))
+        .map_or(0, |l| l.last_index.0)
 }
 
 // A replica whose state machine failed in `update` has an applied state that

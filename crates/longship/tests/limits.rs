@@ -196,8 +196,8 @@ fn in_memory_log_limit_answers_system_busy() {
         let info = nh.get_node_host_info();
         info.log_info
             .iter()
-            .find(|l| l.0 == ShardId(1))
-            .map(|l| l.3)
+            .find(|l| l.shard_id == ShardId(1))
+            .map(|l| l.last_index)
             .unwrap()
     };
     // Nothing commits without the followers: uncommitted bytes pile up.
@@ -741,7 +741,7 @@ fn a_slow_state_machine_holds_committed_entries_in_the_log() {
     // They commit while the state machine is stuck; at most a batch or
     // two of them is queued for it, the rest waits in the log.
     wait_for("all committed", Duration::from_secs(5), || {
-        nh.get_node_host_info().log_info[0].3.0 >= 256
+        nh.get_node_host_info().log_info[0].last_index.0 >= 256
     });
     std::thread::sleep(Duration::from_millis(100));
     let g = nh.gauges();

@@ -247,7 +247,7 @@ fn witness_keeps_the_shard_available_with_one_voter_down() {
         || {
             let info = c.nh(3).get_node_host_info();
             let snap = info.shards[0].snapshot_index.0;
-            let first = info.log_info[0].2.0;
+            let first = info.log_info[0].first_index.0;
             snap + 4 >= target && first == snap + 1
         },
     );

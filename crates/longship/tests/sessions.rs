@@ -365,12 +365,12 @@ fn sessions_survive_snapshot_and_restart() {
         .index;
     assert!(index.0 > 0);
     let info = c.nh(follower).get_node_host_info();
-    let (_, _, first, _) = info
+    let log = info
         .log_info
         .iter()
-        .find(|l| l.0 == ShardId(SHARD))
+        .find(|l| l.shard_id == ShardId(SHARD))
         .unwrap();
-    assert!(*first > index, "log compacted up to the snapshot");
+    assert!(log.first_index > index, "log compacted up to the snapshot");
     c.stop_host(follower);
     c.start_host(follower);
     c.nh(follower)

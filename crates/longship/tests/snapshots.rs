@@ -32,12 +32,12 @@ fn shard_state(c: &TestCluster, i: u64) -> (u64, u64) {
 /// (first, last) index of the shard's log on host `i`.
 fn log_range(c: &TestCluster, i: u64) -> (u64, u64) {
     let info = c.nh(i).get_node_host_info();
-    let &(_, _, first, last) = info
+    let log = info
         .log_info
         .iter()
-        .find(|(s, ..)| *s == sid())
+        .find(|l| l.shard_id == sid())
         .expect("log info of the shard");
-    (first.0, last.0)
+    (log.first_index.0, log.last_index.0)
 }
 
 /// The number of commands the Kv state machine applied, read linearizably.

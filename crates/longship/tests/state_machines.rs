@@ -575,9 +575,9 @@ fn blocked_state_machine_does_not_stall_shards_of_other_apply_workers() {
             .get_node_host_info()
             .log_info
             .iter()
-            .find(|l| l.0 == ShardId(slow))
+            .find(|l| l.shard_id == ShardId(slow))
             .unwrap()
-            .3
+            .last_index
     };
     // More proposals on the blocked shard are still replicated everywhere.
     let start = last_of(leader);

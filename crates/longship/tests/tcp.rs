@@ -504,7 +504,7 @@ fn a_snapshot_larger_than_the_frame_limit_is_streamed_to_a_lagging_follower() {
                 .wait()
         });
         let info = c.nh(i).get_node_host_info();
-        let (_, _, first, _) = info.log_info[0];
+        let first = info.log_info[0].first_index;
         assert!(
             first.0 > 2,
             "host {i}: log not compacted (first index {first})"

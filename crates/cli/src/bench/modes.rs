@@ -229,7 +229,7 @@ pub fn restart(args: &BenchArgs, opts: ClusterOptions, report: &mut Report) -> R
         .get_node_host_info()
         .log_info
         .iter()
-        .map(|&(_, _, first, last)| last.0.saturating_sub(first.0) + 1)
+        .map(|l| l.last_index.0.saturating_sub(l.first_index.0) + 1)
         .sum();
     report.set_u("log_entries_per_host", log_entries);
     progress.show("closing the NodeHosts", true);

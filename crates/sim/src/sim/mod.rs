@@ -591,8 +591,8 @@ impl Sim {
                 let log = info
                     .log_info
                     .iter()
-                    .find(|l| l.0 == s.shard_id && l.1 == s.replica_id)
-                    .map(|l| format!("log {}..={}", l.2, l.3))
+                    .find(|l| l.shard_id == s.shard_id && l.replica_id == s.replica_id)
+                    .map(|l| format!("log {}..={}", l.first_index, l.last_index))
                     .unwrap_or_default();
                 let core = nh
                     .raft_status(s.shard_id)
