@@ -473,7 +473,14 @@ pub fn read(sm: &KvStateMachine, ctx: &Ctx, cmd: &[Vec<u8>]) -> Exec {
                     .collect(),
             )
         }
-        "HGETALL" | "HKEYS" | "HVALS" => {
+        "HGETALL" => Reply::Map(
+            tryr!(hash(key))
+                .into_iter()
+                .flatten()
+                .map(|(f, v)| (Reply::Bulk(f.clone()), Reply::Bulk(v.clone())))
+                .collect(),
+        ),
+        "HKEYS" | "HVALS" => {
             let m = tryr!(hash(key));
             let which = upper(name);
             let mut out = Vec::new();

@@ -243,6 +243,8 @@ pub enum Reply {
     Nil,
     /// `*-1` (a nil array)
     NilArray,
+    /// A map: a flat array of keys and values in RESP2, `%n` in RESP3.
+    Map(Vec<(Reply, Reply)>),
     /// `*n ...`
     Array(Vec<Reply>),
 }
@@ -258,9 +260,30 @@ impl Reply {
         Reply::Error(format!("ERR {}", msg.into()))
     }
 
-    /// Appends the RESP encoding to `out`.
+    /// Appends the RESP2 encoding to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_proto(out, false)
+    }
+
+    /// Appends the RESP2 or (`resp3`) RESP3 encoding to `out`: RESP3 has
+    /// one null (`_`) and maps (`%`); everything else is the same.
+    pub fn encode_proto(&self, out: &mut Vec<u8>, resp3: bool) {
         match self {
+            Reply::Nil | Reply::NilArray if resp3 => out.extend_from_slice(b"_\r\n"),
+            Reply::Map(pairs) if resp3 => {
+                out.extend_from_slice(format!("%{}\r\n", pairs.len()).as_bytes());
+                for (k, v) in pairs {
+                    k.encode_proto(out, resp3);
+                    v.encode_proto(out, resp3);
+                }
+            }
+            Reply::Map(pairs) => {
+                out.extend_from_slice(format!("*{}\r\n", pairs.len() * 2).as_bytes());
+                for (k, v) in pairs {
+                    k.encode_proto(out, resp3);
+                    v.encode_proto(out, resp3);
+                }
+            }
             Reply::Simple(s) => {
                 out.push(b'+');
                 out.extend_from_slice(s.as_bytes());
@@ -282,7 +305,7 @@ impl Reply {
             Reply::Array(items) => {
                 out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
                 for i in items {
-                    i.encode(out);
+                    i.encode_proto(out, resp3);
                 }
             }
         }
@@ -395,5 +418,16 @@ mod tests {
         ])
         .encode(&mut out);
         assert_eq!(out, b"*5\r\n$1\r\na\r\n$-1\r\n:-3\r\n+OK\r\n-ERR x  y\r\n");
+        let map = Reply::Array(vec![
+            Reply::Map(vec![(Reply::Bulk(b"k".to_vec()), Reply::Int(1))]),
+            Reply::Nil,
+            Reply::NilArray,
+        ]);
+        let mut out = Vec::new();
+        map.encode_proto(&mut out, false);
+        assert_eq!(out, b"*3\r\n*2\r\n$1\r\nk\r\n:1\r\n$-1\r\n*-1\r\n");
+        let mut out = Vec::new();
+        map.encode_proto(&mut out, true);
+        assert_eq!(out, b"*3\r\n%1\r\n$1\r\nk\r\n:1\r\n_\r\n_\r\n");
     }
 }

@@ -597,17 +597,13 @@ impl KvNode {
         }
     }
 
-    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: RESP2 only (a
-    /// request for 3 is answered `-NOPROTO`, and clients fall back).
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: RESP2 or RESP3
+    /// (RESP3 differs in nulls and maps: HGETALL, CONFIG GET, HELLO).
     fn hello(&self, state: &mut ConnState, args: &[Vec<u8>]) -> Reply {
+        let mut proto = if state.resp3 { 3 } else { 2 };
         if let Some(v) = args.get(1) {
             match crate::exec::parse_int(v) {
-                Some(2) => {}
-                Some(3) => {
-                    return Reply::Error(
-                        "NOPROTO sorry, this protocol version is not supported".into(),
-                    );
-                }
+                Some(v @ (2 | 3)) => proto = v,
                 _ => return Reply::Error("NOPROTO unsupported protocol version".into()),
             }
         }
@@ -636,22 +632,16 @@ impl KvNode {
         if !state.authed {
             return Reply::Error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".into());
         }
+        state.resp3 = proto == 3;
         let b = |s: &str| Reply::Bulk(s.as_bytes().to_vec());
-        Reply::Array(vec![
-            b("server"),
-            b("redis"),
-            b("version"),
-            b(REDIS_VERSION),
-            b("proto"),
-            Reply::Int(2),
-            b("id"),
-            Reply::Int(state.id as i64),
-            b("mode"),
-            b("cluster"),
-            b("role"),
-            b("master"),
-            b("modules"),
-            Reply::Array(Vec::new()),
+        Reply::Map(vec![
+            (b("server"), b("redis")),
+            (b("version"), b(REDIS_VERSION)),
+            (b("proto"), Reply::Int(proto)),
+            (b("id"), Reply::Int(state.id as i64)),
+            (b("mode"), b("cluster")),
+            (b("role"), b("master")),
+            (b("modules"), Reply::Array(Vec::new())),
         ])
     }
 
@@ -753,17 +743,19 @@ impl KvNode {
                 .iter()
                 .any(|p| crate::exec::glob_match(&p.to_ascii_lowercase(), name.as_bytes()))
             {
-                out.push(Reply::Bulk(name.as_bytes().to_vec()));
                 // The password itself is never shown.
                 let v = if name == "requirepass" && c.requirepass.is_some() {
                     "********".into()
                 } else {
                     v
                 };
-                out.push(Reply::Bulk(v.into_bytes()));
+                out.push((
+                    Reply::Bulk(name.as_bytes().to_vec()),
+                    Reply::Bulk(v.into_bytes()),
+                ));
             }
         }
-        Reply::Array(out)
+        Reply::Map(out)
     }
 
     /// The leader of `shard` as this node knows it.
@@ -1307,6 +1299,8 @@ struct ConnState {
     id: u64,
     /// Whether the client may run commands (AUTH given, or no password).
     authed: bool,
+    /// The client chose RESP3 (`HELLO 3`).
+    resp3: bool,
     /// Sessions whose last proposal has an unknown outcome, by shard (see
     /// `KvNode::propose`).
     fences: BTreeMap<ShardId, Session>,
@@ -1432,8 +1426,8 @@ where
                 // Give back the memory of a burst.
                 buf = Vec::with_capacity(16 << 10);
             }
-            for r in execute_round(&node, &mut state, round.commands).await {
-                r.encode(&mut out);
+            for (r, resp3) in execute_round(&node, &mut state, round.commands).await {
+                r.encode_proto(&mut out, resp3);
             }
             if let Some(e) = round.error {
                 // As Redis: answer the protocol error, then close.
@@ -1590,18 +1584,29 @@ pub async fn execute_commands(
         authed: true,
         ..ConnState::default()
     };
-    execute_round(node, &mut state, commands).await
+    execute_round(node, &mut state, commands)
+        .await
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect()
 }
 
+/// Executes a round: each reply with whether it goes out in RESP3 (the
+/// protocol after its command: HELLO's own reply is in the new one).
 async fn execute_round(
     node: &KvNode,
     state: &mut ConnState,
     commands: Vec<Vec<Vec<u8>>>,
-) -> Vec<Reply> {
+) -> Vec<(Reply, bool)> {
     let mut round = RoundCmds { cmds: Vec::new() };
+    let mut protos = Vec::with_capacity(commands.len());
     let planned: Vec<Planned> = commands
         .iter()
-        .map(|args| plan(node, state, args, &mut round))
+        .map(|args| {
+            let p = plan(node, state, args, &mut round);
+            protos.push(state.resp3);
+            p
+        })
         .collect();
     let mut replies: Vec<Option<Reply>> = round.cmds.iter().map(|_| None).collect();
     if !round.cmds.is_empty() {
@@ -1637,6 +1642,7 @@ async fn execute_round(
                 combine_reply(node, state, combine, &replies[first..first + n])
             }
         })
+        .zip(protos)
         .collect()
 }
 

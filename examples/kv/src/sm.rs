@@ -206,6 +206,7 @@ mod rtag {
     pub const ARRAY: u8 = 5;
     pub const NIL_ARRAY: u8 = 6;
     pub const NEEDS_CLOCK: u8 = 7;
+    pub const MAP: u8 = 8;
 }
 
 fn encode_reply(r: &Reply, out: &mut Vec<u8>) {
@@ -235,6 +236,14 @@ fn encode_reply(r: &Reply, out: &mut Vec<u8>) {
                 encode_reply(i, out);
             }
         }
+        Reply::Map(pairs) => {
+            out.push(rtag::MAP);
+            out.extend_from_slice(&(pairs.len() as u64).to_le_bytes());
+            for (k, v) in pairs {
+                encode_reply(k, out);
+                encode_reply(v, out);
+            }
+        }
     }
 }
 
@@ -257,6 +266,19 @@ fn decode_reply(buf: &mut &[u8], depth: usize) -> Option<Reply> {
                 items.push(decode_reply(buf, depth + 1)?);
             }
             Reply::Array(items)
+        }
+        rtag::MAP if depth < MAX_REPLY_DEPTH => {
+            let n = take_u64(buf)?;
+            if n > buf.len() as u64 / 2 {
+                return None;
+            }
+            let mut pairs = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                let k = decode_reply(buf, depth + 1)?;
+                let v = decode_reply(buf, depth + 1)?;
+                pairs.push((k, v));
+            }
+            Reply::Map(pairs)
         }
         _ => return None,
     })
@@ -597,6 +619,10 @@ pub fn reply_bytes(r: &Reply) -> usize {
         Reply::Simple(s) | Reply::Error(s) => s.len(),
         Reply::Bulk(b) => b.len(),
         Reply::Array(items) => items.iter().map(|i| 9 + reply_bytes(i)).sum(),
+        Reply::Map(pairs) => pairs
+            .iter()
+            .map(|(k, v)| 18 + reply_bytes(k) + reply_bytes(v))
+            .sum(),
         Reply::Int(_) | Reply::Nil | Reply::NilArray => 0,
     }
 }

@@ -373,7 +373,8 @@ fn auth_hello_client_config_and_info() {
     assert_eq!(conn.call(&["SET", "k", "v"]), ok());
     // HELLO 2 with AUTH and SETNAME on a new connection; RESP3 is refused.
     let mut other = c.conn(0);
-    assert!(matches!(other.call(&["HELLO", "3"]), Resp::Error(e) if e.starts_with("NOPROTO")));
+    assert!(matches!(other.call(&["HELLO", "3"]), Resp::Error(e) if e.starts_with("NOAUTH")));
+    assert!(matches!(other.call(&["HELLO", "4"]), Resp::Error(e) if e.starts_with("NOPROTO")));
     let Resp::Array(hello) =
         other.call(&["HELLO", "2", "AUTH", "default", "s3cret", "SETNAME", "me"])
     else {
@@ -441,6 +442,45 @@ fn auth_hello_client_config_and_info() {
     ));
 }
 
+#[test]
+fn hello_3_switches_the_connection_to_resp3() {
+    let c = Cluster::start(false);
+    let mut conn = c.conn(1);
+    assert_eq!(conn.call(&["GET", "nokey"]), Resp::Bulk(None));
+    let Resp::Map(hello) = conn.call(&["HELLO", "3"]) else {
+        panic!("HELLO 3 answers a map")
+    };
+    assert!(hello.contains(&(bulk("proto"), Resp::Int(3))));
+    assert_eq!(conn.call(&["GET", "nokey"]), Resp::Null);
+    assert_eq!(conn.call(&["HSET", "h", "a", "1"]), Resp::Int(1));
+    assert_eq!(
+        conn.call(&["HGETALL", "h"]),
+        Resp::Map(vec![(bulk("a"), bulk("1"))])
+    );
+    assert_eq!(
+        conn.call(&["MGET", "h", "nokey"]),
+        Resp::Array(vec![Resp::Null, Resp::Null])
+    );
+    assert_eq!(
+        conn.call(&["CONFIG", "GET", "databases"]),
+        Resp::Map(vec![(bulk("databases"), bulk("1"))])
+    );
+    // A pipeline that switches back: each reply in its command's protocol.
+    conn.w
+        .write_all(
+            &[
+                cmd(&["GET", "nokey"]),
+                cmd(&["HELLO", "2"]),
+                cmd(&["GET", "nokey"]),
+            ]
+            .concat(),
+        )
+        .unwrap();
+    assert_eq!(conn.read(), Resp::Null);
+    assert!(matches!(conn.read(), Resp::Array(_)));
+    assert_eq!(conn.read(), Resp::Bulk(None));
+}
+
 const REDIS_PY_COMMANDS: &str = r#"
 import sys, time
 try:
@@ -479,6 +519,10 @@ assert sorted(r.scan_iter(match="scan:*", count=7)) == sorted(f"scan:{i}" for i 
 assert r.type("scan:1") == "string"
 assert r.incrbyfloat("fl", 2.5) == 2.5
 assert r.getex("scan:1", ex=100) == "1" and r.ttl("scan:1") == 100
+r3 = redis.Redis(host=sys.argv[1], port=int(sys.argv[2]), decode_responses=True, protocol=3)
+assert r3.hgetall("user:1") == {"name": "ann", "visits": "3"}
+assert r3.get("nokey") is None
+assert r3.config_get("maxclients") == {"maxclients": "10000"}
 print("OK")
 "#;
 

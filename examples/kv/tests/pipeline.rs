@@ -33,13 +33,19 @@ struct Cluster {
 
 impl Cluster {
     fn start(server: ServerConfig) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let peers: std::collections::BTreeMap<u64, String> = (1..=3)
-            .map(|i| (i, format!("127.0.0.1:{}", free_port())))
-            .collect();
-        let nodes: Vec<Arc<KvNode>> = (1..=3u64)
-            .map(|i| {
-                start_node(&NodeSpec {
+        // A raft port picked by free_port may be taken by another test
+        // before the node binds it: then start over with new ports.
+        let mut attempt = 0;
+        let (dir, nodes) = loop {
+            attempt += 1;
+            let dir = tempfile::tempdir().unwrap();
+            let peers: std::collections::BTreeMap<u64, String> = (1..=3)
+                .map(|i| (i, format!("127.0.0.1:{}", free_port())))
+                .collect();
+            let mut nodes: Vec<Arc<KvNode>> = Vec::new();
+            let mut failed = None;
+            for i in 1..=3u64 {
+                match start_node(&NodeSpec {
                     node_id: i,
                     raft_addr: peers[&i].clone(),
                     peers: peers.clone(),
@@ -49,10 +55,24 @@ impl Cluster {
                     snapshot_entries: 1000,
                     server: server.clone(),
                     raft_tls: None,
-                })
-                .unwrap_or_else(|e| panic!("node {i}: {e}"))
-            })
-            .collect();
+                }) {
+                    Ok(n) => nodes.push(n),
+                    Err(e) => {
+                        failed = Some(format!("node {i}: {e}"));
+                        break;
+                    }
+                }
+            }
+            match failed {
+                None => break (dir, nodes),
+                Some(e) if e.contains("in use") && attempt < 5 => {
+                    for n in &nodes {
+                        n.nh.close();
+                    }
+                }
+                Some(e) => panic!("{e}"),
+            }
+        };
         let hosts: Vec<_> = nodes.iter().map(|n| (n.node_id, n.nh.clone())).collect();
         for n in &nodes {
             n.set_local_hosts(hosts.clone());

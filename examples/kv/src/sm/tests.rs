@@ -39,6 +39,10 @@ fn all_replies() -> Vec<CmdResult> {
             Reply::Int(1),
             Reply::Array(vec![bulk("a"), Reply::Nil]),
         ])),
+        CmdResult::Reply(Reply::Map(vec![
+            (bulk("f"), bulk("v")),
+            (bulk("g"), Reply::Nil),
+        ])),
         CmdResult::NeedsClock,
     ]
 }
@@ -466,7 +470,11 @@ fn string_key_and_hash_commands_behave_as_in_redis() {
     assert_eq!(one(&mut sm, t, "HSTRLEN h f2"), Reply::Int(2));
     assert_eq!(
         one(&mut sm, t, "HGETALL h"),
-        Reply::Array(["f1", "w1", "f2", "v2", "f3", "v3"].map(bulk).to_vec())
+        Reply::Map(vec![
+            (bulk("f1"), bulk("w1")),
+            (bulk("f2"), bulk("v2")),
+            (bulk("f3"), bulk("v3")),
+        ])
     );
     assert_eq!(
         one(&mut sm, t, "HKEYS h"),

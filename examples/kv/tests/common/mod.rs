@@ -42,10 +42,6 @@ impl Cluster {
 
     /// Three nodes with these settings (their Redis addresses filled in).
     pub fn start_with(config: ServerConfig) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let peers: BTreeMap<u64, String> = (1..=3)
-            .map(|i| (i, format!("127.0.0.1:{}", free_port())))
-            .collect();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -65,9 +61,19 @@ impl Cluster {
             redis_addrs: (1..=3u64).zip(addrs.iter().cloned()).collect(),
             ..config
         };
-        let nodes: Vec<Arc<KvNode>> = (1..=3u64)
-            .map(|i| {
-                start_node(&NodeSpec {
+        // A raft port picked by free_port may be taken by another test
+        // before the node binds it: then start over with new ports.
+        let mut attempt = 0;
+        let (dir, nodes) = loop {
+            attempt += 1;
+            let dir = tempfile::tempdir().unwrap();
+            let peers: BTreeMap<u64, String> = (1..=3)
+                .map(|i| (i, format!("127.0.0.1:{}", free_port())))
+                .collect();
+            let mut nodes: Vec<Arc<KvNode>> = Vec::new();
+            let mut failed = None;
+            for i in 1..=3u64 {
+                match start_node(&NodeSpec {
                     node_id: i,
                     raft_addr: peers[&i].clone(),
                     peers: peers.clone(),
@@ -77,10 +83,24 @@ impl Cluster {
                     snapshot_entries: 1000,
                     server: server.clone(),
                     raft_tls: None,
-                })
-                .unwrap_or_else(|e| panic!("node {i}: {e}"))
-            })
-            .collect();
+                }) {
+                    Ok(n) => nodes.push(n),
+                    Err(e) => {
+                        failed = Some(format!("node {i}: {e}"));
+                        break;
+                    }
+                }
+            }
+            match failed {
+                None => break (dir, nodes),
+                Some(e) if e.contains("in use") && attempt < 5 => {
+                    for n in &nodes {
+                        n.nh.close();
+                    }
+                }
+                Some(e) => panic!("{e}"),
+            }
+        };
         let hosts: Vec<_> = nodes.iter().map(|n| (n.node_id, n.nh.clone())).collect();
         for n in &nodes {
             n.set_local_hosts(hosts.clone());
@@ -174,6 +194,10 @@ pub enum Resp {
     Bulk(Option<Vec<u8>>),
     Array(Vec<Resp>),
     NilArray,
+    /// RESP3 `%`.
+    Map(Vec<(Resp, Resp)>),
+    /// RESP3 `_`.
+    Null,
 }
 
 pub fn bulk(s: &str) -> Resp {
@@ -237,6 +261,11 @@ impl Conn {
                 }
                 Resp::Array((0..n).map(|_| self.read()).collect())
             }
+            Some('%') => {
+                let n: usize = rest.parse().unwrap();
+                Resp::Map((0..n).map(|_| (self.read(), self.read())).collect())
+            }
+            Some('_') => Resp::Null,
             _ => panic!("bad reply {body:?}"),
         }
     }
