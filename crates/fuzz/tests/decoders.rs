@@ -15,7 +15,7 @@ use longship_raft::{
     Entry, EntryType, Index, MESSAGE_BATCH_VERSION, Membership, Message, MessageBatch, MessageType,
     ReplicaId, ShardId, SnapshotMeta, Term,
 };
-use longship_storage::logdb::{LogDb, Update, Wal, WalOptions};
+use longship_storage::logdb::{LogDb, LogUpdate, Wal, WalOptions};
 use longship_storage::snapshot::{ExternalFile, SnapshotInfo};
 use longship_storage::vfs::{FileSystem, MemFs};
 use longship_transport::SnapshotChunk;
@@ -285,8 +285,8 @@ fn wal_files() -> Vec<(PathBuf, Vec<u8>)> {
     let dir = Path::new("/wal");
     let wal = Wal::open(fs.clone(), dir, wal_options()).unwrap();
     for i in 1..=20u64 {
-        let updates: Vec<Update> = (1..=3)
-            .map(|r| Update {
+        let updates: Vec<LogUpdate> = (1..=3)
+            .map(|r| LogUpdate {
                 shard_id: ShardId(r),
                 replica_id: ReplicaId(1),
                 entries: vec![entry(

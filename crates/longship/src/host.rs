@@ -36,14 +36,15 @@ pub(crate) enum SnapshotJob {
     },
 }
 
-/// Shared NodeHost state.
-pub(crate) struct Host {
+/// The state a NodeHost shares with its workers and its transport handler
+/// (the `NodeHost` is the API in front of it).
+pub(crate) struct HostState {
     pub(crate) cfg: NodeHostConfig,
     pub(crate) fs: Arc<dyn FileSystem>,
     pub(crate) logdb: Arc<dyn LogDb>,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) replicas: RwLock<BTreeMap<ShardId, ReplicaRef>>,
-    /// Shards being started or stopped (see [`Host::reserve_shard`]).
+    /// Shards being started or stopped (see [`HostState::reserve_shard`]).
     /// Locked before `replicas` when both are held.
     busy_shards: Mutex<std::collections::BTreeSet<ShardId>>,
     /// Addresses learnt from incoming traffic: (shard, replica) -> address.
@@ -84,7 +85,7 @@ pub(crate) const MAX_SNAPSHOT_RECEIVERS: usize = 64;
 /// bootstrap entries; a start during a stop would load state the stop
 /// still changes). Released when dropped.
 pub(crate) struct ShardReservation<'a> {
-    host: &'a Host,
+    host: &'a HostState,
     shard: ShardId,
 }
 
@@ -94,7 +95,7 @@ impl Drop for ShardReservation<'_> {
     }
 }
 
-impl Host {
+impl HostState {
     /// Reserves `shard` for a start: `None` if it runs already or is
     /// being started or stopped.
     pub(crate) fn reserve_shard_for_start(&self, shard: ShardId) -> Option<ShardReservation<'_>> {
@@ -141,9 +142,9 @@ impl Host {
         transport: Arc<dyn Transport>,
         listener: Option<Arc<dyn EventListener>>,
         seed: u64,
-    ) -> Host {
+    ) -> HostState {
         let snapshot_root = cfg.node_host_dir.join("snapshots");
-        Host {
+        HostState {
             step_ready: (0..cfg.step_workers).map(|_| ReadySet::default()).collect(),
             step_busy: (0..cfg.step_workers).map(|_| Mutex::new(())).collect(),
             apply_ready: (0..cfg.apply_workers)
@@ -316,7 +317,7 @@ impl Host {
                     chunk.shard_id, chunk.to
                 )
             })?;
-        let key = Host::receiver_key(&chunk);
+        let key = HostState::receiver_key(&chunk);
         // The lock guards the map only: chunks are written, files created
         // and synced without it, so one slow disk write (or fsync) of one
         // stream does not hold up every other stream to this host. A

@@ -13,7 +13,7 @@ use longship_raft::{Message, MessageBatch, MessageType, ReplicaId, ShardId};
 use longship_transport::{MessageHandler, SnapshotChunk};
 
 use crate::engine::StepWorker;
-use crate::host::Host;
+use crate::host::HostState;
 use crate::metrics::Metrics;
 
 /// Most addresses a replica learns from traffic (senders outside its view
@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 const MAX_LEARNED_PER_REPLICA: usize = 8;
 
 /// The NodeHost side of the transport.
-pub(crate) struct Handler(pub(crate) Arc<Host>);
+pub(crate) struct Handler(pub(crate) Arc<HostState>);
 
 impl Handler {
     /// Checks a batch and queues its messages at their replicas; returns
@@ -181,7 +181,7 @@ mod tests {
             ..NodeHostConfig::default()
         };
         let deployment_id = cfg.deployment_id;
-        let host = Arc::new(Host::new(
+        let host = Arc::new(HostState::new(
             cfg,
             Arc::new(MemFs::new()),
             Arc::new(MemLogDb::new()),

@@ -14,7 +14,7 @@ use longship_raft::{
     ConfigChange, ConfigChangeType, Entry, EntryType, HardState, Index, Membership, Raft,
     ReplicaId, ShardId, Term, bootstrap_entries,
 };
-use longship_storage::logdb::{LogDb, MemLogDb, ReplicaLog, Update as LogUpdate, Wal, WalOptions};
+use longship_storage::logdb::{LogDb, LogUpdate, MemLogDb, ReplicaLog, Wal, WalOptions};
 use longship_storage::snapshot::SnapshotStore;
 use longship_storage::vfs::{FileSystem, OsFs};
 use longship_transport::{TcpConfig, TcpTransport, Transport};
@@ -24,7 +24,7 @@ use crate::config::{Config, NodeHostConfig};
 use crate::engine::{ApplyWorker, SnapshotWorker, StepWorker, recover_from_store};
 use crate::error::{Error, Result};
 use crate::events::EventListener;
-use crate::host::{Host, SnapshotJob};
+use crate::host::{HostState, SnapshotJob};
 use crate::inbound::Handler;
 use crate::metrics::{Gauges, Metrics};
 use crate::replica::{
@@ -182,6 +182,17 @@ pub struct ShardInfo {
     pub config_change_id: Index,
 }
 
+impl ShardInfo {
+    /// The known leader and its term, as [`NodeHost::get_leader`] reports
+    /// it (`None` while no leader is known).
+    pub fn leader(&self) -> Option<Leader> {
+        (!self.leader_id.is_none()).then_some(Leader {
+            replica_id: self.leader_id,
+            term: self.term,
+        })
+    }
+}
+
 /// What a NodeHost hosts, from [`NodeHost::get_node_host_info`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeHostInfo {
@@ -301,7 +312,7 @@ impl NodeHostBuilder {
         // restarts, even with a configured seed: mix in the incarnation.
         let incarnation = next_incarnation(&*fs, &cfg.node_host_dir)?;
         let seed = mix_seed(cfg.seed.unwrap_or_else(os_seed), incarnation);
-        let host = Arc::new(Host::new(
+        let host = Arc::new(HostState::new(
             cfg,
             fs,
             logdb,
@@ -493,7 +504,7 @@ impl Drop for DirLock {
 /// std::fs::remove_dir_all(&dir).unwrap();
 /// ```
 pub struct NodeHost {
-    host: Arc<Host>,
+    host: Arc<HostState>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     _lock: DirLock,
     closed: AtomicBool,
@@ -1289,7 +1300,7 @@ impl NodeHost {
     /// The protocol state of the local replica of `shard` (role, term,
     /// vote, commit, applied, log range, membership), for operators and
     /// debugging. Takes the replica's core lock briefly.
-    pub fn raft_status(&self, shard: ShardId) -> Result<longship_raft::Status> {
+    pub fn raft_status(&self, shard: ShardId) -> Result<crate::RaftStatus> {
         let r = self
             .host
             .replica(shard)
@@ -1416,7 +1427,7 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
 }
 
 fn propose_raw(
-    host: &Host,
+    host: &HostState,
     r: &Replica,
     session: &Session,
     cmd: Bytes,
@@ -1463,7 +1474,7 @@ fn propose_raw(
 }
 
 fn propose_on(
-    host: &Host,
+    host: &HostState,
     r: &Replica,
     session: &Session,
     cmd: Bytes,
@@ -1505,7 +1516,7 @@ fn lookup_on(r: &Replica, query: &[u8]) -> Result<Vec<u8>> {
 
 /// A read index on any replica (a witness's serves membership queries:
 /// it applies membership changes like every replica).
-fn read_index_on(host: &Host, r: &Replica, deadline: u64) -> Result<RequestHandle<Index>> {
+fn read_index_on(host: &HostState, r: &Replica, deadline: u64) -> Result<RequestHandle<Index>> {
     let (handle, completer) = request();
     {
         let mut inbox = r.inbox.lock();
@@ -1524,7 +1535,7 @@ fn read_index_on(host: &Host, r: &Replica, deadline: u64) -> Result<RequestHandl
 /// A handle bound to one shard's local replica: proposes and reads without
 /// looking the replica up each time (bulk loads).
 pub struct NodeUser {
-    host: Arc<Host>,
+    host: Arc<HostState>,
     replica: ReplicaRef,
 }
 

@@ -302,7 +302,7 @@ struct SlowLogDb {
 impl longship_storage::LogDb for SlowLogDb {
     fn save_raft_state(
         &self,
-        updates: &[longship_storage::Update],
+        updates: &[longship_storage::LogUpdate],
     ) -> longship_storage::Result<()> {
         let slow = updates.iter().any(|u| !u.entries.is_empty())
             && self.armed.swap(false, Ordering::SeqCst);

@@ -120,10 +120,10 @@ impl FailingReads {
 
 use longship::{Index, ReplicaId, Term};
 use longship_raft::{Entry, SnapshotMeta};
-use longship_storage::logdb::{LogDb, ReplicaState, Update};
+use longship_storage::logdb::{LogDb, LogUpdate, ReplicaState};
 
 impl LogDb for FailingReads {
-    fn save_raft_state(&self, updates: &[Update]) -> longship_storage::Result<()> {
+    fn save_raft_state(&self, updates: &[LogUpdate]) -> longship_storage::Result<()> {
         self.inner.save_raft_state(updates)
     }
     fn entries(

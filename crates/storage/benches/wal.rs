@@ -22,7 +22,7 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use longship_raft::{Entry, HardState, Index, ReplicaId, ShardId, Term};
 use longship_storage::vfs::{FileSystem, MemFs, OsFs};
-use longship_storage::{LogDb, Update, Wal, WalOptions};
+use longship_storage::{LogDb, LogUpdate, Wal, WalOptions};
 
 fn bench_dir() -> tempfile::TempDir {
     let base = std::env::var_os("LONGSHIP_BENCH_DIR")
@@ -78,13 +78,13 @@ fn raw_fdatasync(c: &mut Criterion) {
 }
 
 /// Next batch: `per_shard` entries for each of `shards` replicas.
-fn make_batch(next: &mut [u64], per_shard: u64, payload: &Bytes) -> Vec<Update> {
+fn make_batch(next: &mut [u64], per_shard: u64, payload: &Bytes) -> Vec<LogUpdate> {
     next.iter_mut()
         .enumerate()
         .map(|(s, n)| {
             let first = *n;
             *n += per_shard;
-            Update {
+            LogUpdate {
                 shard_id: ShardId(s as u64 + 1),
                 replica_id: ReplicaId(1),
                 entries: (first..first + per_shard)

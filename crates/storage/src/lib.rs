@@ -18,4 +18,4 @@ pub mod snapshot;
 pub mod vfs;
 
 pub use error::{Error, Result};
-pub use logdb::{LogDb, MemLogDb, ReplicaLog, ReplicaState, Update, Wal, WalOptions};
+pub use logdb::{LogDb, LogUpdate, MemLogDb, ReplicaLog, ReplicaState, Wal, WalOptions};

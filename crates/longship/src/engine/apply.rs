@@ -8,7 +8,7 @@ use longship_raft::{Entry, Index, SnapshotMeta};
 
 use super::{complete_reads, config_change_error};
 use crate::error::Error;
-use crate::host::{Host, SnapshotJob};
+use crate::host::{HostState, SnapshotJob};
 use crate::metrics::Metrics;
 use crate::replica::{ApplyTask, Replica, ReplicaRef};
 use crate::rsm::{Applied, AppliedState};
@@ -21,7 +21,7 @@ const APPLY_TASKS_PER_ROUND: usize = 64;
 
 /// Applies committed entries of the shards of one apply worker.
 pub(crate) struct ApplyWorker {
-    pub(crate) host: Arc<Host>,
+    pub(crate) host: Arc<HostState>,
     pub(crate) id: usize,
 }
 

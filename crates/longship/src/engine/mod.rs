@@ -1,4 +1,4 @@
-//! The workers: step (drive cores, persist, send), apply (state machines,
+//! The workers: step (feed cores, persist, send), apply (state machines,
 //! request completion) and snapshot (save, stream), one file each. Each
 //! has a `run_once` that does one bounded round of work and returns whether
 //! it did any, so threads loop over it in production and the simulator
@@ -15,7 +15,7 @@ pub(crate) use step::StepWorker;
 use longship_raft::{ConfigChangeRejected, Index, Message, MessageType, ProposalError};
 
 use crate::error::Error;
-use crate::host::Host;
+use crate::host::HostState;
 use crate::metrics::Metrics;
 
 pub(crate) fn proposal_error(e: ProposalError) -> Error {
@@ -47,7 +47,11 @@ pub(crate) fn config_change_error(e: ConfigChangeRejected) -> Error {
 }
 
 /// Completes reads whose index is applied.
-pub(crate) fn complete_reads(host: &Host, pending: &mut crate::replica::Pending, applied: Index) {
+pub(crate) fn complete_reads(
+    host: &HostState,
+    pending: &mut crate::replica::Pending,
+    applied: Index,
+) {
     pending.reads.retain(|_, pr| match pr.index {
         Some(index) if index <= applied => {
             for (c, _) in pr.waiters.drain(..) {
@@ -60,7 +64,7 @@ pub(crate) fn complete_reads(host: &Host, pending: &mut crate::replica::Pending,
     });
 }
 
-pub(crate) fn report_snapshot_status(host: &Host, m: &Message, failed: bool) {
+pub(crate) fn report_snapshot_status(host: &HostState, m: &Message, failed: bool) {
     let status = Message {
         reject: failed,
         ..Message::new(MessageType::SnapshotStatus, m.shard_id, m.to, m.from)
@@ -73,7 +77,7 @@ pub(crate) fn report_snapshot_status(host: &Host, m: &Message, failed: bool) {
 /// thread goes on with its next round instead of dying silently with the
 /// shards it drives. Returns whether the round did work (a panicked round
 /// counts as work, so the thread looks again at once).
-pub(crate) fn supervised(host: &Host, round: impl FnOnce() -> bool) -> bool {
+pub(crate) fn supervised(host: &HostState, round: impl FnOnce() -> bool) -> bool {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(round)) {
         Ok(did) => did,
         Err(p) => {

@@ -10,7 +10,7 @@ use longship_transport::SnapshotChunk;
 
 use super::report_snapshot_status;
 use crate::error::Error;
-use crate::host::{Host, SnapshotJob};
+use crate::host::{HostState, SnapshotJob};
 use crate::metrics::Metrics;
 use crate::replica::Replica;
 
@@ -21,7 +21,7 @@ pub(crate) const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
 /// Saves and streams snapshots.
 pub(crate) struct SnapshotWorker {
-    pub(crate) host: Arc<Host>,
+    pub(crate) host: Arc<HostState>,
 }
 
 impl SnapshotWorker {
@@ -104,7 +104,7 @@ impl SnapshotWorker {
 
 /// Saves a snapshot of the replica's state machine at its applied index,
 /// records it in log storage, then compacts the log. Returns its index.
-pub(crate) fn save_snapshot(host: &Host, r: &Replica) -> Result<Index, Error> {
+pub(crate) fn save_snapshot(host: &HostState, r: &Replica) -> Result<Index, Error> {
     let _one_at_a_time = r.snapshot_save.lock();
     let guard = r.apply_lock.lock();
     // A failed `update` leaves an applied state that counts entries the
@@ -199,7 +199,7 @@ pub(crate) fn save_snapshot(host: &Host, r: &Replica) -> Result<Index, Error> {
 }
 
 /// Streams the snapshot named by an `InstallSnapshot` message in chunks.
-fn stream_snapshot(host: &Host, m: &Message, address: &str) -> Result<(), Error> {
+fn stream_snapshot(host: &HostState, m: &Message, address: &str) -> Result<(), Error> {
     let r = host
         .replica(m.shard_id)
         .ok_or(Error::ShardNotFound(m.shard_id))?;

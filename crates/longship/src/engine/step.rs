@@ -10,12 +10,12 @@ use longship_raft::{
     ConfigChangeRejected, Entry, MESSAGE_BATCH_VERSION, Message, MessageBatch, MessageType,
     ProposalError, ReplicaId,
 };
-use longship_storage::logdb::Update as LogUpdate;
+use longship_storage::logdb::LogUpdate;
 
 use super::apply::ApplyWorker;
 use super::{complete_reads, config_change_error, proposal_error, report_snapshot_status};
 use crate::error::Error;
-use crate::host::{Host, SnapshotJob};
+use crate::host::{HostState, SnapshotJob};
 use crate::metrics::Metrics;
 use crate::replica::{ApplyTask, Command, CoreState, Replica, ReplicaRef};
 
@@ -26,7 +26,7 @@ const QUIESCE_ELECTION_TIMEOUTS: u64 = 10;
 
 /// Drives the cores of the shards of one step worker.
 pub(crate) struct StepWorker {
-    pub(crate) host: Arc<Host>,
+    pub(crate) host: Arc<HostState>,
     pub(crate) id: usize,
 }
 
@@ -78,7 +78,7 @@ impl StepWorker {
                 let mut core = r.core.lock();
                 // Term and vote as of the last advance: what is durable.
                 let durable = core.raft.hard_state();
-                self.drive(&r, &mut core, &mut extra);
+                self.feed_inputs(&r, &mut core, &mut extra);
                 let u = core.raft.has_update().then(|| core.raft.get_update());
                 // Committed entries held back until the state machine
                 // catches up: the apply worker wakes us when it has applied some.
@@ -122,7 +122,7 @@ impl StepWorker {
         }
         self.send(early);
         for (r, u) in &mut work {
-            self.hand_on(r, u);
+            self.release_before_write(r, u);
         }
         let mut updates: Vec<LogUpdate> = Vec::new();
         // Which `work` item each of `updates` came from.
@@ -207,7 +207,12 @@ impl StepWorker {
     }
 
     /// Feeds a replica's queued inputs to its core.
-    fn drive(&self, r: &Replica, core: &mut CoreState, extra: &mut Vec<(ReplicaRef, Message)>) {
+    fn feed_inputs(
+        &self,
+        r: &Replica,
+        core: &mut CoreState,
+        extra: &mut Vec<(ReplicaRef, Message)>,
+    ) {
         let host = &self.host;
         let inbox = std::mem::take(&mut *r.inbox.lock());
         let active = !inbox.proposals.is_empty()
@@ -444,7 +449,7 @@ impl StepWorker {
     /// is confirmed by a quorum's heartbeat answers, not by local storage;
     /// so they need not wait for this cycle's fsync. An update that
     /// installs a snapshot keeps everything for after the write.
-    fn hand_on(&self, r: &ReplicaRef, u: &mut longship_raft::Update) {
+    fn release_before_write(&self, r: &ReplicaRef, u: &mut longship_raft::Update) {
         if u.snapshot.is_some() {
             return;
         }
@@ -531,7 +536,7 @@ impl StepWorker {
         complete_reads(&self.host, &mut pending, applied);
     }
 
-    /// After the write: hand a received snapshot (and what `hand_on` left)
+    /// After the write: hand a received snapshot (and what `release_before_write` left)
     /// to the apply worker, report leadership, and advance the core.
     fn after_persist(&self, r: &ReplicaRef, mut u: longship_raft::Update) {
         let host = &self.host;
@@ -564,7 +569,7 @@ impl StepWorker {
         self.serve_reads(r, &mut u);
         let mut core = r.core.lock();
         core.raft.advance(&u);
-        // What `hand_on` applied in place: the core may hand out more.
+        // What `release_before_write` applied in place: the core may hand out more.
         let applied = r.applied();
         if applied <= core.raft.log().committed() {
             core.raft.applied_to(applied);
@@ -577,7 +582,7 @@ impl StepWorker {
 
 /// Fails a replica whose protocol work panicked; the worker goes on with its
 /// other shards.
-fn fail_replica(host: &Host, r: &Replica, during: &str, payload: &(dyn std::any::Any + Send)) {
+fn fail_replica(host: &HostState, r: &Replica, during: &str, payload: &(dyn std::any::Any + Send)) {
     let why = format!(
         "panicked while {during}: {}",
         crate::rsm::panic_message(payload)
@@ -587,7 +592,7 @@ fn fail_replica(host: &Host, r: &Replica, during: &str, payload: &(dyn std::any:
 
 /// Fails a replica for `why`: it is stepped no more and its requests end
 /// with an error.
-fn fail_replica_with(host: &Host, r: &Replica, why: String) {
+fn fail_replica_with(host: &HostState, r: &Replica, why: String) {
     tracing::error!(shard = %r.shard_id, replica = %r.replica_id, "replica failed: {why}");
     Metrics::add(&host.metrics.replicas_failed, 1);
     *r.failed.lock() = Some(why);

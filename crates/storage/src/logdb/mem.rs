@@ -7,7 +7,7 @@ use longship_raft::{Entry, HardState, Index, ReplicaId, ShardId, SnapshotMeta, T
 use parking_lot::RwLock;
 
 use super::shape::{Key, Op, Shape, check_stateless, stage_batch};
-use super::{LogDb, ReplicaState, Update, import_ops, push_limited};
+use super::{LogDb, LogUpdate, ReplicaState, import_ops, push_limited};
 use crate::error::{Error, Result};
 
 /// One replica in memory.
@@ -125,11 +125,11 @@ impl MemLogDb {
 }
 
 impl LogDb for MemLogDb {
-    fn save_raft_state(&self, updates: &[Update]) -> Result<()> {
+    fn save_raft_state(&self, updates: &[LogUpdate]) -> Result<()> {
         let ops: Vec<Op> = updates
             .iter()
             .filter(|u| !u.is_empty())
-            .map(Update::to_op)
+            .map(LogUpdate::to_op)
             .collect();
         self.write(&ops)
     }

@@ -4,13 +4,13 @@
 //!
 //! Semantics shared by every implementation:
 //! * [`LogDb::save_raft_state`] is all or nothing and durable on return.
-//!   Within one [`Update`], the snapshot is installed first, then the
+//!   Within one [`LogUpdate`], the snapshot is installed first, then the
 //!   entries appended, then the hard state set.
 //! * Entries appended at an index that already exists replace the log from
 //!   that index on (Raft §5.3); entries at or below the first index minus
 //!   one (compacted or covered by a snapshot) are skipped; an append that
 //!   would leave a gap is refused with [`Error::InvalidArgument`].
-//! * A snapshot in an `Update` (received from a leader) drops entries up to
+//! * A snapshot in a `LogUpdate` (received from a leader) drops entries up to
 //!   its index; later entries stay only if the log holds the snapshot's
 //!   index with the snapshot's term (Raft §7). A snapshot not newer than
 //!   the recorded one is ignored.
@@ -38,7 +38,7 @@ use shape::Op;
 
 /// What one replica asks log storage to persist after a step of its core.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Update {
+pub struct LogUpdate {
     /// The shard.
     pub shard_id: ShardId,
     /// The replica.
@@ -52,10 +52,10 @@ pub struct Update {
     pub snapshot: Option<SnapshotMeta>,
 }
 
-impl Update {
+impl LogUpdate {
     /// The persistent part of a core update.
-    pub fn from_raft(u: &longship_raft::Update) -> Update {
-        Update {
+    pub fn from_raft(u: &longship_raft::Update) -> LogUpdate {
+        LogUpdate {
             shard_id: u.shard_id,
             replica_id: u.replica_id,
             entries: u.entries.clone(),
@@ -104,7 +104,7 @@ pub trait LogDb: Send + Sync {
     /// error, none of it is visible (and, after a crash, the batch is either
     /// entirely there or entirely absent). Updates with nothing to persist
     /// are skipped.
-    fn save_raft_state(&self, updates: &[Update]) -> Result<()>;
+    fn save_raft_state(&self, updates: &[LogUpdate]) -> Result<()>;
 
     /// Entries in `[low, high)`, stopping before `max_bytes` (by
     /// [`Entry::size_bytes`]) would be exceeded but returning at least one

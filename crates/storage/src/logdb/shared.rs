@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use longship_raft::{Entry, Index, ReplicaId, ShardId, SnapshotMeta, Term};
 
-use super::{LogDb, ReplicaState, Update};
+use super::{LogDb, LogUpdate, ReplicaState};
 use crate::error::Result;
 
 /// Which replicas a view lists as its own.
@@ -49,7 +49,7 @@ impl SharedLogDb {
 }
 
 impl LogDb for SharedLogDb {
-    fn save_raft_state(&self, updates: &[Update]) -> Result<()> {
+    fn save_raft_state(&self, updates: &[LogUpdate]) -> Result<()> {
         self.inner.save_raft_state(updates)
     }
 
@@ -147,15 +147,15 @@ mod tests {
     use crate::logdb::MemLogDb;
     use longship_raft::HardState;
 
-    fn state(shard: u64, replica: u64) -> Update {
-        Update {
+    fn state(shard: u64, replica: u64) -> LogUpdate {
+        LogUpdate {
             shard_id: ShardId(shard),
             replica_id: ReplicaId(replica),
             hard_state: Some(HardState {
                 term: Term(1),
                 ..HardState::default()
             }),
-            ..Update::default()
+            ..LogUpdate::default()
         }
     }
 

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use longship_raft::{
     Entry, EntryType, HardState, Index, Membership, ReplicaId, Rng, ShardId, SnapshotMeta, Term,
 };
-use longship_storage::{Error, LogDb, Update};
+use longship_storage::{Error, LogDb, LogUpdate};
 
 pub type Key = (ShardId, ReplicaId);
 
@@ -85,7 +85,7 @@ impl ModelReplica {
 /// One operation of a workload.
 #[derive(Clone, Debug)]
 pub enum Action {
-    Save(Vec<Update>),
+    Save(Vec<LogUpdate>),
     Compact(Key, Index),
     SaveSnapshot(Key, SnapshotMeta),
     Remove(Key),
@@ -194,8 +194,8 @@ pub fn key(shard: u64, replica: u64) -> Key {
     (ShardId(shard), ReplicaId(replica))
 }
 
-pub fn update(k: Key, entries: Vec<Entry>) -> Update {
-    Update {
+pub fn update(k: Key, entries: Vec<Entry>) -> LogUpdate {
+    LogUpdate {
         shard_id: k.0,
         replica_id: k.1,
         entries,

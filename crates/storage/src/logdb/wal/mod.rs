@@ -28,7 +28,7 @@ use longship_raft::{Entry, Index, ReplicaId, ShardId, SnapshotMeta, Term};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::shape::{Key, Op, Shape};
-use super::{LogDb, ReplicaState, Update, import_ops};
+use super::{LogDb, LogUpdate, ReplicaState, import_ops};
 use crate::error::{Error, Result};
 use crate::vfs::{File, FileSystem};
 
@@ -249,11 +249,11 @@ impl Wal {
 }
 
 impl LogDb for Wal {
-    fn save_raft_state(&self, updates: &[Update]) -> Result<()> {
+    fn save_raft_state(&self, updates: &[LogUpdate]) -> Result<()> {
         let ops: Vec<Op> = updates
             .iter()
             .filter(|u| !u.is_empty())
-            .map(Update::to_op)
+            .map(LogUpdate::to_op)
             .collect();
         self.write(ops)
     }
