@@ -44,10 +44,13 @@ pub struct SnapshotOption {
     /// takes). The directory is created if missing. The completed request
     /// names the exported directory ([`SnapshotResult::export_dir`]).
     ///
-    /// Exports are named by index only: exporting the same index into the
-    /// same directory a second time (another shard's snapshot at the same
-    /// index included) fails with [`Error::Snapshot`] ("already exists")
-    /// and leaves the first export as it was; use one directory per shard.
+    /// A request made before anything new was applied is refused
+    /// ([`Error::Rejected`], nothing new to snapshot): the export of the
+    /// last snapshot is the one to use. Exports are named by index only:
+    /// exporting an index that the directory already holds (another shard's
+    /// snapshot at the same index included) fails with [`Error::Snapshot`]
+    /// ("already exists") and leaves the first export as it was; use one
+    /// directory per shard.
     ///
     /// [`tools::import_snapshot`]: crate::tools::import_snapshot
     pub export_path: Option<PathBuf>,

@@ -105,12 +105,18 @@ fn requested_snapshot_is_exported_and_compacts() {
     }
     let (applied, snap) = shard_state(&c, leader);
     assert_eq!(snap, 0, "no automatic snapshot with snapshot_entries = 0");
-    let export = c.dir.path().join("export");
+    // The export path is created if missing, parents included.
+    let export = c.dir.path().join("backups").join("shard-1");
     let opt = SnapshotOption {
         export_path: Some(export.clone()),
         compaction_overhead: Some(0),
     };
-    let index = request_snapshot(c.nh(leader), opt).unwrap();
+    let done = retry(|| {
+        c.nh(leader)
+            .request_snapshot(sid(), opt.clone(), TIMEOUT)?
+            .wait()
+    });
+    let index = done.index;
     assert!(
         index.0 >= applied,
         "snapshot {index} below applied {applied}"
@@ -119,7 +125,9 @@ fn requested_snapshot_is_exported_and_compacts() {
     // With no overhead the log keeps nothing at or below the snapshot.
     assert_eq!(log_range(&c, leader).0, index.0 + 1);
 
+    // The request names the exported directory.
     let dir = export.join(format!("snapshot-{:016x}", index.0));
+    assert_eq!(done.export_dir.as_deref(), Some(dir.as_path()));
     assert!(dir.is_dir(), "exported snapshot dir {}", dir.display());
     let data = std::fs::read(dir.join("snapshot.data")).unwrap();
     let meta = std::fs::read(dir.join("snapshot.meta")).unwrap();
@@ -130,9 +138,24 @@ fn requested_snapshot_is_exported_and_compacts() {
         "exported data holds the state machine's state"
     );
 
-    // Nothing applied since: a second snapshot is refused.
+    // Nothing applied since: a second snapshot (exported or not) is
+    // refused, and the first export stays as it was.
     let again = request_snapshot(c.nh(leader), SnapshotOption::default());
     assert!(matches!(again, Err(Error::Rejected(_))), "{again:?}");
+    let again = request_snapshot(c.nh(leader), opt.clone());
+    assert!(matches!(again, Err(Error::Rejected(_))), "{again:?}");
+    assert_eq!(std::fs::read(dir.join("snapshot.data")).unwrap(), data);
+    // After a new entry, the next export is a second directory beside it.
+    c.propose(leader, SHARD, "set k10 v10");
+    let next = retry(|| {
+        c.nh(leader)
+            .request_snapshot(sid(), opt.clone(), TIMEOUT)?
+            .wait()
+    });
+    assert!(next.index > index);
+    let next_dir = next.export_dir.expect("exported");
+    assert_eq!(next_dir.parent(), Some(export.as_path()));
+    assert!(next_dir.is_dir() && dir.is_dir());
     // Followers did not snapshot.
     for h in (1..=3).filter(|&h| h != leader) {
         assert_eq!(shard_state(&c, h).1, 0);
