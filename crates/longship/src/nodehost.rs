@@ -312,9 +312,19 @@ impl NodeHostBuilder {
             )?),
         };
         // Request keys, read contexts and client ids must not repeat across
-        // restarts, even with a configured seed: mix in the incarnation.
+        // restarts, even with a configured seed: mix in the incarnation. Nor
+        // across hosts given the same seed: a proposal is completed by its
+        // key when its entry is applied, so a peer's entry with the same
+        // key would complete an unrelated local proposal with the peer's
+        // result. Mix in the host's address too (unique in a deployment).
         let incarnation = next_incarnation(&*fs, &cfg.node_host_dir)?;
-        let seed = mix_seed(cfg.seed.unwrap_or_else(os_seed), incarnation);
+        let seed = mix_seed(
+            mix_seed(
+                cfg.seed.unwrap_or_else(os_seed),
+                address_hash(&cfg.raft_address),
+            ),
+            incarnation,
+        );
         let host = Arc::new(HostState::new(
             cfg,
             fs,
@@ -378,6 +388,13 @@ fn mix_seed(seed: u64, incarnation: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// FNV-1a of a raft address (its share of this host's seed).
+fn address_hash(address: &str) -> u64 {
+    address.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 fn os_seed() -> u64 {
