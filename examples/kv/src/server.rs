@@ -1598,6 +1598,15 @@ async fn execute_round(
     state: &mut ConnState,
     commands: Vec<Vec<Vec<u8>>>,
 ) -> Vec<(Reply, bool)> {
+    // CLIENT LIST's idle time and last command: once per round.
+    node.commands
+        .fetch_add(commands.len() as u64, Ordering::Relaxed);
+    if let Some(last) = commands.last().and_then(|c| c.first())
+        && let Some(c) = node.client_list.lock().get_mut(&state.id)
+    {
+        c.last = Instant::now();
+        c.last_cmd = String::from_utf8_lossy(last).to_ascii_lowercase();
+    }
     let mut round = RoundCmds { cmds: Vec::new() };
     let mut protos = Vec::with_capacity(commands.len());
     let planned: Vec<Planned> = commands
@@ -1828,11 +1837,6 @@ fn plan(node: &KvNode, state: &mut ConnState, args: &[Vec<u8>], round: &mut Roun
             state.multi_error = true;
         }
         return now(arity_error(&name));
-    }
-    node.commands.fetch_add(1, Ordering::Relaxed);
-    if let Some(c) = node.client_list.lock().get_mut(&state.id) {
-        c.last = Instant::now();
-        c.last_cmd = name.to_ascii_lowercase();
     }
     if !state.authed && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
         return now(Reply::Error("NOAUTH Authentication required.".into()));
