@@ -181,3 +181,13 @@ fn seed_396_member_follows_a_leader_it_does_not_know() {
 fn seed_10729_forwarded_request_returns_to_its_asker() {
     run_seed(10729, false);
 }
+
+/// A member partitioned to a high term dropped the lower-term messages of
+/// a leader it did not know (added while it was away) without answering,
+/// so the leader never learnt of the newer term and the member never
+/// rejoined: a leader's messages are now answered with our term whoever
+/// sends them.
+#[test]
+fn seed_53890_stale_unknown_leader_hears_our_term() {
+    run_seed(53890, false);
+}

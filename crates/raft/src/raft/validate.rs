@@ -62,16 +62,20 @@ impl<L: LogReader> Raft<L> {
     /// acknowledgements reach a replica that has the change but not its
     /// commit). Otherwise only:
     ///
-    /// - leader messages (`Replicate`, `Heartbeat`, `InstallSnapshot`) of a
-    ///   term at least ours: membership changes reach a replica only
+    /// - leader messages (`Replicate`, `Heartbeat`, `InstallSnapshot`):
+    ///   membership changes reach a replica only
     ///   through the leader's log, so a correct leader can be unknown here
     ///   (a replica joining with an empty membership, one restored from a
     ///   snapshot older than its own addition, or a member that missed the
     ///   change adding the leader while partitioned); refusing it would
     ///   leave this replica behind for good. Such a sender can do no more
     ///   than a member could: it must show a term (bounded, see
-    ///   [`TERM_JUMP_MAX`]) and it cannot change
-    ///   committed entries (Raft §5.3);
+    ///   [`TERM_JUMP_MAX`]) and it cannot change committed entries (Raft
+    ///   §5.3). One of a term below ours only gets our term back, which a
+    ///   stale leader that does not know us either needs to step down
+    ///   (randomized harness seed 53890: a member partitioned to a high
+    ///   term, dropping the messages of a leader it did not know, was
+    ///   never heard of again);
     /// - vote requests when this replica is not a member of its own view
     ///   (joining, or its addition not applied yet): it cannot tell who
     ///   the members are, and the candidate may need its vote (it counts
@@ -95,7 +99,7 @@ impl<L: LogReader> Raft<L> {
         }
         match m.msg_type {
             Propose | ReadIndex | TransferLeader => return Err(NOT_A_MEMBER),
-            Replicate | Heartbeat | InstallSnapshot if m.term >= self.term => return Ok(()),
+            Replicate | Heartbeat | InstallSnapshot => return Ok(()),
             RequestVote | RequestPreVote if !self.membership.contains(self.id) => return Ok(()),
             _ => {}
         }

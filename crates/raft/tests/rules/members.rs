@@ -133,7 +133,8 @@ fn members_ignore_votes_and_answers_from_non_members() {
 /// if its own view makes it a voter). A member takes the same leader
 /// messages from a leader it does not know: the change adding that leader
 /// may be in the part of the log it has not received yet (the randomized
-/// harness loses convergence without this, e.g. seed 396).
+/// harness loses convergence without this, e.g. seed 396), and a stale
+/// leader it does not know must hear its newer term (seed 53890).
 #[test]
 fn replicas_follow_a_leader_they_do_not_know_yet() {
     let mut j = Raft::new(
@@ -160,15 +161,24 @@ fn replicas_follow_a_leader_they_do_not_know_yet() {
     assert_eq!(j.invalid_messages(), 0);
 
     // A member and a leader (4) it does not know, of a newer term.
-    let mut f = replica(cfg(2), &[1, 1], 1, 1);
+    let pre_vote = RaftConfig {
+        pre_vote: true,
+        ..cfg(2)
+    };
+    let mut f = replica(pre_vote, &[1, 1], 1, 1);
     f.step(append(4, 2, 3, (2, 1), ents_from(3, &[3]), 3));
     cycle(&mut f);
     cycle(&mut f);
     assert_eq!(f.log().committed(), Index(3));
     assert_eq!(f.leader_id(), r(4));
-    // A leader message of an older term is not: only a leader of a term
-    // at least ours can be one we must follow.
-    assert_non_member_dropped(&mut f, heartbeat(5, 2, 2, 3), "stale heartbeat");
+    // A leader message of an older term it does not know gets our term
+    // back, nothing else: a stale leader must learn it is stale (with
+    // pre-vote or check-quorum, as from a member, thesis §9.6).
+    f.step(heartbeat(5, 2, 2, 3));
+    let answer = only_message(&cycle(&mut f));
+    assert_eq!((answer.to, answer.term), (r(5), Term(3)));
+    assert_eq!(f.leader_id(), r(4));
+    assert_eq!(f.invalid_messages(), 0);
 }
 
 /// Thesis §4.1 (a change takes effect here once applied, but the added
