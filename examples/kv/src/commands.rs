@@ -215,7 +215,7 @@ pub fn command_command(args: &[Vec<u8>]) -> Reply {
             )
         }
         // Documentation is not served: an empty map (clients fall back).
-        "DOCS" => Reply::Array(Vec::new()),
+        "DOCS" => Reply::Map(Vec::new()),
         "GETKEYS" if args.len() >= 3 => match lookup(&args[2]) {
             None => Reply::err("Invalid command specified"),
             Some(c) if !c.arity_ok(args.len() - 2) => {

@@ -930,30 +930,26 @@ impl KvNode {
                                 .into_iter()
                                 .map(|id| {
                                     let (host, port) = self.redis_endpoint(id);
-                                    let kv = |k: &str, v: Reply| [Reply::Bulk(k.into()), v];
+                                    let kv = |k: &str, v: Reply| (Reply::Bulk(k.into()), v);
                                     let bulk = |s: &str| Reply::Bulk(s.as_bytes().to_vec());
                                     let role = if id == master { "master" } else { "replica" };
-                                    Reply::Array(
-                                        [
-                                            kv("id", bulk(&cluster_node_id(id))),
-                                            kv("port", Reply::Int(port)),
-                                            kv("ip", bulk(&host)),
-                                            kv("endpoint", bulk(&host)),
-                                            kv("role", bulk(role)),
-                                            kv("replication-offset", Reply::Int(applied)),
-                                            kv("health", bulk("online")),
-                                        ]
-                                        .into_iter()
-                                        .flatten()
-                                        .collect(),
-                                    )
+                                    Reply::Map(vec![
+                                        kv("id", bulk(&cluster_node_id(id))),
+                                        kv("port", Reply::Int(port)),
+                                        kv("ip", bulk(&host)),
+                                        kv("endpoint", bulk(&host)),
+                                        kv("role", bulk(role)),
+                                        kv("replication-offset", Reply::Int(applied)),
+                                        kv("health", bulk("online")),
+                                    ])
                                 })
                                 .collect();
-                            Reply::Array(vec![
-                                Reply::Bulk(b"slots".to_vec()),
-                                Reply::Array(vec![Reply::Int(a as i64), Reply::Int(b as i64)]),
-                                Reply::Bulk(b"nodes".to_vec()),
-                                Reply::Array(node_maps),
+                            Reply::Map(vec![
+                                (
+                                    Reply::Bulk(b"slots".to_vec()),
+                                    Reply::Array(vec![Reply::Int(a as i64), Reply::Int(b as i64)]),
+                                ),
+                                (Reply::Bulk(b"nodes".to_vec()), Reply::Array(node_maps)),
                             ])
                         })
                         .collect(),
