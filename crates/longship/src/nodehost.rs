@@ -337,7 +337,7 @@ impl NodeHostBuilder {
         let nh = NodeHost {
             host,
             threads: Mutex::new(Vec::new()),
-            _lock: lock,
+            dir_lock: Mutex::new(Some(lock)),
             closed: AtomicBool::new(false),
         };
         if !self.manual {
@@ -526,7 +526,9 @@ impl Drop for DirLock {
 pub struct NodeHost {
     host: Arc<HostState>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    _lock: DirLock,
+    /// Held from `build` until `close`: no other NodeHost (or offline tool)
+    /// uses the directory meanwhile.
+    dir_lock: Mutex<Option<DirLock>>,
     closed: AtomicBool,
 }
 
@@ -949,7 +951,12 @@ impl NodeHost {
     }
 
     /// Stops every replica and the workers; the NodeHost cannot be used
-    /// afterwards. Everything acknowledged is durable.
+    /// afterwards. Everything acknowledged is durable. Once it returns, the
+    /// directory is free: a new NodeHost, [`tools::import_snapshot`] or
+    /// [`tools::inspect`] may open it (dropping a NodeHost closes it).
+    ///
+    /// [`tools::import_snapshot`]: crate::tools::import_snapshot
+    /// [`tools::inspect`]: crate::tools::inspect
     pub fn close(&self) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
@@ -980,6 +987,8 @@ impl NodeHost {
         if let Err(e) = self.host.logdb.close() {
             tracing::warn!(error = %e, "closing log storage");
         }
+        // The directory is free for a new NodeHost or an offline tool.
+        self.dir_lock.lock().take();
     }
 
     // ------------------------------------------------------------ requests
