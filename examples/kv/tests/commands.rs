@@ -544,3 +544,40 @@ fn redis_py_expiry_hashes_transactions_and_scan() {
     assert!(out.status.success(), "redis-py failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("OK"), "{stdout}");
 }
+
+#[test]
+fn ttls_carry_over_leader_changes() {
+    let c = Cluster::start(false);
+    c.spread_leaders();
+    let shard = shard_of(b"short", SHARDS);
+    let mut conn = c.conn(0);
+    assert_eq!(conn.call(&["SET", "{short}long", "v", "EX", "100"]), ok());
+    assert_eq!(conn.call(&["SET", "short", "v", "PX", "1500"]), ok());
+    let start = Instant::now();
+    // Move the shard's leadership around while the key lives.
+    let leader = c.agreed_leader(shard).unwrap();
+    c.move_leader(shard, leader % 3 + 1);
+    c.move_leader(shard, (leader + 1) % 3 + 1);
+    let Resp::Int(left) = conn.call(&["PTTL", "short"]) else {
+        panic!()
+    };
+    let elapsed = start.elapsed().as_millis() as i64;
+    if elapsed < 1400 {
+        assert!(
+            left > 0 && left <= 1500 - elapsed + 50,
+            "PTTL {left} after {elapsed} ms"
+        );
+    }
+    assert_eq!(conn.call(&["TTL", "{short}long"]), Resp::Int(100));
+    wait_until("short to expire", || {
+        c.conn(2).call(&["EXISTS", "short"]) == Resp::Int(0)
+    });
+    assert!(
+        start.elapsed() >= Duration::from_millis(1490),
+        "expired early"
+    );
+    // Every replica deletes it (the sweeper of the new leader's node).
+    wait_until("short to be swept everywhere", || {
+        (0..3).all(|i| text(&c.conn(i).call(&["INFO", "keyspace"])).contains("db0:keys=1,"))
+    });
+}
