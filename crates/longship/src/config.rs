@@ -42,7 +42,12 @@ pub struct Config {
     pub max_uncommitted_bytes: u64,
     /// Stop ticking after this shard saw no traffic for a while.
     pub quiesce: bool,
-    /// Most client sessions the shard keeps (LRU eviction beyond).
+    /// Most client sessions the shard keeps (LRU eviction beyond). The
+    /// bound travels in each session's registration entry and is applied
+    /// from there, so replicas configured differently still evict the same
+    /// sessions (the replicated table never diverges); the bound of the
+    /// replica a client registers through is the one in force for that
+    /// registration.
     pub max_sessions: usize,
     /// Committed batches up to this many bytes are applied by the step
     /// worker itself when nothing older waits for the apply worker, which
@@ -94,8 +99,11 @@ impl Config {
                 "a replica cannot be both witness and non-voting",
             ));
         }
-        if self.max_sessions == 0 {
-            return Err(Error::invalid_config("max_sessions", "must be non-zero"));
+        if self.max_sessions == 0 || self.max_sessions > crate::session::MAX_SESSIONS_CAP {
+            return Err(Error::invalid_config(
+                "max_sessions",
+                format!("must be in 1..={}", crate::session::MAX_SESSIONS_CAP),
+            ));
         }
         Ok(())
     }

@@ -1059,7 +1059,8 @@ impl NodeHost {
         let r = self.replica_for(shard)?;
         let mut s = Session::new(shard, self.host.random_id());
         s.prepare_for_register();
-        let h = propose_raw(&self.host, &r, &s, Bytes::new(), self.deadline(timeout)?)?;
+        let cmd = crate::session::register_cmd(r.config.max_sessions);
+        let h = propose_raw(&self.host, &r, &s, cmd, self.deadline(timeout)?)?;
         h.wait()?;
         s.prepare_for_propose();
         Ok(s)
@@ -1076,7 +1077,8 @@ impl NodeHost {
         let r = self.replica_for(shard)?;
         let mut s = Session::new(shard, self.host.random_id());
         s.prepare_for_register();
-        let h = propose_raw(&self.host, &r, &s, Bytes::new(), self.deadline(timeout)?)?;
+        let cmd = crate::session::register_cmd(r.config.max_sessions);
+        let h = propose_raw(&self.host, &r, &s, cmd, self.deadline(timeout)?)?;
         s.prepare_for_propose();
         Ok((s, h))
     }

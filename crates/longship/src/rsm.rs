@@ -176,6 +176,9 @@ impl Rsm {
         let mut batch: Vec<SmEntry> = Vec::new();
         // (key, client, series) of each entry in `batch`, or a duplicate's result.
         let mut batch_meta: Vec<(u64, u64, u64)> = Vec::new();
+        // (client, series) in `batch`, and how many per client.
+        let mut in_batch: std::collections::BTreeSet<(u64, u64)> = Default::default();
+        let mut in_batch_of: std::collections::BTreeMap<u64, usize> = Default::default();
         let mut sessions = self.sessions.lock();
         let skip_to = self.on_disk_index();
         for e in entries {
@@ -189,6 +192,8 @@ impl Rsm {
                 EntryType::ConfigChange => {
                     drop(st);
                     self.flush(&mut batch, &mut batch_meta, &mut sessions, out)?;
+                    in_batch.clear();
+                    in_batch_of.clear();
                     st = self.state.lock();
                     let outcome = decode_config_change(&e.cmd)
                         .map_err(|_| ConfigChangeRejected::ZeroReplicaId)
@@ -207,7 +212,8 @@ impl Rsm {
                 }
                 EntryType::Normal => {
                     if e.client_id != 0 && e.series_id == SERIES_ID_REGISTER {
-                        let ok = sessions.register(e.client_id, e.index);
+                        let bound = crate::session::register_bound(&e.cmd, self.max_sessions);
+                        let ok = sessions.register(e.client_id, e.index, bound);
                         out.push(Applied::Session { key: e.key, ok });
                     } else if e.client_id != 0 && e.series_id == SERIES_ID_UNREGISTER {
                         let ok = sessions.unregister(e.client_id);
@@ -220,7 +226,7 @@ impl Rsm {
                         // series was applied (its result is gone), so a retry
                         // is refused rather than applied twice.
                         if e.client_id != 0
-                            && sessions.check(e.client_id, e.series_id, e.responded_to, e.index)
+                            && sessions.check(e.client_id, e.series_id, e.responded_to, e.index, 0)
                                 == SessionCheck::Apply
                         {
                             sessions.record_lost(e.client_id, e.series_id);
@@ -233,16 +239,24 @@ impl Rsm {
                         });
                         batch_meta.push((e.key, 0, 0));
                     } else {
-                        // A duplicate inside this batch must see the first one's result.
-                        let in_batch = batch_meta
-                            .iter()
-                            .any(|&(_, c, s)| c == e.client_id && s == e.series_id);
-                        if in_batch {
+                        // A duplicate inside this batch must see the first
+                        // one's result: apply what is batched first. (A set,
+                        // not a scan of the batch per entry.)
+                        if in_batch.contains(&(e.client_id, e.series_id)) {
                             drop(st);
                             self.flush(&mut batch, &mut batch_meta, &mut sessions, out)?;
+                            in_batch.clear();
+                            in_batch_of.clear();
                             st = self.state.lock();
                         }
-                        match sessions.check(e.client_id, e.series_id, e.responded_to, e.index) {
+                        let in_flight = in_batch_of.get(&e.client_id).copied().unwrap_or(0);
+                        match sessions.check(
+                            e.client_id,
+                            e.series_id,
+                            e.responded_to,
+                            e.index,
+                            in_flight,
+                        ) {
                             SessionCheck::Apply => {
                                 batch.push(SmEntry {
                                     index: e.index,
@@ -250,6 +264,8 @@ impl Rsm {
                                     result: SmResult::default(),
                                 });
                                 batch_meta.push((e.key, e.client_id, e.series_id));
+                                in_batch.insert((e.client_id, e.series_id));
+                                *in_batch_of.entry(e.client_id).or_default() += 1;
                             }
                             SessionCheck::Duplicate(Some(result)) => {
                                 out.push(Applied::Result { key: e.key, result })
@@ -257,7 +273,7 @@ impl Rsm {
                             SessionCheck::Duplicate(None) => {
                                 out.push(Applied::ResultLost { key: e.key })
                             }
-                            SessionCheck::Invalid => {
+                            SessionCheck::Invalid | SessionCheck::TooManyPending => {
                                 out.push(Applied::SessionInvalid { key: e.key })
                             }
                         }
@@ -381,7 +397,7 @@ impl Rsm {
             )));
         }
         let len = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
-        let limit = (self.max_sessions as u64 + 1) * (1 << 20);
+        let limit = (crate::session::MAX_SESSIONS_CAP as u64 + 1) * (1 << 20);
         if len > limit {
             return Err(SmError::new(format!(
                 "session table of {len} bytes is over the limit"
@@ -523,9 +539,9 @@ mod tests {
     }
 
     // Snapshot data is untrusted: a session-table length within the limit
-    // (which grows with max_sessions) but longer than the data must not be
-    // allocated up front. With 2^24 sessions allowed, 8 TiB were asked of
-    // the allocator before reading a byte, and the process aborted.
+    // (MAX_SESSIONS_CAP sessions of up to 1 MiB) but longer than the data
+    // must not be allocated up front. With 2^24 sessions allowed, 8 TiB were
+    // asked of the allocator before reading a byte, and the process aborted.
     #[test]
     fn a_session_table_length_past_the_data_is_refused_without_allocating_it() {
         let count = Arc::new(AtomicU64::new(0));
@@ -533,7 +549,7 @@ mod tests {
         let mut data = Vec::new();
         data.extend_from_slice(RSM_SNAPSHOT_MAGIC);
         data.extend_from_slice(&RSM_SNAPSHOT_VERSION.to_le_bytes());
-        data.extend_from_slice(&(1u64 << 43).to_le_bytes());
+        data.extend_from_slice(&(1u64 << 39).to_le_bytes());
         data.extend_from_slice(b"short");
         let applied = AppliedState {
             index: Index(5),

@@ -91,9 +91,32 @@ impl Session {
     }
 }
 
-/// Most results a session keeps for unacknowledged series ids; beyond it the
-/// oldest is forgotten (a client should not have this many in flight).
+/// Most results a session keeps for unacknowledged series ids. A proposal
+/// that would need one more is refused (`Error::InvalidSession`) rather
+/// than applied: forgetting the oldest result would let a retry of that
+/// series be applied a second time. A client acknowledges results by
+/// moving its `responded_to` forward (every proposal carries it).
 pub const MAX_RESULTS_PER_SESSION: usize = 4096;
+
+/// Largest `Config::max_sessions` (and most sessions a snapshot may hold).
+pub const MAX_SESSIONS_CAP: usize = 1 << 20;
+
+/// The command of a session registration entry: the session table bound of
+/// the registering replica, which every replica applies (a bound set per
+/// replica would let differently configured replicas evict different
+/// sessions and diverge).
+pub(crate) fn register_cmd(max_sessions: usize) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(&(max_sessions as u64).to_le_bytes())
+}
+
+/// The bound a registration entry carries (entries written before it was
+/// carried have none: the local bound applies, as it did then).
+pub(crate) fn register_bound(cmd: &[u8], local: usize) -> usize {
+    match <[u8; 8]>::try_from(cmd) {
+        Ok(b) => (u64::from_le_bytes(b).min(MAX_SESSIONS_CAP as u64) as usize).max(1),
+        Err(_) => local,
+    }
+}
 
 /// What the replicated session table says about one proposal.
 #[derive(Debug, PartialEq, Eq)]
@@ -105,6 +128,9 @@ pub(crate) enum SessionCheck {
     Duplicate(Option<SmResult>),
     /// The session is unknown, or the series id was already acknowledged and forgotten.
     Invalid,
+    /// The session already keeps [`MAX_RESULTS_PER_SESSION`] unacknowledged
+    /// results: refused, not applied.
+    TooManyPending,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -153,13 +179,14 @@ impl SessionManager {
         }
     }
 
-    /// Registers `client_id` at `index`. Evicts the least recently used
-    /// session when the table is full. Returns false if it already exists.
-    pub(crate) fn register(&mut self, client_id: u64, index: Index) -> bool {
+    /// Registers `client_id` at `index`. Evicts least recently used
+    /// sessions while the table holds `bound` or more (the bound from the
+    /// registration entry). Returns false if it already exists.
+    pub(crate) fn register(&mut self, client_id: u64, index: Index, bound: usize) -> bool {
         if self.sessions.contains_key(&client_id) {
             return false;
         }
-        if self.sessions.len() >= self.max_sessions
+        while self.sessions.len() >= bound.max(1)
             && let Some((&(_, victim), _)) = self.lru.iter().next()
         {
             self.unregister(victim);
@@ -188,12 +215,15 @@ impl SessionManager {
 
     /// Checks a proposal of (`client_id`, `series_id`) that says the client
     /// has every response up to `responded_to`; evicts those responses.
+    /// `in_flight`: proposals of this client already accepted for the batch
+    /// being applied, whose results are not recorded yet.
     pub(crate) fn check(
         &mut self,
         client_id: u64,
         series_id: u64,
         responded_to: u64,
         index: Index,
+        in_flight: usize,
     ) -> SessionCheck {
         let Some(rec) = self.sessions.get_mut(&client_id) else {
             return SessionCheck::Invalid;
@@ -207,6 +237,8 @@ impl SessionManager {
             SessionCheck::Duplicate(r.clone())
         } else if series_id <= rec.responded_to {
             SessionCheck::Invalid
+        } else if rec.results.len() + in_flight >= MAX_RESULTS_PER_SESSION {
+            SessionCheck::TooManyPending
         } else {
             SessionCheck::Apply
         };
@@ -217,10 +249,8 @@ impl SessionManager {
     /// Records the result of an applied proposal.
     pub(crate) fn record(&mut self, client_id: u64, series_id: u64, result: &SmResult) {
         if let Some(rec) = self.sessions.get_mut(&client_id) {
+            // Bounded by `check`, which refuses what would pass the bound.
             rec.results.insert(series_id, Some(result.clone()));
-            while rec.results.len() > MAX_RESULTS_PER_SESSION {
-                rec.results.pop_first();
-            }
         }
     }
 
@@ -228,9 +258,6 @@ impl SessionManager {
     pub(crate) fn record_lost(&mut self, client_id: u64, series_id: u64) {
         if let Some(rec) = self.sessions.get_mut(&client_id) {
             rec.results.insert(series_id, None);
-            while rec.results.len() > MAX_RESULTS_PER_SESSION {
-                rec.results.pop_first();
-            }
         }
     }
 
@@ -269,7 +296,7 @@ impl SessionManager {
             ));
         }
         let mut m = SessionManager::new(max_sessions);
-        let n = d.count("sessions", max_sessions.max(1) as u64)?;
+        let n = d.count("sessions", MAX_SESSIONS_CAP as u64)?;
         for _ in 0..n {
             let client_id = d.uvarint()?;
             let responded_to = d.uvarint()?;
@@ -324,38 +351,62 @@ mod tests {
     #[test]
     fn duplicate_returns_first_result_and_responded_are_evicted() {
         let mut m = SessionManager::new(10);
-        assert!(m.register(7, Index(1)));
-        assert!(!m.register(7, Index(2)));
-        assert_eq!(m.check(7, 1, 0, Index(3)), SessionCheck::Apply);
+        assert!(m.register(7, Index(1), 10));
+        assert!(!m.register(7, Index(2), 10));
+        assert_eq!(m.check(7, 1, 0, Index(3), 0), SessionCheck::Apply);
         m.record(7, 1, &r(11));
         assert_eq!(
-            m.check(7, 1, 0, Index(4)),
+            m.check(7, 1, 0, Index(4), 0),
             SessionCheck::Duplicate(Some(r(11)))
         );
-        assert_eq!(m.check(7, 2, 1, Index(5)), SessionCheck::Apply);
+        assert_eq!(m.check(7, 2, 1, Index(5), 0), SessionCheck::Apply);
         // Series 1 was acknowledged: a late retry of it is invalid.
-        assert_eq!(m.check(7, 1, 1, Index(6)), SessionCheck::Invalid);
-        assert_eq!(m.check(8, 1, 0, Index(7)), SessionCheck::Invalid);
+        assert_eq!(m.check(7, 1, 1, Index(6), 0), SessionCheck::Invalid);
+        assert_eq!(m.check(8, 1, 0, Index(7), 0), SessionCheck::Invalid);
+    }
+
+    // The bound in force is the one the registration entry carries, not
+    // the table's own: replicas configured differently evict alike.
+    #[test]
+    fn the_registration_entry_s_bound_decides_eviction() {
+        let mut a = SessionManager::new(1000);
+        let mut b = SessionManager::new(3);
+        for (client, index) in [(1, 1), (2, 2), (3, 3), (4, 4)] {
+            let bound = register_bound(&register_cmd(2), 1000);
+            a.register(client, Index(index), bound);
+            b.register(client, Index(index), register_bound(&register_cmd(2), 3));
+        }
+        assert_eq!(
+            a,
+            SessionManager {
+                max_sessions: 1000,
+                ..b.clone()
+            }
+        );
+        assert_eq!(a.len(), 2);
+        // An old registration without a bound uses the local one.
+        assert_eq!(register_bound(b"", 7), 7);
+        assert_eq!(register_bound(&u64::MAX.to_le_bytes(), 7), MAX_SESSIONS_CAP);
     }
 
     #[test]
     fn lru_eviction_is_deterministic_and_bounded() {
         let mut m = SessionManager::new(2);
-        m.register(1, Index(1));
-        m.register(2, Index(2));
-        assert_eq!(m.check(1, 1, 0, Index(3)), SessionCheck::Apply);
-        m.register(3, Index(4));
+        m.register(1, Index(1), 2);
+        m.register(2, Index(2), 2);
+        assert_eq!(m.check(1, 1, 0, Index(3), 0), SessionCheck::Apply);
+        m.register(3, Index(4), 2);
         assert_eq!(m.len(), 2);
         // Session 2 was least recently used.
-        assert_eq!(m.check(2, 1, 0, Index(5)), SessionCheck::Invalid);
-        assert_eq!(m.check(1, 2, 1, Index(6)), SessionCheck::Apply);
+        assert_eq!(m.check(2, 1, 0, Index(5), 0), SessionCheck::Invalid);
+        assert_eq!(m.check(1, 2, 1, Index(6), 0), SessionCheck::Apply);
     }
 
     #[test]
     fn table_round_trips_and_garbage_is_rejected() {
         let mut m = SessionManager::new(5);
-        m.register(1, Index(1));
-        m.check(1, 1, 0, Index(2));
+        m.register(1, Index(1), 5);
+        m.check(1, 1, 0, Index(2), 0);
         m.record(
             1,
             1,
@@ -373,5 +424,45 @@ mod tests {
             let mut d = Decoder::new(&buf[..cut], Limits::default());
             assert!(SessionManager::decode(&mut d, 5).is_err());
         }
+    }
+
+    #[test]
+    fn a_session_full_of_unacknowledged_results_refuses_instead_of_forgetting() {
+        let mut m = SessionManager::new(4);
+        assert!(m.register(7, Index(1), 4));
+        let r = SmResult {
+            value: 1,
+            data: vec![],
+        };
+        for series in 1..=MAX_RESULTS_PER_SESSION as u64 {
+            assert_eq!(
+                m.check(7, series, 0, Index(1 + series), 0),
+                SessionCheck::Apply
+            );
+            m.record(7, series, &r);
+        }
+        let next = MAX_RESULTS_PER_SESSION as u64 + 1;
+        assert_eq!(
+            m.check(7, next, 0, Index(next + 1), 0),
+            SessionCheck::TooManyPending
+        );
+        // The oldest result is still there: its retry is a duplicate, not
+        // applied again.
+        assert_eq!(
+            m.check(7, 1, 0, Index(next + 2), 0),
+            SessionCheck::Duplicate(Some(r.clone()))
+        );
+        // Results batched but not yet recorded count too.
+        let mut m2 = SessionManager::new(4);
+        m2.register(8, Index(1), 4);
+        assert_eq!(
+            m2.check(8, 1, 0, Index(2), MAX_RESULTS_PER_SESSION),
+            SessionCheck::TooManyPending
+        );
+        // Acknowledging frees room.
+        assert_eq!(
+            m.check(7, next, 10, Index(next + 3), 0),
+            SessionCheck::Apply
+        );
     }
 }
