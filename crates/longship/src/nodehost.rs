@@ -1169,7 +1169,7 @@ impl NodeHost {
             if pending.closed {
                 return Err(Error::ShardClosed);
             }
-            pending.config_changes.insert(
+            pending.add_config_change(
                 key,
                 PendingConfigChange {
                     completer,
@@ -1481,7 +1481,7 @@ fn propose_raw(
         if pending.closed {
             return Err(Error::ShardClosed);
         }
-        pending.proposals.insert(
+        pending.add_proposal(
             key,
             PendingProposal {
                 completer,

@@ -83,9 +83,39 @@ pub(crate) struct Pending {
     /// Set by `terminate`: new requests end at once with `ShardClosed`
     /// (nothing would ever answer or expire them).
     pub(crate) closed: bool,
+    /// (deadline, kind, key) of the proposals, config changes and reads
+    /// above, soonest first, so that a tick looks only at what is due
+    /// instead of every request waiting. Requests completed meanwhile are
+    /// skipped when their entry comes due (completing one does not touch
+    /// this index); entries live at most one request timeout.
+    deadlines: std::collections::BTreeSet<(u64, u8, u64)>,
 }
 
+const DUE_PROPOSAL: u8 = 0;
+const DUE_CONFIG_CHANGE: u8 = 1;
+const DUE_READ: u8 = 2;
+
 impl Pending {
+    /// Adds a proposal waiting for its entry to apply.
+    pub(crate) fn add_proposal(&mut self, key: u64, p: PendingProposal) {
+        self.deadlines.insert((p.deadline, DUE_PROPOSAL, key));
+        self.proposals.insert(key, p);
+    }
+
+    /// Adds a config change waiting for its entry to apply.
+    pub(crate) fn add_config_change(&mut self, key: u64, p: PendingConfigChange) {
+        self.deadlines.insert((p.deadline, DUE_CONFIG_CHANGE, key));
+        self.config_changes.insert(key, p);
+    }
+
+    /// Adds a batch of reads sharing the read-index context `ctx`.
+    pub(crate) fn add_reads(&mut self, ctx: u64, r: PendingRead) {
+        for (_, deadline) in &r.waiters {
+            self.deadlines.insert((*deadline, DUE_READ, ctx));
+        }
+        self.reads.insert(ctx, r);
+    }
+
     /// Whether no request waits here (nothing to expire).
     pub(crate) fn is_empty(&self) -> bool {
         self.proposals.is_empty()
@@ -94,32 +124,48 @@ impl Pending {
             && self.snapshots.is_empty()
     }
 
-    /// Fails every request whose deadline (in ticks) passed.
+    /// Fails every request whose deadline (in ticks) passed. Looks only at
+    /// the requests due (and at requested snapshots, a handful at most).
     pub(crate) fn expire(&mut self, now: u64) {
-        self.proposals.retain(|_, p| {
-            let keep = p.deadline > now && !p.completer.is_abandoned();
-            if !keep {
-                p.completer.complete(Err(Error::Timeout));
+        while let Some(&(deadline, kind, key)) = self.deadlines.first() {
+            if deadline > now {
+                break;
             }
-            keep
-        });
-        self.config_changes.retain(|_, p| {
-            let keep = p.deadline > now;
-            if !keep {
-                p.completer.complete(Err(Error::Timeout));
-            }
-            keep
-        });
-        self.reads.retain(|_, r| {
-            r.waiters.retain(|(c, deadline)| {
-                let keep = *deadline > now;
-                if !keep {
-                    c.complete(Err(Error::Timeout));
+            self.deadlines.pop_first();
+            match kind {
+                DUE_PROPOSAL => {
+                    if self.proposals.get(&key).is_some_and(|p| p.deadline <= now)
+                        && let Some(p) = self.proposals.remove(&key)
+                    {
+                        p.completer.complete(Err(Error::Timeout));
+                    }
                 }
-                keep
-            });
-            !r.waiters.is_empty()
-        });
+                DUE_CONFIG_CHANGE => {
+                    if self
+                        .config_changes
+                        .get(&key)
+                        .is_some_and(|p| p.deadline <= now)
+                        && let Some(p) = self.config_changes.remove(&key)
+                    {
+                        p.completer.complete(Err(Error::Timeout));
+                    }
+                }
+                _ => {
+                    if let Some(r) = self.reads.get_mut(&key) {
+                        r.waiters.retain(|(c, deadline)| {
+                            let keep = *deadline > now;
+                            if !keep {
+                                c.complete(Err(Error::Timeout));
+                            }
+                            keep
+                        });
+                        if r.waiters.is_empty() {
+                            self.reads.remove(&key);
+                        }
+                    }
+                }
+            }
+        }
         self.snapshots.retain(|(c, deadline, _, _)| {
             let keep = *deadline > now;
             if !keep {
@@ -132,6 +178,7 @@ impl Pending {
     /// Fails everything (the replica stops).
     pub(crate) fn terminate(&mut self) {
         self.closed = true;
+        self.deadlines.clear();
         for (_, p) in std::mem::take(&mut self.proposals) {
             p.completer.complete(Err(Error::ShardClosed));
         }

@@ -62,11 +62,6 @@ impl<T> Completer<T> {
             w.wake();
         }
     }
-
-    /// Whether the caller dropped its handle (nobody waits for the result).
-    pub(crate) fn is_abandoned(&self) -> bool {
-        Arc::strong_count(&self.slot) == 1
-    }
 }
 
 impl<T> Drop for Completer<T> {
@@ -153,9 +148,6 @@ mod tests {
         assert!(Pin::new(&mut h).poll(&mut cx).is_pending());
         c.complete(Ok(1));
         assert!(matches!(Pin::new(&mut h).poll(&mut cx), Poll::Ready(Ok(1))));
-        assert!(!c.is_abandoned());
-        drop(h);
-        assert!(c.is_abandoned());
     }
 
     #[test]

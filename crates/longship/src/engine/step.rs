@@ -329,7 +329,7 @@ impl StepWorker {
                     c.complete(Err(Error::ShardClosed));
                 }
             } else {
-                pending.reads.insert(
+                pending.add_reads(
                     ctx,
                     crate::replica::PendingRead {
                         waiters: inbox.reads,
