@@ -35,8 +35,10 @@ pub struct Config {
     /// no proposals, sessions or reads. Its snapshots (`snapshot_entries`)
     /// hold metadata only and compact its log like any replica's.
     pub is_witness: bool,
-    /// Most bytes of proposals the leader holds uncommitted (0 = unlimited);
-    /// beyond it proposals fail with [`Error::SystemBusy`]. dragonboat calls
+    /// Most bytes of proposals the leader holds uncommitted (default 256 MiB;
+    /// 0 = unlimited); beyond it proposals fail with [`Error::SystemBusy`]
+    /// (memory per shard stays bounded when followers or the disk fall
+    /// behind). dragonboat calls
     /// it `MaxInMemLogSize`; it is handed to the protocol core's setting of
     /// the same name.
     pub max_uncommitted_bytes: u64,
@@ -123,7 +125,7 @@ impl Default for Config {
             ordered_config_change: false,
             is_non_voting: false,
             is_witness: false,
-            max_uncommitted_bytes: 0,
+            max_uncommitted_bytes: 256 << 20,
             quiesce: false,
             max_sessions: 4096,
             max_inline_apply_bytes: 0,
