@@ -144,6 +144,27 @@ impl MessageHandler for Handler {
         }
     }
 
+    /// Wakes the quiesced replicas whose leader is at `address`: a
+    /// quiesced follower counts no election ticks, so without this a leader
+    /// whose host died stays the shard's leader until a request arrives.
+    fn handle_connection_lost(&self, address: &str) {
+        let host = &self.0;
+        let replicas: Vec<_> = host.replicas.read().values().cloned().collect();
+        for r in replicas {
+            if !r.quiesced.load(Ordering::Relaxed) {
+                continue;
+            }
+            let leader = ReplicaId(r.leader_id.load(Ordering::Acquire));
+            if leader.0 == 0 || leader == r.replica_id {
+                continue;
+            }
+            if host.resolve(&r, leader).is_some_and(|a| a == address) {
+                r.inbox.lock().commands.push(crate::replica::Command::Wake);
+                host.mark_step(r.shard_id);
+            }
+        }
+    }
+
     fn handle_snapshot_chunk(&self, chunk: SnapshotChunk) -> bool {
         match self.0.receive_chunk(chunk) {
             Ok(()) => true,

@@ -28,6 +28,8 @@ use crate::sm::{SmResult, StopFlag};
 /// A leadership transfer, snapshot or other request from the API.
 pub(crate) enum Command {
     Transfer(ReplicaId),
+    /// Leave quiesce: the leader's host may be gone (its connection ended).
+    Wake,
 }
 
 /// Inputs queued for the step worker. Every queue is bounded by the

@@ -590,3 +590,62 @@ fn re_adding_a_removed_replica_is_refused_on_every_host() {
         );
     }
 }
+
+/// A quiesced follower counts no election ticks: when the leader's host
+/// dies while the shard is quiet, the followers must still notice (the
+/// leader's connection ends) and elect a new leader, without waiting for a
+/// request to wake them.
+#[test]
+fn quiesced_followers_elect_a_new_leader_when_the_leader_s_host_dies() {
+    let mut c = TcpCluster::new(3);
+    c.start_shard(&[1, 2, 3], &[1, 2, 3], |i| Config {
+        election_rtt: 10,
+        heartbeat_rtt: 1,
+        quiesce: true,
+        ..Config::new(ShardId(1), ReplicaId(i))
+    });
+    let leader = wait_for_leader(&c, &[1, 2, 3]);
+    retry(|| {
+        let mut s = c.nh(leader).get_noop_session(ShardId(1));
+        c.nh(leader)
+            .sync_propose(&mut s, b"set a 1".to_vec(), TIMEOUT)
+    });
+    // Every replica goes quiet (ten election timeouts without traffic).
+    wait_until("the shard quiesced everywhere", WAIT, || {
+        (1..=3).all(|h| {
+            c.nh(h)
+                .get_node_host_info()
+                .shards
+                .iter()
+                .all(|s| s.quiesced)
+        })
+    });
+    c.stop_host(leader);
+    let others: Vec<u64> = (1..=3).filter(|&h| h != leader).collect();
+    // No request is sent: the followers must wake by themselves.
+    wait_until("a new leader among the survivors", WAIT, || {
+        others.iter().any(|&h| {
+            c.nh(h)
+                .get_leader(ShardId(1))
+                .ok()
+                .flatten()
+                .is_some_and(|l| l.replica_id != ReplicaId(leader))
+        })
+    });
+}
+
+fn wait_for_leader(c: &TcpCluster, on: &[u64]) -> u64 {
+    let mut found = 0;
+    wait_until("a leader", WAIT, || {
+        for &h in on {
+            if let Ok(Some(l)) = c.nh(h).get_leader(ShardId(1))
+                && l.replica_id == ReplicaId(h)
+            {
+                found = h;
+                return true;
+            }
+        }
+        false
+    });
+    found
+}

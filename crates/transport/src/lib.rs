@@ -72,6 +72,12 @@ pub trait MessageHandler: Send + Sync {
     fn handle_batch_on_io_thread(&self, batch: MessageBatch) {
         self.handle_batch(batch)
     }
+    /// An inbound connection from the host at `address` (the source
+    /// address its batches named) ended: the peer may be gone. Quiesced
+    /// replicas that follow a leader there should wake up and watch it
+    /// again (a quiesced follower does not count election ticks). Default:
+    /// nothing.
+    fn handle_connection_lost(&self, _address: &str) {}
     /// A snapshot chunk arrived. Returns false to abort the stream (the
     /// sender then reports the snapshot failed).
     fn handle_snapshot_chunk(&self, chunk: SnapshotChunk) -> bool;

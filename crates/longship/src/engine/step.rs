@@ -348,6 +348,8 @@ impl StepWorker {
         }
         for c in inbox.commands {
             match c {
+                // `drive` woke the core already: commands are activity.
+                Command::Wake => {}
                 Command::Transfer(target) => {
                     if let Err(e) = core.raft.transfer_leader(target) {
                         tracing::info!(shard = %r.shard_id, %target, error = %e, "leader transfer not started");

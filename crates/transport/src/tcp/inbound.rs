@@ -191,6 +191,16 @@ async fn serve(inner: &Inner, s: Box<dyn AsyncStream>, peer: SocketAddr) {
         max_payload_bytes: inner.cfg.max_frame_bytes as u64,
         ..Limits::default()
     };
+    // The raft address this connection's batches named: told to the
+    // handler when the connection ends.
+    let mut source = String::new();
+    let lost = |source: &str| {
+        if !source.is_empty()
+            && let Some(h) = inner.handler.lock().clone()
+        {
+            h.handle_connection_lost(source);
+        }
+    };
     loop {
         let read = read_frame(
             &mut s,
@@ -201,10 +211,10 @@ async fn serve(inner: &Inner, s: Box<dyn AsyncStream>, peer: SocketAddr) {
         .await;
         let (hdr, body) = match read {
             Ok(Some(x)) => x,
-            Ok(None) => return,
+            Ok(None) => return lost(&source),
             Err(ReadError::Io(e)) => {
                 tracing::debug!(%peer, error = %e, "connection closed");
-                return;
+                return lost(&source);
             }
             Err(ReadError::Frame(e)) => {
                 add(&inner.stats.frames_rejected);
@@ -225,6 +235,9 @@ async fn serve(inner: &Inner, s: Box<dyn AsyncStream>, peer: SocketAddr) {
             FrameType::Batch => match decode_batch(&body, &limits) {
                 Ok(b) if b.deployment_id == dep => {
                     add(&inner.stats.frames_received);
+                    if source != b.source_address {
+                        source.clone_from(&b.source_address);
+                    }
                     handler.handle_batch_on_io_thread(b);
                 }
                 Ok(_) => {
