@@ -45,16 +45,20 @@ pub use sm::{
 
 /// The transports a [`NodeHostBuilder`] takes (from `longship-transport`):
 /// TCP (the default of [`NodeHost::new`]) and an in-memory network for
-/// tests and examples that run several NodeHosts in one process.
+/// tests and examples that run several NodeHosts in one process; and the
+/// error [`Error::Transport`] carries.
 pub mod transport {
     pub use longship_transport::{
-        MemNetwork, MemTransport, TcpConfig, TcpTransport, TlsPaths, Transport,
+        MemNetwork, MemTransport, SendError, TcpConfig, TcpTransport, TlsPaths, Transport,
     };
 }
 
 /// The storage parts a [`NodeHostBuilder`] takes (from `longship-storage`):
-/// file systems and log storage.
+/// file systems and log storage; and the errors that
+/// [`Error::Storage`] and [`Error::Snapshot`] carry.
 pub mod storage {
+    pub use longship_storage::Error;
     pub use longship_storage::logdb::{LogDb, MemLogDb};
+    pub use longship_storage::snapshot::SnapshotError;
     pub use longship_storage::vfs::{FileSystem, MemFs, OsFs};
 }
