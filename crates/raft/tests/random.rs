@@ -191,3 +191,13 @@ fn seed_10729_forwarded_request_returns_to_its_asker() {
 fn seed_53890_stale_unknown_leader_hears_our_term() {
     run_seed(53890, false);
 }
+
+/// A voter that missed the change adding a new voter dropped the new
+/// voter's pre-votes as a non-member's, while the new voter was the only
+/// replica that could win: the shard never elected a leader again. Vote
+/// requests from a sender we do not know are now taken when its log is
+/// ahead of ours (the change adding it may be in what we lack).
+#[test]
+fn seed_98766_voter_behind_a_change_hears_the_new_voter() {
+    run_seed(98766, false);
+}

@@ -77,9 +77,15 @@ impl<L: LogReader> Raft<L> {
     ///   term, dropping the messages of a leader it did not know, was
     ///   never heard of again);
     /// - vote requests when this replica is not a member of its own view
-    ///   (joining, or its addition not applied yet): it cannot tell who
-    ///   the members are, and the candidate may need its vote (it counts
-    ///   it only if its own view makes this replica a voter).
+    ///   (joining, or its addition not applied yet), or when the
+    ///   candidate's log is ahead of ours: the change that added the
+    ///   candidate may be in the part we lack, and the candidate may need
+    ///   our vote (it counts it only if its own view makes us a voter).
+    ///   Randomized harness seed 98766: a voter behind a change adding a
+    ///   new voter dropped the new voter's pre-votes, the only replica that
+    ///   could win, and the shard never elected a leader again. A
+    ///   candidate whose log is not ahead has every change we know of in
+    ///   its log too, so it is known here if it is a member.
     ///
     /// Forwarded requests (`Propose`, `ReadIndex`, `TransferLeader`) act on
     /// the shard on the sender's behalf: they are taken only from members
@@ -100,13 +106,31 @@ impl<L: LogReader> Raft<L> {
         match m.msg_type {
             Propose | ReadIndex | TransferLeader => return Err(NOT_A_MEMBER),
             Replicate | Heartbeat | InstallSnapshot => return Ok(()),
-            RequestVote | RequestPreVote if !self.membership.contains(self.id) => return Ok(()),
+            RequestVote | RequestPreVote
+                if !self.membership.contains(self.id)
+                    || self.log_behind(m.log_index, m.log_term) =>
+            {
+                return Ok(());
+            }
             _ => {}
         }
         if self.is_pending_member(m.from) {
             Ok(())
         } else {
             Err(NOT_A_MEMBER)
+        }
+    }
+
+    /// Whether a log ending at (`index`, `term`) is ahead of ours (Raft
+    /// §5.4.1's order, strictly): it holds entries we lack, among which may
+    /// be the change that made its owner a member. A log we cannot read is
+    /// not behind.
+    fn log_behind(&self, index: Index, term: Term) -> bool {
+        match self.log.last_term() {
+            Ok(last_term) => {
+                term > last_term || (term == last_term && index > self.log.last_index())
+            }
+            Err(_) => false,
         }
     }
 

@@ -126,8 +126,11 @@ fn bad_message(
         MessageType::Replicate | MessageType::Heartbeat | MessageType::InstallSnapshot
     );
     // Without an absurd field, only a non-member's message of a type that
-    // only members may send is bad input.
-    if absurd.is_none() && (member || leader_type || t == MessageType::Quiesce) {
+    // only members may send is bad input (a leader's message, or a vote
+    // request with a log ahead of the receiver's, may come from a member
+    // the receiver does not know yet).
+    let vote = matches!(t, MessageType::RequestVote | MessageType::RequestPreVote);
+    if absurd.is_none() && (member || leader_type || vote || t == MessageType::Quiesce) {
         return None;
     }
     let forwarded = matches!(

@@ -90,11 +90,12 @@ fn leader_takes_forwarded_requests_only_from_members() {
 /// vote request, nor answer in a member's name.
 #[test]
 fn members_ignore_votes_and_answers_from_non_members() {
+    // (A log not ahead of ours: see the next test for one that is.)
     let mut f = replica(cfg(2), &[1, 1], 1, 1);
-    assert_non_member_dropped(&mut f, vote_request(9, 2, 5, (9, 4)), "vote request");
+    assert_non_member_dropped(&mut f, vote_request(9, 2, 5, (2, 1)), "vote request");
     let pre = Message {
         msg_type: MessageType::RequestPreVote,
-        ..vote_request(9, 2, 5, (9, 4))
+        ..vote_request(9, 2, 5, (1, 1))
     };
     assert_non_member_dropped(&mut f, pre, "pre-vote request");
     assert_eq!(f.term(), Term(1));
@@ -190,7 +191,7 @@ fn member_added_by_an_unapplied_change_is_heard() {
     let mut f = replica(cfg(2), &[1, 1], 1, 2);
     let probe = |term| Message {
         msg_type: MessageType::RequestPreVote,
-        ..vote_request(4, 2, term, (3, 1))
+        ..vote_request(4, 2, term, (2, 1))
     };
     assert_non_member_dropped(&mut f, probe(2), "before the change is in the log");
     f.step(append(1, 2, 1, (2, 1), vec![add_entry(3, 1, 4)], 2));
@@ -202,4 +203,22 @@ fn member_added_by_an_unapplied_change_is_heard() {
     assert_eq!(resp.msg_type, MessageType::RequestPreVoteResp);
     assert_eq!(resp.to, r(4));
     assert_eq!(f.non_member_messages(), 1);
+}
+
+/// Raft §5.4.1, thesis §4.1: a candidate whose log is ahead of ours holds
+/// entries we lack, and the change that made it a member may be among
+/// them; it may need our vote, so its vote requests are answered (the
+/// randomized harness lost its shard for good without this, seed 98766).
+#[test]
+fn candidate_with_a_longer_log_is_heard_by_a_replica_behind() {
+    let mut f = replica(cfg(2), &[1, 1], 1, 1);
+    f.step(vote_request(4, 2, 3, (5, 2)));
+    let vote = only_message(&cycle(&mut f));
+    assert_eq!(
+        (vote.msg_type, vote.to),
+        (MessageType::RequestVoteResp, r(4))
+    );
+    assert!(!vote.reject);
+    assert_eq!(f.term(), Term(3));
+    assert_eq!(f.invalid_messages(), 0);
 }
