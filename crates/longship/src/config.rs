@@ -21,6 +21,17 @@ pub struct Config {
     pub check_quorum: bool,
     /// Pre-vote before elections (thesis §9.6).
     pub pre_vote: bool,
+    /// Leader leases for reads (thesis §6.4.1; off by default): a leader
+    /// that heard from a quorum within the last election timeout answers
+    /// `read_index` at once, without a heartbeat round. Requires
+    /// `check_quorum`. Safe only while clocks run at nearly the same rate:
+    /// the lease assumes that no replica's election timer runs out sooner
+    /// than the leader's (bounded clock drift, no process paused for longer
+    /// than an election timeout while it believes it leads, no replica
+    /// restarted within an election timeout of answering a heartbeat). It
+    /// is off during a leadership transfer. Without it, every read batch
+    /// costs a heartbeat round trip to a quorum.
+    pub lease_read: bool,
     /// Take a snapshot every this many applied entries (0 = never automatically).
     pub snapshot_entries: u64,
     /// Entries kept in the log behind a snapshot (so slightly lagging
@@ -95,6 +106,12 @@ impl Config {
                 "must be greater than 2 * heartbeat_rtt",
             ));
         }
+        if self.lease_read && !self.check_quorum {
+            return Err(Error::invalid_config(
+                "lease_read",
+                "requires check_quorum (a leader must step down when it loses its quorum)",
+            ));
+        }
         if self.is_witness && self.is_non_voting {
             return Err(Error::invalid_config(
                 "is_witness",
@@ -120,6 +137,7 @@ impl Default for Config {
             heartbeat_rtt: 1,
             check_quorum: true,
             pre_vote: true,
+            lease_read: false,
             snapshot_entries: 0,
             compaction_overhead: 0,
             ordered_config_change: false,

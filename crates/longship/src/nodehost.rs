@@ -832,6 +832,7 @@ impl NodeHost {
             heartbeat_rtt: cfg.heartbeat_rtt,
             check_quorum: cfg.check_quorum,
             pre_vote: cfg.pre_vote,
+            lease_read: cfg.lease_read,
             max_uncommitted_bytes: cfg.max_uncommitted_bytes,
             // An append (and the batch around it) must fit one transport frame.
             max_append_bytes: longship_raft::RaftConfig::default()
