@@ -34,11 +34,20 @@ pub struct NodeSpec {
     /// Mutual TLS for the raft port (every node's certificate signed by the
     /// same CA); plain TCP when `None`.
     pub raft_tls: Option<longship::transport::TlsPaths>,
+    /// Linearizable reads served by leader leases (`Config::lease_read`)
+    /// instead of a heartbeat round per read batch.
+    pub lease_reads: bool,
 }
 
 /// The replica config of a shard on this node.
-pub fn replica_config(shard: u64, node_id: u64, snapshot_entries: u64) -> Config {
+pub fn replica_config(
+    shard: u64,
+    node_id: u64,
+    snapshot_entries: u64,
+    lease_reads: bool,
+) -> Config {
     Config {
+        lease_read: lease_reads,
         election_rtt: 10,
         heartbeat_rtt: 1,
         snapshot_entries,
@@ -135,7 +144,7 @@ pub fn start_node(spec: &NodeSpec) -> longship::Result<Arc<KvNode>> {
         nh.start_replica(
             start,
             |_, _| Box::new(KvStateMachine::default()),
-            replica_config(shard, spec.node_id, spec.snapshot_entries),
+            replica_config(shard, spec.node_id, spec.snapshot_entries, spec.lease_reads),
         )?;
     }
     Ok(KvNode::with_config(

@@ -55,6 +55,12 @@ struct Args {
     /// Snapshot every this many applied entries per shard.
     #[arg(long, default_value_t = 10_000)]
     snapshot_entries: u64,
+    /// Serve linearizable reads from leader leases (no heartbeat round per
+    /// read batch). Assumes bounded clock drift between the nodes and no
+    /// node paused for longer than an election timeout (see
+    /// longship::Config::lease_read); off by default.
+    #[arg(long)]
+    lease_reads: bool,
     /// Largest argument of a request and largest value a key can hold, in
     /// bytes (Redis's proto-max-bulk-len; suffixes kb, mb, gb allowed).
     #[arg(long, default_value = "512mb", value_parser = parse_size)]
@@ -285,6 +291,7 @@ fn run(args: Args, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
                 snapshot_entries: args.snapshot_entries,
                 server: server.clone(),
                 raft_tls: raft_tls.clone(),
+                lease_reads: args.lease_reads,
             };
             let node = start_node(&spec).map_err(|e| format!("node {i}: {e}"))?;
             let redis = format!("127.0.0.1:{}", 7378 + i);
@@ -335,6 +342,7 @@ fn run(args: Args, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
             snapshot_entries: args.snapshot_entries,
             server,
             raft_tls,
+            lease_reads: args.lease_reads,
         };
         let node = start_node(&spec).map_err(|e| e.to_string())?;
         println!(

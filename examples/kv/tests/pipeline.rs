@@ -55,6 +55,7 @@ impl Cluster {
                     snapshot_entries: 1000,
                     server: server.clone(),
                     raft_tls: None,
+                    lease_reads: false,
                 }) {
                     Ok(n) => nodes.push(n),
                     Err(e) => {
