@@ -90,7 +90,8 @@ impl<L: LogReader> Raft<L> {
     /// Forwarded requests (`Propose`, `ReadIndex`, `TransferLeader`) act on
     /// the shard on the sender's behalf: they are taken only from members
     /// as applied. Everything else from a non-member (responses,
-    /// `TimeoutNow`, vote requests to a member) is dropped, counted in
+    /// `TimeoutNow`, vote requests to a member with a log not ahead of
+    /// ours) is dropped, counted in
     /// [`invalid_messages`](Self::invalid_messages) and
     /// [`non_member_messages`](Self::non_member_messages).
     ///
