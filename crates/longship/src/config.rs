@@ -160,8 +160,14 @@ pub struct NodeHostConfig {
     pub wal_dir: PathBuf,
     /// Round-trip time between NodeHosts in milliseconds; one tick.
     pub rtt_ms: u64,
-    /// This host's raft address (`host:port`), unique in the deployment.
+    /// This host's raft address (`host:port`), unique in the deployment:
+    /// what peers dial and what identifies the host.
     pub raft_address: String,
+    /// Where the raft port listens when it differs from `raft_address`
+    /// (empty: at `raft_address`), e.g. `0.0.0.0:63001` or a private
+    /// address while peers reach the host through another (dragonboat's
+    /// `ListenAddress`).
+    pub listen_address: String,
     /// Deployment id: hosts of different deployments never talk.
     pub deployment_id: u64,
     /// Step worker threads (shard `s` runs on worker `s % step_workers`);
@@ -211,6 +217,7 @@ impl Default for NodeHostConfig {
             wal_dir: PathBuf::new(),
             rtt_ms: 100,
             raft_address: String::new(),
+            listen_address: String::new(),
             deployment_id: 1,
             step_workers: default_workers(2),
             apply_workers: default_workers(2),
@@ -236,6 +243,12 @@ impl NodeHostConfig {
         }
         if self.rtt_ms == 0 {
             return Err(Error::invalid_config("rtt_ms", "must be non-zero"));
+        }
+        if self.listen_address.len() > 255 {
+            return Err(Error::invalid_config(
+                "listen_address",
+                "must be at most 255 bytes (host:port)",
+            ));
         }
         if self.raft_address.is_empty() || self.raft_address.len() > 255 {
             return Err(Error::invalid_config(

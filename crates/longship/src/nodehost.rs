@@ -284,6 +284,8 @@ impl NodeHostBuilder {
             None => Arc::new(
                 TcpTransport::new(TcpConfig {
                     address: cfg.raft_address.clone(),
+                    listen_address: (!cfg.listen_address.is_empty())
+                        .then(|| cfg.listen_address.clone()),
                     deployment_id: cfg.deployment_id,
                     connections_per_host: cfg.connections_per_host,
                     max_frame_bytes: cfg.max_frame_bytes,

@@ -649,3 +649,51 @@ fn wait_for_leader(c: &TcpCluster, on: &[u64]) -> u64 {
     });
     found
 }
+
+/// `listen_address` apart from `raft_address`: each host listens on
+/// 127.0.0.1:port while it is known to its peers (and dialled) as
+/// localhost:port.
+#[test]
+fn hosts_listen_on_one_address_and_are_known_by_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3)
+        .map(|_| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        })
+        .collect();
+    let known = |i: usize| format!("localhost:{}", ports[i]);
+    let hosts: Vec<NodeHost> = (0..3)
+        .map(|i| {
+            NodeHost::new(NodeHostConfig {
+                node_host_dir: dir.path().join(format!("nh{i}")),
+                rtt_ms: RTT_MS,
+                raft_address: known(i),
+                listen_address: format!("127.0.0.1:{}", ports[i]),
+                ..NodeHostConfig::default()
+            })
+            .unwrap()
+        })
+        .collect();
+    let members: BTreeMap<ReplicaId, String> = (0..3)
+        .map(|i| (ReplicaId(i as u64 + 1), known(i)))
+        .collect();
+    for (i, nh) in hosts.iter().enumerate() {
+        nh.start_replica(
+            Start::New(members.clone()),
+            |_, _| Box::new(Kv::default()),
+            Config::new(ShardId(1), ReplicaId(i as u64 + 1)),
+        )
+        .unwrap();
+    }
+    let value = retry(|| {
+        let mut s = hosts[0].get_noop_session(ShardId(1));
+        hosts[0].sync_propose(&mut s, b"set k v".to_vec(), TIMEOUT)?;
+        hosts[2].sync_read(ShardId(1), b"get k", TIMEOUT)
+    });
+    assert_eq!(value, b"v");
+    assert_eq!(hosts[1].get_node_host_info().raft_address, known(1));
+    for h in hosts {
+        h.close();
+    }
+}

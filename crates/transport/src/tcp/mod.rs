@@ -47,8 +47,14 @@ use peer::{Outgoing, PeerConn};
 /// Configuration of a [`TcpTransport`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TcpConfig {
-    /// `host:port` to listen on; also this host's identity.
+    /// `host:port` this host is known by (its identity in every frame's
+    /// batches, and what peers dial); also where it listens unless
+    /// `listen_address` is set.
     pub address: String,
+    /// Where to listen when it differs from `address`: `0.0.0.0:port` or a
+    /// private address while peers reach the host at `address` (behind NAT,
+    /// a load balancer or a container port mapping).
+    pub listen_address: Option<String>,
     /// Deployment id carried and checked in every frame.
     pub deployment_id: u64,
     /// Connections per remote host (shards are spread over them).
@@ -84,6 +90,7 @@ impl Default for TcpConfig {
     fn default() -> Self {
         TcpConfig {
             address: String::new(),
+            listen_address: None,
             deployment_id: 1,
             connections_per_host: 2,
             io_threads: (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2)
@@ -212,11 +219,11 @@ impl TcpTransport {
             Some(p) => Some(TlsContext::load(p)?),
             None => None,
         };
-        let listener =
-            std::net::TcpListener::bind(&cfg.address).map_err(|source| TcpError::Bind {
-                address: cfg.address.clone(),
-                source,
-            })?;
+        let bind = cfg.listen_address.as_deref().unwrap_or(&cfg.address);
+        let listener = std::net::TcpListener::bind(bind).map_err(|source| TcpError::Bind {
+            address: bind.to_string(),
+            source,
+        })?;
         listener.set_nonblocking(true).map_err(TcpError::Runtime)?;
         let local = listener.local_addr().ok();
         let runtime = tokio::runtime::Builder::new_multi_thread()
