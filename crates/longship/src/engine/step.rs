@@ -258,14 +258,29 @@ impl StepWorker {
         if invalid > 0 {
             Metrics::add(&host.metrics.messages_invalid, invalid);
             if let Some((from, msg_type, reason)) = core.raft.last_invalid() {
-                tracing::error!(
-                    shard = r.shard_id.0,
-                    replica = r.replica_id.0,
-                    from = from.0,
-                    ?msg_type,
-                    dropped = invalid,
-                    "dropped invalid message: {reason}"
-                );
+                // Correct peers send some messages from outside a replica's
+                // view of the membership (a member behind a change, a
+                // stale candidate): such drops are routine, the others are
+                // a faulty or hostile peer.
+                if reason == longship_raft::NOT_A_MEMBER {
+                    tracing::debug!(
+                        shard = r.shard_id.0,
+                        replica = r.replica_id.0,
+                        from = from.0,
+                        ?msg_type,
+                        dropped = invalid,
+                        "dropped a message: {reason}"
+                    );
+                } else {
+                    tracing::error!(
+                        shard = r.shard_id.0,
+                        replica = r.replica_id.0,
+                        from = from.0,
+                        ?msg_type,
+                        dropped = invalid,
+                        "dropped invalid message: {reason}"
+                    );
+                }
             }
         }
         r.quiesced.store(core.quiesce.quiesced, Ordering::Relaxed);
