@@ -1342,6 +1342,22 @@ impl NodeHost {
         Ok(r.core.lock().raft.status())
     }
 
+    /// Checks the protocol core's own invariants for the local replica of
+    /// `shard` (log order, commit and applied indexes, terms, role,
+    /// membership): `Err` names the first one broken. For tests and
+    /// simulators, which call it after every step; a replica in production
+    /// never breaks them.
+    pub fn check_core_invariants(&self, shard: ShardId) -> Result<()> {
+        let r = self
+            .host
+            .replica(shard)
+            .ok_or(Error::ShardNotFound(shard))?;
+        let core = r.core.lock();
+        core.raft
+            .check_invariants()
+            .map_err(|v| Error::Rejected(format!("core invariant broken: {v}")))
+    }
+
     /// The leader of `shard` as known by the local replica: `None` while
     /// no leader is known (during an election). Not linearizable: another
     /// replica may already lead in a newer term.

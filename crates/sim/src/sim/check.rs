@@ -44,6 +44,16 @@ impl Sim {
             };
             let info = nh.get_node_host_info();
             for s in &info.shards {
+                // The core's own invariants, after every step (a failed
+                // replica's core is inert and not checked).
+                if !s.failed
+                    && let Err(e) = nh.check_core_invariants(s.shard_id)
+                {
+                    return Err(format!(
+                        "replica {} of {} on host {h}: {e}",
+                        s.replica_id, s.shard_id
+                    ));
+                }
                 self.trace.write_u64(s.shard_id.0);
                 self.trace.write_u64(s.applied.0);
                 self.trace.write_u64(s.leader_id.0);
