@@ -168,6 +168,13 @@ pub struct NodeHostConfig {
     /// address while peers reach the host through another (dragonboat's
     /// `ListenAddress`).
     pub listen_address: String,
+    /// Start a NodeHost directory first started under another raft address
+    /// or deployment id, and record the new ones (default false: such a
+    /// start is refused, see `NodeHost::new`). For moving a host on
+    /// purpose: its peers still dial the address their membership lists,
+    /// so move a replica to a new address by removing it and adding it
+    /// back at the new address (or move the host back).
+    pub reassign_directory: bool,
     /// Deployment id: hosts of different deployments never talk.
     pub deployment_id: u64,
     /// Step worker threads (shard `s` runs on worker `s % step_workers`);
@@ -218,6 +225,7 @@ impl Default for NodeHostConfig {
             rtt_ms: 100,
             raft_address: String::new(),
             listen_address: String::new(),
+            reassign_directory: false,
             deployment_id: 1,
             step_workers: default_workers(2),
             apply_workers: default_workers(2),

@@ -20,6 +20,7 @@ mod host;
 mod inbound;
 mod metrics;
 mod nodehost;
+mod owner;
 mod replica;
 mod request;
 mod rsm;

@@ -305,6 +305,13 @@ impl NodeHostBuilder {
         let fs: Arc<dyn FileSystem> = self.fs.unwrap_or_else(|| Arc::new(OsFs::new()));
         fs.create_dir_all(&cfg.node_host_dir)?;
         let lock = DirLock::acquire(&cfg.node_host_dir, os_fs)?;
+        crate::owner::claim(
+            &*fs,
+            &cfg.node_host_dir,
+            &cfg.raft_address,
+            cfg.deployment_id,
+            cfg.reassign_directory,
+        )?;
         let logdb: Arc<dyn LogDb> = match self.logdb {
             Some(db) => db,
             None => Arc::new(Wal::open(

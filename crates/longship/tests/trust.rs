@@ -84,3 +84,32 @@ fn a_stranger_posing_as_a_replica_gets_no_traffic() {
         listener.batches.lock().unwrap()
     );
 }
+
+#[test]
+fn a_nodehost_directory_is_refused_to_another_address_or_deployment() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = longship_transport::MemNetwork::new();
+    let start = |address: &str, deployment_id: u64, reassign: bool| {
+        longship::NodeHost::builder(longship::NodeHostConfig {
+            node_host_dir: dir.path().join("nh"),
+            raft_address: address.into(),
+            deployment_id,
+            reassign_directory: reassign,
+            ..longship::NodeHostConfig::default()
+        })
+        .transport(Arc::new(net.transport(address)))
+        .build()
+    };
+    start("owner-a:1", 5, false).unwrap().close();
+    let err = start("owner-b:1", 5, false).err().expect("refused");
+    assert!(
+        err.to_string()
+            .contains("belongs to raft address owner-a:1"),
+        "{err}"
+    );
+    assert!(start("owner-a:1", 6, false).is_err(), "another deployment");
+    start("owner-a:1", 5, false).unwrap().close();
+    // Moved on purpose: the new owner is recorded.
+    start("owner-b:1", 5, true).unwrap().close();
+    start("owner-b:1", 5, false).unwrap().close();
+}
