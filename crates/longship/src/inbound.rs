@@ -144,21 +144,26 @@ impl MessageHandler for Handler {
         }
     }
 
-    /// Wakes the quiesced replicas whose leader is at `address`: a
-    /// quiesced follower counts no election ticks, so without this a leader
-    /// whose host died stays the shard's leader until a request arrives.
+    /// The replicas whose leader is at `address` suspect it (see
+    /// `Replica::leader`), and the quiesced ones wake up: a quiesced
+    /// follower counts no election ticks, so without this a leader whose
+    /// host died stays the shard's leader until a request arrives.
     fn handle_connection_lost(&self, address: &str) {
         let host = &self.0;
         let replicas: Vec<_> = host.replicas.read().values().cloned().collect();
         for r in replicas {
-            if !r.quiesced.load(Ordering::Relaxed) {
-                continue;
-            }
             let leader = ReplicaId(r.leader_id.load(Ordering::Acquire));
             if leader.0 == 0 || leader == r.replica_id {
                 continue;
             }
-            if host.resolve(&r, leader).is_some_and(|a| a == address) {
+            if !host.resolve(&r, leader).is_some_and(|a| a == address) {
+                continue;
+            }
+            // Until it hears from the leader again (or another one wins),
+            // the replica does not name it to clients: they would be sent
+            // to a host that may be dead.
+            r.leader_suspect.store(true, Ordering::Release);
+            if r.quiesced.load(Ordering::Relaxed) {
                 r.inbox.lock().commands.push(crate::replica::Command::Wake);
                 host.mark_step(r.shard_id);
             }

@@ -873,6 +873,7 @@ impl NodeHost {
             pending: Mutex::new(Pending::default()),
             apply_queue: Mutex::new(VecDeque::new()),
             apply_throttled: AtomicBool::new(false),
+            leader_suspect: AtomicBool::new(false),
             rsm,
             snapshots,
             applied_index: AtomicU64::new(0),

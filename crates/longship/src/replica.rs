@@ -252,6 +252,9 @@ pub(crate) struct Replica {
     /// Leader id and term as last seen by the step worker.
     pub(crate) leader_id: AtomicU64,
     pub(crate) leader_term: AtomicU64,
+    /// The leader's host connection ended and no message came from the
+    /// leader since (see `leader`).
+    pub(crate) leader_suspect: AtomicBool,
     pub(crate) closed: AtomicBool,
     /// The core is quiesced (the step worker's `QuiesceState`, for the ticker).
     pub(crate) quiesced: AtomicBool,
@@ -280,11 +283,15 @@ pub(crate) struct Replica {
 }
 
 impl Replica {
+    /// The leader as the API reports it: none while the leader is suspect
+    /// (its host's connection ended and nothing came from it since), so
+    /// that nobody is sent to a host that may be dead.
     pub(crate) fn leader(&self) -> (ReplicaId, Term) {
-        (
-            ReplicaId(self.leader_id.load(Ordering::Acquire)),
-            Term(self.leader_term.load(Ordering::Acquire)),
-        )
+        let term = Term(self.leader_term.load(Ordering::Acquire));
+        if self.leader_suspect.load(Ordering::Acquire) {
+            return (ReplicaId(0), term);
+        }
+        (ReplicaId(self.leader_id.load(Ordering::Acquire)), term)
     }
 
     pub(crate) fn applied(&self) -> Index {

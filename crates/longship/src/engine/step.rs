@@ -249,7 +249,12 @@ impl StepWorker {
                 }
                 _ => core.quiesce.wake(),
             }
+            let from = m.from;
             core.raft.step(m);
+            // The leader is alive after all.
+            if from == core.raft.leader_id() {
+                r.leader_suspect.store(false, Ordering::Release);
+            }
         }
         for _ in ticked..inbox.ticks {
             self.tick_core(r, core, extra);
@@ -558,6 +563,7 @@ impl StepWorker {
     fn after_persist(&self, r: &ReplicaRef, mut u: longship_raft::Update) {
         let host = &self.host;
         if let Some(l) = u.leader_change {
+            r.leader_suspect.store(false, Ordering::Release);
             r.leader_id.store(l.leader_id.0, Ordering::Release);
             r.leader_term.store(l.term.0, Ordering::Release);
             if l.leader_id == r.replica_id {
