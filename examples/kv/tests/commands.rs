@@ -562,11 +562,12 @@ fn ttls_carry_over_leader_changes() {
         panic!()
     };
     let elapsed = start.elapsed().as_millis() as i64;
+    // The TTL carried over (never reset, never grown). How much of it is
+    // gone depends on the shard's replicated clock, which moves only with
+    // stamped entries: an idle shard's clock may lag the wall clock, so
+    // no lower bound on the time gone is asserted.
     if elapsed < 1400 {
-        assert!(
-            left > 0 && left <= 1500 - elapsed + 50,
-            "PTTL {left} after {elapsed} ms"
-        );
+        assert!(left > 0 && left <= 1500, "PTTL {left} after {elapsed} ms");
     }
     assert_eq!(conn.call(&["TTL", "{short}long"]), Resp::Int(100));
     wait_until("short to expire", || {
