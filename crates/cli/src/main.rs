@@ -20,8 +20,36 @@ mod bench;
 #[derive(Parser)]
 #[command(name = "longship", version, about = "longship multi-group Raft tools")]
 struct Cli {
+    /// Log format on stderr (`RUST_LOG` filters, default warn).
+    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+/// Shows the library's logs on stderr: `RUST_LOG` filters them (default
+/// `warn`: errors such as invalid peer messages and failed replicas),
+/// `json` writes one JSON object a line for log shippers.
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        logs.json().try_init()
+    } else {
+        logs.try_init()
+    };
 }
 
 #[derive(Subcommand)]
@@ -85,6 +113,7 @@ fn config(dir: PathBuf, wal_dir: Option<PathBuf>) -> NodeHostConfig {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logs(cli.log_format == LogFormat::Json);
     match cli.command {
         Command::Bench(args) => match bench::run(*args) {
             Ok(()) => ExitCode::SUCCESS,

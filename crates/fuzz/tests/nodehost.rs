@@ -223,7 +223,7 @@ fn nodehosts_survive_hostile_messages() {
             },
         );
         let m = h.metrics();
-        assert_eq!(m.replicas_failed.load(Ordering::Relaxed), 0);
+        assert_eq!(m.replica_failures.load(Ordering::Relaxed), 0);
         assert_eq!(m.worker_panics.load(Ordering::Relaxed), 0);
     }
     for h in hosts {

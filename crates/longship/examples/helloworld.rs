@@ -267,6 +267,13 @@ fn wait_for_ctrl_c(tx: Sender<Input>) {
 
 fn main() {
     let args = Args::parse();
+    // The library's warnings and errors on stderr (RUST_LOG filters them).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
     if let Err(e) = run(args) {
         eprintln!("helloworld: {e}");
         std::process::exit(1);

@@ -58,7 +58,7 @@ counters!(
     step_cycles,
     /// Replicas failed by a panic in their protocol work or a log storage
     /// read error (the worker went on with its other shards).
-    replicas_failed,
+    replica_failures,
     /// Worker rounds that panicked outside any replica's guard (the thread went on).
     worker_panics,
 );

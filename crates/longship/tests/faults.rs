@@ -239,7 +239,7 @@ fn a_log_read_error_fails_only_the_replica_whose_entries_cannot_be_read() {
         let _ = c.nh(1).sync_propose(&mut s, b"set b 2".to_vec(), TIMEOUT);
     }
     wait_until("replica 1/3 failed", TIMEOUT, || {
-        nh3.metrics().replicas_failed.load(Ordering::Relaxed) >= 1
+        nh3.metrics().replica_failures.load(Ordering::Relaxed) >= 1
     });
     // Host 3's replica of shard 3, on the same workers, still applies.
     c.propose(1, 3, "set c 3");

@@ -61,6 +61,10 @@ struct Args {
     /// longship::Config::lease_read); off by default.
     #[arg(long)]
     lease_reads: bool,
+    /// Write logs as JSON objects, one a line (`RUST_LOG` filters them;
+    /// default warn).
+    #[arg(long)]
+    log_json: bool,
     /// Largest argument of a request and largest value a key can hold, in
     /// bytes (Redis's proto-max-bulk-len; suffixes kb, mb, gb allowed).
     #[arg(long, default_value = "512mb", value_parser = parse_size)]
@@ -206,8 +210,25 @@ fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, String> {
     Ok(out)
 }
 
+/// Shows the library's logs on stderr: `RUST_LOG` filters them (default
+/// `warn`: errors such as invalid peer messages and failed replicas),
+/// `json` writes one JSON object a line for log shippers.
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        logs.json().try_init()
+    } else {
+        logs.try_init()
+    };
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    init_logs(args.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -617,7 +617,7 @@ fn fail_replica(host: &HostState, r: &Replica, during: &str, payload: &(dyn std:
 /// with an error.
 fn fail_replica_with(host: &HostState, r: &Replica, why: String) {
     tracing::error!(shard = %r.shard_id, replica = %r.replica_id, "replica failed: {why}");
-    Metrics::add(&host.metrics.replicas_failed, 1);
+    Metrics::add(&host.metrics.replica_failures, 1);
     *r.failed.lock() = Some(why);
     r.terminate_requests();
 }
