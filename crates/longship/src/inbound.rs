@@ -156,7 +156,7 @@ impl MessageHandler for Handler {
             if leader.0 == 0 || leader == r.replica_id {
                 continue;
             }
-            if !host.resolve(&r, leader).is_some_and(|a| a == address) {
+            if host.resolve(&r, leader).is_none_or(|a| a != address) {
                 continue;
             }
             // Until it hears from the leader again (or another one wins),

@@ -6,22 +6,15 @@
 //! model, limits answered with an `-ERR` naming the limit.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use longship_kv::cluster::{NodeSpec, start_node};
 use longship_kv::server::{KvNode, ServerConfig, serve, shard_of};
 
-const SHARDS: u64 = 4;
+mod common;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+const SHARDS: u64 = 4;
 
 /// Three NodeHosts in this process, each serving the Redis protocol.
 struct Cluster {
@@ -33,47 +26,7 @@ struct Cluster {
 
 impl Cluster {
     fn start(server: ServerConfig) -> Cluster {
-        // A raft port picked by free_port may be taken by another test
-        // before the node binds it: then start over with new ports.
-        let mut attempt = 0;
-        let (dir, nodes) = loop {
-            attempt += 1;
-            let dir = tempfile::tempdir().unwrap();
-            let peers: std::collections::BTreeMap<u64, String> = (1..=3)
-                .map(|i| (i, format!("127.0.0.1:{}", free_port())))
-                .collect();
-            let mut nodes: Vec<Arc<KvNode>> = Vec::new();
-            let mut failed = None;
-            for i in 1..=3u64 {
-                match start_node(&NodeSpec {
-                    node_id: i,
-                    raft_addr: peers[&i].clone(),
-                    peers: peers.clone(),
-                    shards: SHARDS,
-                    data_dir: dir.path().join(format!("node{i}")),
-                    rtt_ms: 10,
-                    snapshot_entries: 1000,
-                    server: server.clone(),
-                    raft_tls: None,
-                    lease_reads: false,
-                }) {
-                    Ok(n) => nodes.push(n),
-                    Err(e) => {
-                        failed = Some(format!("node {i}: {e}"));
-                        break;
-                    }
-                }
-            }
-            match failed {
-                None => break (dir, nodes),
-                Some(e) if e.contains("in use") && attempt < 5 => {
-                    for n in &nodes {
-                        n.nh.close();
-                    }
-                }
-                Some(e) => panic!("{e}"),
-            }
-        };
+        let (dir, nodes) = common::start_nodes(SHARDS, &server);
         let hosts: Vec<_> = nodes.iter().map(|n| (n.node_id, n.nh.clone())).collect();
         for n in &nodes {
             n.set_local_hosts(hosts.clone());

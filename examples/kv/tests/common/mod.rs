@@ -24,6 +24,52 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Starts three kv nodes (one NodeHost each, in this process) with
+/// `shards` shards over free loopback raft ports. A raft port picked by
+/// `free_port` may be taken by another test before the node binds it: then
+/// all start over with new ports.
+pub fn start_nodes(shards: u64, server: &ServerConfig) -> (tempfile::TempDir, Vec<Arc<KvNode>>) {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let dir = tempfile::tempdir().unwrap();
+        let peers: BTreeMap<u64, String> = (1..=3)
+            .map(|i| (i, format!("127.0.0.1:{}", free_port())))
+            .collect();
+        let mut nodes: Vec<Arc<KvNode>> = Vec::new();
+        let mut failed = None;
+        for i in 1..=3u64 {
+            match start_node(&NodeSpec {
+                node_id: i,
+                raft_addr: peers[&i].clone(),
+                peers: peers.clone(),
+                shards,
+                data_dir: dir.path().join(format!("node{i}")),
+                rtt_ms: 10,
+                snapshot_entries: 1000,
+                server: server.clone(),
+                raft_tls: None,
+                lease_reads: false,
+            }) {
+                Ok(n) => nodes.push(n),
+                Err(e) => {
+                    failed = Some(format!("node {i}: {e}"));
+                    break;
+                }
+            }
+        }
+        match failed {
+            None => return (dir, nodes),
+            Some(e) if e.contains("in use") && attempt < 5 => {
+                for n in &nodes {
+                    n.nh.close();
+                }
+            }
+            Some(e) => panic!("{e}"),
+        }
+    }
+}
+
 pub struct Cluster {
     pub nodes: Vec<Arc<KvNode>>,
     pub addrs: Vec<String>,
@@ -61,47 +107,7 @@ impl Cluster {
             redis_addrs: (1..=3u64).zip(addrs.iter().cloned()).collect(),
             ..config
         };
-        // A raft port picked by free_port may be taken by another test
-        // before the node binds it: then start over with new ports.
-        let mut attempt = 0;
-        let (dir, nodes) = loop {
-            attempt += 1;
-            let dir = tempfile::tempdir().unwrap();
-            let peers: BTreeMap<u64, String> = (1..=3)
-                .map(|i| (i, format!("127.0.0.1:{}", free_port())))
-                .collect();
-            let mut nodes: Vec<Arc<KvNode>> = Vec::new();
-            let mut failed = None;
-            for i in 1..=3u64 {
-                match start_node(&NodeSpec {
-                    node_id: i,
-                    raft_addr: peers[&i].clone(),
-                    peers: peers.clone(),
-                    shards: SHARDS,
-                    data_dir: dir.path().join(format!("node{i}")),
-                    rtt_ms: 10,
-                    snapshot_entries: 1000,
-                    server: server.clone(),
-                    raft_tls: None,
-                    lease_reads: false,
-                }) {
-                    Ok(n) => nodes.push(n),
-                    Err(e) => {
-                        failed = Some(format!("node {i}: {e}"));
-                        break;
-                    }
-                }
-            }
-            match failed {
-                None => break (dir, nodes),
-                Some(e) if e.contains("in use") && attempt < 5 => {
-                    for n in &nodes {
-                        n.nh.close();
-                    }
-                }
-                Some(e) => panic!("{e}"),
-            }
-        };
+        let (dir, nodes) = start_nodes(SHARDS, &server);
         let hosts: Vec<_> = nodes.iter().map(|n| (n.node_id, n.nh.clone())).collect();
         for n in &nodes {
             n.set_local_hosts(hosts.clone());
