@@ -52,4 +52,10 @@ pub trait EventListener: Send + Sync {
     fn replica_ready(&self, _shard_id: ShardId, _replica_id: ReplicaId) {}
     /// A replica stopped.
     fn replica_unloaded(&self, _shard_id: ShardId, _replica_id: ReplicaId) {}
+    /// A replica failed and stopped working (`why`: its state machine
+    /// returned an error or panicked, its log could not be read or
+    /// written, its protocol work panicked); the NodeHost's other replicas
+    /// go on. Its requests end with an error; restart it (or the host) once
+    /// the cause is fixed.
+    fn replica_failed(&self, _shard_id: ShardId, _replica_id: ReplicaId, _why: &str) {}
 }

@@ -56,8 +56,9 @@ counters!(
     snapshot_bytes_sent,
     /// Step worker cycles.
     step_cycles,
-    /// Replicas failed by a panic in their protocol work or a log storage
-    /// read error (the worker went on with its other shards).
+    /// Replicas failed (state machine error or panic, log storage read or
+    /// write error, a panic in their protocol work); the workers went on
+    /// with their other shards.
     replica_failures,
     /// Worker rounds that panicked outside any replica's guard (the thread went on).
     worker_panics,

@@ -198,6 +198,7 @@ fn a_log_read_error_fails_only_the_replica_whose_entries_cannot_be_read() {
     let c = TestCluster::new(2);
     // Host 3: shards 1 and 3 (one step worker, one apply worker) over the
     // failing log storage, each with a follower on host 1 and host 2.
+    let failures = Arc::new(Failures::default());
     let log = Arc::new(FailingReads {
         inner: longship_storage::logdb::MemLogDb::new(),
         broken: std::sync::atomic::AtomicU64::new(0),
@@ -209,6 +210,7 @@ fn a_log_read_error_fails_only_the_replica_whose_entries_cannot_be_read() {
     })
     .transport(Arc::new(c.net.transport(&addr(3))))
     .log_db(log.clone())
+    .event_listener(failures.clone())
     .build()
     .unwrap();
     for shard in [1u64, 3] {
@@ -248,5 +250,26 @@ fn a_log_read_error_fails_only_the_replica_whose_entries_cannot_be_read() {
             .is_ok_and(|v| v == b"3")
     });
     assert_eq!(nh3.metrics().worker_panics.load(Ordering::Relaxed), 0);
+    // The listener heard of it, with the reason.
+    let seen = failures.0.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|(s, r, why)| *s == ShardId(1)
+            && *r == ReplicaId(3)
+            && why.contains("log storage read failed")),
+        "{seen:?}"
+    );
     nh3.close();
+}
+
+/// Records `replica_failed` events.
+#[derive(Default)]
+struct Failures(std::sync::Mutex<Vec<(ShardId, ReplicaId, String)>>);
+
+impl longship::EventListener for Failures {
+    fn replica_failed(&self, shard: ShardId, replica: ReplicaId, why: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((shard, replica, why.to_string()));
+    }
 }

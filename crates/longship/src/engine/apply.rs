@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use longship_raft::{Entry, Index, SnapshotMeta};
 
-use super::{complete_reads, config_change_error};
+use super::{complete_reads, config_change_error, fail_replica_with};
 use crate::error::Error;
 use crate::host::{HostState, SnapshotJob};
 use crate::metrics::Metrics;
@@ -68,9 +68,7 @@ impl ApplyWorker {
                 };
                 wake_step |= !matches!(res, Ok(false));
                 if let Err(e) = res {
-                    tracing::error!(shard = %r.shard_id, replica = %r.replica_id, error = %e, "replica failed");
-                    *r.failed.lock() = Some(e.to_string());
-                    r.terminate_requests();
+                    fail_replica_with(host, &r, e.to_string());
                     break;
                 }
             }

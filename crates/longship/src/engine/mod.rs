@@ -90,3 +90,17 @@ pub(crate) fn supervised(host: &HostState, round: impl FnOnce() -> bool) -> bool
         }
     }
 }
+
+/// Fails a replica for `why`: it is stepped and applied no more, its
+/// requests end with an error, the failure is counted
+/// (`replica_failures`), logged and reported to the event listener
+/// (`replica_failed`). The worker goes on with its other shards.
+pub(crate) fn fail_replica_with(host: &HostState, r: &crate::replica::Replica, why: String) {
+    tracing::error!(shard = %r.shard_id, replica = %r.replica_id, "replica failed: {why}");
+    Metrics::add(&host.metrics.replica_failures, 1);
+    *r.failed.lock() = Some(why.clone());
+    r.terminate_requests();
+    if let Some(l) = &host.listener {
+        l.replica_failed(r.shard_id, r.replica_id, &why);
+    }
+}

@@ -13,7 +13,9 @@ use longship_raft::{
 use longship_storage::logdb::LogUpdate;
 
 use super::apply::ApplyWorker;
-use super::{complete_reads, config_change_error, proposal_error, report_snapshot_status};
+use super::{
+    complete_reads, config_change_error, fail_replica_with, proposal_error, report_snapshot_status,
+};
 use crate::error::Error;
 use crate::host::{HostState, SnapshotJob};
 use crate::metrics::Metrics;
@@ -145,8 +147,7 @@ impl StepWorker {
                 // write may leave. Stop the affected replicas.
                 tracing::error!(error = %e, "log storage write failed; stopping the replicas of this batch");
                 for (r, _) in &work {
-                    *r.failed.lock() = Some(format!("log storage write failed: {e}"));
-                    r.terminate_requests();
+                    fail_replica_with(host, r, format!("log storage write failed: {e}"));
                 }
                 return true;
             }
@@ -523,9 +524,7 @@ impl StepWorker {
                 applier.maybe_schedule_snapshot(r);
             }
             Err(e) => {
-                tracing::error!(shard = %r.shard_id, replica = %r.replica_id, error = %e, "replica failed");
-                *r.failed.lock() = Some(e.to_string());
-                r.terminate_requests();
+                fail_replica_with(&self.host, r, e.to_string());
             }
         }
         None
@@ -611,13 +610,4 @@ fn fail_replica(host: &HostState, r: &Replica, during: &str, payload: &(dyn std:
         crate::rsm::panic_message(payload)
     );
     fail_replica_with(host, r, why);
-}
-
-/// Fails a replica for `why`: it is stepped no more and its requests end
-/// with an error.
-fn fail_replica_with(host: &HostState, r: &Replica, why: String) {
-    tracing::error!(shard = %r.shard_id, replica = %r.replica_id, "replica failed: {why}");
-    Metrics::add(&host.metrics.replica_failures, 1);
-    *r.failed.lock() = Some(why);
-    r.terminate_requests();
 }
