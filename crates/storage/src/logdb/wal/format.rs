@@ -196,13 +196,33 @@ pub fn check_record(buf: &[u8], seed: u32) -> Result<RecordHeader, RecordError> 
 
 /// Whether a valid record starts anywhere in `buf[from..]`: a damaged record
 /// followed by a valid one is corruption, not a torn tail.
+///
+/// Linear in the bytes searched: a candidate offset is checksummed only if
+/// its cheap header fields (kind, flags, reserved bytes, length within the
+/// buffer) could belong to a record, and the checksummed bytes are capped
+/// at twice the buffer. Past the cap (only crafted bytes get there) the
+/// answer is `true`: the damage is reported as corruption, never cut away
+/// as a torn tail.
 pub fn valid_record_after(buf: &[u8], from: usize, seed: u32) -> bool {
     let mut p = from;
-    // Bounded by the buffer length; each candidate costs at most its length.
+    let mut budget = 2 * buf.len() as u64 + 4096;
     while p + RECORD_HEADER_BYTES <= buf.len() {
-        // Every record kind is non-zero: skip zeroed (preallocated) space fast.
-        if buf[p + 8] != 0 && check_record(&buf[p..], seed).is_ok() {
-            return true;
+        let h = &buf[p..];
+        let len = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes")) as u64;
+        let plausible = (KIND_CHECKPOINT..=KIND_RELOCATE).contains(&h[8])
+            && h[9] & !FLAG_LAST == 0
+            && h[10] == 0
+            && h[11] == 0
+            && len <= RECORD_PAYLOAD_MAX as u64
+            && RECORD_HEADER_BYTES as u64 + len <= h.len() as u64;
+        if plausible {
+            if budget < len {
+                return true;
+            }
+            budget -= len;
+            if check_record(h, seed).is_ok() {
+                return true;
+            }
         }
         p += 1;
     }
@@ -562,6 +582,35 @@ mod tests {
             check_record(&buf[..buf.len() - 1], segment_seed(7)),
             Err(RecordError::Incomplete)
         );
+    }
+
+    // Torn-tail search over crafted bytes: plausible headers whose lengths
+    // reach to the end of the buffer cost a checksum each (quadratic
+    // before the budget). Past the budget the damage counts as corruption;
+    // zeros and implausible headers are passed over without a checksum.
+    #[test]
+    fn the_torn_tail_search_is_bounded_and_fails_safe() {
+        let n = 256 << 10;
+        let mut crafted = vec![0u8; n];
+        let mut p = 0;
+        while p + RECORD_HEADER_BYTES <= n {
+            let len = (n - p - RECORD_HEADER_BYTES) as u32;
+            crafted[p + 4..p + 8].copy_from_slice(&len.to_le_bytes());
+            crafted[p + 8] = KIND_CHECKPOINT;
+            p += 64;
+        }
+        assert!(
+            valid_record_after(&crafted, 0, segment_seed(1)),
+            "an exhausted budget must report corruption, not a torn tail"
+        );
+        assert!(!valid_record_after(&vec![0u8; n], 0, segment_seed(1)));
+        let mut noise = vec![0u8; n];
+        let mut x: u32 = 1;
+        for b in noise.iter_mut() {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            *b = (x >> 16) as u8;
+        }
+        assert!(!valid_record_after(&noise, 0, segment_seed(1)));
     }
 
     #[test]
