@@ -193,6 +193,10 @@ pub struct NodeHostConfig {
     pub max_read_queue: usize,
     /// Most inbound messages queued per replica (more are dropped; Raft retransmits).
     pub max_inbound_queue: usize,
+    /// Most bytes of inbound messages queued per replica (more are
+    /// dropped; Raft retransmits); with `max_inbound_queue`, bounds the
+    /// memory a peer's traffic can hold per replica.
+    pub max_inbound_queue_bytes: u64,
     /// Most entry bytes applied per apply batch, and most committed entry
     /// bytes queued per replica for its state machine: behind a slow state
     /// machine, committed entries wait in the log (not in memory queues).
@@ -234,6 +238,7 @@ impl Default for NodeHostConfig {
             max_proposal_queue: 8192,
             max_read_queue: 8192,
             max_inbound_queue: 16384,
+            max_inbound_queue_bytes: 128 << 20,
             max_apply_batch_bytes: 64 << 20,
             seed: None,
             mutual_tls: None,
@@ -293,6 +298,12 @@ impl NodeHostConfig {
         }
         if self.max_read_queue == 0 {
             return Err(Error::invalid_config("max_read_queue", "must be non-zero"));
+        }
+        if self.max_inbound_queue_bytes == 0 {
+            return Err(Error::invalid_config(
+                "max_inbound_queue_bytes",
+                "must be non-zero",
+            ));
         }
         if self.max_inbound_queue == 0 {
             return Err(Error::invalid_config(

@@ -279,12 +279,15 @@ impl HostState {
             // A snapshot stream's outcome is never dropped: it is sent once
             // (no retransmission), and the leader waits for it before it
             // sends that follower anything again. One per stream job: bounded.
-            if inbox.messages.len() >= self.cfg.max_inbound_queue
+            let bytes = m.size_bytes();
+            if (inbox.messages.len() >= self.cfg.max_inbound_queue
+                || inbox.message_bytes.saturating_add(bytes) > self.cfg.max_inbound_queue_bytes)
                 && m.msg_type != MessageType::SnapshotStatus
             {
                 Metrics::add(&self.metrics.messages_dropped, 1);
                 return false;
             }
+            inbox.message_bytes = inbox.message_bytes.saturating_add(bytes);
             let at = inbox.ticks;
             inbox.messages.push((at, m));
         }

@@ -46,6 +46,8 @@ pub(crate) struct Inbox {
     pub(crate) reads: Vec<(Completer<Index>, u64)>,
     pub(crate) commands: Vec<Command>,
     pub(crate) ticks: u64,
+    /// Bytes of `messages` (bounded by `max_inbound_queue_bytes`).
+    pub(crate) message_bytes: u64,
     /// The replica stopped or failed: reads are refused, not queued.
     pub(crate) closed: bool,
 }

@@ -113,3 +113,64 @@ fn a_nodehost_directory_is_refused_to_another_address_or_deployment() {
     start("owner-b:1", 5, true).unwrap().close();
     start("owner-b:1", 5, false).unwrap().close();
 }
+
+#[test]
+fn a_replica_s_inbound_queue_is_bounded_in_bytes() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let net = longship_transport::MemNetwork::new();
+    // Manual mode: nothing drains the queue while the test fills it.
+    let nh = longship::NodeHost::builder(longship::NodeHostConfig {
+        node_host_dir: dir.path().join("nh"),
+        raft_address: "bytes-1:1".into(),
+        max_inbound_queue_bytes: 4096,
+        ..longship::NodeHostConfig::default()
+    })
+    .transport(Arc::new(net.transport("bytes-1:1")))
+    .manual()
+    .build()
+    .unwrap();
+    nh.start_replica(
+        longship::Start::New([(ReplicaId(1), "bytes-1:1".to_string())].into()),
+        |_, _| Box::new(Kv::default()),
+        config(1, 1),
+    )
+    .unwrap();
+    let side = net.transport("bytes-side:1");
+    let before = nh.metrics().messages_dropped.load(Ordering::Relaxed);
+    // Twenty messages of about 1 KiB each: about four fit.
+    for i in 0..20u64 {
+        let m = Message {
+            term: Term(1),
+            context: i,
+            entries: vec![longship_raft::Entry {
+                term: Term(1),
+                index: longship_raft::Index(i + 1),
+                cmd: vec![7u8; 1000].into(),
+                ..longship_raft::Entry::default()
+            }],
+            ..Message::new(
+                MessageType::ReadIndex,
+                ShardId(1),
+                ReplicaId(1),
+                ReplicaId(1),
+            )
+        };
+        side.send(
+            "bytes-1:1",
+            MessageBatch {
+                deployment_id: longship::NodeHostConfig::default().deployment_id,
+                source_address: "bytes-side:1".into(),
+                bin_ver: longship_raft::MESSAGE_BATCH_VERSION,
+                messages: vec![m],
+            },
+        )
+        .unwrap();
+    }
+    let dropped = nh.metrics().messages_dropped.load(Ordering::Relaxed) - before;
+    assert!(
+        (14..=17).contains(&dropped),
+        "{dropped} of 20 messages of ~1 KiB dropped with a 4 KiB queue"
+    );
+    nh.close();
+}
