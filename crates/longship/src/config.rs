@@ -197,6 +197,10 @@ pub struct NodeHostConfig {
     /// dropped; Raft retransmits); with `max_inbound_queue`, bounds the
     /// memory a peer's traffic can hold per replica.
     pub max_inbound_queue_bytes: u64,
+    /// Largest snapshot (data and external files) a leader may stream to
+    /// this host; a stream announcing more is refused before a byte of it
+    /// is written.
+    pub max_snapshot_bytes: u64,
     /// Most entry bytes applied per apply batch, and most committed entry
     /// bytes queued per replica for its state machine: behind a slow state
     /// machine, committed entries wait in the log (not in memory queues).
@@ -239,6 +243,7 @@ impl Default for NodeHostConfig {
             max_read_queue: 8192,
             max_inbound_queue: 16384,
             max_inbound_queue_bytes: 128 << 20,
+            max_snapshot_bytes: 1 << 40,
             max_apply_batch_bytes: 64 << 20,
             seed: None,
             mutual_tls: None,

@@ -343,6 +343,18 @@ impl HostState {
             if info.meta.index != chunk.index || info.shard != chunk.shard_id {
                 return Err("snapshot chunk does not match its description".into());
             }
+            // What the stream announces is bounded before any byte of it
+            // is written (a peer cannot make this host fill its disk).
+            let announced = info
+                .external_files
+                .iter()
+                .fold(info.data_size_bytes, |t, f| t.saturating_add(f.size_bytes));
+            if announced > self.cfg.max_snapshot_bytes {
+                return Err(format!(
+                    "snapshot of {announced} bytes is over max_snapshot_bytes ({})",
+                    self.cfg.max_snapshot_bytes
+                ));
+            }
             match r.snapshots.begin_receive(info) {
                 Ok(rx) => Some(rx),
                 // A valid copy is already in the store: received before but

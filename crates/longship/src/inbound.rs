@@ -175,6 +175,7 @@ impl MessageHandler for Handler {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "snapshot chunk refused");
+                Metrics::add(&self.0.metrics.snapshot_chunks_refused, 1);
                 false
             }
         }

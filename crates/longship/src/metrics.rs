@@ -52,6 +52,9 @@ counters!(
     snapshots_saved,
     /// Snapshots received from leaders.
     snapshots_received,
+    /// Snapshot stream chunks refused (a stream over `max_snapshot_bytes`,
+    /// a full disk, a stream replaced or without a replica): the stream ends.
+    snapshot_chunks_refused,
     /// Snapshot bytes streamed to followers.
     snapshot_bytes_sent,
     /// Step worker cycles.

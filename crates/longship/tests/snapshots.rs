@@ -400,3 +400,60 @@ fn a_damaged_snapshot_is_refused_before_the_state_machine_reads_it() {
         "the state machine read the damaged snapshot"
     );
 }
+
+// A stream announcing more than the receiver's max_snapshot_bytes is
+// refused before a byte of it is written; the follower stays behind.
+#[test]
+fn a_snapshot_over_max_snapshot_bytes_is_refused_by_the_receiver() {
+    let cfg = |i| Config {
+        snapshot_entries: 16,
+        compaction_overhead: 2,
+        ..config(SHARD, i)
+    };
+    let mut c = TestCluster::new(3);
+    c.start_shard_with(&[1, 2, 3], cfg);
+    let mut leader = c.wait_leader(SHARD);
+    if leader == 3 {
+        c.nh(3).request_leader_transfer(sid(), 1.into()).unwrap();
+        wait_until("leadership leaves host 3", Duration::from_secs(10), || {
+            c.leader_seen_by(1, SHARD) == 1
+        });
+        leader = 1;
+    }
+    c.propose(leader, SHARD, "set first 1");
+    let lagging_last = log_range(&c, 3).1;
+    c.stop_host(3);
+    for i in 0..100 {
+        c.propose(leader, SHARD, format!("set k{i} {}", big_value(i)));
+    }
+    for h in [1, 2] {
+        wait_until("compaction", Duration::from_secs(10), || {
+            log_range(&c, h).0 > lagging_last + 1
+        });
+    }
+    // Host 3 comes back accepting snapshots of 1 KiB at most.
+    let nh3 = longship::NodeHost::builder(longship::NodeHostConfig {
+        max_snapshot_bytes: 1024,
+        ..c.host_config(3)
+    })
+    .transport(std::sync::Arc::new(c.net.transport(&addr(3))))
+    .build()
+    .unwrap();
+    c.hosts.insert(3, nh3);
+    c.start_replica_on(3, Start::Restart, cfg(3));
+    wait_until("the stream refused", Duration::from_secs(10), || {
+        c.nh(3)
+            .metrics()
+            .snapshot_chunks_refused
+            .load(Ordering::Relaxed)
+            >= 1
+    });
+    assert_eq!(
+        c.nh(3).metrics().snapshots_received.load(Ordering::Relaxed),
+        0
+    );
+    assert!(
+        shard_state(&c, 3).0 <= lagging_last,
+        "host 3 caught up anyway"
+    );
+}
