@@ -561,6 +561,7 @@ impl StepWorker {
     /// to the apply worker, report leadership, and advance the core.
     fn after_persist(&self, r: &ReplicaRef, mut u: longship_raft::Update) {
         let host = &self.host;
+        let new_leader_elsewhere = u.leader_change.is_some_and(|l| l.leader_id != r.replica_id);
         if let Some(l) = u.leader_change {
             r.leader_suspect.store(false, Ordering::Release);
             r.leader_id.store(l.leader_id.0, Ordering::Release);
@@ -589,6 +590,9 @@ impl StepWorker {
             host.mark_apply(r.shard_id);
         }
         self.serve_reads(r, &mut u);
+        if new_leader_elsewhere {
+            fail_forwarded_reads(r);
+        }
         let mut core = r.core.lock();
         core.raft.advance(&u);
         // What `release_before_write` applied in place: the core may hand out more.
@@ -610,4 +614,22 @@ fn fail_replica(host: &HostState, r: &Replica, during: &str, payload: &(dyn std:
         crate::rsm::panic_message(payload)
     );
     fail_replica_with(host, r, why);
+}
+
+/// The leader changed: reads still waiting for their read index went to
+/// the old leader, whose answer may never come. They end now with
+/// `Dropped` (a read changes nothing, so it can simply be asked again)
+/// instead of waiting for their whole timeout. Reads whose index is known
+/// only wait for the local apply and stay.
+fn fail_forwarded_reads(r: &Replica) {
+    let mut pending = r.pending.lock();
+    pending.reads.retain(|_, pr| {
+        if pr.index.is_some() {
+            return true;
+        }
+        for (c, _) in pr.waiters.drain(..) {
+            c.complete(Err(Error::Dropped));
+        }
+        false
+    });
 }
