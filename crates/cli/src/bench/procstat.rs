@@ -112,7 +112,9 @@ mod tests {
             assert!(cpu_seconds().is_some());
             assert!(rss_bytes().unwrap() > 0);
             assert!(fs_type(Path::new(".")).is_some());
-            assert!(context_switches().unwrap().0 > 0);
+            // A fresh test process may not have switched voluntarily yet
+            // (nextest runs each test in its own process): only readable.
+            assert!(context_switches().is_some());
         }
     }
 }
