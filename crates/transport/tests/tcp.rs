@@ -864,3 +864,41 @@ fn a_tls_handshake_that_never_comes_is_dropped_after_its_timeout() {
     wait_counter("tls_rejected", &b.stats().tls_rejected, 1);
     b.close();
 }
+
+/// A receiver that stops reading fills the socket: a send then writes part
+/// of its frame directly and queues the rest for the writer task, and later
+/// sends queue behind it. When the receiver reads again, every frame
+/// arrives whole and in order (the direct path never overtakes the queue).
+#[test]
+fn frames_stay_whole_and_in_order_across_a_receiver_that_stalls() {
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let (a, _ra) = start_with(TcpConfig {
+        send_queue_len: 10_000,
+        connections_per_host: 1,
+        ..config(&a_addr)
+    });
+    let l = std::net::TcpListener::bind(&b_addr).unwrap();
+    const N: u64 = 200;
+    // 64 KiB each: ~12 MiB, far more than the socket buffers hold.
+    for seq in 0..N {
+        let b = batch(&a_addr, vec![message(1, seq, 64 << 10)]);
+        // The first send may find no connection yet (queued; connects).
+        a.send(&b_addr, b).unwrap();
+    }
+    let (mut s, _) = l.accept().unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let limits = longship_raft::codec::Limits::default();
+    for want in 0..N {
+        let mut h = [0u8; FRAME_HEADER_BYTES];
+        s.read_exact(&mut h).unwrap();
+        let hdr = longship_transport::frame::decode_header(&h, DEPLOYMENT, 64 << 20)
+            .expect("a whole frame header");
+        let mut body = vec![0u8; hdr.body_len as usize];
+        s.read_exact(&mut body).unwrap();
+        longship_transport::frame::check_body(&hdr, &body).expect("an intact frame body");
+        let got = longship_raft::codec::decode_batch(&body, &limits).unwrap();
+        assert_eq!(got.messages.len(), 1);
+        assert_eq!(got.messages[0].log_index.0, want, "frame out of order");
+    }
+    a.close();
+}
