@@ -42,7 +42,7 @@ use crate::tls::{TlsContext, TlsError, TlsPaths, server_name};
 mod inbound;
 mod peer;
 use crate::{MessageHandler, SendError, SnapshotChunk, Transport};
-use peer::{Outgoing, PeerConn};
+use peer::PeerConn;
 
 /// Configuration of a [`TcpTransport`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -313,10 +313,7 @@ impl Transport for TcpTransport {
                 bin_ver: batch.bin_ver,
                 messages,
             };
-            // Encoded here, by the sending thread, so that the frame can be
-            // written at once (see `peer`).
-            let out = Outgoing::encode(inner, address, &b);
-            if let Err(e) = conns[i].send(inner, address, out) {
+            if let Err(e) = conns[i].send(inner, address, &b) {
                 result = Err(e);
             }
         }

@@ -30,27 +30,12 @@ use crate::SendError;
 use crate::frame::{FrameType, encode_frame};
 use crate::tls::server_name;
 
-/// Encoded frames of one batch and the replicas they are for (told when
-/// the peer cannot be reached).
+/// Encoded frames of one batch waiting for the writer, and the replicas
+/// they are for (told when the peer cannot be reached).
 pub(super) struct Outgoing {
     frames: Vec<Vec<u8>>,
     bytes: usize,
     targets: Vec<(ShardId, ReplicaId)>,
-}
-
-impl Outgoing {
-    /// Encodes `batch` into frames within the frame limit.
-    pub(super) fn encode(inner: &Inner, address: &str, batch: &MessageBatch) -> Outgoing {
-        let mut frames = Vec::new();
-        frames_of(inner, address, batch, &mut frames);
-        let targets: BTreeSet<(ShardId, ReplicaId)> =
-            batch.messages.iter().map(|m| (m.shard_id, m.to)).collect();
-        Outgoing {
-            bytes: frames.iter().map(Vec::len).sum(),
-            frames,
-            targets: targets.into_iter().collect(),
-        }
-    }
 }
 
 /// A connection that is up.
@@ -97,19 +82,27 @@ impl PeerConn {
         pc
     }
 
-    /// Sends `out`: written at once when the socket takes it, else queued
-    /// for the writer (bounded: a full queue drops it, Raft retransmits).
+    /// Sends `batch`, encoded here by the sending thread: written at once
+    /// when the socket takes it, else queued for the writer (bounded: a
+    /// full queue drops it, Raft retransmits). Only what is queued records
+    /// the replicas it is for.
     pub(super) fn send(
         &self,
         inner: &Inner,
         address: &str,
-        out: Outgoing,
+        batch: &MessageBatch,
     ) -> Result<(), SendError> {
+        let mut frames = Vec::new();
+        frames_of(inner, address, batch, &mut frames);
+        let mut out = Outgoing {
+            bytes: frames.iter().map(Vec::len).sum(),
+            frames,
+            targets: Vec::new(),
+        };
         let mut st = self.state.lock();
         if st.closed {
             return Err(SendError::Closed);
         }
-        let mut out = out;
         if !st.writer_busy
             && st.queue.is_empty()
             && let Some(Conn::Plain(s)) = &st.conn
@@ -140,6 +133,7 @@ impl PeerConn {
             add(&inner.stats.batches_dropped_queue_full);
             return Err(SendError::QueueFull(address.to_string()));
         }
+        out.targets = batch.messages.iter().map(|m| (m.shard_id, m.to)).collect();
         st.queued_bytes += out.bytes;
         st.queue.push_back(out);
         if !st.writer_busy {
