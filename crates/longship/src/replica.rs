@@ -179,6 +179,23 @@ impl Pending {
         });
     }
 
+    /// Ends the reads still waiting for their read index with `Dropped`
+    /// (the leader changed: they went to the old one, whose answer may
+    /// never come; a read changes nothing, so it can simply be asked
+    /// again) instead of leaving them to their whole timeout. Reads whose
+    /// index is known only wait for the local apply and stay.
+    pub(crate) fn drop_reads_without_index(&mut self) {
+        self.reads.retain(|_, pr| {
+            if pr.index.is_some() {
+                return true;
+            }
+            for (c, _) in pr.waiters.drain(..) {
+                c.complete(Err(Error::Dropped));
+            }
+            false
+        });
+    }
+
     /// Fails everything (the replica stops).
     pub(crate) fn terminate(&mut self) {
         self.closed = true;

@@ -252,8 +252,10 @@ impl StepWorker {
             }
             let from = m.from;
             core.raft.step(m);
-            // The leader is alive after all.
-            if from == core.raft.leader_id() {
+            // The leader is alive after all. (Read first: most messages come
+            // from an unsuspected leader, and a store would dirty the line
+            // API threads read.)
+            if from == core.raft.leader_id() && r.leader_suspect.load(Ordering::Relaxed) {
                 r.leader_suspect.store(false, Ordering::Release);
             }
         }
@@ -591,7 +593,9 @@ impl StepWorker {
         }
         self.serve_reads(r, &mut u);
         if new_leader_elsewhere {
-            fail_forwarded_reads(r);
+            // Reads still waiting for their read index went to the old
+            // leader, whose answer may never come.
+            r.pending.lock().drop_reads_without_index();
         }
         let mut core = r.core.lock();
         core.raft.advance(&u);
@@ -614,22 +618,4 @@ fn fail_replica(host: &HostState, r: &Replica, during: &str, payload: &(dyn std:
         crate::rsm::panic_message(payload)
     );
     fail_replica_with(host, r, why);
-}
-
-/// The leader changed: reads still waiting for their read index went to
-/// the old leader, whose answer may never come. They end now with
-/// `Dropped` (a read changes nothing, so it can simply be asked again)
-/// instead of waiting for their whole timeout. Reads whose index is known
-/// only wait for the local apply and stay.
-fn fail_forwarded_reads(r: &Replica) {
-    let mut pending = r.pending.lock();
-    pending.reads.retain(|_, pr| {
-        if pr.index.is_some() {
-            return true;
-        }
-        for (c, _) in pr.waiters.drain(..) {
-            c.complete(Err(Error::Dropped));
-        }
-        false
-    });
 }
