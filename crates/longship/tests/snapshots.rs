@@ -162,6 +162,20 @@ fn requested_snapshot_is_exported_and_compacts() {
     }
 }
 
+/// The leader of the shard, moved to host 1 if host 3 led (host 3 is the
+/// one the tests stop and bring back lagging).
+fn leader_off_host_3(c: &TestCluster) -> u64 {
+    let leader = c.wait_leader(SHARD);
+    if leader != 3 {
+        return leader;
+    }
+    c.nh(3).request_leader_transfer(sid(), 1.into()).unwrap();
+    wait_until("leadership leaves host 3", Duration::from_secs(10), || {
+        c.leader_seen_by(1, SHARD) == 1
+    });
+    1
+}
+
 fn snapshot_bytes_sent(c: &TestCluster, i: u64) -> u64 {
     c.nh(i)
         .metrics()
@@ -184,14 +198,7 @@ fn lagging_follower_catches_up_through_a_streamed_snapshot() {
     };
     let mut c = TestCluster::new(3);
     c.start_shard_with(&[1, 2, 3], cfg);
-    let mut leader = c.wait_leader(SHARD);
-    if leader == 3 {
-        c.nh(3).request_leader_transfer(sid(), 1.into()).unwrap();
-        wait_until("leadership leaves host 3", Duration::from_secs(10), || {
-            c.leader_seen_by(1, SHARD) == 1
-        });
-        leader = 1;
-    }
+    let leader = leader_off_host_3(&c);
     c.propose(leader, SHARD, "set first 1");
     assert_eq!(c.read(3, SHARD, "get first"), b"1");
     let lagging_last = log_range(&c, 3).1;
@@ -412,14 +419,7 @@ fn a_snapshot_over_max_snapshot_bytes_is_refused_by_the_receiver() {
     };
     let mut c = TestCluster::new(3);
     c.start_shard_with(&[1, 2, 3], cfg);
-    let mut leader = c.wait_leader(SHARD);
-    if leader == 3 {
-        c.nh(3).request_leader_transfer(sid(), 1.into()).unwrap();
-        wait_until("leadership leaves host 3", Duration::from_secs(10), || {
-            c.leader_seen_by(1, SHARD) == 1
-        });
-        leader = 1;
-    }
+    let leader = leader_off_host_3(&c);
     c.propose(leader, SHARD, "set first 1");
     let lagging_last = log_range(&c, 3).1;
     c.stop_host(3);
