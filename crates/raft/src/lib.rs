@@ -37,6 +37,7 @@ mod progress;
 pub mod quorum;
 mod raft;
 mod read_only;
+mod recovery;
 mod update;
 
 pub use bootstrap::bootstrap_entries;
@@ -47,6 +48,7 @@ pub use raft::{
     INDEX_MAX, InvalidReason, InvariantViolation, NOT_A_MEMBER, Raft, Role, Status, TERM_JUMP_MAX,
     TERM_MAX,
 };
+pub use recovery::RecoveryGuard;
 pub use update::{LeaderInfo, ProposalError, ReadState, Update};
 /// A deterministic multi-replica cluster for tests of the core (and of
 /// code built on it): behind the `testkit` feature, off by default.

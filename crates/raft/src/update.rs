@@ -82,11 +82,18 @@ pub struct Update {
     pub dropped_reads: Vec<u64>,
     /// Set when the known leader or term changed.
     pub leader_change: Option<LeaderInfo>,
+    /// Set when this replica's [`RecoveryGuard`](crate::RecoveryGuard) was
+    /// lifted: the storage must forget the guard (durably, with this
+    /// update's other state).
+    pub recovery_cleared: bool,
 }
 
 impl Update {
     /// Whether something must be persisted.
     pub fn needs_persist(&self) -> bool {
-        !self.entries.is_empty() || self.hard_state.is_some() || self.snapshot.is_some()
+        !self.entries.is_empty()
+            || self.hard_state.is_some()
+            || self.snapshot.is_some()
+            || self.recovery_cleared
     }
 }

@@ -110,7 +110,11 @@ impl<L: LogReader> Raft<L> {
         // Any replica may answer: the candidate counts only voters and
         // witnesses, and a replica that has not applied its own promotion yet
         // must still be able to help elect a leader.
-        let grant = can_vote && self.log.is_up_to_date(m.log_index, m.log_term);
+        // A replica under a recovery guard may lack entries it helped
+        // commit: its vote could elect a leader without them.
+        let grant = can_vote
+            && self.recovery_guard.is_none()
+            && self.log.is_up_to_date(m.log_index, m.log_term);
         // Every answer tells the candidate how much of its log we know is
         // committed, and the term there (see `learn_commit`).
         let (commit, commit_term) = self.commit_with_term(m.log_index);

@@ -25,6 +25,7 @@ use crate::membership::Membership;
 use crate::message::{Message, MessageType};
 use crate::progress::Progress;
 use crate::read_only::ReadOnly;
+use crate::recovery::RecoveryGuard;
 use crate::rng::Rng;
 use crate::update::{LeaderInfo, ReadState, Update};
 
@@ -117,6 +118,9 @@ pub struct Raft<L: LogReader> {
     pending_members: BTreeMap<ReplicaId, Index>,
     /// Whether the durable log was scanned for `pending_members`.
     pending_members_scanned: bool,
+    /// Set while this replica's storage could not vouch for its newest
+    /// acknowledged data (protocol-aware recovery, [`RecoveryGuard`]).
+    recovery_guard: Option<RecoveryGuard>,
 }
 
 impl<L: LogReader> Raft<L> {
@@ -175,6 +179,7 @@ impl<L: LogReader> Raft<L> {
             last_invalid: None,
             pending_members: BTreeMap::new(),
             pending_members_scanned: false,
+            recovery_guard: None,
             cfg,
         };
         let snap = r.log.snapshot();
@@ -272,9 +277,45 @@ impl<L: LogReader> Raft<L> {
     }
 
     /// Whether this replica may campaign: only voters (never witnesses,
-    /// non-voting or removed replicas).
+    /// non-voting or removed replicas), and only while no
+    /// [`RecoveryGuard`] holds.
     pub fn promotable(&self) -> bool {
-        self.membership.is_voter(self.id)
+        self.membership.is_voter(self.id) && self.recovery_guard.is_none()
+    }
+
+    /// Puts this replica under `guard` (merged with any guard it already
+    /// runs under): until its log provably holds every entry it may have
+    /// acknowledged before its storage was damaged, it grants no votes or
+    /// pre-votes and never campaigns (docs/recovery.md). Called by the
+    /// engine at start with the guard its storage reported.
+    pub fn set_recovery_guard(&mut self, guard: RecoveryGuard) {
+        let merged = match self.recovery_guard {
+            Some(g) => g.merge(guard),
+            None => guard,
+        };
+        self.recovery_guard = Some(merged);
+        if self.role != Role::Follower {
+            let term = self.term;
+            let leader = self.leader;
+            self.become_follower(term, leader);
+        }
+    }
+
+    /// The guard this replica runs under, if any.
+    pub fn recovery_guard(&self) -> Option<RecoveryGuard> {
+        self.recovery_guard
+    }
+
+    /// Whether the guard can be lifted now: the commit index (learnt from a
+    /// leader whose log ours matches) satisfies it.
+    fn recovery_guard_satisfied(&self) -> bool {
+        let Some(g) = self.recovery_guard else {
+            return false;
+        };
+        let commit = self.log.committed();
+        // A term that cannot be read (compacted away) proves nothing.
+        let commit_term = self.log.term(commit).unwrap_or(Term(0));
+        g.is_satisfied(commit, commit_term)
     }
 
     fn election_timeout(&self) -> u64 {
@@ -500,6 +541,7 @@ impl<L: LogReader> Raft<L> {
             || !self.ready_reads.is_empty()
             || !self.dropped_reads.is_empty()
             || self.current_leader_info() != self.prev_leader
+            || self.recovery_guard_satisfied()
     }
 
     fn current_leader_info(&self) -> LeaderInfo {
@@ -517,6 +559,12 @@ impl<L: LogReader> Raft<L> {
             "get_update called twice without advance"
         );
         self.update_in_progress = true;
+        // Lifted in the same update as the entries that satisfied it: the
+        // storage forgets the guard no earlier than it holds them.
+        let recovery_cleared = self.recovery_guard_satisfied();
+        if recovery_cleared {
+            self.recovery_guard = None;
+        }
         let hs = self.hard_state();
         let committed_entries = self.log.take_next_committed(self.cfg.max_apply_bytes);
         if self.role == Role::Leader {
@@ -539,6 +587,7 @@ impl<L: LogReader> Raft<L> {
             ready_reads: std::mem::take(&mut self.ready_reads),
             dropped_reads: std::mem::take(&mut self.dropped_reads),
             leader_change,
+            recovery_cleared,
         }
     }
 
