@@ -80,6 +80,13 @@ impl MemLog {
         }
     }
 
+    /// Drops every entry after `index` (a storage fault that lost the
+    /// newest entries; for tests). Entries at or below the snapshot stay.
+    pub fn truncate_after(&mut self, index: Index) {
+        let keep = index.0.saturating_sub(self.snapshot.index.0) as usize;
+        self.entries.truncate(keep);
+    }
+
     /// All entries held.
     pub fn all_entries(&self) -> &[Entry] {
         &self.entries

@@ -17,6 +17,7 @@ use crate::membership::Membership;
 use crate::memlog::MemLog;
 use crate::message::{Message, MessageType};
 use crate::raft::Raft;
+use crate::recovery::RecoveryGuard;
 use crate::update::{ReadState, Update};
 
 /// One replica of the test cluster.
@@ -37,6 +38,8 @@ pub struct Node {
     pub config_results: Vec<(Index, bool)>,
     /// Membership after each applied config change (for snapshots).
     pub membership_history: Vec<(Index, Membership)>,
+    /// Durable recovery guard (protocol-aware recovery), if any.
+    pub recovery_guard: Option<RecoveryGuard>,
 }
 
 impl Node {
@@ -181,6 +184,7 @@ impl Cluster {
                 dropped_reads: Vec::new(),
                 config_results: Vec::new(),
                 membership_history: Vec::new(),
+                recovery_guard: None,
             },
         );
     }
@@ -199,6 +203,34 @@ impl Cluster {
         node.membership_history.retain(|(i, _)| *i <= applied_index);
         node.raft = Raft::new(cfg, log, node.hard_state, snap.membership, applied_index)
             .expect("valid test config");
+        if let Some(g) = node.recovery_guard {
+            node.raft.set_recovery_guard(g);
+        }
+    }
+
+    /// Crashes node `id` with storage damage that lost every durable entry
+    /// after `keep_through` (its commit index is clamped there), then
+    /// restarts it. With `guard`, the storage noticed and hands the replica
+    /// a [`RecoveryGuard`] (acknowledged through its old last index);
+    /// without, the damage went unnoticed (what protocol-aware recovery
+    /// exists to prevent).
+    pub fn crash_losing_tail(&mut self, id: ReplicaId, keep_through: Index, guard: bool) {
+        let node = self.nodes.get_mut(&id).expect("crash of unknown node");
+        let old_last = node.raft.log().reader().last_index();
+        node.raft.log_reader_mut().truncate_after(keep_through);
+        let kept = node.raft.log().reader().last_index();
+        node.hard_state.commit = node.hard_state.commit.min(kept);
+        if guard {
+            let g = RecoveryGuard {
+                acked_through: Some(old_last),
+                restart_term: node.hard_state.term,
+            };
+            node.recovery_guard = Some(match node.recovery_guard {
+                Some(prev) => prev.merge(g),
+                None => g,
+            });
+        }
+        self.restart(id);
     }
 
     /// Takes a snapshot of node `id` at `index` (at most its applied index)
@@ -297,6 +329,9 @@ impl Cluster {
             log.append(&u.entries);
             if let Some(hs) = u.hard_state {
                 node.hard_state = hs;
+            }
+            if u.recovery_cleared {
+                node.recovery_guard = None;
             }
         }
         for m in &u.persisted_messages {
@@ -665,6 +700,9 @@ impl Cluster {
         log.append(&u.entries);
         if let Some(hs) = u.hard_state {
             node.hard_state = hs;
+        }
+        if u.recovery_cleared {
+            node.recovery_guard = None;
         }
         let mut out = trace;
         if let Some(out) = out.as_deref_mut() {

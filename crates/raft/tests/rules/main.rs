@@ -23,6 +23,7 @@ mod persistence;
 mod prevote;
 mod quorum;
 mod read_index;
+mod recovery;
 mod replication;
 mod snapshots;
 mod storage_errors;

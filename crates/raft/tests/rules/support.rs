@@ -10,7 +10,7 @@ pub use longship_raft::{
     CAMPAIGN_TRANSFER, ConfigChange, ConfigChangeRejected, ConfigChangeType, ConfigError,
     ENTRY_OVERHEAD_BYTES, Entry, EntryType, HardState, INDEX_MAX, Index, LogReader, MemLog,
     Membership, Message, MessageType, ProgressState, ProposalError, Raft, RaftConfig, RaftLog,
-    ReadState, ReplicaId, Role, SnapshotMeta, TERM_JUMP_MAX, TERM_MAX, Term, Update,
+    ReadState, RecoveryGuard, ReplicaId, Role, SnapshotMeta, TERM_JUMP_MAX, TERM_MAX, Term, Update,
     bootstrap_entries,
 };
 
