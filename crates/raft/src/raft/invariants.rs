@@ -120,6 +120,11 @@ impl<L: LogReader> Raft<L> {
         if !self.membership.is_consistent() {
             return fail(format!("membership sets overlap: {:?}", self.membership));
         }
+        // Protocol-aware recovery: a replica that may lack entries it
+        // acknowledged never leads or campaigns (docs/recovery.md).
+        if self.recovery_guard.is_some() && self.role != Role::Follower {
+            return fail(format!("a {:?} under a recovery guard", self.role));
+        }
         if self.role != Role::Leader && self.leader == self.id {
             return fail(format!("a {:?} names itself leader", self.role));
         }
