@@ -223,6 +223,7 @@ impl HostState {
     /// Advances logical time by one tick: every replica gets a tick.
     pub(crate) fn tick(&self) {
         let now = self.now.fetch_add(1, Ordering::AcqRel) + 1;
+        Metrics::add(&self.metrics.ticks, 1);
         let mut by_worker: Vec<Vec<ShardId>> = vec![Vec::new(); self.step_ready.len()];
         for r in self.replicas.read().values() {
             // A quiesced replica does nothing on a tick but expire requests

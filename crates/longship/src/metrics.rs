@@ -59,6 +59,8 @@ counters!(
     snapshot_bytes_sent,
     /// Step worker cycles.
     step_cycles,
+    /// Logical clock ticks (one RTT each) this host handed to its replicas.
+    ticks,
     /// Replicas failed (state machine error or panic, log storage read or
     /// write error, a panic in their protocol work); the workers went on
     /// with their other shards.

@@ -197,7 +197,8 @@ fn import_snapshot_repairs_a_shard_that_lost_its_quorum() {
             config(SHARD, 2),
         )
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Three election timeouts of host 2's own time: room to campaign.
+    wait_ticks(c.nh(2), 30);
     assert_eq!(
         c.wait_leader(SHARD),
         leader,

@@ -134,7 +134,7 @@ fn removed_replica_stops_receiving_and_cannot_come_back() {
         c.propose(leader, SHARD, format!("set a {i}"));
     }
     assert_eq!(c.read(other, SHARD, "get a"), b"5");
-    std::thread::sleep(Duration::from_millis(20 * RTT_MS));
+    wait_ticks(c.nh(victim), 20);
     assert!(
         applied_on(&c, victim) <= frozen,
         "removed replica still applies"
@@ -381,7 +381,7 @@ fn removing_the_leader_elects_another() {
     assert_eq!(ids(&m.voters), expect);
     assert!(m.removed.contains(&rid(old)));
     // The removed replica never leads again.
-    std::thread::sleep(Duration::from_millis(30 * RTT_MS));
+    wait_ticks(c.nh(old), 30);
     assert_ne!(c.leader_seen_by(old, SHARD), old);
     assert_eq!(c.leader_seen_by(other, SHARD), new);
 }

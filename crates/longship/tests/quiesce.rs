@@ -40,22 +40,27 @@ fn cluster(quiesce: bool) -> (TestCluster, u64) {
     (c, leader)
 }
 
-/// How long the message counter must stay still to call the shard quiet:
-/// many heartbeat intervals.
-const QUIET: Duration = Duration::from_millis(20 * RTT_MS);
+/// How many of host 1's ticks (RTTs) the message counter must stay still
+/// to call the shard quiet: many heartbeat intervals.
+const QUIET_TICKS: u64 = 20;
 
-/// Waits until no message was sent for `QUIET`; returns the counter.
+fn ticks(c: &TestCluster) -> u64 {
+    c.nh(1).metrics().ticks.load(Ordering::Relaxed)
+}
+
+/// Waits until no message was sent for `QUIET_TICKS` ticks; returns the
+/// counter.
 fn wait_quiet(c: &TestCluster) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(20);
     let mut last = sent(c);
-    let mut since = Instant::now();
+    let mut since = ticks(c);
     loop {
         std::thread::sleep(Duration::from_millis(RTT_MS));
         let now = sent(c);
         if now != last {
             last = now;
-            since = Instant::now();
-        } else if since.elapsed() >= QUIET {
+            since = ticks(c);
+        } else if ticks(c) >= since + QUIET_TICKS {
             return now;
         }
         assert!(Instant::now() < deadline, "the shard never went quiet");
@@ -83,7 +88,7 @@ fn idle_shard_quiesces_and_wakes_on_a_proposal() {
     let busy_before = sent(&busy);
 
     // Idle for a good while: nothing is sent, nobody campaigns.
-    std::thread::sleep(Duration::from_millis(60 * RTT_MS));
+    wait_ticks(q.nh(leader), 60);
     assert_eq!(sent(&q), quiet_at, "a quiesced shard sent messages");
     assert_eq!(elections(&q), elections_before);
     assert_eq!(leaders(&q), roles, "leadership changed while quiesced");
@@ -175,7 +180,7 @@ fn only_the_followed_leader_quiesces_a_follower() {
 
     send_quiesce(&c, f2, f1, term);
     send_quiesce(&c, leader, f1, longship::Term(term.0 - 1));
-    std::thread::sleep(Duration::from_millis(20 * RTT_MS));
+    wait_ticks(c.nh(f1), 20);
     assert!(!is_quiesced(&c, f1), "quiesced by a non-leader");
 
     send_quiesce(&c, leader, f1, term);

@@ -101,7 +101,7 @@ fn transfer_to_a_non_member_changes_nothing() {
         .sync_propose(&mut s, b"set t 2".to_vec(), TIMEOUT)
         .unwrap();
     // Several election timeouts later the same leader leads in the same term.
-    std::thread::sleep(Duration::from_millis(2 * 20 * RTT_MS));
+    wait_ticks(c.nh(leader), 2 * 20);
     wait_until("hosts agree on the leader", Duration::from_secs(5), || {
         all_agree_on(&c, leader)
     });

@@ -327,3 +327,21 @@ pub fn new_or_restart(nh: &NodeHost, shard: u64, replica: u64, ids: &[u64]) -> S
         Start::New(TestCluster::members(ids))
     }
 }
+
+/// Waits until `nh` has handed its replicas `n` more logical ticks (RTTs)
+/// than now, plus two so the step workers processed them: "nothing
+/// happened for `n` RTTs" measured in the host's own time, not in
+/// wall-clock time that a loaded machine may not give the ticker.
+pub fn wait_ticks(nh: &NodeHost, n: u64) {
+    let ticks = || {
+        nh.metrics()
+            .ticks
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let target = ticks() + n + 2;
+    wait_until(
+        &format!("{n} ticks"),
+        Duration::from_millis((n + 2) * 1000).max(Duration::from_secs(30)),
+        || ticks() >= target,
+    );
+}
