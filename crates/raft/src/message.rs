@@ -42,6 +42,13 @@ pub enum MessageType {
     SnapshotStatus = 15,
     /// The leader tells followers the shard goes quiet (engine feature).
     Quiesce = 16,
+    /// Answer to a forwarded `Propose` that was not taken (no leader known
+    /// where it arrived, or the leader refused it): `entries` name the
+    /// dropped proposals (keys, no payloads), `hint` the
+    /// [`ProposalError`](crate::ProposalError) code. Sent only where the
+    /// proposal is certainly not in any log, so that its proposer can fail
+    /// it at once instead of waiting for its timeout.
+    ProposeDropped = 17,
 }
 
 impl MessageType {
@@ -66,6 +73,7 @@ impl MessageType {
             14 => Unreachable,
             15 => SnapshotStatus,
             16 => Quiesce,
+            17 => ProposeDropped,
             _ => return None,
         })
     }

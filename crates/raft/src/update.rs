@@ -50,6 +50,35 @@ pub enum ProposalError {
     TooManyPendingReads,
 }
 
+impl ProposalError {
+    /// The code carried in a `ProposeDropped` message.
+    pub fn code(self) -> u64 {
+        match self {
+            ProposalError::NoLeader => 1,
+            ProposalError::TransferInProgress => 2,
+            ProposalError::TooManyUncommittedBytes => 3,
+            ProposalError::PendingConfigChange => 4,
+            ProposalError::NotReady => 5,
+            ProposalError::Invalid => 6,
+            ProposalError::TooManyPendingReads => 7,
+        }
+    }
+
+    /// The error of a `ProposeDropped` code (`None` for an unknown code).
+    pub fn from_code(code: u64) -> Option<ProposalError> {
+        Some(match code {
+            1 => ProposalError::NoLeader,
+            2 => ProposalError::TransferInProgress,
+            3 => ProposalError::TooManyUncommittedBytes,
+            4 => ProposalError::PendingConfigChange,
+            5 => ProposalError::NotReady,
+            6 => ProposalError::Invalid,
+            7 => ProposalError::TooManyPendingReads,
+            _ => return None,
+        })
+    }
+}
+
 /// Everything the caller must do after stepping the core, in this order:
 /// send `messages`; persist `snapshot`, `entries` and `hard_state` with one
 /// durable write; then send `persisted_messages`; apply `committed_entries`;
@@ -82,6 +111,10 @@ pub struct Update {
     pub dropped_reads: Vec<u64>,
     /// Set when the known leader or term changed.
     pub leader_change: Option<LeaderInfo>,
+    /// Proposals this replica forwarded that were dropped where they
+    /// arrived, by entry key, with the reason: certainly in no log, their
+    /// proposers can be answered at once.
+    pub dropped_proposals: Vec<(u64, ProposalError)>,
     /// Set when this replica's [`RecoveryGuard`](crate::RecoveryGuard) was
     /// lifted: the storage must forget the guard (durably, with this
     /// update's other state).

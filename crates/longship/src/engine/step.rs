@@ -535,6 +535,9 @@ impl StepWorker {
     /// Records the indexes of ready reads, fails dropped ones, and
     /// completes those already applied (taking them out of `u`).
     fn serve_reads(&self, r: &ReplicaRef, u: &mut longship_raft::Update) {
+        if !u.dropped_proposals.is_empty() {
+            self.fail_dropped_proposals(r, std::mem::take(&mut u.dropped_proposals));
+        }
         if u.ready_reads.is_empty() && u.dropped_reads.is_empty() {
             return;
         }
@@ -557,6 +560,28 @@ impl StepWorker {
             }
         }
         complete_reads(&self.host, &mut pending, applied);
+    }
+
+    /// Answers the proposals this replica forwarded that died where they
+    /// arrived (`ProposeDropped`): they are in no log, so their callers
+    /// learn it now rather than at their timeout.
+    fn fail_dropped_proposals(&self, r: &ReplicaRef, dropped: Vec<(u64, ProposalError)>) {
+        let mut pending = r.pending.lock();
+        for (key, e) in dropped {
+            let err = proposal_error(e);
+            let counter = if matches!(err, Error::SystemBusy) {
+                &self.host.metrics.proposals_busy
+            } else {
+                &self.host.metrics.proposals_dropped
+            };
+            if let Some(p) = pending.proposals.remove(&key) {
+                p.completer.complete(Err(err));
+                Metrics::add(counter, 1);
+            } else if let Some(p) = pending.config_changes.remove(&key) {
+                p.completer.complete(Err(err));
+                Metrics::add(counter, 1);
+            }
+        }
     }
 
     /// After the write: hand a received snapshot (and what `release_before_write` left)

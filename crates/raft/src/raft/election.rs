@@ -7,6 +7,7 @@ use crate::log_reader::LogReader;
 use crate::message::{CAMPAIGN_TRANSFER, Message, MessageType};
 use crate::progress::Progress;
 use crate::quorum::{VoteResult as Poll, vote_result};
+use crate::update::ProposalError;
 
 impl<L: LogReader> Raft<L> {
     /// Starts an election now, as if the election timeout elapsed (used by
@@ -226,7 +227,10 @@ impl<L: LogReader> Raft<L> {
                 }
             }
             MessageType::ReadIndexResp => self.handle_read_index_resp(m),
-            // No leader: proposals, reads and transfers are dropped.
+            MessageType::Propose => {
+                self.drop_forwarded_proposal(m.from, &m.entries, ProposalError::NoLeader)
+            }
+            // No leader: reads and transfers are dropped.
             _ => {}
         }
     }

@@ -4,7 +4,7 @@ use super::Raft;
 use crate::ids::ReplicaId;
 use crate::log_reader::LogReader;
 use crate::message::{Message, MessageType};
-use crate::update::ReadState;
+use crate::update::{ProposalError, ReadState};
 
 impl<L: LogReader> Raft<L> {
     pub(super) fn step_follower(&mut self, mut m: Message) {
@@ -16,6 +16,9 @@ impl<L: LogReader> Raft<L> {
             {
                 m.to = self.leader;
                 self.send(m);
+            }
+            MessageType::Propose => {
+                self.drop_forwarded_proposal(m.from, &m.entries, ProposalError::NoLeader)
             }
             MessageType::Replicate => {
                 self.election_elapsed = 0;

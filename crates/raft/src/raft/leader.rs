@@ -78,7 +78,7 @@ impl<L: LogReader> Raft<L> {
     /// entries go through [`propose_config_change`](Self::propose_config_change)'s checks.
     pub fn propose(&mut self, entries: Vec<Entry>) -> Result<(), ProposalError> {
         match self.role {
-            Role::Leader => self.leader_propose(entries),
+            Role::Leader => self.leader_propose(entries).map_err(|(e, _)| e),
             Role::Follower if !self.leader.is_none() => {
                 let m = Message {
                     term: FORWARDED_TERM,
@@ -102,9 +102,14 @@ impl<L: LogReader> Raft<L> {
         self.propose(vec![e])
     }
 
-    fn leader_propose(&mut self, mut entries: Vec<Entry>) -> Result<(), ProposalError> {
+    /// Appends proposed entries, or refuses them all (before changing
+    /// anything) and hands them back.
+    fn leader_propose(
+        &mut self,
+        mut entries: Vec<Entry>,
+    ) -> Result<(), (ProposalError, Vec<Entry>)> {
         if !self.transfer_target.is_none() {
-            return Err(ProposalError::TransferInProgress);
+            return Err((ProposalError::TransferInProgress, entries));
         }
         if entries.is_empty() {
             return Ok(());
@@ -115,7 +120,7 @@ impl<L: LogReader> Raft<L> {
             && self.uncommitted_bytes > 0
             && self.uncommitted_bytes.saturating_add(bytes) > limit
         {
-            return Err(ProposalError::TooManyUncommittedBytes);
+            return Err((ProposalError::TooManyUncommittedBytes, entries));
         }
         for i in 0..entries.len() {
             if entries[i].entry_type != EntryType::ConfigChange {
@@ -123,7 +128,7 @@ impl<L: LogReader> Raft<L> {
             }
             if let Err(err) = self.check_config_change(&entries[i]) {
                 if entries.len() == 1 {
-                    return Err(err);
+                    return Err((err, entries));
                 }
                 // Inside a batch, a refused change becomes a no-op so its
                 // neighbours still go through; its proposer times out.
@@ -327,8 +332,10 @@ impl<L: LogReader> Raft<L> {
         }
         match m.msg_type {
             MessageType::Propose => {
-                // Forwarded proposals: a refusal is silent; the proposer times out.
-                let _ = self.leader_propose(m.entries);
+                let from = m.from;
+                if let Err((e, entries)) = self.leader_propose(m.entries) {
+                    self.drop_forwarded_proposal(from, &entries, e);
+                }
             }
             MessageType::ReadIndex => self.leader_read_request(m.context, m.from),
             MessageType::TransferLeader => {
@@ -622,4 +629,4 @@ impl<L: LogReader> Raft<L> {
 }
 
 /// Term of messages that any leader may serve (forwarded proposals, reads, transfers).
-const FORWARDED_TERM: crate::ids::Term = crate::ids::Term(0);
+pub(super) const FORWARDED_TERM: crate::ids::Term = crate::ids::Term(0);

@@ -27,7 +27,7 @@ use crate::progress::Progress;
 use crate::read_only::ReadOnly;
 use crate::recovery::RecoveryGuard;
 use crate::rng::Rng;
-use crate::update::{LeaderInfo, ReadState, Update};
+use crate::update::{LeaderInfo, ProposalError, ReadState, Update};
 
 /// The role a replica plays in its current term.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +118,8 @@ pub struct Raft<L: LogReader> {
     pending_members: BTreeMap<ReplicaId, Index>,
     /// Whether the durable log was scanned for `pending_members`.
     pending_members_scanned: bool,
+    /// Keys of forwarded proposals dropped where they arrived, with why.
+    dropped_proposals: Vec<(u64, ProposalError)>,
     /// Set while this replica's storage could not vouch for its newest
     /// acknowledged data (protocol-aware recovery, [`RecoveryGuard`]).
     recovery_guard: Option<RecoveryGuard>,
@@ -180,6 +182,7 @@ impl<L: LogReader> Raft<L> {
             pending_members: BTreeMap::new(),
             pending_members_scanned: false,
             recovery_guard: None,
+            dropped_proposals: Vec::new(),
             cfg,
         };
         let snap = r.log.snapshot();
@@ -417,6 +420,14 @@ impl<L: LogReader> Raft<L> {
             self.drop_invalid(&m, reason);
             return;
         }
+        if m.msg_type == MessageType::ProposeDropped {
+            // Proposals of ours that died where we forwarded them (any
+            // role: we may have forwarded them before an election).
+            let e = ProposalError::from_code(m.hint.0).unwrap_or(ProposalError::NoLeader);
+            self.dropped_proposals
+                .extend(m.entries.iter().map(|ent| (ent.key, e)));
+            return;
+        }
         if m.term.0 != 0 && m.term > self.term {
             if matches!(
                 m.msg_type,
@@ -507,6 +518,32 @@ impl<L: LogReader> Raft<L> {
         }
     }
 
+    /// Answers a forwarded proposal that dies here (it is in no log) with
+    /// `ProposeDropped`, so that its proposer fails it at once. The entries
+    /// go back without payloads.
+    fn drop_forwarded_proposal(&mut self, from: ReplicaId, entries: &[Entry], e: ProposalError) {
+        if from == self.id || from.is_none() || entries.is_empty() {
+            return;
+        }
+        let stubs = entries
+            .iter()
+            .map(|ent| Entry {
+                key: ent.key,
+                client_id: ent.client_id,
+                series_id: ent.series_id,
+                entry_type: ent.entry_type,
+                ..Entry::default()
+            })
+            .collect();
+        let m = Message {
+            term: leader::FORWARDED_TERM,
+            entries: stubs,
+            hint: Index(e.code()),
+            ..self.new_message(MessageType::ProposeDropped, from)
+        };
+        self.send(m);
+    }
+
     // ----- the update cycle -----
 
     /// How many messages were dropped because no correct peer could have
@@ -540,6 +577,7 @@ impl<L: LogReader> Raft<L> {
             || self.log.has_next_committed()
             || !self.ready_reads.is_empty()
             || !self.dropped_reads.is_empty()
+            || !self.dropped_proposals.is_empty()
             || self.current_leader_info() != self.prev_leader
             || self.recovery_guard_satisfied()
     }
@@ -586,6 +624,7 @@ impl<L: LogReader> Raft<L> {
             persisted_messages: std::mem::take(&mut self.msgs_after_persist),
             ready_reads: std::mem::take(&mut self.ready_reads),
             dropped_reads: std::mem::take(&mut self.dropped_reads),
+            dropped_proposals: std::mem::take(&mut self.dropped_proposals),
             leader_change,
             recovery_cleared,
         }

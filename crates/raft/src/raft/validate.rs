@@ -105,7 +105,7 @@ impl<L: LogReader> Raft<L> {
             return Ok(());
         }
         match m.msg_type {
-            Propose | ReadIndex | TransferLeader => return Err(NOT_A_MEMBER),
+            Propose | ReadIndex | TransferLeader | ProposeDropped => return Err(NOT_A_MEMBER),
             Replicate | Heartbeat | InstallSnapshot => return Ok(()),
             RequestVote | RequestPreVote
                 if !self.membership.contains(self.id)
@@ -200,7 +200,11 @@ impl<L: LogReader> Raft<L> {
         if needs_term && m.term.0 == 0 {
             return Err("protocol message without a term");
         }
-        if matches!(m.msg_type, Propose | ReadIndex | TransferLeader) && m.term.0 != 0 {
+        if matches!(
+            m.msg_type,
+            Propose | ReadIndex | TransferLeader | ProposeDropped
+        ) && m.term.0 != 0
+        {
             // Forwarded requests are served by whichever leader gets them:
             // a term there could only depose a leader for nothing.
             return Err("forwarded request with a term");

@@ -14,6 +14,7 @@ mod bad_input;
 mod check_quorum;
 mod commit;
 mod election;
+mod forwarding;
 mod invalid_messages;
 mod invariants;
 mod limits;
