@@ -646,7 +646,7 @@ fn unknown_enum_values_are_rejected() {
         ReplicaId(1),
         ReplicaId(2),
     );
-    for t in 17u8..=255 {
+    for t in 18u8..=255 {
         let mut m = enc(&hb, encode_message);
         m[0] = t;
         assert_eq!(
