@@ -520,8 +520,8 @@ pub fn summarize_update(u: &Update) -> String {
     if let Some(l) = u.leader_change {
         let _ = write!(s, "leader={} term={} ", l.leader_id.0, l.term.0);
     }
-    for (key, e) in &u.dropped_proposals {
-        let _ = write!(s, "proposal-dropped={key}:{e:?} ");
+    for (ent, e) in &u.dropped_proposals {
+        let _ = write!(s, "proposal-dropped={}:{e:?} ", ent.key);
     }
     if u.recovery_cleared {
         s.push_str("recovery-cleared ");

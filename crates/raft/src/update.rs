@@ -112,9 +112,10 @@ pub struct Update {
     /// Set when the known leader or term changed.
     pub leader_change: Option<LeaderInfo>,
     /// Proposals this replica forwarded that were dropped where they
-    /// arrived, by entry key, with the reason: certainly in no log, their
-    /// proposers can be answered at once.
-    pub dropped_proposals: Vec<(u64, ProposalError)>,
+    /// arrived, with the reason: certainly in no log, their proposers can
+    /// be answered at once. The entries carry key, client and series ids,
+    /// type, and for config changes the change; no other payload.
+    pub dropped_proposals: Vec<(Entry, ProposalError)>,
     /// Set when this replica's [`RecoveryGuard`](crate::RecoveryGuard) was
     /// lifted: the storage must forget the guard (durably, with this
     /// update's other state).

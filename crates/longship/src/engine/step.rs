@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 
 use longship_raft::codec::decode_config_change;
 use longship_raft::{
-    ConfigChangeRejected, Entry, MESSAGE_BATCH_VERSION, Message, MessageBatch, MessageType,
-    ProposalError, ReplicaId,
+    ConfigChangeRejected, Entry, EntryType, MESSAGE_BATCH_VERSION, Message, MessageBatch,
+    MessageType, ProposalError, ReplicaId,
 };
 use longship_storage::logdb::LogUpdate;
 
@@ -565,10 +565,27 @@ impl StepWorker {
     /// Answers the proposals this replica forwarded that died where they
     /// arrived (`ProposeDropped`): they are in no log, so their callers
     /// learn it now rather than at their timeout.
-    fn fail_dropped_proposals(&self, r: &ReplicaRef, dropped: Vec<(u64, ProposalError)>) {
+    fn fail_dropped_proposals(&self, r: &ReplicaRef, dropped: Vec<(Entry, ProposalError)>) {
+        // The errors first, without the pending lock (the core lock is
+        // taken before it elsewhere).
+        let answers: Vec<(u64, Error)> = dropped
+            .into_iter()
+            .filter_map(|(ent, e)| {
+                if e == ProposalError::Invalid && ent.entry_type == EntryType::ConfigChange {
+                    // Say why, as for a change refused here; if this
+                    // replica's view (lagging) has nothing against it, the
+                    // caller waits as before (a retry then sees the
+                    // membership that refused it).
+                    let refused = decode_config_change(&ent.cmd)
+                        .ok()
+                        .and_then(|c| r.core.lock().raft.membership().check(&c).err())?;
+                    return Some((ent.key, config_change_error(refused)));
+                }
+                Some((ent.key, proposal_error(e)))
+            })
+            .collect();
         let mut pending = r.pending.lock();
-        for (key, e) in dropped {
-            let err = proposal_error(e);
+        for (key, err) in answers {
             let counter = if matches!(err, Error::SystemBusy) {
                 &self.host.metrics.proposals_busy
             } else {

@@ -17,7 +17,7 @@ pub use validate::{INDEX_MAX, InvalidReason, NOT_A_MEMBER, TERM_JUMP_MAX, TERM_M
 use std::collections::BTreeMap;
 
 use crate::config::{ConfigError, RaftConfig};
-use crate::entry::{Entry, HardState, SnapshotMeta};
+use crate::entry::{Entry, EntryType, HardState, SnapshotMeta};
 use crate::ids::{Index, ReplicaId, ShardId, Term};
 use crate::log::RaftLog;
 use crate::log_reader::LogReader;
@@ -118,8 +118,8 @@ pub struct Raft<L: LogReader> {
     pending_members: BTreeMap<ReplicaId, Index>,
     /// Whether the durable log was scanned for `pending_members`.
     pending_members_scanned: bool,
-    /// Keys of forwarded proposals dropped where they arrived, with why.
-    dropped_proposals: Vec<(u64, ProposalError)>,
+    /// Forwarded proposals dropped where they arrived, with why.
+    dropped_proposals: Vec<(Entry, ProposalError)>,
     /// Set while this replica's storage could not vouch for its newest
     /// acknowledged data (protocol-aware recovery, [`RecoveryGuard`]).
     recovery_guard: Option<RecoveryGuard>,
@@ -425,7 +425,7 @@ impl<L: LogReader> Raft<L> {
             // role: we may have forwarded them before an election).
             let e = ProposalError::from_code(m.hint.0).unwrap_or(ProposalError::NoLeader);
             self.dropped_proposals
-                .extend(m.entries.iter().map(|ent| (ent.key, e)));
+                .extend(m.entries.into_iter().map(|ent| (ent, e)));
             return;
         }
         if m.term.0 != 0 && m.term > self.term {
@@ -520,7 +520,8 @@ impl<L: LogReader> Raft<L> {
 
     /// Answers a forwarded proposal that dies here (it is in no log) with
     /// `ProposeDropped`, so that its proposer fails it at once. The entries
-    /// go back without payloads.
+    /// go back without payloads, but for config changes (small), which
+    /// the proposer checks against its own membership to say why.
     fn drop_forwarded_proposal(&mut self, from: ReplicaId, entries: &[Entry], e: ProposalError) {
         if from == self.id || from.is_none() || entries.is_empty() {
             return;
@@ -532,6 +533,11 @@ impl<L: LogReader> Raft<L> {
                 client_id: ent.client_id,
                 series_id: ent.series_id,
                 entry_type: ent.entry_type,
+                cmd: if ent.entry_type == EntryType::ConfigChange {
+                    ent.cmd.clone()
+                } else {
+                    bytes::Bytes::new()
+                },
                 ..Entry::default()
             })
             .collect();
