@@ -62,8 +62,10 @@ pub(crate) struct HostState {
     pub(crate) rng: Mutex<Rng>,
     pub(crate) listener: Option<Arc<dyn EventListener>>,
     pub(crate) metrics: Metrics,
-    /// `None`: the store already holds that snapshot; the stream's data is skipped.
-    receivers: Mutex<BTreeMap<ReceiverKey, Option<SnapshotReceiver>>>,
+    /// The sending host's address (empty if unknown), and the receiver
+    /// (`None`: the store already holds that snapshot; the stream's data
+    /// is skipped).
+    receivers: Mutex<BTreeMap<ReceiverKey, (String, Option<SnapshotReceiver>)>>,
     pub(crate) snapshot_root: std::path::PathBuf,
     /// Threaded mode: the transport's reader threads may run an idle step
     /// worker's cycle (see `inbound`). Off in manual mode, where the
@@ -79,6 +81,9 @@ pub(crate) const QUIESCED_TICK_EVERY: u64 = 10;
 pub(crate) const MAX_SNAPSHOT_JOBS: usize = 4096;
 /// Bound on snapshot streams received at once.
 pub(crate) const MAX_SNAPSHOT_RECEIVERS: usize = 64;
+/// Bound on snapshot streams received at once from one host, so that one
+/// peer (a confused or hostile member) cannot take every slot.
+pub(crate) const MAX_SNAPSHOT_RECEIVERS_PER_PEER: usize = 16;
 
 /// A shard being started or stopped: no other start or stop of it runs
 /// meanwhile (two starts would both open the state machine and write the
@@ -327,6 +332,7 @@ impl HostState {
         // stream does not hold up every other stream to this host. A
         // stream's chunks arrive one after another on one connection, so
         // while its receiver is out of the map nothing else wants it.
+        let peer = self.resolve(&r, chunk.from).unwrap_or_default();
         let rx = if chunk.chunk_id == 0 {
             {
                 // A replica receives one snapshot at a time: a new stream
@@ -337,6 +343,11 @@ impl HostState {
                 receivers.retain(|k, _| (k.0, k.1) != (chunk.shard_id, chunk.to));
                 if receivers.len() >= MAX_SNAPSHOT_RECEIVERS {
                     return Err("too many snapshot streams".into());
+                }
+                if receivers.values().filter(|(p, _)| *p == peer).count()
+                    >= MAX_SNAPSHOT_RECEIVERS_PER_PEER
+                {
+                    return Err(format!("too many snapshot streams from {peer}"));
                 }
             }
             let path = r.snapshots.dir().to_path_buf();
@@ -377,7 +388,7 @@ impl HostState {
             }
         } else {
             match self.receivers.lock().remove(&key) {
-                Some(rx) => rx,
+                Some((_, rx)) => rx,
                 None => return Err("snapshot chunk without a stream".into()),
             }
         };
@@ -404,7 +415,7 @@ impl HostState {
             if chunk.chunk_id == 0 && receivers.len() >= MAX_SNAPSHOT_RECEIVERS {
                 return Err("too many snapshot streams".into());
             }
-            receivers.insert(key, rx);
+            receivers.insert(key, (peer, rx));
             return Ok(());
         }
         let index = match rx {
