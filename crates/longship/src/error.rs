@@ -120,6 +120,12 @@ pub enum Error {
     /// The request was cancelled by its caller.
     #[error("the request was cancelled by its caller")]
     Cancelled,
+    /// The state machine aborted the requested snapshot
+    /// ([`SmError::snapshot_aborted`](crate::SmError::snapshot_aborted)):
+    /// nothing was saved or compacted; ask again when the state machine
+    /// allows it.
+    #[error("the state machine aborted the snapshot: nothing was saved or compacted")]
+    Aborted,
     /// The shard refused the request (e.g. a snapshot with nothing new to
     /// capture, an invalid transfer target, an invalid membership change).
     /// The text says why.

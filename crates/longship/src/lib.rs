@@ -41,7 +41,8 @@ pub use nodehost::{
 pub use request::RequestHandle;
 pub use session::Session;
 pub use sm::{
-    ConcurrentStateMachine, OnDiskStateMachine, SmEntry, SmError, SmResult, StateMachine, StopFlag,
+    ConcurrentStateMachine, OnDiskStateMachine, SNAPSHOT_ABORTED, SmEntry, SmError, SmResult,
+    StateMachine, StopFlag,
 };
 
 /// The transports a [`NodeHostBuilder`] takes (from `longship-transport`):

@@ -50,6 +50,8 @@ counters!(
     messages_invalid,
     /// Snapshots saved locally.
     snapshots_saved,
+    /// Snapshots exported ([`SnapshotOption::export_path`](crate::SnapshotOption::export_path)).
+    snapshots_exported,
     /// Snapshots received from leaders.
     snapshots_received,
     /// Snapshot stream chunks refused (a stream over `max_snapshot_bytes`,

@@ -28,8 +28,8 @@ use crate::host::{HostState, SnapshotJob};
 use crate::inbound::Handler;
 use crate::metrics::{Gauges, Metrics};
 use crate::replica::{
-    ApplyTask, Command, CoreState, Inbox, Pending, PendingConfigChange, PendingProposal, Replica,
-    ReplicaRef,
+    ApplyTask, Command, CoreState, Inbox, Pending, PendingConfigChange, PendingProposal,
+    PendingSnapshot, Replica, ReplicaRef,
 };
 use crate::request::{RequestHandle, request};
 use crate::rsm::{Rsm, UserSm};
@@ -39,23 +39,28 @@ use crate::sm::{ConcurrentStateMachine, OnDiskStateMachine, SmResult, StateMachi
 /// Options of a requested snapshot ([`NodeHost::request_snapshot`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotOption {
-    /// Also export the snapshot into this directory, as its child
-    /// `snapshot-<index as 16 hex digits>` (a copy [`tools::import_snapshot`]
-    /// takes). The directory is created if missing. The completed request
-    /// names the exported directory ([`SnapshotResult::export_dir`]).
+    /// Export a snapshot into this directory instead of taking a local one,
+    /// as its child `snapshot-<index as 16 hex digits>` (a copy
+    /// [`tools::import_snapshot`] takes). The directory is created if
+    /// missing (and interrupted exports' temporary directories in it are
+    /// removed). The completed request names the exported directory
+    /// ([`SnapshotResult::export_dir`]).
     ///
-    /// A request made before anything new was applied is refused
-    /// ([`Error::Rejected`], nothing new to snapshot): the export of the
-    /// last snapshot is the one to use. Exports are named by index only:
-    /// exporting an index that the directory already holds (another shard's
-    /// snapshot at the same index included) fails with [`Error::Snapshot`]
-    /// ("already exists") and leaves the first export as it was; use one
-    /// directory per shard.
+    /// An export is a backup: it changes nothing on the replica (no local
+    /// snapshot, no log compaction), and it is taken whenever the replica
+    /// has applied anything, idle or not. Exports are named by index only:
+    /// exporting an index that the directory already holds (a second export
+    /// of an idle shard, another shard's snapshot at the same index) fails
+    /// with [`Error::Snapshot`] ("already exists") and leaves the first
+    /// export as it was; use one directory per shard. A witness has no
+    /// state to export ([`Error::Witness`]).
     ///
     /// [`tools::import_snapshot`]: crate::tools::import_snapshot
     pub export_path: Option<PathBuf>,
     /// Entries to keep in the log behind this snapshot instead of the
-    /// replica's `compaction_overhead`.
+    /// replica's `compaction_overhead`; for this request only (automatic
+    /// snapshots and other requests keep theirs). Refused with
+    /// `export_path` ([`Error::InvalidConfig`]): an export compacts nothing.
     pub compaction_overhead: Option<u64>,
 }
 
@@ -887,7 +892,6 @@ impl NodeHost {
             stop,
             failed: Mutex::new(None),
             unloaded: AtomicBool::new(false),
-            compaction_override: AtomicU64::new(u64::MAX),
             apply_lock: Mutex::new(()),
             snapshot_save: Mutex::new(()),
             addresses: Default::default(),
@@ -1429,9 +1433,14 @@ impl NodeHost {
     /// to (see there for how exports are named and what a second export of
     /// the same index does).
     ///
-    /// A replica that applied nothing since its last snapshot refuses with
-    /// [`Error::Rejected`] (nothing new to snapshot): propose something
-    /// first, or use the last snapshot.
+    /// Without an export path, a replica that applied nothing since its
+    /// last snapshot refuses with [`Error::Rejected`] (nothing new to
+    /// snapshot): propose something first, or use the last snapshot. An
+    /// export is possible whenever something was applied. A state machine
+    /// that aborts the save ([`SmError::snapshot_aborted`]) ends the
+    /// request with [`Error::Aborted`].
+    ///
+    /// [`SmError::snapshot_aborted`]: crate::SmError::snapshot_aborted
     pub fn request_snapshot(
         &self,
         shard: ShardId,
@@ -1440,23 +1449,48 @@ impl NodeHost {
     ) -> Result<RequestHandle<SnapshotResult>> {
         let r = self.replica_for(shard)?;
         let deadline = self.deadline(timeout)?;
-        let (handle, completer) = request();
-        if let Some(o) = opt.compaction_overhead {
-            r.compaction_override.store(o, Ordering::Release);
+        if opt.export_path.is_some() && opt.compaction_overhead.is_some() {
+            return Err(Error::invalid_config(
+                "SnapshotOption::compaction_overhead",
+                "an exported snapshot compacts nothing: leave it None with export_path",
+            ));
         }
+        if opt.export_path.is_some() {
+            holds_data(&r)?;
+        }
+        let (handle, completer) = request();
+        let key = self.host.random_id();
         let min = r.applied();
+        let export = opt.export_path.is_some();
         {
             let mut pending = r.pending.lock();
             if pending.closed {
                 return Err(Error::ShardClosed);
             }
-            pending.snapshots.push((completer, deadline, opt, min));
+            pending.snapshots.push(PendingSnapshot {
+                key,
+                completer,
+                deadline,
+                opt,
+                min,
+            });
         }
-        r.snapshotting.store(true, Ordering::Release);
-        if !self.host.push_snapshot_job(SnapshotJob::Save(shard)) {
+        // An export leaves the replica's own snapshots alone: it does not
+        // hold back automatic ones.
+        if !export {
+            r.snapshotting.store(true, Ordering::Release);
+        }
+        if !self
+            .host
+            .push_snapshot_job(SnapshotJob::Requested { shard, key })
+        {
             // No job will clear the mark: left set, it would stop the
             // automatic snapshots of this replica for good.
-            r.snapshotting.store(false, Ordering::Release);
+            if !export {
+                r.snapshotting.store(false, Ordering::Release);
+            }
+            let mut pending = r.pending.lock();
+            pending.snapshots.retain(|p| p.key != key);
             return Err(Error::SystemBusy);
         }
         Ok(handle)

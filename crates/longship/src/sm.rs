@@ -48,10 +48,28 @@ pub struct SmEntry {
 #[error("{0}")]
 pub struct SmError(pub String);
 
+/// The message of [`SmError::snapshot_aborted`] (dragonboat's
+/// `ErrSnapshotAborted`, a sentinel compared by value like it).
+pub const SNAPSHOT_ABORTED: &str = "snapshot aborted by the state machine";
+
 impl SmError {
     /// An error with a message.
     pub fn new(msg: impl Into<String>) -> SmError {
         SmError(msg.into())
+    }
+
+    /// What a state machine's `save_snapshot` (or `prepare_snapshot`)
+    /// returns to abort a snapshot it does not want taken now: the save is
+    /// discarded, nothing is compacted, the replica goes on, and a
+    /// requested snapshot ends with [`Error::Aborted`](crate::Error::Aborted)
+    /// (not `Rejected`).
+    pub fn snapshot_aborted() -> SmError {
+        SmError(SNAPSHOT_ABORTED.to_string())
+    }
+
+    /// Whether this is [`SmError::snapshot_aborted`].
+    pub fn is_snapshot_aborted(&self) -> bool {
+        self.0 == SNAPSHOT_ABORTED
     }
 }
 
