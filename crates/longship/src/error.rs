@@ -141,6 +141,25 @@ pub enum Error {
     /// A replica id that was removed can never be used again.
     #[error("replica {0} was removed from the shard and its id can never be used again")]
     ReplicaRemoved(ReplicaId),
+    /// The data of this replica was removed from this NodeHost
+    /// ([`NodeHost::remove_data`](crate::NodeHost::remove_data)): it can
+    /// never be started (or imported) here again. Add a new replica, with a
+    /// new id, to the shard instead.
+    #[error(
+        "the data of replica {replica_id} of shard {shard_id} was removed from this NodeHost: \
+         it can never be started here again; add a replica with a new id instead"
+    )]
+    ReplicaDataRemoved {
+        /// The shard.
+        shard_id: ShardId,
+        /// The replica.
+        replica_id: ReplicaId,
+    },
+    /// The operation needs the shard's local replica stopped (or the shard
+    /// idle: not being started or stopped), and it is not: stop it first
+    /// ([`NodeHost::stop_replica`](crate::NodeHost::stop_replica)).
+    #[error("a replica of shard {0} is running on this NodeHost (or being started or stopped): stop it first")]
+    ShardNotStopped(ShardId),
     /// Another NodeHost holds the directory.
     #[error("directory {} is in use by another NodeHost: stop it first", .0.display())]
     DirLocked(PathBuf),

@@ -27,6 +27,7 @@ mod rsm;
 mod session;
 mod sm;
 pub mod tools;
+mod tombstone;
 mod work;
 
 pub use config::{Config, NodeHostConfig};

@@ -770,6 +770,7 @@ impl NodeHost {
         let reserved = host
             .reserve_shard_for_start(shard)
             .ok_or(Error::ShardAlreadyExists(shard))?;
+        crate::tombstone::check_not_removed(host, shard, me)?;
         let stored = host.logdb.read_state(shard, me).is_some();
         match (&start, stored) {
             (Start::Restart, true) | (Start::Join, false) => {}
@@ -961,6 +962,62 @@ impl NodeHost {
             r.rsm.sm.close();
             if let Some(l) = &self.host.listener {
                 l.replica_unloaded(r.shard_id, r.replica_id);
+            }
+        }
+    }
+
+    /// Removes everything this NodeHost stores of a replica that does not
+    /// run here: its log entries and state, its snapshots and its snapshot
+    /// directory, each durably (dragonboat's `RemoveData`). Use it once the
+    /// replica was removed from its shard, or when its shard is deleted:
+    /// removing the data of a replica that is still a member makes it lose
+    /// what it acknowledged.
+    ///
+    /// Afterwards the replica can never be started here again (a durable
+    /// tombstone): any [`Start`] of it, and a
+    /// [`tools::import_snapshot`](crate::tools::import_snapshot) for it,
+    /// fail with [`Error::ReplicaDataRemoved`], so that a restart script
+    /// cannot bring back an empty replica under its old id. Calling it again
+    /// is harmless (it finishes a removal a crash interrupted).
+    ///
+    /// Refused with [`Error::ShardNotStopped`] while a replica of the shard
+    /// runs here or is being started or stopped (nothing is removed): stop
+    /// it first, or use [`sync_remove_data`](Self::sync_remove_data), which
+    /// waits for that. An on-disk state machine's own store is the
+    /// application's to remove.
+    pub fn remove_data(&self, shard: ShardId, replica: ReplicaId) -> Result<()> {
+        if self.host.is_stopped() {
+            return Err(Error::Stopped);
+        }
+        let _reserved = self
+            .host
+            .reserve_shard_for_start(shard)
+            .ok_or(Error::ShardNotStopped(shard))?;
+        crate::tombstone::remove_replica_data(&self.host, shard, replica)
+    }
+
+    /// [`remove_data`](Self::remove_data), after waiting up to `timeout`
+    /// for the shard's local replica to be fully stopped and unloaded
+    /// (dragonboat's `SyncRemoveData`): for a replica being stopped, or
+    /// about to be, by another thread. Fails with [`Error::Timeout`] if it
+    /// still runs then; nothing is removed in that case.
+    pub fn sync_remove_data(
+        &self,
+        shard: ShardId,
+        replica: ReplicaId,
+        timeout: Duration,
+    ) -> Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        // A stop takes at most a worker cycle and a snapshot save; poll at
+        // a fraction of an RTT, bounded by the timeout.
+        let pause = Duration::from_millis(self.host.cfg.rtt_ms.clamp(1, 10));
+        loop {
+            match self.remove_data(shard, replica) {
+                Err(Error::ShardNotStopped(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(pause)
+                }
+                Err(Error::ShardNotStopped(_)) => return Err(Error::Timeout),
+                other => return other,
             }
         }
     }

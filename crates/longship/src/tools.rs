@@ -196,6 +196,7 @@ fn import_on(
 
     fs.create_dir_all(&nh_config.node_host_dir)?;
     let _lock = DirLock::acquire(&nh_config.node_host_dir, os)?;
+    crate::tombstone::check_not_removed_in(&*fs, &nh_config.node_host_dir, shard, replica_id)?;
     let me = replica_id;
     let store = SnapshotStore::open(
         fs.clone(),
