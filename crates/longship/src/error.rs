@@ -184,11 +184,31 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether retrying the same call later may succeed.
+    /// Whether the same call, retried later unchanged (perhaps on another
+    /// NodeHost), may succeed: dragonboat's `IsTempError` classification.
+    ///
+    /// | variant | temporary | why |
+    /// |---|---|---|
+    /// | `SystemBusy` | yes | a bounded queue or the uncommitted log is full (dragonboat `ErrSystemBusy`) |
+    /// | `Timeout` | yes | outcome unknown; with a session the retry is applied at most once (`ErrTimeout`) |
+    /// | `Dropped` | yes | no leader yet or a transfer in progress (`RequestDropped`, `ErrShardNotReady`) |
+    /// | `PendingConfigChange` | yes | another membership change completes first (`ErrPendingConfigChangeExist`) |
+    /// | `ShardClosed` | yes | the local replica is closing: retry on another host or once it runs again (`ErrShardClosed`) |
+    /// | `Stopped` | yes | this NodeHost is shutting down: retry on another host (`ErrSystemStopped`, `ErrClosed`) |
+    /// | `ShardNotFound`, `ShardAlreadyExists`, `ShardNotStopped` | no | the caller must start or stop a replica first |
+    /// | `ReplicaHasData`, `ReplicaHasNoData`, `ReplicaDataRemoved`, `ReplicaRemoved` | no | the replica's stored state decides; another `Start` or a new replica id is needed |
+    /// | `InvalidConfig`, `InvalidSession`, `TimeoutTooSmall`, `PayloadTooBig`, `StaleConfigChange` | no | the arguments must change (`ErrInvalidSession`, `ErrTimeoutTooSmall`, `ErrPayloadTooBig`, `ErrRejected`) |
+    /// | `Rejected`, `Aborted`, `Cancelled`, `Witness` | no | the shard, the state machine or the caller said no (`ErrRejected`, `RequestAborted`, `ErrCanceled`) |
+    /// | `DirLocked`, `StateMachine`, `Storage`, `Snapshot`, `Transport`, `TransportSetup`, `Io` | no | a fault an operator has to look at |
     pub fn is_temporary(&self) -> bool {
         matches!(
             self,
-            Error::SystemBusy | Error::Timeout | Error::Dropped | Error::PendingConfigChange
+            Error::SystemBusy
+                | Error::Timeout
+                | Error::Dropped
+                | Error::PendingConfigChange
+                | Error::ShardClosed
+                | Error::Stopped
         )
     }
 

@@ -18,6 +18,7 @@ mod error;
 pub mod events;
 mod host;
 mod inbound;
+mod info;
 mod metrics;
 mod nodehost;
 mod owner;
@@ -33,6 +34,7 @@ mod work;
 pub use config::{Config, NodeHostConfig};
 pub use error::{Error, Result};
 pub use events::EventListener;
+pub use info::NodeHostInfoOption;
 pub use longship_raft::{HardState, Index, ReplicaId, Role, ShardId, Status as RaftStatus, Term};
 pub use metrics::{Gauges, Metrics};
 pub use nodehost::{

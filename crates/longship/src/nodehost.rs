@@ -188,6 +188,21 @@ pub struct ShardInfo {
     /// base for an ordered membership change; not linearizable, see
     /// [`NodeHost::sync_get_shard_membership`]).
     pub config_change_id: Index,
+    /// The membership the replica applied (dragonboat's `Nodes`, with the
+    /// non-voting replicas, witnesses and removed ids; not linearizable).
+    pub membership: MembershipInfo,
+    /// A membership change is in progress: proposed and not yet applied,
+    /// as this host knows it (the leader's log, or a change requested
+    /// through this host still waiting).
+    pub pending_config_change: bool,
+    /// The replica is still catching up (dragonboat's `Pending`): it has
+    /// applied nothing yet, or fewer entries than it knows are committed
+    /// (a replica just started, joined or restored from a snapshot).
+    pub catching_up: bool,
+    /// The local replica is non-voting.
+    pub is_non_voting: bool,
+    /// The local replica is a witness.
+    pub is_witness: bool,
 }
 
 impl ShardInfo {
@@ -208,8 +223,13 @@ pub struct NodeHostInfo {
     pub raft_address: String,
     /// Running replicas.
     pub shards: Vec<ShardInfo>,
-    /// Replicas with data in log storage, running or not.
+    /// Replicas with data in log storage, running or not (empty when
+    /// asked without, see `log_info_included`).
     pub log_info: Vec<LogInfo>,
+    /// Whether `log_info` was gathered
+    /// ([`NodeHostInfoOption::skip_log_info`](crate::NodeHostInfoOption::skip_log_info)
+    /// unset).
+    pub log_info_included: bool,
 }
 
 /// One replica's log in [`NodeHostInfo::log_info`].
@@ -538,7 +558,7 @@ impl Drop for DirLock {
 /// std::fs::remove_dir_all(&dir).unwrap();
 /// ```
 pub struct NodeHost {
-    host: Arc<HostState>,
+    pub(crate) host: Arc<HostState>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Held from `build` until `close`: no other NodeHost (or offline tool)
     /// uses the directory meanwhile.
@@ -1441,47 +1461,10 @@ impl NodeHost {
         self.host.logdb.read_state(shard, replica).is_some()
     }
 
-    /// What this host runs and stores.
+    /// What this host runs and stores, log information included (see
+    /// [`get_node_host_info_with`](Self::get_node_host_info_with)).
     pub fn get_node_host_info(&self) -> NodeHostInfo {
-        let mut shards: Vec<ShardInfo> = self
-            .host
-            .replicas
-            .read()
-            .values()
-            .map(|r| {
-                let (leader_id, term) = r.leader();
-                ShardInfo {
-                    shard_id: r.shard_id,
-                    replica_id: r.replica_id,
-                    leader_id,
-                    term,
-                    is_leader: leader_id == r.replica_id,
-                    applied: r.applied(),
-                    snapshot_index: Index(r.snapshot_index.load(Ordering::Acquire)),
-                    failed: r.failed.lock().is_some(),
-                    quiesced: r.quiesced.load(Ordering::Relaxed),
-                    config_change_id: r.rsm.config_change_id(),
-                }
-            })
-            .collect();
-        shards.sort_by_key(|s| s.shard_id);
-        let log_info = self
-            .host
-            .logdb
-            .list_replicas()
-            .into_iter()
-            .map(|(shard_id, replica_id)| LogInfo {
-                shard_id,
-                replica_id,
-                first_index: self.host.logdb.first_index(shard_id, replica_id),
-                last_index: self.host.logdb.last_index(shard_id, replica_id),
-            })
-            .collect();
-        NodeHostInfo {
-            raft_address: self.host.cfg.raft_address.clone(),
-            shards,
-            log_info,
-        }
+        self.get_node_host_info_with(crate::NodeHostInfoOption::default())
     }
 
     /// Requests a snapshot of the local replica of `shard` now. The handle
