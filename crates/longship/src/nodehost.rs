@@ -1053,6 +1053,9 @@ impl NodeHost {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        if let Some(l) = &self.host.listener {
+            l.node_host_shutting_down();
+        }
         self.host.stopped.store(true, Ordering::Release);
         // Long state machine calls (snapshots) stop early instead of
         // holding up the join of their worker below.

@@ -57,6 +57,19 @@ impl SnapshotWorker {
                 }
             }
             SnapshotJob::Stream { message, address } => {
+                let event = message
+                    .snapshot
+                    .as_ref()
+                    .map(|snap| crate::events::SnapshotSendEvent {
+                        shard_id: message.shard_id,
+                        replica_id: message.from,
+                        to: message.to,
+                        index: snap.index,
+                    });
+                let listener = self.host.listener.as_ref().zip(event);
+                if let Some((l, e)) = listener {
+                    l.snapshot_send_started(e);
+                }
                 let failed = match stream_snapshot(&self.host, &message, &address) {
                     Ok(()) => false,
                     Err(e) => {
@@ -74,6 +87,13 @@ impl SnapshotWorker {
                         true
                     }
                 };
+                if let Some((l, e)) = listener {
+                    if failed {
+                        l.snapshot_send_aborted(e);
+                    } else {
+                        l.snapshot_sent(e);
+                    }
+                }
                 report_snapshot_status(&self.host, &message, failed);
             }
         }
@@ -335,8 +355,17 @@ pub(crate) fn save_snapshot(host: &HostState, r: &Replica, overhead: u64) -> Res
             });
         }
     }
-    if let Err(e) = r.snapshots.keep_newest(2) {
-        tracing::warn!(error = %e, "old snapshots not removed");
+    match r.snapshots.keep_newest(2) {
+        Ok(removed) => {
+            if let (Some(l), Some(index)) = (&host.listener, removed.iter().max()) {
+                l.snapshot_compacted(crate::events::SnapshotEvent {
+                    shard_id: r.shard_id,
+                    replica_id: r.replica_id,
+                    index: *index,
+                });
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "old snapshots not removed"),
     }
     Ok(info.meta.index)
 }
