@@ -158,7 +158,9 @@ pub enum Error {
     /// The operation needs the shard's local replica stopped (or the shard
     /// idle: not being started or stopped), and it is not: stop it first
     /// ([`NodeHost::stop_replica`](crate::NodeHost::stop_replica)).
-    #[error("a replica of shard {0} is running on this NodeHost (or being started or stopped): stop it first")]
+    #[error(
+        "a replica of shard {0} is running on this NodeHost (or being started or stopped): stop it first"
+    )]
     ShardNotStopped(ShardId),
     /// Another NodeHost holds the directory.
     #[error("directory {} is in use by another NodeHost: stop it first", .0.display())]

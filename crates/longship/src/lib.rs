@@ -19,7 +19,9 @@ pub mod events;
 mod host;
 mod inbound;
 mod info;
+mod latency;
 mod metrics;
+mod metrics_http;
 mod nodehost;
 mod owner;
 mod replica;
@@ -27,14 +29,15 @@ mod request;
 mod rsm;
 mod session;
 mod sm;
-pub mod tools;
 mod tombstone;
+pub mod tools;
 mod work;
 
 pub use config::{Config, NodeHostConfig};
 pub use error::{Error, Result};
 pub use events::EventListener;
 pub use info::NodeHostInfoOption;
+pub use latency::LatencyKind;
 pub use longship_raft::{HardState, Index, ReplicaId, Role, ShardId, Status as RaftStatus, Term};
 pub use metrics::{Gauges, Metrics};
 pub use nodehost::{

@@ -372,10 +372,19 @@ impl NodeHostBuilder {
             host,
             threads: Mutex::new(Vec::new()),
             dir_lock: Mutex::new(Some(lock)),
+            metrics_server: Mutex::new(None),
             closed: AtomicBool::new(false),
         };
         if !self.manual {
             nh.spawn_threads();
+        }
+        if !nh.host.cfg.metrics_address.is_empty() {
+            let host = nh.host.clone();
+            let server = crate::metrics_http::MetricsServer::start(
+                &nh.host.cfg.metrics_address,
+                move || prometheus_text_of(&host),
+            )?;
+            *nh.metrics_server.lock() = Some(server);
         }
         Ok(nh)
     }
@@ -563,6 +572,8 @@ pub struct NodeHost {
     /// Held from `build` until `close`: no other NodeHost (or offline tool)
     /// uses the directory meanwhile.
     dir_lock: Mutex<Option<DirLock>>,
+    /// The metrics endpoint, when `metrics_address` is set.
+    metrics_server: Mutex<Option<crate::metrics_http::MetricsServer>>,
     closed: AtomicBool,
 }
 
@@ -611,11 +622,36 @@ impl NodeHost {
     /// Queue depths and replica states now (takes each replica's queue
     /// locks briefly; meant for a metrics scrape, not a hot loop).
     pub fn gauges(&self) -> Gauges {
+        gauges_of(&self.host)
+    }
+
+    /// Counters, latency histograms and gauges in Prometheus text
+    /// exposition format (what the `metrics_address` endpoint serves).
+    pub fn prometheus_text(&self) -> String {
+        prometheus_text_of(&self.host)
+    }
+
+    /// Where the metrics endpoint listens
+    /// ([`NodeHostConfig::metrics_address`] with the port it got), if one
+    /// was configured.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_server.lock().as_ref().map(|s| s.local_addr())
+    }
+}
+
+/// What [`NodeHost::prometheus_text`] returns, from the shared state.
+fn prometheus_text_of(host: &HostState) -> String {
+    host.metrics.prometheus_text() + &gauges_of(host).prometheus_text()
+}
+
+/// What [`NodeHost::gauges`] returns, from the shared state.
+fn gauges_of(host: &HostState) -> Gauges {
+    {
         let mut g = Gauges {
-            snapshot_jobs_queued: self.host.snapshot_jobs.lock().len() as u64,
+            snapshot_jobs_queued: host.snapshot_jobs.lock().len() as u64,
             ..Gauges::default()
         };
-        let replicas: Vec<ReplicaRef> = self.host.replicas.read().values().cloned().collect();
+        let replicas: Vec<ReplicaRef> = host.replicas.read().values().cloned().collect();
         for r in replicas {
             g.replicas += 1;
             g.replicas_quiesced += u64::from(r.quiesced.load(Ordering::Relaxed));
@@ -639,12 +675,9 @@ impl NodeHost {
         }
         g
     }
+}
 
-    /// Counters and gauges in Prometheus text exposition format.
-    pub fn prometheus_text(&self) -> String {
-        self.host.metrics.prometheus_text() + &self.gauges().prometheus_text()
-    }
-
+impl NodeHost {
     fn spawn_threads(&self) {
         self.host.step_on_receive.store(true, Ordering::Release);
         let mut threads = self.threads.lock();
@@ -1055,6 +1088,9 @@ impl NodeHost {
         }
         if let Some(l) = &self.host.listener {
             l.node_host_shutting_down();
+        }
+        if let Some(mut server) = self.metrics_server.lock().take() {
+            server.stop();
         }
         self.host.stopped.store(true, Ordering::Release);
         // Long state machine calls (snapshots) stop early instead of
@@ -1579,7 +1615,7 @@ fn propose_raw(
         cmd,
         ..Entry::default()
     };
-    let (handle, completer) = request();
+    let (handle, completer) = crate::request::timed_request(&host.metrics.latencies.proposal);
     {
         let mut pending = r.pending.lock();
         if pending.closed {
@@ -1652,7 +1688,7 @@ fn lookup_on(r: &Replica, query: &[u8]) -> Result<Vec<u8>> {
 /// A read index on any replica (a witness's serves membership queries:
 /// it applies membership changes like every replica).
 fn read_index_on(host: &HostState, r: &Replica, deadline: u64) -> Result<RequestHandle<Index>> {
-    let (handle, completer) = request();
+    let (handle, completer) = crate::request::timed_request(&host.metrics.latencies.read);
     {
         let mut inbox = r.inbox.lock();
         if inbox.closed {

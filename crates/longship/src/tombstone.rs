@@ -50,14 +50,22 @@ pub(crate) fn check_not_removed_in(
 }
 
 /// [`check_not_removed_in`] the NodeHost's own directory.
-pub(crate) fn check_not_removed(host: &HostState, shard: ShardId, replica: ReplicaId) -> Result<()> {
+pub(crate) fn check_not_removed(
+    host: &HostState,
+    shard: ShardId,
+    replica: ReplicaId,
+) -> Result<()> {
     check_not_removed_in(&*host.fs, &host.cfg.node_host_dir, shard, replica)
 }
 
 /// Writes the tombstone, then removes the replica's log data and snapshot
 /// directory, each durably. The caller made sure the replica does not run
 /// and cannot start meanwhile.
-pub(crate) fn remove_replica_data(host: &HostState, shard: ShardId, replica: ReplicaId) -> Result<()> {
+pub(crate) fn remove_replica_data(
+    host: &HostState,
+    shard: ShardId,
+    replica: ReplicaId,
+) -> Result<()> {
     let fs = &host.fs;
     let dir = host.cfg.node_host_dir.join(REMOVED_DIR);
     let path = tombstone_path(&host.cfg.node_host_dir, shard, replica);

@@ -9,9 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::*;
-use longship::{
-    Config, Index, NodeHost, NodeHostInfoOption, ReplicaId, ShardId, ShardInfo, Start,
-};
+use longship::{Config, Index, NodeHost, NodeHostInfoOption, ReplicaId, ShardId, ShardInfo, Start};
 
 const SHARD: u64 = 1;
 

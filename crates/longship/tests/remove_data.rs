@@ -61,8 +61,14 @@ fn removed_data_is_gone_for_good_and_the_replica_never_restarts() {
     assert!(snapshot_dir(&c, 3, 3).is_dir());
 
     // Refused while it runs; nothing is removed.
-    let err = c.nh(3).remove_data(ShardId(SHARD), ReplicaId(3)).unwrap_err();
-    assert!(matches!(err, Error::ShardNotStopped(s) if s == ShardId(SHARD)), "{err}");
+    let err = c
+        .nh(3)
+        .remove_data(ShardId(SHARD), ReplicaId(3))
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::ShardNotStopped(s) if s == ShardId(SHARD)),
+        "{err}"
+    );
     let err = c
         .nh(3)
         .sync_remove_data(ShardId(SHARD), ReplicaId(3), Duration::from_millis(50))
@@ -132,8 +138,7 @@ fn sync_remove_data_waits_for_the_replica_to_stop() {
     c.propose(1, SHARD, "set a 1");
     std::thread::scope(|s| {
         let nh = c.nh(1);
-        let remover =
-            s.spawn(move || nh.sync_remove_data(ShardId(SHARD), ReplicaId(1), TIMEOUT));
+        let remover = s.spawn(move || nh.sync_remove_data(ShardId(SHARD), ReplicaId(1), TIMEOUT));
         // The remover started while the replica ran: it waits for the stop
         // instead of refusing (remove_data alone would refuse now).
         c.nh(1).stop_shard(ShardId(SHARD)).unwrap();

@@ -184,7 +184,11 @@ fn every_system_event_fires() {
         }
         for i in [leader, other] {
             retry(|| h.hosts[&i].sync_read(SHARD, b"get k", TIMEOUT));
-            retry(|| h.hosts[&i].request_snapshot(SHARD, opt.clone(), TIMEOUT)?.wait());
+            retry(|| {
+                h.hosts[&i]
+                    .request_snapshot(SHARD, opt.clone(), TIMEOUT)?
+                    .wait()
+            });
         }
     }
     for i in [leader, other] {

@@ -57,15 +57,16 @@ impl SnapshotWorker {
                 }
             }
             SnapshotJob::Stream { message, address } => {
-                let event = message
-                    .snapshot
-                    .as_ref()
-                    .map(|snap| crate::events::SnapshotSendEvent {
-                        shard_id: message.shard_id,
-                        replica_id: message.from,
-                        to: message.to,
-                        index: snap.index,
-                    });
+                let event =
+                    message
+                        .snapshot
+                        .as_ref()
+                        .map(|snap| crate::events::SnapshotSendEvent {
+                            shard_id: message.shard_id,
+                            replica_id: message.from,
+                            to: message.to,
+                            index: snap.index,
+                        });
                 let listener = self.host.listener.as_ref().zip(event);
                 if let Some((l, e)) = listener {
                     l.snapshot_send_started(e);
@@ -296,7 +297,9 @@ pub(crate) fn export_snapshot(
         r.replica_id,
     )?;
     let sink = store.create(meta_of(r, &applied), 1)?;
+    let started = std::time::Instant::now();
     let info = write_state(host, r, guard, sink)?;
+    host.metrics.latencies.snapshot.record(started.elapsed());
     Metrics::add(&host.metrics.snapshots_exported, 1);
     Ok(crate::nodehost::SnapshotResult {
         index: info.meta.index,
@@ -325,7 +328,9 @@ pub(crate) fn save_snapshot(host: &HostState, r: &Replica, overhead: u64) -> Res
     }
     let meta = meta_of(r, &applied);
     let sink = r.snapshots.create(meta, 1)?;
+    let started = std::time::Instant::now();
     let info = write_state(host, r, guard, sink)?;
+    host.metrics.latencies.snapshot.record(started.elapsed());
     host.logdb
         .save_snapshot(r.shard_id, r.replica_id, &info.meta)?;
     // A recovery from a newer snapshot may have run meanwhile (the save
