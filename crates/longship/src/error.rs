@@ -162,6 +162,30 @@ pub enum Error {
         "a replica of shard {0} is running on this NodeHost (or being started or stopped): stop it first"
     )]
     ShardNotStopped(ShardId),
+    /// [`tools::import_snapshot`](crate::tools::import_snapshot): the new
+    /// member list cannot be used (dragonboat's `ErrInvalidMembers`); the
+    /// text says which rule it breaks. Nothing was changed.
+    #[error("invalid members for the import: {0}")]
+    InvalidMembers(String),
+    /// [`tools::import_snapshot`](crate::tools::import_snapshot): the
+    /// snapshot directory does not exist (dragonboat's `ErrPathNotExist`).
+    /// Nothing was changed.
+    #[error(
+        "snapshot directory {} does not exist: pass the directory request_snapshot returned in SnapshotResult::export_dir",
+        .0.display()
+    )]
+    SnapshotPathNotFound(PathBuf),
+    /// [`tools::import_snapshot`](crate::tools::import_snapshot): the
+    /// snapshot directory lacks part of a snapshot (its metadata or a data
+    /// file; dragonboat's `ErrIncompleteSnapshot`). Copy the whole export
+    /// again. Nothing was changed.
+    #[error("snapshot in {} is incomplete: {reason}; copy the whole exported directory again", dir.display())]
+    IncompleteSnapshot {
+        /// The snapshot directory.
+        dir: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
     /// Another NodeHost holds the directory.
     #[error("directory {} is in use by another NodeHost: stop it first", .0.display())]
     DirLocked(PathBuf),
