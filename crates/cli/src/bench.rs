@@ -280,27 +280,6 @@ impl Progress {
     }
 }
 
-#[cfg(test)]
-mod progress_tests {
-    use super::Progress;
-
-    /// Under `cargo test` stderr is captured, not a terminal: the progress
-    /// is hidden, and showing and ending it draws nothing.
-    #[test]
-    fn progress_is_hidden_when_stderr_is_not_a_terminal() {
-        let p = Progress {
-            tty: false,
-            bar: parking_lot::Mutex::new(None),
-        };
-        p.show("phase one", true);
-        assert!(p.bar.lock().as_ref().is_some_and(|b| b.is_hidden()));
-        p.done();
-        assert!(p.bar.lock().is_none(), "done ends the phase's bar");
-        p.show("phase two", false);
-        assert!(p.bar.lock().as_ref().is_some_and(|b| b.is_hidden()));
-    }
-}
-
 /// Phases of a throughput run, shared with the clients.
 const WARMUP: u8 = 0;
 const MEASURE: u8 = 1;
@@ -593,4 +572,25 @@ fn throughput(args: &BenchArgs, opts: ClusterOptions, report: &mut Report) -> Re
     report.errors(&shared.error_kinds.lock());
     report.rss();
     Ok(())
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::Progress;
+
+    /// Under `cargo test` stderr is captured, not a terminal: the progress
+    /// is hidden, and showing and ending it draws nothing.
+    #[test]
+    fn progress_is_hidden_when_stderr_is_not_a_terminal() {
+        let p = Progress {
+            tty: false,
+            bar: parking_lot::Mutex::new(None),
+        };
+        p.show("phase one", true);
+        assert!(p.bar.lock().as_ref().is_some_and(|b| b.is_hidden()));
+        p.done();
+        assert!(p.bar.lock().is_none(), "done ends the phase's bar");
+        p.show("phase two", false);
+        assert!(p.bar.lock().as_ref().is_some_and(|b| b.is_hidden()));
+    }
 }
