@@ -186,6 +186,21 @@ pub enum Error {
         /// What is missing.
         reason: String,
     },
+    /// [`NodeHost::verify`](crate::NodeHost::verify): replicas of the shard
+    /// hold different states at the same applied index (their state
+    /// machines' hashes differ): a bug in a state machine (non-determinism)
+    /// or in longship. Stop writing and investigate.
+    #[error(
+        "replicas of shard {shard_id} diverged: at applied index {index} their state hashes are {hashes:?}"
+    )]
+    StateDiverged {
+        /// The shard.
+        shard_id: ShardId,
+        /// The applied index compared.
+        index: Index,
+        /// Each host's raft address and hash.
+        hashes: Vec<(String, u64)>,
+    },
     /// Another NodeHost holds the directory.
     #[error("directory {} is in use by another NodeHost: stop it first", .0.display())]
     DirLocked(PathBuf),
@@ -225,7 +240,8 @@ impl Error {
     /// | `ReplicaHasData`, `ReplicaHasNoData`, `ReplicaDataRemoved`, `ReplicaRemoved` | no | the replica's stored state decides; another `Start` or a new replica id is needed |
     /// | `InvalidConfig`, `InvalidSession`, `TimeoutTooSmall`, `PayloadTooBig`, `StaleConfigChange` | no | the arguments must change (`ErrInvalidSession`, `ErrTimeoutTooSmall`, `ErrPayloadTooBig`, `ErrRejected`) |
     /// | `Rejected`, `Aborted`, `Cancelled`, `Witness` | no | the shard, the state machine or the caller said no (`ErrRejected`, `RequestAborted`, `ErrCanceled`) |
-    /// | `DirLocked`, `StateMachine`, `Storage`, `Snapshot`, `Transport`, `TransportSetup`, `Io` | no | a fault an operator has to look at |
+    /// | `InvalidMembers`, `SnapshotPathNotFound`, `IncompleteSnapshot` | no | an import's input must change (`ErrInvalidMembers`, `ErrPathNotExist`, `ErrIncompleteSnapshot`) |
+    /// | `DirLocked`, `StateMachine`, `StateDiverged`, `Storage`, `Snapshot`, `Transport`, `TransportSetup`, `Io` | no | a fault an operator has to look at |
     pub fn is_temporary(&self) -> bool {
         matches!(
             self,

@@ -31,6 +31,7 @@ mod session;
 mod sm;
 mod tombstone;
 pub mod tools;
+mod verify;
 mod work;
 
 pub use config::{Config, NodeHostConfig};

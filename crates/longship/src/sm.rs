@@ -110,6 +110,13 @@ pub trait StateMachine: Send + Sync {
     fn save_snapshot(&self, w: &mut dyn Write, stop: &StopFlag) -> Result<(), SmError>;
     /// Replaces the whole state by the one read from `r`.
     fn recover_from_snapshot(&mut self, r: &mut dyn Read, stop: &StopFlag) -> Result<(), SmError>;
+    /// A hash of the whole state (dragonboat's `GetHash`), for checking
+    /// that replicas agree ([`NodeHost::verify`](crate::NodeHost::verify)):
+    /// equal states must give equal hashes on every replica. `None` (the
+    /// default): the state machine offers none.
+    fn hash(&self) -> Option<u64> {
+        None
+    }
     /// Releases resources; called once when the replica stops.
     fn close(&mut self) {}
 }
@@ -133,6 +140,13 @@ pub trait ConcurrentStateMachine: Send + Sync {
     ) -> Result<(), SmError>;
     /// Replaces the whole state by the one read from `r`.
     fn recover_from_snapshot(&self, r: &mut dyn Read, stop: &StopFlag) -> Result<(), SmError>;
+    /// A hash of the whole state (dragonboat's `GetHash`), for checking
+    /// that replicas agree ([`NodeHost::verify`](crate::NodeHost::verify)):
+    /// equal states must give equal hashes on every replica. `None` (the
+    /// default): the state machine offers none.
+    fn hash(&self) -> Option<u64> {
+        None
+    }
     /// Releases resources; called once when the replica stops.
     fn close(&self) {}
 }
@@ -159,6 +173,13 @@ pub trait OnDiskStateMachine: Send + Sync {
     ) -> Result<(), SmError>;
     /// Replaces the whole state by the one read from `r`, durably.
     fn recover_from_snapshot(&self, r: &mut dyn Read, stop: &StopFlag) -> Result<(), SmError>;
+    /// A hash of the whole state (dragonboat's `GetHash`), for checking
+    /// that replicas agree ([`NodeHost::verify`](crate::NodeHost::verify)):
+    /// equal states must give equal hashes on every replica. `None` (the
+    /// default): the state machine offers none.
+    fn hash(&self) -> Option<u64> {
+        None
+    }
     /// Releases resources; called once when the replica stops.
     fn close(&self) {}
 }
