@@ -15,7 +15,7 @@ mod sm;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -233,47 +233,49 @@ fn fsync_probe(dir: &std::path::Path) -> Option<f64> {
     Some(times[ROUNDS / 2])
 }
 
-/// Progress on stderr: one line rewritten in place on a terminal, a line
-/// per second otherwise.
+/// Progress on stderr with `indicatif`: a spinner, the elapsed time and
+/// the current line, redrawn in place on a terminal; hidden when stderr is
+/// not a terminal (a log or a pipe gets the report only).
 pub struct Progress {
     tty: bool,
-    last: Mutex<Instant>,
-    dirty: AtomicBool,
+    /// The bar of the current phase (a new one after [`Progress::done`]).
+    bar: Mutex<Option<indicatif::ProgressBar>>,
 }
 
 impl Progress {
     pub fn new() -> Progress {
         Progress {
             tty: std::io::stderr().is_terminal(),
-            last: Mutex::new(Instant::now() - Duration::from_secs(10)),
-            dirty: AtomicBool::new(false),
+            bar: Mutex::new(None),
         }
     }
 
-    /// Shows `line` (rate-limited unless `force`).
-    pub fn show(&self, line: &str, force: bool) {
-        let mut last = self.last.lock();
-        let every = if self.tty {
-            Duration::from_millis(200)
-        } else {
-            Duration::from_secs(1)
-        };
-        if !force && last.elapsed() < every {
-            return;
+    fn new_bar(&self) -> indicatif::ProgressBar {
+        if !self.tty {
+            return indicatif::ProgressBar::hidden();
         }
-        *last = Instant::now();
-        if self.tty {
-            eprint!("\r\x1b[2K{line}");
-            self.dirty.store(true, Ordering::Relaxed);
-        } else {
-            eprintln!("{line}");
-        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+                .expect("a valid progress template"),
+        );
+        // indicatif redraws at its own rate (at most 20 times a second).
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
     }
 
-    /// Ends the progress line.
+    /// Shows `line` (`force` is kept for callers; indicatif rate-limits
+    /// drawing itself).
+    pub fn show(&self, line: &str, _force: bool) {
+        let mut bar = self.bar.lock();
+        bar.get_or_insert_with(|| self.new_bar())
+            .set_message(line.to_string());
+    }
+
+    /// Ends the progress line (left on screen as it last was).
     pub fn done(&self) {
-        if self.dirty.swap(false, Ordering::Relaxed) {
-            eprintln!();
+        if let Some(bar) = self.bar.lock().take() {
+            bar.finish();
         }
     }
 }
@@ -570,4 +572,25 @@ fn throughput(args: &BenchArgs, opts: ClusterOptions, report: &mut Report) -> Re
     report.errors(&shared.error_kinds.lock());
     report.rss();
     Ok(())
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::Progress;
+
+    /// Under `cargo test` stderr is captured, not a terminal: the progress
+    /// is hidden, and showing and ending it draws nothing.
+    #[test]
+    fn progress_is_hidden_when_stderr_is_not_a_terminal() {
+        let p = Progress {
+            tty: false,
+            bar: parking_lot::Mutex::new(None),
+        };
+        p.show("phase one", true);
+        assert!(p.bar.lock().as_ref().is_some_and(|b| b.is_hidden()));
+        p.done();
+        assert!(p.bar.lock().is_none(), "done ends the phase's bar");
+        p.show("phase two", false);
+        assert!(p.bar.lock().as_ref().is_some_and(|b| b.is_hidden()));
+    }
 }

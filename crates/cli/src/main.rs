@@ -72,6 +72,11 @@ enum Command {
         /// The replica being repaired (must be among the members).
         #[arg(long)]
         replica_id: u64,
+        /// This host's raft address, which `--members` must list for the
+        /// replica (default: the address the NodeHost directory was last
+        /// started under; required for a new host that never ran).
+        #[arg(long)]
+        raft_address: Option<String>,
     },
     /// Dump and verify a stopped NodeHost's directory.
     Inspect {
@@ -128,6 +133,7 @@ fn main() -> ExitCode {
             snapshot_dir,
             members,
             replica_id,
+            raft_address,
         } => {
             let members = match parse_members(&members) {
                 Ok(m) => m,
@@ -136,7 +142,26 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let cfg = config(node_host_dir, wal_dir);
+            let raft_address = match raft_address {
+                Some(a) => a,
+                None => match longship::tools::recorded_raft_address(&node_host_dir) {
+                    Ok(Some(a)) => a,
+                    Ok(None) => {
+                        eprintln!(
+                            "error: {} was never started by a NodeHost: give this host's \
+                             --raft-address",
+                            node_host_dir.display()
+                        );
+                        return ExitCode::from(2);
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
+            let mut cfg = config(node_host_dir, wal_dir);
+            cfg.raft_address = raft_address;
             let replica = ReplicaId(replica_id);
             match longship::tools::import_snapshot(&cfg, &snapshot_dir, &members, replica) {
                 Ok(imported) => {

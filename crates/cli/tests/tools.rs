@@ -91,6 +91,12 @@ fn inspect_and_import_snapshot_say_what_they_found_and_did() {
             }
         }
     }
+    // A local snapshot (inspect lists it) and an export of the same index
+    // (an export is a backup: it takes no local snapshot of its own).
+    nh.request_snapshot(SHARD, SnapshotOption::default(), TIMEOUT)
+        .unwrap()
+        .wait()
+        .unwrap();
     let opt = SnapshotOption {
         export_path: Some(dir.path().join("backup")),
         ..SnapshotOption::default()
@@ -140,6 +146,18 @@ fn inspect_and_import_snapshot_say_what_they_found_and_did() {
     let (ok, out) = run(args(&backup));
     assert!(!ok, "{out}");
     assert!(out.contains(&snapshot_dir.display().to_string()), "{out}");
+    // The host's raft address (from its directory, or --raft-address) must
+    // be the one the members list for the replica.
+    let mut elsewhere = args(&snapshot_dir.display().to_string());
+    elsewhere.extend(["--raft-address".to_string(), "h9:1".to_string()]);
+    let (ok, out) = run(elsewhere);
+    assert!(!ok && out.contains("invalid members"), "{out}");
+    // A new host's directory records no address: it must be given.
+    let mut new_host = args(&snapshot_dir.display().to_string());
+    new_host[2] = dir.path().join("nh4").display().to_string();
+    new_host[8] = "4".into();
+    let (ok, out) = run(new_host);
+    assert!(!ok && out.contains("--raft-address"), "{out}");
     let (ok, out) = run(args(&snapshot_dir.display().to_string()));
     assert!(ok, "{out}");
     assert!(

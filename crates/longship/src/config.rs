@@ -168,6 +168,14 @@ pub struct NodeHostConfig {
     /// address while peers reach the host through another (dragonboat's
     /// `ListenAddress`).
     pub listen_address: String,
+    /// Where to serve the host's metrics over HTTP (`GET /metrics`, the
+    /// Prometheus text of [`NodeHost::prometheus_text`]), e.g.
+    /// `127.0.0.1:9090` (port 0: any free port, see
+    /// [`NodeHost::metrics_address`]). Empty (the default): no endpoint.
+    ///
+    /// [`NodeHost::prometheus_text`]: crate::NodeHost::prometheus_text
+    /// [`NodeHost::metrics_address`]: crate::NodeHost::metrics_address
+    pub metrics_address: String,
     /// Start a NodeHost directory first started under another raft address
     /// or deployment id, and record the new ones (default false: such a
     /// start is refused, see `NodeHost::new`). For moving a host on
@@ -233,6 +241,7 @@ impl Default for NodeHostConfig {
             rtt_ms: 100,
             raft_address: String::new(),
             listen_address: String::new(),
+            metrics_address: String::new(),
             reassign_directory: false,
             deployment_id: 1,
             step_workers: default_workers(2),
@@ -265,6 +274,12 @@ impl NodeHostConfig {
         if self.listen_address.len() > 255 {
             return Err(Error::invalid_config(
                 "listen_address",
+                "must be at most 255 bytes (host:port)",
+            ));
+        }
+        if self.metrics_address.len() > 255 {
+            return Err(Error::invalid_config(
+                "metrics_address",
                 "must be at most 255 bytes (host:port)",
             ));
         }

@@ -120,6 +120,12 @@ pub enum Error {
     /// The request was cancelled by its caller.
     #[error("the request was cancelled by its caller")]
     Cancelled,
+    /// The state machine aborted the requested snapshot
+    /// ([`SmError::snapshot_aborted`](crate::SmError::snapshot_aborted)):
+    /// nothing was saved or compacted; ask again when the state machine
+    /// allows it.
+    #[error("the state machine aborted the snapshot: nothing was saved or compacted")]
+    Aborted,
     /// The shard refused the request (e.g. a snapshot with nothing new to
     /// capture, an invalid transfer target, an invalid membership change).
     /// The text says why.
@@ -135,6 +141,66 @@ pub enum Error {
     /// A replica id that was removed can never be used again.
     #[error("replica {0} was removed from the shard and its id can never be used again")]
     ReplicaRemoved(ReplicaId),
+    /// The data of this replica was removed from this NodeHost
+    /// ([`NodeHost::remove_data`](crate::NodeHost::remove_data)): it can
+    /// never be started (or imported) here again. Add a new replica, with a
+    /// new id, to the shard instead.
+    #[error(
+        "the data of replica {replica_id} of shard {shard_id} was removed from this NodeHost: \
+         it can never be started here again; add a replica with a new id instead"
+    )]
+    ReplicaDataRemoved {
+        /// The shard.
+        shard_id: ShardId,
+        /// The replica.
+        replica_id: ReplicaId,
+    },
+    /// The operation needs the shard's local replica stopped (or the shard
+    /// idle: not being started or stopped), and it is not: stop it first
+    /// ([`NodeHost::stop_replica`](crate::NodeHost::stop_replica)).
+    #[error(
+        "a replica of shard {0} is running on this NodeHost (or being started or stopped): stop it first"
+    )]
+    ShardNotStopped(ShardId),
+    /// [`tools::import_snapshot`](crate::tools::import_snapshot): the new
+    /// member list cannot be used (dragonboat's `ErrInvalidMembers`); the
+    /// text says which rule it breaks. Nothing was changed.
+    #[error("invalid members for the import: {0}")]
+    InvalidMembers(String),
+    /// [`tools::import_snapshot`](crate::tools::import_snapshot): the
+    /// snapshot directory does not exist (dragonboat's `ErrPathNotExist`).
+    /// Nothing was changed.
+    #[error(
+        "snapshot directory {} does not exist: pass the directory request_snapshot returned in SnapshotResult::export_dir",
+        .0.display()
+    )]
+    SnapshotPathNotFound(PathBuf),
+    /// [`tools::import_snapshot`](crate::tools::import_snapshot): the
+    /// snapshot directory lacks part of a snapshot (its metadata or a data
+    /// file; dragonboat's `ErrIncompleteSnapshot`). Copy the whole export
+    /// again. Nothing was changed.
+    #[error("snapshot in {} is incomplete: {reason}; copy the whole exported directory again", dir.display())]
+    IncompleteSnapshot {
+        /// The snapshot directory.
+        dir: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+    /// [`NodeHost::verify`](crate::NodeHost::verify): replicas of the shard
+    /// hold different states at the same applied index (their state
+    /// machines' hashes differ): a bug in a state machine (non-determinism)
+    /// or in longship. Stop writing and investigate.
+    #[error(
+        "replicas of shard {shard_id} diverged: at applied index {index} their state hashes are {hashes:?}"
+    )]
+    StateDiverged {
+        /// The shard.
+        shard_id: ShardId,
+        /// The applied index compared.
+        index: Index,
+        /// Each host's raft address and hash.
+        hashes: Vec<(String, u64)>,
+    },
     /// Another NodeHost holds the directory.
     #[error("directory {} is in use by another NodeHost: stop it first", .0.display())]
     DirLocked(PathBuf),
@@ -159,11 +225,32 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether retrying the same call later may succeed.
+    /// Whether the same call, retried later unchanged (perhaps on another
+    /// NodeHost), may succeed: dragonboat's `IsTempError` classification.
+    ///
+    /// | variant | temporary | why |
+    /// |---|---|---|
+    /// | `SystemBusy` | yes | a bounded queue or the uncommitted log is full (dragonboat `ErrSystemBusy`) |
+    /// | `Timeout` | yes | outcome unknown; with a session the retry is applied at most once (`ErrTimeout`) |
+    /// | `Dropped` | yes | no leader yet or a transfer in progress (`RequestDropped`, `ErrShardNotReady`) |
+    /// | `PendingConfigChange` | yes | another membership change completes first (`ErrPendingConfigChangeExist`) |
+    /// | `ShardClosed` | yes | the local replica is closing: retry on another host or once it runs again (`ErrShardClosed`) |
+    /// | `Stopped` | yes | this NodeHost is shutting down: retry on another host (`ErrSystemStopped`, `ErrClosed`) |
+    /// | `ShardNotFound`, `ShardAlreadyExists`, `ShardNotStopped` | no | the caller must start or stop a replica first |
+    /// | `ReplicaHasData`, `ReplicaHasNoData`, `ReplicaDataRemoved`, `ReplicaRemoved` | no | the replica's stored state decides; another `Start` or a new replica id is needed |
+    /// | `InvalidConfig`, `InvalidSession`, `TimeoutTooSmall`, `PayloadTooBig`, `StaleConfigChange` | no | the arguments must change (`ErrInvalidSession`, `ErrTimeoutTooSmall`, `ErrPayloadTooBig`, `ErrRejected`) |
+    /// | `Rejected`, `Aborted`, `Cancelled`, `Witness` | no | the shard, the state machine or the caller said no (`ErrRejected`, `RequestAborted`, `ErrCanceled`) |
+    /// | `InvalidMembers`, `SnapshotPathNotFound`, `IncompleteSnapshot` | no | an import's input must change (`ErrInvalidMembers`, `ErrPathNotExist`, `ErrIncompleteSnapshot`) |
+    /// | `DirLocked`, `StateMachine`, `StateDiverged`, `Storage`, `Snapshot`, `Transport`, `TransportSetup`, `Io` | no | a fault an operator has to look at |
     pub fn is_temporary(&self) -> bool {
         matches!(
             self,
-            Error::SystemBusy | Error::Timeout | Error::Dropped | Error::PendingConfigChange
+            Error::SystemBusy
+                | Error::Timeout
+                | Error::Dropped
+                | Error::PendingConfigChange
+                | Error::ShardClosed
+                | Error::Stopped
         )
     }
 

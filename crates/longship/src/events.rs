@@ -58,4 +58,38 @@ pub trait EventListener: Send + Sync {
     /// go on. Its requests end with an error; restart it (or the host) once
     /// the cause is fixed.
     fn replica_failed(&self, _shard_id: ShardId, _replica_id: ReplicaId, _why: &str) {}
+    /// An outbound connection to the NodeHost at `address` was made
+    /// (`snapshot`: one that carries a snapshot stream; the TCP transport
+    /// only, the in-memory one has no connections).
+    fn connection_established(&self, _address: &str, _snapshot: bool) {}
+    /// An outbound connection to the NodeHost at `address` could not be
+    /// made (`snapshot` as above); messages will be retried with backoff.
+    fn connection_failed(&self, _address: &str, _snapshot: bool) {}
+    /// A leader started streaming a snapshot to a follower.
+    fn snapshot_send_started(&self, _info: SnapshotSendEvent) {}
+    /// A snapshot stream reached the follower whole (it verified it).
+    fn snapshot_sent(&self, _info: SnapshotSendEvent) {}
+    /// A snapshot stream was cut short (follower unreachable, stream
+    /// refused, replica stopping); the leader sends one again later.
+    fn snapshot_send_aborted(&self, _info: SnapshotSendEvent) {}
+    /// Local snapshots older than the newest ones kept were removed, up to
+    /// and including `index`.
+    fn snapshot_compacted(&self, _info: SnapshotEvent) {}
+    /// The NodeHost is closing ([`NodeHost::close`](crate::NodeHost::close)
+    /// started): its replicas are about to be unloaded.
+    fn node_host_shutting_down(&self) {}
+}
+
+/// A snapshot streamed from a leader to a follower (the `snapshot_send*`
+/// methods of [`EventListener`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotSendEvent {
+    /// The shard.
+    pub shard_id: ShardId,
+    /// The sending replica (the leader).
+    pub replica_id: ReplicaId,
+    /// The receiving replica.
+    pub to: ReplicaId,
+    /// Index of the snapshot.
+    pub index: Index,
 }

@@ -25,8 +25,17 @@ type ReceiverKey = (ShardId, ReplicaId, ReplicaId, u64);
 
 /// Work for snapshot workers.
 pub(crate) enum SnapshotJob {
-    /// Save a snapshot of the replica (automatic or requested).
+    /// Save an automatic snapshot of the replica.
     Save(ShardId),
+    /// Run the requested snapshot `key` of the replica
+    /// (`Pending::snapshots`): a local snapshot with the request's
+    /// compaction overhead, or an export that leaves the replica as it is.
+    Requested {
+        /// The shard.
+        shard: ShardId,
+        /// The request's key.
+        key: u64,
+    },
     /// Stream the snapshot named by an `InstallSnapshot` message to `address`.
     Stream {
         /// The `InstallSnapshot` message.

@@ -148,6 +148,18 @@ impl MessageHandler for Handler {
     /// `Replica::leader`), and the quiesced ones wake up: a quiesced
     /// follower counts no election ticks, so without this a leader whose
     /// host died stays the shard's leader until a request arrives.
+    fn handle_connection_established(&self, address: &str, snapshot: bool) {
+        if let Some(l) = &self.0.listener {
+            l.connection_established(address, snapshot);
+        }
+    }
+
+    fn handle_connection_failed(&self, address: &str, snapshot: bool) {
+        if let Some(l) = &self.0.listener {
+            l.connection_failed(address, snapshot);
+        }
+    }
+
     fn handle_connection_lost(&self, address: &str) {
         let host = &self.0;
         let replicas: Vec<_> = host.replicas.read().values().cloned().collect();

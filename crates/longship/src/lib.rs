@@ -18,7 +18,10 @@ mod error;
 pub mod events;
 mod host;
 mod inbound;
+mod info;
+mod latency;
 mod metrics;
+mod metrics_http;
 mod nodehost;
 mod owner;
 mod replica;
@@ -26,12 +29,16 @@ mod request;
 mod rsm;
 mod session;
 mod sm;
+mod tombstone;
 pub mod tools;
+mod verify;
 mod work;
 
 pub use config::{Config, NodeHostConfig};
 pub use error::{Error, Result};
 pub use events::EventListener;
+pub use info::NodeHostInfoOption;
+pub use latency::LatencyKind;
 pub use longship_raft::{HardState, Index, ReplicaId, Role, ShardId, Status as RaftStatus, Term};
 pub use metrics::{Gauges, Metrics};
 pub use nodehost::{
@@ -41,7 +48,8 @@ pub use nodehost::{
 pub use request::RequestHandle;
 pub use session::Session;
 pub use sm::{
-    ConcurrentStateMachine, OnDiskStateMachine, SmEntry, SmError, SmResult, StateMachine, StopFlag,
+    ConcurrentStateMachine, OnDiskStateMachine, SNAPSHOT_ABORTED, SmEntry, SmError, SmResult,
+    StateMachine, StopFlag,
 };
 
 /// The transports a [`NodeHostBuilder`] takes (from `longship-transport`):

@@ -9,6 +9,8 @@ macro_rules! counters {
         #[derive(Default, Debug)]
         pub struct Metrics {
             $($(#[$doc])* pub $name: AtomicU64,)*
+            /// Latency histograms (see [`Metrics::latency_quantile`]).
+            pub(crate) latencies: crate::latency::Latencies,
         }
 
         impl Metrics {
@@ -50,6 +52,8 @@ counters!(
     messages_invalid,
     /// Snapshots saved locally.
     snapshots_saved,
+    /// Snapshots exported ([`SnapshotOption::export_path`](crate::SnapshotOption::export_path)).
+    snapshots_exported,
     /// Snapshots received from leaders.
     snapshots_received,
     /// Snapshot stream chunks refused (a stream over `max_snapshot_bytes`,
@@ -74,9 +78,19 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The counters in Prometheus text exposition format.
+    /// The counters and the latency histograms (`longship_<what>_latency_seconds`,
+    /// for proposal, read, fsync, apply and snapshot) in Prometheus text
+    /// exposition format.
     pub fn prometheus_text(&self) -> String {
-        prometheus_lines("counter", &self.values())
+        prometheus_lines("counter", &self.values()) + &self.latencies.prometheus_text()
+    }
+
+    /// How many latencies of `kind` were recorded, and the one at quantile
+    /// `q` (0.0..=1.0; e.g. 0.99 for p99), at microsecond resolution with
+    /// three significant digits.
+    pub fn latency_quantile(&self, kind: crate::LatencyKind, q: f64) -> (u64, std::time::Duration) {
+        let (n, micros) = self.latencies.get(kind).quantile(q.clamp(0.0, 1.0));
+        (n, std::time::Duration::from_micros(micros))
     }
 }
 

@@ -28,8 +28,8 @@ use crate::host::{HostState, SnapshotJob};
 use crate::inbound::Handler;
 use crate::metrics::{Gauges, Metrics};
 use crate::replica::{
-    ApplyTask, Command, CoreState, Inbox, Pending, PendingConfigChange, PendingProposal, Replica,
-    ReplicaRef,
+    ApplyTask, Command, CoreState, Inbox, Pending, PendingConfigChange, PendingProposal,
+    PendingSnapshot, Replica, ReplicaRef,
 };
 use crate::request::{RequestHandle, request};
 use crate::rsm::{Rsm, UserSm};
@@ -39,23 +39,28 @@ use crate::sm::{ConcurrentStateMachine, OnDiskStateMachine, SmResult, StateMachi
 /// Options of a requested snapshot ([`NodeHost::request_snapshot`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotOption {
-    /// Also export the snapshot into this directory, as its child
-    /// `snapshot-<index as 16 hex digits>` (a copy [`tools::import_snapshot`]
-    /// takes). The directory is created if missing. The completed request
-    /// names the exported directory ([`SnapshotResult::export_dir`]).
+    /// Export a snapshot into this directory instead of taking a local one,
+    /// as its child `snapshot-<index as 16 hex digits>` (a copy
+    /// [`tools::import_snapshot`] takes). The directory is created if
+    /// missing (and interrupted exports' temporary directories in it are
+    /// removed). The completed request names the exported directory
+    /// ([`SnapshotResult::export_dir`]).
     ///
-    /// A request made before anything new was applied is refused
-    /// ([`Error::Rejected`], nothing new to snapshot): the export of the
-    /// last snapshot is the one to use. Exports are named by index only:
-    /// exporting an index that the directory already holds (another shard's
-    /// snapshot at the same index included) fails with [`Error::Snapshot`]
-    /// ("already exists") and leaves the first export as it was; use one
-    /// directory per shard.
+    /// An export is a backup: it changes nothing on the replica (no local
+    /// snapshot, no log compaction), and it is taken whenever the replica
+    /// has applied anything, idle or not. Exports are named by index only:
+    /// exporting an index that the directory already holds (a second export
+    /// of an idle shard, another shard's snapshot at the same index) fails
+    /// with [`Error::Snapshot`] ("already exists") and leaves the first
+    /// export as it was; use one directory per shard. A witness has no
+    /// state to export ([`Error::Witness`]).
     ///
     /// [`tools::import_snapshot`]: crate::tools::import_snapshot
     pub export_path: Option<PathBuf>,
     /// Entries to keep in the log behind this snapshot instead of the
-    /// replica's `compaction_overhead`.
+    /// replica's `compaction_overhead`; for this request only (automatic
+    /// snapshots and other requests keep theirs). Refused with
+    /// `export_path` ([`Error::InvalidConfig`]): an export compacts nothing.
     pub compaction_overhead: Option<u64>,
 }
 
@@ -183,6 +188,21 @@ pub struct ShardInfo {
     /// base for an ordered membership change; not linearizable, see
     /// [`NodeHost::sync_get_shard_membership`]).
     pub config_change_id: Index,
+    /// The membership the replica applied (dragonboat's `Nodes`, with the
+    /// non-voting replicas, witnesses and removed ids; not linearizable).
+    pub membership: MembershipInfo,
+    /// A membership change is in progress: proposed and not yet applied,
+    /// as this host knows it (the leader's log, or a change requested
+    /// through this host still waiting).
+    pub pending_config_change: bool,
+    /// The replica is still catching up (dragonboat's `Pending`): it has
+    /// applied nothing yet, or fewer entries than it knows are committed
+    /// (a replica just started, joined or restored from a snapshot).
+    pub catching_up: bool,
+    /// The local replica is non-voting.
+    pub is_non_voting: bool,
+    /// The local replica is a witness.
+    pub is_witness: bool,
 }
 
 impl ShardInfo {
@@ -203,8 +223,13 @@ pub struct NodeHostInfo {
     pub raft_address: String,
     /// Running replicas.
     pub shards: Vec<ShardInfo>,
-    /// Replicas with data in log storage, running or not.
+    /// Replicas with data in log storage, running or not (empty when
+    /// asked without, see `log_info_included`).
     pub log_info: Vec<LogInfo>,
+    /// Whether `log_info` was gathered
+    /// ([`NodeHostInfoOption::skip_log_info`](crate::NodeHostInfoOption::skip_log_info)
+    /// unset).
+    pub log_info_included: bool,
 }
 
 /// One replica's log in [`NodeHostInfo::log_info`].
@@ -347,10 +372,19 @@ impl NodeHostBuilder {
             host,
             threads: Mutex::new(Vec::new()),
             dir_lock: Mutex::new(Some(lock)),
+            metrics_server: Mutex::new(None),
             closed: AtomicBool::new(false),
         };
         if !self.manual {
             nh.spawn_threads();
+        }
+        if !nh.host.cfg.metrics_address.is_empty() {
+            let host = nh.host.clone();
+            let server = crate::metrics_http::MetricsServer::start(
+                &nh.host.cfg.metrics_address,
+                move || prometheus_text_of(&host),
+            )?;
+            *nh.metrics_server.lock() = Some(server);
         }
         Ok(nh)
     }
@@ -533,11 +567,13 @@ impl Drop for DirLock {
 /// std::fs::remove_dir_all(&dir).unwrap();
 /// ```
 pub struct NodeHost {
-    host: Arc<HostState>,
+    pub(crate) host: Arc<HostState>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Held from `build` until `close`: no other NodeHost (or offline tool)
     /// uses the directory meanwhile.
     dir_lock: Mutex<Option<DirLock>>,
+    /// The metrics endpoint, when `metrics_address` is set.
+    metrics_server: Mutex<Option<crate::metrics_http::MetricsServer>>,
     closed: AtomicBool,
 }
 
@@ -586,11 +622,36 @@ impl NodeHost {
     /// Queue depths and replica states now (takes each replica's queue
     /// locks briefly; meant for a metrics scrape, not a hot loop).
     pub fn gauges(&self) -> Gauges {
+        gauges_of(&self.host)
+    }
+
+    /// Counters, latency histograms and gauges in Prometheus text
+    /// exposition format (what the `metrics_address` endpoint serves).
+    pub fn prometheus_text(&self) -> String {
+        prometheus_text_of(&self.host)
+    }
+
+    /// Where the metrics endpoint listens
+    /// ([`NodeHostConfig::metrics_address`] with the port it got), if one
+    /// was configured.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_server.lock().as_ref().map(|s| s.local_addr())
+    }
+}
+
+/// What [`NodeHost::prometheus_text`] returns, from the shared state.
+fn prometheus_text_of(host: &HostState) -> String {
+    host.metrics.prometheus_text() + &gauges_of(host).prometheus_text()
+}
+
+/// What [`NodeHost::gauges`] returns, from the shared state.
+fn gauges_of(host: &HostState) -> Gauges {
+    {
         let mut g = Gauges {
-            snapshot_jobs_queued: self.host.snapshot_jobs.lock().len() as u64,
+            snapshot_jobs_queued: host.snapshot_jobs.lock().len() as u64,
             ..Gauges::default()
         };
-        let replicas: Vec<ReplicaRef> = self.host.replicas.read().values().cloned().collect();
+        let replicas: Vec<ReplicaRef> = host.replicas.read().values().cloned().collect();
         for r in replicas {
             g.replicas += 1;
             g.replicas_quiesced += u64::from(r.quiesced.load(Ordering::Relaxed));
@@ -614,12 +675,9 @@ impl NodeHost {
         }
         g
     }
+}
 
-    /// Counters and gauges in Prometheus text exposition format.
-    pub fn prometheus_text(&self) -> String {
-        self.host.metrics.prometheus_text() + &self.gauges().prometheus_text()
-    }
-
+impl NodeHost {
     fn spawn_threads(&self) {
         self.host.step_on_receive.store(true, Ordering::Release);
         let mut threads = self.threads.lock();
@@ -765,6 +823,7 @@ impl NodeHost {
         let reserved = host
             .reserve_shard_for_start(shard)
             .ok_or(Error::ShardAlreadyExists(shard))?;
+        crate::tombstone::check_not_removed(host, shard, me)?;
         let stored = host.logdb.read_state(shard, me).is_some();
         match (&start, stored) {
             (Start::Restart, true) | (Start::Join, false) => {}
@@ -887,7 +946,6 @@ impl NodeHost {
             stop,
             failed: Mutex::new(None),
             unloaded: AtomicBool::new(false),
-            compaction_override: AtomicU64::new(u64::MAX),
             apply_lock: Mutex::new(()),
             snapshot_save: Mutex::new(()),
             addresses: Default::default(),
@@ -961,6 +1019,62 @@ impl NodeHost {
         }
     }
 
+    /// Removes everything this NodeHost stores of a replica that does not
+    /// run here: its log entries and state, its snapshots and its snapshot
+    /// directory, each durably (dragonboat's `RemoveData`). Use it once the
+    /// replica was removed from its shard, or when its shard is deleted:
+    /// removing the data of a replica that is still a member makes it lose
+    /// what it acknowledged.
+    ///
+    /// Afterwards the replica can never be started here again (a durable
+    /// tombstone): any [`Start`] of it, and a
+    /// [`tools::import_snapshot`](crate::tools::import_snapshot) for it,
+    /// fail with [`Error::ReplicaDataRemoved`], so that a restart script
+    /// cannot bring back an empty replica under its old id. Calling it again
+    /// is harmless (it finishes a removal a crash interrupted).
+    ///
+    /// Refused with [`Error::ShardNotStopped`] while a replica of the shard
+    /// runs here or is being started or stopped (nothing is removed): stop
+    /// it first, or use [`sync_remove_data`](Self::sync_remove_data), which
+    /// waits for that. An on-disk state machine's own store is the
+    /// application's to remove.
+    pub fn remove_data(&self, shard: ShardId, replica: ReplicaId) -> Result<()> {
+        if self.host.is_stopped() {
+            return Err(Error::Stopped);
+        }
+        let _reserved = self
+            .host
+            .reserve_shard_for_start(shard)
+            .ok_or(Error::ShardNotStopped(shard))?;
+        crate::tombstone::remove_replica_data(&self.host, shard, replica)
+    }
+
+    /// [`remove_data`](Self::remove_data), after waiting up to `timeout`
+    /// for the shard's local replica to be fully stopped and unloaded
+    /// (dragonboat's `SyncRemoveData`): for a replica being stopped, or
+    /// about to be, by another thread. Fails with [`Error::Timeout`] if it
+    /// still runs then; nothing is removed in that case.
+    pub fn sync_remove_data(
+        &self,
+        shard: ShardId,
+        replica: ReplicaId,
+        timeout: Duration,
+    ) -> Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        // A stop takes at most a worker cycle and a snapshot save; poll at
+        // a fraction of an RTT, bounded by the timeout.
+        let pause = Duration::from_millis(self.host.cfg.rtt_ms.clamp(1, 10));
+        loop {
+            match self.remove_data(shard, replica) {
+                Err(Error::ShardNotStopped(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(pause)
+                }
+                Err(Error::ShardNotStopped(_)) => return Err(Error::Timeout),
+                other => return other,
+            }
+        }
+    }
+
     /// Stops every replica and the workers; the NodeHost cannot be used
     /// afterwards. Everything acknowledged is durable. Once it returns, the
     /// directory is free: a new NodeHost, [`tools::import_snapshot`] or
@@ -971,6 +1085,12 @@ impl NodeHost {
     pub fn close(&self) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
+        }
+        if let Some(l) = &self.host.listener {
+            l.node_host_shutting_down();
+        }
+        if let Some(mut server) = self.metrics_server.lock().take() {
+            server.stop();
         }
         self.host.stopped.store(true, Ordering::Release);
         // Long state machine calls (snapshots) stop early instead of
@@ -1380,47 +1500,10 @@ impl NodeHost {
         self.host.logdb.read_state(shard, replica).is_some()
     }
 
-    /// What this host runs and stores.
+    /// What this host runs and stores, log information included (see
+    /// [`get_node_host_info_with`](Self::get_node_host_info_with)).
     pub fn get_node_host_info(&self) -> NodeHostInfo {
-        let mut shards: Vec<ShardInfo> = self
-            .host
-            .replicas
-            .read()
-            .values()
-            .map(|r| {
-                let (leader_id, term) = r.leader();
-                ShardInfo {
-                    shard_id: r.shard_id,
-                    replica_id: r.replica_id,
-                    leader_id,
-                    term,
-                    is_leader: leader_id == r.replica_id,
-                    applied: r.applied(),
-                    snapshot_index: Index(r.snapshot_index.load(Ordering::Acquire)),
-                    failed: r.failed.lock().is_some(),
-                    quiesced: r.quiesced.load(Ordering::Relaxed),
-                    config_change_id: r.rsm.config_change_id(),
-                }
-            })
-            .collect();
-        shards.sort_by_key(|s| s.shard_id);
-        let log_info = self
-            .host
-            .logdb
-            .list_replicas()
-            .into_iter()
-            .map(|(shard_id, replica_id)| LogInfo {
-                shard_id,
-                replica_id,
-                first_index: self.host.logdb.first_index(shard_id, replica_id),
-                last_index: self.host.logdb.last_index(shard_id, replica_id),
-            })
-            .collect();
-        NodeHostInfo {
-            raft_address: self.host.cfg.raft_address.clone(),
-            shards,
-            log_info,
-        }
+        self.get_node_host_info_with(crate::NodeHostInfoOption::default())
     }
 
     /// Requests a snapshot of the local replica of `shard` now. The handle
@@ -1429,9 +1512,14 @@ impl NodeHost {
     /// to (see there for how exports are named and what a second export of
     /// the same index does).
     ///
-    /// A replica that applied nothing since its last snapshot refuses with
-    /// [`Error::Rejected`] (nothing new to snapshot): propose something
-    /// first, or use the last snapshot.
+    /// Without an export path, a replica that applied nothing since its
+    /// last snapshot refuses with [`Error::Rejected`] (nothing new to
+    /// snapshot): propose something first, or use the last snapshot. An
+    /// export is possible whenever something was applied. A state machine
+    /// that aborts the save ([`SmError::snapshot_aborted`]) ends the
+    /// request with [`Error::Aborted`].
+    ///
+    /// [`SmError::snapshot_aborted`]: crate::SmError::snapshot_aborted
     pub fn request_snapshot(
         &self,
         shard: ShardId,
@@ -1440,23 +1528,48 @@ impl NodeHost {
     ) -> Result<RequestHandle<SnapshotResult>> {
         let r = self.replica_for(shard)?;
         let deadline = self.deadline(timeout)?;
-        let (handle, completer) = request();
-        if let Some(o) = opt.compaction_overhead {
-            r.compaction_override.store(o, Ordering::Release);
+        if opt.export_path.is_some() && opt.compaction_overhead.is_some() {
+            return Err(Error::invalid_config(
+                "SnapshotOption::compaction_overhead",
+                "an exported snapshot compacts nothing: leave it None with export_path",
+            ));
         }
+        if opt.export_path.is_some() {
+            holds_data(&r)?;
+        }
+        let (handle, completer) = request();
+        let key = self.host.random_id();
         let min = r.applied();
+        let export = opt.export_path.is_some();
         {
             let mut pending = r.pending.lock();
             if pending.closed {
                 return Err(Error::ShardClosed);
             }
-            pending.snapshots.push((completer, deadline, opt, min));
+            pending.snapshots.push(PendingSnapshot {
+                key,
+                completer,
+                deadline,
+                opt,
+                min,
+            });
         }
-        r.snapshotting.store(true, Ordering::Release);
-        if !self.host.push_snapshot_job(SnapshotJob::Save(shard)) {
+        // An export leaves the replica's own snapshots alone: it does not
+        // hold back automatic ones.
+        if !export {
+            r.snapshotting.store(true, Ordering::Release);
+        }
+        if !self
+            .host
+            .push_snapshot_job(SnapshotJob::Requested { shard, key })
+        {
             // No job will clear the mark: left set, it would stop the
             // automatic snapshots of this replica for good.
-            r.snapshotting.store(false, Ordering::Release);
+            if !export {
+                r.snapshotting.store(false, Ordering::Release);
+            }
+            let mut pending = r.pending.lock();
+            pending.snapshots.retain(|p| p.key != key);
             return Err(Error::SystemBusy);
         }
         Ok(handle)
@@ -1502,7 +1615,7 @@ fn propose_raw(
         cmd,
         ..Entry::default()
     };
-    let (handle, completer) = request();
+    let (handle, completer) = crate::request::timed_request(&host.metrics.latencies.proposal);
     {
         let mut pending = r.pending.lock();
         if pending.closed {
@@ -1575,7 +1688,7 @@ fn lookup_on(r: &Replica, query: &[u8]) -> Result<Vec<u8>> {
 /// A read index on any replica (a witness's serves membership queries:
 /// it applies membership changes like every replica).
 fn read_index_on(host: &HostState, r: &Replica, deadline: u64) -> Result<RequestHandle<Index>> {
-    let (handle, completer) = request();
+    let (handle, completer) = crate::request::timed_request(&host.metrics.latencies.read);
     {
         let mut inbox = r.inbox.lock();
         if inbox.closed {

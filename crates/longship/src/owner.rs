@@ -68,6 +68,28 @@ impl Owner {
     }
 }
 
+/// The raft address `dir`'s owner record names (`None`: no record, the
+/// directory never held a started NodeHost).
+pub(crate) fn recorded_address(fs: &dyn FileSystem, dir: &Path) -> Result<Option<String>> {
+    let path = dir.join(OWNER_FILE);
+    if !fs.exists(&path) {
+        return Ok(None);
+    }
+    let f = fs.open_read(&path)?;
+    let len = f.len()?.min(4096) as usize;
+    let mut buf = vec![0u8; len];
+    let n = f.read_at(0, &mut buf)?;
+    buf.truncate(n);
+    match Owner::decode(&buf) {
+        Some(o) => Ok(Some(o.raft_address)),
+        None => Err(Error::Storage(longship_storage::Error::corruption(
+            &path,
+            0,
+            "damaged NodeHost owner record",
+        ))),
+    }
+}
+
 /// Checks that `dir` belongs to (`raft_address`, `deployment_id`), and
 /// records it as theirs on a first start or when `reassign` is set.
 pub(crate) fn claim(

@@ -70,20 +70,37 @@ pub(crate) struct PendingConfigChange {
     pub(crate) deadline: u64,
 }
 
+/// A requested snapshot ([`crate::NodeHost::request_snapshot`]) waiting
+/// for its job. Its own job always runs it with its own options (an
+/// export, a compaction override); a request with neither is also answered
+/// by any local snapshot saved at or past `min`.
+pub(crate) struct PendingSnapshot {
+    /// Names the request for its job (`SnapshotJob::Requested`).
+    pub(crate) key: u64,
+    pub(crate) completer: Completer<crate::nodehost::SnapshotResult>,
+    pub(crate) deadline: u64,
+    pub(crate) opt: crate::nodehost::SnapshotOption,
+    /// Applied index when the request was made.
+    pub(crate) min: Index,
+}
+
+impl PendingSnapshot {
+    /// Whether any local snapshot at or past `min` answers it (no export,
+    /// no compaction override of its own).
+    pub(crate) fn is_plain(&self) -> bool {
+        self.opt.export_path.is_none() && self.opt.compaction_overhead.is_none()
+    }
+}
+
 /// Requests waiting for an outcome, by key.
 #[derive(Default)]
 pub(crate) struct Pending {
     pub(crate) proposals: BTreeMap<u64, PendingProposal>,
     pub(crate) config_changes: BTreeMap<u64, PendingConfigChange>,
     pub(crate) reads: BTreeMap<u64, PendingRead>,
-    /// Requested snapshots: (completer, deadline, options, applied index at
-    /// request time). The first snapshot saved at or past that index answers it.
-    pub(crate) snapshots: Vec<(
-        Completer<crate::nodehost::SnapshotResult>,
-        u64,
-        crate::nodehost::SnapshotOption,
-        Index,
-    )>,
+    /// Requested snapshots, each with its own snapshot job (see
+    /// [`PendingSnapshot`]).
+    pub(crate) snapshots: Vec<PendingSnapshot>,
     /// Set by `terminate`: new requests end at once with `ShardClosed`
     /// (nothing would ever answer or expire them).
     pub(crate) closed: bool,
@@ -170,10 +187,10 @@ impl Pending {
                 }
             }
         }
-        self.snapshots.retain(|(c, deadline, _, _)| {
-            let keep = *deadline > now;
+        self.snapshots.retain(|p| {
+            let keep = p.deadline > now;
             if !keep {
-                c.complete(Err(Error::Timeout));
+                p.completer.complete(Err(Error::Timeout));
             }
             keep
         });
@@ -211,8 +228,8 @@ impl Pending {
                 c.complete(Err(Error::ShardClosed));
             }
         }
-        for (c, _, _, _) in self.snapshots.drain(..) {
-            c.complete(Err(Error::ShardClosed));
+        for p in self.snapshots.drain(..) {
+            p.completer.complete(Err(Error::ShardClosed));
         }
     }
 }
@@ -281,8 +298,6 @@ pub(crate) struct Replica {
     /// Set when the replica failed (state machine error); it stops stepping.
     pub(crate) failed: Mutex<Option<String>>,
     pub(crate) unloaded: AtomicBool,
-    /// Compaction overhead for the next requested snapshot (`u64::MAX`: use the config's).
-    pub(crate) compaction_override: AtomicU64,
     /// Held by the apply worker while it applies this replica, and by the
     /// snapshot worker while it captures (or, for regular state machines,
     /// saves) a snapshot.

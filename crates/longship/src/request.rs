@@ -31,6 +31,9 @@ pub struct RequestHandle<T> {
 /// The engine's side of a request: completes it once.
 pub(crate) struct Completer<T> {
     slot: Arc<Slot<T>>,
+    /// When the request was made and the histogram its latency goes to
+    /// (successes only).
+    timer: Option<(std::time::Instant, Arc<crate::latency::Latency>)>,
 }
 
 /// A connected handle and completer.
@@ -43,7 +46,19 @@ pub(crate) fn request<T>() -> (RequestHandle<T>, Completer<T>) {
         }),
         cv: Condvar::new(),
     });
-    (RequestHandle { slot: slot.clone() }, Completer { slot })
+    (
+        RequestHandle { slot: slot.clone() },
+        Completer { slot, timer: None },
+    )
+}
+
+/// [`request`] whose successful completion records its latency in `latency`.
+pub(crate) fn timed_request<T>(
+    latency: &Arc<crate::latency::Latency>,
+) -> (RequestHandle<T>, Completer<T>) {
+    let (handle, mut completer) = request();
+    completer.timer = Some((std::time::Instant::now(), latency.clone()));
+    (handle, completer)
 }
 
 impl<T> Completer<T> {
@@ -53,6 +68,9 @@ impl<T> Completer<T> {
             let mut s = self.slot.state.lock();
             if s.outcome.is_some() || s.taken {
                 return;
+            }
+            if let (Ok(_), Some((started, latency))) = (&outcome, &self.timer) {
+                latency.record(started.elapsed());
             }
             s.outcome = Some(outcome);
             s.waker.take()

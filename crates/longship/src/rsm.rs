@@ -78,6 +78,19 @@ impl UserSm {
         }
     }
 
+    /// The state machine's hash (`None`: it offers none, or it panicked).
+    pub(crate) fn hash(&self) -> Option<u64> {
+        guarded("hash", || {
+            Ok(match self {
+                UserSm::Regular(sm) => sm.read().hash(),
+                UserSm::Concurrent(sm) => sm.hash(),
+                UserSm::OnDisk(sm) => sm.hash(),
+            })
+        })
+        .ok()
+        .flatten()
+    }
+
     pub(crate) fn is_on_disk(&self) -> bool {
         matches!(self, UserSm::OnDisk(_))
     }

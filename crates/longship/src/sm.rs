@@ -48,10 +48,28 @@ pub struct SmEntry {
 #[error("{0}")]
 pub struct SmError(pub String);
 
+/// The message of [`SmError::snapshot_aborted`] (dragonboat's
+/// `ErrSnapshotAborted`, a sentinel compared by value like it).
+pub const SNAPSHOT_ABORTED: &str = "snapshot aborted by the state machine";
+
 impl SmError {
     /// An error with a message.
     pub fn new(msg: impl Into<String>) -> SmError {
         SmError(msg.into())
+    }
+
+    /// What a state machine's `save_snapshot` (or `prepare_snapshot`)
+    /// returns to abort a snapshot it does not want taken now: the save is
+    /// discarded, nothing is compacted, the replica goes on, and a
+    /// requested snapshot ends with [`Error::Aborted`](crate::Error::Aborted)
+    /// (not `Rejected`).
+    pub fn snapshot_aborted() -> SmError {
+        SmError(SNAPSHOT_ABORTED.to_string())
+    }
+
+    /// Whether this is [`SmError::snapshot_aborted`].
+    pub fn is_snapshot_aborted(&self) -> bool {
+        self.0 == SNAPSHOT_ABORTED
     }
 }
 
@@ -92,6 +110,13 @@ pub trait StateMachine: Send + Sync {
     fn save_snapshot(&self, w: &mut dyn Write, stop: &StopFlag) -> Result<(), SmError>;
     /// Replaces the whole state by the one read from `r`.
     fn recover_from_snapshot(&mut self, r: &mut dyn Read, stop: &StopFlag) -> Result<(), SmError>;
+    /// A hash of the whole state (dragonboat's `GetHash`), for checking
+    /// that replicas agree ([`NodeHost::verify`](crate::NodeHost::verify)):
+    /// equal states must give equal hashes on every replica. `None` (the
+    /// default): the state machine offers none.
+    fn hash(&self) -> Option<u64> {
+        None
+    }
     /// Releases resources; called once when the replica stops.
     fn close(&mut self) {}
 }
@@ -115,6 +140,13 @@ pub trait ConcurrentStateMachine: Send + Sync {
     ) -> Result<(), SmError>;
     /// Replaces the whole state by the one read from `r`.
     fn recover_from_snapshot(&self, r: &mut dyn Read, stop: &StopFlag) -> Result<(), SmError>;
+    /// A hash of the whole state (dragonboat's `GetHash`), for checking
+    /// that replicas agree ([`NodeHost::verify`](crate::NodeHost::verify)):
+    /// equal states must give equal hashes on every replica. `None` (the
+    /// default): the state machine offers none.
+    fn hash(&self) -> Option<u64> {
+        None
+    }
     /// Releases resources; called once when the replica stops.
     fn close(&self) {}
 }
@@ -141,6 +173,13 @@ pub trait OnDiskStateMachine: Send + Sync {
     ) -> Result<(), SmError>;
     /// Replaces the whole state by the one read from `r`, durably.
     fn recover_from_snapshot(&self, r: &mut dyn Read, stop: &StopFlag) -> Result<(), SmError>;
+    /// A hash of the whole state (dragonboat's `GetHash`), for checking
+    /// that replicas agree ([`NodeHost::verify`](crate::NodeHost::verify)):
+    /// equal states must give equal hashes on every replica. `None` (the
+    /// default): the state machine offers none.
+    fn hash(&self) -> Option<u64> {
+        None
+    }
     /// Releases resources; called once when the replica stops.
     fn close(&self) {}
 }

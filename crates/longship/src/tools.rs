@@ -78,9 +78,16 @@ pub struct ImportedSnapshot {
 /// restarts from the imported data, none bootstraps or joins. The module
 /// documentation walks through the whole repair.
 ///
-/// Checks before changing anything: `members` is non-empty, contains
-/// `replica_id`, and reuses no removed id; the snapshot is complete and
-/// every checksum matches; no running NodeHost holds the directory.
+/// Checks before changing anything (dragonboat's): `members` is non-empty,
+/// contains `replica_id` at this host's raft address
+/// (`nh_config.raft_address`), reuses no removed id, keeps every surviving
+/// member's address, and makes no former non-voting replica or witness a
+/// voter ([`Error::InvalidMembers`], [`Error::ReplicaRemoved`]); the
+/// directory exists ([`Error::SnapshotPathNotFound`]), holds a complete
+/// snapshot ([`Error::IncompleteSnapshot`]) whose every checksum matches;
+/// no running NodeHost holds the directory, and the replica's data was not
+/// removed ([`Error::ReplicaDataRemoved`]). The imported membership's
+/// config change id is the snapshot's index.
 ///
 /// [`NodeHost::request_snapshot`]: crate::NodeHost::request_snapshot
 /// [`SnapshotResult::export_dir`]: crate::SnapshotResult::export_dir
@@ -124,22 +131,9 @@ fn import_on(
     if nh_config.node_host_dir.as_os_str().is_empty() {
         return Err(Error::invalid_config("node_host_dir", "must be set"));
     }
-    if members.is_empty() {
-        return Err(Error::invalid_config("members", "must not be empty"));
-    }
-    if replica_id.is_none() || !members.contains_key(&replica_id) {
-        return Err(Error::invalid_config(
-            "members",
-            format!("must contain the replica being repaired ({replica_id})"),
-        ));
-    }
-    if members.contains_key(&ReplicaId::NONE)
-        || members.values().any(|a| a.is_empty() || a.len() > 255)
-    {
-        return Err(Error::invalid_config(
-            "members",
-            "ids must be non-zero and addresses 1..=255 bytes",
-        ));
+    check_members_alone(nh_config, members, replica_id)?;
+    if !fs.exists(snapshot_dir) {
+        return Err(Error::SnapshotPathNotFound(snapshot_dir.to_path_buf()));
     }
     if !fs.is_dir(snapshot_dir) {
         return Err(Error::invalid_config(
@@ -172,11 +166,17 @@ fn import_on(
             ),
         ));
     }
-    src_store.verify(index)?;
+    check_complete(&*fs, snapshot_dir, &src_info)?;
+    src_store
+        .verify(index)
+        .map_err(|e| incomplete_or(e, snapshot_dir))?;
 
     let old = &src_info.meta.membership;
+    check_members_against(old, members)?;
+    // The new membership is the snapshot's last config change (as
+    // dragonboat's import sets it): an ordered change based on it works.
     let mut membership = Membership {
-        config_change_id: old.config_change_id,
+        config_change_id: index,
         voters: members.clone(),
         removed: old.removed.clone(),
         ..Membership::default()
@@ -196,6 +196,7 @@ fn import_on(
 
     fs.create_dir_all(&nh_config.node_host_dir)?;
     let _lock = DirLock::acquire(&nh_config.node_host_dir, os)?;
+    crate::tombstone::check_not_removed_in(&*fs, &nh_config.node_host_dir, shard, replica_id)?;
     let me = replica_id;
     let store = SnapshotStore::open(
         fs.clone(),
@@ -232,6 +233,128 @@ fn import_on(
         replica_id: me,
         index,
     })
+}
+
+/// The checks of `members` that need no snapshot: non-empty, valid ids and
+/// addresses, the repaired replica listed, at this host's raft address.
+fn check_members_alone(
+    nh_config: &NodeHostConfig,
+    members: &BTreeMap<ReplicaId, String>,
+    replica_id: ReplicaId,
+) -> Result<()> {
+    if members.is_empty() {
+        return Err(Error::InvalidMembers("the member list is empty".into()));
+    }
+    if members.contains_key(&ReplicaId::NONE)
+        || members.values().any(|a| a.is_empty() || a.len() > 255)
+    {
+        return Err(Error::InvalidMembers(
+            "ids must be non-zero and addresses 1..=255 bytes".into(),
+        ));
+    }
+    let Some(address) = members.get(&replica_id) else {
+        return Err(Error::InvalidMembers(format!(
+            "the member list must contain the replica being repaired ({replica_id})"
+        )));
+    };
+    if *address != nh_config.raft_address {
+        return Err(Error::InvalidMembers(format!(
+            "replica {replica_id} is listed at {address}, but this NodeHost's raft address is {}: \
+             import on the host the list names, with its NodeHostConfig",
+            nh_config.raft_address
+        )));
+    }
+    Ok(())
+}
+
+/// The checks of `members` against the snapshot's membership `old`: a
+/// member that survives keeps its address (its peers' data names it there),
+/// and a former non-voting replica or witness cannot come back as a voter
+/// (it may lack entries a voter must hold, or any state at all).
+fn check_members_against(old: &Membership, members: &BTreeMap<ReplicaId, String>) -> Result<()> {
+    for (id, address) in members {
+        if let Some(before) = old.voters.get(id)
+            && before != address
+        {
+            return Err(Error::InvalidMembers(format!(
+                "replica {id} was at {before} and is listed at {address}: a surviving member \
+                 keeps its address (give a moved host a new replica id)"
+            )));
+        }
+        if old.non_votings.contains_key(id) {
+            return Err(Error::InvalidMembers(format!(
+                "replica {id} was non-voting: it cannot come back as a voter (give it a new id)"
+            )));
+        }
+        if old.witnesses.contains_key(id) {
+            return Err(Error::InvalidMembers(format!(
+                "replica {id} was a witness: it holds no state and cannot come back as a voter \
+                 (give it a new id)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Every file the snapshot's metadata lists is there, at least as long as
+/// recorded (a partial copy is [`Error::IncompleteSnapshot`]; whether the
+/// bytes are right is the checksums' job).
+fn check_complete(fs: &dyn FileSystem, dir: &Path, info: &SnapshotInfo) -> Result<()> {
+    let files = std::iter::once((
+        longship_storage::snapshot::DATA_FILE_NAME,
+        info.data_size_bytes,
+    ))
+    .chain(
+        info.external_files
+            .iter()
+            .map(|f| (f.name.as_str(), f.size_bytes)),
+    );
+    for (name, size) in files {
+        let path = dir.join(name);
+        let len = if fs.exists(&path) {
+            fs.open_read(&path)?.len()?
+        } else {
+            return Err(Error::IncompleteSnapshot {
+                dir: dir.to_path_buf(),
+                reason: format!("{name} is missing"),
+            });
+        };
+        if len < size {
+            return Err(Error::IncompleteSnapshot {
+                dir: dir.to_path_buf(),
+                reason: format!("{name} has {len} of its {size} bytes"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A verification error of the source snapshot: a missing or short file is
+/// [`Error::IncompleteSnapshot`], anything else (a checksum) stays as it is.
+fn incomplete_or(e: longship_storage::snapshot::SnapshotError, dir: &Path) -> Error {
+    use longship_storage::snapshot::SnapshotError as E;
+    match e {
+        E::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            Error::IncompleteSnapshot {
+                dir: dir.to_path_buf(),
+                reason: e.to_string(),
+            }
+        }
+        E::Incomplete { .. } | E::NotFound(_) => Error::IncompleteSnapshot {
+            dir: dir.to_path_buf(),
+            reason: e.to_string(),
+        },
+        e => Error::Snapshot(e),
+    }
+}
+
+/// The raft address the NodeHost directory `node_host_dir` was started
+/// under (its owner record), or `None` if no NodeHost ever started there
+/// (a new host of a repair). For offline tools that take the directory
+/// alone: pass it as [`NodeHostConfig::raft_address`] to
+/// [`import_snapshot`].
+pub fn recorded_raft_address(node_host_dir: &Path) -> Result<Option<String>> {
+    crate::owner::recorded_address(&OsFs::new(), node_host_dir)
 }
 
 fn read_info(fs: &dyn FileSystem, dir: &Path) -> Result<SnapshotInfo> {
@@ -284,11 +407,15 @@ fn not_a_snapshot(fs: &dyn FileSystem, dir: &Path) -> Error {
             dir.display(),
             dir.join(newest).display()
         ),
-        None => format!(
-            "{} holds no snapshot (no {META_FILE_NAME}): pass the directory \
-             request_snapshot returned in SnapshotResult::export_dir",
-            dir.display()
-        ),
+        None => {
+            return Error::IncompleteSnapshot {
+                dir: dir.to_path_buf(),
+                reason: format!(
+                    "it has no {META_FILE_NAME} (pass the directory request_snapshot returned \
+                     in SnapshotResult::export_dir)"
+                ),
+            };
+        }
     };
     Error::invalid_config("snapshot_dir", reason)
 }

@@ -383,22 +383,36 @@ fn unloaded(h: &Hosts, i: u64) -> usize {
 }
 
 /// Parses Prometheus text into name -> value, checking every sample has
-/// its TYPE line.
+/// its TYPE line. Of a histogram only `<name>_count` is kept (its buckets
+/// and sum are checked in `metrics_http.rs`).
 fn parse_prometheus(text: &str) -> BTreeMap<String, u64> {
-    let mut types = Vec::new();
+    let mut types: Vec<(String, String)> = Vec::new();
     let mut values = BTreeMap::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap();
-            assert!(kind == "counter" || kind == "gauge", "{line}");
-            types.push(name.to_string());
+            assert!(
+                kind == "counter" || kind == "gauge" || kind == "histogram",
+                "{line}"
+            );
+            types.push((name.to_string(), kind.to_string()));
         } else {
             let (name, v) = line.split_once(' ').expect("name value");
             assert!(name.starts_with("longship_"), "{line}");
-            assert!(
-                types.last().is_some_and(|t| t == name),
-                "no TYPE for {name}"
-            );
+            let (typed, kind) = types.last().expect("a TYPE line first");
+            if kind == "histogram" {
+                let base = name
+                    .split_once("_bucket{")
+                    .map(|(b, _)| b)
+                    .or_else(|| name.strip_suffix("_sum"))
+                    .or_else(|| name.strip_suffix("_count"));
+                assert_eq!(base, Some(typed.as_str()), "no TYPE for {name}");
+                if !name.ends_with("_count") {
+                    continue;
+                }
+            } else {
+                assert_eq!(typed, name, "no TYPE for {name}");
+            }
             let prev = values.insert(name.to_string(), v.parse::<u64>().unwrap());
             assert!(prev.is_none(), "duplicate {name}");
         }

@@ -31,6 +31,13 @@ fn import_snapshot_repairs_a_shard_that_lost_its_quorum() {
                 .sync_propose(&mut s, format!("set k{i} before").into_bytes(), TIMEOUT)
         });
     }
+    // A non-voting replica 6 (on m6, never started) is in the exported
+    // membership: it may not come back as a voter.
+    retry(|| {
+        c.nh(leader)
+            .request_add_non_voting(ShardId(SHARD), ReplicaId(6), addr(6), Index(0), TIMEOUT)?
+            .wait()
+    });
     // Export a snapshot from m1 (its replica must have applied everything).
     retry(|| c.nh(1).sync_read(ShardId(SHARD), b"get k9", TIMEOUT));
     let export = c.dir.path().join("backup");
@@ -64,29 +71,44 @@ fn import_snapshot_repairs_a_shard_that_lost_its_quorum() {
         c.stop_host(h);
     }
 
-    // Bad inputs change nothing.
+    // Bad inputs change nothing; each check fails with its own error.
     let cfg1 = c.host_config(1);
-    let err = import_snapshot(&cfg1, &snapshot_dir, &BTreeMap::new(), ReplicaId(1)).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::InvalidConfig {
-                field: "members",
-                ..
-            }
-        ),
-        "{err}"
+    let invalid_members = |err: Error, says: &str| {
+        assert!(
+            matches!(&err, Error::InvalidMembers(why) if why.contains(says)),
+            "expected InvalidMembers ({says}): {err}"
+        );
+    };
+    invalid_members(
+        import_snapshot(&cfg1, &snapshot_dir, &BTreeMap::new(), ReplicaId(1)).unwrap_err(),
+        "empty",
     );
-    let err = import_snapshot(&cfg1, &snapshot_dir, &members(&[4, 5]), ReplicaId(1)).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::InvalidConfig {
-                field: "members",
-                ..
-            }
-        ),
-        "{err}"
+    invalid_members(
+        import_snapshot(&cfg1, &snapshot_dir, &members(&[4, 5]), ReplicaId(1)).unwrap_err(),
+        "must contain the replica",
+    );
+    // The host's raft address must be the one listed for the replica.
+    invalid_members(
+        import_snapshot(&c.host_config(4), &snapshot_dir, &new_members, ReplicaId(5)).unwrap_err(),
+        "raft address",
+    );
+    // A surviving member keeps its address.
+    let mut moved = new_members.clone();
+    moved.insert(ReplicaId(1), "elsewhere:1".into());
+    invalid_members(
+        import_snapshot(&c.host_config(4), &snapshot_dir, &moved, ReplicaId(4)).unwrap_err(),
+        "keeps its address",
+    );
+    // A former non-voting replica cannot come back as a voter.
+    invalid_members(
+        import_snapshot(
+            &c.host_config(6),
+            &snapshot_dir,
+            &members(&[1, 4, 6]),
+            ReplicaId(6),
+        )
+        .unwrap_err(),
+        "was non-voting",
     );
     let err = import_snapshot(
         &cfg1,
@@ -95,16 +117,31 @@ fn import_snapshot_repairs_a_shard_that_lost_its_quorum() {
         ReplicaId(1),
     )
     .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::InvalidConfig {
-                field: "snapshot_dir",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, Error::SnapshotPathNotFound(_)), "{err}");
+    // A copy without its data file, and a directory without metadata.
+    let partial = c
+        .dir
+        .path()
+        .join("partial")
+        .join(snapshot_dir.file_name().unwrap());
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::copy(
+        snapshot_dir.join("snapshot.meta"),
+        partial.join("snapshot.meta"),
+    )
+    .unwrap();
+    let err = import_snapshot(&cfg1, &partial, &new_members, ReplicaId(1)).unwrap_err();
+    assert!(matches!(err, Error::IncompleteSnapshot { .. }), "{err}");
+    let empty = c.dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let err = import_snapshot(&cfg1, &empty, &new_members, ReplicaId(1)).unwrap_err();
+    assert!(matches!(err, Error::IncompleteSnapshot { .. }), "{err}");
+    for h in [4, 5, 6] {
+        assert!(
+            !c.host_dir(h).exists(),
+            "a refused import wrote on host {h}"
+        );
+    }
     // The export directory itself: the error points at its snapshot-* child,
     // and names each path once.
     let err = import_snapshot(&cfg1, &export, &new_members, ReplicaId(1)).unwrap_err();
@@ -182,6 +219,12 @@ fn import_snapshot_repairs_a_shard_that_lost_its_quorum() {
         vec![1, 4, 5]
     );
     assert!(m.removed.contains(&ReplicaId(2)) && m.removed.contains(&ReplicaId(3)));
+    assert!(
+        m.removed.contains(&ReplicaId(6)),
+        "the non-voting replica is gone"
+    );
+    // The imported membership's config change id is the snapshot's index.
+    assert_eq!(m.config_change_id, done.index);
     let mut s = c.nh(leader).get_noop_session(ShardId(SHARD));
     retry(|| {
         c.nh(leader)

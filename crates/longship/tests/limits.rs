@@ -239,6 +239,9 @@ fn error_kinds_say_whether_to_retry() {
         Error::Timeout,
         Error::Dropped,
         Error::PendingConfigChange,
+        // dragonboat's IsTempError: retry on another host.
+        Error::ShardClosed,
+        Error::Stopped,
     ];
     for e in temporary {
         assert!(e.is_temporary(), "{e}");
@@ -249,9 +252,13 @@ fn error_kinds_say_whether_to_retry() {
         Error::InvalidSession,
         Error::TimeoutTooSmall { rtt_ms: 5 },
         Error::PayloadTooBig { size: 2, max: 1 },
-        Error::ShardClosed,
-        Error::Stopped,
         Error::Cancelled,
+        Error::Aborted,
+        Error::ShardNotStopped(ShardId(1)),
+        Error::ReplicaDataRemoved {
+            shard_id: ShardId(1),
+            replica_id: ReplicaId(3),
+        },
         Error::Rejected("no".into()),
         Error::ReplicaRemoved(ReplicaId(3)),
         Error::DirLocked("/x".into()),

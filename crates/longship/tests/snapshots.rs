@@ -96,7 +96,7 @@ fn automatic_snapshots_compact_the_log() {
 }
 
 #[test]
-fn requested_snapshot_is_exported_and_compacts() {
+fn exported_snapshot_is_a_backup_that_changes_nothing() {
     let c = TestCluster::new(3);
     c.start_shard(SHARD, &[1, 2, 3]);
     let leader = c.wait_leader(SHARD);
@@ -105,11 +105,12 @@ fn requested_snapshot_is_exported_and_compacts() {
     }
     let (applied, snap) = shard_state(&c, leader);
     assert_eq!(snap, 0, "no automatic snapshot with snapshot_entries = 0");
+    let log_before = log_range(&c, leader);
     // The export path is created if missing, parents included.
     let export = c.dir.path().join("backups").join("shard-1");
     let opt = SnapshotOption {
         export_path: Some(export.clone()),
-        compaction_overhead: Some(0),
+        compaction_overhead: None,
     };
     let done = retry(|| {
         c.nh(leader)
@@ -121,9 +122,12 @@ fn requested_snapshot_is_exported_and_compacts() {
         index.0 >= applied,
         "snapshot {index} below applied {applied}"
     );
-    assert_eq!(shard_state(&c, leader).1, index.0);
-    // With no overhead the log keeps nothing at or below the snapshot.
-    assert_eq!(log_range(&c, leader).0, index.0 + 1);
+    // A backup: no local snapshot, the log as it was.
+    assert_eq!(shard_state(&c, leader).1, 0, "no local snapshot");
+    assert_eq!(log_range(&c, leader).0, log_before.0, "log not compacted");
+    let m = c.nh(leader).metrics();
+    assert_eq!(m.snapshots_saved.load(Ordering::Relaxed), 0);
+    assert_eq!(m.snapshots_exported.load(Ordering::Relaxed), 1);
 
     // The request names the exported directory.
     let dir = export.join(format!("snapshot-{:016x}", index.0));
@@ -138,13 +142,37 @@ fn requested_snapshot_is_exported_and_compacts() {
         "exported data holds the state machine's state"
     );
 
-    // Nothing applied since: a second snapshot (exported or not) is
-    // refused, and the first export stays as it was.
-    let again = request_snapshot(c.nh(leader), SnapshotOption::default());
-    assert!(matches!(again, Err(Error::Rejected(_))), "{again:?}");
-    let again = request_snapshot(c.nh(leader), opt.clone());
-    assert!(matches!(again, Err(Error::Rejected(_))), "{again:?}");
+    // Nothing applied since (an idle shard): an export into another
+    // directory is taken all the same, at the same index.
+    let other = c.dir.path().join("backups").join("again");
+    let again = retry(|| {
+        let opt = SnapshotOption {
+            export_path: Some(other.clone()),
+            compaction_overhead: None,
+        };
+        c.nh(leader).request_snapshot(sid(), opt, TIMEOUT)?.wait()
+    });
+    assert_eq!(again.index, index);
+    assert_eq!(
+        std::fs::read(again.export_dir.unwrap().join("snapshot.data")).unwrap(),
+        data
+    );
+    // The same index into the same directory: refused, the first export
+    // stays as it was.
+    let same = request_snapshot(c.nh(leader), opt.clone());
+    assert!(matches!(same, Err(Error::Snapshot(_))), "{same:?}");
     assert_eq!(std::fs::read(dir.join("snapshot.data")).unwrap(), data);
+    // A compaction override with an export is refused before anything runs.
+    let bad = c.nh(leader).request_snapshot(
+        sid(),
+        SnapshotOption {
+            export_path: Some(export.clone()),
+            compaction_overhead: Some(0),
+        },
+        TIMEOUT,
+    );
+    assert!(matches!(bad, Err(Error::InvalidConfig { .. })));
+
     // After a new entry, the next export is a second directory beside it.
     c.propose(leader, SHARD, "set k10 v10");
     let next = retry(|| {
@@ -156,10 +184,44 @@ fn requested_snapshot_is_exported_and_compacts() {
     let next_dir = next.export_dir.expect("exported");
     assert_eq!(next_dir.parent(), Some(export.as_path()));
     assert!(next_dir.is_dir() && dir.is_dir());
-    // Followers did not snapshot.
-    for h in (1..=3).filter(|&h| h != leader) {
+    // Still no local snapshot, still the whole log, anywhere.
+    assert_eq!(log_range(&c, leader).0, log_before.0);
+    for h in 1..=3 {
         assert_eq!(shard_state(&c, h).1, 0);
     }
+}
+
+#[test]
+fn a_requested_compaction_overhead_applies_to_its_own_snapshot_only() {
+    let cfg = |i| Config {
+        compaction_overhead: 5,
+        ..config(SHARD, i)
+    };
+    let c = TestCluster::new(1);
+    c.start_shard_with(&[1], cfg);
+    c.wait_leader(SHARD);
+    for i in 0..20 {
+        c.propose(1, SHARD, format!("set k{i} v{i}"));
+    }
+    let zero = SnapshotOption {
+        compaction_overhead: Some(0),
+        ..SnapshotOption::default()
+    };
+    let first = request_snapshot(c.nh(1), zero.clone()).unwrap();
+    assert_eq!(log_range(&c, 1).0, first.0 + 1, "its own overhead: 0");
+    // Refused (nothing new): the override it carried is not left behind.
+    let refused = request_snapshot(c.nh(1), zero);
+    assert!(matches!(refused, Err(Error::Rejected(_))), "{refused:?}");
+    for i in 0..20 {
+        c.propose(1, SHARD, format!("set j{i} v{i}"));
+    }
+    let second = request_snapshot(c.nh(1), SnapshotOption::default()).unwrap();
+    assert!(second > first);
+    assert_eq!(
+        log_range(&c, 1).0,
+        second.0 - 5 + 1,
+        "a plain request keeps the replica's overhead"
+    );
 }
 
 /// The leader of the shard, moved to host 1 if host 3 led (host 3 is the
@@ -456,4 +518,81 @@ fn a_snapshot_over_max_snapshot_bytes_is_refused_by_the_receiver() {
         shard_state(&c, 3).0 <= lagging_last,
         "host 3 caught up anyway"
     );
+}
+
+/// A Kv whose snapshot saves abort while `abort` is set.
+struct AbortingKv {
+    kv: Kv,
+    abort: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl longship::StateMachine for AbortingKv {
+    fn update(&mut self, entries: &mut [longship::SmEntry]) -> Result<(), longship::SmError> {
+        self.kv.update(entries)
+    }
+    fn lookup(&self, query: &[u8]) -> Result<Vec<u8>, longship::SmError> {
+        self.kv.lookup(query)
+    }
+    fn save_snapshot(
+        &self,
+        w: &mut dyn std::io::Write,
+        stop: &longship::StopFlag,
+    ) -> Result<(), longship::SmError> {
+        if self.abort.load(Ordering::SeqCst) {
+            return Err(longship::SmError::snapshot_aborted());
+        }
+        self.kv.save_snapshot(w, stop)
+    }
+    fn recover_from_snapshot(
+        &mut self,
+        r: &mut dyn std::io::Read,
+        stop: &longship::StopFlag,
+    ) -> Result<(), longship::SmError> {
+        self.kv.recover_from_snapshot(r, stop)
+    }
+}
+
+#[test]
+fn a_snapshot_the_state_machine_aborts_is_reported_as_aborted() {
+    let c = TestCluster::new(1);
+    let abort = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let a = abort.clone();
+    c.nh(1)
+        .start_replica(
+            Start::New(TestCluster::members(&[1])),
+            move |_, _| {
+                Box::new(AbortingKv {
+                    kv: Kv::default(),
+                    abort: a.clone(),
+                })
+            },
+            config(SHARD, 1),
+        )
+        .unwrap();
+    c.wait_leader(SHARD);
+    for i in 0..5 {
+        c.propose(1, SHARD, format!("set k{i} v{i}"));
+    }
+    let log_before = log_range(&c, 1);
+    let local = request_snapshot(c.nh(1), SnapshotOption::default());
+    assert!(matches!(local, Err(Error::Aborted)), "{local:?}");
+    assert!(!Error::Aborted.is_temporary());
+    let export = c.dir.path().join("export");
+    let exported = request_snapshot(
+        c.nh(1),
+        SnapshotOption {
+            export_path: Some(export.clone()),
+            compaction_overhead: None,
+        },
+    );
+    assert!(matches!(exported, Err(Error::Aborted)), "{exported:?}");
+    // Nothing saved, nothing compacted, no export left behind.
+    assert_eq!(shard_state(&c, 1).1, 0);
+    assert_eq!(log_range(&c, 1), log_before);
+    assert_eq!(std::fs::read_dir(&export).unwrap().count(), 0);
+    // The replica goes on; once the state machine allows it, it snapshots.
+    abort.store(false, Ordering::SeqCst);
+    c.propose(1, SHARD, "set after abort");
+    let index = request_snapshot(c.nh(1), SnapshotOption::default()).unwrap();
+    assert_eq!(shard_state(&c, 1).1, index.0);
 }

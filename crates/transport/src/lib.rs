@@ -78,6 +78,14 @@ pub trait MessageHandler: Send + Sync {
     /// again (a quiesced follower does not count election ticks). Default:
     /// nothing.
     fn handle_connection_lost(&self, _address: &str) {}
+    /// An outbound connection to the host at `address` was made (`snapshot`:
+    /// one that carries a snapshot stream). Transports without connections
+    /// never call it. Default: nothing.
+    fn handle_connection_established(&self, _address: &str, _snapshot: bool) {}
+    /// An outbound connection to the host at `address` could not be made
+    /// (`snapshot` as above); the transport retries with backoff. Default:
+    /// nothing.
+    fn handle_connection_failed(&self, _address: &str, _snapshot: bool) {}
     /// A snapshot chunk arrived. Returns false to abort the stream (the
     /// sender then reports the snapshot failed).
     fn handle_snapshot_chunk(&self, chunk: SnapshotChunk) -> bool;

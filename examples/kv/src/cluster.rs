@@ -37,6 +37,9 @@ pub struct NodeSpec {
     /// Linearizable reads served by leader leases (`Config::lease_read`)
     /// instead of a heartbeat round per read batch.
     pub lease_reads: bool,
+    /// Where the NodeHost serves its Prometheus metrics over HTTP
+    /// (`GET /metrics`, `NodeHostConfig::metrics_address`); empty: nowhere.
+    pub metrics_address: String,
 }
 
 /// The replica config of a shard on this node.
@@ -121,6 +124,7 @@ pub fn start_node(spec: &NodeSpec) -> longship::Result<Arc<KvNode>> {
         raft_address: spec.raft_addr.clone(),
         deployment_id: DEPLOYMENT_ID,
         mutual_tls: spec.raft_tls.clone(),
+        metrics_address: spec.metrics_address.clone(),
         ..NodeHostConfig::default()
     };
     let nh = Arc::new(NodeHost::new(cfg)?);

@@ -61,6 +61,11 @@ struct Args {
     /// longship::Config::lease_read); off by default.
     #[arg(long)]
     lease_reads: bool,
+    /// Serve the NodeHost's Prometheus metrics (counters, gauges, latency
+    /// histograms) over HTTP at this address: `GET /metrics`. In the local
+    /// 3-node cluster node `i` listens on this port + i - 1 (port 0: any).
+    #[arg(long)]
+    metrics_address: Option<String>,
     /// Write logs as JSON objects, one a line (`RUST_LOG` filters them;
     /// default warn).
     #[arg(long)]
@@ -313,10 +318,14 @@ fn run(args: Args, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
                 server: server.clone(),
                 raft_tls: raft_tls.clone(),
                 lease_reads: args.lease_reads,
+                metrics_address: local_metrics_address(args.metrics_address.as_deref(), i)?,
             };
             let node = start_node(&spec).map_err(|e| format!("node {i}: {e}"))?;
             let redis = format!("127.0.0.1:{}", 7378 + i);
             println!("  node {i}: raft {} redis {redis}", spec.raft_addr);
+            if let Some(m) = node.nh.metrics_address() {
+                println!("  node {i}: metrics http://{m}/metrics");
+            }
             nodes.push((node, redis));
         }
         // One process: each node sends a request to the NodeHost that leads its shard.
@@ -364,12 +373,16 @@ fn run(args: Args, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
             server,
             raft_tls,
             lease_reads: args.lease_reads,
+            metrics_address: args.metrics_address.clone().unwrap_or_default(),
         };
         let node = start_node(&spec).map_err(|e| e.to_string())?;
         println!(
             "longship-kv: node {node_id}: raft {} redis {redis}, {} shards",
             spec.raft_addr, args.shards
         );
+        if let Some(m) = node.nh.metrics_address() {
+            println!("longship-kv: node {node_id}: metrics http://{m}/metrics");
+        }
         nodes.push((node, redis));
     }
     runtime.block_on(async {
@@ -393,4 +406,21 @@ fn run(args: Args, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
         node.nh.close();
     }
     Ok(())
+}
+
+/// The metrics address of node `i` of the local cluster: `--metrics-address`
+/// with its port moved up by `i - 1` (port 0 stays 0).
+fn local_metrics_address(flag: Option<&str>, i: u64) -> Result<String, String> {
+    let Some(flag) = flag else {
+        return Ok(String::new());
+    };
+    let mut addr: std::net::SocketAddr = flag
+        .parse()
+        .map_err(|e| format!("--metrics-address {flag}: {e} (expected ip:port)"))?;
+    if addr.port() != 0 {
+        let port = u16::try_from(u64::from(addr.port()) + i - 1)
+            .map_err(|_| format!("--metrics-address {flag}: port + {} is past 65535", i - 1))?;
+        addr.set_port(port);
+    }
+    Ok(addr.to_string())
 }

@@ -112,6 +112,7 @@ impl ApplyWorker {
         let host = &self.host;
         let mut out = Vec::new();
         let mut membership_changed = Vec::new();
+        let started = std::time::Instant::now();
         let res = r.rsm.apply(
             entries,
             &mut |cc, index| {
@@ -123,6 +124,7 @@ impl ApplyWorker {
             &mut out,
         );
         res.map_err(|e| Error::StateMachine(e.0))?;
+        host.metrics.latencies.apply.record(started.elapsed());
         let last = entries.last().map(|e| e.index).unwrap_or(Index(0));
         if last > r.applied() {
             r.applied_index.store(last.0, Ordering::Release);

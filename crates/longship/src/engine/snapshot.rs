@@ -35,49 +35,42 @@ impl SnapshotWorker {
         match job {
             SnapshotJob::Save(shard) => {
                 if let Some(r) = self.host.replica(shard) {
-                    // Requests made before this point are answered by this
-                    // save (it captures at least this index); later ones by
-                    // their own job, unless this snapshot already covers them.
-                    let seen = r.applied();
-                    let res = save_snapshot(&self.host, &r);
+                    let res = save_snapshot(&self.host, &r, r.config.compaction_overhead);
                     r.snapshotting.store(false, Ordering::Release);
                     self.host.mark_apply(shard);
-                    let covered = *res.as_ref().unwrap_or(&seen);
-                    let mut pending = r.pending.lock();
-                    let (answered, waiting) = std::mem::take(&mut pending.snapshots)
-                        .into_iter()
-                        .partition::<Vec<_>, _>(|(_, _, _, min)| *min <= covered);
-                    pending.snapshots = waiting;
-                    // An export copies the whole snapshot: not under the
-                    // lock the step worker takes on every tick.
-                    drop(pending);
-                    for (c, _, opt, _) in answered {
-                        let out = match &res {
-                            Ok(index) => match &opt.export_path {
-                                Some(path) => r
-                                    .snapshots
-                                    .export(*index, path)
-                                    .map(|dir| crate::nodehost::SnapshotResult {
-                                        index: *index,
-                                        export_dir: Some(dir),
-                                    })
-                                    .map_err(Error::from),
-                                None => Ok(crate::nodehost::SnapshotResult {
-                                    index: *index,
-                                    export_dir: None,
-                                }),
-                            },
-                            Err(Error::Rejected(why)) => Err(Error::Rejected(why.clone())),
-                            Err(e) => Err(Error::Rejected(e.to_string())),
-                        };
-                        c.complete(out);
-                    }
-                    if let Err(e) = res {
-                        tracing::warn!(shard = %shard, error = %e, "snapshot not saved");
+                    match res {
+                        Ok(index) => answer_covered(&r, index, None),
+                        // Requests wait for their own jobs, which report
+                        // their own outcome.
+                        Err(e @ Error::Rejected(_)) => {
+                            tracing::debug!(shard = %shard, reason = %e, "snapshot not saved")
+                        }
+                        Err(e) => {
+                            tracing::warn!(shard = %shard, error = %e, "snapshot not saved")
+                        }
                     }
                 }
             }
+            SnapshotJob::Requested { shard, key } => {
+                if let Some(r) = self.host.replica(shard) {
+                    run_requested(&self.host, &r, key);
+                }
+            }
             SnapshotJob::Stream { message, address } => {
+                let event =
+                    message
+                        .snapshot
+                        .as_ref()
+                        .map(|snap| crate::events::SnapshotSendEvent {
+                            shard_id: message.shard_id,
+                            replica_id: message.from,
+                            to: message.to,
+                            index: snap.index,
+                        });
+                let listener = self.host.listener.as_ref().zip(event);
+                if let Some((l, e)) = listener {
+                    l.snapshot_send_started(e);
+                }
                 let failed = match stream_snapshot(&self.host, &message, &address) {
                     Ok(()) => false,
                     Err(e) => {
@@ -95,6 +88,13 @@ impl SnapshotWorker {
                         true
                     }
                 };
+                if let Some((l, e)) = listener {
+                    if failed {
+                        l.snapshot_send_aborted(e);
+                    } else {
+                        l.snapshot_sent(e);
+                    }
+                }
                 report_snapshot_status(&self.host, &message, failed);
             }
         }
@@ -102,9 +102,215 @@ impl SnapshotWorker {
     }
 }
 
+/// Runs the requested snapshot `key` of `r` with its own options and
+/// answers it (and, after a local snapshot, the plain requests it covers).
+/// Nothing is done for a request already answered (by an earlier local
+/// snapshot), expired or ended by a stop.
+fn run_requested(host: &HostState, r: &Replica, key: u64) {
+    let opt = {
+        let pending = r.pending.lock();
+        match pending.snapshots.iter().find(|p| p.key == key) {
+            Some(p) => p.opt.clone(),
+            None => {
+                // Answered by an earlier local snapshot, expired or ended:
+                // the mark its request set must not outlive it (it would
+                // hold back automatic snapshots for good).
+                r.snapshotting.store(false, Ordering::Release);
+                return;
+            }
+        }
+    };
+    let out = match &opt.export_path {
+        // An export is a backup: it leaves the replica as it was.
+        Some(path) => export_snapshot(host, r, path),
+        None => {
+            let overhead = opt
+                .compaction_overhead
+                .unwrap_or(r.config.compaction_overhead);
+            let res = save_snapshot(host, r, overhead);
+            r.snapshotting.store(false, Ordering::Release);
+            host.mark_apply(r.shard_id);
+            if let Ok(index) = res {
+                answer_covered(r, index, Some(key));
+            }
+            res.map(|index| crate::nodehost::SnapshotResult {
+                index,
+                export_dir: None,
+            })
+        }
+    };
+    if let Err(e) = &out {
+        tracing::info!(shard = %r.shard_id, error = %e, "requested snapshot not taken");
+    }
+    let mine = {
+        let mut pending = r.pending.lock();
+        let at = pending.snapshots.iter().position(|p| p.key == key);
+        at.map(|i| pending.snapshots.swap_remove(i))
+    };
+    if let Some(p) = mine {
+        p.completer.complete(out.map_err(request_error));
+    }
+}
+
+/// What a requested snapshot's caller gets for a failure: the state
+/// machine's abort as [`Error::Aborted`], refusals and storage errors as
+/// they are, anything else as a refusal that says why.
+fn request_error(e: Error) -> Error {
+    match e {
+        Error::Rejected(_)
+        | Error::Aborted
+        | Error::Stopped
+        | Error::Witness(_)
+        | Error::Snapshot(_)
+        | Error::Storage(_)
+        | Error::InvalidConfig { .. } => e,
+        e => Error::Rejected(e.to_string()),
+    }
+}
+
+/// Answers the plain requests (no export, no override of their own) made
+/// at or below `index` with the local snapshot at `index`, and request
+/// `also` whatever it asked for.
+fn answer_covered(r: &Replica, index: Index, also: Option<u64>) {
+    let answered = {
+        let mut pending = r.pending.lock();
+        let (answered, waiting) = std::mem::take(&mut pending.snapshots)
+            .into_iter()
+            .partition::<Vec<_>, _>(|p| p.is_plain() && p.min <= index && Some(p.key) != also);
+        pending.snapshots = waiting;
+        answered
+    };
+    for p in answered {
+        p.completer.complete(Ok(crate::nodehost::SnapshotResult {
+            index,
+            export_dir: None,
+        }));
+    }
+}
+
+/// Maps a state machine's error while saving: its abort
+/// ([`SmError::snapshot_aborted`](crate::SmError::snapshot_aborted)) is
+/// [`Error::Aborted`].
+fn save_error(e: crate::sm::SmError) -> Error {
+    if e.is_snapshot_aborted() {
+        Error::Aborted
+    } else {
+        Error::StateMachine(e.0)
+    }
+}
+
+/// Writes the state machine's state at the applied index into `sink`'s
+/// snapshot and commits it. Holds the apply lock while the state is
+/// captured (for regular state machines, the whole save).
+fn write_state(
+    host: &HostState,
+    r: &Replica,
+    guard: parking_lot::MutexGuard<'_, ()>,
+    mut sink: longship_storage::snapshot::SnapshotSink,
+) -> Result<longship_storage::snapshot::SnapshotInfo, Error> {
+    let regular = matches!(r.rsm.sm, crate::rsm::UserSm::Regular(_));
+    let written = if regular {
+        // Exclusive with updates for the whole save: this shard's apply waits,
+        // others do not (the apply worker skips a locked shard).
+        let res = r.rsm.save_regular(&mut sink, &r.stop).map_err(save_error);
+        drop(guard);
+        res
+    } else {
+        match r.rsm.prepare() {
+            Ok(prepared) => {
+                drop(guard);
+                // An apply round that found the lock taken skipped the
+                // replica: it may go on now, not only once the save is over.
+                host.mark_apply(r.shard_id);
+                r.rsm
+                    .save_prepared(prepared, &mut sink, &r.stop)
+                    .map_err(save_error)
+            }
+            Err(e) => Err(save_error(e)),
+        }
+    };
+    // A save cut short by the stop flag may have returned Ok with part of
+    // the state only: never keep it (the log would be compacted behind it).
+    let written = written.and_then(|()| {
+        if r.stop.is_set() {
+            Err(Error::Stopped)
+        } else {
+            Ok(())
+        }
+    });
+    match written {
+        Ok(()) => Ok(sink.commit()?),
+        Err(e) => {
+            if let Err(c) = sink.cancel() {
+                tracing::warn!(error = %c, "unfinished snapshot not removed");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The snapshot metadata of `r` at its applied state.
+fn meta_of(r: &Replica, applied: &crate::rsm::AppliedState) -> SnapshotMeta {
+    SnapshotMeta {
+        index: applied.index,
+        term: applied.term,
+        membership: applied.membership.clone(),
+        on_disk_index: if r.rsm.sm.is_on_disk() {
+            applied.index
+        } else {
+            Index(0)
+        },
+        witness: r.config.is_witness,
+        file_size: 0,
+    }
+}
+
+/// Exports a snapshot of `r` at its applied index into `dir` as
+/// `dir/snapshot-<index>`, written like a local snapshot (temporary name,
+/// fsync, rename). A backup: the replica takes no local snapshot, its log
+/// is not compacted, and an idle replica exports as well as a busy one.
+pub(crate) fn export_snapshot(
+    host: &HostState,
+    r: &Replica,
+    dir: &std::path::Path,
+) -> Result<crate::nodehost::SnapshotResult, Error> {
+    if r.config.is_witness {
+        return Err(Error::Witness(r.shard_id));
+    }
+    let _one_at_a_time = r.snapshot_save.lock();
+    let guard = r.apply_lock.lock();
+    if let Some(why) = r.failed.lock().clone() {
+        return Err(Error::Rejected(format!("replica failed: {why}")));
+    }
+    let applied = r.rsm.applied();
+    if applied.index == Index(0) {
+        return Err(Error::Rejected(
+            "nothing applied yet: there is no state to export".into(),
+        ));
+    }
+    // The export directory has the layout of a snapshot store: its
+    // children are `snapshot-<index>` directories, committed atomically.
+    let store = longship_storage::snapshot::SnapshotStore::open_dir(
+        host.fs.clone(),
+        dir.to_path_buf(),
+        r.shard_id,
+        r.replica_id,
+    )?;
+    let sink = store.create(meta_of(r, &applied), 1)?;
+    let started = std::time::Instant::now();
+    let info = write_state(host, r, guard, sink)?;
+    host.metrics.latencies.snapshot.record(started.elapsed());
+    Metrics::add(&host.metrics.snapshots_exported, 1);
+    Ok(crate::nodehost::SnapshotResult {
+        index: info.meta.index,
+        export_dir: Some(store.snapshot_dir(info.meta.index)),
+    })
+}
+
 /// Saves a snapshot of the replica's state machine at its applied index,
-/// records it in log storage, then compacts the log. Returns its index.
-pub(crate) fn save_snapshot(host: &HostState, r: &Replica) -> Result<Index, Error> {
+/// records it in log storage, then compacts the log keeping `overhead`
+/// entries behind it. Returns its index.
+pub(crate) fn save_snapshot(host: &HostState, r: &Replica, overhead: u64) -> Result<Index, Error> {
     let _one_at_a_time = r.snapshot_save.lock();
     let guard = r.apply_lock.lock();
     // A failed `update` leaves an applied state that counts entries the
@@ -120,49 +326,11 @@ pub(crate) fn save_snapshot(host: &HostState, r: &Replica) -> Result<Index, Erro
             applied.index, last
         )));
     }
-    let overhead = r.compaction_override.swap(u64::MAX, Ordering::AcqRel);
-    let overhead = if overhead == u64::MAX {
-        r.config.compaction_overhead
-    } else {
-        overhead
-    };
-    let meta = SnapshotMeta {
-        index: applied.index,
-        term: applied.term,
-        membership: applied.membership.clone(),
-        on_disk_index: if r.rsm.sm.is_on_disk() {
-            applied.index
-        } else {
-            Index(0)
-        },
-        witness: r.config.is_witness,
-        file_size: 0,
-    };
-    let mut sink = r.snapshots.create(meta, 1)?;
-    let regular = matches!(r.rsm.sm, crate::rsm::UserSm::Regular(_));
-    if regular {
-        // Exclusive with updates for the whole save: this shard's apply waits,
-        // others do not (the apply worker skips a locked shard).
-        r.rsm
-            .save_regular(&mut sink, &r.stop)
-            .map_err(|e| Error::StateMachine(e.0))?;
-        drop(guard);
-    } else {
-        let prepared = r.rsm.prepare().map_err(|e| Error::StateMachine(e.0))?;
-        drop(guard);
-        // An apply round that found the lock taken skipped the replica:
-        // it may go on now, not only once the save is over.
-        host.mark_apply(r.shard_id);
-        r.rsm
-            .save_prepared(prepared, &mut sink, &r.stop)
-            .map_err(|e| Error::StateMachine(e.0))?;
-    }
-    // A save cut short by the stop flag may have returned Ok with part of
-    // the state only: never keep it (the log would be compacted behind it).
-    if r.stop.is_set() {
-        return Err(Error::Stopped);
-    }
-    let info = sink.commit()?;
+    let meta = meta_of(r, &applied);
+    let sink = r.snapshots.create(meta, 1)?;
+    let started = std::time::Instant::now();
+    let info = write_state(host, r, guard, sink)?;
+    host.metrics.latencies.snapshot.record(started.elapsed());
     host.logdb
         .save_snapshot(r.shard_id, r.replica_id, &info.meta)?;
     // A recovery from a newer snapshot may have run meanwhile (the save
@@ -192,8 +360,17 @@ pub(crate) fn save_snapshot(host: &HostState, r: &Replica) -> Result<Index, Erro
             });
         }
     }
-    if let Err(e) = r.snapshots.keep_newest(2) {
-        tracing::warn!(error = %e, "old snapshots not removed");
+    match r.snapshots.keep_newest(2) {
+        Ok(removed) => {
+            if let (Some(l), Some(index)) = (&host.listener, removed.iter().max()) {
+                l.snapshot_compacted(crate::events::SnapshotEvent {
+                    shard_id: r.shard_id,
+                    replica_id: r.replica_id,
+                    index: *index,
+                });
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "old snapshots not removed"),
     }
     Ok(info.meta.index)
 }

@@ -142,7 +142,10 @@ impl StepWorker {
         }
         if !updates.is_empty() {
             let n: usize = updates.iter().map(|u| u.entries.len()).sum();
-            if let Err(e) = host.logdb.save_raft_state(&updates) {
+            let started = std::time::Instant::now();
+            let saved = host.logdb.save_raft_state(&updates);
+            host.metrics.latencies.fsync.record(started.elapsed());
+            if let Err(e) = saved {
                 // What is on disk is unknown: nothing that depends on this
                 // write may leave. Stop the affected replicas.
                 tracing::error!(error = %e, "log storage write failed; stopping the replicas of this batch");

@@ -279,6 +279,13 @@ impl<L: LogReader> Raft<L> {
         }
     }
 
+    /// Whether a membership change this replica proposed as leader is in
+    /// its log and not applied yet (the leader refuses another meanwhile).
+    /// Always false on followers, which do not track it.
+    pub fn has_pending_config_change(&self) -> bool {
+        self.pending_config_change > self.log.applied()
+    }
+
     /// Whether this replica may campaign: only voters (never witnesses,
     /// non-voting or removed replicas), and only while no
     /// [`RecoveryGuard`] holds.

@@ -664,9 +664,11 @@ impl Sim {
             .then(|| std::path::PathBuf::from(format!("/exports/{si}-{}", self.round)));
         let export_path = export.clone();
         let attempt = self.attempt(si, |nh, shard| {
+            // An export compacts nothing: it takes no overhead.
+            let compaction_overhead = export_path.is_none().then_some(overhead);
             let opt = SnapshotOption {
                 export_path,
-                compaction_overhead: Some(overhead),
+                compaction_overhead,
             };
             nh.request_snapshot(shard, opt, timeout)
         });

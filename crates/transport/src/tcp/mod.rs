@@ -335,7 +335,15 @@ impl Transport for TcpTransport {
                 inner.active_streams.fetch_sub(1, Ordering::AcqRel);
                 return Err(SendError::QueueFull(address.to_string()));
             }
-            match connect_sync(inner, address) {
+            let connected = connect_sync(inner, address);
+            let handler = inner.handler.lock().clone();
+            if let Some(h) = handler {
+                match &connected {
+                    Ok(_) => h.handle_connection_established(address, true),
+                    Err(_) => h.handle_connection_failed(address, true),
+                }
+            }
+            match connected {
                 Ok(s) => s,
                 Err(e) => {
                     inner.active_streams.fetch_sub(1, Ordering::AcqRel);

@@ -294,7 +294,15 @@ async fn writer(inner: Arc<Inner>, pc: Arc<PeerConn>, address: String) {
                     report_unreachable(&inner, &address, &batch);
                     continue;
                 }
-                match connect(&inner, &address).await {
+                let connected = connect(&inner, &address).await;
+                let handler = inner.handler.lock().clone();
+                if let Some(h) = handler {
+                    match &connected {
+                        Ok(_) => h.handle_connection_established(&address, false),
+                        Err(_) => h.handle_connection_failed(&address, false),
+                    }
+                }
+                match connected {
                     Ok(c) => {
                         backoff.reset();
                         conn = Some(c);

@@ -50,6 +50,7 @@ pub fn start_nodes(shards: u64, server: &ServerConfig) -> (tempfile::TempDir, Ve
                 server: server.clone(),
                 raft_tls: None,
                 lease_reads: false,
+                metrics_address: String::new(),
             }) {
                 Ok(n) => nodes.push(n),
                 Err(e) => {
