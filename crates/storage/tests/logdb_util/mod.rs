@@ -201,6 +201,7 @@ pub fn update(k: Key, entries: Vec<Entry>) -> LogUpdate {
         entries,
         hard_state: None,
         snapshot: None,
+        clear_recovery: false,
     }
 }
 
