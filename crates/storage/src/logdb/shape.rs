@@ -9,7 +9,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use longship_raft::{Entry, HardState, Index, RecoveryGuard, ReplicaId, ShardId, SnapshotMeta, Term};
+use longship_raft::{
+    Entry, HardState, Index, RecoveryGuard, ReplicaId, ShardId, SnapshotMeta, Term,
+};
 
 use crate::error::{Error, Result};
 

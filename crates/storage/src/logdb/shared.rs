@@ -137,8 +137,7 @@ impl LogDb for SharedLogDb {
             .damage_found()
             .into_iter()
             .filter_map(|mut d| {
-                d.replicas
-                    .retain(|r| (self.owns)(r.shard_id, r.replica_id));
+                d.replicas.retain(|r| (self.owns)(r.shard_id, r.replica_id));
                 (d.replicas_unknown || !d.replicas.is_empty()).then_some(d)
             })
             .collect()

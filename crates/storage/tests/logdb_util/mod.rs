@@ -480,10 +480,7 @@ pub fn hard_states_of(a: &Action) -> BTreeMap<Key, HardState> {
 /// The replicas `a` names.
 pub fn keys_of(a: &Action) -> Vec<Key> {
     match a {
-        Action::Save(updates) => updates
-            .iter()
-            .map(|u| (u.shard_id, u.replica_id))
-            .collect(),
+        Action::Save(updates) => updates.iter().map(|u| (u.shard_id, u.replica_id)).collect(),
         Action::Compact(k, _)
         | Action::SaveSnapshot(k, _)
         | Action::Remove(k)
@@ -528,9 +525,9 @@ pub fn assert_recovered(got: &Model, acked: &Model, in_flight: Option<&Action>, 
             .unwrap_or_else(|| panic!("{ctx}: hard state of {k:?} changed: {:?}", g.hard_state));
         // A later term brings its vote; in the same term a vote is only
         // added, never replaced (the workload is not bound by Raft rules).
-        let (term, vote) = if w.term > a.hard_state.term {
-            (w.term, w.vote)
-        } else if w.term == a.hard_state.term && a.hard_state.vote.is_none() {
+        let newer = w.term > a.hard_state.term
+            || (w.term == a.hard_state.term && a.hard_state.vote.is_none());
+        let (term, vote) = if newer {
             (w.term, w.vote)
         } else {
             (a.hard_state.term, a.hard_state.vote)

@@ -409,7 +409,10 @@ impl Wal {
                 key: *key,
                 snapshot: None,
                 hard_state: None,
-                entries: live.first().zip(live.last()).map(|(f, l)| (f.index, l.index)),
+                entries: live
+                    .first()
+                    .zip(live.last())
+                    .map(|(f, l)| (f.index, l.index)),
                 clear_recovery: false,
             };
             builder.push(&summary, |out| {

@@ -621,8 +621,7 @@ pub(crate) fn decode_record(kind: u8, payload: &[u8]) -> Result<Record, DecodeEr
         KIND_CHECKPOINT => Record::Checkpoint(decode_checkpoint(&mut d)?),
         KIND_RELOCATE => {
             let h = decode_update_header(&mut d)?;
-            if h.snapshot.is_some() || h.hard_state.is_some() || h.clear_recovery || h.count == 0
-            {
+            if h.snapshot.is_some() || h.hard_state.is_some() || h.clear_recovery || h.count == 0 {
                 return Err(DecodeError::Invalid("bad relocation record"));
             }
             return Ok(Record::Relocate(h));

@@ -561,7 +561,8 @@ fn find_repair(data: &[u8], pos: usize, id: u64) -> std::result::Result<Option<u
         let Some((h, _)) = batch_header_at(data, q, seed) else {
             continue;
         };
-        let names_pos = matches!(h.items.first(), Some(Summary::Discard { from }) if *from == pos as u64);
+        let names_pos =
+            matches!(h.items.first(), Some(Summary::Discard { from }) if *from == pos as u64);
         let start = h.start as usize;
         if names_pos && start > pos && start < data.len() && read_batch(data, start, id).is_ok() {
             return Ok(Some(start));
