@@ -392,6 +392,56 @@ impl SnapshotStore {
         Err(SnapshotError::NoValidSnapshot { skipped })
     }
 
+    /// The snapshot a restarting replica may recover its state machine
+    /// from, given the first index its log still holds.
+    ///
+    /// The newest snapshot that passes `verify` is used. When newer ones
+    /// are damaged, falling back to it is safe only if the log still holds
+    /// every entry after it (`log_first_index <= index + 1`): the state
+    /// machine then re-applies them and ends where the damaged snapshot
+    /// would have put it. Otherwise the state those entries made is gone
+    /// from this replica, and guessing would lose it silently: the result
+    /// is [`SnapshotError::MustRebuild`], naming the shard, the replica and
+    /// the damaged snapshot directories. The same holds when no snapshot is
+    /// valid (or none exists) but the log was compacted.
+    ///
+    /// `Ok(None)`: no snapshot is needed, the log holds everything from
+    /// index 1 (a new replica, or every snapshot damaged before the log
+    /// was ever compacted; damaged ones are logged).
+    pub fn load_for_restart(
+        &self,
+        log_first_index: Index,
+        verify: Verify,
+    ) -> Result<Option<LoadedSnapshot>> {
+        let must_rebuild =
+            |skipped: &[SkippedSnapshot], fallback: Option<Index>| SnapshotError::MustRebuild {
+                shard: self.shard(),
+                replica: self.replica(),
+                damaged: skipped
+                    .iter()
+                    .map(|s| (s.index, self.snapshot_dir(s.index), s.error.to_string()))
+                    .collect(),
+                fallback,
+                log_first_index,
+            };
+        let covers = |index: Index| log_first_index.0 <= index.0.saturating_add(1);
+        match self.load_newest_with(verify) {
+            Ok(loaded) if loaded.skipped.is_empty() || covers(loaded.info.meta.index) => {
+                Ok(Some(loaded))
+            }
+            Ok(loaded) => Err(must_rebuild(&loaded.skipped, Some(loaded.info.meta.index))),
+            Err(SnapshotError::NoSnapshot) if log_first_index.0 <= 1 => Ok(None),
+            Err(SnapshotError::NoSnapshot) => Err(must_rebuild(&[], None)),
+            Err(SnapshotError::NoValidSnapshot { skipped }) if log_first_index.0 <= 1 => {
+                tracing::warn!(shard = %self.shard(), replica = %self.replica(), damaged = skipped.len(),
+                    "every snapshot is damaged; the log holds every entry, so none is needed");
+                Ok(None)
+            }
+            Err(SnapshotError::NoValidSnapshot { skipped }) => Err(must_rebuild(&skipped, None)),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Removes the snapshot at `index` (for example once the log was
     /// compacted past a newer one). Fails with `NotFound` if it is not there.
     pub fn remove(&self, index: Index) -> Result<()> {
