@@ -256,6 +256,36 @@ impl SnapshotStore {
         })
     }
 
+    /// Opens the existing store of `shard`/`replica` under `root` without
+    /// changing anything: no directory is created and leftovers of
+    /// interrupted writes are not removed (they are never listed anyway).
+    /// For inspection tools; use only the reading methods on it.
+    pub fn open_read_only(
+        fs: Arc<dyn FileSystem>,
+        root: &Path,
+        shard: ShardId,
+        replica: ReplicaId,
+    ) -> Result<SnapshotStore> {
+        let dir = root.join(replica_dir_name(shard, replica));
+        if !fs.is_dir(&dir) {
+            return Err(SnapshotError::Io {
+                op: "open",
+                path: dir,
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
+            });
+        }
+        Ok(SnapshotStore {
+            shared: Arc::new(Shared {
+                fs,
+                dir,
+                shard,
+                replica,
+                publish_lock: Mutex::new(()),
+                next_temp_id: AtomicU64::new(0),
+            }),
+        })
+    }
+
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
