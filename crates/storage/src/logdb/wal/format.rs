@@ -1159,6 +1159,58 @@ mod tests {
     }
 
     #[test]
+    fn batch_headers_round_trip_and_locate_their_batch() {
+        let key = (ShardId(3), ReplicaId(2));
+        let ops = vec![
+            Op::Update {
+                key,
+                snapshot: None,
+                entries: vec![Entry {
+                    index: Index(9),
+                    term: Term(2),
+                    ..Entry::default()
+                }],
+                hard_state: Some(HardState {
+                    term: Term(2),
+                    vote: ReplicaId(1),
+                    commit: Index(8),
+                }),
+                clear_recovery: true,
+            },
+            Op::SetGuard {
+                key,
+                guard: RecoveryGuard {
+                    acked_through: None,
+                    restart_term: Term(2),
+                },
+            },
+        ];
+        let mut b = BatchBuilder::default();
+        for op in &ops {
+            b.push_op(op);
+        }
+        let (mut buf, spans) = b.finish();
+        let at = 4096usize;
+        seal_batch(&mut buf, at as u64, segment_seed(5));
+        let mut seg = vec![0u8; at];
+        seg.extend_from_slice(&buf);
+        let (h0, end0) = batch_header_at(&seg, at, segment_seed(5)).unwrap();
+        let (h1, _) = batch_header_at(&seg, end0, segment_seed(5)).unwrap();
+        assert_eq!((h0.copy, h1.copy), (0, 1));
+        assert!(h0.same_batch(&h1));
+        assert_eq!(h0.end(), seg.len() as u64);
+        assert_eq!(h0.items, ops.iter().map(Summary::of_op).collect::<Vec<_>>());
+        // A copy 0 is valid only where it says it is.
+        let mut moved = vec![0u8; 8];
+        moved.extend_from_slice(&seg[at..]);
+        assert!(batch_header_at(&moved, 8, segment_seed(5)).is_none());
+        // Only the last record is flagged.
+        let (last_off, _) = spans[spans.len() - 1];
+        assert_eq!(buf[last_off + 9], FLAG_LAST);
+        assert_eq!(buf[spans[0].0 + 9], 0);
+    }
+
+    #[test]
     fn segment_names_and_header() {
         assert_eq!(parse_segment_file_name(&segment_file_name(42)), Some(42));
         assert_eq!(parse_segment_file_name("42.wal"), None);
@@ -1173,7 +1225,7 @@ mod tests {
         #[test]
         fn decoders_never_panic_on_arbitrary_bytes(
             bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
-            kind in 0u8..8,
+            kind in 0u8..11,
         ) {
             let _ = check_record(&bytes, segment_seed(1));
             let _ = valid_record_after(&bytes, 0, segment_seed(1));
@@ -1185,7 +1237,7 @@ mod tests {
         #[test]
         fn records_with_valid_checksums_but_arbitrary_payloads_never_panic(
             payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
-            kind in 1u8..=5,
+            kind in 1u8..=9,
         ) {
             let mut buf = Vec::new();
             let start = begin_record(&mut buf, kind);
