@@ -97,6 +97,12 @@ fn read_all(fs: &dyn FileSystem, p: &Path) -> Vec<u8> {
 }
 
 fn scenario(last: Vec<LogUpdate>) -> Scenario {
+    scenario_padded(last, None)
+}
+
+/// [`scenario`], with an entry of `pad` bytes for a fourth replica in the
+/// batch before the last (to move the last batch's offset).
+fn scenario_padded(last: Vec<LogUpdate>, pad: Option<usize>) -> Scenario {
     let fs = MemFs::new();
     let wal = Wal::open(Arc::new(fs.clone()), Path::new(DIR), options()).unwrap();
     base_history(&wal);
@@ -105,7 +111,11 @@ fn scenario(last: Vec<LogUpdate>) -> Scenario {
         let p = wal.write_position();
         let mut a = update(key(1, 1), entries(11, 0, 3, 0));
         a.hard_state = Some(hs(3, 1, 10));
-        wal.save_raft_state(&[a]).unwrap();
+        let mut batch = vec![a];
+        if let Some(pad) = pad {
+            batch.push(update(key(4, 1), entries(1, 1, 1, pad)));
+        }
+        wal.save_raft_state(&batch).unwrap();
         p
     };
     let before = dump(&wal).unwrap();
@@ -358,6 +368,26 @@ fn a_cut_anywhere_in_the_last_batch_is_reported_and_guarded() {
 #[test]
 fn a_cut_anywhere_in_a_hard_state_only_batch_is_reported_and_guarded() {
     cut_at_every_offset(&scenario(hard_state_only_batch()), "hard-state batch");
+}
+
+/// A batch cut inside its own trailing zero bytes (an update record ends
+/// with a zero entry count): the repair must not be placed where the zeros
+/// that fill the gap to it would make the damaged batch whole again.
+#[test]
+fn a_batch_cut_in_its_trailing_zeros_stays_damaged_after_the_repair() {
+    for pad in 0..8 {
+        let sc = scenario_padded(hard_state_only_batch(), Some(pad));
+        let seg = sc.segment();
+        assert_eq!(seg[sc.end - 1], 0, "the batch ends with a zero byte");
+        let ctx = format!(
+            "pad {pad}: cut at {} ({}..{})",
+            sc.end - 1,
+            sc.start,
+            sc.end
+        );
+        let fs = sc.with_segment(&seg[..sc.end - 1]);
+        assert_eq!(check_recovery(&sc, &fs, &ctx), Outcome::Guarded, "{ctx}");
+    }
 }
 
 #[test]

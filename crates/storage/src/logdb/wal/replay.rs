@@ -77,7 +77,8 @@ struct TailDamage {
     at: u64,
     /// Bytes from `at` to the last non-zero byte.
     bytes: u64,
-    /// Where the repair batch goes: past every byte that may still matter.
+    /// Where the repair batch may go at the earliest: past every non-zero
+    /// byte and the header copy used (see [`write_repair`]).
     write_at: u64,
     /// A valid copy of the batch's header, if any.
     header: Option<BatchHeader>,
@@ -217,7 +218,7 @@ pub(super) fn replay(
                 }
                 let mut end = data.len() as u64;
                 if mode == Mode::Repair {
-                    end = write_repair(&*file, &path, id, &tail, &ops)?;
+                    end = write_repair(&*file, &path, id, &data, &tail, &ops)?;
                 }
                 if let Some(s) = idx.segments.get_mut(&id) {
                     s.len = end;
@@ -303,15 +304,58 @@ pub(super) fn replay(
 /// Writes the repair batch of a damaged tail after the damaged bytes,
 /// durably, then cuts what follows it (zeros). Returns the segment's new
 /// length.
+///
+/// The damaged bytes must read as damaged forever after, or the next
+/// replay would see another log. The repair batch goes after the last
+/// non-zero byte (and the header copy used); bytes between the file's end
+/// and it were absent, and if a batch was cut short inside its own
+/// trailing zero bytes, zeros there would make it whole again. So the gap
+/// is filled with a filler byte chosen on a copy first: the damaged batch
+/// must still read as damaged and the repair batch must be found for it.
 fn write_repair(
     file: &dyn File,
     path: &Path,
     id: u64,
+    data: &[u8],
     tail: &TailDamage,
     ops: &[Op],
 ) -> Result<u64> {
-    let mut buf = repair_batch(tail.at, ops);
-    let end = tail.write_at + buf.len() as u64;
+    let seed = segment_seed(id);
+    let unsealed = repair_batch(tail.at, ops);
+    let len = data.len() as u64;
+    // Bounded: a few candidates. Two fillers cannot both complete the
+    // damaged batch; the later places only matter if its checksum happened
+    // to match the repair's first bytes.
+    let candidates = [0x00u8, 0xff, 0xa5]
+        .into_iter()
+        .map(|f| (tail.write_at, f))
+        .chain((1..=2).map(|k| (tail.write_at.max(len) + 8 * k, 0xffu8)));
+    let mut chosen = None;
+    for (at, filler) in candidates {
+        let from = len.min(at);
+        let mut bytes = vec![filler; (at - from) as usize];
+        let mut batch = unsealed.clone();
+        seal_batch(&mut batch, at, seed);
+        bytes.extend_from_slice(&batch);
+        let mut copy = data[..from as usize].to_vec();
+        copy.extend_from_slice(&bytes);
+        let stays_damaged = matches!(
+            read_batch(&copy, tail.at as usize, id),
+            Err(BatchFault::Damaged { .. })
+        ) && find_repair(&copy, tail.at as usize, id) == Ok(Some(at as usize));
+        if stays_damaged {
+            chosen = Some((from, bytes));
+            break;
+        }
+    }
+    let Some((from, bytes)) = chosen else {
+        return Err(Error::corruption(
+            path,
+            tail.at,
+            format!("{}; found no place to record the repair", tail.reason),
+        ));
+    };
+    let end = from + bytes.len() as u64;
     if end > super::SEGMENT_OFFSET_MAX {
         return Err(Error::corruption(
             path,
@@ -319,8 +363,7 @@ fn write_repair(
             format!("{}; no room left in the segment to record it", tail.reason),
         ));
     }
-    seal_batch(&mut buf, tail.write_at, segment_seed(id));
-    file.write_at(tail.write_at, &buf)
+    file.write_at(from, &bytes)
         .and_then(|()| file.sync())
         .map_err(|e| Error::io_at(e, "write repair batch to", path))?;
     // The guards are durable: only zeros follow, cut them so the segment
