@@ -4,7 +4,9 @@
 //!   quorum for good (see `longship::tools::import_snapshot`).
 //! - `longship inspect DIR`: lists the replicas stored in a NodeHost
 //!   directory with their log ranges, hard states and snapshots, verifying
-//!   every checksum; exits non-zero on corruption.
+//!   every checksum, without changing anything; reports damage at the end
+//!   of the log and replicas under a recovery guard (exit code 3), exits 1
+//!   on corruption.
 //! - `longship bench`: NodeHosts in this process under a client load;
 //!   prints throughput, latency and CPU figures (see `bench.rs`).
 
@@ -78,7 +80,14 @@ enum Command {
         #[arg(long)]
         raft_address: Option<String>,
     },
-    /// Dump and verify a stopped NodeHost's directory.
+    /// Dump and verify a stopped NodeHost's directory, read-only.
+    ///
+    /// Exit codes: 0 all healthy; 1 an error (the log is corrupt before its
+    /// end, or unreadable) or a snapshot that fails verification; 3 damage at
+    /// the end of the log (what opening it would discard, with the shards,
+    /// replicas and index ranges affected) or a replica under a recovery
+    /// guard (it may lack data it acknowledged; it grants no votes until it
+    /// has caught up).
     Inspect {
         /// The NodeHost directory.
         dir: PathBuf,
@@ -185,51 +194,88 @@ fn main() -> ExitCode {
         Command::Inspect { dir, wal_dir } => {
             let cfg = config(dir, wal_dir);
             match longship::tools::inspect(&cfg) {
-                Ok(reports) => {
-                    let mut bad = false;
-                    println!("{} replica(s)", reports.len());
-                    for r in reports {
-                        // The hard state's commit is persisted lazily: it is
-                        // a lower bound, and printed as one.
-                        println!(
-                            "shard {} replica {}: log {}..={}, term {}, vote {}, \
-                             commit >= {} (as last persisted), snapshot at {}",
-                            r.shard_id,
-                            r.replica_id,
-                            r.first_index,
-                            r.last_index,
-                            r.hard_state.term,
-                            r.hard_state.vote,
-                            r.hard_state.commit,
-                            r.snapshot_index
-                        );
-                        for (index, v) in r.snapshots {
-                            let name = format!("snapshot-{:016x}", index.0);
-                            match v {
-                                Ok(size) => {
-                                    println!(
-                                        "  snapshot {index} ({name}): {size} bytes, checksums ok"
-                                    )
-                                }
-                                Err(e) => {
-                                    bad = true;
-                                    println!("  snapshot {index} ({name}): CORRUPT: {e}");
-                                }
-                            }
-                        }
-                    }
-                    if bad {
-                        ExitCode::FAILURE
-                    } else {
-                        ExitCode::SUCCESS
-                    }
-                }
+                Ok(found) => print_inspection(&found),
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::FAILURE
                 }
             }
         }
+    }
+}
+
+/// Exit code of `inspect` when it found damage or a recovery guard.
+const EXIT_DAMAGE: u8 = 3;
+
+/// Prints what `inspect` found; returns the exit code (see `Inspect`).
+fn print_inspection(found: &longship::tools::Inspection) -> ExitCode {
+    let mut bad_snapshot = false;
+    println!("{} replica(s)", found.replicas.len());
+    for r in &found.replicas {
+        // The hard state's commit is persisted lazily: it is a lower bound,
+        // and printed as one.
+        println!(
+            "shard {} replica {}: log {}..={}, term {}, vote {}, \
+             commit >= {} (as last persisted), snapshot at {}",
+            r.shard_id,
+            r.replica_id,
+            r.first_index,
+            r.last_index,
+            r.hard_state.term,
+            r.hard_state.vote,
+            r.hard_state.commit,
+            r.snapshot_index
+        );
+        if let Some(g) = r.recovery {
+            let acked = match g.acked_through {
+                Some(i) => format!("its commit index reaches {i}"),
+                None => "(acknowledged range unknown)".to_string(),
+            };
+            println!(
+                "  UNDER RECOVERY GUARD: may lack data it acknowledged; grants no votes until \
+                 {acked} or an entry of a term after {} commits",
+                g.restart_term
+            );
+        }
+        for (index, v) in &r.snapshots {
+            let name = format!("snapshot-{:016x}", index.0);
+            match v {
+                Ok(size) => {
+                    println!("  snapshot {index} ({name}): {size} bytes, checksums ok")
+                }
+                Err(e) => {
+                    bad_snapshot = true;
+                    println!("  snapshot {index} ({name}): CORRUPT: {e}");
+                }
+            }
+        }
+    }
+    for d in &found.damage {
+        println!(
+            "DAMAGE: {} at offset {}, {} byte(s): {}",
+            d.file.display(),
+            d.offset,
+            d.bytes,
+            d.reason
+        );
+        if d.replicas_unknown {
+            println!(
+                "  affected replicas unknown: every replica of the log is treated as affected"
+            );
+        } else if d.replicas.is_empty() {
+            println!("  no replica affected");
+        }
+        for r in &d.replicas {
+            println!("  may have lost: {r}");
+        }
+    }
+    let guarded = found.replicas.iter().any(|r| r.recovery.is_some());
+    if !found.damage.is_empty() || guarded {
+        ExitCode::from(EXIT_DAMAGE)
+    } else if bad_snapshot {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

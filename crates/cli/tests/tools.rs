@@ -3,6 +3,8 @@
 //! written lazily, so it may lag the log far behind) and names snapshot
 //! directories as exports do; import-snapshot takes the directory a
 //! snapshot request returned and says how to start the replica afterwards.
+//! With the last write of the log damaged, inspect (which changes nothing)
+//! reports the damage and the guarded replica and exits with code 3.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -47,6 +49,11 @@ impl StateMachine for Count {
 }
 
 fn longship(args: &[&str]) -> (bool, String) {
+    let (code, text) = longship_code(args);
+    (code == Some(0), text)
+}
+
+fn longship_code(args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_longship"))
         .args(args)
         .output()
@@ -56,7 +63,25 @@ fn longship(args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    (out.status.success(), text)
+    (out.status.code(), text)
+}
+
+/// The contents of every file under `dir`, recursively, sorted by path.
+fn tree(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n != "LOCK") {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 #[test]
@@ -167,4 +192,35 @@ fn inspect_and_import_snapshot_say_what_they_found_and_did() {
         )) && out.contains("Start::Restart"),
         "{out}"
     );
+
+    // Damage the last write of the log (the import's batch): inspect
+    // reports it, with the replica it may have cost data, changes nothing,
+    // and exits with 3.
+    let wal_dir = nh_dir.join("wal");
+    let mut segments: Vec<_> = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    segments.sort();
+    let last = segments.last().unwrap();
+    let mut bytes = std::fs::read(last).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap();
+    bytes[end - 3] ^= 0x10;
+    std::fs::write(last, &bytes).unwrap();
+    let before = tree(&nh_dir);
+    for _ in 0..2 {
+        let (code, out) = longship_code(&["inspect", &nh_dir_s]);
+        assert_eq!(code, Some(3), "{out}");
+        assert!(
+            out.contains("DAMAGE: ") && out.contains(".wal at offset "),
+            "{out}"
+        );
+        assert!(out.contains("may have lost: shard 7 replica 1"), "{out}");
+        assert!(out.contains("UNDER RECOVERY GUARD"), "{out}");
+        assert!(out.contains("shard 7 replica 1: log "), "{out}");
+        assert!(tree(&nh_dir) == before, "inspect changed the directory");
+    }
+    let (_, help) = longship_code(&["inspect", "--help"]);
+    assert!(help.contains("3 damage at"), "{help}");
 }

@@ -294,6 +294,7 @@ fn wal_files() -> Vec<(PathBuf, Vec<u8>)> {
                     commit: Index(i - 1),
                 }),
                 snapshot: None,
+                clear_recovery: false,
             })
             .collect();
         wal.save_raft_state(&updates).unwrap();

@@ -876,6 +876,7 @@ impl NodeHost {
                     entries,
                     hard_state: Some(hard_state),
                     snapshot: None,
+                    clear_recovery: false,
                 }])?;
             }
         }

@@ -35,8 +35,8 @@ use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
-use longship_raft::{Index, Membership, ReplicaId, ShardId, SnapshotMeta};
-use longship_storage::logdb::{LogDb, Wal, WalOptions};
+use longship_raft::{Index, Membership, RecoveryGuard, ReplicaId, ShardId, SnapshotMeta};
+use longship_storage::logdb::{Damage, LogDb, Wal, WalOptions};
 use longship_storage::snapshot::{META_FILE_NAME, SnapshotInfo, SnapshotStore};
 use longship_storage::vfs::{FileSystem, OsFs};
 
@@ -440,24 +440,52 @@ pub struct ReplicaReport {
     /// Snapshots in the replica's snapshot store, newest first, each with
     /// `Ok(size)` or the verification error.
     pub snapshots: Vec<(Index, std::result::Result<u64, String>)>,
+    /// The recovery guard the replica runs under (damaged log storage may
+    /// have cost it acknowledged data; it grants no votes until the guard
+    /// is lifted), including one that opening the log would give it now.
+    pub recovery: Option<RecoveryGuard>,
 }
 
-/// Reads a (stopped) NodeHost's directory: opens the write-ahead log (which
-/// checks every record's checksum) and verifies every snapshot file. An
-/// error names the damaged file and offset.
-pub fn inspect(nh_config: &NodeHostConfig) -> Result<Vec<ReplicaReport>> {
+/// What [`inspect`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Inspection {
+    /// Every replica stored, sorted.
+    pub replicas: Vec<ReplicaReport>,
+    /// Damage at the end of the write-ahead log that opening it would
+    /// discard (putting the affected replicas under a recovery guard).
+    pub damage: Vec<Damage>,
+}
+
+impl Inspection {
+    /// Whether anything needs attention: damage, a replica under a guard,
+    /// or a snapshot that fails verification.
+    pub fn needs_attention(&self) -> bool {
+        !self.damage.is_empty()
+            || self
+                .replicas
+                .iter()
+                .any(|r| r.recovery.is_some() || r.snapshots.iter().any(|(_, v)| v.is_err()))
+    }
+}
+
+/// Reads a (stopped) NodeHost's directory without changing anything: the
+/// write-ahead log is replayed read-only ([`Wal::inspect`]: every record's
+/// checksum is checked, a damaged tail is reported as opening would report
+/// it, but nothing is repaired) and every snapshot file is verified. An
+/// error names the damaged file and offset (damage that opening would
+/// refuse, `Corruption`).
+pub fn inspect(nh_config: &NodeHostConfig) -> Result<Inspection> {
     let fs: Arc<dyn FileSystem> = Arc::new(OsFs::new());
-    // Opening the log repairs a torn tail: never do that under a running NodeHost.
+    // Nothing is written, but a running NodeHost would be a moving target.
     let _lock = DirLock::acquire(&nh_config.node_host_dir, true)?;
-    let wal = Wal::open(fs.clone(), &nh_config.wal_dir(), WalOptions::default())?;
+    let seen = Wal::inspect(&*fs, &nh_config.wal_dir())?;
     let root = nh_config.node_host_dir.join("snapshots");
     let mut out = Vec::new();
-    for (shard, replica) in wal.list_replicas() {
-        let state = wal.read_state(shard, replica).unwrap_or_default();
+    for (shard, replica, state) in seen.replicas {
         let mut snapshots = Vec::new();
         let store_dir = root.join(longship_storage::snapshot::replica_dir_name(shard, replica));
         if fs.is_dir(&store_dir) {
-            let store = SnapshotStore::open(fs.clone(), &root, shard, replica)?;
+            let store = SnapshotStore::open_read_only(fs.clone(), &root, shard, replica)?;
             for index in store.list()? {
                 let v = store
                     .verify(index)
@@ -474,8 +502,11 @@ pub fn inspect(nh_config: &NodeHostConfig) -> Result<Vec<ReplicaReport>> {
             hard_state: state.hard_state,
             snapshot_index: state.snapshot.index,
             snapshots,
+            recovery: state.recovery,
         });
     }
-    wal.close()?;
-    Ok(out)
+    Ok(Inspection {
+        replicas: out,
+        damage: seen.damage,
+    })
 }

@@ -381,6 +381,14 @@ impl longship_storage::LogDb for SlowLogDb {
     fn close(&self) -> longship_storage::Result<()> {
         self.inner.close()
     }
+    fn set_recovery_guard(
+        &self,
+        s: ShardId,
+        r: longship::ReplicaId,
+        guard: longship_raft::RecoveryGuard,
+    ) -> longship_storage::Result<()> {
+        self.inner.set_recovery_guard(s, r, guard)
+    }
 }
 
 // stop_shard did not wait for the step worker's cycle in flight: the

@@ -191,6 +191,14 @@ impl LogDb for FailingReads {
     fn close(&self) -> longship_storage::Result<()> {
         self.inner.close()
     }
+    fn set_recovery_guard(
+        &self,
+        shard: ShardId,
+        replica: ReplicaId,
+        guard: longship_raft::RecoveryGuard,
+    ) -> longship_storage::Result<()> {
+        self.inner.set_recovery_guard(shard, replica, guard)
+    }
 }
 
 #[test]

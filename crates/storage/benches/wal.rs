@@ -102,6 +102,7 @@ fn make_batch(next: &mut [u64], per_shard: u64, payload: &Bytes) -> Vec<LogUpdat
                     commit: Index(first.saturating_sub(1)),
                 }),
                 snapshot: None,
+                clear_recovery: false,
             }
         })
         .collect()

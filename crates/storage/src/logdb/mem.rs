@@ -3,7 +3,9 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use longship_raft::{Entry, HardState, Index, ReplicaId, ShardId, SnapshotMeta, Term};
+use longship_raft::{
+    Entry, HardState, Index, RecoveryGuard, ReplicaId, ShardId, SnapshotMeta, Term,
+};
 use parking_lot::RwLock;
 
 use super::shape::{Key, Op, Shape, check_stateless, stage_batch};
@@ -16,6 +18,7 @@ struct MemReplica {
     shape: Shape,
     hard_state: HardState,
     snapshot: SnapshotMeta,
+    recovery: Option<RecoveryGuard>,
     /// Invariant: exactly the entries `(shape.marker, shape.last]`, in order.
     entries: VecDeque<Entry>,
 }
@@ -76,6 +79,7 @@ impl MemLogDb {
                     snapshot,
                     entries,
                     hard_state,
+                    clear_recovery,
                     ..
                 } => {
                     let r = replicas.entry(key).or_default();
@@ -100,7 +104,14 @@ impl MemLogDb {
                     if let Some(hs) = hard_state {
                         r.hard_state = *hs;
                     }
+                    if *clear_recovery {
+                        r.recovery = None;
+                    }
                     debug_assert!(r.shape.check());
+                }
+                Op::SetGuard { guard, .. } => {
+                    let r = replicas.entry(key).or_default();
+                    r.recovery = Some(r.recovery.map_or(*guard, |g| g.merge(*guard)));
                 }
                 Op::SaveSnapshot { meta, .. } => {
                     let r = replicas.entry(key).or_default();
@@ -200,6 +211,7 @@ impl LogDb for MemLogDb {
                 snapshot: r.snapshot.clone(),
                 first_index: r.shape.first_index(),
                 last_index: r.shape.last,
+                recovery: r.recovery,
             })
     }
 
@@ -257,5 +269,17 @@ impl LogDb for MemLogDb {
     fn close(&self) -> Result<()> {
         self.closed.store(true, Ordering::Release);
         Ok(())
+    }
+
+    fn set_recovery_guard(
+        &self,
+        shard_id: ShardId,
+        replica_id: ReplicaId,
+        guard: RecoveryGuard,
+    ) -> Result<()> {
+        self.write(&[Op::SetGuard {
+            key: (shard_id, replica_id),
+            guard,
+        }])
     }
 }

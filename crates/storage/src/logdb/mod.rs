@@ -16,23 +16,31 @@
 //!   the recorded one is ignored.
 //! * A replica nothing was stored for reads as an empty log: first index 1,
 //!   last index 0, `term(0) == 0`.
+//! * Protocol-aware recovery: when opening finds that the newest bytes of
+//!   the log are damaged, the replicas they may have held data of are put
+//!   under a [`RecoveryGuard`] ([`ReplicaState::recovery`]) and the damage
+//!   is reported by [`LogDb::damage_found`]. A guard is durable until an
+//!   update with [`LogUpdate::clear_recovery`] removes it.
 
 use std::sync::Arc;
 
 use longship_raft::{
-    Entry, HardState, Index, LogError, LogReader, ReplicaId, ShardId, SnapshotMeta, Term,
+    Entry, HardState, Index, LogError, LogReader, RecoveryGuard, ReplicaId, ShardId, SnapshotMeta,
+    Term,
 };
 
 use crate::error::Result;
 
+mod damage;
 mod mem;
 pub(crate) mod shape;
 mod shared;
 pub mod wal;
 
+pub use damage::{Damage, ReplicaDamage};
 pub use mem::MemLogDb;
 pub use shared::SharedLogDb;
-pub use wal::{Wal, WalOptions};
+pub use wal::{Wal, WalInspection, WalOptions};
 
 use shape::Op;
 
@@ -50,6 +58,9 @@ pub struct LogUpdate {
     pub hard_state: Option<HardState>,
     /// A snapshot received from a leader, to install.
     pub snapshot: Option<SnapshotMeta>,
+    /// Forget the replica's recovery guard, durably with the rest of this
+    /// update (set when the core lifted it: `Update::recovery_cleared`).
+    pub clear_recovery: bool,
 }
 
 impl LogUpdate {
@@ -61,12 +72,16 @@ impl LogUpdate {
             entries: u.entries.clone(),
             hard_state: u.hard_state,
             snapshot: u.snapshot.clone(),
+            clear_recovery: u.recovery_cleared,
         }
     }
 
     /// Whether there is nothing to persist.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.hard_state.is_none() && self.snapshot.is_none()
+        self.entries.is_empty()
+            && self.hard_state.is_none()
+            && self.snapshot.is_none()
+            && !self.clear_recovery
     }
 
     pub(crate) fn to_op(&self) -> Op {
@@ -75,6 +90,7 @@ impl LogUpdate {
             snapshot: self.snapshot.clone(),
             entries: self.entries.clone(),
             hard_state: self.hard_state,
+            clear_recovery: self.clear_recovery,
         }
     }
 }
@@ -91,6 +107,11 @@ pub struct ReplicaState {
     pub first_index: Index,
     /// Index of the last entry (`first_index - 1` when there is none).
     pub last_index: Index,
+    /// The recovery guard the replica must run under: set when damage at
+    /// open may have cost it acknowledged entries or hard state (hand it to
+    /// the core with `Raft::set_recovery_guard`); kept, across restarts,
+    /// until an update with [`LogUpdate::clear_recovery`] removes it.
+    pub recovery: Option<RecoveryGuard>,
 }
 
 /// The log storage of a NodeHost: the entries, hard state and snapshot
@@ -184,6 +205,25 @@ pub trait LogDb: Send + Sync {
 
     /// Stops accepting writes. Everything acknowledged is already durable.
     fn close(&self) -> Result<()>;
+
+    /// What replay at open discarded or could not trust, with the replicas
+    /// affected (each of which got a recovery guard). Empty when the log
+    /// was whole, and for storage that is not replayed.
+    fn damage_found(&self) -> Vec<Damage> {
+        Vec::new()
+    }
+
+    /// Puts a replica under `guard`, merged with the guard it already has
+    /// ([`RecoveryGuard::merge`]); creates the replica's state if nothing
+    /// is stored for it. Durable on return; kept until an update with
+    /// [`LogUpdate::clear_recovery`] removes it. Log storage sets guards
+    /// itself when it finds damage; this is for tools and tests.
+    fn set_recovery_guard(
+        &self,
+        shard_id: ShardId,
+        replica_id: ReplicaId,
+        guard: RecoveryGuard,
+    ) -> Result<()>;
 }
 
 /// Appends entries from `iter` to `out` while the running total `bytes` (by
@@ -224,6 +264,7 @@ pub(crate) fn import_ops(
                 vote: ReplicaId::NONE,
                 commit: snapshot.index,
             }),
+            clear_recovery: false,
         },
     ]
 }

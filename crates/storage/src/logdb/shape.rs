@@ -9,7 +9,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use longship_raft::{Entry, HardState, Index, ReplicaId, ShardId, SnapshotMeta, Term};
+use longship_raft::{
+    Entry, HardState, Index, RecoveryGuard, ReplicaId, ShardId, SnapshotMeta, Term,
+};
 
 use crate::error::{Error, Result};
 
@@ -224,6 +226,16 @@ pub(crate) enum Op {
         entries: Vec<Entry>,
         /// Hard state to set, if any.
         hard_state: Option<HardState>,
+        /// Forget the replica's recovery guard (after the hard state).
+        clear_recovery: bool,
+    },
+    /// Put the replica under a recovery guard, merged with any it has
+    /// ([`RecoveryGuard::merge`]).
+    SetGuard {
+        /// The replica.
+        key: Key,
+        /// The guard.
+        guard: RecoveryGuard,
     },
     /// Record metadata of a snapshot taken locally; entries stay.
     SaveSnapshot {
@@ -251,6 +263,7 @@ impl Op {
     pub fn key(&self) -> Key {
         match self {
             Op::Update { key, .. }
+            | Op::SetGuard { key, .. }
             | Op::SaveSnapshot { key, .. }
             | Op::Compact { key, .. }
             | Op::Remove { key } => *key,
@@ -274,6 +287,9 @@ impl Op {
                     s.append(first.index, entries.len(), |i| entries[i].term)?;
                 }
                 let _ = hard_state;
+            }
+            Op::SetGuard { .. } => {
+                shape.get_or_insert_with(Shape::default);
             }
             Op::SaveSnapshot { meta, .. } => {
                 shape
@@ -350,7 +366,9 @@ fn check_in_place(op: &Op, current: Option<&Shape>) -> Option<Result<()>> {
         Op::Update {
             snapshot: Some(_), ..
         } => None,
-        Op::SaveSnapshot { .. } | Op::Compact { .. } | Op::Remove { .. } => Some(Ok(())),
+        Op::SetGuard { .. } | Op::SaveSnapshot { .. } | Op::Compact { .. } | Op::Remove { .. } => {
+            Some(Ok(()))
+        }
     }
 }
 

@@ -12,9 +12,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use longship_raft::{Entry, Index, ReplicaId, ShardId, SnapshotMeta, Term};
+use longship_raft::{Entry, Index, RecoveryGuard, ReplicaId, ShardId, SnapshotMeta, Term};
 
-use super::{LogDb, LogUpdate, ReplicaState};
+use super::{Damage, LogDb, LogUpdate, ReplicaState};
 use crate::error::Result;
 
 /// Which replicas a view lists as its own.
@@ -127,6 +127,29 @@ impl LogDb for SharedLogDb {
         snapshot: &SnapshotMeta,
     ) -> Result<()> {
         self.inner.import_snapshot(shard_id, replica_id, snapshot)
+    }
+
+    /// The damage of the shared storage, limited to the owner's replicas
+    /// (damage naming none of them is left out, unless its replicas are
+    /// unknown).
+    fn damage_found(&self) -> Vec<Damage> {
+        self.inner
+            .damage_found()
+            .into_iter()
+            .filter_map(|mut d| {
+                d.replicas.retain(|r| (self.owns)(r.shard_id, r.replica_id));
+                (d.replicas_unknown || !d.replicas.is_empty()).then_some(d)
+            })
+            .collect()
+    }
+
+    fn set_recovery_guard(
+        &self,
+        shard_id: ShardId,
+        replica_id: ReplicaId,
+        guard: RecoveryGuard,
+    ) -> Result<()> {
+        self.inner.set_recovery_guard(shard_id, replica_id, guard)
     }
 
     /// Closes the shared storage when the last view closes.

@@ -3,7 +3,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use longship_raft::{Index, ShardId};
+use longship_raft::{Index, ReplicaId, ShardId};
 
 /// What can go wrong in the snapshot store. Each variant is a case a caller
 /// can act on.
@@ -99,6 +99,31 @@ pub enum SnapshotError {
     /// transferred) again.
     #[error("an earlier write failed; the snapshot must be written again")]
     Poisoned,
+    /// The replica's state cannot be brought back from its own files: the
+    /// newest snapshots are damaged and the log no longer holds the entries
+    /// after the newest valid one (or there is none). Falling back would
+    /// silently lose applied state; the replica must be rebuilt (removed
+    /// and added again, or repaired from another replica's snapshot).
+    #[error(
+        "shard {shard} replica {replica} must be rebuilt: {}; the log starts at index {log_first_index}{}",
+        describe_damaged(damaged),
+        match fallback {
+            Some(i) => format!(", so the valid snapshot at {i} cannot stand in for them"),
+            None => ", and no valid snapshot is older".to_string(),
+        }
+    )]
+    MustRebuild {
+        /// The shard.
+        shard: ShardId,
+        /// The replica.
+        replica: ReplicaId,
+        /// The damaged snapshots, newest first: index, directory and why.
+        damaged: Vec<(Index, PathBuf, String)>,
+        /// The newest valid snapshot, if any.
+        fallback: Option<Index>,
+        /// First index the log still holds.
+        log_first_index: Index,
+    },
     /// The caller passed something unusable.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -113,6 +138,17 @@ pub enum SnapshotError {
         #[source]
         source: io::Error,
     },
+}
+
+fn describe_damaged(damaged: &[(Index, PathBuf, String)]) -> String {
+    if damaged.is_empty() {
+        return "it has no snapshot".into();
+    }
+    let parts: Vec<String> = damaged
+        .iter()
+        .map(|(i, dir, why)| format!("snapshot {i} ({}) is damaged: {why}", dir.display()))
+        .collect();
+    parts.join("; ")
 }
 
 /// A snapshot that [`load_newest`](crate::snapshot::SnapshotStore::load_newest)
@@ -220,6 +256,13 @@ impl From<SnapshotError> for crate::Error {
             | SnapshotError::NoValidSnapshot { .. }
             | SnapshotError::NotFound(_) => Error::NotFound,
             SnapshotError::Poisoned => Error::Failed(e.to_string()),
+            SnapshotError::MustRebuild { ref damaged, .. } => {
+                let file = damaged
+                    .first()
+                    .map(|(_, d, _)| d.clone())
+                    .unwrap_or_default();
+                Error::corruption(&file, 0, e.to_string())
+            }
             SnapshotError::Io { op, path, source } => Error::io_at(source, op, &path),
             SnapshotError::AlreadyExists(_)
             | SnapshotError::WrongShard { .. }

@@ -256,6 +256,36 @@ impl SnapshotStore {
         })
     }
 
+    /// Opens the existing store of `shard`/`replica` under `root` without
+    /// changing anything: no directory is created and leftovers of
+    /// interrupted writes are not removed (they are never listed anyway).
+    /// For inspection tools; use only the reading methods on it.
+    pub fn open_read_only(
+        fs: Arc<dyn FileSystem>,
+        root: &Path,
+        shard: ShardId,
+        replica: ReplicaId,
+    ) -> Result<SnapshotStore> {
+        let dir = root.join(replica_dir_name(shard, replica));
+        if !fs.is_dir(&dir) {
+            return Err(SnapshotError::Io {
+                op: "open",
+                path: dir,
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
+            });
+        }
+        Ok(SnapshotStore {
+            shared: Arc::new(Shared {
+                fs,
+                dir,
+                shard,
+                replica,
+                publish_lock: Mutex::new(()),
+                next_temp_id: AtomicU64::new(0),
+            }),
+        })
+    }
+
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
@@ -390,6 +420,56 @@ impl SnapshotStore {
             }
         }
         Err(SnapshotError::NoValidSnapshot { skipped })
+    }
+
+    /// The snapshot a restarting replica may recover its state machine
+    /// from, given the first index its log still holds.
+    ///
+    /// The newest snapshot that passes `verify` is used. When newer ones
+    /// are damaged, falling back to it is safe only if the log still holds
+    /// every entry after it (`log_first_index <= index + 1`): the state
+    /// machine then re-applies them and ends where the damaged snapshot
+    /// would have put it. Otherwise the state those entries made is gone
+    /// from this replica, and guessing would lose it silently: the result
+    /// is [`SnapshotError::MustRebuild`], naming the shard, the replica and
+    /// the damaged snapshot directories. The same holds when no snapshot is
+    /// valid (or none exists) but the log was compacted.
+    ///
+    /// `Ok(None)`: no snapshot is needed, the log holds everything from
+    /// index 1 (a new replica, or every snapshot damaged before the log
+    /// was ever compacted; damaged ones are logged).
+    pub fn load_for_restart(
+        &self,
+        log_first_index: Index,
+        verify: Verify,
+    ) -> Result<Option<LoadedSnapshot>> {
+        let must_rebuild =
+            |skipped: &[SkippedSnapshot], fallback: Option<Index>| SnapshotError::MustRebuild {
+                shard: self.shard(),
+                replica: self.replica(),
+                damaged: skipped
+                    .iter()
+                    .map(|s| (s.index, self.snapshot_dir(s.index), s.error.to_string()))
+                    .collect(),
+                fallback,
+                log_first_index,
+            };
+        let covers = |index: Index| log_first_index.0 <= index.0.saturating_add(1);
+        match self.load_newest_with(verify) {
+            Ok(loaded) if loaded.skipped.is_empty() || covers(loaded.info.meta.index) => {
+                Ok(Some(loaded))
+            }
+            Ok(loaded) => Err(must_rebuild(&loaded.skipped, Some(loaded.info.meta.index))),
+            Err(SnapshotError::NoSnapshot) if log_first_index.0 <= 1 => Ok(None),
+            Err(SnapshotError::NoSnapshot) => Err(must_rebuild(&[], None)),
+            Err(SnapshotError::NoValidSnapshot { skipped }) if log_first_index.0 <= 1 => {
+                tracing::warn!(shard = %self.shard(), replica = %self.replica(), damaged = skipped.len(),
+                    "every snapshot is damaged; the log holds every entry, so none is needed");
+                Ok(None)
+            }
+            Err(SnapshotError::NoValidSnapshot { skipped }) => Err(must_rebuild(&skipped, None)),
+            Err(e) => Err(e),
+        }
     }
 
     /// Removes the snapshot at `index` (for example once the log was

@@ -201,6 +201,7 @@ pub fn update(k: Key, entries: Vec<Entry>) -> LogUpdate {
         entries,
         hard_state: None,
         snapshot: None,
+        clear_recovery: false,
     }
 }
 
@@ -448,4 +449,98 @@ pub fn assert_same(got: &Model, want: &Model, ctx: &str) {
     }
     diff.dedup();
     panic!("{ctx}: state differs: {}", diff.join("; "));
+}
+
+/// The hard states `a` sets, last one per replica.
+pub fn hard_states_of(a: &Action) -> BTreeMap<Key, HardState> {
+    let mut out = BTreeMap::new();
+    match a {
+        Action::Save(updates) => {
+            for u in updates {
+                if let Some(h) = u.hard_state {
+                    out.insert((u.shard_id, u.replica_id), h);
+                }
+            }
+        }
+        Action::Import(k, s) => {
+            out.insert(
+                *k,
+                HardState {
+                    term: s.term,
+                    vote: ReplicaId::NONE,
+                    commit: s.index,
+                },
+            );
+        }
+        Action::Compact(..) | Action::SaveSnapshot(..) | Action::Remove(..) => {}
+    }
+    out
+}
+
+/// The replicas `a` names.
+pub fn keys_of(a: &Action) -> Vec<Key> {
+    match a {
+        Action::Save(updates) => updates.iter().map(|u| (u.shard_id, u.replica_id)).collect(),
+        Action::Compact(k, _)
+        | Action::SaveSnapshot(k, _)
+        | Action::Remove(k)
+        | Action::Import(k, _) => vec![*k],
+    }
+}
+
+/// Asserts that `got` is what recovery may leave when the batch of
+/// `in_flight` was damaged and discarded after `acked`: the logs and
+/// snapshots of `acked`, and for each replica either its acknowledged hard
+/// state or that hard state with the term and vote `in_flight` wrote (a
+/// vote is never forgotten). A replica only `in_flight` named may exist
+/// with an empty log.
+pub fn assert_recovered(got: &Model, acked: &Model, in_flight: Option<&Action>, ctx: &str) {
+    if got == acked {
+        return;
+    }
+    let written = in_flight.map(hard_states_of).unwrap_or_default();
+    let named = in_flight.map(keys_of).unwrap_or_default();
+    for k in got.replicas.keys().chain(acked.replicas.keys()) {
+        let (g, a) = (got.replicas.get(k), acked.replicas.get(k));
+        let empty = ModelReplica::default();
+        let a = match (g, a) {
+            (None, None) => continue,
+            (Some(_), None) if named.contains(k) => &empty,
+            _ => a.unwrap_or_else(|| panic!("{ctx}: unexpected replica {k:?}")),
+        };
+        let Some(g) = g else {
+            panic!("{ctx}: replica {k:?} lost");
+        };
+        assert_eq!(
+            (g.marker, g.marker_term, &g.snapshot),
+            (a.marker, a.marker_term, &a.snapshot),
+            "{ctx}: log start of {k:?}"
+        );
+        assert!(g.entries == a.entries, "{ctx}: entries of {k:?} differ");
+        if g.hard_state == a.hard_state {
+            continue;
+        }
+        let w = written
+            .get(k)
+            .unwrap_or_else(|| panic!("{ctx}: hard state of {k:?} changed: {:?}", g.hard_state));
+        // A later term brings its vote; in the same term a vote is only
+        // added, never replaced (the workload is not bound by Raft rules).
+        let newer = w.term > a.hard_state.term
+            || (w.term == a.hard_state.term && a.hard_state.vote.is_none());
+        let (term, vote) = if newer {
+            (w.term, w.vote)
+        } else {
+            (a.hard_state.term, a.hard_state.vote)
+        };
+        assert_eq!(
+            (g.hard_state.term, g.hard_state.vote),
+            (term, vote),
+            "{ctx}: restored term and vote of {k:?}"
+        );
+        assert_eq!(
+            g.hard_state.commit,
+            a.hard_state.commit.min(Index(a.last())),
+            "{ctx}: commit of {k:?}"
+        );
+    }
 }

@@ -9,9 +9,9 @@ use std::sync::atomic::Ordering;
 use parking_lot::Mutex;
 
 use super::format::{
-    self, ENTRY_PAYLOAD_MAX, FLAG_LAST, KIND_CHECKPOINT, KIND_RELOCATE, RECORD_SPLIT_BYTES,
-    begin_record, encode_checkpoint_replica, encode_op_payload, encode_segment_header,
-    finish_record, seal_record, segment_seed,
+    self, BatchBuilder, ENTRY_PAYLOAD_MAX, FLAG_LAST, KIND_CHECKPOINT, KIND_RELOCATE,
+    RECORD_SPLIT_BYTES, Summary, begin_record, encode_checkpoint_replica, encode_segment_header,
+    finish_record, seal_batch, seal_record, segment_seed,
 };
 use super::index::{Loc, Segment};
 use super::{BATCH_BYTES_MAX, Batch, SEGMENT_OFFSET_MAX, Slot, Wal, Writer};
@@ -23,8 +23,9 @@ use crate::vfs::File;
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 impl Wal {
-    /// Encodes ops into a batch (one record per op, update entries split
-    /// into records of about [`RECORD_SPLIT_BYTES`]).
+    /// Encodes ops into a batch: its header copies, then one record per
+    /// op, update entries split into records of about
+    /// [`RECORD_SPLIT_BYTES`].
     fn encode(ops: Vec<Op>) -> Result<Batch> {
         check_stateless(&ops)?;
         // Approximate encoded size of an entry: payload plus a header.
@@ -36,7 +37,6 @@ impl Wal {
                 _ => 128,
             })
             .sum();
-        let mut buf = Vec::with_capacity(capacity.min(BATCH_BYTES_MAX));
         let mut split = Vec::with_capacity(ops.len());
         for op in ops {
             match op {
@@ -45,6 +45,7 @@ impl Wal {
                     snapshot,
                     entries,
                     hard_state,
+                    clear_recovery,
                 } => {
                     if let Some(e) = entries
                         .iter()
@@ -62,6 +63,7 @@ impl Wal {
                             snapshot,
                             entries,
                             hard_state,
+                            clear_recovery,
                         });
                         continue;
                     }
@@ -83,6 +85,7 @@ impl Wal {
                             snapshot: if first { snapshot.clone() } else { None },
                             entries: chunk,
                             hard_state: if first { hard_state } else { None },
+                            clear_recovery: first && clear_recovery,
                         });
                         first = false;
                     }
@@ -90,18 +93,20 @@ impl Wal {
                 other => split.push(other),
             }
         }
-        let mut spans = Vec::with_capacity(split.len());
+        let mut builder = BatchBuilder::with_capacity(capacity.min(BATCH_BYTES_MAX));
         for op in &split {
-            let start = begin_record(&mut buf, 0);
-            let kind = encode_op_payload(op, &mut buf);
-            buf[start + 8] = kind;
-            finish_record(&mut buf, start);
-            spans.push((start, buf.len() - start));
-            if buf.len() > BATCH_BYTES_MAX {
+            builder.push_op(op);
+            if builder.records_len() > BATCH_BYTES_MAX {
                 return Err(Error::InvalidArgument(format!(
                     "batch larger than {BATCH_BYTES_MAX} bytes"
                 )));
             }
+        }
+        let (buf, spans) = builder.finish();
+        if buf.len() > BATCH_BYTES_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "batch larger than {BATCH_BYTES_MAX} bytes"
+            )));
         }
         Ok(Batch {
             ops: split,
@@ -215,11 +220,7 @@ impl Wal {
         let mut bases = Vec::with_capacity(accepted.len());
         for &i in &accepted {
             let b = &mut batches[i];
-            let last = b.spans.len() - 1;
-            for (j, &(start, len)) in b.spans.iter().enumerate() {
-                let flags = if j == last { FLAG_LAST } else { 0 };
-                seal_record(&mut b.buf[start..start + len], flags, w.seed);
-            }
+            seal_batch(&mut b.buf, offset, w.seed);
             if let Err(e) = w.file.write_at(offset, &b.buf) {
                 return Err(self.fail(&mut w, e, "write"));
             }
@@ -390,8 +391,7 @@ impl Wal {
         if plan.is_empty() {
             return Ok(());
         }
-        let mut buf = Vec::new();
-        let mut spans = Vec::with_capacity(plan.len());
+        let mut builder = BatchBuilder::default();
         for (key, run, file, path) in &plan {
             let entries = match super::read::read_record_entries(&**file, path, run, *key) {
                 Ok(e) => e,
@@ -404,20 +404,27 @@ impl Wal {
                 .into_iter()
                 .filter(|e| e.index >= run.first && e.index < run.end())
                 .collect();
-            let start = begin_record(&mut buf, KIND_RELOCATE);
-            format::encode_update_payload(*key, None, None, &live, &mut buf);
-            finish_record(&mut buf, start);
-            spans.push((start, buf.len() - start));
+            let summary = Summary::Update {
+                kind: KIND_RELOCATE,
+                key: *key,
+                snapshot: None,
+                hard_state: None,
+                entries: live
+                    .first()
+                    .zip(live.last())
+                    .map(|(f, l)| (f.index, l.index)),
+                clear_recovery: false,
+            };
+            builder.push(&summary, |out| {
+                format::encode_update_payload(*key, None, None, false, &live, out)
+            });
         }
+        let (mut buf, spans) = builder.finish();
         if w.len >= self.options.segment_bytes || w.len + buf.len() as u64 > SEGMENT_OFFSET_MAX {
             self.roll(w)?;
         }
         self.preallocate(w, buf.len() as u64)?;
-        let last = spans.len() - 1;
-        for (j, &(start, len)) in spans.iter().enumerate() {
-            let flags = if j == last { FLAG_LAST } else { 0 };
-            seal_record(&mut buf[start..start + len], flags, w.seed);
-        }
+        seal_batch(&mut buf, w.len, w.seed);
         if let Err(e) = w.file.write_at(w.len, &buf) {
             return Err(self.fail(w, e, "write"));
         }
@@ -517,6 +524,20 @@ fn encode_checkpoint(replicas: &[format::CheckpointReplica], seed: u32, out: &mu
         let flags = if i == last { FLAG_LAST } else { 0 };
         seal_record(&mut out[start..], flags, seed);
     }
+}
+
+/// The unsealed bytes of a repair batch: a discard record for the bytes
+/// from `from` up to where the batch will be written, then `ops` (restored
+/// hard states and recovery guards).
+pub(super) fn repair_batch(from: u64, ops: &[Op]) -> Vec<u8> {
+    let mut builder = BatchBuilder::default();
+    builder.push(&Summary::Discard { from }, |out| {
+        out.extend_from_slice(&from.to_le_bytes())
+    });
+    for op in ops {
+        builder.push_op(op);
+    }
+    builder.finish().0
 }
 
 /// A file that refuses everything: the writer's handle before the first

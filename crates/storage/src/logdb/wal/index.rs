@@ -8,7 +8,7 @@ use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use longship_raft::{Entry, HardState, Index, SnapshotMeta, Term};
+use longship_raft::{Entry, HardState, Index, RecoveryGuard, SnapshotMeta, Term};
 
 use super::format::CheckpointReplica;
 use crate::error::{Error, Result};
@@ -73,6 +73,8 @@ pub(crate) struct UpdateArgs<'a> {
     pub snapshot: Option<&'a SnapshotMeta>,
     /// A hard state to set last.
     pub hard_state: Option<&'a HardState>,
+    /// Forget the recovery guard (after the hard state).
+    pub clear_recovery: bool,
     /// Index of the first entry (ignored when `count` is 0).
     pub first: Index,
     /// Number of entries.
@@ -92,6 +94,8 @@ pub(crate) struct ReplicaIndex {
     pub hard_state: HardState,
     /// Newest snapshot recorded. Invariant: `snapshot.index == shape.snapshot_index`.
     pub snapshot: SnapshotMeta,
+    /// The recovery guard the replica runs under, if any.
+    pub recovery: Option<RecoveryGuard>,
     /// Entry locations. Invariant (outside replay): contiguous, ascending,
     /// covering exactly `(shape.marker, shape.last]`.
     pub runs: VecDeque<Run>,
@@ -222,6 +226,7 @@ impl IndexState {
                 snapshot,
                 entries,
                 hard_state,
+                clear_recovery,
                 ..
             } => {
                 let first = entries.first().map_or(Index(0), |e| e.index);
@@ -231,6 +236,7 @@ impl IndexState {
                         key,
                         snapshot: snapshot.as_ref(),
                         hard_state: hard_state.as_ref(),
+                        clear_recovery: *clear_recovery,
                         first,
                         count: entries.len(),
                         loc,
@@ -238,6 +244,10 @@ impl IndexState {
                     },
                     |i| entries[i].term,
                 )?;
+            }
+            Op::SetGuard { guard, .. } => {
+                let r = self.replicas.entry(key).or_default();
+                r.recovery = Some(r.recovery.map_or(*guard, |g| g.merge(*guard)));
             }
             Op::SaveSnapshot { meta, .. } => {
                 let r = self.replicas.entry(key).or_default();
@@ -326,6 +336,9 @@ impl IndexState {
         }
         if let Some(hs) = u.hard_state {
             r.hard_state = *hs;
+        }
+        if u.clear_recovery {
+            r.recovery = None;
         }
         debug_assert!(r.shape.check());
         Ok(())
@@ -445,6 +458,7 @@ impl IndexState {
                 shape: r.shape.clone(),
                 hard_state: r.hard_state,
                 snapshot: r.snapshot.clone(),
+                recovery: r.recovery,
             })
             .collect()
     }
@@ -472,6 +486,7 @@ impl IndexState {
                     shape: c.shape,
                     hard_state: c.hard_state,
                     snapshot: c.snapshot,
+                    recovery: c.recovery,
                     runs,
                     ..ReplicaIndex::default()
                 },
@@ -484,7 +499,10 @@ impl IndexState {
         replicas.len() == self.replicas.len()
             && replicas.iter().all(|c| {
                 self.replicas.get(&c.key).is_some_and(|r| {
-                    r.shape == c.shape && r.hard_state == c.hard_state && r.snapshot == c.snapshot
+                    r.shape == c.shape
+                        && r.hard_state == c.hard_state
+                        && r.snapshot == c.snapshot
+                        && r.recovery == c.recovery
                 })
             })
     }

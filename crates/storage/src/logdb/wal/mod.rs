@@ -15,8 +15,13 @@
 //! * A segment is deleted once it and every older segment hold no live
 //!   entries; the checkpoint at the start of each segment keeps the state
 //!   those segments recorded.
-//! * At open, segments are replayed; a torn tail of the last segment is cut
-//!   off, damage anywhere else is reported as [`Error::Corruption`].
+//! * At open, segments are replayed. Preallocated space at the end of the
+//!   last segment is cut off; a damaged last batch is never treated as
+//!   never written: the replicas it may have held data of get a recovery
+//!   guard (and their vote back), recorded durably in a repair batch after
+//!   the damaged bytes, and the damage is reported
+//!   ([`LogDb::damage_found`]). Damage anywhere else is
+//!   [`Error::Corruption`]. [`Wal::inspect`] does the same without writing.
 //! * After a failed write or fsync the log refuses further writes
 //!   ([`Error::Failed`]): what reached the disk is unknown until a reopen.
 
@@ -24,11 +29,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use longship_raft::{Entry, Index, ReplicaId, ShardId, SnapshotMeta, Term};
+use longship_raft::{Entry, Index, RecoveryGuard, ReplicaId, ShardId, SnapshotMeta, Term};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::shape::{Key, Op, Shape};
-use super::{LogDb, LogUpdate, ReplicaState, import_ops};
+use super::{Damage, LogDb, LogUpdate, ReplicaState, import_ops};
 use crate::error::{Error, Result};
 use crate::vfs::{File, FileSystem};
 
@@ -159,6 +164,19 @@ pub struct Wal {
     queue_cv: Condvar,
     closed: AtomicBool,
     counters: Counters,
+    /// What replay at open discarded or did not trust.
+    damage: Vec<Damage>,
+}
+
+/// What [`Wal::inspect`] found, without changing anything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WalInspection {
+    /// Every replica stored, sorted, with its state as opening the log
+    /// would leave it (guards given for damage found now included).
+    pub replicas: Vec<(ShardId, ReplicaId, ReplicaState)>,
+    /// What opening the log would discard or not trust (as
+    /// [`LogDb::damage_found`] would then report it).
+    pub damage: Vec<Damage>,
 }
 
 impl std::fmt::Debug for Wal {
@@ -176,7 +194,8 @@ impl Wal {
                 "WalOptions bounds must be > 0".into(),
             ));
         }
-        let (index, next_id) = replay::replay(&*fs, dir, options.max_cache_bytes)?;
+        let replayed = replay::replay(&*fs, dir, options.max_cache_bytes, replay::Mode::Repair)?;
+        let (index, next_id) = (replayed.index, replayed.next_id);
         let wal = Wal {
             fs: fs.clone(),
             dir: dir.to_path_buf(),
@@ -198,6 +217,7 @@ impl Wal {
             queue_cv: Condvar::new(),
             closed: AtomicBool::new(false),
             counters: Counters::default(),
+            damage: replayed.damage,
         };
         {
             let mut w = wal.writer.lock();
@@ -206,6 +226,25 @@ impl Wal {
         }
         wal.delete_dead_segments(wal.writer.lock().active);
         Ok(wal)
+    }
+
+    /// Reads the log in `dir` the way [`Wal::open`] would, but never
+    /// writes: files are opened read-only, nothing is cut, removed, synced
+    /// or created. Returns every replica's state and the damage found (the
+    /// same [`Error::Corruption`] as `open` when damage is not at the end
+    /// of the log). A missing directory is an I/O error of kind `NotFound`.
+    pub fn inspect(fs: &dyn FileSystem, dir: &Path) -> Result<WalInspection> {
+        let replayed = replay::replay(fs, dir, 0, replay::Mode::ReadOnly)?;
+        let replicas = replayed
+            .index
+            .replicas
+            .iter()
+            .map(|(k, r)| (k.0, k.1, replica_state(r)))
+            .collect();
+        Ok(WalInspection {
+            replicas,
+            damage: replayed.damage,
+        })
     }
 
     /// The directory of the log.
@@ -295,14 +334,7 @@ impl LogDb for Wal {
     }
 
     fn read_state(&self, shard_id: ShardId, replica_id: ReplicaId) -> Option<ReplicaState> {
-        self.key_view((shard_id, replica_id), |r| {
-            r.map(|r| ReplicaState {
-                hard_state: r.hard_state,
-                snapshot: r.snapshot.clone(),
-                first_index: r.shape.first_index(),
-                last_index: r.shape.last,
-            })
-        })
+        self.key_view((shard_id, replica_id), |r| r.map(replica_state))
     }
 
     fn list_replicas(&self) -> Vec<(ShardId, ReplicaId)> {
@@ -361,5 +393,32 @@ impl LogDb for Wal {
         // Wait for a group in flight to finish.
         drop(self.writer.lock());
         Ok(())
+    }
+
+    fn damage_found(&self) -> Vec<Damage> {
+        self.damage.clone()
+    }
+
+    fn set_recovery_guard(
+        &self,
+        shard_id: ShardId,
+        replica_id: ReplicaId,
+        guard: RecoveryGuard,
+    ) -> Result<()> {
+        self.write(vec![Op::SetGuard {
+            key: (shard_id, replica_id),
+            guard,
+        }])
+    }
+}
+
+/// The [`ReplicaState`] of an index entry.
+fn replica_state(r: &index::ReplicaIndex) -> ReplicaState {
+    ReplicaState {
+        hard_state: r.hard_state,
+        snapshot: r.snapshot.clone(),
+        first_index: r.shape.first_index(),
+        last_index: r.shape.last,
+        recovery: r.recovery,
     }
 }

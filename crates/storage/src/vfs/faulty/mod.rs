@@ -272,6 +272,62 @@ impl FaultyFs {
         Ok(())
     }
 
+    /// Damages the newest durable bytes of the file at `path`, as a disk
+    /// may lose or garble a write it had acknowledged: flips one bit, at an
+    /// offset and bit drawn from `rng_seed` (deterministic), among the last
+    /// `within_last_bytes` bytes of the file's synced contents, not
+    /// counting trailing zero bytes (preallocated space). Returns the
+    /// offset of the damaged byte, or `None` when the synced contents hold
+    /// no non-zero byte (or `within_last_bytes` is 0).
+    ///
+    /// Meant to be called at crash time (before [`FaultyFs::crash`]): the
+    /// durable contents are damaged, so the next crash (or crash image)
+    /// shows it; when the file has no unsynced changes the live file is
+    /// damaged too. Not a counted operation; faults and the fault random
+    /// stream are not affected.
+    pub fn damage_synced_tail(
+        &self,
+        path: &Path,
+        within_last_bytes: u64,
+        rng_seed: u64,
+    ) -> io::Result<Option<u64>> {
+        let path = normalize(path);
+        let mut st = self.state.lock();
+        let id = match st.lookup(&*self.inner, &path)? {
+            Some(Entry::File(id)) => id,
+            Some(Entry::Dir(_)) => {
+                return Err(err(
+                    io::ErrorKind::IsADirectory,
+                    format!("{}: is a directory", path.display()),
+                ));
+            }
+            None => {
+                return Err(err(
+                    io::ErrorKind::NotFound,
+                    format!("{}: no such file", path.display()),
+                ));
+            }
+        };
+        let node = st.files.get_mut(&id).expect("named file exists");
+        let Some(last) = node.durable.iter().rposition(|&b| b != 0) else {
+            return Ok(None);
+        };
+        if within_last_bytes == 0 {
+            return Ok(None);
+        }
+        let end = last as u64 + 1;
+        let window = within_last_bytes.min(end);
+        let mut rng = Rng::new(rng_seed);
+        let offset = end - window + rng.below(window);
+        let bit = 1u8 << rng.below(8);
+        node.durable[offset as usize] ^= bit;
+        if node.dirty.is_none() {
+            let byte = [node.durable[offset as usize]];
+            self.inner.open(&path)?.write_at(offset, &byte)?;
+        }
+        Ok(Some(offset))
+    }
+
     fn handle(&self, inner: Box<dyn File>, id: u64, generation: u64) -> Box<dyn File> {
         Box::new(FaultyFile {
             inner,
