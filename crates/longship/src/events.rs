@@ -1,6 +1,7 @@
 //! Event listeners: what a NodeHost tells the application as it happens.
 
-use longship_raft::{Index, ReplicaId, ShardId, Term};
+use longship_raft::{Index, RecoveryGuard, ReplicaId, ShardId, Term};
+use longship_storage::logdb::Damage;
 
 /// A change of leadership as seen by one replica ([`EventListener::leader_updated`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +79,15 @@ pub trait EventListener: Send + Sync {
     /// The NodeHost is closing ([`NodeHost::close`](crate::NodeHost::close)
     /// started): its replicas are about to be unloaded.
     fn node_host_shutting_down(&self) {}
+    /// Opening the log storage found damaged bytes it had to discard or
+    /// could not trust (a damaged newest batch: possibly acknowledged
+    /// data); the replicas named get a recovery guard (docs/recovery.md).
+    /// Raised once per damaged region when the NodeHost starts.
+    fn storage_damage_found(&self, _damage: &Damage) {}
+    /// A replica starts under a recovery guard: its storage lost data it
+    /// may have acknowledged, so it neither votes nor campaigns until a
+    /// leader has brought its log past that point (docs/recovery.md).
+    fn replica_recovering(&self, _shard_id: ShardId, _replica_id: ReplicaId, _guard: RecoveryGuard) {}
 }
 
 /// A snapshot streamed from a leader to a follower (the `snapshot_send*`

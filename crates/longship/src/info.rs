@@ -54,11 +54,12 @@ fn shard_info(r: &Replica) -> ShardInfo {
     let (leader_id, term) = r.leader();
     let applied_state = r.rsm.applied();
     let applied = r.applied();
-    let (commit, core_pending) = {
+    let (commit, core_pending, recovery_guard) = {
         let core = r.core.lock();
         (
             core.raft.status().hard_state.commit,
             core.raft.has_pending_config_change(),
+            core.raft.recovery_guard(),
         )
     };
     let requested = !r.pending.lock().config_changes.is_empty();
@@ -78,5 +79,6 @@ fn shard_info(r: &Replica) -> ShardInfo {
         catching_up: applied == Index(0) || applied < commit,
         is_non_voting: r.config.is_non_voting,
         is_witness: r.config.is_witness,
+        recovery_guard,
     }
 }

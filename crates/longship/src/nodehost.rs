@@ -203,6 +203,10 @@ pub struct ShardInfo {
     pub is_non_voting: bool,
     /// The local replica is a witness.
     pub is_witness: bool,
+    /// The local replica runs under a recovery guard: its storage lost
+    /// data it may have acknowledged, and it neither votes nor campaigns
+    /// until a leader has brought its log past that (docs/recovery.md).
+    pub recovery_guard: Option<longship_raft::RecoveryGuard>,
 }
 
 impl ShardInfo {
@@ -367,6 +371,13 @@ impl NodeHostBuilder {
             self.listener,
             seed,
         ));
+        // What replay discarded or could not trust (the Wal logged it too).
+        for d in host.logdb.damage_found() {
+            tracing::warn!(damage = %d, "log storage damage found at open");
+            if let Some(l) = &host.listener {
+                l.storage_damage_found(&d);
+            }
+        }
         transport.start(Arc::new(Handler(host.clone())))?;
         let nh = NodeHost {
             host,
@@ -914,13 +925,29 @@ impl NodeHost {
         let reader = ReplicaLog::new(host.logdb.clone(), shard, me);
         let hs: HardState = state.hard_state;
         let snap = state.snapshot.clone();
-        let raft = match Raft::new(raft_cfg, reader, hs, snap.membership.clone(), snap.index) {
+        let mut raft = match Raft::new(raft_cfg, reader, hs, snap.membership.clone(), snap.index)
+        {
             Ok(raft) => raft,
             Err(e) => {
                 rsm.sm.close();
                 return Err(Error::invalid_config("config", e.to_string()));
             }
         };
+        if let Some(guard) = state.recovery {
+            // Protocol-aware recovery (docs/recovery.md): its storage lost
+            // data it may have acknowledged; it votes again once whole.
+            tracing::warn!(
+                shard = shard.0,
+                replica = me.0,
+                acked_through = ?guard.acked_through.map(|i| i.0),
+                restart_term = guard.restart_term.0,
+                "replica starts under a recovery guard: it will not vote or campaign until a leader has brought its log past what it may have acknowledged"
+            );
+            raft.set_recovery_guard(guard);
+            if let Some(l) = &host.listener {
+                l.replica_recovering(shard, me, guard);
+            }
+        }
         let replica = Arc::new(Replica {
             shard_id: shard,
             replica_id: me,

@@ -27,7 +27,9 @@ pub use ids::{Index, ReplicaId, ShardId, Term};
 pub use log_reader::{LogError, LogReader};
 pub use membership::{ConfigChange, ConfigChangeRejected, ConfigChangeType, Membership};
 pub use memlog::{MemLog, limit_size};
-pub use message::{CAMPAIGN_TRANSFER, MESSAGE_BATCH_VERSION, Message, MessageBatch, MessageType};
+pub use message::{
+    CAMPAIGN_TRANSFER, LOG_LOST, MESSAGE_BATCH_VERSION, Message, MessageBatch, MessageType,
+};
 pub use rng::Rng;
 
 mod bootstrap;

@@ -132,13 +132,20 @@ pub struct Message {
     pub snapshot: Option<SnapshotMeta>,
     /// Read-index request context (`ReadIndex`, `ReadIndexResp`, `Heartbeat`,
     /// `HeartbeatResp`); for `RequestVote`, [`CAMPAIGN_TRANSFER`] marks an
-    /// election started by leadership transfer.
+    /// election started by leadership transfer; for a rejecting
+    /// `ReplicateResp`, [`LOG_LOST`] marks a replica that lost entries.
     pub context: u64,
 }
 
 /// `RequestVote.context` of an election started by `TimeoutNow`: voters must
 /// not refuse it because they believe a leader exists (thesis §3.10, §4.2.3).
 pub const CAMPAIGN_TRANSFER: u64 = 1;
+
+/// `ReplicateResp.context` of a rejection from a replica under a recovery
+/// guard: its storage lost entries it may have acknowledged, so the
+/// leader's match index for it may be too high; `hint` is its last index
+/// and the leader probes again from there (docs/recovery.md).
+pub const LOG_LOST: u64 = 2;
 
 impl Message {
     /// A message of `msg_type` from `from` to `to`, other fields default.

@@ -156,6 +156,15 @@ impl Progress {
         };
     }
 
+    /// The follower lost every entry after `last` (its storage was
+    /// damaged; it runs under a recovery guard): the match index drops to
+    /// `last` and replication starts again with a probe there.
+    pub fn forget_match_after(&mut self, last: Index) {
+        self.match_index = self.match_index.min(last);
+        self.reset_state(ProgressState::Probe);
+        self.next_index = self.match_index.next();
+    }
+
     /// Switches to pipelined replication.
     pub fn become_replicate(&mut self) {
         self.reset_state(ProgressState::Replicate);

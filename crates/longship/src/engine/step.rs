@@ -101,6 +101,7 @@ impl StepWorker {
                 Ok((durable, Some(u), None)) => {
                     must_sync |= !u.entries.is_empty()
                         || u.snapshot.is_some()
+                        || u.recovery_cleared
                         || u.hard_state
                             .is_some_and(|hs| hs.term != durable.term || hs.vote != durable.vote);
                     work.push((r.clone(), u));

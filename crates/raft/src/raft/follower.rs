@@ -81,6 +81,7 @@ impl<L: LogReader> Raft<L> {
                     reject: true,
                     hint,
                     hint_term,
+                    context: self.log_lost_context(),
                     ..self.new_message(MessageType::ReplicateResp, m.from)
                 };
                 self.send(resp);
@@ -88,9 +89,34 @@ impl<L: LogReader> Raft<L> {
         }
     }
 
+    /// [`LOG_LOST`](crate::LOG_LOST) while a recovery guard holds: our
+    /// rejections must make the leader forget its match index for us.
+    fn log_lost_context(&self) -> u64 {
+        if self.recovery_guard.is_some() {
+            crate::message::LOG_LOST
+        } else {
+            0
+        }
+    }
+
     pub(super) fn handle_heartbeat(&mut self, m: Message) {
         // The leader sends min(match, commit), so this never exceeds what matches.
-        self.log.commit_to(m.commit.min(self.log.last_index()));
+        let last = self.log.last_index();
+        self.log.commit_to(m.commit.min(last));
+        if m.commit > last && self.recovery_guard.is_some() {
+            // We lost entries the leader believes we hold (it matched us
+            // past our log): tell it where our log ends, or it never sends
+            // them again.
+            let resp = Message {
+                log_index: m.commit,
+                reject: true,
+                hint: last,
+                hint_term: self.log.term_or_zero(last),
+                context: crate::message::LOG_LOST,
+                ..self.new_message(MessageType::ReplicateResp, m.from)
+            };
+            self.send(resp);
+        }
         let resp = Message {
             context: m.context,
             log_index: m.log_index,

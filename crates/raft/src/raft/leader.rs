@@ -369,6 +369,16 @@ impl<L: LogReader> Raft<L> {
             return;
         };
         pr.recent_active = true;
+        if m.reject && m.context == crate::message::LOG_LOST && m.hint < pr.match_index {
+            // The follower's storage lost entries it had acknowledged
+            // (docs/recovery.md): our match index for it is too high. Lower
+            // it and probe from its last index. Our commit index stays: it
+            // never decreases, and the follower votes for nobody until it
+            // holds what it lost again.
+            pr.forget_match_after(m.hint);
+            self.send_append(m.from, false);
+            return;
+        }
         if m.reject {
             // Raft §5.3 with fast backtracking: find where our log may match.
             let (hint, _) = if m.hint_term.0 > 0 {

@@ -216,7 +216,10 @@ impl<L: LogReader> Raft<L> {
             // only durable entries, so a correct heartbeat never commits past
             // our log; one that does would commit a tail the leader may not
             // have (Raft §5.3).
-            Heartbeat if m.commit > self.log.last_index() => {
+            // Unless we lost entries we had acknowledged (a recovery
+            // guard): then the leader's match index for us is too high, and
+            // the heartbeat tells us to say so (`handle_heartbeat`).
+            Heartbeat if m.commit > self.log.last_index() && self.recovery_guard.is_none() => {
                 Err("heartbeat commits past our last index")
             }
             InstallSnapshot => match &m.snapshot {

@@ -174,3 +174,29 @@ fn guarded_lost_tail_keeps_the_committed_entry() {
     }
     panic!("2 and 3 elected no leader after the guard was lifted");
 }
+
+/// A follower that lost acknowledged entries is behind the leader's match
+/// index for it, so the leader would never send them again (and a
+/// heartbeat committing past its log would be dropped as invalid): the
+/// guarded follower answers the heartbeat with a `LOG_LOST` rejection,
+/// the leader lowers its match index and replicates again, and the guard
+/// is lifted once the follower holds what it lost.
+#[test]
+fn leader_resends_what_a_guarded_follower_lost() {
+    let mut c = cluster(3, opts());
+    elect(&mut c, 1);
+    for i in 0..5 {
+        propose(&mut c, 1, &format!("e{i}"));
+    }
+    c.stabilize();
+    let last = last_index(&c, 1);
+    assert_eq!(last_index(&c, 2), last);
+    c.crash_losing_tail(r(2), Index(last.0 - 3), true);
+    assert_eq!(last_index(&c, 2), Index(last.0 - 3));
+    // Heartbeats only: no new entry would carry the lost ones along.
+    tick_all(&mut c, 3);
+    assert_eq!(last_index(&c, 2), last, "the leader did not resend");
+    assert_eq!(committed(&c, 2), last);
+    assert!(c.raft(2).recovery_guard().is_none());
+    assert!(c.raft(1).is_leader(), "the leader was disturbed");
+}

@@ -36,6 +36,53 @@ pub(super) struct HostSlot {
     pub(super) restart_at: Option<u64>,
     /// When a host whose replicas failed (I/O errors) is restarted.
     pub(super) sick_since: Option<u64>,
+    /// Its disk's newest durable bytes were damaged at its last crash and
+    /// it has not started since (its replicas will start guarded).
+    pub(super) damaged: bool,
+}
+
+/// Flips one bit among the last `window` durable bytes of the host's
+/// newest WAL segment (before the crash that makes them what the disk
+/// holds). The flip must land in the newest batch, the damage this fault
+/// stands for: where it would land in an older batch (corruption the
+/// NodeHost rightly refuses to start on), it is undone. Returns the
+/// offset of a flip that stayed.
+fn damage_newest_segment(slot: &HostSlot, window: u64, seed: u64) -> Result<Option<u64>, String> {
+    let wal_dir = NodeHostConfig {
+        node_host_dir: slot.dir.clone(),
+        ..NodeHostConfig::default()
+    }
+    .wal_dir();
+    let newest = slot
+        .fs
+        .list(&wal_dir)
+        .map_err(|e| format!("list {}: {e}", wal_dir.display()))?
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .max();
+    let Some(path) = newest else {
+        return Ok(None);
+    };
+    let flip = |slot: &HostSlot| {
+        slot.fs
+            .damage_synced_tail(&path, window, seed)
+            .map_err(|e| format!("damage {}: {e}", path.display()))
+    };
+    let Some(at) = flip(slot)? else {
+        return Ok(None);
+    };
+    let image = slot
+        .fs
+        .crash_image(CrashMode::DropUnsynced)
+        .map_err(|e| format!("crash image: {e}"))?;
+    match Wal::inspect(&image, &wal_dir) {
+        Ok(_) => Ok(Some(at)),
+        Err(_) => {
+            // Same seed: the same byte and bit, flipped back.
+            flip(slot)?;
+            Ok(None)
+        }
+    }
 }
 
 /// Small segments, no preallocation: rotation and compaction happen in
@@ -58,6 +105,7 @@ impl HostSlot {
             nh: None,
             incarnation: 0,
             hosted: BTreeMap::new(),
+            damaged: false,
             restart_at: None,
             sick_since: None,
         }
@@ -102,6 +150,7 @@ impl Sim {
         let slot = &mut self.hosts[h];
         slot.restart_at = None;
         slot.sick_since = None;
+        slot.damaged = false;
         slot.incarnation += 1;
         let fs: Arc<dyn FileSystem> = Arc::new(slot.fs.clone());
         let cfg = NodeHostConfig {
@@ -165,14 +214,31 @@ impl Sim {
     /// the NodeHost is dropped, and the disk keeps only what was synced (or
     /// a random prefix of unsynced appends). It restarts `delay` rounds on.
     pub(super) fn crash_host(&mut self, h: usize, delay: u64) -> Result<(), String> {
-        let mode = if self.rng.chance(0.5) {
+        let mut mode = if self.rng.chance(0.5) {
             CrashMode::DropUnsynced
         } else {
             CrashMode::KeepRandomPrefix
         };
+        let damage = self.hosts[h].nh.is_some()
+            && self.plan.tail_damage_per_crash > 0.0
+            && self.damage_rng.chance(self.plan.tail_damage_per_crash)
+            && !self.any_replica_guarded();
         let slot = &mut self.hosts[h];
         slot.fs.crash_after_op(Some(slot.fs.op_count()));
         let was_running = slot.nh.take().is_some();
+        if damage {
+            // What the disk had acknowledged is damaged; nothing unsynced
+            // survives after it (else the damage would be mid-log).
+            mode = CrashMode::DropUnsynced;
+            let window = 1 + self.damage_rng.below(24);
+            let seed = self.damage_rng.next_u64();
+            if let Some(at) = damage_newest_segment(slot, window, seed)? {
+                slot.damaged = true;
+                self.stats.tail_damages += 1;
+                self.trace_event("damage", h as u64, at);
+            }
+        }
+        let slot = &mut self.hosts[h];
         slot.fs
             .crash(mode)
             .map_err(|e| format!("crash of host {h}'s disk failed: {e}"))?;
@@ -184,6 +250,22 @@ impl Sim {
         self.checker.host_crashed(h);
         self.trace_event("crash", h as u64, delay);
         Ok(())
+    }
+
+    /// Whether some replica runs under a recovery guard, or will when its
+    /// damaged host starts: the simulator damages one replica's log at a
+    /// time (two at once could leave a shard with no quorum of unguarded
+    /// voters, which stops it for good, by design, not for a test run).
+    fn any_replica_guarded(&self) -> bool {
+        self.hosts.iter().any(|slot| {
+            slot.damaged
+                || slot.nh.as_ref().is_some_and(|nh| {
+                    nh.get_node_host_info()
+                        .shards
+                        .iter()
+                        .any(|s| s.recovery_guard.is_some())
+                })
+        })
     }
 
     pub(super) fn restart_due_hosts(&mut self) -> Result<(), String> {

@@ -123,6 +123,8 @@ pub struct Report {
     pub packets: u64,
     /// Shards whose linearizability check ran out of budget.
     pub lin_unknown: u64,
+    /// Crashes that damaged the newest durable bytes of the host's log.
+    pub tail_damages: u64,
 }
 
 /// Why a run failed.
@@ -219,6 +221,9 @@ struct FaultPlan {
     clock_skip: f64,
     /// A host gets a tick twice.
     clock_double: f64,
+    /// At a crash, the newest durable bytes of the host's log are damaged
+    /// (a disk losing an acknowledged write; docs/recovery.md).
+    tail_damage_per_crash: f64,
 }
 
 /// A unique directory prefix per run in this process: NodeHosts lock their
@@ -245,6 +250,8 @@ pub(crate) struct Sim {
     finals: BTreeMap<String, String>,
     checker: Checker,
     plan: FaultPlan,
+    /// Draws of the tail-damage fault (its own stream).
+    damage_rng: Rng,
     /// Print events to stderr (`LONGSHIP_SIM_LOG=1`).
     log: bool,
     stats: Report,
@@ -261,11 +268,16 @@ impl Sim {
                 HostSlot::new(format!("host{i}:7000"), dir, rng.next_u64())
             })
             .collect();
-        let plan = if cfg.faults {
+        let mut plan = if cfg.faults {
             FaultPlan::draw(&mut rng)
         } else {
             FaultPlan::none()
         };
+        // The tail-damage fault has its own random stream.
+        let mut damage_rng = Rng::new(cfg.seed ^ 0x7a11_da3a_6e5e_ed01);
+        if cfg.faults && damage_rng.chance(0.5) {
+            plan.tail_damage_per_crash = 0.05 + 0.45 * (damage_rng.below(1000) as f64 / 1000.0);
+        }
         let snapshot_entries = match rng.below(3) {
             0 => 0,
             _ => 8 + rng.below(56),
@@ -326,6 +338,7 @@ impl Sim {
             finals: BTreeMap::new(),
             checker: Checker::default(),
             plan,
+            damage_rng,
             log: std::env::var_os("LONGSHIP_SIM_LOG").is_some(),
             stats: Report::default(),
         };
@@ -667,6 +680,7 @@ impl FaultPlan {
             membership_per_round: 0.0,
             clock_skip: 0.0,
             clock_double: 0.0,
+            tail_damage_per_crash: 0.0,
         }
     }
 
@@ -701,6 +715,9 @@ impl FaultPlan {
             membership_per_round: pick(rng, 1.0 / 1500.0),
             clock_skip: pick(rng, 0.2),
             clock_double: pick(rng, 0.2),
+            // Drawn by `Sim::new` from its own stream (seeds from before
+            // this fault keep their other draws).
+            tail_damage_per_crash: 0.0,
         }
     }
 }
