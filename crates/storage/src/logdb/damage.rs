@@ -32,6 +32,11 @@ pub struct Damage {
     /// The bytes did not say which replicas they belonged to: every
     /// replica in the log is treated as affected.
     pub replicas_unknown: bool,
+    /// A torn write: the file ends inside the batch, which therefore was
+    /// never synced whole and never acknowledged. Nothing was restored and
+    /// no replica is put under a guard; the replicas listed are those the
+    /// batch would have written.
+    pub torn: bool,
 }
 
 /// What one replica may have lost in a [`Damage`].
@@ -82,6 +87,12 @@ impl fmt::Display for Damage {
             self.bytes,
             self.reason
         )?;
+        if self.torn {
+            write!(
+                f,
+                "; a torn write (the file ends inside the batch): never acknowledged, no guard"
+            )?;
+        }
         if self.replicas_unknown {
             write!(
                 f,
@@ -128,6 +139,7 @@ mod tests {
                 },
             ],
             replicas_unknown: false,
+            torn: false,
         };
         let s = d.to_string();
         assert!(s.contains("00000000000000000003.wal at offset 4096, 120 byte(s)"));

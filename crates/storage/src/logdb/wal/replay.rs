@@ -84,6 +84,10 @@ struct TailDamage {
     header: Option<BatchHeader>,
     /// What was wrong.
     reason: String,
+    /// The file ends inside the batch: it was never written whole, so its
+    /// fsync never completed and nothing in it was acknowledged (a torn
+    /// write). Bytes that are there but garbled could have been.
+    torn: bool,
 }
 
 /// How a segment's scan ended.
@@ -203,14 +207,24 @@ pub(super) fn replay(
             }
             ScanEnd::Damaged(tail) => {
                 let (ops, found) = plan_repair(&idx, &tail, &path);
-                tracing::warn!(
-                    path = %path.display(),
-                    offset = tail.at,
-                    bytes = tail.bytes,
-                    replicas_unknown = found.replicas_unknown,
-                    damage = %found,
-                    "damaged tail of the log: the replicas it may have held data of are put under a recovery guard"
-                );
+                if found.torn {
+                    tracing::warn!(
+                        path = %path.display(),
+                        offset = tail.at,
+                        bytes = tail.bytes,
+                        damage = %found,
+                        "torn tail of the log discarded: the file ends inside a batch that was never synced, so never acknowledged"
+                    );
+                } else {
+                    tracing::warn!(
+                        path = %path.display(),
+                        offset = tail.at,
+                        bytes = tail.bytes,
+                        replicas_unknown = found.replicas_unknown,
+                        damage = %found,
+                        "damaged tail of the log: the replicas it may have held data of are put under a recovery guard"
+                    );
+                }
                 for op in &ops {
                     idx.apply(op, None, false).map_err(|e| {
                         Error::corruption(&path, tail.at, format!("cannot apply the repair: {e}"))
@@ -249,6 +263,7 @@ pub(super) fn replay(
                         ),
                         replicas: Vec::new(),
                         replicas_unknown: false,
+                        torn: false,
                     };
                     tracing::warn!(path = %path.display(), damage = %found, "removing a segment torn while being created");
                     damage.push(found);
@@ -414,7 +429,9 @@ fn plan_repair(idx: &IndexState, tail: &TailDamage, path: &Path) -> (Vec<Op>, Da
     let mut ops = Vec::new();
     let mut guards = Vec::new();
     let mut replicas = Vec::new();
-    let unknown = tail.header.is_none();
+    // A torn batch was never acknowledged: nothing to restore or guard.
+    // Its replicas are still listed, for the report.
+    let unknown = tail.header.is_none() && !tail.torn;
     match &tail.header {
         Some(h) => {
             let mut losses: BTreeMap<Key, Loss> = BTreeMap::new();
@@ -447,7 +464,7 @@ fn plan_repair(idx: &IndexState, tail: &TailDamage, path: &Path) -> (Vec<Op>, Da
                 let old = r.map(|r| r.hard_state).unwrap_or_default();
                 let last = r.map_or(Index(0), |r| r.shape.last);
                 let mut term = old.term;
-                if let Some(written) = loss.hard_state {
+                if let Some(written) = loss.hard_state.filter(|_| !tail.torn) {
                     let restored = restore_hard_state(old, written, last);
                     term = restored.term;
                     if restored != old || r.is_none() {
@@ -461,13 +478,15 @@ fn plan_repair(idx: &IndexState, tail: &TailDamage, path: &Path) -> (Vec<Op>, Da
                     }
                 }
                 let acked = loss.range.map_or(last, |(_, hi)| hi.max(last));
-                guards.push(Op::SetGuard {
-                    key,
-                    guard: RecoveryGuard {
-                        acked_through: Some(acked),
-                        restart_term: term,
-                    },
-                });
+                if !tail.torn {
+                    guards.push(Op::SetGuard {
+                        key,
+                        guard: RecoveryGuard {
+                            acked_through: Some(acked),
+                            restart_term: term,
+                        },
+                    });
+                }
                 replicas.push(ReplicaDamage {
                     shard_id: key.0,
                     replica_id: key.1,
@@ -476,6 +495,7 @@ fn plan_repair(idx: &IndexState, tail: &TailDamage, path: &Path) -> (Vec<Op>, Da
                 });
             }
         }
+        None if tail.torn => {}
         None => {
             for (key, r) in &idx.replicas {
                 guards.push(Op::SetGuard {
@@ -502,6 +522,7 @@ fn plan_repair(idx: &IndexState, tail: &TailDamage, path: &Path) -> (Vec<Op>, Da
         reason: tail.reason.clone(),
         replicas,
         replicas_unknown: unknown,
+        torn: tail.torn,
     };
     (ops, damage)
 }
@@ -660,6 +681,15 @@ fn classify_tail(
         ));
     }
     let nonzero_end = data.iter().rposition(|&b| b != 0).map_or(pos, |i| i + 1);
+    // Torn: the file ends before the batch does (by its header), or inside
+    // the first header copy when neither copy can be read. A batch whose
+    // fsync completed is there whole: what is missing was never synced,
+    // never acknowledged. (Preallocated space reads as zeros, not as an
+    // end: there a cut batch looks garbled and is guarded, conservatively.)
+    let torn = match &header {
+        Some((h, _)) => (data.len() as u64) < h.end(),
+        None => matches!(check_record(&data[pos..], seed), Err(RecordError::Incomplete)),
+    };
     let header_end = header.as_ref().map_or(0, |(_, end)| *end);
     let write_at = (nonzero_end.max(header_end) as u64).next_multiple_of(8);
     Ok(TailDamage {
@@ -668,6 +698,7 @@ fn classify_tail(
         write_at,
         header: header.map(|(h, _)| h),
         reason,
+        torn,
     })
 }
 
