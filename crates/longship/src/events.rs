@@ -87,7 +87,13 @@ pub trait EventListener: Send + Sync {
     /// A replica starts under a recovery guard: its storage lost data it
     /// may have acknowledged, so it neither votes nor campaigns until a
     /// leader has brought its log past that point (docs/recovery.md).
-    fn replica_recovering(&self, _shard_id: ShardId, _replica_id: ReplicaId, _guard: RecoveryGuard) {}
+    fn replica_recovering(
+        &self,
+        _shard_id: ShardId,
+        _replica_id: ReplicaId,
+        _guard: RecoveryGuard,
+    ) {
+    }
 }
 
 /// A snapshot streamed from a leader to a follower (the `snapshot_send*`

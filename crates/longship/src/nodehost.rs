@@ -925,8 +925,7 @@ impl NodeHost {
         let reader = ReplicaLog::new(host.logdb.clone(), shard, me);
         let hs: HardState = state.hard_state;
         let snap = state.snapshot.clone();
-        let mut raft = match Raft::new(raft_cfg, reader, hs, snap.membership.clone(), snap.index)
-        {
+        let mut raft = match Raft::new(raft_cfg, reader, hs, snap.membership.clone(), snap.index) {
             Ok(raft) => raft,
             Err(e) => {
                 rsm.sm.close();

@@ -408,7 +408,10 @@ fn a_batch_cut_in_its_trailing_zeros_stays_damaged_after_the_repair() {
         zeroed[sc.end - 1..].fill(0);
         let ctx = format!("{ctx}, zeroed");
         let outcome = check_recovery(&sc, &sc.with_segment(&zeroed), &ctx);
-        assert!(matches!(outcome, Outcome::Guarded | Outcome::Kept), "{ctx}: {outcome:?}");
+        assert!(
+            matches!(outcome, Outcome::Guarded | Outcome::Kept),
+            "{ctx}: {outcome:?}"
+        );
     }
 }
 

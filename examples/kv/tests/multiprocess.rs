@@ -610,6 +610,112 @@ fn pause_and_one_way_partition_keep_history_linearizable() {
     }
 }
 
+/// Protocol-aware recovery across processes (docs/recovery.md): node 2 is
+/// killed under load, one bit of the last record of its write-ahead log is
+/// flipped (an acknowledged write the disk damaged), and it is started
+/// again. `inspect` reports the damage before the restart; the node says
+/// it starts its replicas under a recovery guard; the cluster's history
+/// stays linearizable; and once the leaders brought node 2 past what it
+/// lost, the guards are gone (durably: `inspect` of the stopped node finds
+/// nothing to report).
+#[test]
+fn bit_flip_in_the_last_record_of_a_stopped_node_is_reported_and_guarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path(), false);
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    let addrs: Vec<String> = nodes.iter().map(|n| n.redis.clone()).collect();
+    for a in &addrs {
+        wait_ready(a);
+    }
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let history: History = Arc::new(Mutex::new(Vec::new()));
+    let clients = start_clients(&addrs, &stop, &history, start);
+    std::thread::sleep(Duration::from_secs(2));
+    nodes[1].kill9();
+
+    let nh_config = longship::NodeHostConfig {
+        node_host_dir: dir.path().join("node2"),
+        ..longship::NodeHostConfig::default()
+    };
+    let wal = std::fs::read_dir(nh_config.wal_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .max()
+        .expect("a WAL segment");
+    let mut bytes = std::fs::read(&wal).unwrap();
+    let last = bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .expect("a written segment");
+    bytes[last] ^= 0x10;
+    std::fs::write(&wal, &bytes).unwrap();
+    let seen = longship::tools::inspect(&nh_config).unwrap();
+    assert!(seen.needs_attention(), "inspect saw nothing");
+    assert_eq!(seen.damage.len(), 1, "{:?}", seen.damage);
+    assert!(!seen.damage[0].torn, "{}", seen.damage[0]);
+    assert!(!seen.damage[0].replicas.is_empty(), "{}", seen.damage[0]);
+
+    nodes[1].start();
+    wait_ready(&addrs[1]);
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Release);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let log = std::fs::read_to_string(&nodes[1].log).unwrap();
+    assert!(
+        log.contains("log storage damage found at open")
+            && log.contains("replica starts under a recovery guard"),
+        "node 2 did not report the damage: {log}"
+    );
+    check_final_history(&addrs, &history, start);
+
+    // Writes to many keys reach every shard: each leader commits past what
+    // node 2 lost, node 2 follows, and its guards are lifted.
+    let mut c = Client::connect(&addrs[0]).unwrap();
+    for i in 0..64 {
+        assert_eq!(
+            c.call(&["SET", &format!("after-{i}"), "x"]).unwrap(),
+            Resp::Simple("OK".into())
+        );
+    }
+    // A linearizable read on node 2 of every key: node 2 applied each
+    // write, so every shard's log there reached past it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for i in 0..64 {
+        loop {
+            let got = Client::connect(&addrs[1])
+                .and_then(|mut c2| c2.call(&["GET", &format!("after-{i}")]));
+            if matches!(&got, Ok(Resp::Bulk(Some(v))) if v == b"x") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node 2 never caught up: {got:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    nodes[1].kill9();
+    let seen = longship::tools::inspect(&nh_config).unwrap();
+    let guarded: Vec<_> = seen
+        .replicas
+        .iter()
+        .filter(|r| r.recovery.is_some())
+        .map(|r| (r.shard_id, r.replica_id))
+        .collect();
+    assert!(
+        guarded.is_empty(),
+        "still guarded after catching up: {guarded:?}"
+    );
+    assert!(
+        seen.damage.is_empty(),
+        "the damage was reported twice: {:?}",
+        seen.damage
+    );
+}
+
 /// Reads every key on every node after everything else, then checks the
 /// whole history for linearizability (and that enough load went through).
 /// Returns the keys.

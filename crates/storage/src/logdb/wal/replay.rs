@@ -688,7 +688,10 @@ fn classify_tail(
     // end: there a cut batch looks garbled and is guarded, conservatively.)
     let torn = match &header {
         Some((h, _)) => (data.len() as u64) < h.end(),
-        None => matches!(check_record(&data[pos..], seed), Err(RecordError::Incomplete)),
+        None => matches!(
+            check_record(&data[pos..], seed),
+            Err(RecordError::Incomplete)
+        ),
     };
     let header_end = header.as_ref().map_or(0, |(_, end)| *end);
     let write_at = (nonzero_end.max(header_end) as u64).next_multiple_of(8);
