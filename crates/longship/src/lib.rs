@@ -18,6 +18,7 @@ mod error;
 pub mod events;
 mod host;
 mod inbound;
+mod master_client;
 mod metrics;
 mod nodehost;
 mod owner;
@@ -33,6 +34,11 @@ pub use config::{Config, NodeHostConfig};
 pub use error::{Error, Result};
 pub use events::EventListener;
 pub use longship_raft::{HardState, Index, ReplicaId, Role, ShardId, Status as RaftStatus, Term};
+pub use master_client::{
+    HostReport, MAX_REPORTED_MEMBERS, MAX_REPORTED_REPLICAS, MAX_REQUESTS_PER_ROUND, MasterClient,
+    MasterClientError, MasterReporter, MasterRequest, ReplicaFactory, ReplicaReport,
+    ReportingOptions,
+};
 pub use metrics::{Gauges, Metrics};
 pub use nodehost::{
     Leader, LogInfo, MembershipInfo, NodeHost, NodeHostBuilder, NodeHostInfo, NodeUser, ShardInfo,

@@ -533,7 +533,7 @@ impl Drop for DirLock {
 /// std::fs::remove_dir_all(&dir).unwrap();
 /// ```
 pub struct NodeHost {
-    host: Arc<HostState>,
+    pub(crate) host: Arc<HostState>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Held from `build` until `close`: no other NodeHost (or offline tool)
     /// uses the directory meanwhile.
