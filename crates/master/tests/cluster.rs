@@ -1,0 +1,395 @@
+//! The master on real NodeHosts: five NodeHosts over loopback TCP in one
+//! process, the master shard on three of them, eight application shards of
+//! three replicas created through the master. A NodeHost stopped for good
+//! (one that is not a master member, then one that is) has its replicas
+//! replaced: every shard is back to three live replicas and still holds
+//! what was written before; a sixth NodeHost receives replicas until every
+//! host is within one of the mean.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use longship::{
+    Config, MasterReporter, NodeHost, NodeHostConfig, ReplicaFactory, ReplicaId, ReportingOptions,
+    ShardId, SmEntry, SmError, Start, StateMachine, StopFlag,
+};
+use longship_master::decide::{leader_view, loads, running};
+use longship_master::{
+    InProcessMasterClient, MASTER_SHARD_ID, MasterConfig, MasterNode, MasterOptions, MasterState,
+    create_shard, read_state,
+};
+
+const RTT_MS: u64 = 10;
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// Generous: two cores shared with other builds.
+const WAIT: Duration = Duration::from_secs(60);
+const SHARDS: u64 = 8;
+const DEAD_AFTER_MS: u64 = 3_000;
+
+/// A map of strings: `set k v` stores; a lookup of `k` returns the value.
+#[derive(Default)]
+struct Kv(BTreeMap<String, String>);
+
+impl StateMachine for Kv {
+    fn update(&mut self, entries: &mut [SmEntry]) -> Result<(), SmError> {
+        for e in entries {
+            let s = String::from_utf8_lossy(&e.cmd);
+            let mut p = s.splitn(3, ' ');
+            if p.next() == Some("set")
+                && let (Some(k), Some(v)) = (p.next(), p.next())
+            {
+                self.0.insert(k.into(), v.into());
+            }
+            e.result.value = self.0.len() as u64;
+        }
+        Ok(())
+    }
+    fn lookup(&self, q: &[u8]) -> Result<Vec<u8>, SmError> {
+        let k = String::from_utf8_lossy(q);
+        Ok(self.0.get(k.as_ref()).cloned().unwrap_or_default().into_bytes())
+    }
+    fn save_snapshot(&self, w: &mut dyn Write, _: &StopFlag) -> Result<(), SmError> {
+        for (k, v) in &self.0 {
+            writeln!(w, "{k}\t{v}")?;
+        }
+        Ok(())
+    }
+    fn recover_from_snapshot(&mut self, r: &mut dyn Read, _: &StopFlag) -> Result<(), SmError> {
+        let mut s = String::new();
+        r.read_to_string(&mut s)?;
+        self.0 = s
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        Ok(())
+    }
+}
+
+/// Starts application replicas as the master asks.
+struct KvFactory;
+
+impl ReplicaFactory for KvFactory {
+    fn start_replica(
+        &self,
+        nh: &NodeHost,
+        shard_id: ShardId,
+        replica_id: ReplicaId,
+        start: Start,
+        non_voting: bool,
+    ) -> longship::Result<()> {
+        let cfg = Config {
+            election_rtt: 10,
+            heartbeat_rtt: 1,
+            check_quorum: true,
+            snapshot_entries: 50,
+            compaction_overhead: 10,
+            is_non_voting: non_voting,
+            ..Config::new(shard_id, replica_id)
+        };
+        nh.start_replica(start, |_, _| Box::new(Kv::default()), cfg)
+    }
+}
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+}
+
+fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    addrs: BTreeMap<u64, String>,
+    hosts: BTreeMap<u64, Arc<NodeHost>>,
+    reporters: BTreeMap<u64, MasterReporter>,
+    masters: BTreeMap<u64, MasterNode>,
+    client: Arc<InProcessMasterClient>,
+}
+
+const MASTER_HOSTS: [u64; 3] = [1, 2, 3];
+
+impl Cluster {
+    fn host_config(&self, i: u64) -> NodeHostConfig {
+        NodeHostConfig {
+            node_host_dir: self.dir.path().join(format!("nh{i}")),
+            rtt_ms: RTT_MS,
+            raft_address: self.addrs[&i].clone(),
+            seed: Some(i),
+            step_workers: 1,
+            apply_workers: 1,
+            connections_per_host: 1,
+            ..NodeHostConfig::default()
+        }
+    }
+
+    fn new_host(&mut self, i: u64) -> Arc<NodeHost> {
+        for attempt in 0.. {
+            self.addrs.entry(i).or_insert_with(free_addr);
+            match NodeHost::new(self.host_config(i)) {
+                Ok(nh) => return Arc::new(nh),
+                Err(longship::Error::TransportSetup(e)) if attempt < 5 && e.contains("in use") => {
+                    self.addrs.insert(i, free_addr());
+                }
+                Err(e) => panic!("host {i}: {e}"),
+            }
+        }
+        unreachable!()
+    }
+
+    /// Five hosts, the master on hosts 1-3, every host reporting.
+    fn start() -> Cluster {
+        let mut c = Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            addrs: BTreeMap::new(),
+            hosts: BTreeMap::new(),
+            reporters: BTreeMap::new(),
+            masters: BTreeMap::new(),
+            client: Arc::new(InProcessMasterClient::new(&[], 0, TIMEOUT)),
+        };
+        for i in 1..=5 {
+            let nh = c.new_host(i);
+            c.hosts.insert(i, nh);
+        }
+        let deployment_id = c.hosts[&1].config().deployment_id;
+        let members: BTreeMap<ReplicaId, String> = MASTER_HOSTS
+            .iter()
+            .map(|i| (ReplicaId(*i), c.addrs[i].clone()))
+            .collect();
+        let options = MasterOptions {
+            config: MasterConfig {
+                deployment_id,
+                dead_after_ms: DEAD_AFTER_MS,
+                catch_up_lag: 20,
+                balance_interval_ms: 300,
+                ..MasterConfig::default()
+            },
+            tick_interval: Duration::from_millis(100),
+            propose_timeout: Duration::from_secs(2),
+        };
+        for i in MASTER_HOSTS {
+            let m = MasterNode::start(
+                &c.hosts[&i],
+                ReplicaId(i),
+                Start::New(members.clone()),
+                options.clone(),
+            )
+            .unwrap();
+            c.masters.insert(i, m);
+        }
+        let master_hosts: Vec<Arc<NodeHost>> =
+            MASTER_HOSTS.iter().map(|i| c.hosts[i].clone()).collect();
+        c.client = Arc::new(InProcessMasterClient::new(
+            &master_hosts,
+            deployment_id,
+            TIMEOUT,
+        ));
+        for i in 1..=5 {
+            c.start_reporting(i);
+        }
+        c
+    }
+
+    fn start_reporting(&mut self, i: u64) {
+        let r = MasterReporter::start(
+            &self.hosts[&i],
+            self.client.clone(),
+            Arc::new(KvFactory),
+            ReportingOptions {
+                interval: Duration::from_millis(200),
+                ..ReportingOptions::default()
+            },
+        )
+        .unwrap();
+        self.reporters.insert(i, r);
+    }
+
+    /// Adds host `i` (not a master member) and starts its reporting.
+    fn add_host(&mut self, i: u64) {
+        let nh = self.new_host(i);
+        self.hosts.insert(i, nh);
+        self.start_reporting(i);
+    }
+
+    /// Stops host `i` for good.
+    fn kill(&mut self, i: u64) {
+        if let Some(r) = self.reporters.remove(&i) {
+            r.stop();
+        }
+        if let Some(m) = self.masters.remove(&i) {
+            m.stop();
+        }
+        let nh = self.hosts.remove(&i).unwrap();
+        nh.close();
+    }
+
+    /// The master's state through any live master host.
+    fn state(&self) -> Option<MasterState> {
+        MASTER_HOSTS
+            .iter()
+            .filter_map(|i| self.hosts.get(i))
+            .find_map(|nh| read_state(nh, TIMEOUT).ok())
+    }
+
+    /// A live host that runs a replica of `shard`.
+    fn holder(&self, shard: u64) -> Option<&Arc<NodeHost>> {
+        self.hosts.values().find(|nh| {
+            nh.get_node_host_info()
+                .shards
+                .iter()
+                .any(|s| s.shard_id == ShardId(shard) && !s.failed)
+        })
+    }
+
+    fn write(&self, shard: u64, key: &str, value: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(nh) = self.holder(shard) {
+                let mut s = nh.get_noop_session(ShardId(shard));
+                match nh.sync_propose(&mut s, format!("set {key} {value}"), TIMEOUT) {
+                    Ok(_) => return,
+                    Err(e) if e.is_temporary() || matches!(e, longship::Error::ShardNotFound(_)) => {}
+                    Err(e) => panic!("write to shard {shard}: {e}"),
+                }
+            }
+            assert!(Instant::now() < deadline, "write to shard {shard} timed out");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A linearizable read of `key` on every live replica of `shard`.
+    fn read_everywhere(&self, shard: u64, key: &str) -> Vec<String> {
+        self.hosts
+            .values()
+            .filter(|nh| {
+                nh.get_node_host_info()
+                    .shards
+                    .iter()
+                    .any(|s| s.shard_id == ShardId(shard))
+            })
+            .filter_map(|nh| nh.sync_read(ShardId(shard), key.as_bytes(), TIMEOUT).ok())
+            .map(|v| String::from_utf8(v).unwrap())
+            .collect()
+    }
+
+    /// Whether the master sees every shard fully replicated on live hosts
+    /// with nothing in flight, and every running replica is a member.
+    fn fully_replicated(&self, dead: &[String]) -> bool {
+        let Some(s) = self.state() else { return false };
+        if !s.ops.is_empty() || s.shards.len() != SHARDS as usize {
+            return false;
+        }
+        s.shards.iter().all(|(shard, rec)| {
+            let Some(v) = leader_view(&s, *shard) else {
+                return false;
+            };
+            v.membership.voters.len() == 3
+                && v.membership.non_votings.is_empty()
+                && v.membership.voters.values().all(|h| !dead.contains(h))
+                && v
+                    .membership
+                    .voters
+                    .iter()
+                    .all(|(r, h)| running(&s, h, *shard, *r).is_some())
+                && rec.placement.len() == 3
+        })
+    }
+
+    fn balanced(&self) -> bool {
+        let Some(s) = self.state() else { return false };
+        let l = loads(&s);
+        s.ops.is_empty()
+            && l.len() == self.hosts.len()
+            && l.values().max().unwrap() - l.values().min().unwrap() <= 1
+    }
+}
+
+/// Creates the shards and writes one key to each.
+fn create_and_fill(c: &Cluster) {
+    wait_until("every host reported", WAIT, || {
+        c.state().is_some_and(|s| s.hosts.len() == 5)
+    });
+    for shard in 1..=SHARDS {
+        create_shard(&c.hosts[&1], ShardId(shard), 3, TIMEOUT).unwrap();
+    }
+    wait_until("the shards are created", WAIT, || c.fully_replicated(&[]));
+    for shard in 1..=SHARDS {
+        c.write(shard, "k", &format!("v{shard}"));
+    }
+}
+
+fn check_data(c: &Cluster) {
+    for shard in 1..=SHARDS {
+        let values = c.read_everywhere(shard, "k");
+        assert_eq!(values.len(), 3, "shard {shard}: live replicas answering");
+        assert!(
+            values.iter().all(|v| *v == format!("v{shard}")),
+            "shard {shard}: {values:?}"
+        );
+    }
+}
+
+fn replace_after_losing(victim: u64) {
+    let mut c = Cluster::start();
+    create_and_fill(&c);
+    let dead = c.addrs[&victim].clone();
+    let lost = c
+        .hosts[&victim]
+        .get_node_host_info()
+        .shards
+        .iter()
+        .filter(|s| s.shard_id != MASTER_SHARD_ID)
+        .count();
+    assert!(lost > 0, "host {victim} held replicas");
+    let t = Instant::now();
+    c.kill(victim);
+    wait_until("every shard back to three live replicas", WAIT, || {
+        c.fully_replicated(std::slice::from_ref(&dead))
+    });
+    eprintln!(
+        "host {victim}: {lost} replicas replaced in {:?} (dead_after {DEAD_AFTER_MS} ms)",
+        t.elapsed()
+    );
+    let s = c.state().unwrap();
+    assert!(s.hosts[&dead].dead);
+    assert!(s.counters.moves_done >= lost as u64);
+    check_data(&c);
+    // Written after the repair too.
+    for shard in 1..=SHARDS {
+        c.write(shard, "after", "yes");
+    }
+}
+
+#[test]
+fn a_lost_host_that_is_not_a_master_member_is_replaced() {
+    replace_after_losing(5);
+}
+
+#[test]
+fn a_lost_master_member_is_replaced_and_the_master_goes_on() {
+    replace_after_losing(1);
+}
+
+#[test]
+fn a_new_host_receives_replicas_until_balanced() {
+    let mut c = Cluster::start();
+    create_and_fill(&c);
+    c.add_host(6);
+    wait_until("host 6 reported", WAIT, || {
+        c.state().is_some_and(|s| s.hosts.len() == 6)
+    });
+    wait_until("replicas within one of the mean", WAIT, || c.balanced());
+    let s = c.state().unwrap();
+    let l = loads(&s);
+    assert!(l[&c.addrs[&6]] >= 3, "loads {l:?}");
+    assert!(c.fully_replicated(&[]));
+    check_data(&c);
+}
