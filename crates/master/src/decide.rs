@@ -467,7 +467,9 @@ fn progress(s: &MasterState, shard: u64, rec: &OpRecord, now: u64, out: &mut Vec
                     }
                 }
                 Phase::Remove => {
-                    let (old, _) = remove.as_ref().expect("a move in Remove has a replica to remove");
+                    let (old, _) = remove
+                        .as_ref()
+                        .expect("a move in Remove has a replica to remove");
                     if !m.contains(*old) {
                         out.push(Decision::Removed {
                             shard,
@@ -499,7 +501,9 @@ fn progress(s: &MasterState, shard: u64, rec: &OpRecord, now: u64, out: &mut Vec
 /// A move from the most loaded live host to a host with at least two
 /// fewer replicas, of a healthy shard the target does not hold.
 fn balance_replicas(s: &MasterState, load: &BTreeMap<&HostId, usize>) -> Option<Decision> {
-    let (&from, &max) = load.iter().max_by_key(|(h, l)| (**l, std::cmp::Reverse(**h)))?;
+    let (&from, &max) = load
+        .iter()
+        .max_by_key(|(h, l)| (**l, std::cmp::Reverse(**h)))?;
     for (&shard, rec) in &s.shards {
         let Some((&old, _)) = rec.placement.iter().find(|(_, h)| *h == from) else {
             continue;
@@ -577,7 +581,10 @@ pub fn apply_decisions(s: &mut MasterState, now: u64, decisions: &[Decision]) {
                     !s.ops.contains_key(shard),
                     "two operations in flight on shard {shard}"
                 );
-                let rec = s.shards.get_mut(shard).expect("an operation's shard is known");
+                let rec = s
+                    .shards
+                    .get_mut(shard)
+                    .expect("an operation's shard is known");
                 if let Op::Move { add, .. } = op {
                     assert_eq!(
                         *add, rec.next_replica_id,
@@ -622,7 +629,10 @@ pub fn apply_decisions(s: &mut MasterState, now: u64, decisions: &[Decision]) {
                 rec.removed.insert(*replica);
             }
             Decision::Finish { shard, aborted } => {
-                let op = s.ops.remove(shard).expect("a finished operation was in flight");
+                let op = s
+                    .ops
+                    .remove(shard)
+                    .expect("a finished operation was in flight");
                 match op.op {
                     Op::Move { .. } if *aborted => s.counters.moves_aborted += 1,
                     Op::Move { .. } => s.counters.moves_done += 1,
@@ -746,6 +756,39 @@ pub fn requests_for(s: &MasterState, host: &str) -> Vec<Request> {
                     }
                 }
             }
+        }
+    }
+    // A shard whose leader runs on a host declared dead but still leads
+    // (the host is cut off from the master, not from its peers): no live
+    // leader reports, so nothing could progress. The first live placed
+    // replica asks for leadership (the request is forwarded to the leader).
+    for (&shard, rec) in &s.shards {
+        if leader_view(s, shard).is_some() {
+            continue;
+        }
+        let first_live = rec
+            .placement
+            .iter()
+            .filter(|(r, ph)| running(s, ph, shard, **r).is_some())
+            .min_by_key(|&(_, ph)| ph);
+        let Some((&mine, ph)) = first_live else {
+            continue;
+        };
+        if ph != host {
+            continue;
+        }
+        let Some(r) = running(s, host, shard, mine) else {
+            continue;
+        };
+        let leader_on_dead_host = rec
+            .placement
+            .get(&r.leader_id)
+            .is_some_and(|lh| !host_alive(s, lh));
+        if r.leader_id != 0 && r.leader_id != mine && leader_on_dead_host {
+            out.push(Request::TransferLeader {
+                shard,
+                target: mine,
+            });
         }
     }
     // Removed replicas still on the host: stop them and delete their data.

@@ -78,6 +78,8 @@ pub struct ReplicaState {
     pub leader: bool,
     /// Its term.
     pub term: u64,
+    /// The leader it knows (0 when none).
+    pub leader_id: u64,
     /// Its applied index.
     pub applied: u64,
     /// Entries its log holds (last − first + 1, 0 when empty).

@@ -13,7 +13,9 @@ use longship::{
 use parking_lot::{Condvar, Mutex};
 
 use crate::MASTER_SHARD_ID;
-use crate::model::{Command, MasterConfig, MasterState, Membership, Report, ReplicaState, Request, StartKind};
+use crate::model::{
+    Command, MasterConfig, MasterState, Membership, ReplicaState, Report, Request, StartKind,
+};
 use crate::sm::{MasterStateMachine, RESULT_OK};
 
 /// An error of the master's admin calls.
@@ -218,12 +220,17 @@ pub fn report_from(r: &HostReport) -> Report {
                 replica: x.replica_id.0,
                 leader: x.role == Role::Leader,
                 term: x.term.0,
+                leader_id: x.leader_id.0,
                 applied: x.applied.0,
                 log_entries: (x.last_index.0 + 1).saturating_sub(x.first_index.0),
                 membership: x.membership.as_ref().map(|m| Membership {
                     config_change_id: m.config_change_id.0,
                     voters: m.voters.iter().map(|(k, v)| (k.0, v.clone())).collect(),
-                    non_votings: m.non_votings.iter().map(|(k, v)| (k.0, v.clone())).collect(),
+                    non_votings: m
+                        .non_votings
+                        .iter()
+                        .map(|(k, v)| (k.0, v.clone()))
+                        .collect(),
                 }),
                 failed: x.failed,
             })

@@ -99,8 +99,7 @@ pub fn apply_command(s: &mut MasterState, cmd: Command) -> (u64, Vec<u8>) {
                     format!("fewer than {replicas} live hosts with room").into_bytes(),
                 );
             };
-            let members: std::collections::BTreeMap<u64, String> =
-                (1..).zip(hosts).collect();
+            let members: std::collections::BTreeMap<u64, String> = (1..).zip(hosts).collect();
             s.shards.insert(
                 shard,
                 ShardRecord {

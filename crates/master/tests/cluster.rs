@@ -48,7 +48,12 @@ impl StateMachine for Kv {
     }
     fn lookup(&self, q: &[u8]) -> Result<Vec<u8>, SmError> {
         let k = String::from_utf8_lossy(q);
-        Ok(self.0.get(k.as_ref()).cloned().unwrap_or_default().into_bytes())
+        Ok(self
+            .0
+            .get(k.as_ref())
+            .cloned()
+            .unwrap_or_default()
+            .into_bytes())
     }
     fn save_snapshot(&self, w: &mut dyn Write, _: &StopFlag) -> Result<(), SmError> {
         for (k, v) in &self.0 {
@@ -256,11 +261,15 @@ impl Cluster {
                 let mut s = nh.get_noop_session(ShardId(shard));
                 match nh.sync_propose(&mut s, format!("set {key} {value}"), TIMEOUT) {
                     Ok(_) => return,
-                    Err(e) if e.is_temporary() || matches!(e, longship::Error::ShardNotFound(_)) => {}
+                    Err(e)
+                        if e.is_temporary() || matches!(e, longship::Error::ShardNotFound(_)) => {}
                     Err(e) => panic!("write to shard {shard}: {e}"),
                 }
             }
-            assert!(Instant::now() < deadline, "write to shard {shard} timed out");
+            assert!(
+                Instant::now() < deadline,
+                "write to shard {shard} timed out"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -294,8 +303,7 @@ impl Cluster {
             v.membership.voters.len() == 3
                 && v.membership.non_votings.is_empty()
                 && v.membership.voters.values().all(|h| !dead.contains(h))
-                && v
-                    .membership
+                && v.membership
                     .voters
                     .iter()
                     .all(|(r, h)| running(&s, h, *shard, *r).is_some())
@@ -341,8 +349,7 @@ fn replace_after_losing(victim: u64) {
     let mut c = Cluster::start();
     create_and_fill(&c);
     let dead = c.addrs[&victim].clone();
-    let lost = c
-        .hosts[&victim]
+    let lost = c.hosts[&victim]
         .get_node_host_info()
         .shards
         .iter()
@@ -391,5 +398,45 @@ fn a_new_host_receives_replicas_until_balanced() {
     let l = loads(&s);
     assert!(l[&c.addrs[&6]] >= 3, "loads {l:?}");
     assert!(c.fully_replicated(&[]));
+    check_data(&c);
+}
+
+#[test]
+fn a_host_declared_dead_that_comes_back_has_its_removed_replicas_deleted() {
+    let mut c = Cluster::start();
+    create_and_fill(&c);
+    let victim = 5;
+    let addr = c.addrs[&victim].clone();
+    let held: Vec<(ShardId, ReplicaId)> = c.hosts[&victim]
+        .get_node_host_info()
+        .shards
+        .iter()
+        .map(|s| (s.shard_id, s.replica_id))
+        .collect();
+    assert!(!held.is_empty());
+    // Silent (its reporter stops) but running: the master declares it dead
+    // and replaces its replicas.
+    c.reporters.remove(&victim).unwrap().stop();
+    wait_until("its replicas replaced", WAIT, || {
+        c.fully_replicated(std::slice::from_ref(&addr))
+    });
+    assert!(c.state().unwrap().hosts[&addr].dead);
+    // It reports again: alive, and its removed replicas are stopped and
+    // their data deleted (not rejoined).
+    c.start_reporting(victim);
+    let nh = c.hosts[&victim].clone();
+    wait_until("removed replicas stopped and deleted", WAIT, || {
+        held.iter().all(|(s, r)| !nh.has_node_info(*s, *r))
+            && nh.get_node_host_info().shards.is_empty()
+    });
+    assert!(!c.state().unwrap().hosts[&addr].dead);
+    // The host is empty, so the rebalancer gives it replicas again (new ids).
+    wait_until("replicas within one of the mean", WAIT, || c.balanced());
+    for (s, r) in &held {
+        assert!(
+            !nh.has_node_info(*s, *r),
+            "removed replica {r} of {s} is back"
+        );
+    }
     check_data(&c);
 }

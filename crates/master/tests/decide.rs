@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use longship_master::decide::{leader_counts, loads, quorum};
 use longship_master::model::{
-    Command, MasterConfig, MasterState, Membership, Op, Phase, Report, ReplicaState, Request,
+    Command, MasterConfig, MasterState, Membership, Op, Phase, ReplicaState, Report, Request,
     StartKind,
 };
 use longship_master::sm::{RESULT_OK, apply_command};
@@ -131,6 +131,7 @@ impl World {
                         replica,
                         leader,
                         term: s.map_or(0, |s| s.term),
+                        leader_id: s.and_then(|s| s.leader).unwrap_or(0),
                         applied,
                         log_entries: 10,
                         membership: s.filter(|_| leader).map(|s| Membership {
@@ -374,12 +375,13 @@ impl World {
         let l = loads(&self.master);
         let (min, max) = (l.values().min().unwrap(), l.values().max().unwrap());
         // Removed replicas' data gone from live hosts.
-        let leftovers = self.hosts.values().any(|x| {
-            x.alive
-                && (x.replicas.iter().any(|(s, (r, _))| {
-                    self.shards.get(s).is_some_and(|sh| sh.removed.contains(r))
-                }) || !x.stored.is_empty())
-        });
+        let leftovers =
+            self.hosts.values().any(|x| {
+                x.alive
+                    && (x.replicas.iter().any(|(s, (r, _))| {
+                        self.shards.get(s).is_some_and(|sh| sh.removed.contains(r))
+                    }) || !x.stored.is_empty())
+            });
         max - min <= 1 && !leftovers
     }
 
@@ -484,7 +486,10 @@ fn a_dead_hosts_replicas_are_replaced_add_catch_up_promote_remove() {
         assert_eq!(sh.voters.len(), 3);
     }
     for p in ["AddLearner", "CatchUp", "Promote", "Remove"] {
-        assert!(phases_seen.contains(p), "phase {p} never seen: {phases_seen:?}");
+        assert!(
+            phases_seen.contains(p),
+            "phase {p} never seen: {phases_seen:?}"
+        );
     }
     assert!(w.master.counters.moves_done >= lost.len() as u64);
 }
@@ -496,7 +501,11 @@ fn no_membership_change_without_a_live_quorum() {
     let changes = w.changes;
     // Two of the three die: the shard cannot commit anything.
     for h in &hosts[..2] {
-        let i: usize = h.trim_start_matches("10.0.0.").trim_end_matches(":7000").parse().unwrap();
+        let i: usize = h
+            .trim_start_matches("10.0.0.")
+            .trim_end_matches(":7000")
+            .parse()
+            .unwrap();
         w.kill(i);
     }
     for _ in 0..100 {
@@ -569,7 +578,16 @@ fn a_move_whose_target_dies_is_aborted_and_its_replica_removed() {
     for _ in 0..100 {
         w.step();
         if let Some(o) = w.master.ops.values().find(|o| {
-            matches!(o.op, Op::Move { phase: Phase::CatchUp, .. } | Op::Move { phase: Phase::AddLearner, .. })
+            matches!(
+                o.op,
+                Op::Move {
+                    phase: Phase::CatchUp,
+                    ..
+                } | Op::Move {
+                    phase: Phase::AddLearner,
+                    ..
+                }
+            )
         }) && let Op::Move { to, .. } = &o.op
         {
             target = Some(to.clone());
@@ -577,10 +595,18 @@ fn a_move_whose_target_dies_is_aborted_and_its_replica_removed() {
         }
     }
     let target = target.expect("a repair started");
-    let i: usize = target.trim_start_matches("10.0.0.").trim_end_matches(":7000").parse().unwrap();
+    let i: usize = target
+        .trim_start_matches("10.0.0.")
+        .trim_end_matches(":7000")
+        .parse()
+        .unwrap();
     w.kill(i);
     w.run_until_converged(800);
-    assert!(w.master.counters.moves_aborted >= 1, "{:?}", w.master.counters);
+    assert!(
+        w.master.counters.moves_aborted >= 1,
+        "{:?}",
+        w.master.counters
+    );
 }
 
 /// The master's replicas decide alike: replaying the log, from the start
