@@ -18,11 +18,11 @@ mod error;
 pub mod events;
 mod host;
 mod inbound;
-mod master_client;
 mod metrics;
 mod nodehost;
 mod owner;
 mod replica;
+mod reporter;
 mod request;
 mod rsm;
 mod session;
@@ -34,15 +34,15 @@ pub use config::{Config, NodeHostConfig};
 pub use error::{Error, Result};
 pub use events::EventListener;
 pub use longship_raft::{HardState, Index, ReplicaId, Role, ShardId, Status as RaftStatus, Term};
-pub use master_client::{
-    HostReport, MAX_REPORTED_MEMBERS, MAX_REPORTED_REPLICAS, MAX_REQUESTS_PER_ROUND, MasterClient,
-    MasterClientError, MasterReporter, MasterRequest, ReplicaFactory, ReplicaReport,
-    ReportingOptions,
-};
 pub use metrics::{Gauges, Metrics};
 pub use nodehost::{
     Leader, LogInfo, MembershipInfo, NodeHost, NodeHostBuilder, NodeHostInfo, NodeUser, ShardInfo,
     SnapshotOption, SnapshotResult, Start,
+};
+pub use reporter::{
+    HostReport, MAX_REPORTED_MEMBERS, MAX_REPORTED_REPLICAS, MAX_REQUESTS_PER_ROUND, MasterClient,
+    MasterClientError, MasterReporter, MasterRequest, ReplicaFactory, ReplicaReport,
+    ReportingOptions,
 };
 pub use request::RequestHandle;
 pub use session::Session;

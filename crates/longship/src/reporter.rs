@@ -468,6 +468,12 @@ impl MasterReporter {
         self.shared.rounds.load(Ordering::Acquire)
     }
 
+    /// Whether the loop still runs (it ends by itself once its NodeHost is
+    /// closed or dropped).
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Stops the loop and waits for its thread.
     pub fn stop(mut self) {
         self.shutdown();
