@@ -26,6 +26,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
 use crate::nodehost::{MembershipInfo, NodeHost, Start};
+use crate::request::RequestHandle;
 
 /// Most replicas one [`HostReport`] lists; a host with more reports the
 /// first ones by shard id and sets [`HostReport::truncated`]. The bound keeps
@@ -335,17 +336,33 @@ impl NodeHost {
         }
     }
 
-    /// Carries out one master request (see [`MasterRequest`]); `factory`
-    /// starts replicas, `timeout` bounds membership requests.
-    ///
-    /// Starting a replica that already runs succeeds (the request is
-    /// repeated until the master sees it done).
+    /// Carries out one master request (see [`MasterRequest`]) and waits
+    /// for it: `factory` starts replicas, `timeout` bounds membership
+    /// requests. Starting a replica that already runs succeeds (the
+    /// request is repeated until the master sees it done).
     pub fn execute_master_request(
         &self,
         req: &MasterRequest,
         factory: &dyn ReplicaFactory,
         timeout: Duration,
     ) -> Result<()> {
+        match self.submit_master_request(req, factory, timeout)? {
+            Some(handle) => handle.wait(),
+            None => Ok(()),
+        }
+    }
+
+    /// Like [`execute_master_request`](Self::execute_master_request)
+    /// without waiting for membership changes and leadership transfers:
+    /// those return the handle of the proposed change (`None` for requests
+    /// already done when this returns). The reporter uses it so that a
+    /// change that cannot commit does not hold up its reports.
+    pub fn submit_master_request(
+        &self,
+        req: &MasterRequest,
+        factory: &dyn ReplicaFactory,
+        timeout: Duration,
+    ) -> Result<Option<RequestHandle<()>>> {
         match req {
             MasterRequest::StartReplica {
                 shard_id,
@@ -355,7 +372,7 @@ impl NodeHost {
             } => {
                 if let Ok(st) = self.raft_status(*shard_id) {
                     if st.replica_id == *replica_id {
-                        return Ok(());
+                        return Ok(None);
                     }
                     return Err(Error::ShardAlreadyExists(*shard_id));
                 }
@@ -364,29 +381,31 @@ impl NodeHost {
                 } else {
                     start.clone()
                 };
-                factory.start_replica(self, *shard_id, *replica_id, start, *non_voting)
+                factory.start_replica(self, *shard_id, *replica_id, start, *non_voting)?;
+                Ok(None)
             }
             MasterRequest::AddNonVoting {
                 shard_id,
                 replica_id,
                 address,
             } => self
-                .request_add_non_voting(*shard_id, *replica_id, address.clone(), Index(0), timeout)?
-                .wait(),
+                .request_add_non_voting(*shard_id, *replica_id, address.clone(), Index(0), timeout)
+                .map(Some),
             MasterRequest::PromoteNonVoting {
                 shard_id,
                 replica_id,
             } => self
-                .request_promote_non_voting(*shard_id, *replica_id, Index(0), timeout)?
-                .wait(),
+                .request_promote_non_voting(*shard_id, *replica_id, Index(0), timeout)
+                .map(Some),
             MasterRequest::DeleteReplica {
                 shard_id,
                 replica_id,
             } => self
-                .request_delete_replica(*shard_id, *replica_id, Index(0), timeout)?
-                .wait(),
+                .request_delete_replica(*shard_id, *replica_id, Index(0), timeout)
+                .map(Some),
             MasterRequest::TransferLeader { shard_id, target } => {
-                self.request_leader_transfer(*shard_id, *target)
+                self.request_leader_transfer(*shard_id, *target)?;
+                Ok(None)
             }
             MasterRequest::RemoveReplica {
                 shard_id,
@@ -399,7 +418,7 @@ impl NodeHost {
                 if self.has_node_info(*shard_id, *replica_id) {
                     self.remove_replica_data(*shard_id, *replica_id)?;
                 }
-                Ok(())
+                Ok(None)
             }
         }
     }
@@ -504,12 +523,23 @@ fn report_loop(
     options: ReportingOptions,
     shared: Arc<ReporterShared>,
 ) {
+    // Membership changes proposed and not completed yet: an identical
+    // request is not proposed again meanwhile. At most
+    // MAX_REQUESTS_PER_ROUND (each ends by its timeout at the latest).
+    let mut in_flight: Vec<(MasterRequest, RequestHandle<()>)> = Vec::new();
     while !shared.stop.load(Ordering::Acquire) {
         {
             let Some(nh) = nh.upgrade() else { return };
             if nh.host.is_stopped() {
                 return;
             }
+            in_flight.retain(|(req, h)| match h.try_result() {
+                None => true,
+                Some(outcome) => {
+                    tracing::debug!(?req, ?outcome, "master request completed");
+                    false
+                }
+            });
             let report = nh.host_report(options.capacity);
             match client.report(&report) {
                 Ok(requests) => {
@@ -517,8 +547,14 @@ fn report_loop(
                         if shared.stop.load(Ordering::Acquire) {
                             return;
                         }
-                        match nh.execute_master_request(req, &*factory, options.request_timeout) {
-                            Ok(()) => tracing::debug!(?req, "master request done"),
+                        if in_flight.len() >= MAX_REQUESTS_PER_ROUND
+                            || in_flight.iter().any(|(r, _)| r == req)
+                        {
+                            continue;
+                        }
+                        match nh.submit_master_request(req, &*factory, options.request_timeout) {
+                            Ok(Some(h)) => in_flight.push((req.clone(), h)),
+                            Ok(None) => tracing::debug!(?req, "master request done"),
                             Err(Error::Stopped) => return,
                             Err(e) => tracing::debug!(?req, error = %e, "master request failed"),
                         }
@@ -526,6 +562,7 @@ fn report_loop(
                 }
                 Err(e) => tracing::debug!(error = %e, "report not delivered"),
             }
+            assert!(in_flight.len() <= MAX_REQUESTS_PER_ROUND);
             shared.rounds.fetch_add(1, Ordering::AcqRel);
         }
         let mut g = shared.lock.lock();
