@@ -180,13 +180,14 @@ pub fn change_is_safe(s: &MasterState, shard: u64, m: &Membership, change: Chang
     voters_after >= 1 && live_after >= quorum(voters_after)
 }
 
-/// Replicas placed on each live host, counting the new replicas of moves
-/// in flight (the hosts they go to) and not the ones being removed.
+/// Replicas placed on each live host that is not being drained, counting
+/// the new replicas of moves in flight (the hosts they go to) and not the
+/// ones being removed. Its keys are the hosts that may receive replicas.
 pub fn loads(s: &MasterState) -> BTreeMap<&HostId, usize> {
     let mut load: BTreeMap<&HostId, usize> = s
         .hosts
         .iter()
-        .filter(|(_, h)| !h.dead)
+        .filter(|(_, h)| !h.dead && !h.draining)
         .map(|(id, _)| (id, 0))
         .collect();
     for (shard, rec) in &s.shards {
@@ -269,12 +270,13 @@ pub fn pick_hosts(s: &MasterState, n: usize) -> Option<Vec<HostId>> {
     (hosts.len() >= n).then(|| hosts[..n].iter().map(|(_, h)| (*h).clone()).collect())
 }
 
-/// Leaders per live host, from the leader views of managed shards.
+/// Leaders per live host not being drained, from the leader views of
+/// managed shards.
 pub fn leader_counts(s: &MasterState) -> BTreeMap<&HostId, usize> {
     let mut out: BTreeMap<&HostId, usize> = s
         .hosts
         .iter()
-        .filter(|(_, h)| !h.dead)
+        .filter(|(_, h)| !h.dead && !h.draining)
         .map(|(id, _)| (id, 0))
         .collect();
     for shard in s.shards.keys() {
@@ -336,10 +338,14 @@ pub fn decide(s: &MasterState, now: u64) -> Vec<Decision> {
                 let Some(v) = leader_view(s, shard) else {
                     continue;
                 };
+                // A replica on a dead host first, else one on a host
+                // being drained.
+                let draining = |h: &str| s.hosts.get(h).is_some_and(|x| x.draining);
                 let lost = rec
                     .placement
                     .iter()
                     .find(|(_, h)| !host_alive(s, h))
+                    .or_else(|| rec.placement.iter().find(|(_, h)| draining(h)))
                     .map(|(r, h)| (*r, h.clone()));
                 let short = rec.placement.len() < rec.desired as usize;
                 if lost.is_none() && !short {

@@ -240,6 +240,11 @@ pub struct HostRecord {
     /// Declared dead (silent for longer than `dead_after_ms`); cleared when
     /// it reports again.
     pub dead: bool,
+    /// Being drained: it receives no new replicas and its replicas are
+    /// moved to other hosts (set by [`Command::Drain`], kept across
+    /// reports).
+    #[serde(default)]
+    pub draining: bool,
     /// Its last report.
     pub report: Report,
 }
@@ -323,5 +328,13 @@ pub enum Command {
         shard: u64,
         /// How many replicas.
         replicas: u32,
+    },
+    /// Start (`drain`) or end draining a known host: while draining it
+    /// receives no new replica and its replicas are moved off it.
+    Drain {
+        /// The host.
+        host: HostId,
+        /// Drain or not.
+        drain: bool,
     },
 }

@@ -169,7 +169,11 @@ fn tick_loop(
 
 /// Proposes `cmd` to the master shard through `nh` (which must run a
 /// master replica); returns the result's value and data.
-fn propose(nh: &NodeHost, cmd: &Command, timeout: Duration) -> Result<(u64, Vec<u8>), MasterError> {
+pub(crate) fn propose(
+    nh: &NodeHost,
+    cmd: &Command,
+    timeout: Duration,
+) -> Result<(u64, Vec<u8>), MasterError> {
     let bytes = serde_json::to_vec(cmd).expect("commands serialise");
     let mut session = nh.get_noop_session(MASTER_SHARD_ID);
     let r = nh.sync_propose(&mut session, bytes, timeout)?;
@@ -190,6 +194,30 @@ pub fn create_shard(
         &Command::CreateShard {
             shard: shard.0,
             replicas,
+        },
+        timeout,
+    )?;
+    if value != RESULT_OK {
+        return Err(MasterError::Refused(String::from_utf8_lossy(&data).into()));
+    }
+    Ok(())
+}
+
+/// Asks the master (through `nh`, which runs a master replica) to start
+/// (`drain`) or end draining `host` (a raft address that reported):
+/// while draining, the host receives no new replica and its replicas are
+/// moved to other hosts, one move per shard at a time.
+pub fn drain_host(
+    nh: &NodeHost,
+    host: &str,
+    drain: bool,
+    timeout: Duration,
+) -> Result<(), MasterError> {
+    let (value, data) = propose(
+        nh,
+        &Command::Drain {
+            host: host.to_string(),
+            drain,
         },
         timeout,
     )?;

@@ -71,11 +71,13 @@ pub fn apply_command(s: &mut MasterState, cmd: Command) -> (u64, Vec<u8>) {
             let host = report.host.clone();
             // A host declared dead that reports again is alive; the
             // replicas removed meanwhile are deleted by `requests_for`.
+            let draining = s.hosts.get(&host).is_some_and(|h| h.draining);
             s.hosts.insert(
                 host.clone(),
                 HostRecord {
                     last_seen_ms: s.now_ms,
                     dead: false,
+                    draining,
                     report,
                 },
             );
@@ -83,6 +85,16 @@ pub fn apply_command(s: &mut MasterState, cmd: Command) -> (u64, Vec<u8>) {
             let data = serde_json::to_vec(&requests).expect("requests serialise");
             (RESULT_OK, data)
         }
+        Command::Drain { host, drain } => match s.hosts.get_mut(&host) {
+            Some(h) => {
+                h.draining = drain;
+                (RESULT_OK, Vec::new())
+            }
+            None => (
+                RESULT_REFUSED,
+                format!("no host {host} ever reported").into_bytes(),
+            ),
+        },
         Command::CreateShard { shard, replicas } => {
             if s.shards.contains_key(&shard) {
                 return (RESULT_REFUSED, b"the shard exists".to_vec());

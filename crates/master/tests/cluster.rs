@@ -4,7 +4,9 @@
 //! (one that is not a master member, then one that is) has its replicas
 //! replaced: every shard is back to three live replicas and still holds
 //! what was written before; a sixth NodeHost receives replicas until every
-//! host is within one of the mean.
+//! host is within one of the mean. Master members report in process;
+//! the other hosts report over TCP to the master servers (as NodeHosts of
+//! other processes do), and a host is drained through that RPC.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -16,6 +18,7 @@ use longship::{
     ShardId, SmEntry, SmError, Start, StateMachine, StopFlag,
 };
 use longship_master::decide::{leader_view, loads, running};
+use longship_master::rpc::{MasterServer, TcpMasterClient};
 use longship_master::{
     InProcessMasterClient, MASTER_SHARD_ID, MasterConfig, MasterNode, MasterOptions, MasterState,
     create_shard, read_state,
@@ -117,7 +120,11 @@ struct Cluster {
     hosts: BTreeMap<u64, Arc<NodeHost>>,
     reporters: BTreeMap<u64, MasterReporter>,
     masters: BTreeMap<u64, MasterNode>,
+    servers: BTreeMap<u64, MasterServer>,
+    /// For master members.
     client: Arc<InProcessMasterClient>,
+    /// For the other hosts.
+    tcp_client: Arc<TcpMasterClient>,
 }
 
 const MASTER_HOSTS: [u64; 3] = [1, 2, 3];
@@ -158,7 +165,9 @@ impl Cluster {
             hosts: BTreeMap::new(),
             reporters: BTreeMap::new(),
             masters: BTreeMap::new(),
+            servers: BTreeMap::new(),
             client: Arc::new(InProcessMasterClient::new(&[], 0, TIMEOUT)),
+            tcp_client: Arc::new(TcpMasterClient::new(Vec::new(), TIMEOUT)),
         };
         for i in 1..=5 {
             let nh = c.new_host(i);
@@ -189,7 +198,17 @@ impl Cluster {
             )
             .unwrap();
             c.masters.insert(i, m);
+            let server =
+                MasterServer::start(&c.hosts[&i], "127.0.0.1:0", deployment_id, TIMEOUT).unwrap();
+            c.servers.insert(i, server);
         }
+        c.tcp_client = Arc::new(TcpMasterClient::new(
+            c.servers
+                .values()
+                .map(|s| s.local_addr().to_string())
+                .collect(),
+            TIMEOUT,
+        ));
         let master_hosts: Vec<Arc<NodeHost>> =
             MASTER_HOSTS.iter().map(|i| c.hosts[i].clone()).collect();
         c.client = Arc::new(InProcessMasterClient::new(
@@ -204,9 +223,14 @@ impl Cluster {
     }
 
     fn start_reporting(&mut self, i: u64) {
+        let client: Arc<dyn longship::MasterClient> = if MASTER_HOSTS.contains(&i) {
+            self.client.clone()
+        } else {
+            self.tcp_client.clone()
+        };
         let r = MasterReporter::start(
             &self.hosts[&i],
-            self.client.clone(),
+            client,
             Arc::new(KvFactory),
             ReportingOptions {
                 interval: Duration::from_millis(200),
@@ -232,6 +256,7 @@ impl Cluster {
         if let Some(m) = self.masters.remove(&i) {
             m.stop();
         }
+        self.servers.remove(&i);
         let nh = self.hosts.remove(&i).unwrap();
         nh.close();
     }
@@ -439,4 +464,28 @@ fn a_host_declared_dead_that_comes_back_has_its_removed_replicas_deleted() {
         );
     }
     check_data(&c);
+}
+
+#[test]
+fn a_host_drained_over_tcp_is_emptied() {
+    let c = Cluster::start();
+    create_and_fill(&c);
+    let drained = c.addrs[&4].clone();
+    assert!(c.tcp_client.state().unwrap().hosts.contains_key(&drained));
+    c.tcp_client.drain(&drained, true).unwrap();
+    let nh = c.hosts[&4].clone();
+    wait_until("host 4 holds no replica", WAIT, || {
+        nh.get_node_host_info().shards.is_empty()
+            && nh.get_node_host_info().log_info.is_empty()
+            && c.fully_replicated(&[])
+    });
+    let s = c.tcp_client.state().unwrap();
+    assert!(
+        s.shards
+            .values()
+            .all(|r| r.placement.values().all(|h| *h != drained))
+    );
+    check_data(&c);
+    // A refused call says why.
+    assert!(c.tcp_client.drain("nowhere:1", true).is_err());
 }

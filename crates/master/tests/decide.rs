@@ -353,6 +353,14 @@ impl World {
         if !self.master.ops.is_empty() {
             return false;
         }
+        // Nothing left on hosts being drained.
+        if self.master.shards.values().any(|r| {
+            r.placement
+                .values()
+                .any(|h| self.master.hosts.get(h).is_some_and(|x| x.draining))
+        }) {
+            return false;
+        }
         // Every live host reported and is seen alive.
         if self
             .hosts
@@ -607,6 +615,36 @@ fn a_move_whose_target_dies_is_aborted_and_its_replica_removed() {
         "{:?}",
         w.master.counters
     );
+}
+
+#[test]
+fn a_drained_host_is_emptied_and_takes_replicas_again_when_undrained() {
+    let mut w = started_world(5, 8);
+    let (v, _) = apply_command(
+        &mut w.master,
+        Command::Drain {
+            host: host(2),
+            drain: true,
+        },
+    );
+    assert_eq!(v, RESULT_OK);
+    w.run_until_converged(800);
+    assert!(w.hosts[&host(2)].replicas.is_empty());
+    assert!(
+        w.master
+            .shards
+            .values()
+            .all(|r| r.placement.values().all(|h| *h != host(2)))
+    );
+    apply_command(
+        &mut w.master,
+        Command::Drain {
+            host: host(2),
+            drain: false,
+        },
+    );
+    w.run_until_converged(800);
+    assert!(w.hosts[&host(2)].replicas.len() >= 4);
 }
 
 /// The master's replicas decide alike: replaying the log, from the start
