@@ -299,18 +299,35 @@ impl Cluster {
         }
     }
 
-    /// A linearizable read of `key` on every live replica of `shard`.
+    /// A linearizable read of `key` on every voter of `shard` (as its
+    /// leader reports the membership to the master).
     fn read_everywhere(&self, shard: u64, key: &str) -> Vec<String> {
-        self.hosts
+        let s = self.state().expect("the master answers");
+        let voters = leader_view(&s, shard)
+            .expect("the shard has a leader")
+            .membership
+            .voters
+            .clone();
+        voters
             .values()
-            .filter(|nh| {
-                nh.get_node_host_info()
-                    .shards
-                    .iter()
-                    .any(|s| s.shard_id == ShardId(shard))
+            .map(|addr| {
+                let nh = self
+                    .hosts
+                    .values()
+                    .find(|nh| nh.raft_address() == addr)
+                    .unwrap_or_else(|| panic!("voter host {addr} is not running"));
+                // Retried: an election or a loaded machine may time a read out.
+                let deadline = Instant::now() + WAIT;
+                loop {
+                    match nh.sync_read(ShardId(shard), key.as_bytes(), TIMEOUT) {
+                        Ok(v) => return String::from_utf8(v).unwrap(),
+                        Err(e) if e.is_temporary() && Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(50))
+                        }
+                        Err(e) => panic!("read of shard {shard} on {addr}: {e}"),
+                    }
+                }
             })
-            .filter_map(|nh| nh.sync_read(ShardId(shard), key.as_bytes(), TIMEOUT).ok())
-            .map(|v| String::from_utf8(v).unwrap())
             .collect()
     }
 
