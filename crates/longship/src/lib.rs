@@ -40,9 +40,9 @@ pub use nodehost::{
     SnapshotOption, SnapshotResult, Start,
 };
 pub use reporter::{
-    HostReport, MAX_REPORTED_MEMBERS, MAX_REPORTED_REPLICAS, MAX_REQUESTS_PER_ROUND, MasterClient,
-    MasterClientError, MasterReporter, MasterRequest, ReplicaFactory, ReplicaReport,
-    ReportingOptions,
+    HostReport, MAX_REPORT_METADATA_BYTES, MAX_REPORTED_MEMBERS, MAX_REPORTED_REPLICAS,
+    MAX_REQUESTS_PER_ROUND, MasterClient, MasterClientError, MasterReporter, MasterRequest,
+    ReplicaFactory, ReplicaReport, ReportingOptions,
 };
 pub use request::RequestHandle;
 pub use session::Session;

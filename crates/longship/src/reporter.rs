@@ -37,6 +37,9 @@ pub const MAX_REPORTED_REPLICAS: usize = 4096;
 /// reported without its membership; masters manage small shards).
 pub const MAX_REPORTED_MEMBERS: usize = 16;
 
+/// Most bytes of [`ReportingOptions::metadata`].
+pub const MAX_REPORT_METADATA_BYTES: usize = 1024;
+
 /// Most requests a reporter carries out per round (the rest wait for the
 /// next round; the master repeats them).
 pub const MAX_REQUESTS_PER_ROUND: usize = 64;
@@ -126,6 +129,10 @@ pub struct HostReport {
     pub stored: Vec<(ShardId, ReplicaId)>,
     /// Whether a list was cut at [`MAX_REPORTED_REPLICAS`].
     pub truncated: bool,
+    /// What the application tells the master about the host
+    /// ([`ReportingOptions::metadata`]: the address clients reach it at,
+    /// say).
+    pub metadata: String,
 }
 
 /// What a master asks a NodeHost to do. Each is idempotent: a request
@@ -211,6 +218,9 @@ pub struct ReportingOptions {
     pub capacity: u32,
     /// Timeout of each membership request the host proposes.
     pub request_timeout: Duration,
+    /// Sent as is in every report ([`HostReport::metadata`]); at most
+    /// [`MAX_REPORT_METADATA_BYTES`].
+    pub metadata: String,
 }
 
 impl Default for ReportingOptions {
@@ -219,6 +229,7 @@ impl Default for ReportingOptions {
             interval: Duration::from_millis(500),
             capacity: 1024,
             request_timeout: Duration::from_secs(5),
+            metadata: String::new(),
         }
     }
 }
@@ -230,6 +241,12 @@ impl ReportingOptions {
             return Err(Error::invalid_config(
                 "interval",
                 "must be between 10 ms and 60 s",
+            ));
+        }
+        if self.metadata.len() > MAX_REPORT_METADATA_BYTES {
+            return Err(Error::invalid_config(
+                "metadata",
+                format!("must be at most {MAX_REPORT_METADATA_BYTES} bytes"),
             ));
         }
         if self.request_timeout.is_zero() {
@@ -333,6 +350,7 @@ impl NodeHost {
             replicas,
             stored,
             truncated,
+            metadata: String::new(),
         }
     }
 
@@ -540,7 +558,8 @@ fn report_loop(
                     false
                 }
             });
-            let report = nh.host_report(options.capacity);
+            let mut report = nh.host_report(options.capacity);
+            report.metadata.clone_from(&options.metadata);
             match client.report(&report) {
                 Ok(requests) => {
                     for req in requests.iter().take(MAX_REQUESTS_PER_ROUND) {

@@ -81,6 +81,7 @@ fn options() -> ReportingOptions {
         interval: Duration::from_millis(20),
         capacity: 10,
         request_timeout: Duration::from_secs(5),
+        metadata: "redis=127.0.0.1:6379".into(),
     }
 }
 
@@ -146,6 +147,7 @@ fn a_reporter_carries_out_what_the_master_asks() {
     let report = masters[leader].last_report().unwrap();
     assert_eq!(report.raft_address, addr(leader as u64 + 1));
     assert_eq!(report.capacity, 10);
+    assert_eq!(report.metadata, "redis=127.0.0.1:6379");
     let m = report.replicas[0].membership.clone().unwrap();
     assert_eq!(m.voters, members);
     // Add replica 3 on host 3 as non-voting, start it there, promote it.

@@ -103,6 +103,9 @@ pub struct Report {
     pub replicas: Vec<ReplicaState>,
     /// Replicas it stores data of but does not run: (shard, replica).
     pub stored: Vec<(u64, u64)>,
+    /// What the application says about the host (its client address, say).
+    #[serde(default)]
+    pub metadata: String,
 }
 
 /// How a replica should be started.

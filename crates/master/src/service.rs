@@ -264,6 +264,7 @@ pub fn report_from(r: &HostReport) -> Report {
             })
             .collect(),
         stored: r.stored.iter().map(|(s, r)| (s.0, r.0)).collect(),
+        metadata: r.metadata.clone(),
     }
 }
 

@@ -144,6 +144,7 @@ impl World {
                 })
                 .collect(),
             stored: x.stored.iter().copied().collect(),
+            metadata: String::new(),
         }
     }
 
