@@ -203,7 +203,10 @@ fn run_placed(
     server: ServerConfig,
     raft_tls: Option<longship::transport::TlsPaths>,
 ) -> Result<(Arc<KvNode>, String, longship_kv::placed::PlacedNode), String> {
-    let raft_addr = args.raft_addr.clone().ok_or("--raft-addr is required with --join")?;
+    let raft_addr = args
+        .raft_addr
+        .clone()
+        .ok_or("--raft-addr is required with --join")?;
     let redis = args.redis_addr.clone().ok_or("--redis-addr is required")?;
     if !is_loopback(&redis) && server.requirepass.is_none() && !args.tls && !args.insecure {
         return Err(format!(
@@ -213,9 +216,14 @@ fn run_placed(
     let master = match &args.master_peers {
         None => None,
         Some(p) => Some(longship_kv::placed::MasterSpec {
-            replica_id: args.node_id.ok_or("--node-id is required with --master-peers")?,
+            replica_id: args
+                .node_id
+                .ok_or("--node-id is required with --master-peers")?,
             members: parse_peers(p).map_err(|e| format!("--master-peers: {e}"))?,
-            rpc_addr: args.master_addr.clone().ok_or("--master-addr is required")?,
+            rpc_addr: args
+                .master_addr
+                .clone()
+                .ok_or("--master-addr is required")?,
             dead_after: std::time::Duration::from_millis(args.dead_after_ms),
         }),
     };

@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use longship::{
-    MasterReporter, NodeHost, NodeHostConfig, ReplicaFactory, ReplicaId, ReportingOptions,
-    ShardId, Start,
+    MasterReporter, NodeHost, NodeHostConfig, ReplicaFactory, ReplicaId, ReportingOptions, ShardId,
+    Start,
 };
 use longship_master::rpc::{MasterServer, TcpMasterClient};
 use longship_master::{MASTER_SHARD_ID, MasterConfig, MasterNode, MasterOptions, MasterState};
@@ -148,7 +148,8 @@ impl MasterDirectory {
         };
         let mut out = BTreeMap::new();
         for (shard, rec) in &state.shards {
-            let leader = longship_master::decide::leader_view(state, *shard).map(|v| v.host.clone());
+            let leader =
+                longship_master::decide::leader_view(state, *shard).map(|v| v.host.clone());
             let addr = leader
                 .as_deref()
                 .and_then(redis)
@@ -219,12 +220,16 @@ pub fn start_placed(spec: &PlacedSpec) -> Result<PlacedNode, String> {
             };
             let node = MasterNode::start(&nh, ReplicaId(m.replica_id), start, options)
                 .map_err(|e| e.to_string())?;
-            let server = MasterServer::start(&nh, &m.rpc_addr, DEPLOYMENT_ID, Duration::from_secs(5))
-                .map_err(|e| format!("master RPC on {}: {e}", m.rpc_addr))?;
+            let server =
+                MasterServer::start(&nh, &m.rpc_addr, DEPLOYMENT_ID, Duration::from_secs(5))
+                    .map_err(|e| format!("master RPC on {}: {e}", m.rpc_addr))?;
             Some((node, server))
         }
     };
-    let client = Arc::new(TcpMasterClient::new(spec.join.clone(), Duration::from_secs(5)));
+    let client = Arc::new(TcpMasterClient::new(
+        spec.join.clone(),
+        Duration::from_secs(5),
+    ));
     // The master may not be up yet (its members start together).
     let reporter = {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);

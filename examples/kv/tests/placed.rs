@@ -102,17 +102,14 @@ impl Cluster {
                 .iter()
                 .map(|(id, r)| format!("{id}={r}"))
                 .collect();
-            a.extend(
-                [
-                    "--node-id".to_string(),
-                    i.to_string(),
-                    "--master-peers".into(),
-                    peers.join(","),
-                    "--master-addr".into(),
-                    self.masters[k].clone(),
-                ]
-                .into_iter(),
-            );
+            a.extend([
+                "--node-id".to_string(),
+                i.to_string(),
+                "--master-peers".into(),
+                peers.join(","),
+                "--master-addr".into(),
+                self.masters[k].clone(),
+            ]);
         }
         a
     }
@@ -181,10 +178,9 @@ fn fully_replicated(s: &MasterState, dead: Option<&str>) -> bool {
             leader_view(s, *shard).is_some_and(|v| {
                 v.membership.voters.len() == 3
                     && v.membership.non_votings.is_empty()
-                    && v.membership
-                        .voters
-                        .iter()
-                        .all(|(r, h)| Some(h.as_str()) != dead && running(s, h, *shard, *r).is_some())
+                    && v.membership.voters.iter().all(|(r, h)| {
+                        Some(h.as_str()) != dead && running(s, h, *shard, *r).is_some()
+                    })
             })
         })
 }
@@ -245,10 +241,7 @@ fn call_retry(addr: &str, args: &[&str]) -> String {
     loop {
         match call(addr, args) {
             Ok(v) => return v,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
             Err(e) => panic!("{args:?} on {addr}: {e}"),
         }
     }
@@ -257,16 +250,25 @@ fn call_retry(addr: &str, args: &[&str]) -> String {
 #[test]
 fn nodes_form_a_cluster_through_the_master_survive_a_kill9_and_balance_a_new_node() {
     let mut c = Cluster::start(5);
-    wait_until(&c, "the shards created on 3 of 5 nodes", Duration::from_secs(60), || {
-        c.state().is_some_and(|s| s.hosts.len() == 5 && fully_replicated(&s, None))
-    });
+    wait_until(
+        &c,
+        "the shards created on 3 of 5 nodes",
+        Duration::from_secs(60),
+        || {
+            c.state()
+                .is_some_and(|s| s.hosts.len() == 5 && fully_replicated(&s, None))
+        },
+    );
     let s = c.state().unwrap();
     let l = loads(&s);
     assert_eq!(l.values().sum::<usize>(), 3 * SHARDS as usize);
     // Writes through node 1, whatever shard holds the key.
     let entry = c.nodes[&1].redis.clone();
     for k in 0..40 {
-        assert_eq!(call_retry(&entry, &["SET", &format!("key{k}"), &format!("v{k}")]), "OK");
+        assert_eq!(
+            call_retry(&entry, &["SET", &format!("key{k}"), &format!("v{k}")]),
+            "OK"
+        );
     }
     // kill -9 the non-master node holding the most replicas.
     let victim = *[4u64, 5]
@@ -276,30 +278,47 @@ fn nodes_form_a_cluster_through_the_master_survive_a_kill9_and_balance_a_new_nod
     let dead = c.nodes[&victim].raft.clone();
     assert!(l[&dead] > 0);
     c.nodes.get_mut(&victim).unwrap().kill9();
-    let took = wait_until(&c, "every shard back to 3 live replicas", Duration::from_secs(30), || {
-        c.state().is_some_and(|s| s.hosts[&dead].dead && fully_replicated(&s, Some(&dead)))
-    });
+    let took = wait_until(
+        &c,
+        "every shard back to 3 live replicas",
+        Duration::from_secs(30),
+        || {
+            c.state()
+                .is_some_and(|s| s.hosts[&dead].dead && fully_replicated(&s, Some(&dead)))
+        },
+    );
     eprintln!("re-replicated {} replicas in {took:?}", l[&dead]);
     c.nodes.remove(&victim);
     let entry = c.nodes[&2].redis.clone();
     for k in 0..40 {
-        assert_eq!(call_retry(&entry, &["GET", &format!("key{k}")]), format!("v{k}"));
+        assert_eq!(
+            call_retry(&entry, &["GET", &format!("key{k}")]),
+            format!("v{k}")
+        );
     }
     // A sixth node joins and receives replicas until balanced.
     c.add(6, format!("127.0.0.1:{}", free_port()));
     let new = c.nodes[&6].raft.clone();
-    let took = wait_until(&c, "replicas within one of the mean", Duration::from_secs(60), || {
-        c.state().is_some_and(|s| {
-            let l = loads(&s);
-            s.ops.is_empty()
-                && l.len() == 5
-                && l.get(&new).copied().unwrap_or(0) > 0
-                && l.values().max().unwrap() - l.values().min().unwrap() <= 1
-        })
-    });
+    let took = wait_until(
+        &c,
+        "replicas within one of the mean",
+        Duration::from_secs(60),
+        || {
+            c.state().is_some_and(|s| {
+                let l = loads(&s);
+                s.ops.is_empty()
+                    && l.len() == 5
+                    && l.get(&new).copied().unwrap_or(0) > 0
+                    && l.values().max().unwrap() - l.values().min().unwrap() <= 1
+            })
+        },
+    );
     eprintln!("balanced with the new node in {took:?}");
     for k in 0..40 {
-        assert_eq!(call_retry(&c.nodes[&6].redis, &["GET", &format!("key{k}")]), format!("v{k}"));
+        assert_eq!(
+            call_retry(&c.nodes[&6].redis, &["GET", &format!("key{k}")]),
+            format!("v{k}")
+        );
     }
     // The cluster commands.
     let show = Command::new(env!("CARGO_BIN_EXE_longship-kv"))
@@ -308,16 +327,30 @@ fn nodes_form_a_cluster_through_the_master_survive_a_kill9_and_balance_a_new_nod
         .unwrap();
     let text = String::from_utf8_lossy(&show.stdout);
     assert!(show.status.success(), "{text}");
-    assert!(text.contains(&format!("node {new}")) && text.contains("shard 8 leader"), "{text}");
+    assert!(
+        text.contains(&format!("node {new}")) && text.contains("shard 8 leader"),
+        "{text}"
+    );
     let drain = Command::new(env!("CARGO_BIN_EXE_longship-kv"))
         .args(["cluster", "--master", &c.masters.join(","), "drain", &new])
         .output()
         .unwrap();
-    assert!(drain.status.success(), "{}", String::from_utf8_lossy(&drain.stderr));
-    wait_until(&c, "the drained node emptied", Duration::from_secs(60), || {
-        c.state().is_some_and(|s| {
-            fully_replicated(&s, None)
-                && s.shards.values().all(|r| r.placement.values().all(|h| *h != new))
-        })
-    });
+    assert!(
+        drain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&drain.stderr)
+    );
+    wait_until(
+        &c,
+        "the drained node emptied",
+        Duration::from_secs(60),
+        || {
+            c.state().is_some_and(|s| {
+                fully_replicated(&s, None)
+                    && s.shards
+                        .values()
+                        .all(|r| r.placement.values().all(|h| *h != new))
+            })
+        },
+    );
 }
