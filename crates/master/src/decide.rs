@@ -95,6 +95,16 @@ pub fn host_alive(s: &MasterState, host: &str) -> bool {
     s.hosts.get(host).is_some_and(|h| !h.dead)
 }
 
+/// The replica of `shard` in a report (reports hold their replicas sorted
+/// by shard, one per shard: `sm` sorts them when it applies a report).
+pub fn reported(report: &crate::model::Report, shard: u64) -> Option<&ReplicaState> {
+    report
+        .replicas
+        .binary_search_by_key(&shard, |r| r.shard)
+        .ok()
+        .map(|i| &report.replicas[i])
+}
+
 /// The replica `replica` of `shard` as `host` last reported it, when the
 /// host is alive and the replica runs without failure.
 pub fn running<'a>(
@@ -104,10 +114,7 @@ pub fn running<'a>(
     replica: u64,
 ) -> Option<&'a ReplicaState> {
     let h = s.hosts.get(host).filter(|h| !h.dead)?;
-    h.report
-        .replicas
-        .iter()
-        .find(|r| r.shard == shard && r.replica == replica && !r.failed)
+    reported(&h.report, shard).filter(|r| r.replica == replica && !r.failed)
 }
 
 /// The leader of `shard` with the highest term among live hosts' reports.
@@ -117,8 +124,8 @@ pub fn leader_view<'a>(s: &'a MasterState, shard: u64) -> Option<LeaderView<'a>>
         if h.dead {
             continue;
         }
-        for r in &h.report.replicas {
-            if r.shard != shard || !r.leader || r.failed {
+        if let Some(r) = reported(&h.report, shard) {
+            if !r.leader || r.failed {
                 continue;
             }
             let Some(m) = &r.membership else { continue };
@@ -237,7 +244,7 @@ fn holders(s: &MasterState, shard: u64) -> BTreeSet<&HostId> {
         _ => {}
     }
     for (id, h) in &s.hosts {
-        if h.report.replicas.iter().any(|r| r.shard == shard)
+        if reported(&h.report, shard).is_some()
             || h.report.stored.iter().any(|(sh, _)| *sh == shard)
         {
             out.insert(id);
@@ -307,17 +314,27 @@ fn healthy(s: &MasterState, shard: u64) -> bool {
 
 /// What should change at replicated time `now` (see the module doc).
 pub fn decide(s: &MasterState, now: u64) -> Vec<Decision> {
-    let mut out = Vec::new();
-    // A state where the newly silent hosts are dead already: decisions of
-    // this round see them dead.
-    let mut view = s.clone();
-    for (id, h) in &s.hosts {
-        if !h.dead && now.saturating_sub(h.last_seen_ms) > s.config.dead_after_ms {
-            out.push(Decision::DeclareDead(id.clone()));
-            view.hosts.get_mut(id).expect("listed").dead = true;
+    let mut out: Vec<Decision> = s
+        .hosts
+        .iter()
+        .filter(|(_, h)| !h.dead && now.saturating_sub(h.last_seen_ms) > s.config.dead_after_ms)
+        .map(|(id, _)| Decision::DeclareDead(id.clone()))
+        .collect();
+    // Decisions of this round see the newly silent hosts dead already (a
+    // copy of the state only when there are any).
+    let view;
+    let s = if out.is_empty() {
+        s
+    } else {
+        let mut v = s.clone();
+        for d in &out {
+            if let Decision::DeclareDead(id) = d {
+                v.hosts.get_mut(id).expect("listed").dead = true;
+            }
         }
-    }
-    let s = &view;
+        view = v;
+        &view
+    };
     let mut load = loads(s);
     let mut repairing = false;
     for (&shard, rec) in &s.shards {
@@ -662,12 +679,8 @@ pub fn requests_for(s: &MasterState, host: &str) -> Vec<Request> {
     let Some(h) = s.hosts.get(host) else {
         return out;
     };
-    let runs = |shard: u64, replica: u64| {
-        h.report
-            .replicas
-            .iter()
-            .any(|r| r.shard == shard && r.replica == replica)
-    };
+    let runs =
+        |shard: u64, replica: u64| reported(&h.report, shard).is_some_and(|r| r.replica == replica);
     for (&shard, rec) in &s.ops {
         let v = leader_view(s, shard);
         let leads = v.as_ref().is_some_and(|v| v.host == host);
@@ -768,7 +781,11 @@ pub fn requests_for(s: &MasterState, host: &str) -> Vec<Request> {
     // (the host is cut off from the master, not from its peers): no live
     // leader reports, so nothing could progress. The first live placed
     // replica asks for leadership (the request is forwarded to the leader).
-    for (&shard, rec) in &s.shards {
+    for r in &h.report.replicas {
+        let shard = r.shard;
+        let Some(rec) = s.shards.get(&shard) else {
+            continue;
+        };
         if leader_view(s, shard).is_some() {
             continue;
         }

@@ -68,6 +68,10 @@ pub fn apply_command(s: &mut MasterState, cmd: Command) -> (u64, Vec<u8>) {
             }
             report.replicas.truncate(MAX_REPORT_REPLICAS);
             report.stored.truncate(MAX_REPORT_REPLICAS);
+            // Sorted by shard, one replica per shard (a host runs one
+            // replica of a shard): `decide::reported` searches them.
+            report.replicas.sort_by_key(|r| r.shard);
+            report.replicas.dedup_by_key(|r| r.shard);
             let host = report.host.clone();
             // A host declared dead that reports again is alive; the
             // replicas removed meanwhile are deleted by `requests_for`.
