@@ -317,7 +317,12 @@ pub fn decide(s: &MasterState, now: u64) -> Vec<Decision> {
     let mut out: Vec<Decision> = s
         .hosts
         .iter()
-        .filter(|(_, h)| !h.dead && now.saturating_sub(h.last_seen_ms) > s.config.dead_after_ms)
+        .filter(|(_, h)| {
+            // Silence counts from the later of the last report and the
+            // current master leader's first tick.
+            let since = h.last_seen_ms.max(s.leader_since_ms);
+            !h.dead && now.saturating_sub(since) > s.config.dead_after_ms
+        })
         .map(|(id, _)| Decision::DeclareDead(id.clone()))
         .collect();
     // Decisions of this round see the newly silent hosts dead already (a
@@ -658,7 +663,12 @@ pub fn apply_decisions(s: &mut MasterState, now: u64, decisions: &[Decision]) {
                     .expect("a finished operation was in flight");
                 match op.op {
                     Op::Move { .. } if *aborted => s.counters.moves_aborted += 1,
-                    Op::Move { .. } => s.counters.moves_done += 1,
+                    Op::Move { reason, .. } => {
+                        s.counters.moves_done += 1;
+                        if reason == MoveReason::Repair {
+                            s.counters.repairs_done += 1;
+                        }
+                    }
                     Op::Transfer { .. } => s.counters.transfers += 1,
                     Op::Create { .. } => {}
                 }

@@ -273,6 +273,10 @@ pub struct Counters {
     pub hosts_declared_dead: u64,
     /// Moves finished (replica added and, where asked, one removed).
     pub moves_done: u64,
+    /// Of `moves_done`, those that repaired a shard (replaced a replica
+    /// of a dead or drained host, or added a missing one).
+    #[serde(default)]
+    pub repairs_done: u64,
     /// Moves given up (the new replica's host died first).
     pub moves_aborted: u64,
     /// Leadership transfers finished or given up.
@@ -294,6 +298,11 @@ pub struct MasterState {
     pub ops: BTreeMap<u64, OpRecord>,
     /// Replicated time of the last balancing decision.
     pub last_balance_ms: u64,
+    /// Replicated time at which the current master leader proposed its
+    /// first tick: silence is counted only from then on, so every host
+    /// gets a full `dead_after_ms` to reach a new master leader.
+    #[serde(default)]
+    pub leader_since_ms: u64,
     /// What the master did.
     pub counters: Counters,
 }
@@ -308,6 +317,7 @@ impl MasterState {
             shards: BTreeMap::new(),
             ops: BTreeMap::new(),
             last_balance_ms: 0,
+            leader_since_ms: 0,
             counters: Counters::default(),
         }
     }
@@ -322,6 +332,10 @@ pub enum Command {
     Tick {
         /// Time since the leader's previous tick (0 for its first).
         elapsed_ms: u64,
+        /// The first tick of a leadership (restarts the count of every
+        /// host's silence).
+        #[serde(default)]
+        first: bool,
     },
     /// A host's report; the result lists what the host should do.
     Report(Report),

@@ -141,13 +141,14 @@ fn tick_loop(
             match nh.get_leader(MASTER_SHARD_ID) {
                 Ok(Some(l)) if l.replica_id == me => {
                     let now = Instant::now();
+                    let first = last.is_none();
                     let elapsed_ms = last.map_or(0, |l| {
                         u64::try_from(now.duration_since(l).as_millis()).unwrap_or(u64::MAX)
                     });
                     // Set before proposing: a tick whose outcome is unknown
                     // loses its time rather than counting it twice.
                     last = Some(now);
-                    let cmd = serde_json::to_vec(&Command::Tick { elapsed_ms })
+                    let cmd = serde_json::to_vec(&Command::Tick { elapsed_ms, first })
                         .expect("commands serialise");
                     let mut session = nh.get_noop_session(MASTER_SHARD_ID);
                     if let Err(e) = nh.sync_propose(&mut session, cmd, options.propose_timeout) {
@@ -347,9 +348,16 @@ impl MasterClient for InProcessMasterClient {
     fn report(&self, report: &HostReport) -> Result<Vec<MasterRequest>, MasterClientError> {
         let cmd = Command::Report(report_from(report));
         let members: Vec<Weak<NodeHost>> = self.members.lock().clone();
+        let mut live: Vec<Arc<NodeHost>> = members.iter().filter_map(Weak::upgrade).collect();
+        // The member whose replica leads first: its proposals need no
+        // forwarding (a forwarded proposal lost in a leader change waits
+        // for its whole timeout).
+        live.sort_by_key(|nh| {
+            !nh.raft_status(MASTER_SHARD_ID)
+                .is_ok_and(|s| s.role == Role::Leader)
+        });
         let mut last = String::from("no master replica is reachable");
-        for m in members {
-            let Some(nh) = m.upgrade() else { continue };
+        for nh in live {
             match propose(&nh, &cmd, self.timeout) {
                 Ok((RESULT_OK, data)) => {
                     let reqs: Vec<Request> = serde_json::from_slice(&data)

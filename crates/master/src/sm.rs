@@ -48,9 +48,12 @@ impl MasterStateMachine {
 /// Applies `cmd` to `s`: the whole of the master's replicated logic.
 pub fn apply_command(s: &mut MasterState, cmd: Command) -> (u64, Vec<u8>) {
     match cmd {
-        Command::Tick { elapsed_ms } => {
+        Command::Tick { elapsed_ms, first } => {
             s.now_ms += elapsed_ms.min(s.config.max_tick_ms);
             let now = s.now_ms;
+            if first {
+                s.leader_since_ms = now;
+            }
             let decisions = decide(s, now);
             apply_decisions(s, now, &decisions);
             (RESULT_OK, Vec::new())

@@ -513,3 +513,75 @@ fn a_host_drained_over_tcp_is_emptied() {
     // A refused call says why.
     assert!(c.tcp_client.drain("nowhere:1", true).is_err());
 }
+
+/// Leadership of the master shard moves between its members again and
+/// again while replicas of a lost host are being replaced: every replica
+/// is replaced exactly once (one move each, one fresh id each), none is
+/// lost or repeated.
+#[test]
+fn master_leader_changes_mid_repair_neither_repeat_nor_lose_an_operation() {
+    let mut c = Cluster::start();
+    create_and_fill(&c);
+    let victim = 5;
+    let dead = c.addrs[&victim].clone();
+    let lost = c.hosts[&victim].get_node_host_info().shards.len() as u64;
+    assert!(lost > 0);
+    let before = c.state().unwrap();
+    c.kill(victim);
+    let mut transfers = 0;
+    let mut last_transfer = Instant::now();
+    let deadline = Instant::now() + WAIT;
+    while !c.fully_replicated(std::slice::from_ref(&dead)) {
+        assert!(
+            Instant::now() < deadline,
+            "repair did not finish: {:?}",
+            c.state().map(|s| (s.counters, s.ops))
+        );
+        // While moves are in flight, hand master leadership to the next
+        // member (a few times, a second apart).
+        let in_flight = c.state().is_some_and(|s| !s.ops.is_empty());
+        if in_flight
+            && transfers < 4
+            && last_transfer.elapsed() > Duration::from_secs(1)
+            && let Some(leader) = MASTER_HOSTS.iter().find(|i| {
+                c.hosts[i]
+                    .get_leader(MASTER_SHARD_ID)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|l| l.replica_id == ReplicaId(**i))
+            })
+        {
+            let next =
+                MASTER_HOSTS[(MASTER_HOSTS.iter().position(|i| i == leader).unwrap() + 1) % 3];
+            if c.hosts[leader]
+                .request_leader_transfer(MASTER_SHARD_ID, ReplicaId(next))
+                .is_ok()
+            {
+                transfers += 1;
+                last_transfer = Instant::now();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = c.state().unwrap();
+    assert!(transfers >= 2, "master leadership moved {transfers} times");
+    assert_eq!(
+        after.counters.repairs_done - before.counters.repairs_done,
+        lost,
+        "one repair per lost replica: {:?} -> {:?}",
+        before.counters,
+        after.counters
+    );
+    // Every move (repairs, and balancing moves that may follow) took
+    // exactly one fresh id: no operation was started twice.
+    let moves = after.counters.moves_done + after.counters.moves_aborted
+        - before.counters.moves_done
+        - before.counters.moves_aborted;
+    let ids_used: u64 = after
+        .shards
+        .iter()
+        .map(|(s, r)| r.next_replica_id - before.shards[s].next_replica_id)
+        .sum();
+    assert_eq!(ids_used, moves, "one fresh replica id per move");
+    check_data(&c);
+}

@@ -305,6 +305,7 @@ impl World {
         self.now_ms += TICK_MS;
         let tick = Command::Tick {
             elapsed_ms: TICK_MS,
+            first: false,
         };
         self.log.push(tick.clone());
         apply_command(&mut self.master, tick);
@@ -646,6 +647,38 @@ fn a_drained_host_is_emptied_and_takes_replicas_again_when_undrained() {
     );
     w.run_until_converged(800);
     assert!(w.hosts[&host(2)].replicas.len() >= 4);
+}
+
+/// A new master leader gives every host a full `dead_after` to reach it
+/// (reports may fail while leadership moves); a host silent for that long
+/// under the new leader is declared dead.
+#[test]
+fn a_new_master_leader_counts_silence_from_its_first_tick() {
+    let mut w = started_world(5, 1);
+    let tick = |w: &mut World, first: bool| {
+        apply_command(
+            &mut w.master,
+            Command::Tick {
+                elapsed_ms: TICK_MS,
+                first,
+            },
+        );
+    };
+    // No host reports from now on; most of dead_after passes.
+    for _ in 0..(DEAD_AFTER_MS / TICK_MS - 2) {
+        tick(&mut w, false);
+    }
+    // A new master leader: the count restarts.
+    tick(&mut w, true);
+    for _ in 0..(DEAD_AFTER_MS / TICK_MS) {
+        tick(&mut w, false);
+        assert!(
+            w.master.hosts.values().all(|h| !h.dead),
+            "declared dead too early"
+        );
+    }
+    tick(&mut w, false);
+    assert!(w.master.hosts.values().all(|h| h.dead));
 }
 
 /// The master's replicas decide alike: replaying the log, from the start
