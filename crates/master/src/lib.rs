@@ -25,8 +25,8 @@ pub mod sm;
 
 pub use model::{Command, MasterConfig, MasterState};
 pub use service::{
-    InProcessMasterClient, MasterError, MasterNode, MasterOptions, create_shard, drain_host,
-    master_replica_config, read_state, report_from, to_master_request,
+    InProcessMasterClient, MasterAwareFactory, MasterError, MasterNode, MasterOptions,
+    create_shard, drain_host, master_replica_config, read_state, report_from, to_master_request,
 };
 pub use sm::MasterStateMachine;
 

@@ -346,6 +346,19 @@ pub enum Command {
         /// How many replicas.
         replicas: u32,
     },
+    /// Take a running shard under management (the master's own shard, say):
+    /// its voters and removed ids as its leader sees them. Refused when the
+    /// shard is known.
+    AdoptShard {
+        /// The shard.
+        shard: u64,
+        /// Replicas it should have.
+        desired: u32,
+        /// Its voters: replica id → host.
+        voters: BTreeMap<u64, HostId>,
+        /// Its removed replica ids.
+        removed: BTreeSet<u64>,
+    },
     /// Start (`drain`) or end draining a known host: while draining it
     /// receives no new replica and its replicas are moved off it.
     Drain {

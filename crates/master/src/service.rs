@@ -41,6 +41,11 @@ pub struct MasterOptions {
     pub tick_interval: Duration,
     /// Timeout of each tick proposal.
     pub propose_timeout: Duration,
+    /// Manage the master's own shard like any other: its leader adopts it
+    /// (`Command::AdoptShard`, 3 replicas), so a master member lost for
+    /// good is replaced on another host. Every host must then start
+    /// master replicas on request ([`MasterAwareFactory`]).
+    pub manage_master_shard: bool,
 }
 
 impl Default for MasterOptions {
@@ -49,6 +54,7 @@ impl Default for MasterOptions {
             config: MasterConfig::default(),
             tick_interval: Duration::from_millis(200),
             propose_timeout: Duration::from_secs(2),
+            manage_master_shard: false,
         }
     }
 }
@@ -85,11 +91,26 @@ impl MasterNode {
         start: Start,
         options: MasterOptions,
     ) -> Result<MasterNode, MasterError> {
+        MasterNode::start_with(nh, replica_id, start, false, options)
+    }
+
+    /// [`start`](Self::start), as a non-voting replica when `non_voting`
+    /// (a replica the master adds to its own shard).
+    pub fn start_with(
+        nh: &Arc<NodeHost>,
+        replica_id: ReplicaId,
+        start: Start,
+        non_voting: bool,
+        options: MasterOptions,
+    ) -> Result<MasterNode, MasterError> {
         let config = options.config.clone();
         nh.start_replica(
             start,
             move |_, _| Box::new(MasterStateMachine::new(config)),
-            master_replica_config(replica_id),
+            Config {
+                is_non_voting: non_voting,
+                ..master_replica_config(replica_id)
+            },
         )?;
         let stop = Arc::new((AtomicBool::new(false), Mutex::new(()), Condvar::new()));
         let weak = Arc::downgrade(nh);
@@ -135,11 +156,15 @@ fn tick_loop(
     stop: Arc<(AtomicBool, Mutex<()>, Condvar)>,
 ) {
     let mut last: Option<Instant> = None;
+    let mut adopted = !options.manage_master_shard;
     while !stop.0.load(Ordering::Acquire) {
         {
             let Some(nh) = nh.upgrade() else { return };
             match nh.get_leader(MASTER_SHARD_ID) {
                 Ok(Some(l)) if l.replica_id == me => {
+                    if !adopted {
+                        adopted = adopt_master_shard(&nh, &options);
+                    }
                     let now = Instant::now();
                     let first = last.is_none();
                     let elapsed_ms = last.map_or(0, |l| {
@@ -156,7 +181,8 @@ fn tick_loop(
                     }
                 }
                 Ok(_) => last = None,
-                Err(longship::Error::Stopped) => return,
+                // The replica was stopped (removed from the master shard).
+                Err(longship::Error::Stopped | longship::Error::ShardNotFound(_)) => return,
                 Err(_) => last = None,
             }
         }
@@ -165,6 +191,99 @@ fn tick_loop(
             return;
         }
         stop.2.wait_for(&mut g, options.tick_interval);
+    }
+}
+
+/// On the master leader: takes the master shard under management unless
+/// the state (as the local replica applied it) has it. Returns whether it
+/// is managed now.
+fn adopt_master_shard(nh: &NodeHost, options: &MasterOptions) -> bool {
+    let Ok(bytes) = nh.stale_read(MASTER_SHARD_ID, b"state") else {
+        return false;
+    };
+    let Ok(state) = serde_json::from_slice::<MasterState>(&bytes) else {
+        return false;
+    };
+    if state.shards.contains_key(&MASTER_SHARD_ID.0) {
+        return true;
+    }
+    let Ok(st) = nh.raft_status(MASTER_SHARD_ID) else {
+        return false;
+    };
+    let cmd = Command::AdoptShard {
+        shard: MASTER_SHARD_ID.0,
+        desired: 3,
+        voters: st
+            .membership
+            .voters
+            .iter()
+            .map(|(r, a)| (r.0, a.clone()))
+            .collect(),
+        removed: st.membership.removed.iter().map(|r| r.0).collect(),
+    };
+    matches!(
+        propose(nh, &cmd, options.propose_timeout),
+        Ok((RESULT_OK, _))
+    )
+}
+
+/// Starts the application's replicas with `inner`, and replicas of the
+/// master shard (with their ticker) itself: the factory of every host when
+/// [`MasterOptions::manage_master_shard`] is set, so that the master can
+/// place its own replicas on any host.
+pub struct MasterAwareFactory {
+    nh: Weak<NodeHost>,
+    inner: Arc<dyn longship::ReplicaFactory>,
+    options: MasterOptions,
+    /// The tickers of master replicas started here (each ends when its
+    /// replica is stopped).
+    nodes: Mutex<Vec<MasterNode>>,
+}
+
+impl MasterAwareFactory {
+    /// A factory for `nh` that starts master replicas with `options` and
+    /// every other replica with `inner`.
+    pub fn new(
+        nh: &Arc<NodeHost>,
+        inner: Arc<dyn longship::ReplicaFactory>,
+        options: MasterOptions,
+    ) -> MasterAwareFactory {
+        MasterAwareFactory {
+            nh: Arc::downgrade(nh),
+            inner,
+            options,
+            nodes: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl longship::ReplicaFactory for MasterAwareFactory {
+    fn start_replica(
+        &self,
+        nh: &NodeHost,
+        shard_id: ShardId,
+        replica_id: ReplicaId,
+        start: Start,
+        non_voting: bool,
+    ) -> longship::Result<()> {
+        if shard_id != MASTER_SHARD_ID {
+            return self
+                .inner
+                .start_replica(nh, shard_id, replica_id, start, non_voting);
+        }
+        let arc = self.nh.upgrade().ok_or(longship::Error::Stopped)?;
+        assert!(
+            std::ptr::eq(Arc::as_ptr(&arc), nh),
+            "a MasterAwareFactory serves the NodeHost it was made for"
+        );
+        let node =
+            MasterNode::start_with(&arc, replica_id, start, non_voting, self.options.clone())
+                .map_err(|e| match e {
+                    MasterError::Longship(e) => e,
+                    other => longship::Error::Rejected(other.to_string()),
+                })?;
+        self.nodes.lock().push(node);
+        Ok(())
     }
 }
 

@@ -92,6 +92,39 @@ pub fn apply_command(s: &mut MasterState, cmd: Command) -> (u64, Vec<u8>) {
             let data = serde_json::to_vec(&requests).expect("requests serialise");
             (RESULT_OK, data)
         }
+        Command::AdoptShard {
+            shard,
+            desired,
+            voters,
+            removed,
+        } => {
+            if s.shards.contains_key(&shard) {
+                return (RESULT_REFUSED, b"the shard is managed already".to_vec());
+            }
+            if voters.is_empty() || desired == 0 || desired > MAX_SHARD_REPLICAS {
+                return (
+                    RESULT_REFUSED,
+                    b"a shard needs voters and 1 to 7 replicas".to_vec(),
+                );
+            }
+            let next = voters
+                .keys()
+                .chain(removed.iter())
+                .max()
+                .copied()
+                .unwrap_or(0)
+                + 1;
+            s.shards.insert(
+                shard,
+                ShardRecord {
+                    desired,
+                    placement: voters,
+                    next_replica_id: next,
+                    removed,
+                },
+            );
+            (RESULT_OK, Vec::new())
+        }
         Command::Drain { host, drain } => match s.hosts.get_mut(&host) {
             Some(h) => {
                 h.draining = drain;

@@ -20,8 +20,8 @@ use longship::{
 use longship_master::decide::{leader_counts, leader_view, loads, running};
 use longship_master::rpc::{MasterServer, TcpMasterClient};
 use longship_master::{
-    InProcessMasterClient, MASTER_SHARD_ID, MasterConfig, MasterNode, MasterOptions, MasterState,
-    create_shard, read_state,
+    InProcessMasterClient, MASTER_SHARD_ID, MasterAwareFactory, MasterConfig, MasterNode,
+    MasterOptions, MasterState, create_shard, read_state,
 };
 
 const RTT_MS: u64 = 10;
@@ -125,6 +125,10 @@ struct Cluster {
     client: Arc<InProcessMasterClient>,
     /// For the other hosts.
     tcp_client: Arc<TcpMasterClient>,
+    options: MasterOptions,
+    /// The master manages its own shard: every host starts master replicas
+    /// on request and reports in process to whichever hosts run one.
+    manage_master: bool,
 }
 
 const MASTER_HOSTS: [u64; 3] = [1, 2, 3];
@@ -159,6 +163,10 @@ impl Cluster {
 
     /// Five hosts, the master on hosts 1-3, every host reporting.
     fn start() -> Cluster {
+        Cluster::start_with(false)
+    }
+
+    fn start_with(manage_master: bool) -> Cluster {
         let mut c = Cluster {
             dir: tempfile::tempdir().unwrap(),
             addrs: BTreeMap::new(),
@@ -168,6 +176,8 @@ impl Cluster {
             servers: BTreeMap::new(),
             client: Arc::new(InProcessMasterClient::new(&[], 0, TIMEOUT)),
             tcp_client: Arc::new(TcpMasterClient::new(Vec::new(), TIMEOUT)),
+            options: MasterOptions::default(),
+            manage_master,
         };
         for i in 1..=5 {
             let nh = c.new_host(i);
@@ -188,7 +198,9 @@ impl Cluster {
             },
             tick_interval: Duration::from_millis(100),
             propose_timeout: Duration::from_secs(2),
+            manage_master_shard: manage_master,
         };
+        c.options = options.clone();
         for i in MASTER_HOSTS {
             let m = MasterNode::start(
                 &c.hosts[&i],
@@ -209,8 +221,13 @@ impl Cluster {
                 .collect(),
             TIMEOUT,
         ));
-        let master_hosts: Vec<Arc<NodeHost>> =
-            MASTER_HOSTS.iter().map(|i| c.hosts[i].clone()).collect();
+        // With a self-managed master any host may come to run a master
+        // replica: the client tries them all (the leading one first).
+        let master_hosts: Vec<Arc<NodeHost>> = if manage_master {
+            c.hosts.values().cloned().collect()
+        } else {
+            MASTER_HOSTS.iter().map(|i| c.hosts[i].clone()).collect()
+        };
         c.client = Arc::new(InProcessMasterClient::new(
             &master_hosts,
             deployment_id,
@@ -223,15 +240,25 @@ impl Cluster {
     }
 
     fn start_reporting(&mut self, i: u64) {
-        let client: Arc<dyn longship::MasterClient> = if MASTER_HOSTS.contains(&i) {
-            self.client.clone()
+        let client: Arc<dyn longship::MasterClient> =
+            if MASTER_HOSTS.contains(&i) || self.manage_master {
+                self.client.clone()
+            } else {
+                self.tcp_client.clone()
+            };
+        let factory: Arc<dyn ReplicaFactory> = if self.manage_master {
+            Arc::new(MasterAwareFactory::new(
+                &self.hosts[&i],
+                Arc::new(KvFactory),
+                self.options.clone(),
+            ))
         } else {
-            self.tcp_client.clone()
+            Arc::new(KvFactory)
         };
         let r = MasterReporter::start(
             &self.hosts[&i],
             client,
-            Arc::new(KvFactory),
+            factory,
             ReportingOptions {
                 interval: Duration::from_millis(200),
                 ..ReportingOptions::default()
@@ -261,11 +288,11 @@ impl Cluster {
         nh.close();
     }
 
-    /// The master's state through any live master host.
+    /// The master's state through any live host that runs a master replica.
     fn state(&self) -> Option<MasterState> {
-        MASTER_HOSTS
-            .iter()
-            .filter_map(|i| self.hosts.get(i))
+        self.hosts
+            .values()
+            .filter(|nh| nh.raft_status(MASTER_SHARD_ID).is_ok())
             .find_map(|nh| read_state(nh, TIMEOUT).ok())
     }
 
@@ -335,7 +362,8 @@ impl Cluster {
     /// with nothing in flight, and every running replica is a member.
     fn fully_replicated(&self, dead: &[String]) -> bool {
         let Some(s) = self.state() else { return false };
-        if !s.ops.is_empty() || s.shards.len() != SHARDS as usize {
+        let managed = SHARDS as usize + usize::from(self.manage_master);
+        if !s.ops.is_empty() || s.shards.len() != managed {
             return false;
         }
         s.shards.iter().all(|(shard, rec)| {
@@ -368,7 +396,21 @@ fn create_and_fill(c: &Cluster) {
         c.state().is_some_and(|s| s.hosts.len() == 5)
     });
     for shard in 1..=SHARDS {
-        create_shard(&c.hosts[&1], ShardId(shard), 3, TIMEOUT).unwrap();
+        // Retried while the master elects a leader; a retry of a creation
+        // whose first answer was lost is refused as existing.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match create_shard(&c.hosts[&1], ShardId(shard), 3, TIMEOUT) {
+                Ok(()) => break,
+                Err(longship_master::MasterError::Longship(e))
+                    if e.is_temporary() && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(longship_master::MasterError::Refused(r)) if r.contains("exists") => break,
+                Err(e) => panic!("creating shard {shard}: {e}"),
+            }
+        }
     }
     wait_until("the shards are created", WAIT, || c.fully_replicated(&[]));
     for shard in 1..=SHARDS {
@@ -583,5 +625,49 @@ fn master_leader_changes_mid_repair_neither_repeat_nor_lose_an_operation() {
         .map(|(s, r)| r.next_replica_id - before.shards[s].next_replica_id)
         .sum();
     assert_eq!(ids_used, moves, "one fresh replica id per move");
+    check_data(&c);
+}
+
+/// The master manages its own shard: a master member lost for good is
+/// replaced on another host (which starts a master replica on request),
+/// so the master survives losing a second original member afterwards.
+#[test]
+fn the_master_replaces_its_own_lost_replicas() {
+    let mut c = Cluster::start_with(true);
+    create_and_fill(&c);
+    let master_placement = |c: &Cluster| {
+        c.state().and_then(|s| {
+            s.shards
+                .get(&MASTER_SHARD_ID.0)
+                .map(|r| r.placement.clone())
+        })
+    };
+    wait_until("the master shard adopted", WAIT, || {
+        master_placement(&c).is_some()
+    });
+    // The first original member goes for good.
+    let first = c.addrs[&1].clone();
+    c.kill(1);
+    wait_until("the master shard back to three live replicas", WAIT, || {
+        c.fully_replicated(std::slice::from_ref(&first))
+            && master_placement(&c)
+                .is_some_and(|p| p.len() == 3 && !p.values().any(|h| *h == first))
+    });
+    let placed: Vec<String> = master_placement(&c).unwrap().into_values().collect();
+    let newcomer = [4u64, 5]
+        .into_iter()
+        .find(|i| placed.contains(&c.addrs[i]))
+        .expect("a master replica on host 4 or 5");
+    assert!(c.hosts[&newcomer].raft_status(MASTER_SHARD_ID).is_ok());
+    // A second original member goes: the master still has a quorum
+    // (without the repair it would be down to 1 of 3) and repairs again.
+    let second = c.addrs[&2].clone();
+    c.kill(2);
+    let dead = [first, second];
+    wait_until("everything repaired after the second loss", WAIT, || {
+        c.fully_replicated(&dead)
+            && master_placement(&c)
+                .is_some_and(|p| p.len() == 3 && !p.values().any(|h| dead.contains(h)))
+    });
     check_data(&c);
 }

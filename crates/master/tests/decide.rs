@@ -681,6 +681,49 @@ fn a_new_master_leader_counts_silence_from_its_first_tick() {
     assert!(w.master.hosts.values().all(|h| h.dead));
 }
 
+/// An adopted shard (the master's own) is managed like a created one: its
+/// new replicas take ids above every id it used, removed ones included.
+#[test]
+fn an_adopted_shard_is_repaired_with_fresh_ids() {
+    let mut w = started_world(5, 0);
+    let voters: BTreeMap<u64, String> = [(2, host(1)), (3, host(2)), (5, host(3))].into();
+    w.shards.insert(
+        99,
+        Shard {
+            voters: voters.clone(),
+            removed: [1, 4].into(),
+            ..Shard::default()
+        },
+    );
+    for (r, h) in &voters {
+        w.hosts.get_mut(h).unwrap().replicas.insert(99, (*r, 0));
+        w.started.insert((99, *r), h.clone());
+    }
+    let adopt = Command::AdoptShard {
+        shard: 99,
+        desired: 3,
+        voters,
+        removed: [1, 4].into(),
+    };
+    assert_eq!(apply_command(&mut w.master, adopt.clone()).0, RESULT_OK);
+    assert_ne!(
+        apply_command(&mut w.master, adopt).0,
+        RESULT_OK,
+        "adopted twice"
+    );
+    assert_eq!(w.master.shards[&99].next_replica_id, 6);
+    w.step();
+    w.kill(2);
+    w.run_until_converged(400);
+    let s = &w.shards[&99];
+    assert_eq!(s.voters.len(), 3);
+    assert!(
+        s.voters.contains_key(&6),
+        "the replacement took id 6: {:?}",
+        s.voters
+    );
+}
+
 /// The master's replicas decide alike: replaying the log, from the start
 /// or from a snapshot taken midway (a new leader, a restarted replica),
 /// gives the very same state, operations in flight included.
