@@ -439,8 +439,11 @@ pub fn to_master_request(r: &Request) -> MasterRequest {
 
 /// A [`MasterClient`] for NodeHosts in the same process as master
 /// replicas: a report is proposed to the master shard through the first
-/// master NodeHost that takes it (the master's log holds every report, so
-/// the answer is computed by the replicated state machine).
+/// NodeHost that takes it, the one whose master replica leads first (the
+/// master's log holds every report, so the answer is computed by the
+/// replicated state machine). A NodeHost without a master replica refuses
+/// at once, so `members` may list every host (as a self-managed master,
+/// which places its replicas itself, needs).
 pub struct InProcessMasterClient {
     members: Mutex<Vec<Weak<NodeHost>>>,
     deployment_id: u64,
