@@ -25,6 +25,7 @@ mod metrics_http;
 mod nodehost;
 mod owner;
 mod replica;
+mod reporter;
 mod request;
 mod rsm;
 mod session;
@@ -44,6 +45,11 @@ pub use metrics::{Gauges, Metrics};
 pub use nodehost::{
     Leader, LogInfo, MembershipInfo, NodeHost, NodeHostBuilder, NodeHostInfo, NodeUser, ShardInfo,
     SnapshotOption, SnapshotResult, Start,
+};
+pub use reporter::{
+    HostReport, MAX_REPORT_METADATA_BYTES, MAX_REPORTED_MEMBERS, MAX_REPORTED_REPLICAS,
+    MAX_REQUESTS_PER_ROUND, MasterClient, MasterClientError, MasterReporter, MasterRequest,
+    ReplicaFactory, ReplicaReport, ReportingOptions,
 };
 pub use request::RequestHandle;
 pub use session::Session;

@@ -76,7 +76,7 @@ fn layout_line(shards: u64) -> String {
 
 /// Checks that `dir` is empty or holds data placed as `shards` shards of
 /// hash slots place it.
-fn check_layout(dir: &std::path::Path, shards: u64) -> longship::Result<()> {
+pub(crate) fn check_layout(dir: &std::path::Path, shards: u64) -> longship::Result<()> {
     let bad = |reason: String| longship::Error::InvalidConfig {
         field: "data_dir",
         reason,
@@ -100,6 +100,16 @@ fn check_layout(dir: &std::path::Path, shards: u64) -> longship::Result<()> {
             }
         }
     }
+}
+
+/// Records in `dir` how keys are placed on `shards` shards.
+pub(crate) fn write_layout(dir: &std::path::Path, shards: u64) -> longship::Result<()> {
+    std::fs::write(dir.join(LAYOUT_FILE), layout_line(shards)).map_err(|e| {
+        longship::Error::InvalidConfig {
+            field: "data_dir",
+            reason: format!("cannot write {LAYOUT_FILE}: {e}"),
+        }
+    })
 }
 
 /// Starts the NodeHost of `spec` and every shard's replica on it (a

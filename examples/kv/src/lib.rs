@@ -20,6 +20,7 @@
 pub mod cluster;
 pub mod commands;
 pub mod exec;
+pub mod placed;
 pub mod resp;
 pub mod server;
 pub mod slots;

@@ -113,12 +113,40 @@ struct Args {
     /// (Redis's tls-auth-clients).
     #[arg(long, default_value = "yes", value_parser = ["yes", "no"])]
     tls_auth_clients: String,
+    /// Placed mode: form a cluster through the master at these master RPC
+    /// addresses (`host:port,host:port`); shards live on 3 of the nodes
+    /// and are replaced and rebalanced by the master. Needs --raft-addr
+    /// and --redis-addr.
+    #[arg(long, value_delimiter = ',')]
+    join: Vec<String>,
+    /// Placed mode: this node also runs a master replica (its replica id is
+    /// --node-id) with these members: `1=raft-host:port,2=...,3=...`.
+    #[arg(long, requires_all = ["join", "master_addr", "node_id"])]
+    master_peers: Option<String>,
+    /// Placed mode: where this node's master RPC listens (one of --join).
+    #[arg(long)]
+    master_addr: Option<String>,
+    /// Placed mode: a node silent this many milliseconds is declared dead
+    /// and its replicas are replaced (master members).
+    #[arg(long, default_value_t = 30_000)]
+    dead_after_ms: u64,
+    /// Placed mode: how often a node reports to the master, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    report_interval_ms: u64,
     #[command(subcommand)]
     command: Option<Sub>,
 }
 
 #[derive(clap::Subcommand, Debug)]
 enum Sub {
+    /// Placed mode: shows the cluster, or drains a node, through the master.
+    Cluster {
+        /// Master RPC addresses (`host:port,host:port`).
+        #[arg(long, value_delimiter = ',', required = true)]
+        master: Vec<String>,
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// Writes a CA and per-node certificates for a test cluster (ca.crt,
     /// node<i>.crt/.key, client.crt/.key).
     Certs {
@@ -132,6 +160,100 @@ enum Sub {
         #[arg(long, value_delimiter = ',', default_value = "127.0.0.1,localhost")]
         names: Vec<String>,
     },
+}
+
+/// What `longship-kv cluster` does.
+#[derive(clap::Subcommand, Debug)]
+enum ClusterAction {
+    /// One line per node and per shard.
+    Show,
+    /// Moves every replica off the node with this raft address.
+    Drain {
+        /// The node's raft address.
+        node: String,
+    },
+    /// Lets a drained node take replicas again.
+    Undrain {
+        /// The node's raft address.
+        node: String,
+    },
+}
+
+/// `longship-kv cluster ...`.
+fn cluster_command(master: &[String], action: &ClusterAction) -> Result<(), String> {
+    let client = longship_master::rpc::TcpMasterClient::new(
+        master.to_vec(),
+        std::time::Duration::from_secs(5),
+    );
+    match action {
+        ClusterAction::Show => {
+            let state = client.state().map_err(|e| e.to_string())?;
+            print!("{}", longship_kv::placed::show(&state));
+        }
+        ClusterAction::Drain { node } => {
+            client.drain(node, true).map_err(|e| e.to_string())?;
+            println!("draining {node}");
+        }
+        ClusterAction::Undrain { node } => {
+            client.drain(node, false).map_err(|e| e.to_string())?;
+            println!("{node} takes replicas again");
+        }
+    }
+    Ok(())
+}
+
+/// Placed mode: one node of a cluster formed through the master.
+fn run_placed(
+    args: &Args,
+    server: ServerConfig,
+    raft_tls: Option<longship::transport::TlsPaths>,
+) -> Result<(Arc<KvNode>, String, longship_kv::placed::PlacedNode), String> {
+    let raft_addr = args
+        .raft_addr
+        .clone()
+        .ok_or("--raft-addr is required with --join")?;
+    let redis = args.redis_addr.clone().ok_or("--redis-addr is required")?;
+    if !is_loopback(&redis) && server.requirepass.is_none() && !args.tls && !args.insecure {
+        return Err(format!(
+            "refusing to serve Redis clients on {redis} without a password or TLS: give --requirepass-file (or --requirepass) or --tls, or --insecure to serve anyone who can connect"
+        ));
+    }
+    let master = match &args.master_peers {
+        None => None,
+        Some(p) => Some(longship_kv::placed::MasterSpec {
+            replica_id: args
+                .node_id
+                .ok_or("--node-id is required with --master-peers")?,
+            members: parse_peers(p).map_err(|e| format!("--master-peers: {e}"))?,
+            rpc_addr: args
+                .master_addr
+                .clone()
+                .ok_or("--master-addr is required")?,
+            dead_after: std::time::Duration::from_millis(args.dead_after_ms),
+        }),
+    };
+    let spec = longship_kv::placed::PlacedSpec {
+        raft_addr: raft_addr.clone(),
+        redis_addr: redis.clone(),
+        join: args.join.clone(),
+        master,
+        shards: args.shards,
+        data_dir: args.data_dir.clone().unwrap_or_else(|| {
+            PathBuf::from(format!("longship-data/{}", raft_addr.replace(':', "_")))
+        }),
+        rtt_ms: args.rtt_ms,
+        snapshot_entries: args.snapshot_entries,
+        lease_reads: args.lease_reads,
+        server,
+        raft_tls,
+        report_interval: std::time::Duration::from_millis(args.report_interval_ms.max(10)),
+    };
+    let placed = longship_kv::placed::start_placed(&spec)?;
+    println!(
+        "longship-kv: placed node: raft {raft_addr} redis {redis}, master at {}",
+        args.join.join(",")
+    );
+    Ok((placed.node.clone(), redis, placed))
 }
 
 /// A size in bytes: a number with an optional k/kb/m/mb/g/gb suffix (powers of 1024, as Redis).
@@ -261,6 +383,9 @@ fn run(args: Args, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
         }
         return Ok(());
     }
+    if let Some(Sub::Cluster { master, action }) = &args.command {
+        return cluster_command(master, action);
+    }
     let tls_files = match (
         &args.tls_cert_file,
         &args.tls_key_file,
@@ -285,12 +410,21 @@ fn run(args: Args, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
         key_file: f.key_file.clone(),
     });
     let mut nodes: Vec<(Arc<KvNode>, String)> = Vec::new();
-    let local = args.node_id.is_none() && args.raft_addr.is_none() && args.peers.is_none();
+    // Keeps the placed node's reporter, master and directory running.
+    let mut _placed = None;
+    let local = args.node_id.is_none()
+        && args.raft_addr.is_none()
+        && args.peers.is_none()
+        && args.join.is_empty();
     if args.shards == 0 || args.shards > longship_kv::slots::SLOTS {
         return Err("--shards must be in 1..=16384 (one hash slot at least per shard)".into());
     }
     let mut server = args.server_config()?;
-    if local {
+    if !args.join.is_empty() {
+        let (node, redis, placed) = run_placed(&args, server, raft_tls)?;
+        nodes.push((node, redis));
+        _placed = Some(placed);
+    } else if local {
         let peers: BTreeMap<u64, String> = (1..=3)
             .map(|i| (i, format!("127.0.0.1:{}", 27378 + i)))
             .collect();

@@ -193,6 +193,15 @@ impl ServerConfig {
 
 pub use crate::slots::shard_of;
 
+/// Where shards without a local replica are served (placed mode, see
+/// [`crate::placed`]): the Redis address of the node a client is sent to
+/// with `-MOVED`.
+pub trait ShardDirectory: Send + Sync {
+    /// The Redis address of a node serving `shard` (its leader's when
+    /// known), or `None` when unknown.
+    fn redis_addr(&self, shard: ShardId) -> Option<String>;
+}
+
 /// One kv node: a NodeHost with a replica of every shard.
 pub struct KvNode {
     /// The NodeHost.
@@ -223,6 +232,8 @@ pub struct KvNode {
     quiesced: Mutex<(Option<Instant>, std::collections::BTreeSet<ShardId>)>,
     /// NodeHosts of the same cluster in this process, by node id.
     local_hosts: OnceLock<Vec<(u64, Arc<NodeHost>)>>,
+    /// Placed mode: where the shards without a local replica are.
+    directory: OnceLock<Arc<dyn ShardDirectory>>,
 }
 
 impl KvNode {
@@ -254,7 +265,21 @@ impl KvNode {
             sweeper: std::sync::atomic::AtomicBool::new(false),
             quiesced: Mutex::new((None, Default::default())),
             local_hosts: OnceLock::new(),
+            directory: OnceLock::new(),
         })
+    }
+
+    /// Placed mode ([`crate::placed`]): shards live on some nodes only; a
+    /// request for a shard without a local replica gets `-MOVED` to the
+    /// node `directory` names, on every connection. Set once; later calls
+    /// are ignored.
+    pub fn set_directory(&self, directory: Arc<dyn ShardDirectory>) {
+        let _ = self.directory.set(directory);
+    }
+
+    /// Whether the node runs in placed mode.
+    fn placed(&self) -> bool {
+        self.directory.get().is_some()
     }
 
     /// Tells the node about the NodeHosts of its cluster that run in this
@@ -769,6 +794,13 @@ impl KvNode {
 
     /// Whether this node leads `shard` now.
     pub fn leads(&self, shard: ShardId) -> bool {
+        if self.placed() {
+            // Replica ids are not node ids there.
+            return self
+                .nh
+                .raft_status(shard)
+                .is_ok_and(|s| s.role == longship::Role::Leader);
+        }
         self.leader_of(shard) == Some(self.node_id)
     }
 
@@ -823,6 +855,17 @@ impl KvNode {
         let Some(slot) = same_slot(keys)? else {
             return Ok(());
         };
+        if let Some(dir) = self.directory.get() {
+            let shard = shard_of_slot(slot, self.shards);
+            if self.nh.raft_status(shard).is_err() {
+                self.moved.fetch_add(1, Ordering::Relaxed);
+                return Err(match dir.redis_addr(shard) {
+                    Some(addr) => Reply::Error(format!("MOVED {slot} {addr}")),
+                    None => Reply::Error("CLUSTERDOWN Hash slot not served".into()),
+                });
+            }
+            return Ok(());
+        }
         if readonly && !write {
             return Ok(());
         }
@@ -1837,7 +1880,7 @@ fn plan(node: &KvNode, state: &mut ConnState, args: &[Vec<u8>], round: &mut Roun
     if !state.authed && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
         return now(Reply::Error("NOAUTH Authentication required.".into()));
     }
-    let cluster_mode = state.cluster || node.config.cluster_redirects;
+    let cluster_mode = state.cluster || node.config.cluster_redirects || node.placed();
     let keys = info.keys(args);
     // Inside MULTI: data commands are queued, checked like any other.
     if let Some(queued) = &mut state.multi
