@@ -7,8 +7,10 @@
 //! entries that a quorum counted on it holding; were it to vote for a
 //! candidate that also lacks them, a committed entry could be lost. So the
 //! storage hands the replica a [`RecoveryGuard`], and until the guard is
-//! lifted the replica neither grants votes or pre-votes nor campaigns
-//! (nor accepts a leadership transfer). It still follows a leader,
+//! lifted the replica never campaigns (nor accepts a leadership transfer)
+//! and grants votes and pre-votes only to candidates whose logs are at
+//! least as up to date as the log it had before the damage
+//! ([`RecoveryGuard::allows_vote_for`]). It still follows a leader,
 //! appends, acknowledges and applies: its shard keeps working with the
 //! other replicas.
 //!
@@ -48,6 +50,26 @@ impl RecoveryGuard {
                 _ => None,
             },
             restart_term: self.restart_term.max(other.restart_term),
+        }
+    }
+
+    /// Whether a candidate whose log ends at (`last_index`, `last_term`)
+    /// may get this replica's vote while the guard holds: only if that log
+    /// is at least as up to date (Raft §5.4.1) as the log the replica had
+    /// before the damage, which ended at `acked_through` with a term of at
+    /// most `restart_term` (the term the storage restored, at least that
+    /// of any entry it held). Then the election restriction's argument
+    /// (Raft §5.4.3) holds with that log in place of the damaged one: the
+    /// candidate holds every entry the replica helped commit. With the
+    /// extent unknown, the lost entries' terms are unknown too (their hard
+    /// state may be lost with them): no vote.
+    pub fn allows_vote_for(&self, last_index: Index, last_term: Term) -> bool {
+        match self.acked_through {
+            Some(a) => {
+                last_term > self.restart_term
+                    || (last_term == self.restart_term && last_index >= a)
+            }
+            None => false,
         }
     }
 

@@ -112,9 +112,12 @@ impl<L: LogReader> Raft<L> {
         // witnesses, and a replica that has not applied its own promotion yet
         // must still be able to help elect a leader.
         // A replica under a recovery guard may lack entries it helped
-        // commit: its vote could elect a leader without them.
+        // commit: it votes only for a log at least as up to date as the
+        // one it had before the damage (`RecoveryGuard::allows_vote_for`).
         let grant = can_vote
-            && self.recovery_guard.is_none()
+            && self
+                .recovery_guard
+                .is_none_or(|g| g.allows_vote_for(m.log_index, m.log_term))
             && self.log.is_up_to_date(m.log_index, m.log_term);
         // Every answer tells the candidate how much of its log we know is
         // committed, and the term there (see `learn_commit`).

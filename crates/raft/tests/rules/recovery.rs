@@ -11,14 +11,15 @@ fn guard(acked_through: u64, restart_term: u64) -> RecoveryGuard {
     }
 }
 
-/// A guarded replica grants neither votes nor pre-votes, even to a
-/// candidate whose log is up to date, and still answers (with a reject).
+/// A guarded replica grants neither votes nor pre-votes to a candidate
+/// whose log is up to date with its damaged log but behind the log it had
+/// before the damage, and still answers (with a reject).
 #[test]
 fn guarded_replica_grants_no_vote_or_pre_vote() {
     for pre in [false, true] {
         let mut v = replica(cfg(3), &[1, 1, 1], 1, 3);
         v.set_recovery_guard(guard(5, 1));
-        let mut m = vote_request(1, 3, 2, (9, 1));
+        let mut m = vote_request(1, 3, 2, (4, 1));
         if pre {
             m.msg_type = MessageType::RequestPreVote;
         }
@@ -28,6 +29,28 @@ fn guarded_replica_grants_no_vote_or_pre_vote() {
         assert!(resp.reject, "guarded replica granted a vote (pre: {pre})");
         assert_eq!(v.hard_state().vote, ReplicaId::NONE);
     }
+}
+
+/// A guarded replica votes for a candidate whose log is at least as up to
+/// date as the one it had before the damage (it holds every entry the
+/// replica could have helped commit): a later last term, or the same term
+/// and at least the acknowledged index. With the extent unknown, never.
+#[test]
+fn guarded_replica_votes_for_a_log_past_what_it_lost() {
+    for (last, granted) in [((5, 1), true), ((9, 1), true), ((2, 2), true), ((4, 1), false)] {
+        let mut v = replica(cfg(3), &[1, 1, 1], 1, 3);
+        v.set_recovery_guard(guard(5, 1));
+        v.step(vote_request(1, 3, 2, last));
+        let u = cycle(&mut v);
+        assert_eq!(!only_message(&u).reject, granted, "candidate at {last:?}");
+    }
+    let mut v = replica(cfg(3), &[1, 1, 1], 1, 3);
+    v.set_recovery_guard(RecoveryGuard {
+        acked_through: None,
+        restart_term: Term(1),
+    });
+    v.step(vote_request(1, 3, 2, (100, 1)));
+    assert!(only_message(&cycle(&mut v)).reject);
 }
 
 /// A guarded replica never campaigns: not on election timeout, not on

@@ -222,7 +222,8 @@ impl Sim {
         let damage = self.hosts[h].nh.is_some()
             && self.plan.tail_damage_per_crash > 0.0
             && self.damage_rng.chance(self.plan.tail_damage_per_crash)
-            && !self.any_replica_guarded();
+            && !self.any_replica_guarded()
+            && self.full_copies_survive(h);
         let slot = &mut self.hosts[h];
         slot.fs.crash_after_op(Some(slot.fs.op_count()));
         let was_running = slot.nh.take().is_some();
@@ -265,6 +266,20 @@ impl Sim {
                         .iter()
                         .any(|s| s.recovery_guard.is_some())
                 })
+        })
+    }
+
+    /// Whether every shard host `h` serves keeps a full copy of each
+    /// committed entry if `h` loses what it acknowledged last: no witness
+    /// (which holds no payloads) and at least three voters. Otherwise the
+    /// lost entry may be gone from every full replica; the shard then
+    /// stops rather than lose it (docs/recovery.md), which is what it must
+    /// do, but not what a run that must finish can show.
+    fn full_copies_survive(&self, h: usize) -> bool {
+        self.hosts[h].nh.as_ref().is_some_and(|nh| {
+            nh.get_node_host_info().shards.iter().all(|s| {
+                s.membership.witnesses.is_empty() && s.membership.voters.len() >= 3
+            })
         })
     }
 

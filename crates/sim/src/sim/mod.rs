@@ -640,6 +640,9 @@ impl Sim {
                 if s.quiesced {
                     out.push_str("    (quiesced)\n");
                 }
+                if let Some(g) = s.recovery_guard {
+                    out.push_str(&format!("    (recovery guard {g:?})\n"));
+                }
             }
         }
         out
