@@ -66,8 +66,7 @@ impl RecoveryGuard {
     pub fn allows_vote_for(&self, last_index: Index, last_term: Term) -> bool {
         match self.acked_through {
             Some(a) => {
-                last_term > self.restart_term
-                    || (last_term == self.restart_term && last_index >= a)
+                last_term > self.restart_term || (last_term == self.restart_term && last_index >= a)
             }
             None => false,
         }

@@ -240,7 +240,7 @@ fn check_recovery(sc: &Scenario, fs: &Arc<dyn FileSystem>, ctx: &str) -> Outcome
             // The file ends inside the batch: its fsync never completed.
             assert!(!d.replicas_unknown, "{ctx}: {d}");
             assert_same(&got, &sc.before, ctx);
-            for (k, _) in &sc.before.replicas {
+            for k in sc.before.replicas.keys() {
                 let st = wal.read_state(k.0, k.1).unwrap();
                 assert_eq!(st.recovery, None, "{ctx}: torn, yet {k:?} guarded");
             }

@@ -37,7 +37,12 @@ fn guarded_replica_grants_no_vote_or_pre_vote() {
 /// and at least the acknowledged index. With the extent unknown, never.
 #[test]
 fn guarded_replica_votes_for_a_log_past_what_it_lost() {
-    for (last, granted) in [((5, 1), true), ((9, 1), true), ((2, 2), true), ((4, 1), false)] {
+    for (last, granted) in [
+        ((5, 1), true),
+        ((9, 1), true),
+        ((2, 2), true),
+        ((4, 1), false),
+    ] {
         let mut v = replica(cfg(3), &[1, 1, 1], 1, 3);
         v.set_recovery_guard(guard(5, 1));
         v.step(vote_request(1, 3, 2, last));

@@ -277,9 +277,10 @@ impl Sim {
     /// do, but not what a run that must finish can show.
     fn full_copies_survive(&self, h: usize) -> bool {
         self.hosts[h].nh.as_ref().is_some_and(|nh| {
-            nh.get_node_host_info().shards.iter().all(|s| {
-                s.membership.witnesses.is_empty() && s.membership.voters.len() >= 3
-            })
+            nh.get_node_host_info()
+                .shards
+                .iter()
+                .all(|s| s.membership.witnesses.is_empty() && s.membership.voters.len() >= 3)
         })
     }
 
