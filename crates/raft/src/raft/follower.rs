@@ -100,9 +100,16 @@ impl<L: LogReader> Raft<L> {
     }
 
     pub(super) fn handle_heartbeat(&mut self, m: Message) {
-        // The leader sends min(match, commit), so this never exceeds what matches.
+        // The leader sends min(match, commit), so this never exceeds what
+        // matches — unless we lost entries it matched (a recovery guard):
+        // the damage may have brought back older entries the leader's log
+        // replaced, so our log up to its match index is not known to match.
+        // Then the commit index advances only with appends, whose previous
+        // entry is checked (Raft §5.3).
         let last = self.log.last_index();
-        self.log.commit_to(m.commit.min(last));
+        if self.recovery_guard.is_none() {
+            self.log.commit_to(m.commit.min(last));
+        }
         if m.commit > last && self.recovery_guard.is_some() {
             // We lost entries the leader believes we hold (it matched us
             // past our log): tell it where our log ends, or it never sends

@@ -369,13 +369,16 @@ impl<L: LogReader> Raft<L> {
             return;
         };
         pr.recent_active = true;
-        if m.reject && m.context == crate::message::LOG_LOST && m.hint < pr.match_index {
-            // The follower's storage lost entries it had acknowledged
-            // (docs/recovery.md): our match index for it is too high. Lower
-            // it and probe from its last index. Our commit index stays: it
-            // never decreases, and the follower votes for nobody until it
-            // holds what it lost again.
-            pr.forget_match_after(m.hint);
+        // The follower's storage lost entries it had acknowledged
+        // (docs/recovery.md): our match index for it may be too high. What
+        // still matches ends at its hint, and below the index whose append
+        // it rejected (the damage can bring back an older entry there, one
+        // our log replaced). Lower the match index and probe from there.
+        // Our commit index stays: it never decreases, and the follower's
+        // vote is restricted until it holds what it lost again.
+        let floor = m.hint.min(m.log_index.prev());
+        if m.reject && m.context == crate::message::LOG_LOST && floor < pr.match_index {
+            pr.forget_match_after(floor);
             self.send_append(m.from, false);
             return;
         }

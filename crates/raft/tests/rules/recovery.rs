@@ -228,3 +228,60 @@ fn leader_resends_what_a_guarded_follower_lost() {
     assert!(c.raft(2).recovery_guard().is_none());
     assert!(c.raft(1).is_leader(), "the leader was disturbed");
 }
+
+/// The damage can bring back an older entry that the leader's log replaced
+/// (the batch that overwrote it was lost): the guarded follower then
+/// rejects an append at an index the leader counted as matched. Its
+/// `LOG_LOST` rejection lowers the leader's match index below that index,
+/// and the leader probes again from there.
+#[test]
+fn log_lost_rejection_at_the_match_index_lowers_it_below() {
+    let mut l = replica(cfg(1), &[1, 1, 1], 1, 3);
+    make_leader(&mut l, &[2]);
+    // 2 acknowledged everything (the no-op at 4).
+    l.step(Message {
+        log_index: Index(4),
+        ..msg(MessageType::ReplicateResp, 2, 1, 2)
+    });
+    cycle(&mut l);
+    assert_eq!(l.progress()[&r(2)].match_index, Index(4));
+    // Now it rejects the append after 4: its entry at 4 is another one.
+    l.step(Message {
+        log_index: Index(4),
+        reject: true,
+        hint: Index(4),
+        hint_term: Term(1),
+        context: LOG_LOST,
+        ..msg(MessageType::ReplicateResp, 2, 1, 2)
+    });
+    assert_eq!(l.progress()[&r(2)].match_index, Index(3));
+    let u = cycle(&mut l);
+    let probe = all_messages(&u)
+        .into_iter()
+        .find(|m| m.msg_type == MessageType::Replicate && m.to == r(2))
+        .expect("an append to 2");
+    assert_eq!(probe.log_index, Index(3), "probes after what still matches");
+}
+
+/// A heartbeat's commit index is the leader's match index for us, which
+/// the damage may have made wrong: the entries we hold up to it may be
+/// older ones the leader's log replaced. A guarded follower advances its
+/// commit index only with appends, whose previous entry is checked
+/// (found by the simulator: a guarded follower committed, and applied, an
+/// entry the shard had replaced).
+#[test]
+fn guarded_follower_does_not_commit_from_heartbeats() {
+    let mut f = replica(cfg(2), &[1, 1, 1, 1], 2, 3);
+    f.set_recovery_guard(guard(5, 2));
+    f.step(heartbeat(1, 2, 2, 4));
+    cycle(&mut f);
+    assert_eq!(
+        f.log().committed(),
+        Index(3),
+        "committed an unchecked entry"
+    );
+    // An append whose previous entry matches does commit.
+    f.step(append(1, 2, 2, (4, 1), vec![ent(5, 2)], 5));
+    cycle(&mut f);
+    assert_eq!(f.log().committed(), Index(5));
+}

@@ -8,10 +8,10 @@ pub use bytes::Bytes;
 pub use longship_raft::testkit::{Cluster, ClusterOptions, TEST_SHARD};
 pub use longship_raft::{
     CAMPAIGN_TRANSFER, ConfigChange, ConfigChangeRejected, ConfigChangeType, ConfigError,
-    ENTRY_OVERHEAD_BYTES, Entry, EntryType, HardState, INDEX_MAX, Index, LogReader, MemLog,
-    Membership, Message, MessageType, ProgressState, ProposalError, Raft, RaftConfig, RaftLog,
-    ReadState, RecoveryGuard, ReplicaId, Role, SnapshotMeta, TERM_JUMP_MAX, TERM_MAX, Term, Update,
-    bootstrap_entries,
+    ENTRY_OVERHEAD_BYTES, Entry, EntryType, HardState, INDEX_MAX, Index, LOG_LOST, LogReader,
+    MemLog, Membership, Message, MessageType, ProgressState, ProposalError, Raft, RaftConfig,
+    RaftLog, ReadState, RecoveryGuard, ReplicaId, Role, SnapshotMeta, TERM_JUMP_MAX, TERM_MAX,
+    Term, Update, bootstrap_entries,
 };
 
 pub const ELECTION: u64 = 10;
