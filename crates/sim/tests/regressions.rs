@@ -113,3 +113,15 @@ fn seed_7002790_a_replica_that_lost_acknowledged_entries_does_not_vote_them_away
 fn seed_7002897_a_replica_that_lost_acknowledged_entries_does_not_diverge() {
     must_pass(7002897, 3000);
 }
+
+/// Protocol-aware recovery, found by the tail-damage fault: a follower
+/// whose damaged batch had replaced an old entry got the old entry back,
+/// while the leader still counted it as matched there. The follower took
+/// the leader's heartbeat commit index (its match index) and applied the
+/// replaced entry; the replicas diverged. Fixed in the core: a guarded
+/// follower commits only through appends, and its LOG_LOST rejection at
+/// the match index lowers the leader's match index below it.
+#[test]
+fn seed_8013877_a_damaged_follower_never_applies_a_replaced_entry() {
+    must_pass(8013877, 3000);
+}
