@@ -262,6 +262,20 @@ impl Sim {
         slot.nh.as_ref()
     }
 
+    /// Whether a replica of shard `si` runs under a recovery guard, or is
+    /// on a host whose log was damaged and has not started since.
+    fn shard_recovering(&self, si: usize) -> bool {
+        let shard = self.shards[si].id;
+        self.hosts.iter().any(|slot| match &slot.nh {
+            None => slot.damaged && slot.hosted.contains_key(&shard),
+            Some(nh) => nh
+                .get_node_host_info()
+                .shards
+                .iter()
+                .any(|s| s.shard_id == shard && s.recovery_guard.is_some()),
+        })
+    }
+
     fn attempt<T>(
         &mut self,
         si: usize,
@@ -778,6 +792,15 @@ impl Sim {
                     change,
                     attempt,
                     retry_at,
+                },
+                // No membership change while a replica of the shard
+                // recovers from a damaged log: the change could leave the
+                // entry it lost on no full replica (docs/recovery.md), a
+                // stop by design that a run must not count as a failure.
+                None if self.shard_recovering(si) => AdminState::Change {
+                    change,
+                    attempt,
+                    retry_at: self.round + super::ROUNDS_PER_TICK,
                 },
                 None => {
                     let addr = match change {
