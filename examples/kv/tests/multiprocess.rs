@@ -467,17 +467,9 @@ fn wait_ready(addr: &str) {
 fn kill9_during_writes_loses_nothing_and_history_is_linearizable() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = cluster(dir.path(), false);
-    for n in nodes.iter_mut() {
-        n.start();
-    }
-    let addrs: Vec<String> = nodes.iter().map(|n| n.redis.clone()).collect();
-    for a in &addrs {
-        wait_ready(a);
-    }
-    let start = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let history: History = Arc::new(Mutex::new(Vec::new()));
-    let clients = start_clients(&addrs, &stop, &history, start);
+    let addrs = start_all(&mut nodes);
+    let load = Load::start(&addrs);
+    let (history, start) = (load.history.clone(), load.start);
     std::thread::sleep(Duration::from_secs(2));
     let victim = &mut nodes[1];
     assert_eq!(victim.id, 2);
@@ -485,10 +477,7 @@ fn kill9_during_writes_loses_nothing_and_history_is_linearizable() {
     std::thread::sleep(Duration::from_secs(2));
     victim.start();
     std::thread::sleep(Duration::from_secs(3));
-    stop.store(true, Ordering::Release);
-    for c in clients {
-        c.join().unwrap();
-    }
+    load.stop();
     wait_ready(&addrs[1]);
     let keys = check_final_history(&addrs, &history, start);
 
@@ -543,17 +532,9 @@ fn pause_and_one_way_partition_keep_history_linearizable() {
         1 + (pid / 25_000) % 250
     );
     let mut nodes = cluster_on(dir.path(), false, ["127.0.0.1", "127.0.0.1", &ip3]);
-    for n in nodes.iter_mut() {
-        n.start();
-    }
-    let addrs: Vec<String> = nodes.iter().map(|n| n.redis.clone()).collect();
-    for a in &addrs {
-        wait_ready(a);
-    }
-    let start = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let history: History = Arc::new(Mutex::new(Vec::new()));
-    let clients = start_clients(&addrs, &stop, &history, start);
+    let addrs = start_all(&mut nodes);
+    let load = Load::start(&addrs);
+    let (history, start) = (load.history.clone(), load.start);
     std::thread::sleep(Duration::from_secs(2));
 
     // Paused for 2 s: about ten election timeouts at the default RTT.
@@ -581,10 +562,7 @@ fn pause_and_one_way_partition_keep_history_linearizable() {
         ),
     }
     std::thread::sleep(Duration::from_secs(2));
-    stop.store(true, Ordering::Release);
-    for c in clients {
-        c.join().unwrap();
-    }
+    load.stop();
     for a in &addrs {
         wait_ready(a);
     }
@@ -622,17 +600,9 @@ fn pause_and_one_way_partition_keep_history_linearizable() {
 fn bit_flip_in_the_last_record_of_a_stopped_node_is_reported_and_guarded() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = cluster(dir.path(), false);
-    for n in nodes.iter_mut() {
-        n.start();
-    }
-    let addrs: Vec<String> = nodes.iter().map(|n| n.redis.clone()).collect();
-    for a in &addrs {
-        wait_ready(a);
-    }
-    let start = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let history: History = Arc::new(Mutex::new(Vec::new()));
-    let clients = start_clients(&addrs, &stop, &history, start);
+    let addrs = start_all(&mut nodes);
+    let load = Load::start(&addrs);
+    let (history, start) = (load.history.clone(), load.start);
     std::thread::sleep(Duration::from_secs(2));
     nodes[1].kill9();
 
@@ -662,10 +632,7 @@ fn bit_flip_in_the_last_record_of_a_stopped_node_is_reported_and_guarded() {
     nodes[1].start();
     wait_ready(&addrs[1]);
     std::thread::sleep(Duration::from_secs(3));
-    stop.store(true, Ordering::Release);
-    for c in clients {
-        c.join().unwrap();
-    }
+    load.stop();
     let log = std::fs::read_to_string(&nodes[1].log).unwrap();
     assert!(
         log.contains("log storage damage found at open")
@@ -779,23 +746,59 @@ fn check_final_history(addrs: &[String], history: &History, start: Instant) -> V
     keys
 }
 
-/// Starts six plain and three pipelining clients over `addrs`.
-fn start_clients(
-    addrs: &[String],
-    stop: &Arc<AtomicBool>,
-    history: &History,
+/// Starts every node and waits until each serves; returns their Redis
+/// addresses.
+fn start_all(nodes: &mut [Node]) -> Vec<String> {
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    let addrs: Vec<String> = nodes.iter().map(|n| n.redis.clone()).collect();
+    for a in &addrs {
+        wait_ready(a);
+    }
+    addrs
+}
+
+/// Six plain and three pipelining clients running over a cluster, each
+/// recording its operations in `history`.
+struct Load {
     start: Instant,
-) -> Vec<std::thread::JoinHandle<()>> {
-    (1..=9u64)
-        .map(|id| {
-            let (a, s, h) = (addrs.to_vec(), stop.clone(), history.clone());
-            if id <= 6 {
-                std::thread::spawn(move || client_loop(id, a, s, h, start))
-            } else {
-                std::thread::spawn(move || pipelining_client_loop(id, a, s, h, start))
-            }
-        })
-        .collect()
+    stop: Arc<AtomicBool>,
+    history: History,
+    clients: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts the clients over `addrs`.
+    fn start(addrs: &[String]) -> Load {
+        let start = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let history: History = Arc::new(Mutex::new(Vec::new()));
+        let clients = (1..=9u64)
+            .map(|id| {
+                let (a, s, h) = (addrs.to_vec(), stop.clone(), history.clone());
+                if id <= 6 {
+                    std::thread::spawn(move || client_loop(id, a, s, h, start))
+                } else {
+                    std::thread::spawn(move || pipelining_client_loop(id, a, s, h, start))
+                }
+            })
+            .collect();
+        Load {
+            start,
+            stop,
+            history,
+            clients,
+        }
+    }
+
+    /// Stops the clients and waits for them.
+    fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        for c in self.clients {
+            c.join().unwrap();
+        }
+    }
 }
 
 fn tool(name: &str) -> Command {
