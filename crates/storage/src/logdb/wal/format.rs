@@ -235,6 +235,24 @@ pub fn check_record(buf: &[u8], seed: u32) -> Result<RecordHeader, RecordError> 
 /// answer is `true`: the damage is reported as corruption, never cut away
 /// as a torn tail.
 pub fn valid_record_after(buf: &[u8], from: usize, seed: u32) -> bool {
+    let mut found = false;
+    let scanned = scan_valid_records(buf, from, seed, |_, _| {
+        found = true;
+        std::ops::ControlFlow::Break(())
+    });
+    scanned.is_err() || found
+}
+
+/// The search behind [`valid_record_after`] and [`valid_records_after`]:
+/// calls `visit` with each valid record starting in `buf[from..]` (offset
+/// and header) until it breaks. `Err(())` when the checksum budget ran out
+/// first.
+fn scan_valid_records(
+    buf: &[u8],
+    from: usize,
+    seed: u32,
+    mut visit: impl FnMut(usize, RecordHeader) -> std::ops::ControlFlow<()>,
+) -> Result<(), ()> {
     let mut p = from;
     let mut budget = 2 * buf.len() as u64 + 4096;
     while p + RECORD_HEADER_BYTES <= buf.len() {
@@ -248,16 +266,18 @@ pub fn valid_record_after(buf: &[u8], from: usize, seed: u32) -> bool {
             && RECORD_HEADER_BYTES as u64 + len <= h.len() as u64;
         if plausible {
             if budget < len {
-                return true;
+                return Err(());
             }
             budget -= len;
-            if check_record(h, seed).is_ok() {
-                return true;
+            if let Ok(rh) = check_record(h, seed)
+                && visit(p, rh).is_break()
+            {
+                return Ok(());
             }
         }
         p += 1;
     }
-    false
+    Ok(())
 }
 
 fn put_key(key: Key, out: &mut Vec<u8>) {
@@ -1051,28 +1071,10 @@ pub(crate) fn valid_records_after(
     seed: u32,
 ) -> Result<Vec<(usize, RecordHeader)>, ()> {
     let mut out = Vec::new();
-    let mut p = from;
-    let mut budget = 2 * buf.len() as u64 + 4096;
-    while p + RECORD_HEADER_BYTES <= buf.len() {
-        let h = &buf[p..];
-        let len = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes")) as u64;
-        let plausible = (KIND_CHECKPOINT..=KIND_MAX).contains(&h[8])
-            && h[9] & !FLAG_LAST == 0
-            && h[10] == 0
-            && h[11] == 0
-            && len <= RECORD_PAYLOAD_MAX as u64
-            && RECORD_HEADER_BYTES as u64 + len <= h.len() as u64;
-        if plausible {
-            if budget < len {
-                return Err(());
-            }
-            budget -= len;
-            if let Ok(rh) = check_record(h, seed) {
-                out.push((p, rh));
-            }
-        }
-        p += 1;
-    }
+    scan_valid_records(buf, from, seed, |p, rh| {
+        out.push((p, rh));
+        std::ops::ControlFlow::Continue(())
+    })?;
     Ok(out)
 }
 
