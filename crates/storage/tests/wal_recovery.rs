@@ -814,8 +814,11 @@ proptest! {
             assert_recovered(&got, &before, Some(last), "random damage");
             // Torn only when the file ends inside the batch; always so
             // for a plain cut (with flips too, the bytes may say less).
+            // The design holds against one fault: two flips (one in each
+            // header copy, one making the first copy's length run past the
+            // end) can make a whole batch look torn (docs/recovery.md).
             let short = (b.len() as u64) < end;
-            prop_assert!(!d[0].torn || short);
+            prop_assert!(!d[0].torn || short || flips.len() >= 2);
             if flips.is_empty() && short {
                 prop_assert!(d[0].torn || d[0].replicas_unknown);
             }
