@@ -361,14 +361,8 @@ fn cut_at_every_offset(sc: &Scenario, what: &str) {
             match cut {
                 c if c == sc.start => assert_eq!(outcome, Outcome::Clean, "{ctx}"),
                 c if c == sc.end || unchanged => assert_eq!(outcome, Outcome::Kept, "{ctx}"),
-                // The file ends inside the batch: a torn write, told as such
-                // wherever a header copy is readable (or the file ends
-                // inside the first copy's record header). A cut inside the
-                // first copy's body looks like a flipped length: guarded.
-                _ if variant == "cut" => assert!(
-                    matches!(outcome, Outcome::Torn | Outcome::GuardedAll),
-                    "{ctx}: {outcome:?}"
-                ),
+                // The file ends inside the batch: a torn write.
+                _ if variant == "cut" => assert_eq!(outcome, Outcome::Torn, "{ctx}"),
                 // Zeros inside the file's length may hide a synced batch's
                 // lost bytes: guarded.
                 _ => assert!(
@@ -820,7 +814,7 @@ proptest! {
             let short = (b.len() as u64) < end;
             prop_assert!(!d[0].torn || short || flips.len() >= 2);
             if flips.is_empty() && short {
-                prop_assert!(d[0].torn || d[0].replicas_unknown);
+                prop_assert!(d[0].torn);
             }
             let listed: Vec<Key> = d[0].replicas.iter().map(|r| (r.shard_id, r.replica_id)).collect();
             for k in listed {

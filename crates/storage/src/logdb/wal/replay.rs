@@ -682,16 +682,16 @@ fn classify_tail(
     }
     let nonzero_end = data.iter().rposition(|&b| b != 0).map_or(pos, |i| i + 1);
     // Torn: the file ends before the batch does (by its header), or inside
-    // the first header copy's record header when neither copy is readable. A batch whose
+    // the first header copy when neither copy can be read. A batch whose
     // fsync completed is there whole: what is missing was never synced,
     // never acknowledged. (Preallocated space reads as zeros, not as an
     // end: there a cut batch looks garbled and is guarded, conservatively.)
-    // Without a readable header copy only the bytes' end can tell: the
-    // file ends inside the first copy's fixed record header. (A length
-    // running past the end proves nothing: a flipped bit in it does that.)
     let torn = match &header {
         Some((h, _)) => (data.len() as u64) < h.end(),
-        None => data.len() - pos < RECORD_HEADER_BYTES,
+        None => matches!(
+            check_record(&data[pos..], seed),
+            Err(RecordError::Incomplete)
+        ),
     };
     let header_end = header.as_ref().map_or(0, |(_, end)| *end);
     let write_at = (nonzero_end.max(header_end) as u64).next_multiple_of(8);
