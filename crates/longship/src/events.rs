@@ -84,6 +84,12 @@ pub trait EventListener: Send + Sync {
     /// data); the replicas named get a recovery guard (docs/recovery.md).
     /// Raised once per damaged region when the NodeHost starts.
     fn storage_damage_found(&self, _damage: &Damage) {}
+    /// A replica starting found one of its local snapshots damaged (a
+    /// checksum failed, a file is missing; `info.index` is that snapshot's,
+    /// `why` says what was wrong). It started from an older valid snapshot
+    /// and the log instead (docs/recovery.md); the damaged directory is
+    /// left for inspection and replaced by a later snapshot at its index.
+    fn snapshot_damaged(&self, _info: SnapshotEvent, _why: &str) {}
     /// A replica starts under a recovery guard: its storage lost data it
     /// may have acknowledged, so it neither votes nor campaigns until a
     /// leader has brought its log past that point (docs/recovery.md).

@@ -924,7 +924,17 @@ impl NodeHost {
         };
         let reader = ReplicaLog::new(host.logdb.clone(), shard, me);
         let hs: HardState = state.hard_state;
-        let snap = state.snapshot.clone();
+        let snap = if cfg.is_witness {
+            state.snapshot.clone()
+        } else {
+            crate::engine::restart_point(
+                host,
+                &snapshots,
+                &state.snapshot,
+                host.logdb.first_index(shard, me),
+            )
+            .inspect_err(|_| rsm.sm.close())?
+        };
         let mut raft = match Raft::new(raft_cfg, reader, hs, snap.membership.clone(), snap.index) {
             Ok(raft) => raft,
             Err(e) => {
@@ -974,6 +984,7 @@ impl NodeHost {
             failed: Mutex::new(None),
             unloaded: AtomicBool::new(false),
             apply_lock: Mutex::new(()),
+            apply_missed: AtomicBool::new(false),
             snapshot_save: Mutex::new(()),
             addresses: Default::default(),
             addresses_version: AtomicU64::new(u64::MAX),

@@ -302,6 +302,12 @@ pub(crate) struct Replica {
     /// snapshot worker while it captures (or, for regular state machines,
     /// saves) a snapshot.
     pub(crate) apply_lock: Mutex<()>,
+    /// An apply round found `apply_lock` taken and skipped this replica:
+    /// whoever holds the lock marks the replica for its apply worker again
+    /// when it lets go (see `engine::ApplyLock`). Without it the tasks
+    /// queued meanwhile wait until something else marks the replica,
+    /// which for an idle shard may be never.
+    pub(crate) apply_missed: AtomicBool,
     /// Held for the whole save of a snapshot: saves of one replica never
     /// overlap (two could otherwise capture the same index).
     pub(crate) snapshot_save: Mutex<()>,

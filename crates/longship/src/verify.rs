@@ -22,7 +22,7 @@ impl NodeHost {
         if r.config.is_witness {
             return Err(Error::Witness(shard));
         }
-        let _applying = r.apply_lock.lock();
+        let _applying = crate::engine::ApplyLock::lock(&self.host, &r);
         let index = r.rsm.applied().index;
         Ok(r.rsm.sm.hash().map(|h| (index, h)))
     }

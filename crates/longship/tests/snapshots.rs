@@ -468,6 +468,85 @@ fn a_damaged_snapshot_is_refused_before_the_state_machine_reads_it() {
         !recovered.load(Ordering::SeqCst),
         "the state machine read the damaged snapshot"
     );
+    // The log was compacted behind it: nothing older can replace it.
+    let msg = res.unwrap_err().to_string();
+    assert!(msg.contains("must be rebuilt"), "{msg}");
+}
+
+/// Records the damaged snapshots a restart reports.
+#[derive(Default)]
+struct DamageRecorder(parking_lot::Mutex<Vec<(Index, String)>>);
+
+impl longship::EventListener for DamageRecorder {
+    fn snapshot_damaged(&self, info: longship::events::SnapshotEvent, why: &str) {
+        self.0.lock().push((info.index, why.to_string()));
+    }
+}
+
+// A damaged newest snapshot whose entries the log still holds: the replica
+// starts from the older snapshot and re-applies the log, reaching the same
+// state, and says which snapshot it skipped.
+#[test]
+fn a_damaged_newest_snapshot_falls_back_to_an_older_one_and_the_log() {
+    let mut c = TestCluster::new(1);
+    c.start_shard(SHARD, &[1]);
+    // Compaction keeps the whole log behind both snapshots.
+    let keep_log = SnapshotOption {
+        compaction_overhead: Some(1_000),
+        ..SnapshotOption::default()
+    };
+    for i in 0..20 {
+        c.propose(1, SHARD, format!("set a{i} {i}"));
+    }
+    let older = request_snapshot(c.nh(1), keep_log.clone()).unwrap();
+    for i in 20..30 {
+        c.propose(1, SHARD, format!("set a{i} {i}"));
+    }
+    let newer = request_snapshot(c.nh(1), keep_log).unwrap();
+    assert!(newer > older);
+    c.stop_host(1);
+    let mut files = Vec::new();
+    find_files(
+        &c.host_dir(1),
+        longship_storage::snapshot::DATA_FILE_NAME,
+        &mut files,
+    );
+    let damaged = files
+        .iter()
+        .find(|f| {
+            f.to_string_lossy().ends_with(&format!(
+                "snapshot-{:016x}/{}",
+                newer.0,
+                longship_storage::snapshot::DATA_FILE_NAME
+            ))
+        })
+        .unwrap_or_else(|| panic!("no data file of snapshot {newer} in {files:?}"));
+    let mut data = std::fs::read(damaged).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0x40;
+    std::fs::write(damaged, data).unwrap();
+
+    let rec = Arc::new(DamageRecorder::default());
+    let nh = NodeHost::builder(c.host_config(1))
+        .transport(Arc::new(c.net.transport(&addr(1))))
+        .event_listener(rec.clone())
+        .build()
+        .unwrap();
+    c.hosts.insert(1, nh);
+    c.start_replica_on(1, Start::Restart, config(SHARD, 1));
+    // Started from the older snapshot, then the log: every command applied
+    // exactly once.
+    assert_eq!(shard_state(&c, 1).1, older.0);
+    assert_eq!(count(&c, 1), 30);
+    assert_eq!(c.read(1, SHARD, "get a0"), b"0");
+    assert_eq!(c.read(1, SHARD, "get a29"), b"29");
+    let seen = rec.0.lock().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].0, newer);
+    // The next snapshot replaces the damaged one.
+    c.propose(1, SHARD, "set b 1");
+    let next = request_snapshot(c.nh(1), SnapshotOption::default()).unwrap();
+    assert!(next > newer);
 }
 
 // A stream announcing more than the receiver's max_snapshot_bytes is

@@ -98,7 +98,15 @@ impl<L: LogReader> RaftLog<L> {
         let snap_index = reader.snapshot().index;
         let last = reader.last_index();
         let committed = commit.max(snap_index).min(last);
-        let applied = applied.max(snap_index).min(committed);
+        // Applied below the recorded snapshot only where the log still holds
+        // every entry after it: a replica whose newest snapshot is damaged
+        // restarts from an older one and re-applies (docs/recovery.md).
+        let applied = if applied.next() >= reader.first_index() {
+            applied
+        } else {
+            applied.max(snap_index)
+        }
+        .min(committed);
         RaftLog {
             unstable: Unstable {
                 snapshot: None,

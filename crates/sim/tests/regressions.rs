@@ -125,3 +125,15 @@ fn seed_7002897_a_replica_that_lost_acknowledged_entries_does_not_diverge() {
 fn seed_8013877_a_damaged_follower_never_applies_a_replaced_entry() {
     must_pass(8013877, 3000);
 }
+
+/// A torn newest batch (the file ends inside it) was followed by a repair
+/// batch; the host's start then failed on an injected I/O error while that
+/// repair batch was being written, and the next crash kept part of it. At
+/// the next open the file no longer ended inside the torn batch, which was
+/// judged damaged (possibly acknowledged) and guarded a replica of a shard
+/// of two voters and a witness: no leader could ever be elected again.
+/// Fixed in the WAL: a torn tail is cut off (truncated), never followed.
+#[test]
+fn seed_8156408_an_ordinary_crash_during_repair_guards_nobody() {
+    must_pass(8156408, 3000);
+}

@@ -102,3 +102,31 @@ fn every_snapshot_damaged_or_none_needs_a_log_from_index_one() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A snapshot newer than the one the log storage recorded (committed, then
+/// a crash before it was recorded) is never the restart point.
+#[test]
+fn restart_ignores_snapshots_newer_than_the_recorded_one() {
+    let fs = mem_fs();
+    let store = open_store(&fs, Path::new("/s"));
+    write_snapshot(&store, 10, &bytes(10, 500), &[]);
+    write_snapshot(&store, 20, &bytes(20, 500), &[]);
+    let got = store
+        .load_for_restart_upto(Index(10), Index(1), Verify::Full)
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.info.meta.index, Index(10));
+    assert!(got.skipped.is_empty());
+    let got = store
+        .load_for_restart_upto(Index(20), Index(1), Verify::Full)
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.info.meta.index, Index(20));
+    // Nothing at or below: as if there were no snapshot.
+    assert!(
+        store
+            .load_for_restart_upto(Index(9), Index(1), Verify::Full)
+            .unwrap()
+            .is_none()
+    );
+}

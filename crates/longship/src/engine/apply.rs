@@ -17,6 +17,50 @@ use crate::sm::SmResult;
 /// Most apply tasks one replica gets per apply round (fairness between shards).
 const APPLY_TASKS_PER_ROUND: usize = 64;
 
+// ---------------------------------------------------------------- apply lock
+
+/// A replica's apply lock held by anyone but its apply worker (a snapshot
+/// save, an inline apply, a hash read). An apply round that finds the lock
+/// taken skips the replica rather than wait (its other shards go on);
+/// letting go of this guard marks the replica again if a round did so.
+pub(crate) struct ApplyLock<'a> {
+    guard: Option<parking_lot::MutexGuard<'a, ()>>,
+    host: &'a HostState,
+    r: &'a Replica,
+}
+
+impl<'a> ApplyLock<'a> {
+    /// Waits for the apply lock of `r`.
+    pub(crate) fn lock(host: &'a HostState, r: &'a Replica) -> ApplyLock<'a> {
+        ApplyLock {
+            guard: Some(r.apply_lock.lock()),
+            host,
+            r,
+        }
+    }
+
+    /// The apply lock of `r` if it is free.
+    pub(crate) fn try_lock(host: &'a HostState, r: &'a Replica) -> Option<ApplyLock<'a>> {
+        let guard = r.apply_lock.try_lock()?;
+        Some(ApplyLock {
+            guard: Some(guard),
+            host,
+            r,
+        })
+    }
+}
+
+impl Drop for ApplyLock<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        // After the release: a round that sets the flag later finds the
+        // lock free on its second try (see `ApplyWorker::run_once`).
+        if self.r.apply_missed.swap(false, Ordering::AcqRel) {
+            self.host.mark_apply(self.r.shard_id);
+        }
+    }
+}
+
 // ---------------------------------------------------------------- apply
 
 /// Applies committed entries of the shards of one apply worker.
@@ -40,11 +84,20 @@ impl ApplyWorker {
             if r.is_closed() || r.failed.lock().is_some() {
                 continue;
             }
-            // A regular state machine being snapshotted: come back later
-            // (the snapshot worker marks the shard when it is done), and do
-            // not block the other shards of this worker meanwhile.
-            let Some(guard) = r.apply_lock.try_lock() else {
-                continue;
+            // A regular state machine being snapshotted (or a hash read, an
+            // inline apply): come back later, and do not block the other
+            // shards of this worker meanwhile. The holder marks the shard
+            // again when it lets go (`ApplyLock`); the second try covers a
+            // release between the first try and the flag.
+            let guard = match r.apply_lock.try_lock() {
+                Some(g) => g,
+                None => {
+                    r.apply_missed.store(true, Ordering::Release);
+                    match r.apply_lock.try_lock() {
+                        Some(g) => g,
+                        None => continue,
+                    }
+                }
             };
             let mut done = 0;
             let mut more = false;
@@ -250,4 +303,58 @@ pub(crate) fn recover_from_store(r: &Replica, meta: &SnapshotMeta) -> Result<(),
     // file could change between the two reads).
     std::io::copy(&mut reader, &mut std::io::sink())?;
     Ok(())
+}
+
+/// The snapshot a restarting replica recovers its state machine from: the
+/// one the log storage recorded (`recorded`), or, when that one is damaged
+/// (a checksum fails, a file is missing), the newest older valid one,
+/// provided the log still holds every entry after it (`log_first_index`);
+/// the state machine then re-applies those entries and ends where the
+/// damaged snapshot would have put it. An empty result means the log holds
+/// everything from index 1 and no snapshot is needed. When neither works
+/// the replica cannot be restarted from this host's data: the error names
+/// the damaged snapshots and says it must be rebuilt (docs/recovery.md).
+pub(crate) fn restart_point(
+    host: &HostState,
+    snapshots: &longship_storage::snapshot::SnapshotStore,
+    recorded: &SnapshotMeta,
+    log_first_index: Index,
+) -> Result<SnapshotMeta, Error> {
+    if recorded.is_empty() || recorded.witness {
+        return Ok(recorded.clone());
+    }
+    let loaded = snapshots.load_for_restart_upto(
+        recorded.index,
+        log_first_index,
+        longship_storage::snapshot::Verify::Full,
+    )?;
+    let (shard_id, replica_id) = (snapshots.shard(), snapshots.replica());
+    let start = loaded.as_ref().map_or(Index(0), |l| l.info.meta.index);
+    for s in loaded.iter().flat_map(|l| &l.skipped) {
+        tracing::warn!(shard = shard_id.0, replica = replica_id.0, damaged = s.index.0, used = start.0,
+            error = %s.error, "damaged snapshot at restart; starting from an older one and the log");
+        if let Some(l) = &host.listener {
+            l.snapshot_damaged(
+                crate::events::SnapshotEvent {
+                    shard_id,
+                    replica_id,
+                    index: s.index,
+                },
+                &s.error.to_string(),
+            );
+        }
+    }
+    Ok(match loaded {
+        Some(l) if l.info.meta.index == recorded.index => recorded.clone(),
+        Some(l) => l.info.meta,
+        None => {
+            tracing::warn!(
+                shard = shard_id.0,
+                replica = replica_id.0,
+                recorded = recorded.index.0,
+                "no usable snapshot at restart; the log holds every entry, the state machine replays it from the start"
+            );
+            SnapshotMeta::default()
+        }
+    })
 }

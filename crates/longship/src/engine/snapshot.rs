@@ -203,9 +203,8 @@ fn save_error(e: crate::sm::SmError) -> Error {
 /// snapshot and commits it. Holds the apply lock while the state is
 /// captured (for regular state machines, the whole save).
 fn write_state(
-    host: &HostState,
     r: &Replica,
-    guard: parking_lot::MutexGuard<'_, ()>,
+    guard: super::ApplyLock<'_>,
     mut sink: longship_storage::snapshot::SnapshotSink,
 ) -> Result<longship_storage::snapshot::SnapshotInfo, Error> {
     let regular = matches!(r.rsm.sm, crate::rsm::UserSm::Regular(_));
@@ -218,10 +217,10 @@ fn write_state(
     } else {
         match r.rsm.prepare() {
             Ok(prepared) => {
-                drop(guard);
                 // An apply round that found the lock taken skipped the
-                // replica: it may go on now, not only once the save is over.
-                host.mark_apply(r.shard_id);
+                // replica: it may go on now, not only once the save is over
+                // (the guard marks it again).
+                drop(guard);
                 r.rsm
                     .save_prepared(prepared, &mut sink, &r.stop)
                     .map_err(save_error)
@@ -278,7 +277,7 @@ pub(crate) fn export_snapshot(
         return Err(Error::Witness(r.shard_id));
     }
     let _one_at_a_time = r.snapshot_save.lock();
-    let guard = r.apply_lock.lock();
+    let guard = super::ApplyLock::lock(host, r);
     if let Some(why) = r.failed.lock().clone() {
         return Err(Error::Rejected(format!("replica failed: {why}")));
     }
@@ -298,7 +297,7 @@ pub(crate) fn export_snapshot(
     )?;
     let sink = store.create(meta_of(r, &applied), 1)?;
     let started = std::time::Instant::now();
-    let info = write_state(host, r, guard, sink)?;
+    let info = write_state(r, guard, sink)?;
     host.metrics.latencies.snapshot.record(started.elapsed());
     Metrics::add(&host.metrics.snapshots_exported, 1);
     Ok(crate::nodehost::SnapshotResult {
@@ -312,7 +311,7 @@ pub(crate) fn export_snapshot(
 /// entries behind it. Returns its index.
 pub(crate) fn save_snapshot(host: &HostState, r: &Replica, overhead: u64) -> Result<Index, Error> {
     let _one_at_a_time = r.snapshot_save.lock();
-    let guard = r.apply_lock.lock();
+    let guard = super::ApplyLock::lock(host, r);
     // A failed `update` leaves an applied state that counts entries the
     // state machine never applied: a snapshot of it would lose them.
     if let Some(why) = r.failed.lock().clone() {
@@ -329,7 +328,7 @@ pub(crate) fn save_snapshot(host: &HostState, r: &Replica, overhead: u64) -> Res
     let meta = meta_of(r, &applied);
     let sink = r.snapshots.create(meta, 1)?;
     let started = std::time::Instant::now();
-    let info = write_state(host, r, guard, sink)?;
+    let info = write_state(r, guard, sink)?;
     host.metrics.latencies.snapshot.record(started.elapsed());
     host.logdb
         .save_snapshot(r.shard_id, r.replica_id, &info.meta)?;

@@ -509,7 +509,7 @@ impl StepWorker {
         if bytes > max {
             return Some(entries);
         }
-        let Some(guard) = r.apply_lock.try_lock() else {
+        let Some(guard) = super::ApplyLock::try_lock(&self.host, r) else {
             return Some(entries);
         };
         if !r.apply_queue.lock().is_empty() {

@@ -396,7 +396,13 @@ impl SnapshotStore {
     /// every one is damaged. An I/O error is returned as such rather than
     /// skipped, since it says nothing about the snapshot's bytes.
     pub fn load_newest_with(&self, verify: Verify) -> Result<LoadedSnapshot> {
-        let indexes = self.list()?;
+        self.load_newest_upto(Index(u64::MAX), verify)
+    }
+
+    /// As [`load_newest_with`](Self::load_newest_with), among the snapshots
+    /// at or below `upto` only.
+    fn load_newest_upto(&self, upto: Index, verify: Verify) -> Result<LoadedSnapshot> {
+        let indexes: Vec<Index> = self.list()?.into_iter().filter(|&i| i <= upto).collect();
         if indexes.is_empty() {
             return Err(SnapshotError::NoSnapshot);
         }
@@ -443,6 +449,20 @@ impl SnapshotStore {
         log_first_index: Index,
         verify: Verify,
     ) -> Result<Option<LoadedSnapshot>> {
+        self.load_for_restart_upto(Index(u64::MAX), log_first_index, verify)
+    }
+
+    /// As [`load_for_restart`](Self::load_for_restart), among the snapshots
+    /// at or below `upto` only: the snapshot the log storage recorded last.
+    /// A newer one in the store was committed but never recorded (a crash
+    /// in between); the commit index the log storage holds may be below
+    /// it, so a replica must not start from it.
+    pub fn load_for_restart_upto(
+        &self,
+        upto: Index,
+        log_first_index: Index,
+        verify: Verify,
+    ) -> Result<Option<LoadedSnapshot>> {
         let must_rebuild =
             |skipped: &[SkippedSnapshot], fallback: Option<Index>| SnapshotError::MustRebuild {
                 shard: self.shard(),
@@ -455,7 +475,7 @@ impl SnapshotStore {
                 log_first_index,
             };
         let covers = |index: Index| log_first_index.0 <= index.0.saturating_add(1);
-        match self.load_newest_with(verify) {
+        match self.load_newest_upto(upto, verify) {
             Ok(loaded) if loaded.skipped.is_empty() || covers(loaded.info.meta.index) => {
                 Ok(Some(loaded))
             }

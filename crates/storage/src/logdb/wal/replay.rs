@@ -231,7 +231,19 @@ pub(super) fn replay(
                     })?;
                 }
                 let mut end = data.len() as u64;
-                if mode == Mode::Repair {
+                if mode == Mode::Repair && found.torn && ops.is_empty() {
+                    // A torn batch was never acknowledged and leaves nothing
+                    // to record: cut it off. Appending a repair batch after
+                    // it instead would make the file no longer end inside
+                    // the batch, and if that append were itself torn by a
+                    // crash, the next open would judge the same bytes
+                    // damaged (possibly acknowledged) and guard replicas
+                    // for an ordinary crash (simulator seed 8156408).
+                    file.set_len(tail.at)
+                        .and_then(|()| file.sync())
+                        .map_err(|e| Error::io_at(e, "truncate", &path))?;
+                    end = tail.at;
+                } else if mode == Mode::Repair {
                     end = write_repair(&*file, &path, id, &data, &tail, &ops)?;
                 }
                 if let Some(s) = idx.segments.get_mut(&id) {
