@@ -380,7 +380,7 @@ fn note_error(shared: &Shared, e: &Error) {
     let kind = match e {
         Error::SystemBusy => "system busy".to_string(),
         Error::Timeout => "timeout".to_string(),
-        Error::Dropped => "dropped".to_string(),
+        Error::Dropped { .. } => "dropped".to_string(),
         other => other.to_string(),
     };
     let mut kinds = shared.error_kinds.lock();

@@ -140,7 +140,7 @@ fn with_retry<T>(mut f: impl FnMut(Duration) -> Result<T, Error>) -> Result<T, E
             return Err(Error::Timeout);
         }
         match f(left) {
-            Err(Error::Dropped | Error::SystemBusy | Error::PendingConfigChange) => {
+            Err(Error::Dropped { .. } | Error::SystemBusy | Error::PendingConfigChange) => {
                 std::thread::sleep(Duration::from_millis(RTT_MS));
             }
             other => return other,

@@ -109,11 +109,19 @@ pub enum Error {
     #[error("timeout: the outcome is unknown (the request may still take effect)")]
     Timeout,
     /// The request was dropped before it entered the log (no leader, or a
-    /// leadership transfer in progress); retry.
+    /// leadership transfer in progress); retry. `leader` is the leader known
+    /// where it was dropped, if any: for a forwarded proposal, the leader
+    /// the replica that refused it knew (a new leader after an election;
+    /// the same leader while it transfers leadership), else this host's
+    /// view. A hint for where to retry, not a promise.
     #[error(
-        "request dropped before it entered the log (no leader, or a leadership transfer in progress); retry"
+        "request dropped before it entered the log (no leader, or a leadership transfer in progress){}; retry",
+        leader.map(|l| format!("; leader hint: replica {l}")).unwrap_or_default()
     )]
-    Dropped,
+    Dropped {
+        /// The leader known where the request was dropped, if any.
+        leader: Option<ReplicaId>,
+    },
     /// The NodeHost is stopped.
     #[error("the NodeHost is stopped")]
     Stopped,
@@ -247,7 +255,7 @@ impl Error {
             self,
             Error::SystemBusy
                 | Error::Timeout
-                | Error::Dropped
+                | Error::Dropped { .. }
                 | Error::PendingConfigChange
                 | Error::ShardClosed
                 | Error::Stopped

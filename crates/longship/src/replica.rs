@@ -201,13 +201,13 @@ impl Pending {
     /// never come; a read changes nothing, so it can simply be asked
     /// again) instead of leaving them to their whole timeout. Reads whose
     /// index is known only wait for the local apply and stay.
-    pub(crate) fn drop_reads_without_index(&mut self) {
+    pub(crate) fn drop_reads_without_index(&mut self, leader: Option<ReplicaId>) {
         self.reads.retain(|_, pr| {
             if pr.index.is_some() {
                 return true;
             }
             for (c, _) in pr.waiters.drain(..) {
-                c.complete(Err(Error::Dropped));
+                c.complete(Err(Error::Dropped { leader }));
             }
             false
         });

@@ -51,7 +51,10 @@ fn proposal_refused_by_the_leader_fails_fast_on_the_follower() {
             Duration::from_secs(20),
         );
         match r {
-            Err(Error::Dropped) => {
+            Err(Error::Dropped { leader: hint }) => {
+                // The refusing leader still leads while it transfers: the
+                // error names it, for the caller's retry.
+                assert_eq!(hint, Some(ReplicaId(leader)));
                 outcomes.push("dropped");
                 break;
             }

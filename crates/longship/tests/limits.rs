@@ -149,9 +149,9 @@ fn full_proposal_and_read_queues_answer_system_busy() {
     // Drive the host by hand: the queued requests are stepped before the
     // replica has elected itself, so they are dropped (a temporary error).
     while nh.run_once() {}
-    assert!(matches!(h1.wait(), Err(Error::Dropped)));
-    assert!(matches!(h2.wait(), Err(Error::Dropped)));
-    assert!(matches!(r1.wait(), Err(Error::Dropped)));
+    assert!(matches!(h1.wait(), Err(Error::Dropped { .. })));
+    assert!(matches!(h2.wait(), Err(Error::Dropped { .. })));
+    assert!(matches!(r1.wait(), Err(Error::Dropped { .. })));
     let mut ticks = 0;
     while nh
         .get_leader(ShardId(1))
@@ -237,7 +237,7 @@ fn error_kinds_say_whether_to_retry() {
     let temporary = [
         Error::SystemBusy,
         Error::Timeout,
-        Error::Dropped,
+        Error::Dropped { leader: None },
         Error::PendingConfigChange,
         // dragonboat's IsTempError: retry on another host.
         Error::ShardClosed,

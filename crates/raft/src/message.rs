@@ -47,7 +47,9 @@ pub enum MessageType {
     /// dropped proposals (keys, no payloads), `hint` the
     /// [`ProposalError`](crate::ProposalError) code. Sent only where the
     /// proposal is certainly not in any log, so that its proposer can fail
-    /// it at once instead of waiting for its timeout.
+    /// it at once instead of waiting for its timeout. `log_index` names the
+    /// leader the sender knows (0 if none): a hint for the proposer's
+    /// caller, which the proposer's core does not adopt.
     ProposeDropped = 17,
 }
 

@@ -116,6 +116,10 @@ pub struct Update {
     /// be answered at once. The entries carry key, client and series ids,
     /// type, and for config changes the change; no other payload.
     pub dropped_proposals: Vec<(Entry, ProposalError)>,
+    /// The leader that the replica which dropped `dropped_proposals` knew
+    /// (the last such answer's), if any: where the proposer's caller may
+    /// retry. A hint only: this core does not adopt it.
+    pub dropped_leader: Option<ReplicaId>,
     /// Set when this replica's [`RecoveryGuard`](crate::RecoveryGuard) was
     /// lifted: the storage must forget the guard (durably, with this
     /// update's other state).

@@ -12,16 +12,18 @@ pub(crate) use apply::{ApplyLock, ApplyWorker, recover_from_store, restart_point
 pub(crate) use snapshot::SnapshotWorker;
 pub(crate) use step::StepWorker;
 
-use longship_raft::{ConfigChangeRejected, Index, Message, MessageType, ProposalError};
+use longship_raft::{ConfigChangeRejected, Index, Message, MessageType, ProposalError, ReplicaId};
 
 use crate::error::Error;
 use crate::host::HostState;
 use crate::metrics::Metrics;
 
-pub(crate) fn proposal_error(e: ProposalError) -> Error {
+/// The API error of a refused proposal; `leader` is the leader known where
+/// it was refused (see [`Error::Dropped`]).
+pub(crate) fn proposal_error(e: ProposalError, leader: Option<ReplicaId>) -> Error {
     match e {
         ProposalError::NoLeader | ProposalError::TransferInProgress | ProposalError::NotReady => {
-            Error::Dropped
+            Error::Dropped { leader }
         }
         ProposalError::TooManyUncommittedBytes | ProposalError::TooManyPendingReads => {
             Error::SystemBusy

@@ -303,13 +303,16 @@ impl StepWorker {
             let keys: Vec<u64> = inbox.proposals.iter().map(|e| e.key).collect();
             let n = keys.len() as u64;
             if let Err(e) = core.raft.propose(inbox.proposals) {
+                let leader = known_leader(core.raft.leader_id());
                 let mut pending = r.pending.lock();
                 for k in keys {
                     if let Some(p) = pending.proposals.remove(&k) {
-                        p.completer.complete(Err(proposal_error(e)));
+                        p.completer.complete(Err(proposal_error(e, leader)));
                     }
                 }
-                let counter = if matches!(proposal_error(e), Error::SystemBusy) {
+                let counter = if e == ProposalError::TooManyUncommittedBytes
+                    || e == ProposalError::TooManyPendingReads
+                {
                     &host.metrics.proposals_busy
                 } else {
                     &host.metrics.proposals_dropped
@@ -341,7 +344,7 @@ impl StepWorker {
                     .and_then(|c| core.raft.membership().check(&c).err());
                 let err = match refused {
                     Some(rejected) if e == ProposalError::Invalid => config_change_error(rejected),
-                    _ => proposal_error(e),
+                    _ => proposal_error(e, known_leader(core.raft.leader_id())),
                 };
                 if let Some(p) = r.pending.lock().config_changes.remove(&key) {
                     p.completer.complete(Err(err));
@@ -368,8 +371,9 @@ impl StepWorker {
             if let Err(e) = core.raft.read_index(ctx)
                 && let Some(pr) = r.pending.lock().reads.remove(&ctx)
             {
+                let leader = known_leader(core.raft.leader_id());
                 for (c, _) in pr.waiters {
-                    c.complete(Err(proposal_error(e)));
+                    c.complete(Err(proposal_error(e, leader)));
                 }
             }
         }
@@ -540,7 +544,8 @@ impl StepWorker {
     /// completes those already applied (taking them out of `u`).
     fn serve_reads(&self, r: &ReplicaRef, u: &mut longship_raft::Update) {
         if !u.dropped_proposals.is_empty() {
-            self.fail_dropped_proposals(r, std::mem::take(&mut u.dropped_proposals));
+            let leader = u.dropped_leader.or_else(|| known_leader(r.leader().0));
+            self.fail_dropped_proposals(r, std::mem::take(&mut u.dropped_proposals), leader);
         }
         if u.ready_reads.is_empty() && u.dropped_reads.is_empty() {
             return;
@@ -556,10 +561,11 @@ impl StepWorker {
                 pr.index = Some(rs.index);
             }
         }
+        let leader = known_leader(r.leader().0);
         for ctx in std::mem::take(&mut u.dropped_reads) {
             if let Some(pr) = pending.reads.remove(&ctx) {
                 for (c, _) in pr.waiters {
-                    c.complete(Err(Error::Dropped));
+                    c.complete(Err(Error::Dropped { leader }));
                 }
             }
         }
@@ -569,7 +575,12 @@ impl StepWorker {
     /// Answers the proposals this replica forwarded that died where they
     /// arrived (`ProposeDropped`): they are in no log, so their callers
     /// learn it now rather than at their timeout.
-    fn fail_dropped_proposals(&self, r: &ReplicaRef, dropped: Vec<(Entry, ProposalError)>) {
+    fn fail_dropped_proposals(
+        &self,
+        r: &ReplicaRef,
+        dropped: Vec<(Entry, ProposalError)>,
+        leader: Option<ReplicaId>,
+    ) {
         // The errors first, without the pending lock (the core lock is
         // taken before it elsewhere).
         let answers: Vec<(u64, Error)> = dropped
@@ -585,7 +596,7 @@ impl StepWorker {
                         .and_then(|c| r.core.lock().raft.membership().check(&c).err())?;
                     return Some((ent.key, config_change_error(refused)));
                 }
-                Some((ent.key, proposal_error(e)))
+                Some((ent.key, proposal_error(e, leader)))
             })
             .collect();
         let mut pending = r.pending.lock();
@@ -641,7 +652,9 @@ impl StepWorker {
         if new_leader_elsewhere {
             // Reads still waiting for their read index went to the old
             // leader, whose answer may never come.
-            r.pending.lock().drop_reads_without_index();
+            r.pending
+                .lock()
+                .drop_reads_without_index(u.leader_change.map(|l| l.leader_id));
         }
         let mut core = r.core.lock();
         core.raft.advance(&u);
@@ -664,4 +677,9 @@ fn fail_replica(host: &HostState, r: &Replica, during: &str, payload: &(dyn std:
         crate::rsm::panic_message(payload)
     );
     fail_replica_with(host, r, why);
+}
+
+/// A leader id as a hint: `None` for no leader.
+fn known_leader(id: ReplicaId) -> Option<ReplicaId> {
+    (id != ReplicaId::NONE).then_some(id)
 }

@@ -120,6 +120,8 @@ pub struct Raft<L: LogReader> {
     pending_members_scanned: bool,
     /// Forwarded proposals dropped where they arrived, with why.
     dropped_proposals: Vec<(Entry, ProposalError)>,
+    /// The leader hint of the `ProposeDropped` answers in `dropped_proposals`.
+    dropped_leader: Option<ReplicaId>,
     /// Set while this replica's storage could not vouch for its newest
     /// acknowledged data (protocol-aware recovery, [`RecoveryGuard`]).
     recovery_guard: Option<RecoveryGuard>,
@@ -183,6 +185,7 @@ impl<L: LogReader> Raft<L> {
             pending_members_scanned: false,
             recovery_guard: None,
             dropped_proposals: Vec::new(),
+            dropped_leader: None,
             cfg,
         };
         let snap = r.log.snapshot();
@@ -431,6 +434,9 @@ impl<L: LogReader> Raft<L> {
             // Proposals of ours that died where we forwarded them (any
             // role: we may have forwarded them before an election).
             let e = ProposalError::from_code(m.hint.0).unwrap_or(ProposalError::NoLeader);
+            if m.log_index.0 != 0 {
+                self.dropped_leader = Some(ReplicaId(m.log_index.0));
+            }
             self.dropped_proposals
                 .extend(m.entries.into_iter().map(|ent| (ent, e)));
             return;
@@ -552,6 +558,11 @@ impl<L: LogReader> Raft<L> {
             term: leader::FORWARDED_TERM,
             entries: stubs,
             hint: Index(e.code()),
+            // Replica ids past the largest index would make the answer
+            // invalid: then no hint.
+            log_index: Some(Index(self.leader.0))
+                .filter(|&i| i <= validate::INDEX_MAX)
+                .unwrap_or_default(),
             ..self.new_message(MessageType::ProposeDropped, from)
         };
         self.send(m);
@@ -638,6 +649,7 @@ impl<L: LogReader> Raft<L> {
             ready_reads: std::mem::take(&mut self.ready_reads),
             dropped_reads: std::mem::take(&mut self.dropped_reads),
             dropped_proposals: std::mem::take(&mut self.dropped_proposals),
+            dropped_leader: self.dropped_leader.take(),
             leader_change,
             recovery_cleared,
         }

@@ -69,6 +69,10 @@ fn refused_forwarded_proposal_is_answered_with_its_keys() {
             (12, ProposalError::TransferInProgress)
         ]
     );
+    // The answer names the leader it knew (itself, still leading while it
+    // transfers): a hint for the caller, which the proposer does not adopt.
+    assert_eq!(u.dropped_leader, Some(r(1)));
+    assert_eq!(f.leader_id(), ReplicaId::NONE);
 }
 
 /// A follower that knows no leader, and a candidate, answer a forwarded
@@ -82,6 +86,7 @@ fn forwarded_proposal_without_a_leader_is_answered() {
         ProposalError::from_code(dropped_answer(&u, 2).hint.0),
         Some(ProposalError::NoLeader)
     );
+    assert_eq!(dropped_answer(&u, 2).log_index.0, 0, "no leader to name");
     let mut c = replica(cfg(3), &[1, 1, 1], 1, 3);
     c.campaign();
     cycle(&mut c);

@@ -417,7 +417,7 @@ impl Sim {
                     }
                     Some(Err(e)) => {
                         self.trace_event("write-err", op as u64, error_code(&e));
-                        let definite = matches!(e, Error::Dropped | Error::SystemBusy);
+                        let definite = matches!(e, Error::Dropped { .. } | Error::SystemBusy);
                         match e {
                             Error::InvalidSession => {
                                 return Err(format!(
@@ -1126,7 +1126,7 @@ impl Sim {
 fn error_code(e: &Error) -> u64 {
     match e {
         Error::Timeout => 1,
-        Error::Dropped => 2,
+        Error::Dropped { .. } => 2,
         Error::SystemBusy => 3,
         Error::ShardClosed => 4,
         Error::Stopped => 5,
