@@ -28,7 +28,8 @@ pub use log_reader::{LogError, LogReader};
 pub use membership::{ConfigChange, ConfigChangeRejected, ConfigChangeType, Membership};
 pub use memlog::{MemLog, limit_size};
 pub use message::{
-    CAMPAIGN_TRANSFER, LOG_LOST, MESSAGE_BATCH_VERSION, Message, MessageBatch, MessageType,
+    CAMPAIGN_TRANSFER, COMMIT_ONLY, LOG_LOST, MESSAGE_BATCH_VERSION, Message, MessageBatch,
+    MessageType,
 };
 pub use rng::Rng;
 

@@ -65,6 +65,9 @@ impl<L: LogReader> Raft<L> {
             .log
             .maybe_append(m.log_index, m.log_term, m.commit, &m.entries)
         {
+            // A commit-only append (pipelined replication, nothing new)
+            // that matched: the leader needs no answer.
+            Some(_) if m.entries.is_empty() && m.context == crate::message::COMMIT_ONLY => {}
             Some(last_new) => {
                 let resp = Message {
                     log_index: last_new,

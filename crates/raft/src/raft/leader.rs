@@ -249,11 +249,19 @@ impl<L: LogReader> Raft<L> {
             };
             let bytes: u64 = ents.iter().map(Entry::size_bytes).sum();
             let last_sent = ents.last().map(|e| e.index);
+            // In pipelined replication an empty append only carries the
+            // commit index: no answer needed. A probe's is.
+            let commit_only = ents.is_empty() && pr.state == ProgressState::Replicate;
             let m = Message {
                 log_index: prev,
                 log_term: prev_term,
                 commit: self.log.committed(),
                 entries: ents,
+                context: if commit_only {
+                    crate::message::COMMIT_ONLY
+                } else {
+                    0
+                },
                 ..self.new_message(MessageType::Replicate, to)
             };
             self.send(m);

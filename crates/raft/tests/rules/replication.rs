@@ -348,3 +348,53 @@ fn heartbeat_commit_is_capped_at_follower_match() {
     assert_eq!(hb2.commit, Index(4));
     assert_eq!(hb3.commit, Index(0), "3 matches nothing yet");
 }
+
+/// An append that only carries a new commit index to a follower in
+/// pipelined replication (`COMMIT_ONLY`) is not answered when it matches:
+/// the answer would tell the leader nothing. One that does not match is
+/// answered, so the leader backs off; an empty probe is always answered.
+#[test]
+fn commit_only_appends_are_answered_only_when_refused() {
+    use longship_raft::COMMIT_ONLY;
+    let mut f = replica(cfg(2), &[1, 1, 1, 2], 2, 3);
+    let mut m = append(1, 2, 2, (4, 2), vec![], 4);
+    m.context = COMMIT_ONLY;
+    f.step(m);
+    let u = cycle(&mut f);
+    assert!(all_messages(&u).is_empty(), "{:?}", all_messages(&u));
+    assert_eq!(f.log().committed(), Index(4), "the commit index is taken");
+    // Not matching: answered with a rejection.
+    let mut m = append(1, 2, 2, (6, 2), vec![], 4);
+    m.context = COMMIT_ONLY;
+    f.step(m);
+    assert!(only_message(&cycle(&mut f)).reject);
+    // A probe (no flag) is answered.
+    f.step(append(1, 2, 2, (4, 2), vec![], 4));
+    let m = only_message(&cycle(&mut f));
+    assert!(!m.reject);
+    assert_eq!(m.log_index, Index(4));
+}
+
+/// The leader flags an empty append as `COMMIT_ONLY` only to a follower in
+/// pipelined replication; a probe carries no flag.
+#[test]
+fn leader_flags_commit_only_appends_in_pipelined_replication_only() {
+    use longship_raft::{COMMIT_ONLY, MessageType};
+    let mut c = cluster(3, opts());
+    elect(&mut c, 1);
+    propose(&mut c, 1, "x");
+    let mut seen_flagged = false;
+    pump(&mut c, |_, m| {
+        if m.msg_type == MessageType::Replicate && m.context == COMMIT_ONLY {
+            assert!(m.entries.is_empty(), "flagged append with entries: {m:?}");
+            seen_flagged = true;
+        }
+    });
+    assert!(
+        seen_flagged,
+        "the commit of x reached the followers flagged"
+    );
+    for id in 1..=3 {
+        assert_eq!(committed(&c, id), last_index(&c, 1));
+    }
+}
