@@ -385,3 +385,43 @@ fn removing_the_leader_elects_another() {
     assert_ne!(c.leader_seen_by(old, SHARD), old);
     assert_eq!(c.leader_seen_by(other, SHARD), new);
 }
+
+/// A membership change takes effect when applied, so a replica's commit
+/// index is made durable past it before it is applied: restarted with an
+/// older commit index, the replica would see the change as uncommitted and
+/// could campaign in the membership before it (two leaders in one term, in
+/// the master's simulator). Every replica's stored commit index covers the
+/// change once it applied it, though nothing was written after it.
+#[test]
+fn a_replica_applies_a_membership_change_only_once_its_commit_is_durable() {
+    let mut c = TestCluster::new(3);
+    c.start_shard(SHARD, &[1, 2, 3]);
+    let leader = c.wait_leader(SHARD);
+    c.propose(leader, SHARD, "set a 1");
+    add_non_voting(&c, leader, 4, Index(0)).unwrap();
+    let cc = membership(&c, leader).config_change_id;
+    for h in 1..=3 {
+        wait_until("the change applied", TIMEOUT, || {
+            c.nh(h)
+                .get_node_host_info()
+                .shards
+                .iter()
+                .any(|s| s.shard_id == sid() && s.config_change_id >= cc)
+        });
+    }
+    for h in 1..=3 {
+        let cfg = c.host_config(h);
+        c.stop_host(h);
+        let seen = longship::tools::inspect(&cfg).unwrap();
+        let r = seen
+            .replicas
+            .iter()
+            .find(|r| r.shard_id == sid())
+            .expect("the replica is stored");
+        assert!(
+            r.hard_state.commit >= cc,
+            "host {h}: stored commit {} below the applied change at {cc}",
+            r.hard_state.commit
+        );
+    }
+}

@@ -81,7 +81,21 @@ impl StepWorker {
                 // Term and vote as of the last advance: what is durable.
                 let durable = core.raft.hard_state();
                 self.feed_inputs(&r, &mut core, &mut extra);
-                let u = core.raft.has_update().then(|| core.raft.get_update());
+                let mut u = core.raft.has_update().then(|| core.raft.get_update());
+                // A membership change takes effect when applied, so this
+                // replica's commit index must be durable past it first:
+                // restarted with an older commit index, it would see the
+                // change as uncommitted, campaign in the membership before
+                // it (several changes back, possibly), and win with votes
+                // that no longer count (two leaders in one term: the
+                // master's simulator found it). With the commit index
+                // durable, a restarted replica re-applies the change
+                // before it may campaign (`campaign_start`).
+                if let Some(u) = u.as_mut()
+                    && u.committed_entries.iter().any(Entry::is_config_change)
+                {
+                    u.hard_state = Some(core.raft.hard_state());
+                }
                 // Committed entries held back until the state machine
                 // catches up: the apply worker wakes us when it has applied some.
                 r.apply_throttled
@@ -100,6 +114,7 @@ impl StepWorker {
                 }
                 Ok((durable, Some(u), None)) => {
                     must_sync |= !u.entries.is_empty()
+                        || u.committed_entries.iter().any(Entry::is_config_change)
                         || u.snapshot.is_some()
                         || u.recovery_cleared
                         || u.hard_state
@@ -483,7 +498,9 @@ impl StepWorker {
     /// so they need not wait for this cycle's fsync. An update that
     /// installs a snapshot keeps everything for after the write.
     fn release_before_write(&self, r: &ReplicaRef, u: &mut longship_raft::Update) {
-        if u.snapshot.is_some() {
+        // A membership change waits for the write that makes the commit
+        // index past it durable (see `cycle`).
+        if u.snapshot.is_some() || u.committed_entries.iter().any(Entry::is_config_change) {
             return;
         }
         if !u.committed_entries.is_empty() {
