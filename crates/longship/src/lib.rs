@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod compression;
 mod config;
 mod engine;
 mod error;
@@ -35,6 +36,7 @@ pub mod tools;
 mod verify;
 mod work;
 
+pub use compression::Compression;
 pub use config::{Config, NodeHostConfig};
 pub use error::{Error, Result};
 pub use events::EventListener;

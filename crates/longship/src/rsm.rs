@@ -12,6 +12,7 @@ use longship_raft::{
 };
 use parking_lot::{Mutex, RwLock};
 
+use crate::compression::{CompressWriter, Compression, DecompressReader, decompress_entry_payload};
 use crate::session::{SessionCheck, SessionManager};
 use crate::sm::{
     ConcurrentStateMachine, OnDiskStateMachine, SmEntry, SmError, SmResult, StateMachine, StopFlag,
@@ -118,13 +119,18 @@ pub(crate) enum Applied {
 /// A snapshot captured on the apply path, to be written off it.
 pub(crate) struct Prepared {
     pub(crate) header: Vec<u8>,
+    /// How the state machine's part is compressed (as `header` records).
+    pub(crate) compression: Compression,
     pub(crate) ctx: Option<Box<dyn std::any::Any + Send>>,
 }
 
 /// State the snapshot of a shard carries besides the user's data.
 pub(crate) const RSM_SNAPSHOT_MAGIC: &[u8; 4] = b"LSRS";
-/// Version of the RSM snapshot header.
-pub(crate) const RSM_SNAPSHOT_VERSION: u32 = 1;
+/// Version of the RSM snapshot header written when the state machine's
+/// part is not compressed (readable by builds without compression).
+pub(crate) const RSM_SNAPSHOT_VERSION_PLAIN: u32 = 1;
+/// Version of the RSM snapshot header that records a compression.
+pub(crate) const RSM_SNAPSHOT_VERSION: u32 = 2;
 
 /// Applied position and membership, updated together.
 #[derive(Clone, Debug, Default)]
@@ -143,6 +149,9 @@ pub(crate) struct Rsm {
     /// On-disk state machines: entries up to this index are already applied.
     on_disk_index: Mutex<Index>,
     witness: bool,
+    /// How snapshots this replica writes compress the state machine's part
+    /// (reading goes by what each snapshot records).
+    snapshot_compression: Compression,
 }
 
 impl Rsm {
@@ -154,7 +163,14 @@ impl Rsm {
             state: Mutex::new(AppliedState::default()),
             on_disk_index: Mutex::new(Index(0)),
             witness,
+            snapshot_compression: Compression::None,
         }
+    }
+
+    /// Sets how the snapshots this replica writes are compressed.
+    pub(crate) fn with_snapshot_compression(mut self, c: Compression) -> Rsm {
+        self.snapshot_compression = c;
+        self
     }
 
     pub(crate) fn applied(&self) -> AppliedState {
@@ -223,9 +239,9 @@ impl Rsm {
                         outcome,
                     });
                 }
-                EntryType::Normal => {
+                EntryType::Normal | EntryType::Encoded => {
                     if e.client_id != 0 && e.series_id == SERIES_ID_REGISTER {
-                        let bound = crate::session::register_bound(&e.cmd, self.max_sessions);
+                        let bound = crate::session::register_bound(&command(e)?, self.max_sessions);
                         let ok = sessions.register(e.client_id, e.index, bound);
                         out.push(Applied::Session { key: e.key, ok });
                     } else if e.client_id != 0 && e.series_id == SERIES_ID_UNREGISTER {
@@ -247,7 +263,7 @@ impl Rsm {
                     } else if e.client_id == 0 {
                         batch.push(SmEntry {
                             index: e.index,
-                            cmd: e.cmd.clone(),
+                            cmd: command(e)?,
                             result: SmResult::default(),
                         });
                         batch_meta.push((e.key, 0, 0));
@@ -273,7 +289,7 @@ impl Rsm {
                             SessionCheck::Apply => {
                                 batch.push(SmEntry {
                                     index: e.index,
-                                    cmd: e.cmd.clone(),
+                                    cmd: command(e)?,
                                     result: SmResult::default(),
                                 });
                                 batch_meta.push((e.key, e.client_id, e.series_id));
@@ -324,13 +340,31 @@ impl Rsm {
         Ok(())
     }
 
-    /// The RSM header of a snapshot: magic, version, the session table.
-    pub(crate) fn snapshot_header(&self) -> Vec<u8> {
+    /// How the state machine's part of a snapshot written now is
+    /// compressed: a witness writes none.
+    fn compression_for_save(&self) -> Compression {
+        if self.witness {
+            Compression::None
+        } else {
+            self.snapshot_compression
+        }
+    }
+
+    /// The RSM header of a snapshot whose state machine part is compressed
+    /// with `c`: magic, version, (version 2: compression, reserved bytes),
+    /// the session table. Version 1 when `c` is none.
+    pub(crate) fn snapshot_header(&self, c: Compression) -> Vec<u8> {
         let mut sessions = Vec::new();
         self.sessions.lock().encode(&mut sessions);
-        let mut out = Vec::with_capacity(16 + sessions.len());
+        let mut out = Vec::with_capacity(24 + sessions.len());
         out.extend_from_slice(RSM_SNAPSHOT_MAGIC);
-        out.extend_from_slice(&RSM_SNAPSHOT_VERSION.to_le_bytes());
+        if c == Compression::None {
+            out.extend_from_slice(&RSM_SNAPSHOT_VERSION_PLAIN.to_le_bytes());
+        } else {
+            out.extend_from_slice(&RSM_SNAPSHOT_VERSION.to_le_bytes());
+            out.push(c.code());
+            out.extend_from_slice(&[0u8; 7]);
+        }
         out.extend_from_slice(&(sessions.len() as u64).to_le_bytes());
         out.extend_from_slice(&sessions);
         out
@@ -342,12 +376,15 @@ impl Rsm {
             return Err(SmError::new("save_regular on a non-regular state machine"));
         };
         let guard = sm.read();
-        w.write_all(&self.snapshot_header())?;
+        let c = self.compression_for_save();
+        w.write_all(&self.snapshot_header(c))?;
         if self.witness {
             // Metadata only: a witness's state machine never saw an entry.
             return Ok(());
         }
-        guarded("save_snapshot", || guard.save_snapshot(w, stop))
+        write_compressed(w, c, |w| {
+            guarded("save_snapshot", || guard.save_snapshot(w, stop))
+        })
     }
 
     /// Captures a snapshot's content on the apply path: the RSM header and,
@@ -364,8 +401,10 @@ impl Rsm {
                 Some(guarded("prepare_snapshot", || sm.prepare_snapshot())?)
             }
         };
+        let compression = self.compression_for_save();
         Ok(Prepared {
-            header: self.snapshot_header(),
+            header: self.snapshot_header(compression),
+            compression,
             ctx,
         })
     }
@@ -381,13 +420,15 @@ impl Rsm {
         if self.witness {
             return Ok(());
         }
-        guarded("save_snapshot", || match (&self.sm, p.ctx) {
-            (UserSm::Concurrent(sm), Some(ctx)) => sm.save_snapshot(ctx, w, stop),
-            (UserSm::OnDisk(sm), Some(ctx)) => sm.save_snapshot(ctx, w, stop),
-            (UserSm::Regular(sm), None) => sm.read().save_snapshot(w, stop),
-            _ => Err(SmError::new(
-                "prepared snapshot does not match the state machine kind",
-            )),
+        write_compressed(w, p.compression, |w| {
+            guarded("save_snapshot", || match (&self.sm, p.ctx) {
+                (UserSm::Concurrent(sm), Some(ctx)) => sm.save_snapshot(ctx, w, stop),
+                (UserSm::OnDisk(sm), Some(ctx)) => sm.save_snapshot(ctx, w, stop),
+                (UserSm::Regular(sm), None) => sm.read().save_snapshot(w, stop),
+                _ => Err(SmError::new(
+                    "prepared snapshot does not match the state machine kind",
+                )),
+            })
         })
     }
 
@@ -398,18 +439,7 @@ impl Rsm {
         applied: AppliedState,
         stop: &StopFlag,
     ) -> Result<(), SmError> {
-        let mut head = [0u8; 16];
-        r.read_exact(&mut head)?;
-        if &head[..4] != RSM_SNAPSHOT_MAGIC {
-            return Err(SmError::new("snapshot data has a bad magic"));
-        }
-        let version = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
-        if version != RSM_SNAPSHOT_VERSION {
-            return Err(SmError::new(format!(
-                "unsupported snapshot data version {version}"
-            )));
-        }
-        let len = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
+        let (compression, len) = read_header(r)?;
         let limit = (crate::session::MAX_SESSIONS_CAP as u64 + 1) * (1 << 20);
         if len > limit {
             return Err(SmError::new(format!(
@@ -433,11 +463,15 @@ impl Rsm {
             .map_err(|e| SmError::new(format!("session table: {e}")))?;
         if !self.witness {
             match &self.sm {
-                UserSm::Regular(sm) => guarded("recover_from_snapshot", || {
-                    sm.write().recover_from_snapshot(r, stop)
+                UserSm::Regular(sm) => read_compressed(r, compression, |r| {
+                    guarded("recover_from_snapshot", || {
+                        sm.write().recover_from_snapshot(r, stop)
+                    })
                 })?,
-                UserSm::Concurrent(sm) => guarded("recover_from_snapshot", || {
-                    sm.recover_from_snapshot(r, stop)
+                UserSm::Concurrent(sm) => read_compressed(r, compression, |r| {
+                    guarded("recover_from_snapshot", || {
+                        sm.recover_from_snapshot(r, stop)
+                    })
                 })?,
                 // Its own store may already be at or past the snapshot (a
                 // restart after a local snapshot): replacing its state by the
@@ -445,8 +479,10 @@ impl Rsm {
                 // which are skipped as already applied.
                 UserSm::OnDisk(_) if self.on_disk_index() >= applied.index => {}
                 UserSm::OnDisk(sm) => {
-                    guarded("recover_from_snapshot", || {
-                        sm.recover_from_snapshot(r, stop)
+                    read_compressed(r, compression, |r| {
+                        guarded("recover_from_snapshot", || {
+                            sm.recover_from_snapshot(r, stop)
+                        })
                     })?;
                     self.set_on_disk_index(applied.index);
                 }
@@ -456,6 +492,90 @@ impl Rsm {
         *self.state.lock() = applied;
         Ok(())
     }
+}
+
+/// The command of an application entry as the state machine sees it: a
+/// compressed (`Encoded`) entry's payload decompressed. An entry whose
+/// payload does not decompress fails the replica: its command cannot be
+/// applied, and skipping a committed entry would diverge from a replica
+/// that could read it.
+fn command(e: &Entry) -> Result<bytes::Bytes, SmError> {
+    match e.entry_type {
+        EntryType::Encoded => decompress_entry_payload(&e.cmd)
+            .map(bytes::Bytes::from)
+            .map_err(|err| SmError::new(format!("entry {} (term {}): {err}", e.index, e.term))),
+        _ => Ok(e.cmd.clone()),
+    }
+}
+
+/// Runs `save` on `w`, through a compressing writer unless `c` is none.
+fn write_compressed(
+    w: &mut dyn Write,
+    c: Compression,
+    save: impl FnOnce(&mut dyn Write) -> Result<(), SmError>,
+) -> Result<(), SmError> {
+    if c == Compression::None {
+        return save(w);
+    }
+    let mut cw = CompressWriter::new(w, c);
+    save(&mut cw)?;
+    cw.finish()?;
+    Ok(())
+}
+
+/// Runs `recover` on `r`, through a decompressing reader unless `c` is
+/// none; then checks that the compressed stream is whole (read to its end
+/// mark, nothing after it), whatever the state machine left unread.
+fn read_compressed(
+    r: &mut dyn Read,
+    c: Compression,
+    recover: impl FnOnce(&mut dyn Read) -> Result<(), SmError>,
+) -> Result<(), SmError> {
+    if c == Compression::None {
+        return recover(r);
+    }
+    let mut dr = DecompressReader::new(r, c);
+    recover(&mut dr)?;
+    dr.finish()
+        .map_err(|e| SmError::new(format!("snapshot data: {e}")))
+}
+
+/// Reads the fixed part of the RSM snapshot header: the compression of the
+/// state machine's part and the session table's length.
+fn read_header(r: &mut dyn Read) -> Result<(Compression, u64), SmError> {
+    let mut head = [0u8; 8];
+    r.read_exact(&mut head)?;
+    if &head[..4] != RSM_SNAPSHOT_MAGIC {
+        return Err(SmError::new("snapshot data has a bad magic"));
+    }
+    let version = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    let compression = match version {
+        RSM_SNAPSHOT_VERSION_PLAIN => Compression::None,
+        RSM_SNAPSHOT_VERSION => {
+            let mut v2 = [0u8; 8];
+            r.read_exact(&mut v2)?;
+            if v2[1..].iter().any(|&b| b != 0) {
+                return Err(SmError::new(
+                    "snapshot data header: reserved bytes are not zero",
+                ));
+            }
+            Compression::from_code(v2[0]).ok_or_else(|| {
+                SmError::new(format!(
+                    "snapshot data is compressed with unknown algorithm {} \
+                     (a newer longship wrote it?)",
+                    v2[0]
+                ))
+            })?
+        }
+        v => {
+            return Err(SmError::new(format!(
+                "unsupported snapshot data version {v}"
+            )));
+        }
+    };
+    let mut len = [0u8; 8];
+    r.read_exact(&mut len)?;
+    Ok((compression, u64::from_le_bytes(len)))
 }
 
 #[cfg(test)]
@@ -561,7 +681,7 @@ mod tests {
         let rsm = Rsm::new(UserSm::OnDisk(Box::new(Counting(count))), 1 << 24, false);
         let mut data = Vec::new();
         data.extend_from_slice(RSM_SNAPSHOT_MAGIC);
-        data.extend_from_slice(&RSM_SNAPSHOT_VERSION.to_le_bytes());
+        data.extend_from_slice(&RSM_SNAPSHOT_VERSION_PLAIN.to_le_bytes());
         data.extend_from_slice(&(1u64 << 39).to_le_bytes());
         data.extend_from_slice(b"short");
         let applied = AppliedState {
