@@ -254,8 +254,9 @@ pub(crate) const SNAPSHOT_BLOCK_BYTES: usize = 64 << 10;
 /// Largest block the snapshot reader accepts (uncompressed): bounds the
 /// memory one reader holds, whatever the input claims.
 pub(crate) const SNAPSHOT_BLOCK_MAX_BYTES: usize = 1 << 20;
-/// Bytes of a block header: kind, uncompressed length, stored length.
-const BLOCK_HEADER_BYTES: usize = 9;
+/// Bytes of a block header: kind, uncompressed length, stored length,
+/// CRC32C of the uncompressed bytes.
+const BLOCK_HEADER_BYTES: usize = 13;
 /// Block kinds.
 const BLOCK_END: u8 = 0;
 const BLOCK_COMPRESSED: u8 = 1;
@@ -304,6 +305,10 @@ impl<'a> CompressWriter<'a> {
         head[0] = kind;
         head[1..5].copy_from_slice(&(self.buf.len() as u32).to_le_bytes());
         head[5..9].copy_from_slice(&(stored.len() as u32).to_le_bytes());
+        // The data file's checksum covers the stored bytes; this one the
+        // bytes the state machine reads (LZ4 and Snappy blocks have none,
+        // and a damaged block may still decode).
+        head[9..13].copy_from_slice(&crc32c::crc32c(&self.buf).to_le_bytes());
         self.inner.write_all(&head)?;
         self.inner.write_all(stored)?;
         self.buf.clear();
@@ -313,7 +318,7 @@ impl<'a> CompressWriter<'a> {
     /// Writes what is buffered and the end mark.
     pub(crate) fn finish(mut self) -> io::Result<()> {
         self.write_block()?;
-        self.inner.write_all(&[BLOCK_END, 0, 0, 0, 0, 0, 0, 0, 0])
+        self.inner.write_all(&[BLOCK_END; BLOCK_HEADER_BYTES])
     }
 }
 
@@ -344,6 +349,9 @@ pub(crate) struct DecompressReader<'a> {
     stored: Vec<u8>,
     pos: usize,
     ended: bool,
+    /// The first error: every later read fails with it, so a state machine
+    /// that ignores an error cannot make the rest of the stream pass.
+    failed: Option<String>,
 }
 
 impl<'a> DecompressReader<'a> {
@@ -356,6 +364,7 @@ impl<'a> DecompressReader<'a> {
             stored: Vec::new(),
             pos: 0,
             ended: false,
+            failed: None,
         }
     }
 
@@ -382,12 +391,13 @@ impl<'a> DecompressReader<'a> {
         let kind = head[0];
         let raw_len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
         let stored_len = u32::from_le_bytes([head[5], head[6], head[7], head[8]]) as usize;
+        let crc = u32::from_le_bytes([head[9], head[10], head[11], head[12]]);
         match kind {
-            BLOCK_END if raw_len == 0 && stored_len == 0 => {
+            BLOCK_END if raw_len == 0 && stored_len == 0 && crc == 0 => {
                 self.ended = true;
                 return Ok(false);
             }
-            BLOCK_END => return Err(self.err("end mark with non-zero lengths")),
+            BLOCK_END => return Err(self.err("end mark with non-zero fields")),
             BLOCK_COMPRESSED | BLOCK_STORED => {}
             k => return Err(self.err(format!("unknown block kind {k}"))),
         }
@@ -418,6 +428,9 @@ impl<'a> DecompressReader<'a> {
                 .decompress_into(&self.stored, &mut self.block)
                 .map_err(DecompressError::into_io)?;
         }
+        if crc32c::crc32c(&self.block) != crc {
+            return Err(self.err("checksum mismatch of an uncompressed block"));
+        }
         self.pos = 0;
         Ok(true)
     }
@@ -426,6 +439,9 @@ impl<'a> DecompressReader<'a> {
     /// checks that nothing follows it.
     pub(crate) fn finish(mut self) -> io::Result<()> {
         io::copy(&mut self, &mut io::sink())?;
+        if self.failed.is_some() || !self.ended {
+            return Err(self.err("not read to its end mark"));
+        }
         let mut one = [0u8; 1];
         if self.inner.read(&mut one)? != 0 {
             return Err(self.err("bytes after the end mark"));
@@ -436,9 +452,20 @@ impl<'a> DecompressReader<'a> {
 
 impl Read for DecompressReader<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if let Some(e) = &self.failed {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e.clone()));
+        }
         while self.pos == self.block.len() {
-            if self.ended || out.is_empty() || !self.next_block()? {
+            if self.ended || out.is_empty() {
                 return Ok(0);
+            }
+            match self.next_block() {
+                Ok(true) => {}
+                Ok(false) => return Ok(0),
+                Err(e) => {
+                    self.failed = Some(e.to_string());
+                    return Err(e);
+                }
             }
         }
         let n = out.len().min(self.block.len() - self.pos);
@@ -624,12 +651,27 @@ mod tests {
             big[1..5].copy_from_slice(&(2u32 << 20).to_le_bytes());
             let e = read_stream(c, &big).unwrap_err();
             assert!(e.to_string().contains("allowed 1..="), "{e}");
+            // An error sticks: a reader that ignores it cannot make the
+            // rest of the stream pass.
+            let cut = &stream[..stream.len() / 2];
+            let mut input = cut;
+            let mut r = DecompressReader::new(&mut input, c);
+            let _ = r.read_to_end(&mut Vec::new());
+            assert!(r.read(&mut [0u8; 16]).is_err());
+            assert!(r.finish().is_err());
             // Damaged compressed bytes.
             let mut bad = stream.clone();
             for b in &mut bad[BLOCK_HEADER_BYTES..BLOCK_HEADER_BYTES + 64] {
                 *b = 0xff;
             }
             assert!(read_stream(c, &bad).is_err(), "{c:?}");
+            // Any single flipped bit of the stream is an error, never
+            // different data (the block checksum catches what decodes).
+            for at in (0..stream.len()).step_by(97) {
+                let mut flipped = stream.clone();
+                flipped[at] ^= 0x10;
+                assert!(read_stream(c, &flipped).is_err(), "{c:?} flip at {at}");
+            }
         }
     }
 

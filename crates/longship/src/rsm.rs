@@ -695,4 +695,132 @@ mod tests {
         assert!(err.to_string().contains("truncated"), "{err}");
         assert_eq!(rsm.applied().index, Index(0), "nothing recovered");
     }
+
+    /// A regular state machine holding the bytes it recovered.
+    struct Bytes(Vec<u8>);
+
+    impl StateMachine for Bytes {
+        fn update(&mut self, _: &mut [SmEntry]) -> Result<(), SmError> {
+            Ok(())
+        }
+        fn lookup(&self, _: &[u8]) -> Result<Vec<u8>, SmError> {
+            Ok(self.0.clone())
+        }
+        fn save_snapshot(&self, w: &mut dyn Write, _: &StopFlag) -> Result<(), SmError> {
+            Ok(w.write_all(&self.0)?)
+        }
+        fn recover_from_snapshot(&mut self, r: &mut dyn Read, _: &StopFlag) -> Result<(), SmError> {
+            self.0.clear();
+            r.read_to_end(&mut self.0)?;
+            Ok(())
+        }
+    }
+
+    fn bytes_rsm(data: &[u8], c: Compression) -> Rsm {
+        Rsm::new(
+            UserSm::Regular(RwLock::new(Box::new(Bytes(data.to_vec())))),
+            16,
+            false,
+        )
+        .with_snapshot_compression(c)
+    }
+
+    fn applied_at(index: u64) -> AppliedState {
+        AppliedState {
+            index: Index(index),
+            term: Term(1),
+            membership: Membership::default(),
+        }
+    }
+
+    // The snapshot's header decides how its data is read, not the reader's
+    // own setting; no compression keeps the version-1 header older builds read.
+    #[test]
+    fn snapshots_are_read_by_the_compression_they_record() {
+        let data: Vec<u8> = b"state ".repeat(50_000);
+        for written in [Compression::None, Compression::Lz4, Compression::Snappy] {
+            let mut snap = Vec::new();
+            bytes_rsm(&data, written)
+                .save_regular(&mut snap, &StopFlag::new())
+                .unwrap();
+            let version = u32::from_le_bytes(snap[4..8].try_into().unwrap());
+            if written == Compression::None {
+                assert_eq!(version, RSM_SNAPSHOT_VERSION_PLAIN);
+                assert!(snap.len() > data.len());
+            } else {
+                assert_eq!(version, RSM_SNAPSHOT_VERSION);
+                assert_eq!(snap[8], written.code());
+                assert!(snap.len() < data.len() / 4, "{written:?}: {}", snap.len());
+            }
+            for reader in [Compression::None, Compression::Lz4, Compression::Snappy] {
+                let rsm = bytes_rsm(b"", reader);
+                rsm.recover(&mut &snap[..], applied_at(3), &StopFlag::new())
+                    .unwrap();
+                assert_eq!(
+                    rsm.sm.lookup(b"").unwrap(),
+                    data,
+                    "{written:?} read by {reader:?}"
+                );
+                assert_eq!(rsm.applied().index, Index(3));
+            }
+        }
+    }
+
+    #[test]
+    fn an_unknown_snapshot_compression_is_a_clear_error() {
+        let mut snap = Vec::new();
+        bytes_rsm(b"abc", Compression::Lz4)
+            .save_regular(&mut snap, &StopFlag::new())
+            .unwrap();
+        snap[8] = 9;
+        let rsm = bytes_rsm(b"", Compression::None);
+        let err = rsm
+            .recover(&mut &snap[..], applied_at(3), &StopFlag::new())
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown algorithm 9"), "{err}");
+        assert_eq!(rsm.applied().index, Index(0), "nothing recovered");
+        snap[8] = Compression::Lz4.code();
+        snap[12] = 1;
+        let err = rsm
+            .recover(&mut &snap[..], applied_at(3), &StopFlag::new())
+            .unwrap_err();
+        assert!(err.to_string().contains("reserved"), "{err}");
+    }
+
+    // A compressed entry reaches the state machine decompressed; one whose
+    // payload does not decompress stops the apply with an error naming it.
+    #[test]
+    fn encoded_entries_are_decompressed_and_a_bad_one_is_an_error() {
+        let count = Arc::new(AtomicU64::new(0));
+        let rsm = Rsm::new(UserSm::OnDisk(Box::new(Counting(count.clone()))), 16, false);
+        let mut no_cc = |_: &ConfigChange, _: Index| -> Result<Membership, ConfigChangeRejected> {
+            Err(ConfigChangeRejected::ZeroReplicaId)
+        };
+        let cmd = b"set k ".repeat(100);
+        let payload =
+            crate::compression::compress_entry_payload(Compression::Snappy, &cmd).unwrap();
+        let good = Entry {
+            entry_type: EntryType::Encoded,
+            cmd: bytes::Bytes::from(payload.clone()),
+            ..entry(1, 10, 0, 0)
+        };
+        assert_eq!(command(&good).unwrap(), cmd);
+        let mut out = Vec::new();
+        rsm.apply(&[good], &mut no_cc, &mut out).unwrap();
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        let mut damaged = payload;
+        damaged.truncate(damaged.len() - 3);
+        let bad = Entry {
+            entry_type: EntryType::Encoded,
+            cmd: bytes::Bytes::from(damaged),
+            ..entry(2, 11, 0, 0)
+        };
+        let err = rsm.apply(&[bad], &mut no_cc, &mut out).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("entry 2 (term 1): snappy data does not decompress"),
+            "{err}"
+        );
+        assert_eq!(count.load(Ordering::SeqCst), 1, "nothing applied");
+    }
 }

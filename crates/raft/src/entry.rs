@@ -95,14 +95,6 @@ impl Entry {
         self.cmd.len() as u64
     }
 
-    /// Whether the entry carries an application command (a
-    /// [`Normal`](EntryType::Normal) or [`Encoded`](EntryType::Encoded)
-    /// entry).
-    #[inline]
-    pub fn is_application(&self) -> bool {
-        matches!(self.entry_type, EntryType::Normal | EntryType::Encoded)
-    }
-
     /// This entry as a witness receives it: application payloads are stripped
     /// (witnesses hold no state machine); config changes stay whole because a
     /// witness must know the membership.
@@ -189,7 +181,6 @@ mod tests {
                 key: 3,
                 ..Entry::default()
             };
-            assert!(e.is_application());
             let w = e.to_witness();
             assert_eq!(w.entry_type, EntryType::Metadata);
             assert!(w.cmd.is_empty());
@@ -200,7 +191,6 @@ mod tests {
             cmd: Bytes::from_static(b"cc"),
             ..Entry::default()
         };
-        assert!(!cc.is_application());
         assert_eq!(cc.to_witness(), cc);
         assert_eq!(EntryType::from_u8(4), Some(EntryType::Encoded));
         assert_eq!(EntryType::from_u8(5), None);
