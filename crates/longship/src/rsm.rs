@@ -15,7 +15,8 @@ use parking_lot::{Mutex, RwLock};
 use crate::compression::{CompressWriter, Compression, DecompressReader, decompress_entry_payload};
 use crate::session::{SessionCheck, SessionManager};
 use crate::sm::{
-    ConcurrentStateMachine, OnDiskStateMachine, SmEntry, SmError, SmResult, StateMachine, StopFlag,
+    ConcurrentStateMachine, OnDiskStateMachine, SmEntry, SmError, SmResult, SnapshotFile,
+    SnapshotFiles, StateMachine, StopFlag,
 };
 
 /// The user's state machine, of one of the three kinds.
@@ -370,8 +371,14 @@ impl Rsm {
         out
     }
 
-    /// Writes a snapshot of a regular state machine (blocks its updates).
-    pub(crate) fn save_regular(&self, w: &mut dyn Write, stop: &StopFlag) -> Result<(), SmError> {
+    /// Writes a snapshot of a regular state machine (blocks its updates);
+    /// the files it attaches are added to `files`.
+    pub(crate) fn save_regular(
+        &self,
+        w: &mut dyn Write,
+        files: &mut SnapshotFiles,
+        stop: &StopFlag,
+    ) -> Result<(), SmError> {
         let UserSm::Regular(sm) = &self.sm else {
             return Err(SmError::new("save_regular on a non-regular state machine"));
         };
@@ -383,7 +390,9 @@ impl Rsm {
             return Ok(());
         }
         write_compressed(w, c, |w| {
-            guarded("save_snapshot", || guard.save_snapshot(w, stop))
+            guarded("save_snapshot", || {
+                guard.save_snapshot_with_files(w, files, stop)
+            })
         })
     }
 
@@ -409,11 +418,13 @@ impl Rsm {
         })
     }
 
-    /// Writes a prepared snapshot (off the apply path).
+    /// Writes a prepared snapshot (off the apply path); the files the state
+    /// machine attaches are added to `files`.
     pub(crate) fn save_prepared(
         &self,
         p: Prepared,
         w: &mut dyn Write,
+        files: &mut SnapshotFiles,
         stop: &StopFlag,
     ) -> Result<(), SmError> {
         w.write_all(&p.header)?;
@@ -422,9 +433,11 @@ impl Rsm {
         }
         write_compressed(w, p.compression, |w| {
             guarded("save_snapshot", || match (&self.sm, p.ctx) {
-                (UserSm::Concurrent(sm), Some(ctx)) => sm.save_snapshot(ctx, w, stop),
-                (UserSm::OnDisk(sm), Some(ctx)) => sm.save_snapshot(ctx, w, stop),
-                (UserSm::Regular(sm), None) => sm.read().save_snapshot(w, stop),
+                (UserSm::Concurrent(sm), Some(ctx)) => {
+                    sm.save_snapshot_with_files(ctx, w, files, stop)
+                }
+                (UserSm::OnDisk(sm), Some(ctx)) => sm.save_snapshot_with_files(ctx, w, files, stop),
+                (UserSm::Regular(sm), None) => sm.read().save_snapshot_with_files(w, files, stop),
                 _ => Err(SmError::new(
                     "prepared snapshot does not match the state machine kind",
                 )),
@@ -432,11 +445,13 @@ impl Rsm {
         })
     }
 
-    /// Reads the RSM header and recovers the state machine from the rest.
+    /// Reads the RSM header and recovers the state machine from the rest
+    /// and the snapshot's attached `files`.
     pub(crate) fn recover(
         &self,
         r: &mut dyn Read,
         applied: AppliedState,
+        files: &[SnapshotFile],
         stop: &StopFlag,
     ) -> Result<(), SmError> {
         let (compression, len) = read_header(r)?;
@@ -465,12 +480,12 @@ impl Rsm {
             match &self.sm {
                 UserSm::Regular(sm) => read_compressed(r, compression, |r| {
                     guarded("recover_from_snapshot", || {
-                        sm.write().recover_from_snapshot(r, stop)
+                        sm.write().recover_from_snapshot_with_files(r, files, stop)
                     })
                 })?,
                 UserSm::Concurrent(sm) => read_compressed(r, compression, |r| {
                     guarded("recover_from_snapshot", || {
-                        sm.recover_from_snapshot(r, stop)
+                        sm.recover_from_snapshot_with_files(r, files, stop)
                     })
                 })?,
                 // Its own store may already be at or past the snapshot (a
@@ -481,7 +496,7 @@ impl Rsm {
                 UserSm::OnDisk(sm) => {
                     read_compressed(r, compression, |r| {
                         guarded("recover_from_snapshot", || {
-                            sm.recover_from_snapshot(r, stop)
+                            sm.recover_from_snapshot_with_files(r, files, stop)
                         })
                     })?;
                     self.set_on_disk_index(applied.index);
@@ -690,7 +705,7 @@ mod tests {
             membership: Membership::default(),
         };
         let err = rsm
-            .recover(&mut &data[..], applied, &StopFlag::default())
+            .recover(&mut &data[..], applied, &[], &StopFlag::default())
             .unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
         assert_eq!(rsm.applied().index, Index(0), "nothing recovered");
@@ -741,7 +756,7 @@ mod tests {
         for written in [Compression::None, Compression::Lz4, Compression::Snappy] {
             let mut snap = Vec::new();
             bytes_rsm(&data, written)
-                .save_regular(&mut snap, &StopFlag::new())
+                .save_regular(&mut snap, &mut SnapshotFiles::new(), &StopFlag::new())
                 .unwrap();
             let version = u32::from_le_bytes(snap[4..8].try_into().unwrap());
             if written == Compression::None {
@@ -754,7 +769,7 @@ mod tests {
             }
             for reader in [Compression::None, Compression::Lz4, Compression::Snappy] {
                 let rsm = bytes_rsm(b"", reader);
-                rsm.recover(&mut &snap[..], applied_at(3), &StopFlag::new())
+                rsm.recover(&mut &snap[..], applied_at(3), &[], &StopFlag::new())
                     .unwrap();
                 assert_eq!(
                     rsm.sm.lookup(b"").unwrap(),
@@ -770,19 +785,19 @@ mod tests {
     fn an_unknown_snapshot_compression_is_a_clear_error() {
         let mut snap = Vec::new();
         bytes_rsm(b"abc", Compression::Lz4)
-            .save_regular(&mut snap, &StopFlag::new())
+            .save_regular(&mut snap, &mut SnapshotFiles::new(), &StopFlag::new())
             .unwrap();
         snap[8] = 9;
         let rsm = bytes_rsm(b"", Compression::None);
         let err = rsm
-            .recover(&mut &snap[..], applied_at(3), &StopFlag::new())
+            .recover(&mut &snap[..], applied_at(3), &[], &StopFlag::new())
             .unwrap_err();
         assert!(err.to_string().contains("unknown algorithm 9"), "{err}");
         assert_eq!(rsm.applied().index, Index(0), "nothing recovered");
         snap[8] = Compression::Lz4.code();
         snap[12] = 1;
         let err = rsm
-            .recover(&mut &snap[..], applied_at(3), &StopFlag::new())
+            .recover(&mut &snap[..], applied_at(3), &[], &StopFlag::new())
             .unwrap_err();
         assert!(err.to_string().contains("reserved"), "{err}");
     }

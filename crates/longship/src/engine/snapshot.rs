@@ -13,6 +13,7 @@ use crate::error::Error;
 use crate::host::{HostState, SnapshotJob};
 use crate::metrics::Metrics;
 use crate::replica::Replica;
+use crate::sm::SnapshotFiles;
 
 /// Snapshot stream chunk size.
 pub(crate) const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
@@ -209,10 +210,14 @@ fn write_state(
     mut sink: longship_storage::snapshot::SnapshotSink,
 ) -> Result<longship_storage::snapshot::SnapshotInfo, Error> {
     let regular = matches!(r.rsm.sm, crate::rsm::UserSm::Regular(_));
+    let mut files = SnapshotFiles::new();
     let written = if regular {
         // Exclusive with updates for the whole save: this shard's apply waits,
         // others do not (the apply worker skips a locked shard).
-        let res = r.rsm.save_regular(&mut sink, &r.stop).map_err(save_error);
+        let res = r
+            .rsm
+            .save_regular(&mut sink, &mut files, &r.stop)
+            .map_err(save_error);
         drop(guard);
         res
     } else {
@@ -223,12 +228,15 @@ fn write_state(
                 // replica: it may go on now, not only once the save is over.
                 host.mark_apply(r.shard_id);
                 r.rsm
-                    .save_prepared(prepared, &mut sink, &r.stop)
+                    .save_prepared(prepared, &mut sink, &mut files, &r.stop)
                     .map_err(save_error)
             }
             Err(e) => Err(save_error(e)),
         }
     };
+    // The files the state machine attached are copied in once its save is
+    // complete (it promised to keep them unchanged until then).
+    let written = written.and_then(|()| crate::snapshot_files::attach(&mut sink, files));
     // A save cut short by the stop flag may have returned Ok with part of
     // the state only: never keep it (the log would be compacted behind it).
     let written = written.and_then(|()| {
