@@ -122,8 +122,27 @@ pub(crate) struct Prepared {
     pub(crate) header: Vec<u8>,
     /// How the state machine's part is compressed (as `header` records).
     pub(crate) compression: Compression,
+    /// No state machine part at all (as `header` records): an on-disk
+    /// state machine's local snapshot.
+    pub(crate) metadata_only: bool,
     pub(crate) ctx: Option<Box<dyn std::any::Any + Send>>,
 }
+
+/// What a snapshot being saved holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SnapshotContent {
+    /// The state machine's whole state (exports, streams, and every local
+    /// snapshot of in-memory state machines).
+    Full,
+    /// For an on-disk state machine, a local snapshot: the session table
+    /// only, since the state machine's own store holds its state (synced
+    /// first). Other kinds save `Full` whatever is asked.
+    Local,
+}
+
+/// Bit 0 of the flags byte of the version-2 header: the snapshot has no
+/// state machine part (an on-disk state machine's local snapshot).
+const FLAG_METADATA_ONLY: u8 = 1;
 
 /// State the snapshot of a shard carries besides the user's data.
 pub(crate) const RSM_SNAPSHOT_MAGIC: &[u8; 4] = b"LSRS";
@@ -352,19 +371,21 @@ impl Rsm {
     }
 
     /// The RSM header of a snapshot whose state machine part is compressed
-    /// with `c`: magic, version, (version 2: compression, reserved bytes),
-    /// the session table. Version 1 when `c` is none.
-    pub(crate) fn snapshot_header(&self, c: Compression) -> Vec<u8> {
+    /// with `c` (or absent, `metadata_only`): magic, version, (version 2:
+    /// compression, flags, reserved bytes), the session table. Version 1
+    /// when `c` is none and the part is there.
+    pub(crate) fn snapshot_header(&self, c: Compression, metadata_only: bool) -> Vec<u8> {
         let mut sessions = Vec::new();
         self.sessions.lock().encode(&mut sessions);
         let mut out = Vec::with_capacity(24 + sessions.len());
         out.extend_from_slice(RSM_SNAPSHOT_MAGIC);
-        if c == Compression::None {
+        if c == Compression::None && !metadata_only {
             out.extend_from_slice(&RSM_SNAPSHOT_VERSION_PLAIN.to_le_bytes());
         } else {
             out.extend_from_slice(&RSM_SNAPSHOT_VERSION.to_le_bytes());
             out.push(c.code());
-            out.extend_from_slice(&[0u8; 7]);
+            out.push(if metadata_only { FLAG_METADATA_ONLY } else { 0 });
+            out.extend_from_slice(&[0u8; 6]);
         }
         out.extend_from_slice(&(sessions.len() as u64).to_le_bytes());
         out.extend_from_slice(&sessions);
@@ -384,7 +405,7 @@ impl Rsm {
         };
         let guard = sm.read();
         let c = self.compression_for_save();
-        w.write_all(&self.snapshot_header(c))?;
+        w.write_all(&self.snapshot_header(c, false))?;
         if self.witness {
             // Metadata only: a witness's state machine never saw an entry.
             return Ok(());
@@ -399,21 +420,36 @@ impl Rsm {
     /// Captures a snapshot's content on the apply path: the RSM header and,
     /// for concurrent and on-disk state machines, their prepared context.
     /// (Regular state machines are saved whole by [`Rsm::save_regular`].)
-    pub(crate) fn prepare(&self) -> Result<Prepared, SmError> {
+    /// An on-disk state machine's `Local` snapshot is synced but not
+    /// prepared: it holds no state machine part.
+    pub(crate) fn prepare(&self, content: SnapshotContent) -> Result<Prepared, SmError> {
+        let mut metadata_only = false;
         let ctx = match &self.sm {
             _ if self.witness => None,
             UserSm::Regular(_) => None,
             UserSm::Concurrent(sm) => Some(guarded("prepare_snapshot", || sm.prepare_snapshot())?),
             UserSm::OnDisk(sm) => {
-                // The streamed state must include everything applied so far.
+                // The state must include everything applied so far: in the
+                // stream, or (metadata only) in the state machine's store,
+                // since the log behind the snapshot may be compacted.
                 guarded("sync", || sm.sync())?;
-                Some(guarded("prepare_snapshot", || sm.prepare_snapshot())?)
+                if content == SnapshotContent::Local {
+                    metadata_only = true;
+                    None
+                } else {
+                    Some(guarded("prepare_snapshot", || sm.prepare_snapshot())?)
+                }
             }
         };
-        let compression = self.compression_for_save();
+        let compression = if metadata_only {
+            Compression::None
+        } else {
+            self.compression_for_save()
+        };
         Ok(Prepared {
-            header: self.snapshot_header(compression),
+            header: self.snapshot_header(compression, metadata_only),
             compression,
+            metadata_only,
             ctx,
         })
     }
@@ -428,7 +464,7 @@ impl Rsm {
         stop: &StopFlag,
     ) -> Result<(), SmError> {
         w.write_all(&p.header)?;
-        if self.witness {
+        if self.witness || p.metadata_only {
             return Ok(());
         }
         write_compressed(w, p.compression, |w| {
@@ -454,7 +490,7 @@ impl Rsm {
         files: &[SnapshotFile],
         stop: &StopFlag,
     ) -> Result<(), SmError> {
-        let (compression, len) = read_header(r)?;
+        let (compression, metadata_only, len) = read_header(r)?;
         let limit = (crate::session::MAX_SESSIONS_CAP as u64 + 1) * (1 << 20);
         if len > limit {
             return Err(SmError::new(format!(
@@ -478,6 +514,26 @@ impl Rsm {
             .map_err(|e| SmError::new(format!("session table: {e}")))?;
         if !self.witness {
             match &self.sm {
+                // The state it lacks is in an on-disk state machine's own
+                // store, which must hold at least the snapshot's entries
+                // (it was synced before the snapshot was taken).
+                UserSm::OnDisk(_) if metadata_only && self.on_disk_index() < applied.index => {
+                    return Err(SmError::new(format!(
+                        "the snapshot at index {} holds no state machine data (an on-disk state \
+                         machine's local snapshot), but the state machine's store reports only \
+                         index {} applied: its store lost state it had synced",
+                        applied.index,
+                        self.on_disk_index()
+                    )));
+                }
+                UserSm::Regular(_) | UserSm::Concurrent(_) if metadata_only => {
+                    return Err(SmError::new(format!(
+                        "the snapshot at index {} holds no state machine data (an on-disk state \
+                         machine's local snapshot): an in-memory state machine cannot recover \
+                         from it",
+                        applied.index
+                    )));
+                }
                 UserSm::Regular(sm) => read_compressed(r, compression, |r| {
                     guarded("recover_from_snapshot", || {
                         sm.write().recover_from_snapshot_with_files(r, files, stop)
@@ -555,32 +611,41 @@ fn read_compressed(
         .map_err(|e| SmError::new(format!("snapshot data: {e}")))
 }
 
+/// Whether the snapshot data read by `r` (from its start) has no state
+/// machine part: an on-disk state machine's local snapshot, which a leader
+/// does not stream as it is.
+pub(crate) fn is_metadata_only(r: &mut dyn Read) -> Result<bool, SmError> {
+    Ok(read_header(r)?.1)
+}
+
 /// Reads the fixed part of the RSM snapshot header: the compression of the
-/// state machine's part and the session table's length.
-fn read_header(r: &mut dyn Read) -> Result<(Compression, u64), SmError> {
+/// state machine's part, whether there is none (metadata only) and the
+/// session table's length.
+fn read_header(r: &mut dyn Read) -> Result<(Compression, bool, u64), SmError> {
     let mut head = [0u8; 8];
     r.read_exact(&mut head)?;
     if &head[..4] != RSM_SNAPSHOT_MAGIC {
         return Err(SmError::new("snapshot data has a bad magic"));
     }
     let version = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-    let compression = match version {
-        RSM_SNAPSHOT_VERSION_PLAIN => Compression::None,
+    let (compression, metadata_only) = match version {
+        RSM_SNAPSHOT_VERSION_PLAIN => (Compression::None, false),
         RSM_SNAPSHOT_VERSION => {
             let mut v2 = [0u8; 8];
             r.read_exact(&mut v2)?;
-            if v2[1..].iter().any(|&b| b != 0) {
+            if v2[1] & !FLAG_METADATA_ONLY != 0 || v2[2..].iter().any(|&b| b != 0) {
                 return Err(SmError::new(
-                    "snapshot data header: reserved bytes are not zero",
+                    "snapshot data header: unknown flags or reserved bytes not zero",
                 ));
             }
-            Compression::from_code(v2[0]).ok_or_else(|| {
+            let c = Compression::from_code(v2[0]).ok_or_else(|| {
                 SmError::new(format!(
                     "snapshot data is compressed with unknown algorithm {} \
                      (a newer longship wrote it?)",
                     v2[0]
                 ))
-            })?
+            })?;
+            (c, v2[1] & FLAG_METADATA_ONLY != 0)
         }
         v => {
             return Err(SmError::new(format!(
@@ -590,7 +655,7 @@ fn read_header(r: &mut dyn Read) -> Result<(Compression, u64), SmError> {
     };
     let mut len = [0u8; 8];
     r.read_exact(&mut len)?;
-    Ok((compression, u64::from_le_bytes(len)))
+    Ok((compression, metadata_only, u64::from_le_bytes(len)))
 }
 
 #[cfg(test)]

@@ -321,6 +321,13 @@ pub trait ConcurrentStateMachine: Send + Sync {
 }
 
 /// A state machine whose state lives in its own durable store.
+///
+/// Its local snapshots (automatic, `Config::snapshot_entries`, and
+/// requested without an export path) hold metadata only: longship calls
+/// [`sync`](Self::sync) and records the session table, and the log is
+/// compacted behind that. [`prepare_snapshot`](Self::prepare_snapshot) and
+/// `save_snapshot` run only when the whole state is needed elsewhere: a
+/// stream to a follower that fell behind the compacted log, and an export.
 pub trait OnDiskStateMachine: Send + Sync {
     /// Opens the store and returns the index of the last entry it applied
     /// durably (0 if none). Entries up to it are not applied again.
@@ -329,9 +336,11 @@ pub trait OnDiskStateMachine: Send + Sync {
     fn update(&self, entries: &mut [SmEntry]) -> Result<(), SmError>;
     /// Answers a read-only query (may run during `update`).
     fn lookup(&self, query: &[u8]) -> Result<Vec<u8>, SmError>;
-    /// Makes everything applied so far durable.
+    /// Makes everything applied so far durable (before every snapshot:
+    /// the log behind a local snapshot is compacted).
     fn sync(&self) -> Result<(), SmError>;
-    /// Captures a consistent view for `save_snapshot`, quickly.
+    /// Captures a consistent view for `save_snapshot`, quickly (for a
+    /// stream to a follower or an export, not for local snapshots).
     fn prepare_snapshot(&self) -> Result<Box<dyn Any + Send>, SmError>;
     /// Streams the captured view (used to bring other replicas up).
     fn save_snapshot(

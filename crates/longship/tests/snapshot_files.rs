@@ -385,21 +385,34 @@ fn attached_files_travel_with_snapshots(kind: Kind) {
             .load(Ordering::Relaxed);
     assert!(received >= 1, "caught up without a stream");
 
-    // A restarted replica gets its own snapshot's files back.
     for i in 20..25 {
         f.c.propose(leader, SHARD, format!("set k{i} v{i}"));
     }
     let other = (1..=3).find(|&h| h != leader && h != lagging).unwrap();
     assert_eq!(f.c.read(other, SHARD, "get k24"), b"v24");
-    f.snapshot(other);
-    let before = f.probes[&other].recoveries.lock().unwrap().len();
-    f.restart(other);
-    assert_eq!(f.c.read(other, SHARD, "get k24"), b"v24");
-    assert_eq!(
-        f.probes[&other].recoveries.lock().unwrap().len(),
-        before + 1
-    );
-    check_files(&f.last_recovery(other), 26);
+    let index = f.snapshot(other);
+    let local =
+        f.c.host_dir(other)
+            .join("snapshots")
+            .join(format!("snapshot-{SHARD}-{other}"))
+            .join(format!("snapshot-{:016x}", index.0));
+    if kind == Kind::OnDisk {
+        // An on-disk state machine's local snapshot holds metadata only:
+        // no save, so no files (its own store holds its state).
+        assert!(local.join("snapshot.meta").is_file());
+        assert!(!local.join("longship-files").exists());
+    } else {
+        // A restarted replica gets its own snapshot's files back.
+        assert!(local.join("longship-files").is_file());
+        let before = f.probes[&other].recoveries.lock().unwrap().len();
+        f.restart(other);
+        assert_eq!(f.c.read(other, SHARD, "get k24"), b"v24");
+        assert_eq!(
+            f.probes[&other].recoveries.lock().unwrap().len(),
+            before + 1
+        );
+        check_files(&f.last_recovery(other), 26);
+    }
 
     // Exported with the snapshot, imported with it.
     let export = f.c.dir.path().join("backup");
