@@ -903,4 +903,46 @@ mod tests {
         );
         assert_eq!(count.load(Ordering::SeqCst), 1, "nothing applied");
     }
+
+    // An on-disk state machine's local snapshot holds the session table
+    // only. Its own store must be at or past the snapshot; an in-memory
+    // state machine cannot use it at all.
+    #[test]
+    fn metadata_only_snapshots_need_the_state_machine_s_own_store() {
+        let count = Arc::new(AtomicU64::new(0));
+        let on_disk = Rsm::new(UserSm::OnDisk(Box::new(Counting(count.clone()))), 16, false)
+            .with_snapshot_compression(Compression::Lz4);
+        let p = on_disk.prepare(SnapshotContent::Local).unwrap();
+        assert!(p.metadata_only && p.ctx.is_none());
+        let mut snap = Vec::new();
+        on_disk
+            .save_prepared(p, &mut snap, &mut SnapshotFiles::new(), &StopFlag::new())
+            .unwrap();
+        assert!(is_metadata_only(&mut &snap[..]).unwrap());
+        assert_eq!(snap[8], 0, "nothing to compress");
+        // Behind the snapshot: its store lost synced state.
+        let err = on_disk
+            .recover(&mut &snap[..], applied_at(5), &[], &StopFlag::new())
+            .unwrap_err();
+        assert!(err.to_string().contains("store lost state"), "{err}");
+        // At or past it: sessions and position taken, the store kept.
+        on_disk.set_on_disk_index(Index(5));
+        on_disk
+            .recover(&mut &snap[..], applied_at(5), &[], &StopFlag::new())
+            .unwrap();
+        assert_eq!(on_disk.applied().index, Index(5));
+        let err = bytes_rsm(b"", Compression::None)
+            .recover(&mut &snap[..], applied_at(5), &[], &StopFlag::new())
+            .unwrap_err();
+        assert!(err.to_string().contains("cannot recover"), "{err}");
+        // A full one (streams, exports) is not metadata only.
+        let p = on_disk.prepare(SnapshotContent::Full).unwrap();
+        assert!(!p.metadata_only && p.ctx.is_some());
+        // In-memory kinds save everything whatever is asked.
+        let mut full = Vec::new();
+        bytes_rsm(b"abc", Compression::None)
+            .save_regular(&mut full, &mut SnapshotFiles::new(), &StopFlag::new())
+            .unwrap();
+        assert!(!is_metadata_only(&mut &full[..]).unwrap());
+    }
 }
