@@ -372,7 +372,8 @@ impl<'a> DecompressReader<'a> {
         DecompressError::new(self.c, format!("snapshot block stream: {}", reason.into())).into_io()
     }
 
-    /// Reads exactly `buf.len()` bytes; the stream ending first is an error.
+    /// Reads exactly `n` bytes into `stored`; the stream ending first is
+    /// an error (truncated inside a block header if `header`, else a block).
     fn read_exact_or_truncated(&mut self, n: usize, header: bool) -> io::Result<()> {
         let buf: &mut Vec<u8> = &mut self.stored;
         buf.clear();
