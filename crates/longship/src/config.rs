@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use longship_raft::{ReplicaId, ShardId};
 
+use crate::compression::Compression;
 use crate::error::{Error, Result};
 
 /// Configuration of one replica of one shard.
@@ -71,6 +72,23 @@ pub struct Config {
     /// so an `update` that can block (synchronous disk writes, remote
     /// calls, locks held elsewhere) must leave it at 0.
     pub max_inline_apply_bytes: u64,
+    /// How this replica compresses the payloads of the proposals made
+    /// through it (dragonboat's `EntryCompressionType`; default none). The
+    /// proposing thread compresses; every replica decompresses before its
+    /// state machine sees the command, whatever its own setting, because a
+    /// compressed entry records its algorithm (entry type `Encoded`, see
+    /// `docs/formats.md`). A payload compression does not make smaller is
+    /// proposed as it is. Size limits (`max_proposal_bytes`) apply to the
+    /// uncompressed payload; the log, the network and the uncommitted-bytes
+    /// limit see the compressed one.
+    pub entry_compression: Compression,
+    /// How this replica compresses the state machine's part of the
+    /// snapshots it saves and exports (dragonboat's
+    /// `SnapshotCompressionType`; default none). The algorithm is recorded
+    /// in the snapshot's data header, so followers receiving the snapshot,
+    /// a restart and an import read it whatever their own setting. The
+    /// session table and attached files are not compressed.
+    pub snapshot_compression: Compression,
 }
 
 impl Config {
@@ -147,6 +165,8 @@ impl Default for Config {
             quiesce: false,
             max_sessions: 4096,
             max_inline_apply_bytes: 0,
+            entry_compression: Compression::None,
+            snapshot_compression: Compression::None,
         }
     }
 }

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod compression;
 mod config;
 mod engine;
 mod error;
@@ -30,11 +31,13 @@ mod request;
 mod rsm;
 mod session;
 mod sm;
+mod snapshot_files;
 mod tombstone;
 pub mod tools;
 mod verify;
 mod work;
 
+pub use compression::Compression;
 pub use config::{Config, NodeHostConfig};
 pub use error::{Error, Result};
 pub use events::EventListener;
@@ -54,8 +57,9 @@ pub use reporter::{
 pub use request::RequestHandle;
 pub use session::Session;
 pub use sm::{
-    ConcurrentStateMachine, OnDiskStateMachine, SNAPSHOT_ABORTED, SmEntry, SmError, SmResult,
-    StateMachine, StopFlag,
+    ConcurrentStateMachine, OnDiskStateMachine, SNAPSHOT_ABORTED, SNAPSHOT_FILE_METADATA_MAX_BYTES,
+    SNAPSHOT_FILES_MAX, SNAPSHOT_FILES_METADATA_MAX_BYTES, SmEntry, SmError, SmResult,
+    SnapshotFile, SnapshotFiles, StateMachine, StopFlag,
 };
 
 /// The transports a [`NodeHostBuilder`] takes (from `longship-transport`):

@@ -54,6 +54,9 @@ counters!(
     snapshots_saved,
     /// Snapshots exported ([`SnapshotOption::export_path`](crate::SnapshotOption::export_path)).
     snapshots_exported,
+    /// Full snapshots an on-disk state machine saved to stream to a
+    /// follower (its local snapshots hold metadata only).
+    snapshots_saved_for_streams,
     /// Snapshots received from leaders.
     snapshots_received,
     /// Snapshot stream chunks refused (a stream over `max_snapshot_bytes`,

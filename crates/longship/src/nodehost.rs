@@ -904,7 +904,8 @@ impl NodeHost {
             UserSm::OnDisk(sm) => Some(sm.open(&stop).map_err(|e| Error::StateMachine(e.0))?),
             _ => None,
         };
-        let rsm = Rsm::new(user_sm, cfg.max_sessions, cfg.is_witness);
+        let rsm = Rsm::new(user_sm, cfg.max_sessions, cfg.is_witness)
+            .with_snapshot_compression(cfg.snapshot_compression);
         let raft_cfg = longship_raft::RaftConfig {
             shard_id: shard,
             replica_id: me,
@@ -1642,10 +1643,23 @@ fn propose_raw(
     cmd: Bytes,
     deadline: u64,
 ) -> Result<RequestHandle<SmResult>> {
+    propose_entry(host, r, session, EntryType::Normal, cmd, deadline)
+}
+
+/// Queues an entry of `entry_type` (`Normal`, or `Encoded` with a
+/// compressed payload) for the replica's next step cycle.
+fn propose_entry(
+    host: &HostState,
+    r: &Replica,
+    session: &Session,
+    entry_type: EntryType,
+    cmd: Bytes,
+    deadline: u64,
+) -> Result<RequestHandle<SmResult>> {
     holds_data(r)?;
     let key = host.random_id();
     let entry = Entry {
-        entry_type: EntryType::Normal,
+        entry_type,
         key,
         client_id: session.client_id,
         series_id: session.series_id,
@@ -1705,7 +1719,19 @@ fn propose_on(
     if !session.valid_for_proposal(r.shard_id) {
         return Err(Error::InvalidSession);
     }
-    propose_raw(host, r, session, cmd, deadline)
+    // Compressed here, on the proposing thread (the step worker never
+    // spends time on it); the entry type records it for every reader.
+    match crate::compression::compress_entry_payload(r.config.entry_compression, &cmd) {
+        Some(payload) => propose_entry(
+            host,
+            r,
+            session,
+            EntryType::Encoded,
+            Bytes::from(payload),
+            deadline,
+        ),
+        None => propose_raw(host, r, session, cmd, deadline),
+    }
 }
 
 /// Refuses what needs the state machine on a witness (it has none: its

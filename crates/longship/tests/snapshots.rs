@@ -562,6 +562,12 @@ fn a_snapshot_over_max_snapshot_bytes_is_refused_by_the_receiver() {
     c.start_shard_with(&[1, 2, 3], cfg);
     let leader = leader_off_host_3(&c);
     c.propose(leader, SHARD, "set first 1");
+    // Host 3 holds everything so far (else an append still on its way
+    // when it is measured would arrive later and count as catching up).
+    let leader_last = log_range(&c, leader).1;
+    wait_until("host 3 holds the log", TIMEOUT, || {
+        log_range(&c, 3).1 >= leader_last
+    });
     let lagging_last = log_range(&c, 3).1;
     c.stop_host(3);
     for i in 0..100 {

@@ -19,6 +19,13 @@ pub enum EntryType {
     /// A normal entry whose payload was stripped because it was sent to a
     /// witness replica: term, index and session fields only.
     Metadata = 3,
+    /// An application command like [`Normal`](EntryType::Normal) whose
+    /// payload is encoded (compressed) by the layer above the core: the
+    /// payload's first byte names the encoding (`docs/formats.md`,
+    /// "Compressed entry payloads"). The core treats it exactly like a
+    /// normal entry; the state machine sees the decoded command. A build
+    /// that predates this type refuses it when decoding (entry type 4).
+    Encoded = 4,
 }
 
 impl EntryType {
@@ -29,6 +36,7 @@ impl EntryType {
             1 => Some(EntryType::ConfigChange),
             2 => Some(EntryType::NoOp),
             3 => Some(EntryType::Metadata),
+            4 => Some(EntryType::Encoded),
             _ => None,
         }
     }
@@ -87,12 +95,12 @@ impl Entry {
         self.cmd.len() as u64
     }
 
-    /// This entry as a witness receives it: normal payloads are stripped
+    /// This entry as a witness receives it: application payloads are stripped
     /// (witnesses hold no state machine); config changes stay whole because a
     /// witness must know the membership.
     pub fn to_witness(&self) -> Entry {
         match self.entry_type {
-            EntryType::Normal => Entry {
+            EntryType::Normal | EntryType::Encoded => Entry {
                 entry_type: EntryType::Metadata,
                 cmd: Bytes::new(),
                 ..self.clone()
@@ -155,5 +163,36 @@ impl SnapshotMeta {
     /// Whether this describes "no snapshot".
     pub fn is_empty(&self) -> bool {
         self.index == Index(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A witness holds no state machine: compressed commands are stripped
+    // like plain ones (it would otherwise store payloads it never uses).
+    #[test]
+    fn witnesses_get_application_entries_without_payload() {
+        for t in [EntryType::Normal, EntryType::Encoded] {
+            let e = Entry {
+                entry_type: t,
+                cmd: Bytes::from_static(b"\x01\x05abcde"),
+                key: 3,
+                ..Entry::default()
+            };
+            let w = e.to_witness();
+            assert_eq!(w.entry_type, EntryType::Metadata);
+            assert!(w.cmd.is_empty());
+            assert_eq!(w.key, 3);
+        }
+        let cc = Entry {
+            entry_type: EntryType::ConfigChange,
+            cmd: Bytes::from_static(b"cc"),
+            ..Entry::default()
+        };
+        assert_eq!(cc.to_witness(), cc);
+        assert_eq!(EntryType::from_u8(4), Some(EntryType::Encoded));
+        assert_eq!(EntryType::from_u8(5), None);
     }
 }

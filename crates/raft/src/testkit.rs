@@ -536,6 +536,7 @@ pub fn format_entries(ents: &[Entry]) -> String {
         .map(|e| {
             let kind = match e.entry_type {
                 EntryType::Normal => String::from_utf8_lossy(&e.cmd).into_owned(),
+                EntryType::Encoded => format!("encoded {} bytes", e.cmd.len()),
                 EntryType::ConfigChange => match decode_config_change(&e.cmd) {
                     Ok(cc) => format!("conf:{:?}:{}", cc.change_type, cc.replica_id.0),
                     Err(_) => "conf:?".to_string(),

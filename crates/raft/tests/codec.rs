@@ -31,7 +31,7 @@ fn int() -> impl Strategy<Value = u64> {
 }
 
 fn entry_type() -> impl Strategy<Value = EntryType> {
-    (0u8..4).prop_map(|v| EntryType::from_u8(v).unwrap())
+    (0u8..5).prop_map(|v| EntryType::from_u8(v).unwrap())
 }
 
 fn entry() -> impl Strategy<Value = Entry> {
@@ -632,7 +632,7 @@ fn trailing_bytes_are_rejected() {
 
 #[test]
 fn unknown_enum_values_are_rejected() {
-    for t in 4u8..16 {
+    for t in 5u8..16 {
         let mut e = enc(&sample_entry(1), encode_entry);
         e[0] = (e[0] & 0xf0) | t;
         assert_eq!(

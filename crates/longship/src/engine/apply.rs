@@ -289,10 +289,12 @@ pub(crate) fn recover_from_store(r: &Replica, meta: &SnapshotMeta) -> Result<(),
     // file found only at its end would have replaced the state machine's
     // state already (durably, for an on-disk state machine). Recoveries
     // are rare; reading the file twice is the price.
+    // Attached files included: the state machine gets only checked files.
     r.snapshots.verify(meta.index)?;
-    let (_info, mut reader) = r.snapshots.open_snapshot(meta.index)?;
+    let (info, mut reader) = r.snapshots.open_snapshot(meta.index)?;
+    let files = crate::snapshot_files::attached(&r.snapshots, &info)?;
     r.rsm
-        .recover(&mut reader, applied, &r.stop)
+        .recover(&mut reader, applied, &files, &r.stop)
         .map_err(|e| Error::StateMachine(e.0))?;
     // Cut short by the stop flag, the state machine may have returned Ok
     // without the snapshot's state: nothing may be applied on top of it.

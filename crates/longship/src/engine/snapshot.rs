@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use longship_raft::codec::encode_message;
 use longship_raft::{Index, Message, SnapshotMeta};
+use longship_storage::snapshot::SnapshotStore;
 use longship_transport::SnapshotChunk;
 
 use super::report_snapshot_status;
@@ -13,6 +14,8 @@ use crate::error::Error;
 use crate::host::{HostState, SnapshotJob};
 use crate::metrics::Metrics;
 use crate::replica::Replica;
+use crate::rsm::SnapshotContent;
+use crate::sm::SnapshotFiles;
 
 /// Snapshot stream chunk size.
 pub(crate) const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
@@ -201,33 +204,43 @@ fn save_error(e: crate::sm::SmError) -> Error {
 
 /// Writes the state machine's state at the applied index into `sink`'s
 /// snapshot and commits it. Holds the apply lock while the state is
-/// captured (for regular state machines, the whole save).
+/// captured (for regular state machines, the whole save). `content`:
+/// whether an on-disk state machine saves its data (see
+/// [`SnapshotContent`]).
 fn write_state(
     r: &Replica,
     guard: super::ApplyLock<'_>,
     mut sink: longship_storage::snapshot::SnapshotSink,
+    content: SnapshotContent,
 ) -> Result<longship_storage::snapshot::SnapshotInfo, Error> {
     let regular = matches!(r.rsm.sm, crate::rsm::UserSm::Regular(_));
+    let mut files = SnapshotFiles::new();
     let written = if regular {
         // Exclusive with updates for the whole save: this shard's apply waits,
         // others do not (the apply worker skips a locked shard).
-        let res = r.rsm.save_regular(&mut sink, &r.stop).map_err(save_error);
+        let res = r
+            .rsm
+            .save_regular(&mut sink, &mut files, &r.stop)
+            .map_err(save_error);
         drop(guard);
         res
     } else {
-        match r.rsm.prepare() {
+        match r.rsm.prepare(content) {
             Ok(prepared) => {
                 // An apply round that found the lock taken skipped the
                 // replica: it may go on now, not only once the save is over
                 // (the guard marks it again).
                 drop(guard);
                 r.rsm
-                    .save_prepared(prepared, &mut sink, &r.stop)
+                    .save_prepared(prepared, &mut sink, &mut files, &r.stop)
                     .map_err(save_error)
             }
             Err(e) => Err(save_error(e)),
         }
     };
+    // The files the state machine attached are copied in once its save is
+    // complete (it promised to keep them unchanged until then).
+    let written = written.and_then(|()| crate::snapshot_files::attach(&mut sink, files));
     // A save cut short by the stop flag may have returned Ok with part of
     // the state only: never keep it (the log would be compacted behind it).
     let written = written.and_then(|()| {
@@ -297,7 +310,8 @@ pub(crate) fn export_snapshot(
     )?;
     let sink = store.create(meta_of(r, &applied), 1)?;
     let started = std::time::Instant::now();
-    let info = write_state(r, guard, sink)?;
+    // An export is a backup: the whole state, for on-disk state machines too.
+    let info = write_state(r, guard, sink, SnapshotContent::Full)?;
     host.metrics.latencies.snapshot.record(started.elapsed());
     Metrics::add(&host.metrics.snapshots_exported, 1);
     Ok(crate::nodehost::SnapshotResult {
@@ -328,7 +342,9 @@ pub(crate) fn save_snapshot(host: &HostState, r: &Replica, overhead: u64) -> Res
     let meta = meta_of(r, &applied);
     let sink = r.snapshots.create(meta, 1)?;
     let started = std::time::Instant::now();
-    let info = write_state(r, guard, sink)?;
+    // An on-disk state machine's own store holds its state: its local
+    // snapshots hold the session table only (docs/engine.md).
+    let info = write_state(r, guard, sink, SnapshotContent::Local)?;
     host.metrics.latencies.snapshot.record(started.elapsed());
     host.logdb
         .save_snapshot(r.shard_id, r.replica_id, &info.meta)?;
@@ -374,7 +390,72 @@ pub(crate) fn save_snapshot(host: &HostState, r: &Replica, overhead: u64) -> Res
     Ok(info.meta.index)
 }
 
+/// Name of the directory, inside a replica's snapshot store, holding the
+/// full snapshots an on-disk state machine's leader streams (its local
+/// snapshots hold metadata only). Not a snapshot name, so the store never
+/// lists it; removed with the store.
+pub(crate) const STREAM_SNAPSHOTS_DIR: &str = "for-streams";
+
+/// Whether the local snapshot at `index` holds no state machine data.
+fn local_is_metadata_only(r: &Replica, index: Index) -> Result<bool, Error> {
+    if !r.rsm.sm.is_on_disk() {
+        return Ok(false);
+    }
+    let (_, mut data) = r.snapshots.open_snapshot(index)?;
+    crate::rsm::is_metadata_only(&mut data).map_err(|e| Error::StateMachine(e.0))
+}
+
+/// A full snapshot of an on-disk state machine to stream in place of its
+/// metadata-only local snapshot at `index`: the newest one kept for
+/// streams if it is at least that recent, else a new one of the state
+/// machine as applied now (at `index` or later, a committed index: the
+/// follower then catches up from the log after it). Kept in
+/// [`STREAM_SNAPSHOTS_DIR`] for the next follower that needs one; the two
+/// newest stay.
+fn full_snapshot_for_stream(
+    host: &HostState,
+    r: &Replica,
+    index: Index,
+) -> Result<(SnapshotStore, longship_storage::snapshot::SnapshotInfo), Error> {
+    // Before opening the directory: opening removes unfinished snapshots,
+    // and another stream's save may be writing one.
+    let _one_at_a_time = r.snapshot_save.lock();
+    let store = SnapshotStore::open_dir(
+        host.fs.clone(),
+        r.snapshots.dir().join(STREAM_SNAPSHOTS_DIR),
+        r.shard_id,
+        r.replica_id,
+    )?;
+    if let Some(&newest) = store.list()?.first()
+        && newest >= index
+        && let Ok(info) = store.info(newest)
+    {
+        return Ok((store, info));
+    }
+    let guard = super::ApplyLock::lock(host, r);
+    if let Some(why) = r.failed.lock().clone() {
+        return Err(Error::Rejected(format!("replica failed: {why}")));
+    }
+    let applied = r.rsm.applied();
+    if applied.index < index {
+        return Err(Error::Rejected(format!(
+            "applied index {} is behind the snapshot to stream ({index})",
+            applied.index
+        )));
+    }
+    let sink = store.create(meta_of(r, &applied), 1)?;
+    let info = write_state(r, guard, sink, SnapshotContent::Full)?;
+    Metrics::add(&host.metrics.snapshots_saved_for_streams, 1);
+    if let Err(e) = store.keep_newest(2) {
+        tracing::warn!(error = %e, "old snapshots for streams not removed");
+    }
+    Ok((store, info))
+}
+
 /// Streams the snapshot named by an `InstallSnapshot` message in chunks.
+/// An on-disk state machine's local snapshot holds metadata only: a full
+/// one is streamed instead, perhaps at a later index, and the message is
+/// changed to name it.
 fn stream_snapshot(host: &HostState, m: &Message, address: &str) -> Result<(), Error> {
     let r = host
         .replica(m.shard_id)
@@ -383,7 +464,19 @@ fn stream_snapshot(host: &HostState, m: &Message, address: &str) -> Result<(), E
         .snapshot
         .as_ref()
         .ok_or_else(|| Error::Rejected("InstallSnapshot without snapshot".into()))?;
-    let (info, data) = r.snapshots.open_snapshot(snap.index)?;
+    let mut full_store = None;
+    let mut m = m.clone();
+    if local_is_metadata_only(&r, snap.index)? {
+        let (store, info) = full_snapshot_for_stream(host, &r, snap.index)?;
+        m.snapshot = Some(SnapshotMeta {
+            witness: false,
+            ..info.meta.clone()
+        });
+        full_store = Some(store);
+    }
+    let store = full_store.as_ref().unwrap_or(&r.snapshots);
+    let snap = m.snapshot.clone().expect("checked above");
+    let (info, data) = store.open_snapshot(snap.index)?;
     let mut chunk_id = 0u64;
     let base = SnapshotChunk {
         deployment_id: host.cfg.deployment_id,
@@ -402,7 +495,7 @@ fn stream_snapshot(host: &HostState, m: &Message, address: &str) -> Result<(), E
     for f in &info.external_files {
         files.push((
             f.name.clone(),
-            Box::new(r.snapshots.open_external(snap.index, &f.name)?),
+            Box::new(store.open_external(snap.index, &f.name)?),
         ));
     }
     // A chunk's frame also carries its header fields and, on the first
@@ -438,7 +531,7 @@ fn stream_snapshot(host: &HostState, m: &Message, address: &str) -> Result<(), E
         }
     }
     let mut message = Vec::new();
-    encode_message(m, &mut message);
+    encode_message(&m, &mut message);
     let last = SnapshotChunk {
         chunk_id,
         info: if chunk_id == 0 {

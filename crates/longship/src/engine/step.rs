@@ -319,12 +319,8 @@ impl StepWorker {
             let n = keys.len() as u64;
             if let Err(e) = core.raft.propose(inbox.proposals) {
                 let leader = known_leader(core.raft.leader_id());
-                let mut pending = r.pending.lock();
-                for k in keys {
-                    if let Some(p) = pending.proposals.remove(&k) {
-                        p.completer.complete(Err(proposal_error(e, leader)));
-                    }
-                }
+                // Counted before the callers are answered (see
+                // `fail_dropped_proposals`).
                 let counter = if e == ProposalError::TooManyUncommittedBytes
                     || e == ProposalError::TooManyPendingReads
                 {
@@ -333,6 +329,12 @@ impl StepWorker {
                     &host.metrics.proposals_dropped
                 };
                 Metrics::add(counter, n);
+                let mut pending = r.pending.lock();
+                for k in keys {
+                    if let Some(p) = pending.proposals.remove(&k) {
+                        p.completer.complete(Err(proposal_error(e, leader)));
+                    }
+                }
             }
         }
         for cc in inbox.config_changes {
@@ -623,12 +625,14 @@ impl StepWorker {
             } else {
                 &self.host.metrics.proposals_dropped
             };
+            // Counted before the caller is answered: a caller that reads
+            // the metrics next sees its own request counted.
             if let Some(p) = pending.proposals.remove(&key) {
-                p.completer.complete(Err(err));
                 Metrics::add(counter, 1);
+                p.completer.complete(Err(err));
             } else if let Some(p) = pending.config_changes.remove(&key) {
-                p.completer.complete(Err(err));
                 Metrics::add(counter, 1);
+                p.completer.complete(Err(err));
             }
         }
     }
