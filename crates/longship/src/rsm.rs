@@ -110,6 +110,9 @@ pub(crate) enum Applied {
     SessionInvalid { key: u64 },
     /// A session was registered or unregistered.
     Session { key: u64, ok: bool },
+    /// An entry whose payload does not decompress: skipped by every
+    /// replica alike (decoding is deterministic), its proposer told why.
+    Undecodable { key: u64, why: String },
     /// A config change was applied or rejected.
     ConfigChange {
         key: u64,
@@ -260,10 +263,28 @@ impl Rsm {
                     });
                 }
                 EntryType::Normal | EntryType::Encoded => {
+                    // An entry whose payload does not decompress (only a
+                    // faulty or hostile member can forward one; a local
+                    // proposal is compressed here) is skipped by every
+                    // replica alike, never applied and never fatal: one
+                    // bad proposal must not fail every replica of a shard.
+                    let undecodable = |err: SmError| {
+                        tracing::warn!(index = e.index.0, error = %err.0,
+                            "skipping an entry whose payload does not decompress");
+                        Applied::Undecodable {
+                            key: e.key,
+                            why: err.0,
+                        }
+                    };
                     if e.client_id != 0 && e.series_id == SERIES_ID_REGISTER {
-                        let bound = crate::session::register_bound(&command(e)?, self.max_sessions);
-                        let ok = sessions.register(e.client_id, e.index, bound);
-                        out.push(Applied::Session { key: e.key, ok });
+                        match command(e) {
+                            Ok(cmd) => {
+                                let bound = crate::session::register_bound(&cmd, self.max_sessions);
+                                let ok = sessions.register(e.client_id, e.index, bound);
+                                out.push(Applied::Session { key: e.key, ok });
+                            }
+                            Err(err) => out.push(undecodable(err)),
+                        }
                     } else if e.client_id != 0 && e.series_id == SERIES_ID_UNREGISTER {
                         let ok = sessions.unregister(e.client_id);
                         out.push(Applied::Session { key: e.key, ok });
@@ -281,12 +302,17 @@ impl Rsm {
                             sessions.record_lost(e.client_id, e.series_id);
                         }
                     } else if e.client_id == 0 {
-                        batch.push(SmEntry {
-                            index: e.index,
-                            cmd: command(e)?,
-                            result: SmResult::default(),
-                        });
-                        batch_meta.push((e.key, 0, 0));
+                        match command(e) {
+                            Ok(cmd) => {
+                                batch.push(SmEntry {
+                                    index: e.index,
+                                    cmd,
+                                    result: SmResult::default(),
+                                });
+                                batch_meta.push((e.key, 0, 0));
+                            }
+                            Err(err) => out.push(undecodable(err)),
+                        }
                     } else {
                         // A duplicate inside this batch must see the first
                         // one's result: apply what is batched first. (A set,
@@ -306,16 +332,19 @@ impl Rsm {
                             e.index,
                             in_flight,
                         ) {
-                            SessionCheck::Apply => {
-                                batch.push(SmEntry {
-                                    index: e.index,
-                                    cmd: command(e)?,
-                                    result: SmResult::default(),
-                                });
-                                batch_meta.push((e.key, e.client_id, e.series_id));
-                                in_batch.insert((e.client_id, e.series_id));
-                                *in_batch_of.entry(e.client_id).or_default() += 1;
-                            }
+                            SessionCheck::Apply => match command(e) {
+                                Ok(cmd) => {
+                                    batch.push(SmEntry {
+                                        index: e.index,
+                                        cmd,
+                                        result: SmResult::default(),
+                                    });
+                                    batch_meta.push((e.key, e.client_id, e.series_id));
+                                    in_batch.insert((e.client_id, e.series_id));
+                                    *in_batch_of.entry(e.client_id).or_default() += 1;
+                                }
+                                Err(err) => out.push(undecodable(err)),
+                            },
                             SessionCheck::Duplicate(Some(result)) => {
                                 out.push(Applied::Result { key: e.key, result })
                             }
@@ -566,10 +595,9 @@ impl Rsm {
 }
 
 /// The command of an application entry as the state machine sees it: a
-/// compressed (`Encoded`) entry's payload decompressed. An entry whose
-/// payload does not decompress fails the replica: its command cannot be
-/// applied, and skipping a committed entry would diverge from a replica
-/// that could read it.
+/// compressed (`Encoded`) entry's payload decompressed. Decoding is
+/// deterministic, so an entry that does not decompress fails alike on
+/// every replica, which all skip it (`Applied::Undecodable`).
 fn command(e: &Entry) -> Result<bytes::Bytes, SmError> {
     match e.entry_type {
         EntryType::Encoded => decompress_entry_payload(&e.cmd)
@@ -870,7 +898,7 @@ mod tests {
     // A compressed entry reaches the state machine decompressed; one whose
     // payload does not decompress stops the apply with an error naming it.
     #[test]
-    fn encoded_entries_are_decompressed_and_a_bad_one_is_an_error() {
+    fn encoded_entries_are_decompressed_and_a_bad_one_is_skipped() {
         let count = Arc::new(AtomicU64::new(0));
         let rsm = Rsm::new(UserSm::OnDisk(Box::new(Counting(count.clone()))), 16, false);
         let mut no_cc = |_: &ConfigChange, _: Index| -> Result<Membership, ConfigChangeRejected> {
@@ -895,13 +923,20 @@ mod tests {
             cmd: bytes::Bytes::from(damaged),
             ..entry(2, 11, 0, 0)
         };
-        let err = rsm.apply(&[bad], &mut no_cc, &mut out).unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("entry 2 (term 1): snappy data does not decompress"),
-            "{err}"
-        );
+        out.clear();
+        rsm.apply(&[bad], &mut no_cc, &mut out).unwrap();
+        match &out[..] {
+            [Applied::Undecodable { key, why }] => {
+                assert_eq!(*key, 11);
+                assert!(
+                    why.starts_with("entry 2 (term 1): snappy data does not decompress"),
+                    "{why}"
+                );
+            }
+            other => panic!("expected one Undecodable, got {} results", other.len()),
+        }
         assert_eq!(count.load(Ordering::SeqCst), 1, "nothing applied");
+        assert_eq!(rsm.applied().index, Index(2), "skipped, not stuck");
     }
 
     // An on-disk state machine's local snapshot holds the session table

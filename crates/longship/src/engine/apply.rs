@@ -201,6 +201,13 @@ impl ApplyWorker {
                         )));
                     }
                 }
+                Applied::Undecodable { key, why } => {
+                    if let Some(p) = pending.proposals.remove(&key) {
+                        p.completer.complete(Err(Error::Rejected(format!(
+                            "the entry's payload does not decompress: {why}"
+                        ))));
+                    }
+                }
                 Applied::SessionInvalid { key } => {
                     if let Some(p) = pending.proposals.remove(&key) {
                         p.completer.complete(Err(Error::InvalidSession));
