@@ -688,3 +688,46 @@ mod tests {
         }
     }
 }
+
+/// Entry points for the fuzz targets (`crates/fuzz`): the decoders of
+/// untrusted compressed bytes, reachable from outside the crate. Not part
+/// of the supported API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::io::{Read, Write};
+
+    use super::{CompressWriter, Compression, DecompressReader};
+
+    /// Decodes an `Encoded` entry's payload.
+    pub fn decompress_entry(payload: &[u8]) -> Result<Vec<u8>, String> {
+        super::decompress_entry_payload(payload).map_err(|e| e.to_string())
+    }
+
+    /// Encodes `cmd` as an `Encoded` entry's payload (`None`: kept plain).
+    pub fn compress_entry(c: Compression, cmd: &[u8]) -> Option<Vec<u8>> {
+        super::compress_entry_payload(c, cmd)
+    }
+
+    /// Reads a snapshot's compressed block stream to its end mark (at most
+    /// `max` bytes handed out) and checks that nothing follows it.
+    pub fn decompress_stream(c: Compression, bytes: &[u8], max: u64) -> Result<Vec<u8>, String> {
+        let mut src: &[u8] = bytes;
+        let mut r = DecompressReader::new(&mut src, c);
+        let mut out = Vec::new();
+        (&mut r)
+            .take(max)
+            .read_to_end(&mut out)
+            .map_err(|e| e.to_string())?;
+        r.finish().map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    /// Writes `data` as a compressed block stream.
+    pub fn compress_stream(c: Compression, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut w = CompressWriter::new(&mut out, c);
+        w.write_all(data).expect("writing to memory");
+        w.finish().expect("writing to memory");
+        out
+    }
+}

@@ -38,6 +38,8 @@ mod verify;
 mod work;
 
 pub use compression::Compression;
+#[doc(hidden)]
+pub use compression::fuzzing;
 pub use config::{Config, NodeHostConfig};
 pub use error::{Error, Result};
 pub use events::EventListener;
