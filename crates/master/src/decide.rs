@@ -360,6 +360,23 @@ pub fn decide(s: &MasterState, now: u64) -> Vec<Decision> {
                 let Some(v) = leader_view(s, shard) else {
                     continue;
                 };
+                // A member the master did not place (with no operation in
+                // flight, the leader's members are the placement): removed
+                // first, as it stands in the way of every other change.
+                if let Some(&stray) = v
+                    .membership
+                    .voters
+                    .keys()
+                    .chain(v.membership.non_votings.keys())
+                    .find(|r| !rec.placement.contains_key(r))
+                {
+                    repairing = true;
+                    out.push(Decision::Begin {
+                        shard,
+                        op: Op::Evict { replica: stray },
+                    });
+                    continue;
+                }
                 // A replica on a dead host first, else one on a host
                 // being drained.
                 let draining = |h: &str| s.hosts.get(h).is_some_and(|x| x.draining);
@@ -421,6 +438,18 @@ fn progress(s: &MasterState, shard: u64, rec: &OpRecord, now: u64, out: &mut Vec
     match &rec.op {
         Op::Create { members } => {
             if m.voters.keys().eq(members.keys()) {
+                out.push(Decision::Finish {
+                    shard,
+                    aborted: false,
+                });
+            }
+        }
+        Op::Evict { replica } => {
+            if !m.contains(*replica) {
+                out.push(Decision::Removed {
+                    shard,
+                    replica: *replica,
+                });
                 out.push(Decision::Finish {
                     shard,
                     aborted: false,
@@ -670,6 +699,7 @@ pub fn apply_decisions(s: &mut MasterState, now: u64, decisions: &[Decision]) {
                         }
                     }
                     Op::Transfer { .. } => s.counters.transfers += 1,
+                    Op::Evict { .. } => s.counters.strays_removed += 1,
                     Op::Create { .. } => {}
                 }
             }
@@ -712,6 +742,29 @@ pub fn requests_for(s: &MasterState, host: &str) -> Vec<Request> {
                     && v.replica != *to
                 {
                     out.push(Request::TransferLeader { shard, target: *to });
+                }
+            }
+            Op::Evict { replica } => {
+                let Some(v) = v.filter(|_| leads) else {
+                    continue;
+                };
+                let m = v.membership;
+                if v.replica == *replica {
+                    // The stray leads: leadership goes to a placed voter
+                    // first.
+                    if let Some((&target, _)) = m.voters.iter().find(|(r, h)| {
+                        s.shards[&shard].placement.contains_key(r)
+                            && running(s, h, shard, **r).is_some()
+                    }) {
+                        out.push(Request::TransferLeader { shard, target });
+                    }
+                } else if m.contains(*replica)
+                    && change_is_safe(s, shard, m, Change::Remove(*replica))
+                {
+                    out.push(Request::Delete {
+                        shard,
+                        replica: *replica,
+                    });
                 }
             }
             Op::Move {
@@ -824,7 +877,8 @@ pub fn requests_for(s: &MasterState, host: &str) -> Vec<Request> {
             });
         }
     }
-    // Removed replicas still on the host: stop them and delete their data.
+    // Removed replicas still on the host: stop them and delete their data,
+    // once every voter has applied the membership without them.
     let held = h
         .report
         .replicas
@@ -835,9 +889,29 @@ pub fn requests_for(s: &MasterState, host: &str) -> Vec<Request> {
         if s.shards
             .get(&shard)
             .is_some_and(|rec| rec.removed.contains(&replica))
+            && removal_settled(s, shard)
         {
             out.push(Request::RemoveReplica { shard, replica });
         }
     }
     out
+}
+
+/// Whether every voter of `shard`'s leader membership runs on a live host
+/// and has applied that membership. Only then may a removed replica stop
+/// and lose its data: a voter still behind counts the removed replica in
+/// its older membership, and if the leader is then lost for good, the
+/// voters left can elect a leader only with the removed replica's vote
+/// (found by the simulator in master mode: a shard whose leader died right
+/// after it committed a removal was left without a quorum for ever once
+/// the removed replica's data was deleted).
+pub fn removal_settled(s: &MasterState, shard: u64) -> bool {
+    let Some(v) = leader_view(s, shard) else {
+        return false;
+    };
+    let cc = v.membership.config_change_id;
+    v.membership
+        .voters
+        .iter()
+        .all(|(r, h)| running(s, h, shard, *r).is_some_and(|x| x.applied >= cc))
 }
