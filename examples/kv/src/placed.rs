@@ -192,9 +192,15 @@ pub fn start_placed(spec: &PlacedSpec) -> Result<PlacedNode, String> {
     // master removes those it removed meanwhile).
     for l in nh.get_node_host_info().log_info {
         if l.shard_id != MASTER_SHARD_ID {
-            factory
-                .start_replica(&nh, l.shard_id, l.replica_id, Start::Restart, false)
-                .map_err(|e| format!("restarting shard {}: {e}", l.shard_id))?;
+            match factory.start_replica(&nh, l.shard_id, l.replica_id, Start::Restart, false) {
+                Ok(()) => {}
+                // A removal the master asked for that a crash interrupted
+                // (its tombstone is durable): finish it, start nothing.
+                Err(longship::Error::ReplicaDataRemoved { .. }) => nh
+                    .remove_data(l.shard_id, l.replica_id)
+                    .map_err(|e| format!("finishing the removal of shard {}: {e}", l.shard_id))?,
+                Err(e) => return Err(format!("restarting shard {}: {e}", l.shard_id)),
+            }
         }
     }
     let master = match &spec.master {

@@ -510,7 +510,15 @@ impl MasterSim {
         held.dedup();
         use longship::ReplicaFactory;
         for (shard, replica) in &held {
-            factory.start_replica(nh, *shard, *replica, Start::Restart, false)?;
+            match factory.start_replica(nh, *shard, *replica, Start::Restart, false) {
+                Ok(()) => {}
+                // A removal that a crash interrupted (its tombstone is
+                // durable): finish it, start nothing.
+                Err(longship::Error::ReplicaDataRemoved { .. }) => {
+                    nh.remove_data(*shard, *replica)?;
+                }
+                Err(e) => return Err(e),
+            }
         }
         if h < 3 && !slot.master_bootstrapped {
             let me = ReplicaId(h as u64 + 1);
@@ -1025,6 +1033,12 @@ impl Sim {
             if slot.incarnation != a.to_incarnation || slot.nh.is_none() {
                 continue;
             }
+            if self.log && !a.requests.is_empty() {
+                eprintln!(
+                    "[round {} tick {}] answer to host {}: {:?}",
+                    self.round, self.ticks, a.to, a.requests
+                );
+            }
             if let Some(rep) = &slot.reporter {
                 rep.mailbox
                     .lock()
@@ -1433,8 +1447,24 @@ impl Sim {
                 }
             }
             // No replica of the shard outside the membership runs or
-            // keeps data anywhere.
-            for slot in &self.hosts {
+            // keeps data anywhere, once every voter durably applied the
+            // membership (until then a removed replica keeps running: a
+            // voter restarted before would need its vote, see
+            // `longship_master::decide::removal_settled`).
+            let settled = m.voters.iter().all(|(r, addr)| {
+                self.hosts
+                    .iter()
+                    .find(|s| s.addr == *addr)
+                    .and_then(|s| s.nh.as_ref())
+                    .is_some_and(|nh| {
+                        nh.host_report(0).replicas.iter().any(|x| {
+                            x.shard_id == shard
+                                && x.replica_id == *r
+                                && x.durable_applied >= m.config_change_id
+                        })
+                    })
+            });
+            for slot in self.hosts.iter().filter(|_| settled) {
                 let Some(nh) = &slot.nh else { continue };
                 let info = nh.get_node_host_info();
                 let held = info

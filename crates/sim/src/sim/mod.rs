@@ -576,6 +576,18 @@ impl Sim {
         if self.master.is_some() {
             self.master_round()?;
         }
+        if self.log
+            && self.round.is_multiple_of(ROUNDS_PER_TICK)
+            && std::env::var("LONGSHIP_SIM_DUMP_TICKS")
+                .is_ok_and(|v| v.split(',').any(|t| t.parse() == Ok(self.ticks)))
+        {
+            eprintln!(
+                "[round {} tick {}] dump:\n{}",
+                self.round,
+                self.ticks,
+                self.dump()
+            );
+        }
         self.poll_clients()?;
         self.poll_admins()?;
         self.poll_probes()?;
@@ -698,9 +710,10 @@ impl Sim {
                     .map(|p| p.describe())
                     .collect();
                 return Err(format!(
-                    "no progress within {} ticks of healing: {}",
+                    "no progress within {} ticks of healing: {}\n{}",
                     self.cfg.heal_ticks_max,
-                    stuck.join("; ")
+                    stuck.join("; "),
+                    self.dump()
                 ));
             }
             self.step()?;
