@@ -109,14 +109,6 @@ pub struct ReplicaReport {
     pub membership: Option<MembershipInfo>,
     /// Whether the replica stopped after a failure.
     pub failed: bool,
-    /// How far the replica applies from its own storage after a restart,
-    /// before any leader tells it more: the commit index of its durable
-    /// hard state, or its snapshot's index if greater. (The commit index
-    /// alone is volatile and written only with other state, so it may lag
-    /// `applied`, and membership changes take effect when applied: a
-    /// master deletes a removed replica only once every voter durably
-    /// knows the removal, else a restarted voter could need its vote.)
-    pub durable_applied: Index,
 }
 
 /// What a NodeHost tells its master each round.
@@ -292,11 +284,6 @@ impl NodeHost {
                         removed: Default::default(),
                     }
                 });
-            let durable_applied = self
-                .host
-                .logdb
-                .read_state(s.shard_id, s.replica_id)
-                .map_or(Index(0), |d| d.hard_state.commit.max(d.snapshot.index));
             replicas.push(ReplicaReport {
                 shard_id: s.shard_id,
                 replica_id: s.replica_id,
@@ -308,7 +295,6 @@ impl NodeHost {
                 last_index: st.last_index,
                 membership,
                 failed: s.failed,
-                durable_applied,
             });
         }
         let running: std::collections::BTreeSet<ShardId> =

@@ -387,40 +387,28 @@ pub fn decide(s: &MasterState, now: u64) -> Vec<Decision> {
                     .or_else(|| rec.placement.iter().find(|(_, h)| draining(h)))
                     .map(|(r, h)| (*r, h.clone()));
                 let short = rec.placement.len() < rec.desired as usize;
-                if lost.is_some() || short {
-                    repairing = true;
-                    // A change can commit only with a live quorum of voters.
-                    let target = (live_voters(s, shard, v.membership)
-                        >= quorum(v.membership.voters.len()))
-                    .then(|| pick_target(s, shard, &load))
-                    .flatten();
-                    if let Some(to) = target {
-                        *load.get_mut(&to).expect("target is live") += 1;
-                        out.push(Decision::Begin {
-                            shard,
-                            op: Op::Move {
-                                add: rec.next_replica_id,
-                                to,
-                                remove: if short { None } else { lost },
-                                phase: Phase::AddLearner,
-                                reason: MoveReason::Repair,
-                            },
-                        });
-                        continue;
-                    }
+                if lost.is_none() && !short {
+                    continue;
                 }
-                // Nothing else to do: a removal its voters do not hold
-                // durably yet, on an idle shard, is made durable by a new
-                // leader's first entry.
-                if let Some(to) = settling_transfer(s, shard, &v) {
-                    // (No balancing in the same round: it could pick this
-                    // shard too.)
-                    repairing = true;
-                    out.push(Decision::Begin {
-                        shard,
-                        op: Op::Transfer { to },
-                    });
+                repairing = true;
+                // A change can commit only with a live quorum of voters.
+                if live_voters(s, shard, v.membership) < quorum(v.membership.voters.len()) {
+                    continue;
                 }
+                let Some(to) = pick_target(s, shard, &load) else {
+                    continue;
+                };
+                *load.get_mut(&to).expect("target is live") += 1;
+                out.push(Decision::Begin {
+                    shard,
+                    op: Op::Move {
+                        add: rec.next_replica_id,
+                        to,
+                        remove: if short { None } else { lost },
+                        phase: Phase::AddLearner,
+                        reason: MoveReason::Repair,
+                    },
+                });
             }
         }
     }
@@ -894,7 +882,9 @@ pub fn requests_for(s: &MasterState, host: &str) -> Vec<Request> {
         }
     }
     // Removed replicas still on the host: stop them and delete their data,
-    // once every voter has applied the membership without them.
+    // at once. (A removed replica that still runs may vote in an older
+    // membership that a restarted voter falls back to: docs/master.md,
+    // "Removed replicas".)
     let held = h
         .report
         .replicas
@@ -905,90 +895,9 @@ pub fn requests_for(s: &MasterState, host: &str) -> Vec<Request> {
         if s.shards
             .get(&shard)
             .is_some_and(|rec| rec.removed.contains(&replica))
-            && removal_settled(s, shard)
         {
             out.push(Request::RemoveReplica { shard, replica });
         }
     }
     out
-}
-
-/// Whether every voter of `shard`'s leader membership runs on a live host
-/// and applies that membership even after a restart (its durable commit
-/// or snapshot index reaches it). Only then may a removed replica stop and
-/// lose its data: a voter whose durable state is behind the removal falls
-/// back to the older membership when it restarts (membership changes take
-/// effect when applied, and a commit index alone is not written), and if
-/// the leader is lost for good meanwhile, the voters left can elect a
-/// leader only with the removed replica's vote, which also tells them the
-/// removal is committed. Found by the simulator in master mode: twice a
-/// shard whose leader died for good after committing a removal stayed
-/// without a leader once the removed replica's data was deleted (its
-/// followers had applied the removal, then restarted).
-pub fn removal_settled(s: &MasterState, shard: u64) -> bool {
-    let Some(v) = leader_view(s, shard) else {
-        return false;
-    };
-    let m = v.membership;
-    let cc = m.config_change_id;
-    let mut live = 0;
-    for (r, h) in &m.voters {
-        if let Some(x) = running(s, h, shard, *r) {
-            if x.applied < cc || x.durable_applied < cc {
-                return false;
-            }
-            live += 1;
-        }
-    }
-    // Voters on dead hosts do not count (a shard waiting for one to be
-    // replaced would wait for ever if removed replicas kept every other
-    // host): once a quorum of voters holds the membership durably, they
-    // elect a leader among themselves.
-    live >= quorum(m.voters.len())
-}
-
-/// Whether a live host still runs or stores a replica removed from
-/// `shard`.
-fn removed_replica_held(s: &MasterState, shard: u64) -> bool {
-    let Some(rec) = s.shards.get(&shard) else {
-        return false;
-    };
-    s.hosts.values().filter(|h| !h.dead).any(|h| {
-        h.report
-            .replicas
-            .iter()
-            .map(|r| (r.shard, r.replica))
-            .chain(h.report.stored.iter().copied())
-            .any(|(sh, r)| sh == shard && rec.removed.contains(&r))
-    })
-}
-
-/// The voter to move leadership to so that a removal becomes durable on
-/// an idle shard: a removed replica is still held somewhere, every live
-/// voter applied the leader's membership (only the durable commit index
-/// lags: a commit index is written only with other state) and they are a
-/// quorum. The new leader's first entry carries the commit index to every
-/// voter's storage, and [`removal_settled`] then holds.
-fn settling_transfer(s: &MasterState, shard: u64, v: &LeaderView<'_>) -> Option<u64> {
-    if !removed_replica_held(s, shard) || removal_settled(s, shard) {
-        return None;
-    }
-    let m = v.membership;
-    let cc = m.config_change_id;
-    let mut live = Vec::new();
-    for (r, h) in &m.voters {
-        if let Some(x) = running(s, h, shard, *r) {
-            if x.applied < cc {
-                return None;
-            }
-            live.push((*r, x.applied));
-        }
-    }
-    if live.len() < quorum(m.voters.len()) {
-        return None;
-    }
-    live.into_iter()
-        .filter(|(r, _)| *r != v.replica)
-        .max_by_key(|(r, applied)| (*applied, std::cmp::Reverse(*r)))
-        .map(|(r, _)| r)
 }

@@ -88,10 +88,6 @@ pub struct ReplicaState {
     pub membership: Option<Membership>,
     /// Whether it stopped after a failure.
     pub failed: bool,
-    /// What it applies from its own storage after a restart (durable
-    /// commit index or snapshot index; `longship::ReplicaReport`).
-    #[serde(default)]
-    pub durable_applied: u64,
 }
 
 /// A host's report as the master stores it.

@@ -476,7 +476,6 @@ pub fn report_from(r: &HostReport) -> Report {
                         .collect(),
                 }),
                 failed: x.failed,
-                durable_applied: x.durable_applied.0,
             })
             .collect(),
         stored: r.stored.iter().map(|(s, r)| (s.0, r.0)).collect(),

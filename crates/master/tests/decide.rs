@@ -140,7 +140,6 @@ impl World {
                             non_votings: s.non_votings.clone(),
                         }),
                         failed: false,
-                        durable_applied: applied,
                     }
                 })
                 .collect(),

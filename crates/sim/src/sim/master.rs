@@ -1447,24 +1447,8 @@ impl Sim {
                 }
             }
             // No replica of the shard outside the membership runs or
-            // keeps data anywhere, once every voter durably applied the
-            // membership (until then a removed replica keeps running: a
-            // voter restarted before would need its vote, see
-            // `longship_master::decide::removal_settled`).
-            let settled = m.voters.iter().all(|(r, addr)| {
-                self.hosts
-                    .iter()
-                    .find(|s| s.addr == *addr)
-                    .and_then(|s| s.nh.as_ref())
-                    .is_some_and(|nh| {
-                        nh.host_report(0).replicas.iter().any(|x| {
-                            x.shard_id == shard
-                                && x.replica_id == *r
-                                && x.durable_applied >= m.config_change_id
-                        })
-                    })
-            });
-            for slot in self.hosts.iter().filter(|_| settled) {
+            // keeps data anywhere.
+            for slot in &self.hosts {
                 let Some(nh) = &slot.nh else { continue };
                 let info = nh.get_node_host_info();
                 let held = info
