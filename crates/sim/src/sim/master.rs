@@ -533,6 +533,9 @@ impl MasterSim {
             }
         }
         slot.master_bootstrapped = true;
+        // What a host restarts of its own is not the master's doing: only
+        // starts of report rounds are checked.
+        self.log.lock().expect("factory log").started.clear();
         let mailbox = Arc::new(Mutex::new(Mailbox::default()));
         let rounds = ReportRounds::new(
             nh,
@@ -888,7 +891,15 @@ impl Sim {
             return false;
         };
         match state.ops.get(&shard.0).map(|o| &o.op) {
-            Some(Op::Move { add, .. }) => *add == replica.0,
+            Some(Op::Move { add, phase, .. }) => {
+                *add == replica.0
+                    && matches!(
+                        phase,
+                        longship_master::model::Phase::AddLearner
+                            | longship_master::model::Phase::CatchUp
+                            | longship_master::model::Phase::Promote
+                    )
+            }
             Some(Op::Create { members }) => members.contains_key(&replica.0),
             _ => false,
         }
