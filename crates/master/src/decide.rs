@@ -892,9 +892,13 @@ pub fn requests_for(s: &MasterState, host: &str) -> Vec<Request> {
         .map(|r| (r.shard, r.replica))
         .chain(h.report.stored.iter().copied());
     for (shard, replica) in held {
+        // Removed, and not a member as the leader sees it (a stray, added
+        // by a late answer after the master recorded it removed, stays
+        // until `Op::Evict` takes it out of the membership).
         if s.shards
             .get(&shard)
             .is_some_and(|rec| rec.removed.contains(&replica))
+            && leader_view(s, shard).is_some_and(|v| !v.membership.contains(replica))
         {
             out.push(Request::RemoveReplica { shard, replica });
         }
