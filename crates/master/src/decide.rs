@@ -296,12 +296,19 @@ pub fn leader_counts(s: &MasterState) -> BTreeMap<&HostId, usize> {
     out
 }
 
-/// Whether every placed replica of `shard` runs on a live host, the leader
-/// is known and its voters are exactly the placement.
+/// Whether every placed replica of `shard` runs on a live host that
+/// reported lately, the leader is known and its voters are exactly the
+/// placement.
 fn healthy(s: &MasterState, shard: u64) -> bool {
     let rec = &s.shards[&shard];
     let Some(v) = leader_view(s, shard) else {
         return false;
+    };
+    // Every placed replica's host reported within half of `dead_after_ms`.
+    let fresh = |h: &str| {
+        s.hosts
+            .get(h)
+            .is_some_and(|x| x.last_seen_ms + s.config.dead_after_ms / 2 >= s.now_ms)
     };
     rec.placement.len() == rec.desired as usize
         && v.membership.non_votings.is_empty()
@@ -309,7 +316,7 @@ fn healthy(s: &MasterState, shard: u64) -> bool {
         && rec
             .placement
             .iter()
-            .all(|(r, h)| running(s, h, shard, *r).is_some())
+            .all(|(r, h)| running(s, h, shard, *r).is_some() && fresh(h))
 }
 
 /// What should change at replicated time `now` (see the module doc).
@@ -412,10 +419,18 @@ pub fn decide(s: &MasterState, now: u64) -> Vec<Decision> {
             }
         }
     }
+    // Balancing moves healthy replicas, so it needs a true picture of
+    // which hosts live: not before the current master leader has led for
+    // `dead_after_ms` (until then a host that died may still count as
+    // alive, its silence counted from the leader's first tick; found by
+    // the simulator in master mode: under master leadership changes a
+    // balancing move removed a live replica of a shard whose other
+    // replica's host had died unnoticed).
     if !s.config.rebalance
         || repairing
         || !s.ops.is_empty()
         || now.saturating_sub(s.last_balance_ms) < s.config.balance_interval_ms
+        || now.saturating_sub(s.leader_since_ms) <= s.config.dead_after_ms
     {
         return out;
     }

@@ -1241,6 +1241,12 @@ impl Sim {
                 }
             }
         }
+        if self.log && std::env::var_os("LONGSHIP_SIM_MASTER_TIME").is_some() {
+            eprintln!(
+                "[round {} tick {}] master time {} leader since {}",
+                self.round, self.ticks, state.now_ms, state.leader_since_ms
+            );
+        }
         if self.log {
             let old = self.master().state.as_ref();
             for (shard, op) in &state.ops {
