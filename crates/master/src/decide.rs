@@ -145,6 +145,20 @@ pub fn leader_view<'a>(s: &'a MasterState, shard: u64) -> Option<LeaderView<'a>>
     best.map(|(_, v)| v)
 }
 
+/// Whether live `host` reported neither running nor storing replica
+/// `replica` of `shard`.
+fn replica_gone(s: &MasterState, host: &str, shard: u64, replica: u64) -> bool {
+    // (A report cut at its bound says nothing about what it left out.)
+    let max = crate::sm::MAX_REPORT_REPLICAS;
+    s.hosts.get(host).is_some_and(|h| {
+        !h.dead
+            && h.report.replicas.len() < max
+            && h.report.stored.len() < max
+            && reported(&h.report, shard).is_none_or(|r| r.replica != replica)
+            && !h.report.stored.contains(&(shard, replica))
+    })
+}
+
 /// Voters of `m` that run on live hosts.
 pub fn live_voters(s: &MasterState, shard: u64, m: &Membership) -> usize {
     m.voters
@@ -384,13 +398,21 @@ pub fn decide(s: &MasterState, now: u64) -> Vec<Decision> {
                     });
                     continue;
                 }
-                // A replica on a dead host first, else one on a host
-                // being drained.
+                // A replica on a dead host first, then one its live host
+                // neither runs nor stores (its data is gone: a replica
+                // whose start was not yet durable when the host crashed;
+                // it cannot come back under its id, which may have voted),
+                // else one on a host being drained.
                 let draining = |h: &str| s.hosts.get(h).is_some_and(|x| x.draining);
                 let lost = rec
                     .placement
                     .iter()
                     .find(|(_, h)| !host_alive(s, h))
+                    .or_else(|| {
+                        rec.placement
+                            .iter()
+                            .find(|(r, h)| replica_gone(s, h, shard, **r))
+                    })
                     .or_else(|| rec.placement.iter().find(|(_, h)| draining(h)))
                     .map(|(r, h)| (*r, h.clone()));
                 let short = rec.placement.len() < rec.desired as usize;

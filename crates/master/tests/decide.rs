@@ -875,3 +875,23 @@ fn a_new_replica_lost_before_promotion_is_started_again() {
     w.run_until_converged(800);
     assert!(w.shards[&shard].voters.contains_key(&add));
 }
+
+/// A placed replica that its live host neither runs nor stores any more
+/// (its start was not durable when the host crashed: found by the
+/// simulator in master mode) is replaced like one on a dead host; it is
+/// never started again under its id.
+#[test]
+fn a_placed_replica_whose_data_is_gone_is_replaced() {
+    let mut w = started_world(5, 4);
+    let (h, (r, _)) = w
+        .hosts
+        .iter()
+        .find_map(|(h, x)| x.replicas.get(&1).map(|r| (h.clone(), *r)))
+        .unwrap();
+    w.hosts.get_mut(&h).unwrap().replicas.remove(&1);
+    w.run_until_converged(400);
+    let s = &w.shards[&1];
+    assert!(s.removed.contains(&r), "{s:?}");
+    assert_eq!(s.voters.len(), 3);
+    assert!(w.master.counters.repairs_done >= 1);
+}
