@@ -54,7 +54,7 @@ pub use nodehost::{
 pub use reporter::{
     HostReport, MAX_REPORT_METADATA_BYTES, MAX_REPORTED_MEMBERS, MAX_REPORTED_REPLICAS,
     MAX_REQUESTS_PER_ROUND, MasterClient, MasterClientError, MasterReporter, MasterRequest,
-    ReplicaFactory, ReplicaReport, ReportingOptions,
+    ReplicaFactory, ReplicaReport, ReportRounds, ReportingOptions,
 };
 pub use request::RequestHandle;
 pub use session::Session;

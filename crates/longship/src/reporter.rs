@@ -416,6 +416,110 @@ impl NodeHost {
     }
 }
 
+/// One NodeHost's reporting without a thread of its own: each
+/// [`round`](Self::round) sends one report and carries out the master's
+/// answer. [`MasterReporter`] calls it every [`ReportingOptions::interval`]
+/// on its thread; a caller that drives time itself (the simulator, whose
+/// NodeHosts run in manual mode on one thread) calls it when its own clock
+/// says a round is due.
+pub struct ReportRounds {
+    client: Arc<dyn MasterClient>,
+    factory: Arc<dyn ReplicaFactory>,
+    options: ReportingOptions,
+    /// Membership changes proposed and not completed yet: an identical
+    /// request is not proposed again meanwhile. At most
+    /// [`MAX_REQUESTS_PER_ROUND`] (each ends by its timeout at the latest).
+    in_flight: Vec<(MasterRequest, RequestHandle<()>)>,
+}
+
+impl ReportRounds {
+    /// Checks `options`, asks `client` for the deployment id and refuses a
+    /// master of another deployment than `nh`'s ([`Error::InvalidConfig`]).
+    pub fn new(
+        nh: &NodeHost,
+        client: Arc<dyn MasterClient>,
+        factory: Arc<dyn ReplicaFactory>,
+        options: ReportingOptions,
+    ) -> Result<ReportRounds> {
+        options.validate()?;
+        let ours = nh.config().deployment_id;
+        let theirs = client
+            .deployment_id()
+            .map_err(|e| Error::invalid_config("master_client", e.to_string()))?;
+        if theirs != ours {
+            return Err(Error::invalid_config(
+                "deployment_id",
+                format!("the master manages deployment {theirs}, this host is in {ours}"),
+            ));
+        }
+        Ok(ReportRounds {
+            client,
+            factory,
+            options,
+            in_flight: Vec::new(),
+        })
+    }
+
+    /// The settings.
+    pub fn options(&self) -> &ReportingOptions {
+        &self.options
+    }
+
+    /// The membership changes and transfers this host proposed that have
+    /// not completed yet.
+    pub fn in_flight(&self) -> impl Iterator<Item = &MasterRequest> {
+        self.in_flight.iter().map(|(r, _)| r)
+    }
+
+    /// One round on `nh`: forgets completed requests, sends the report,
+    /// and carries out at most [`MAX_REQUESTS_PER_ROUND`] of the answered
+    /// requests (membership changes without waiting for them). A client
+    /// error is logged and the round ends. `stop` is asked between
+    /// requests; [`Error::Stopped`] means the NodeHost is closed (or `stop`
+    /// said so) and no more rounds should run.
+    pub fn round(&mut self, nh: &NodeHost, stop: &dyn Fn() -> bool) -> Result<()> {
+        if nh.host.is_stopped() {
+            return Err(Error::Stopped);
+        }
+        self.in_flight.retain(|(req, h)| match h.try_result() {
+            None => true,
+            Some(outcome) => {
+                tracing::debug!(?req, ?outcome, "master request completed");
+                false
+            }
+        });
+        let mut report = nh.host_report(self.options.capacity);
+        report.metadata.clone_from(&self.options.metadata);
+        match self.client.report(&report) {
+            Ok(requests) => {
+                for req in requests.iter().take(MAX_REQUESTS_PER_ROUND) {
+                    if stop() {
+                        return Err(Error::Stopped);
+                    }
+                    if self.in_flight.len() >= MAX_REQUESTS_PER_ROUND
+                        || self.in_flight.iter().any(|(r, _)| r == req)
+                    {
+                        continue;
+                    }
+                    match nh.submit_master_request(
+                        req,
+                        &*self.factory,
+                        self.options.request_timeout,
+                    ) {
+                        Ok(Some(h)) => self.in_flight.push((req.clone(), h)),
+                        Ok(None) => tracing::debug!(?req, "master request done"),
+                        Err(Error::Stopped) => return Err(Error::Stopped),
+                        Err(e) => tracing::debug!(?req, error = %e, "master request failed"),
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "report not delivered"),
+        }
+        assert!(self.in_flight.len() <= MAX_REQUESTS_PER_ROUND);
+        Ok(())
+    }
+}
+
 /// The reporting loop of one NodeHost ([`MasterReporter::start`]); stops
 /// when dropped, when [`stop`](Self::stop) is called, or when the NodeHost
 /// is dropped or closed.
@@ -435,7 +539,7 @@ impl MasterReporter {
     /// Asks `client` for the deployment id (refusing a master of another
     /// deployment with [`Error::InvalidConfig`]), then reports `nh` every
     /// `options.interval` on a thread of its own and carries out the
-    /// answers, starting replicas with `factory`.
+    /// answers, starting replicas with `factory` ([`ReportRounds`]).
     ///
     /// The thread holds only a weak reference: it ends when the NodeHost
     /// is dropped or closed.
@@ -445,17 +549,7 @@ impl MasterReporter {
         factory: Arc<dyn ReplicaFactory>,
         options: ReportingOptions,
     ) -> Result<MasterReporter> {
-        options.validate()?;
-        let ours = nh.config().deployment_id;
-        let theirs = client
-            .deployment_id()
-            .map_err(|e| Error::invalid_config("master_client", e.to_string()))?;
-        if theirs != ours {
-            return Err(Error::invalid_config(
-                "deployment_id",
-                format!("the master manages deployment {theirs}, this host is in {ours}"),
-            ));
-        }
+        let rounds = ReportRounds::new(nh, client, factory, options)?;
         let shared = Arc::new(ReporterShared {
             stop: AtomicBool::new(false),
             wake: Condvar::new(),
@@ -466,7 +560,7 @@ impl MasterReporter {
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("longship-report-{}", nh.raft_address()))
-            .spawn(move || report_loop(weak, client, factory, options, s))
+            .spawn(move || report_loop(weak, rounds, s))
             .map_err(Error::Io)?;
         Ok(MasterReporter {
             shared,
@@ -508,60 +602,21 @@ impl Drop for MasterReporter {
     }
 }
 
-fn report_loop(
-    nh: Weak<NodeHost>,
-    client: Arc<dyn MasterClient>,
-    factory: Arc<dyn ReplicaFactory>,
-    options: ReportingOptions,
-    shared: Arc<ReporterShared>,
-) {
-    // Membership changes proposed and not completed yet: an identical
-    // request is not proposed again meanwhile. At most
-    // MAX_REQUESTS_PER_ROUND (each ends by its timeout at the latest).
-    let mut in_flight: Vec<(MasterRequest, RequestHandle<()>)> = Vec::new();
+fn report_loop(nh: Weak<NodeHost>, mut rounds: ReportRounds, shared: Arc<ReporterShared>) {
+    let interval = rounds.options().interval;
     while !shared.stop.load(Ordering::Acquire) {
         {
             let Some(nh) = nh.upgrade() else { return };
-            if nh.host.is_stopped() {
+            let stop = || shared.stop.load(Ordering::Acquire);
+            if rounds.round(&nh, &stop).is_err() {
                 return;
             }
-            in_flight.retain(|(req, h)| match h.try_result() {
-                None => true,
-                Some(outcome) => {
-                    tracing::debug!(?req, ?outcome, "master request completed");
-                    false
-                }
-            });
-            let mut report = nh.host_report(options.capacity);
-            report.metadata.clone_from(&options.metadata);
-            match client.report(&report) {
-                Ok(requests) => {
-                    for req in requests.iter().take(MAX_REQUESTS_PER_ROUND) {
-                        if shared.stop.load(Ordering::Acquire) {
-                            return;
-                        }
-                        if in_flight.len() >= MAX_REQUESTS_PER_ROUND
-                            || in_flight.iter().any(|(r, _)| r == req)
-                        {
-                            continue;
-                        }
-                        match nh.submit_master_request(req, &*factory, options.request_timeout) {
-                            Ok(Some(h)) => in_flight.push((req.clone(), h)),
-                            Ok(None) => tracing::debug!(?req, "master request done"),
-                            Err(Error::Stopped) => return,
-                            Err(e) => tracing::debug!(?req, error = %e, "master request failed"),
-                        }
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "report not delivered"),
-            }
-            assert!(in_flight.len() <= MAX_REQUESTS_PER_ROUND);
             shared.rounds.fetch_add(1, Ordering::AcqRel);
         }
         let mut g = shared.lock.lock();
         if shared.stop.load(Ordering::Acquire) {
             return;
         }
-        shared.wake.wait_for(&mut g, options.interval);
+        shared.wake.wait_for(&mut g, interval);
     }
 }

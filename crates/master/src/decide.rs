@@ -145,6 +145,20 @@ pub fn leader_view<'a>(s: &'a MasterState, shard: u64) -> Option<LeaderView<'a>>
     best.map(|(_, v)| v)
 }
 
+/// Whether live `host` reported neither running nor storing replica
+/// `replica` of `shard`.
+fn replica_gone(s: &MasterState, host: &str, shard: u64, replica: u64) -> bool {
+    // (A report cut at its bound says nothing about what it left out.)
+    let max = crate::sm::MAX_REPORT_REPLICAS;
+    s.hosts.get(host).is_some_and(|h| {
+        !h.dead
+            && h.report.replicas.len() < max
+            && h.report.stored.len() < max
+            && reported(&h.report, shard).is_none_or(|r| r.replica != replica)
+            && !h.report.stored.contains(&(shard, replica))
+    })
+}
+
 /// Voters of `m` that run on live hosts.
 pub fn live_voters(s: &MasterState, shard: u64, m: &Membership) -> usize {
     m.voters
@@ -296,12 +310,19 @@ pub fn leader_counts(s: &MasterState) -> BTreeMap<&HostId, usize> {
     out
 }
 
-/// Whether every placed replica of `shard` runs on a live host, the leader
-/// is known and its voters are exactly the placement.
+/// Whether every placed replica of `shard` runs on a live host that
+/// reported lately, the leader is known and its voters are exactly the
+/// placement.
 fn healthy(s: &MasterState, shard: u64) -> bool {
     let rec = &s.shards[&shard];
     let Some(v) = leader_view(s, shard) else {
         return false;
+    };
+    // Every placed replica's host reported within half of `dead_after_ms`.
+    let fresh = |h: &str| {
+        s.hosts
+            .get(h)
+            .is_some_and(|x| x.last_seen_ms + s.config.dead_after_ms / 2 >= s.now_ms)
     };
     rec.placement.len() == rec.desired as usize
         && v.membership.non_votings.is_empty()
@@ -309,7 +330,7 @@ fn healthy(s: &MasterState, shard: u64) -> bool {
         && rec
             .placement
             .iter()
-            .all(|(r, h)| running(s, h, shard, *r).is_some())
+            .all(|(r, h)| running(s, h, shard, *r).is_some() && fresh(h))
 }
 
 /// What should change at replicated time `now` (see the module doc).
@@ -360,13 +381,38 @@ pub fn decide(s: &MasterState, now: u64) -> Vec<Decision> {
                 let Some(v) = leader_view(s, shard) else {
                     continue;
                 };
-                // A replica on a dead host first, else one on a host
-                // being drained.
+                // A member the master did not place (with no operation in
+                // flight, the leader's members are the placement): removed
+                // first, as it stands in the way of every other change.
+                if let Some(&stray) = v
+                    .membership
+                    .voters
+                    .keys()
+                    .chain(v.membership.non_votings.keys())
+                    .find(|r| !rec.placement.contains_key(r))
+                {
+                    repairing = true;
+                    out.push(Decision::Begin {
+                        shard,
+                        op: Op::Evict { replica: stray },
+                    });
+                    continue;
+                }
+                // A replica on a dead host first, then one its live host
+                // neither runs nor stores (its data is gone: a replica
+                // whose start was not yet durable when the host crashed;
+                // it cannot come back under its id, which may have voted),
+                // else one on a host being drained.
                 let draining = |h: &str| s.hosts.get(h).is_some_and(|x| x.draining);
                 let lost = rec
                     .placement
                     .iter()
                     .find(|(_, h)| !host_alive(s, h))
+                    .or_else(|| {
+                        rec.placement
+                            .iter()
+                            .find(|(r, h)| replica_gone(s, h, shard, **r))
+                    })
                     .or_else(|| rec.placement.iter().find(|(_, h)| draining(h)))
                     .map(|(r, h)| (*r, h.clone()));
                 let short = rec.placement.len() < rec.desired as usize;
@@ -395,10 +441,18 @@ pub fn decide(s: &MasterState, now: u64) -> Vec<Decision> {
             }
         }
     }
+    // Balancing moves healthy replicas, so it needs a true picture of
+    // which hosts live: not before the current master leader has led for
+    // `dead_after_ms` (until then a host that died may still count as
+    // alive, its silence counted from the leader's first tick; found by
+    // the simulator in master mode: under master leadership changes a
+    // balancing move removed a live replica of a shard whose other
+    // replica's host had died unnoticed).
     if !s.config.rebalance
         || repairing
         || !s.ops.is_empty()
         || now.saturating_sub(s.last_balance_ms) < s.config.balance_interval_ms
+        || now.saturating_sub(s.leader_since_ms) <= s.config.dead_after_ms
     {
         return out;
     }
@@ -421,6 +475,18 @@ fn progress(s: &MasterState, shard: u64, rec: &OpRecord, now: u64, out: &mut Vec
     match &rec.op {
         Op::Create { members } => {
             if m.voters.keys().eq(members.keys()) {
+                out.push(Decision::Finish {
+                    shard,
+                    aborted: false,
+                });
+            }
+        }
+        Op::Evict { replica } => {
+            if !m.contains(*replica) {
+                out.push(Decision::Removed {
+                    shard,
+                    replica: *replica,
+                });
                 out.push(Decision::Finish {
                     shard,
                     aborted: false,
@@ -670,6 +736,7 @@ pub fn apply_decisions(s: &mut MasterState, now: u64, decisions: &[Decision]) {
                         }
                     }
                     Op::Transfer { .. } => s.counters.transfers += 1,
+                    Op::Evict { .. } => s.counters.strays_removed += 1,
                     Op::Create { .. } => {}
                 }
             }
@@ -714,6 +781,29 @@ pub fn requests_for(s: &MasterState, host: &str) -> Vec<Request> {
                     out.push(Request::TransferLeader { shard, target: *to });
                 }
             }
+            Op::Evict { replica } => {
+                let Some(v) = v.filter(|_| leads) else {
+                    continue;
+                };
+                let m = v.membership;
+                if v.replica == *replica {
+                    // The stray leads: leadership goes to a placed voter
+                    // first.
+                    if let Some((&target, _)) = m.voters.iter().find(|(r, h)| {
+                        s.shards[&shard].placement.contains_key(r)
+                            && running(s, h, shard, **r).is_some()
+                    }) {
+                        out.push(Request::TransferLeader { shard, target });
+                    }
+                } else if m.contains(*replica)
+                    && change_is_safe(s, shard, m, Change::Remove(*replica))
+                {
+                    out.push(Request::Delete {
+                        shard,
+                        replica: *replica,
+                    });
+                }
+            }
             Op::Move {
                 add,
                 to,
@@ -721,8 +811,12 @@ pub fn requests_for(s: &MasterState, host: &str) -> Vec<Request> {
                 phase,
                 ..
             } => {
+                // Until it votes, the new replica is started again where it
+                // stopped running (its host restarted before anything of it
+                // was durable, say: a master that waited in `Promote` for a
+                // replica nobody restarts would wait for ever).
                 if to == host
-                    && matches!(phase, Phase::AddLearner | Phase::CatchUp)
+                    && matches!(phase, Phase::AddLearner | Phase::CatchUp | Phase::Promote)
                     && !runs(shard, *add)
                 {
                     out.push(Request::StartReplica {
@@ -824,7 +918,10 @@ pub fn requests_for(s: &MasterState, host: &str) -> Vec<Request> {
             });
         }
     }
-    // Removed replicas still on the host: stop them and delete their data.
+    // Removed replicas still on the host: stop them and delete their data,
+    // at once. (A removed replica that still runs may vote in an older
+    // membership that a restarted voter falls back to: docs/master.md,
+    // "Removed replicas".)
     let held = h
         .report
         .replicas
@@ -832,9 +929,13 @@ pub fn requests_for(s: &MasterState, host: &str) -> Vec<Request> {
         .map(|r| (r.shard, r.replica))
         .chain(h.report.stored.iter().copied());
     for (shard, replica) in held {
+        // Removed, and not a member as the leader sees it (a stray, added
+        // by a late answer after the master recorded it removed, stays
+        // until `Op::Evict` takes it out of the membership).
         if s.shards
             .get(&shard)
             .is_some_and(|rec| rec.removed.contains(&replica))
+            && leader_view(s, shard).is_some_and(|v| !v.membership.contains(replica))
         {
             out.push(Request::RemoveReplica { shard, replica });
         }

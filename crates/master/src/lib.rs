@@ -26,7 +26,8 @@ pub mod sm;
 pub use model::{Command, MasterConfig, MasterState};
 pub use service::{
     InProcessMasterClient, MasterAwareFactory, MasterError, MasterNode, MasterOptions,
-    create_shard, drain_host, master_replica_config, read_state, report_from, to_master_request,
+    MasterTicker, TickerStopped, create_shard, drain_host, master_replica_config, read_state,
+    report_from, to_master_request,
 };
 pub use sm::MasterStateMachine;
 

@@ -224,6 +224,13 @@ pub enum Op {
         /// The replica that should lead.
         to: u64,
     },
+    /// Removing a member the master did not place (a stray): a request
+    /// that took effect after the master had given up its operation (an
+    /// answer carried out late adds a replica whose move was aborted, say).
+    Evict {
+        /// The stray member.
+        replica: u64,
+    },
 }
 
 /// An operation and when it started.
@@ -281,6 +288,9 @@ pub struct Counters {
     pub moves_aborted: u64,
     /// Leadership transfers finished or given up.
     pub transfers: u64,
+    /// Stray members removed ([`Op::Evict`]).
+    #[serde(default)]
+    pub strays_removed: u64,
 }
 
 /// The master's whole replicated state.

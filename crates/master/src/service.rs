@@ -155,62 +155,161 @@ fn tick_loop(
     options: MasterOptions,
     stop: Arc<(AtomicBool, Mutex<()>, Condvar)>,
 ) {
-    let mut last: Option<Instant> = None;
-    let mut adopted = !options.manage_master_shard;
+    let interval = options.tick_interval;
+    let mut ticker = MasterTicker::new(me, options);
+    // The ticker's clock: this process's monotonic clock.
+    let epoch = Instant::now();
     while !stop.0.load(Ordering::Acquire) {
         {
             let Some(nh) = nh.upgrade() else { return };
-            match nh.get_leader(MASTER_SHARD_ID) {
-                Ok(Some(l)) if l.replica_id == me => {
-                    if !adopted {
-                        adopted = adopt_master_shard(&nh, &options);
-                    }
-                    let now = Instant::now();
-                    let first = last.is_none();
-                    let elapsed_ms = last.map_or(0, |l| {
-                        u64::try_from(now.duration_since(l).as_millis()).unwrap_or(u64::MAX)
-                    });
-                    // Set before proposing: a tick whose outcome is unknown
-                    // loses its time rather than counting it twice.
-                    last = Some(now);
-                    let cmd = serde_json::to_vec(&Command::Tick { elapsed_ms, first })
-                        .expect("commands serialise");
-                    let mut session = nh.get_noop_session(MASTER_SHARD_ID);
-                    if let Err(e) = nh.sync_propose(&mut session, cmd, options.propose_timeout) {
-                        tracing::debug!(error = %e, "master tick not applied");
-                    }
+            let now_ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            match ticker.next(&nh, now_ms) {
+                Ok(Some(handle)) => {
+                    let outcome = handle.wait();
+                    ticker.completed(&outcome);
                 }
-                Ok(_) => last = None,
-                // The replica was stopped (removed from the master shard).
-                Err(longship::Error::Stopped | longship::Error::ShardNotFound(_)) => return,
-                Err(_) => last = None,
+                Ok(None) => {}
+                Err(TickerStopped) => return,
             }
         }
         let mut g = stop.1.lock();
         if stop.0.load(Ordering::Acquire) {
             return;
         }
-        stop.2.wait_for(&mut g, options.tick_interval);
+        stop.2.wait_for(&mut g, interval);
     }
 }
 
-/// On the master leader: takes the master shard under management unless
-/// the state (as the local replica applied it) has it. Returns whether it
-/// is managed now.
-fn adopt_master_shard(nh: &NodeHost, options: &MasterOptions) -> bool {
-    let Ok(bytes) = nh.stale_read(MASTER_SHARD_ID, b"state") else {
-        return false;
-    };
-    let Ok(state) = serde_json::from_slice::<MasterState>(&bytes) else {
-        return false;
-    };
-    if state.shards.contains_key(&MASTER_SHARD_ID.0) {
-        return true;
+/// The master replica's local replica was stopped (removed from the master
+/// shard, or its NodeHost closed): its ticker has nothing more to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TickerStopped;
+
+/// What a [`MasterTicker`] proposed last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proposed {
+    Tick,
+    Adopt,
+}
+
+/// The ticker of one master replica, without a thread or a clock of its
+/// own: the caller passes the time of a monotonic clock to
+/// [`next`](Self::next) (milliseconds from any origin) and waits for, or
+/// polls, the proposal it returns. [`MasterNode`] runs one on a thread
+/// with the process's monotonic clock; the simulator runs one per master
+/// replica with each simulated host's own clock.
+///
+/// While the local replica leads, each call proposes [`Command::Tick`] with
+/// the time elapsed since the previous tick (0 and `first` for the first
+/// one of a leadership); the master's replicated time is the sum of those,
+/// so it never depends on clocks of different hosts agreeing, and stands
+/// still while the master has no leader. The mark moves before the
+/// proposal: a tick whose outcome is unknown loses its interval rather
+/// than counting it twice. With [`MasterOptions::manage_master_shard`],
+/// the leader first adopts the master's own shard ([`Command::AdoptShard`]).
+pub struct MasterTicker {
+    me: ReplicaId,
+    options: MasterOptions,
+    last_ms: Option<u64>,
+    adopted: bool,
+    proposed: Option<Proposed>,
+}
+
+impl MasterTicker {
+    /// The ticker of master replica `me`.
+    pub fn new(me: ReplicaId, options: MasterOptions) -> MasterTicker {
+        MasterTicker {
+            me,
+            adopted: !options.manage_master_shard,
+            options,
+            last_ms: None,
+            proposed: None,
+        }
     }
-    let Ok(st) = nh.raft_status(MASTER_SHARD_ID) else {
-        return false;
-    };
-    let cmd = Command::AdoptShard {
+
+    /// At time `now_ms` of the caller's monotonic clock: proposes what is
+    /// due on the master shard through `nh` when the local replica leads,
+    /// and returns the proposal's handle (pass its outcome to
+    /// [`completed`](Self::completed) before the next call). `Ok(None)`:
+    /// nothing to do (not the leader, or the proposal was refused at once).
+    pub fn next(
+        &mut self,
+        nh: &NodeHost,
+        now_ms: u64,
+    ) -> Result<Option<longship::RequestHandle<longship::SmResult>>, TickerStopped> {
+        match nh.get_leader(MASTER_SHARD_ID) {
+            Ok(Some(l)) if l.replica_id == self.me => {}
+            Ok(_) => {
+                self.last_ms = None;
+                return Ok(None);
+            }
+            Err(longship::Error::Stopped | longship::Error::ShardNotFound(_)) => {
+                return Err(TickerStopped);
+            }
+            Err(_) => {
+                self.last_ms = None;
+                return Ok(None);
+            }
+        }
+        if !self.adopted {
+            match adopt_command(nh) {
+                Some(None) => self.adopted = true,
+                Some(Some(cmd)) => {
+                    return Ok(self.propose(nh, &cmd, Proposed::Adopt));
+                }
+                // Not known yet: tick meanwhile, adopt at a later call.
+                None => {}
+            }
+        }
+        let first = self.last_ms.is_none();
+        let elapsed_ms = self.last_ms.map_or(0, |l| now_ms.saturating_sub(l));
+        // Set before proposing: a tick whose outcome is unknown loses its
+        // time rather than counting it twice.
+        self.last_ms = Some(now_ms);
+        Ok(self.propose(nh, &Command::Tick { elapsed_ms, first }, Proposed::Tick))
+    }
+
+    fn propose(
+        &mut self,
+        nh: &NodeHost,
+        cmd: &Command,
+        what: Proposed,
+    ) -> Option<longship::RequestHandle<longship::SmResult>> {
+        let bytes = serde_json::to_vec(cmd).expect("commands serialise");
+        let session = nh.get_noop_session(MASTER_SHARD_ID);
+        match nh.propose(&session, bytes, self.options.propose_timeout) {
+            Ok(h) => {
+                self.proposed = Some(what);
+                Some(h)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "master tick not proposed");
+                None
+            }
+        }
+    }
+
+    /// The outcome of the proposal [`next`](Self::next) returned last.
+    pub fn completed(&mut self, outcome: &longship::Result<longship::SmResult>) {
+        match (self.proposed.take(), outcome) {
+            (Some(Proposed::Adopt), Ok(r)) if r.value == RESULT_OK => self.adopted = true,
+            (_, Err(e)) => tracing::debug!(error = %e, "master tick not applied"),
+            _ => {}
+        }
+    }
+}
+
+/// On the master leader: `Some(None)` when the state (as the local replica
+/// applied it) manages the master shard already, `Some(Some(cmd))` with the
+/// command that adopts it, `None` when the local replica cannot tell now.
+fn adopt_command(nh: &NodeHost) -> Option<Option<Command>> {
+    let bytes = nh.stale_read(MASTER_SHARD_ID, b"state").ok()?;
+    let state = serde_json::from_slice::<MasterState>(&bytes).ok()?;
+    if state.shards.contains_key(&MASTER_SHARD_ID.0) {
+        return Some(None);
+    }
+    let st = nh.raft_status(MASTER_SHARD_ID).ok()?;
+    Some(Some(Command::AdoptShard {
         shard: MASTER_SHARD_ID.0,
         desired: 3,
         voters: st
@@ -220,11 +319,7 @@ fn adopt_master_shard(nh: &NodeHost, options: &MasterOptions) -> bool {
             .map(|(r, a)| (r.0, a.clone()))
             .collect(),
         removed: st.membership.removed.iter().map(|r| r.0).collect(),
-    };
-    matches!(
-        propose(nh, &cmd, options.propose_timeout),
-        Ok((RESULT_OK, _))
-    )
+    }))
 }
 
 /// Starts the application's replicas with `inner`, and replicas of the

@@ -798,3 +798,100 @@ proptest! {
         }
     }
 }
+
+/// A member the master did not place (a late answer added a replica whose
+/// move the master had given up: found by the simulator in master mode) is
+/// removed, and the shard is back to exactly its placement.
+#[test]
+fn a_stray_member_is_evicted() {
+    let mut w = started_world(5, 2);
+    // The id of a move the master gave up: handed out, recorded removed.
+    let stray = {
+        let rec = w.master.shards.get_mut(&1).unwrap();
+        let id = rec.next_replica_id;
+        rec.next_replica_id += 1;
+        rec.removed.insert(id);
+        id
+    };
+    let free = (1..=5)
+        .map(host)
+        .find(|h| !w.hosts[h].replicas.contains_key(&1))
+        .unwrap();
+    // The late addition took effect: a non-voting member that runs.
+    w.shards
+        .get_mut(&1)
+        .unwrap()
+        .non_votings
+        .insert(stray, free.clone());
+    w.hosts
+        .get_mut(&free)
+        .unwrap()
+        .replicas
+        .insert(1, (stray, 0));
+    w.run_until_converged(400);
+    assert!(w.shards[&1].removed.contains(&stray));
+    assert!(!w.hosts[&free].replicas.contains_key(&1));
+    assert_eq!(w.master.counters.strays_removed, 1);
+}
+
+/// A new replica that stops running before its promotion (its host
+/// restarted before anything of it was durable, found by the simulator in
+/// master mode) is started again; the move does not wait for ever.
+#[test]
+fn a_new_replica_lost_before_promotion_is_started_again() {
+    let mut w = started_world(6, 4);
+    w.kill(1);
+    let mut lost = None;
+    for _ in 0..200 {
+        w.step();
+        if let Some((shard, to, add)) = w.master.ops.iter().find_map(|(s, o)| match &o.op {
+            Op::Move {
+                phase: Phase::Promote,
+                to,
+                add,
+                ..
+            } => Some((*s, to.clone(), *add)),
+            _ => None,
+        }) {
+            lost = Some((shard, to, add));
+            break;
+        }
+    }
+    let (shard, to, add) = lost.expect("a move reached Promote");
+    let x = w.hosts.get_mut(&to).unwrap();
+    assert_eq!(x.replicas.remove(&shard).map(|(r, _)| r), Some(add));
+    // Its host reports first (the master knows what it could know).
+    let report = w.report(&to);
+    let (_, data) = apply_command(&mut w.master, Command::Report(report));
+    let reqs: Vec<Request> = serde_json::from_slice(&data).unwrap();
+    assert!(
+        reqs.iter()
+            .any(|r| matches!(r, Request::StartReplica { replica, .. } if *replica == add)),
+        "the lost replica is not started again: {reqs:?}"
+    );
+    for r in &reqs {
+        w.execute(&to, r);
+    }
+    w.run_until_converged(800);
+    assert!(w.shards[&shard].voters.contains_key(&add));
+}
+
+/// A placed replica that its live host neither runs nor stores any more
+/// (its start was not durable when the host crashed: found by the
+/// simulator in master mode) is replaced like one on a dead host; it is
+/// never started again under its id.
+#[test]
+fn a_placed_replica_whose_data_is_gone_is_replaced() {
+    let mut w = started_world(5, 4);
+    let (h, (r, _)) = w
+        .hosts
+        .iter()
+        .find_map(|(h, x)| x.replicas.get(&1).map(|r| (h.clone(), *r)))
+        .unwrap();
+    w.hosts.get_mut(&h).unwrap().replicas.remove(&1);
+    w.run_until_converged(400);
+    let s = &w.shards[&1];
+    assert!(s.removed.contains(&r), "{s:?}");
+    assert_eq!(s.voters.len(), 3);
+    assert!(w.master.counters.repairs_done >= 1);
+}

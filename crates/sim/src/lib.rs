@@ -8,7 +8,10 @@
 //!   one thread, the in-memory network behind a seeded fault layer
 //!   ([`net`]), fault-injecting file systems with crashes, client workloads
 //!   on a key-value state machine ([`kv`]), and safety, convergence and
-//!   linearizability checks. A seed replays a run exactly.
+//!   linearizability checks. A seed replays a run exactly. In master mode
+//!   ([`run_master_seed`], `longship-sim --master`) the longship master
+//!   runs on three of the hosts and places, repairs and balances the
+//!   shards while hosts also die for good and join.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -18,4 +21,4 @@ pub mod log;
 pub mod net;
 pub mod sim;
 
-pub use sim::{Failure, Report, SimConfig, run, run_seed};
+pub use sim::{Failure, Report, SimConfig, run, run_master_seed, run_seed};

@@ -4,7 +4,9 @@
 //! longship-sim --seed N            replay one seed (prints its trace hash)
 //! longship-sim --seeds A..B        run seeds A (inclusive) to B (exclusive)
 //! options: --ops N (operations per seed, default 3000), --jobs N (threads),
-//!          --progress N (a line on stderr every N passed seeds)
+//!          --progress N (a line on stderr every N passed seeds),
+//!          --master (master mode: the longship master places, repairs and
+//!          balances the shards while hosts die for good and join)
 //! ```
 
 use std::process::ExitCode;
@@ -12,16 +14,17 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use longship_sim::run_seed;
+use longship_sim::{run_master_seed, run_seed};
 
-const USAGE: &str =
-    "usage: longship-sim (--seed N | --seeds A..B) [--ops N] [--jobs N] [--progress N] [--verbose]";
+const USAGE: &str = "usage: longship-sim (--seed N | --seeds A..B) [--ops N] [--jobs N] [--progress N] [--master] [--verbose]";
 
 struct Args {
     seeds: std::ops::Range<u64>,
     ops: u64,
     jobs: usize,
     verbose: bool,
+    /// Master mode.
+    master: bool,
     /// Print a line to stderr every this many passed seeds (0: never).
     progress: u64,
 }
@@ -31,6 +34,7 @@ fn parse_args() -> Result<Args, String> {
     let mut ops = 3000;
     let mut jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut verbose = false;
+    let mut master = false;
     let mut progress = 0;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -51,6 +55,7 @@ fn parse_args() -> Result<Args, String> {
             "--ops" => ops = value()?.parse().map_err(|e| format!("--ops: {e}"))?,
             "--jobs" => jobs = value()?.parse().map_err(|e| format!("--jobs: {e}"))?,
             "--verbose" => verbose = true,
+            "--master" => master = true,
             "--progress" => progress = value()?.parse().map_err(|e| format!("--progress: {e}"))?,
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
@@ -62,6 +67,7 @@ fn parse_args() -> Result<Args, String> {
         ops,
         jobs: jobs.max(1),
         verbose,
+        master,
         progress,
     })
 }
@@ -90,7 +96,12 @@ fn main() -> ExitCode {
                         break;
                     }
                     let t = Instant::now();
-                    match run_seed(seed, args.ops) {
+                    let outcome = if args.master {
+                        run_master_seed(seed, args.ops)
+                    } else {
+                        run_seed(seed, args.ops)
+                    };
+                    match outcome {
                         Ok(r) => {
                             let n = passed.fetch_add(1, Ordering::Relaxed) + 1;
                             if args.progress > 0 && n.is_multiple_of(args.progress) {

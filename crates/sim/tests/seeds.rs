@@ -2,16 +2,26 @@
 //! parallel; and replay (the same seed gives the same trace hash).
 //!
 //! `LONGSHIP_SIM_SEEDS=A..B` and `LONGSHIP_SIM_OPS=N` override the range and
-//! the operations per seed.
+//! the operations per seed. Master mode (the longship master places,
+//! repairs and balances the shards while hosts die for good and join) runs
+//! a few chosen seeds here; `longship-sim --master --seeds A..B` runs many.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use longship_sim::{Failure, run_seed};
+use longship_sim::{Failure, run_master_seed, run_seed};
 
 /// Seeds CI runs.
 const CI_SEEDS: std::ops::Range<u64> = 0..200;
+/// Master-mode seeds CI runs (about 40 s of CPU in a debug build; each
+/// with hosts lost for good and repairs): 8 loses two hosts, 15 and 21
+/// have many repairs and aborted moves (hosts declared dead while they
+/// came back), 17 loses two hosts and gains two and balances after the
+/// heal.
+const CI_MASTER_SEEDS: [u64; 4] = [8, 15, 17, 21];
+/// Client operations per master-mode seed.
+const CI_MASTER_OPS: u64 = 1_000;
 /// Client operations per seed.
 const CI_OPS: u64 = 2_500;
 
@@ -70,6 +80,46 @@ fn ci_seeds_pass() {
             text.join("\n")
         );
     }
+}
+
+#[test]
+fn ci_master_seeds_pass() {
+    let start = Instant::now();
+    let next = AtomicU64::new(0);
+    let failures = Mutex::new(Vec::new());
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(&seed) = CI_MASTER_SEEDS.get(i) else {
+                        break;
+                    };
+                    match run_master_seed(seed, CI_MASTER_OPS) {
+                        Ok(r) => assert!(
+                            r.master_repairs > 0 && r.host_deaths > 0,
+                            "seed {seed} no longer loses a host and repairs: {r:?}"
+                        ),
+                        Err(f) => failures.lock().expect("failures").push(f.to_string()),
+                    }
+                }
+            });
+        }
+    });
+    eprintln!(
+        "simulated master-mode seeds {CI_MASTER_SEEDS:?} with {CI_MASTER_OPS} operations each in {:.1?}",
+        start.elapsed()
+    );
+    let failures = failures.into_inner().expect("failures");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn same_master_seed_replays_the_same_run() {
+    let a = run_master_seed(27, 400).expect("master seed 27");
+    let b = run_master_seed(27, 400).expect("master seed 27 again");
+    assert_eq!(a, b, "a replay must be identical, trace hash included");
 }
 
 #[test]

@@ -14,6 +14,11 @@
 //! the shard (or holds a replica of it), from a [`MasterDirectory`]
 //! refreshed from the master's state. Shards with a local replica are
 //! served as in the classic mode (a follower forwards to its leader).
+//! `CLUSTER SLOTS`, `CLUSTER SHARDS`, `CLUSTER NODES`, `CLUSTER INFO` and
+//! `CLUSTER MYID` describe the master's placement ([`topology_of`]): each
+//! slot range's nodes are those of its shard's replicas, its leader's
+//! node first (the one cluster clients send its keys to); node ids are
+//! derived from raft addresses ([`placed_node_id`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -30,7 +35,7 @@ use longship_master::{MASTER_SHARD_ID, MasterConfig, MasterNode, MasterOptions, 
 use parking_lot::RwLock;
 
 use crate::cluster::{DEPLOYMENT_ID, replica_config};
-use crate::server::{KvNode, ServerConfig, ShardDirectory};
+use crate::server::{KvNode, ServerConfig, ShardDirectory, Topology, placed_node_id};
 use crate::sm::KvStateMachine;
 
 /// Prefix of the Redis address in a report's metadata.
@@ -133,6 +138,7 @@ impl ReplicaFactory for KvFactory {
 /// of its leader's node (or of a node holding it).
 pub struct MasterDirectory {
     table: RwLock<BTreeMap<ShardId, String>>,
+    topology: RwLock<Option<Topology>>,
 }
 
 impl MasterDirectory {
@@ -166,6 +172,47 @@ impl ShardDirectory for MasterDirectory {
     fn redis_addr(&self, shard: ShardId) -> Option<String> {
         self.table.read().get(&shard).cloned()
     }
+
+    fn topology(&self) -> Option<Topology> {
+        self.topology.read().clone()
+    }
+}
+
+/// The layout cluster-aware clients are given, from one master state: the
+/// live nodes that told their Redis address, and per shard the nodes of
+/// its live placed replicas, its leader's node first.
+pub fn topology_of(state: &MasterState) -> Topology {
+    let redis = |host: &str| {
+        state
+            .hosts
+            .get(host)
+            .filter(|h| !h.dead)
+            .and_then(|h| h.report.metadata.strip_prefix(REDIS_META))
+            .map(str::to_string)
+    };
+    let nodes: BTreeMap<String, String> = state
+        .hosts
+        .keys()
+        .filter_map(|h| redis(h).map(|a| (placed_node_id(h), a)))
+        .collect();
+    let mut shards = BTreeMap::new();
+    for (shard, rec) in &state.shards {
+        if *shard == MASTER_SHARD_ID.0 {
+            continue;
+        }
+        let leader = longship_master::decide::leader_view(state, *shard).map(|v| v.host.clone());
+        let mut hosts: Vec<&String> = rec
+            .placement
+            .values()
+            .filter(|h| redis(h).is_some())
+            .collect();
+        hosts.sort_by_key(|h| Some(*h) != leader.as_ref());
+        shards.insert(
+            ShardId(*shard),
+            hosts.into_iter().map(|h| placed_node_id(h)).collect(),
+        );
+    }
+    Topology { nodes, shards }
 }
 
 /// Starts a placed node (see the module doc).
@@ -192,9 +239,15 @@ pub fn start_placed(spec: &PlacedSpec) -> Result<PlacedNode, String> {
     // master removes those it removed meanwhile).
     for l in nh.get_node_host_info().log_info {
         if l.shard_id != MASTER_SHARD_ID {
-            factory
-                .start_replica(&nh, l.shard_id, l.replica_id, Start::Restart, false)
-                .map_err(|e| format!("restarting shard {}: {e}", l.shard_id))?;
+            match factory.start_replica(&nh, l.shard_id, l.replica_id, Start::Restart, false) {
+                Ok(()) => {}
+                // A removal the master asked for that a crash interrupted
+                // (its tombstone is durable): finish it, start nothing.
+                Err(longship::Error::ReplicaDataRemoved { .. }) => nh
+                    .remove_data(l.shard_id, l.replica_id)
+                    .map_err(|e| format!("finishing the removal of shard {}: {e}", l.shard_id))?,
+                Err(e) => return Err(format!("restarting shard {}: {e}", l.shard_id)),
+            }
         }
     }
     let master = match &spec.master {
@@ -258,6 +311,7 @@ pub fn start_placed(spec: &PlacedSpec) -> Result<PlacedNode, String> {
     let node = KvNode::with_config(nh.clone(), spec.shards, 0, server);
     let directory = Arc::new(MasterDirectory {
         table: RwLock::new(BTreeMap::new()),
+        topology: RwLock::new(None),
     });
     node.set_directory(directory.clone());
     let stop = Arc::new(AtomicBool::new(false));
@@ -291,6 +345,7 @@ fn directory_loop(
     while !stop.load(Ordering::Acquire) {
         if let Ok(state) = client.state() {
             *directory.table.write() = MasterDirectory::table_of(&state);
+            *directory.topology.write() = Some(topology_of(&state));
             let live = state.hosts.values().filter(|h| !h.dead).count();
             if creates && live >= REPLICAS_PER_SHARD as usize {
                 for s in 1..=shards {

@@ -200,6 +200,39 @@ pub trait ShardDirectory: Send + Sync {
     /// The Redis address of a node serving `shard` (its leader's when
     /// known), or `None` when unknown.
     fn redis_addr(&self, shard: ShardId) -> Option<String>;
+
+    /// The whole layout, for `CLUSTER SLOTS/SHARDS/NODES/INFO/MYID`
+    /// (`None` while unknown: those then describe this node alone).
+    fn topology(&self) -> Option<Topology> {
+        None
+    }
+}
+
+/// Where every shard is served in placed mode, as cluster-aware clients
+/// (`redis-cli -c`, `redis-benchmark --cluster`, cluster client libraries)
+/// learn it from `CLUSTER SLOTS`, `CLUSTER SHARDS` and `CLUSTER NODES`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Topology {
+    /// The live nodes: node id ([`placed_node_id`]) → Redis address.
+    pub nodes: BTreeMap<String, String>,
+    /// Per shard, the nodes holding a replica of it, the one clients send
+    /// its slots to first (its leader's node when known; a follower node
+    /// forwards to its leader).
+    pub shards: BTreeMap<ShardId, Vec<String>>,
+}
+
+/// The 40-character `CLUSTER` id of a placed node, from its raft address
+/// (its identity in the deployment; stable across restarts).
+pub fn placed_node_id(raft_address: &str) -> String {
+    let fnv = |seed: u64| {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+        for b in raft_address.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h
+    };
+    format!("{:016x}{:016x}{:08x}", fnv(0), fnv(1), fnv(2) as u32)
 }
 
 /// One kv node: a NodeHost with a replica of every shard.
@@ -916,10 +949,143 @@ impl KvNode {
         }
     }
 
+    /// `CLUSTER SLOTS/SHARDS/NODES/INFO/MYID` in placed mode, from the
+    /// master's placement; `None` for other subcommands (or while the
+    /// layout is unknown).
+    fn placed_cluster_command(&self, sub: &str, argc: usize) -> Option<Reply> {
+        if argc != 2 || !matches!(sub, "SLOTS" | "SHARDS" | "NODES" | "INFO" | "MYID") {
+            return None;
+        }
+        let myself = placed_node_id(self.nh.raft_address());
+        if sub == "MYID" {
+            return Some(Reply::Bulk(myself.into_bytes()));
+        }
+        let t = self.directory.get()?.topology()?;
+        let endpoint = |id: &str| {
+            let addr = t.nodes.get(id).map_or("127.0.0.1:0", String::as_str);
+            match addr.rsplit_once(':') {
+                Some((h, p)) => (
+                    h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                    p.parse::<i64>().unwrap_or(0),
+                ),
+                None => (addr.to_string(), 0),
+            }
+        };
+        // The ranges with a known node, and their nodes (master first).
+        let ranges: Vec<(u16, u16, ShardId, &Vec<String>)> = self
+            .ranges()
+            .into_iter()
+            .filter_map(|(a, b, shard)| {
+                t.shards
+                    .get(&shard)
+                    .filter(|n| !n.is_empty())
+                    .map(|n| (a, b, shard, n))
+            })
+            .collect();
+        let bulk = |s: &str| Reply::Bulk(s.as_bytes().to_vec());
+        Some(match sub {
+            "SLOTS" => Reply::Array(
+                ranges
+                    .iter()
+                    .map(|(a, b, _, nodes)| {
+                        let mut v = vec![Reply::Int(*a as i64), Reply::Int(*b as i64)];
+                        v.extend(nodes.iter().map(|id| {
+                            let (host, port) = endpoint(id);
+                            Reply::Array(vec![bulk(&host), Reply::Int(port), bulk(id)])
+                        }));
+                        Reply::Array(v)
+                    })
+                    .collect(),
+            ),
+            "SHARDS" => Reply::Array(
+                ranges
+                    .iter()
+                    .map(|(a, b, _, nodes)| {
+                        let node_maps = nodes
+                            .iter()
+                            .enumerate()
+                            .map(|(i, id)| {
+                                let (host, port) = endpoint(id);
+                                let kv = |k: &str, v: Reply| (Reply::Bulk(k.into()), v);
+                                Reply::Map(vec![
+                                    kv("id", bulk(id)),
+                                    kv("port", Reply::Int(port)),
+                                    kv("ip", bulk(&host)),
+                                    kv("endpoint", bulk(&host)),
+                                    kv("role", bulk(if i == 0 { "master" } else { "replica" })),
+                                    kv("replication-offset", Reply::Int(0)),
+                                    kv("health", bulk("online")),
+                                ])
+                            })
+                            .collect();
+                        Reply::Map(vec![
+                            (
+                                bulk("slots"),
+                                Reply::Array(vec![Reply::Int(*a as i64), Reply::Int(*b as i64)]),
+                            ),
+                            (bulk("nodes"), Reply::Array(node_maps)),
+                        ])
+                    })
+                    .collect(),
+            ),
+            "NODES" => {
+                let mut slots: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+                for (a, b, _, nodes) in &ranges {
+                    slots.entry(&nodes[0]).or_default().push(if a == b {
+                        a.to_string()
+                    } else {
+                        format!("{a}-{b}")
+                    });
+                }
+                let first_master = slots.keys().next().map(|s| s.to_string());
+                let mut out = String::new();
+                for id in t.nodes.keys() {
+                    let (host, port) = endpoint(id);
+                    let me = if *id == myself { "myself," } else { "" };
+                    let (role, master) = match (slots.get(id.as_str()), &first_master) {
+                        (Some(_), _) | (None, None) => ("master", "-".to_string()),
+                        (None, Some(m)) => ("slave", m.clone()),
+                    };
+                    out.push_str(&format!(
+                        "{id} {host}:{port}@{} {me}{role} {master} 0 0 0 connected",
+                        port + 10_000
+                    ));
+                    for r in slots.get(id.as_str()).into_iter().flatten() {
+                        out.push(' ');
+                        out.push_str(r);
+                    }
+                    out.push('\n');
+                }
+                Reply::Bulk(out.into_bytes())
+            }
+            _ => {
+                let ok_slots: u64 = ranges.iter().map(|r| (r.1 - r.0) as u64 + 1).sum();
+                let masters: std::collections::BTreeSet<&str> =
+                    ranges.iter().map(|r| r.3[0].as_str()).collect();
+                Reply::Bulk(
+                    format!(
+                        "cluster_enabled:1\r\ncluster_state:{}\r\ncluster_slots_assigned:{ok_slots}\r\ncluster_slots_ok:{ok_slots}\r\ncluster_slots_pfail:0\r\ncluster_slots_fail:{}\r\ncluster_known_nodes:{}\r\ncluster_size:{}\r\ncluster_current_epoch:0\r\ncluster_my_epoch:0\r\nlongship_shards:{}\r\n",
+                        if ok_slots == crate::slots::SLOTS { "ok" } else { "fail" },
+                        crate::slots::SLOTS - ok_slots,
+                        t.nodes.len(),
+                        masters.len(),
+                        self.shards,
+                    )
+                    .into_bytes(),
+                )
+            }
+        })
+    }
+
     /// Answers `CLUSTER <subcommand> ...`.
     fn cluster_command(&self, args: &[Vec<u8>]) -> Reply {
         let sub = String::from_utf8_lossy(&args[1]).to_ascii_uppercase();
         let argc = args.len();
+        if self.placed()
+            && let Some(r) = self.placed_cluster_command(&sub, argc)
+        {
+            return r;
+        }
         let node_entry = |id: u64| {
             let (host, port) = self.redis_endpoint(id);
             Reply::Array(vec![

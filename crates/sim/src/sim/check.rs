@@ -104,10 +104,18 @@ impl Sim {
                 if s.failed || before == Some(s.applied) {
                     continue;
                 }
-                let Ok(bytes) = nh.stale_read(s.shard_id, DIGEST_QUERY) else {
-                    continue;
+                let d = if s.shard_id == longship_master::MASTER_SHARD_ID {
+                    // The master's state: its JSON's hash.
+                    let Some(d) = Sim::master_digest(nh, s.applied) else {
+                        continue;
+                    };
+                    d
+                } else {
+                    let Ok(bytes) = nh.stale_read(s.shard_id, DIGEST_QUERY) else {
+                        continue;
+                    };
+                    Digest::decode(&bytes).ok_or("undecodable digest")?
                 };
-                let d = Digest::decode(&bytes).ok_or("undecodable digest")?;
                 if let Some(e) = d.error {
                     return Err(format!(
                         "replica {} of {} on host {h}: {e}",

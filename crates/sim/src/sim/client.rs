@@ -412,7 +412,7 @@ impl Sim {
                         self.stats.ops_ok += 1;
                         self.trace_event("write-ok", op as u64, at);
                         ClientState::Idle {
-                            at: self.round + self.rng.below(3),
+                            at: self.next_op_round(),
                         }
                     }
                     Some(Err(e)) => {
@@ -506,7 +506,7 @@ impl Sim {
                                 self.record_read(si, self.clients[ci].id, key, value, call, at);
                                 self.stats.ops_ok += 1;
                                 ClientState::Idle {
-                                    at: self.round + self.rng.below(3),
+                                    at: self.next_op_round(),
                                 }
                             }
                             None => ClientState::Reading {
@@ -521,6 +521,17 @@ impl Sim {
                 },
             },
         })
+    }
+
+    /// When a client that just finished an operation invokes its next:
+    /// soon, and in master mode after a think time that spreads the
+    /// operations over the whole fault phase.
+    fn next_op_round(&mut self) -> u64 {
+        let mut at = self.round + self.rng.below(3);
+        if let Some(m) = &self.master {
+            at += self.rng.below(m.plan.think_rounds_max);
+        }
+        at
     }
 
     /// The outcome of a write attempt, if it has one (logged with

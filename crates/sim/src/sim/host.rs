@@ -39,6 +39,21 @@ pub(super) struct HostSlot {
     /// Its disk's newest durable bytes were damaged at its last crash and
     /// it has not started since (its replicas will start guarded).
     pub(super) damaged: bool,
+    /// Not part of the cluster now: a host that has not joined yet, or
+    /// one that died for good (master mode). It is never restarted.
+    pub(super) gone: bool,
+    /// Died for good (master mode).
+    pub(super) dead: bool,
+    /// Ticks this host's clock got since it started (skew included).
+    pub(super) local_ticks: u64,
+    /// The simulator's tick at which the host went down (`None` while up).
+    pub(super) down_since_tick: Option<u64>,
+    /// Its reporting to the master and its master ticker (master mode).
+    pub(super) reporter: Option<super::master::HostReporter>,
+    /// It started its initial master replica once (master mode): a later
+    /// start without its data restarts nothing (the master may have moved
+    /// it away and deleted the data).
+    pub(super) master_bootstrapped: bool,
 }
 
 /// Flips one bit among the last `window` durable bytes of the host's
@@ -108,6 +123,12 @@ impl HostSlot {
             damaged: false,
             restart_at: None,
             sick_since: None,
+            gone: false,
+            dead: false,
+            local_ticks: 0,
+            down_since_tick: None,
+            reporter: None,
+            master_bootstrapped: false,
         }
     }
 
@@ -145,9 +166,15 @@ impl Sim {
         let seed = self.rng.next_u64();
         let io = match self.phase {
             super::Phase::Faults => self.plan.io,
-            super::Phase::Heal => Default::default(),
+            super::Phase::Setup | super::Phase::Heal => Default::default(),
         };
+        let members = self
+            .master
+            .is_some()
+            .then(|| super::master::MasterSim::initial_members(&self.hosts));
         let slot = &mut self.hosts[h];
+        slot.local_ticks = 0;
+        slot.reporter = None;
         slot.restart_at = None;
         slot.sick_since = None;
         slot.damaged = false;
@@ -175,7 +202,19 @@ impl Sim {
                     .manual()
                     .build()
             });
+        let master = self.master.as_ref();
         let started = built.and_then(|nh| {
+            if let (Some(m), Some(members)) = (master, &members) {
+                // Master mode: what the host holds data of, its initial
+                // master replica, and its reporter.
+                if let Err(e) = m.start_host_replicas(h, slot, &nh, members) {
+                    slot.fs.crash_after_op(Some(slot.fs.op_count()));
+                    slot.reporter = None;
+                    drop(nh);
+                    return Err(longship::Error::Rejected(format!("master mode start: {e}")));
+                }
+                return Ok(nh);
+            }
             for hosted in slot.hosted.values() {
                 if let Err(e) = start_replica(&nh, hosted) {
                     // Nothing more reaches the disk while it is dropped.
@@ -193,6 +232,7 @@ impl Sim {
         match started {
             Ok(nh) => {
                 slot.nh = Some(nh);
+                slot.down_since_tick = None;
                 slot.fs.set_probabilities(io);
                 self.trace_event("start", h as u64, inc);
                 Ok(())
@@ -227,6 +267,10 @@ impl Sim {
         let slot = &mut self.hosts[h];
         slot.fs.crash_after_op(Some(slot.fs.op_count()));
         let was_running = slot.nh.take().is_some();
+        slot.reporter = None;
+        if was_running {
+            slot.down_since_tick = Some(self.ticks);
+        }
         if damage {
             // What the disk had acknowledged is damaged; nothing unsynced
             // survives after it (else the damage would be mid-log).

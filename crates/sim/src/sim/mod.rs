@@ -20,6 +20,7 @@
 mod check;
 mod client;
 mod host;
+mod master;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -65,6 +66,10 @@ pub struct SimConfig {
     pub faults: bool,
     /// Bound on the linearizability checker's steps per shard.
     pub lin_steps_max: u64,
+    /// Master mode: the longship master runs on three hosts and creates,
+    /// repairs and balances the shards, while hosts also die for good and
+    /// join (see the `master` module).
+    pub master: bool,
 }
 
 impl SimConfig {
@@ -81,6 +86,27 @@ impl SimConfig {
             heal_ticks_max: 2_000,
             faults: true,
             lin_steps_max: 4_000_000,
+            master: false,
+        }
+    }
+
+    /// The master-mode configuration a seed stands for, with `ops`
+    /// operations (the hosts, deaths and joins are drawn by the run).
+    pub fn master_from_seed(seed: u64, ops: u64) -> SimConfig {
+        let mut rng = Rng::new(seed ^ 0x5eed_c0f1_9000_0002);
+        SimConfig {
+            seed,
+            hosts: 0,
+            shards: 6 + rng.below(5),
+            clients_per_shard: 2 + rng.below(2) as usize,
+            ops,
+            fault_rounds_max: ops * 4 + 4_000 + 1_200 * ROUNDS_PER_TICK,
+            // Repairs and balancing after the heal, one move per shard at
+            // a time (balancing one move at a time in all).
+            heal_ticks_max: 8_000,
+            faults: true,
+            lin_steps_max: 4_000_000,
+            master: true,
         }
     }
 }
@@ -125,6 +151,25 @@ pub struct Report {
     pub lin_unknown: u64,
     /// Crashes that damaged the newest durable bytes of the host's log.
     pub tail_damages: u64,
+    /// Master mode: hosts that died for good.
+    pub host_deaths: u64,
+    /// Master mode: hosts that joined after the start.
+    pub host_joins: u64,
+    /// Master mode: reports proposed to the master.
+    pub master_reports: u64,
+    /// Master mode: answers delivered to hosts.
+    pub master_answers: u64,
+    /// Master mode: moves the master finished (repairs and balancing).
+    pub master_moves: u64,
+    /// Master mode: of those, repairs.
+    pub master_repairs: u64,
+    /// Master mode: moves the master gave up.
+    pub master_moves_aborted: u64,
+    /// Master mode: hosts the master declared dead.
+    pub master_declared_dead: u64,
+    /// Master mode: ticks from the heal until every shard was back to
+    /// its replica count and balanced.
+    pub master_heal_ticks: u64,
 }
 
 /// Why a run failed.
@@ -136,14 +181,20 @@ pub struct Failure {
     pub round: u64,
     /// What went wrong.
     pub message: String,
+    /// Whether the run was in master mode.
+    pub master: bool,
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "seed {} failed at round {}: {}\n  replay: cargo run -p longship-sim --release -- --seed {}",
-            self.seed, self.round, self.message, self.seed
+            "seed {} failed at round {}: {}\n  replay: cargo run -p longship-sim --release -- --seed {}{}",
+            self.seed,
+            self.round,
+            self.message,
+            self.seed,
+            if self.master { " --master" } else { "" }
         )
     }
 }
@@ -157,13 +208,25 @@ pub fn run(cfg: &SimConfig) -> Result<Report, Failure> {
             seed: cfg.seed,
             round: sim.round,
             message,
+            master: cfg.master,
         }),
     }
 }
 
 /// Runs seed `seed` with `ops` operations, catching panics as failures.
 pub fn run_seed(seed: u64, ops: u64) -> Result<Report, Failure> {
-    let cfg = SimConfig::from_seed(seed, ops);
+    run_config(SimConfig::from_seed(seed, ops))
+}
+
+/// Runs seed `seed` in master mode with `ops` operations, catching panics
+/// as failures.
+pub fn run_master_seed(seed: u64, ops: u64) -> Result<Report, Failure> {
+    run_config(SimConfig::master_from_seed(seed, ops))
+}
+
+fn run_config(cfg: SimConfig) -> Result<Report, Failure> {
+    let seed = cfg.seed;
+    let master = cfg.master;
     match std::panic::catch_unwind(|| run(&cfg)) {
         Ok(r) => r,
         Err(panic) => {
@@ -176,6 +239,7 @@ pub fn run_seed(seed: u64, ops: u64) -> Result<Report, Failure> {
                 seed,
                 round: 0,
                 message: format!("panicked: {message}"),
+                master,
             })
         }
     }
@@ -184,6 +248,8 @@ pub fn run_seed(seed: u64, ops: u64) -> Result<Report, Failure> {
 /// The phase of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
+    /// Master mode: the master starts and creates the shards.
+    Setup,
     Faults,
     Heal,
 }
@@ -255,6 +321,10 @@ pub(crate) struct Sim {
     /// Print events to stderr (`LONGSHIP_SIM_LOG=1`).
     log: bool,
     stats: Report,
+    /// Master mode's state.
+    master: Option<master::MasterSim>,
+    /// Round at which the fault phase began.
+    fault_start_round: u64,
 }
 
 impl Sim {
@@ -262,10 +332,17 @@ impl Sim {
         let mut rng = Rng::new(cfg.seed);
         let run = RUN_COUNTER.fetch_add(1, Ordering::Relaxed);
         let net = SimNet::new();
-        let hosts: Vec<HostSlot> = (0..cfg.hosts)
+        let master_plan = cfg.master.then(|| master::MasterPlan::draw(cfg.seed));
+        let host_count = master_plan
+            .as_ref()
+            .map_or(cfg.hosts, |p| p.initial_hosts + p.joins);
+        let hosts: Vec<HostSlot> = (0..host_count)
             .map(|i| {
                 let dir = PathBuf::from(format!("/sim{run:016x}/host{i}"));
-                HostSlot::new(format!("host{i}:7000"), dir, rng.next_u64())
+                let mut slot = HostSlot::new(format!("host{i}:7000"), dir, rng.next_u64());
+                // Master mode: every host joins the cluster when started.
+                slot.gone = master_plan.is_some();
+                slot
             })
             .collect();
         let mut plan = if cfg.faults {
@@ -277,6 +354,13 @@ impl Sim {
         let mut damage_rng = Rng::new(cfg.seed ^ 0x7a11_da3a_6e5e_ed01);
         if cfg.faults && damage_rng.chance(0.5) {
             plan.tail_damage_per_crash = 0.05 + 0.45 * (damage_rng.below(1000) as f64 / 1000.0);
+        }
+        if cfg.master {
+            // The master changes memberships alone (and does not know of
+            // recovery guards: no tail damage, docs/master.md says why).
+            plan.tail_damage_per_crash = 0.0;
+            plan.membership_per_round = 0.0;
+            plan.transfer_per_round = 0.0;
         }
         let snapshot_entries = match rng.below(3) {
             0 => 0,
@@ -321,6 +405,10 @@ impl Sim {
                 config,
             });
         }
+        let master = master_plan.map(|p| {
+            let configs = shards.iter().map(|s| (s.id, s.config.clone())).collect();
+            master::MasterSim::new(p, configs)
+        });
         let mut sim = Sim {
             cfg,
             rng,
@@ -341,8 +429,12 @@ impl Sim {
             damage_rng,
             log: std::env::var_os("LONGSHIP_SIM_LOG").is_some(),
             stats: Report::default(),
+            master,
+            fault_start_round: 0,
         };
-        sim.place_replicas();
+        if sim.master.is_none() {
+            sim.place_replicas();
+        }
         sim.make_clients();
         sim
     }
@@ -374,6 +466,19 @@ impl Sim {
     }
 
     fn report(&self) -> Report {
+        let mut stats = self.stats.clone();
+        if let Some(m) = &self.master {
+            stats.host_deaths = m.deaths;
+            stats.host_joins = m.joined;
+            stats.master_reports = m.reports_delivered;
+            stats.master_answers = m.answers_delivered;
+            if let Some(s) = &m.state {
+                stats.master_moves = s.counters.moves_done;
+                stats.master_repairs = s.counters.repairs_done;
+                stats.master_moves_aborted = s.counters.moves_aborted;
+                stats.master_declared_dead = s.counters.hosts_declared_dead;
+            }
+        }
         Report {
             seed: self.cfg.seed,
             trace_hash: self.trace.0,
@@ -381,7 +486,7 @@ impl Sim {
             ticks: self.ticks,
             packets: self.net.delivered,
             io_faults: self.hosts.iter().map(|h| h.fs.faults_injected()).sum(),
-            ..self.stats.clone()
+            ..stats
         }
     }
 
@@ -405,11 +510,23 @@ impl Sim {
     }
 
     fn run_all(&mut self) -> Result<(), String> {
-        for h in 0..self.hosts.len() {
-            self.start_host(h)?;
+        if self.master.is_some() {
+            self.master_setup()?;
+        } else {
+            for h in 0..self.hosts.len() {
+                self.start_host(h)?;
+            }
         }
-        // Fault phase: the workload under faults.
-        while self.stats.ops < self.cfg.ops && self.round < self.cfg.fault_rounds_max {
+        // Fault phase: the workload under faults (in master mode at least
+        // the plan's ticks, so that deaths, joins and repairs happen under
+        // load).
+        let min_rounds = self
+            .master
+            .as_ref()
+            .map_or(0, |m| m.plan.fault_ticks_min * ROUNDS_PER_TICK);
+        while (self.stats.ops < self.cfg.ops || self.round < self.fault_start_round + min_rounds)
+            && self.round < self.fault_start_round + self.cfg.fault_rounds_max
+        {
             self.inject_faults()?;
             self.step()?;
         }
@@ -440,7 +557,7 @@ impl Sim {
         if self.round.is_multiple_of(ROUNDS_PER_TICK) {
             self.ticks += 1;
             let skew = self.phase == Phase::Faults;
-            for slot in &self.hosts {
+            for slot in &mut self.hosts {
                 let Some(nh) = &slot.nh else { continue };
                 // Clocks drift: a host's tick comes late or twice.
                 let ticks = if skew && self.rng.chance(self.plan.clock_skip) {
@@ -453,7 +570,23 @@ impl Sim {
                 for _ in 0..ticks {
                     nh.tick();
                 }
+                slot.local_ticks += ticks;
             }
+        }
+        if self.master.is_some() {
+            self.master_round()?;
+        }
+        if self.log
+            && self.round.is_multiple_of(ROUNDS_PER_TICK)
+            && std::env::var("LONGSHIP_SIM_DUMP_TICKS")
+                .is_ok_and(|v| v.split(',').any(|t| t.parse() == Ok(self.ticks)))
+        {
+            eprintln!(
+                "[round {} tick {}] dump:\n{}",
+                self.round,
+                self.ticks,
+                self.dump()
+            );
         }
         self.poll_clients()?;
         self.poll_admins()?;
@@ -467,7 +600,14 @@ impl Sim {
     fn inject_faults(&mut self) -> Result<(), String> {
         let plan = self.plan;
         let n = self.hosts.len();
-        let down = self.hosts.iter().filter(|h| h.nh.is_none()).count();
+        let down = self
+            .hosts
+            .iter()
+            .filter(|h| h.nh.is_none() && !h.gone)
+            .count();
+        if self.master.is_some() {
+            self.master_faults()?;
+        }
         if down < n.saturating_sub(1) / 2 && self.rng.chance(plan.crash_per_round) {
             let live: Vec<usize> = (0..n).filter(|&h| self.hosts[h].nh.is_some()).collect();
             if !live.is_empty() {
@@ -535,13 +675,17 @@ impl Sim {
     fn heal(&mut self) -> Result<(), String> {
         self.phase = Phase::Heal;
         self.net.heal();
+        if self.master.is_some() {
+            self.master_heal()?;
+        }
         for slot in &mut self.hosts {
             slot.fs
                 .set_probabilities(longship_storage::vfs::FaultProbabilities::default());
-            if slot.nh.is_none() {
+            if slot.nh.is_none() && !slot.gone {
                 slot.restart_at = Some(self.round + 1);
             }
         }
+        let heal_start = self.ticks;
         let deadline = self.ticks + self.cfg.heal_ticks_max;
         // Outstanding client requests and membership changes resolve.
         while !self.quiet() {
@@ -566,16 +710,23 @@ impl Sim {
                     .map(|p| p.describe())
                     .collect();
                 return Err(format!(
-                    "no progress within {} ticks of healing: {}",
+                    "no progress within {} ticks of healing: {}\n{}",
                     self.cfg.heal_ticks_max,
-                    stuck.join("; ")
+                    stuck.join("; "),
+                    self.dump()
                 ));
             }
             self.step()?;
         }
-        // Every member of every shard converges.
+        // Every member of every shard converges (in master mode: every
+        // shard is back to its replica count, as the master placed it).
         loop {
-            match self.divergence() {
+            let why = if self.master.is_some() {
+                self.master_divergence()
+            } else {
+                self.divergence()
+            };
+            match why {
                 None => break,
                 Some(why) if self.ticks >= deadline => {
                     return Err(format!(
@@ -587,6 +738,11 @@ impl Sim {
                 Some(_) => self.step()?,
             }
         }
+        self.stats.master_heal_ticks = if self.master.is_some() {
+            self.ticks - heal_start
+        } else {
+            0
+        };
         self.final_reads(deadline)?;
         self.check_histories()
     }
@@ -652,7 +808,7 @@ impl Sim {
     fn quiet(&self) -> bool {
         self.clients.iter().all(|c| c.is_idle())
             && self.admins.iter().all(|a| a.is_idle())
-            && self.hosts.iter().all(|h| h.nh.is_some())
+            && self.hosts.iter().all(|h| h.nh.is_some() || h.gone)
     }
 
     fn outstanding(&self) -> String {
@@ -663,7 +819,7 @@ impl Sim {
         for a in self.admins.iter().filter(|a| !a.is_idle()) {
             out.push(a.describe());
         }
-        for h in self.hosts.iter().filter(|h| h.nh.is_none()) {
+        for h in self.hosts.iter().filter(|h| h.nh.is_none() && !h.gone) {
             out.push(format!("{} down", h.addr));
         }
         out.join("; ")
