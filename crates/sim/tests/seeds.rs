@@ -14,12 +14,13 @@ use longship_sim::{Failure, run_master_seed, run_seed};
 
 /// Seeds CI runs.
 const CI_SEEDS: std::ops::Range<u64> = 0..200;
-/// Master-mode seeds CI runs (about 40 s of CPU in a debug build; each
-/// with hosts lost for good and repairs): 8 loses two hosts, 15 and 21
-/// have many repairs and aborted moves (hosts declared dead while they
-/// came back), 17 loses two hosts and gains two and balances after the
-/// heal.
-const CI_MASTER_SEEDS: [u64; 4] = [8, 15, 17, 21];
+/// Master-mode seeds CI runs (about 40 s of CPU in a debug build), chosen
+/// because each loses hosts for good and the master repairs their shards
+/// (the test checks that they still do: a change that alters the runs may
+/// need new ones; `longship-sim --master --seeds 0..40 --verbose` shows
+/// each seed's `host_deaths` and `master_repairs`): 8 and 18 lose two
+/// hosts, 21 loses two with many repairs and aborted moves, 17 loses one.
+const CI_MASTER_SEEDS: [u64; 4] = [8, 17, 18, 21];
 /// Client operations per master-mode seed.
 const CI_MASTER_OPS: u64 = 1_000;
 /// Client operations per seed.
