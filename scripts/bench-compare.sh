@@ -6,7 +6,8 @@
 #   scripts/bench-compare.sh OLD_LONGSHIP NEW_LONGSHIP [SECONDS] [ROUNDS]
 #
 # Each case runs ROUNDS times per build (default 2, 4 s measured each); the
-# row gives every run's figure, so the spread is visible.
+# row gives every run's figure, so the spread is visible. CASES (cases
+# separated by ';') replaces the default list of cases.
 set -euo pipefail
 
 old=${1:?usage: bench-compare.sh OLD_LONGSHIP NEW_LONGSHIP [SECONDS] [ROUNDS]}
@@ -24,6 +25,10 @@ cases=(
     "--clients 1024 --read-ratio 1"
     "--transport mem --logdb mem --shards 1 --clients 1024"
 )
+# CASES="--clients 1;--clients 64" runs only those cases.
+if [ -n "${CASES:-}" ]; then
+    IFS=';' read -ra cases <<<"$CASES"
+fi
 
 # Prints "writes/s reads/s p50_us cpu_us voluntary_switches" of one run.
 measure() {
