@@ -109,6 +109,10 @@ pub struct ReplicaReport {
     pub membership: Option<MembershipInfo>,
     /// Whether the replica stopped after a failure.
     pub failed: bool,
+    /// A membership change is proposed and not applied yet, as this
+    /// replica knows it (in its log, or requested through it): a master
+    /// starts no other change of the shard meanwhile.
+    pub pending_config_change: bool,
 }
 
 /// What a NodeHost tells its master each round.
@@ -295,6 +299,7 @@ impl NodeHost {
                 last_index: st.last_index,
                 membership,
                 failed: s.failed,
+                pending_config_change: s.pending_config_change,
             });
         }
         let running: std::collections::BTreeSet<ShardId> =
@@ -471,13 +476,24 @@ impl ReportRounds {
         self.in_flight.iter().map(|(r, _)| r)
     }
 
-    /// One round on `nh`: forgets completed requests, sends the report,
-    /// and carries out at most [`MAX_REQUESTS_PER_ROUND`] of the answered
-    /// requests (membership changes without waiting for them). A client
-    /// error is logged and the round ends. `stop` is asked between
+    /// One round on `nh`: [`prepare`](Self::prepare) the report, send it
+    /// with the client, and [`carry_out`](Self::carry_out) the answer. A
+    /// client error is logged and the round ends. `stop` is asked between
     /// requests; [`Error::Stopped`] means the NodeHost is closed (or `stop`
     /// said so) and no more rounds should run.
     pub fn round(&mut self, nh: &NodeHost, stop: &dyn Fn() -> bool) -> Result<()> {
+        let report = self.prepare(nh)?;
+        match self.client.report(&report) {
+            Ok(requests) => self.carry_out(nh, &requests, stop)?,
+            Err(e) => tracing::debug!(error = %e, "report not delivered"),
+        }
+        Ok(())
+    }
+
+    /// The first half of a round: forgets completed requests and builds
+    /// the report to send. For a caller that carries reports itself (the
+    /// simulator plays the RPC); [`round`](Self::round) does both halves.
+    pub fn prepare(&mut self, nh: &NodeHost) -> Result<HostReport> {
         if nh.host.is_stopped() {
             return Err(Error::Stopped);
         }
@@ -490,30 +506,34 @@ impl ReportRounds {
         });
         let mut report = nh.host_report(self.options.capacity);
         report.metadata.clone_from(&self.options.metadata);
-        match self.client.report(&report) {
-            Ok(requests) => {
-                for req in requests.iter().take(MAX_REQUESTS_PER_ROUND) {
-                    if stop() {
-                        return Err(Error::Stopped);
-                    }
-                    if self.in_flight.len() >= MAX_REQUESTS_PER_ROUND
-                        || self.in_flight.iter().any(|(r, _)| r == req)
-                    {
-                        continue;
-                    }
-                    match nh.submit_master_request(
-                        req,
-                        &*self.factory,
-                        self.options.request_timeout,
-                    ) {
-                        Ok(Some(h)) => self.in_flight.push((req.clone(), h)),
-                        Ok(None) => tracing::debug!(?req, "master request done"),
-                        Err(Error::Stopped) => return Err(Error::Stopped),
-                        Err(e) => tracing::debug!(?req, error = %e, "master request failed"),
-                    }
-                }
+        Ok(report)
+    }
+
+    /// The second half of a round: carries out at most
+    /// [`MAX_REQUESTS_PER_ROUND`] of the master's answer (membership
+    /// changes without waiting for them; one identical to a change still
+    /// in flight is not proposed again).
+    pub fn carry_out(
+        &mut self,
+        nh: &NodeHost,
+        requests: &[MasterRequest],
+        stop: &dyn Fn() -> bool,
+    ) -> Result<()> {
+        for req in requests.iter().take(MAX_REQUESTS_PER_ROUND) {
+            if stop() {
+                return Err(Error::Stopped);
             }
-            Err(e) => tracing::debug!(error = %e, "report not delivered"),
+            if self.in_flight.len() >= MAX_REQUESTS_PER_ROUND
+                || self.in_flight.iter().any(|(r, _)| r == req)
+            {
+                continue;
+            }
+            match nh.submit_master_request(req, &*self.factory, self.options.request_timeout) {
+                Ok(Some(h)) => self.in_flight.push((req.clone(), h)),
+                Ok(None) => tracing::debug!(?req, "master request done"),
+                Err(Error::Stopped) => return Err(Error::Stopped),
+                Err(e) => tracing::debug!(?req, error = %e, "master request failed"),
+            }
         }
         assert!(self.in_flight.len() <= MAX_REQUESTS_PER_ROUND);
         Ok(())

@@ -83,6 +83,10 @@ pub struct LeaderView<'a> {
     pub applied: u64,
     /// The membership it applied.
     pub membership: &'a Membership,
+    /// A membership change is proposed and not applied yet (a change the
+    /// master asked for may still take effect: no other change is
+    /// started meanwhile).
+    pub pending_change: bool,
 }
 
 /// Raft majority of `voters`.
@@ -137,6 +141,7 @@ pub fn leader_view<'a>(s: &'a MasterState, shard: u64) -> Option<LeaderView<'a>>
                         replica: r.replica,
                         applied: r.applied,
                         membership: m,
+                        pending_change: r.pending_change,
                     },
                 ));
             }
@@ -325,6 +330,7 @@ fn healthy(s: &MasterState, shard: u64) -> bool {
             .is_some_and(|x| x.last_seen_ms + s.config.dead_after_ms / 2 >= s.now_ms)
     };
     rec.placement.len() == rec.desired as usize
+        && !v.pending_change
         && v.membership.non_votings.is_empty()
         && v.membership.voters.keys().eq(rec.placement.keys())
         && rec
@@ -381,6 +387,13 @@ pub fn decide(s: &MasterState, now: u64) -> Vec<Decision> {
                 let Some(v) = leader_view(s, shard) else {
                     continue;
                 };
+                // A membership change proposed and not applied yet (one
+                // the master gave up, say) may still take effect: nothing
+                // new meanwhile.
+                if v.pending_change {
+                    repairing = true;
+                    continue;
+                }
                 // A member the master did not place (with no operation in
                 // flight, the leader's members are the placement): removed
                 // first, as it stands in the way of every other change.
@@ -576,7 +589,10 @@ fn progress(s: &MasterState, shard: u64, rec: &OpRecord, now: u64, out: &mut Vec
                     }
                 }
                 Phase::Abort => {
-                    if !m.contains(*add) {
+                    // Not while a change is pending: the addition may
+                    // still take effect (and the next move would then be
+                    // a second change in flight; found by the simulator).
+                    if !m.contains(*add) && !v.pending_change {
                         out.push(Decision::Removed {
                             shard,
                             replica: *add,
@@ -796,6 +812,7 @@ pub fn requests_for(s: &MasterState, host: &str) -> Vec<Request> {
                         out.push(Request::TransferLeader { shard, target });
                     }
                 } else if m.contains(*replica)
+                    && !v.pending_change
                     && change_is_safe(s, shard, m, Change::Remove(*replica))
                 {
                     out.push(Request::Delete {
@@ -831,8 +848,10 @@ pub fn requests_for(s: &MasterState, host: &str) -> Vec<Request> {
                 };
                 let m = v.membership;
                 match phase {
+                    // Membership changes only while none is pending (one
+                    // asked for before may still take effect).
                     Phase::AddLearner => {
-                        if !m.contains(*add) {
+                        if !m.contains(*add) && !v.pending_change {
                             out.push(Request::AddNonVoting {
                                 shard,
                                 replica: *add,
@@ -843,6 +862,7 @@ pub fn requests_for(s: &MasterState, host: &str) -> Vec<Request> {
                     Phase::CatchUp => {}
                     Phase::Promote => {
                         if m.non_votings.contains_key(add)
+                            && !v.pending_change
                             && change_is_safe(s, shard, m, Change::Promote(*add))
                         {
                             out.push(Request::Promote {
@@ -861,6 +881,7 @@ pub fn requests_for(s: &MasterState, host: &str) -> Vec<Request> {
                                 target: *add,
                             });
                         } else if m.contains(*old)
+                            && !v.pending_change
                             && change_is_safe(s, shard, m, Change::Remove(*old))
                         {
                             out.push(Request::Delete {
@@ -870,7 +891,10 @@ pub fn requests_for(s: &MasterState, host: &str) -> Vec<Request> {
                         }
                     }
                     Phase::Abort => {
-                        if m.contains(*add) && change_is_safe(s, shard, m, Change::Remove(*add)) {
+                        if m.contains(*add)
+                            && !v.pending_change
+                            && change_is_safe(s, shard, m, Change::Remove(*add))
+                        {
                             out.push(Request::Delete {
                                 shard,
                                 replica: *add,

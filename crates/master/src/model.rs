@@ -88,6 +88,10 @@ pub struct ReplicaState {
     pub membership: Option<Membership>,
     /// Whether it stopped after a failure.
     pub failed: bool,
+    /// A membership change is proposed and not applied yet, as this
+    /// replica knows it (`longship::ReplicaReport::pending_config_change`).
+    #[serde(default)]
+    pub pending_change: bool,
 }
 
 /// A host's report as the master stores it.

@@ -476,6 +476,7 @@ pub fn report_from(r: &HostReport) -> Report {
                         .collect(),
                 }),
                 failed: x.failed,
+                pending_change: x.pending_config_change,
             })
             .collect(),
         stored: r.stored.iter().map(|(s, r)| (s.0, r.0)).collect(),

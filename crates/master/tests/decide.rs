@@ -140,6 +140,7 @@ impl World {
                             non_votings: s.non_votings.clone(),
                         }),
                         failed: false,
+                        pending_change: false,
                     }
                 })
                 .collect(),

@@ -249,9 +249,14 @@ impl<L: LogReader> Raft<L> {
             };
             let bytes: u64 = ents.iter().map(Entry::size_bytes).sum();
             let last_sent = ents.last().map(|e| e.index);
-            // In pipelined replication an empty append only carries the
-            // commit index: no answer needed. A probe's is.
-            let commit_only = ents.is_empty() && pr.state == ProgressState::Replicate;
+            // In pipelined replication an empty append whose previous entry
+            // the follower is known to hold only carries the commit index:
+            // no answer needed. A probe's is, and so is one sent because
+            // the follower's match lags (its answer to the last entries was
+            // lost: this answer is how the leader learns them, and an idle
+            // shard would otherwise never commit them).
+            let commit_only =
+                ents.is_empty() && pr.state == ProgressState::Replicate && pr.match_index >= prev;
             let m = Message {
                 log_index: prev,
                 log_term: prev_term,

@@ -398,3 +398,48 @@ fn leader_flags_commit_only_appends_in_pipelined_replication_only() {
         assert_eq!(committed(&c, id), last_index(&c, 1));
     }
 }
+
+/// The answers to a write's appends are lost and nothing more is proposed:
+/// the empty append a heartbeat answer prompts is a question (the follower's
+/// match lags its previous entry), so it is answered, not flagged
+/// `COMMIT_ONLY`, and the write commits. Flagged, an idle shard never
+/// committed it (the master's simulator found such a shard).
+#[test]
+fn lost_answers_are_asked_again_and_the_write_commits() {
+    use longship_raft::{COMMIT_ONLY, MessageType};
+    let mut c = cluster(3, opts());
+    elect(&mut c, 1);
+    propose(&mut c, 1, "x");
+    c.process_all();
+    // The appends arrive; every answer to them is lost.
+    deliver_one(&mut c, |m| {
+        m.msg_type == MessageType::Replicate && m.to == r(2)
+    });
+    deliver_one(&mut c, |m| {
+        m.msg_type == MessageType::Replicate && m.to == r(3)
+    });
+    c.process_all();
+    let lost = c.drop_matching(|m| m.msg_type == MessageType::ReplicateResp);
+    assert_eq!(lost, 2);
+    let last = last_index(&c, 1);
+    assert!(committed(&c, 1) < last);
+    // Heartbeats: their answers make the leader ask again.
+    let mut flagged_questions = 0;
+    for _ in 0..20 {
+        c.tick(1);
+        pump(&mut c, |c, m| {
+            if m.msg_type == MessageType::Replicate
+                && m.context == COMMIT_ONLY
+                && c.node(m.to.0).raft.log().last_index() >= m.log_index
+                && committed(c, 1) < last
+            {
+                flagged_questions += 1;
+            }
+        });
+        if committed(&c, 1) == last {
+            break;
+        }
+    }
+    assert_eq!(committed(&c, 1), last, "the write never committed");
+    assert_eq!(flagged_questions, 0);
+}

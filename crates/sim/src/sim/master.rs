@@ -1,8 +1,9 @@
 //! Master mode (`longship-sim --master`): the longship master
 //! (`longship-master`) runs as an ordinary shard on three of the simulated
-//! hosts, every host reports to it through the [`MasterClient`] path
+//! hosts, every host reports to it with the reporter's own code
 //! ([`ReportRounds`], the reporting loop of `MasterReporter` without its
-//! thread), and the master creates, repairs and balances the application
+//! thread; the simulator plays the RPC a [`MasterClient`] makes), and the
+//! master creates, repairs and balances the application
 //! shards while the usual faults go on, plus hosts that die for good and
 //! new hosts that join.
 //!
@@ -12,14 +13,17 @@
 //!   clock, so the master's replicated time is simulated time and a seed
 //!   replays exactly. Reports are due every `report_ticks` of the host's
 //!   clock, master ticks every `tick_ticks`.
-//! - **The RPC.** [`SimMasterClient`] is a mailbox: `report` leaves the
-//!   report for the simulator and returns the oldest answer that arrived
-//!   (an RPC answered one round late). The simulator carries each report
-//!   to a host that runs a master replica (the leader's first) over the
-//!   simulated links: a cut link or a dropped packet loses it, a
-//!   duplicated one is proposed twice, a delayed answer arrives later
-//!   (after newer ones, sometimes). There it is proposed to the master
-//!   shard as `Command::Report`; the applied entry's result is the answer.
+//! - **The RPC.** A host sends its next report once it has the answer
+//!   to its previous one, or stopped waiting for it (as `TcpMasterClient`
+//!   does): the simulator takes the report (`ReportRounds::prepare`, the
+//!   first half of a reporter's round), carries it to a host that runs a
+//!   master replica (the leader's first) over the simulated links (a cut
+//!   link or a dropped packet loses it, a duplicated one is proposed
+//!   twice), proposes it there as `Command::Report`, and carries the
+//!   applied entry's answer back (lost, or delayed: the master meanwhile
+//!   applies other reports and ticks, so an answer may be carried out
+//!   after the master moved on); the host carries it out
+//!   (`ReportRounds::carry_out`, the second half).
 //! - **Replicas.** [`SimFactory`] starts what the master asks for: the
 //!   key-value state machine of the simulation, or a master replica (the
 //!   master manages its own shard too, so a lost master member is
@@ -48,7 +52,7 @@
 //!   dead for good declared dead, and replicas per host within one of
 //!   each other.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use longship::{
@@ -266,38 +270,34 @@ impl longship::ReplicaFactory for SimFactory {
     }
 }
 
-/// What a host's [`SimMasterClient`] sent and received.
-#[derive(Default)]
-pub(super) struct Mailbox {
-    /// Reports sent, not yet carried to the master.
-    sent: Vec<HostReport>,
-    /// Answers that arrived, oldest first.
-    answers: VecDeque<Vec<MasterRequest>>,
-}
+/// The client a host's [`ReportRounds`] is made with. The simulator
+/// carries the reports itself (`ReportRounds::prepare`, the simulated RPC,
+/// `ReportRounds::carry_out`: what `round` does around
+/// `MasterClient::report`), so this client only gives the deployment id.
+pub(super) struct SimClient;
 
-/// The simulated RPC client (see the module doc).
-pub(super) struct SimMasterClient(Arc<Mutex<Mailbox>>);
-
-impl MasterClient for SimMasterClient {
+impl MasterClient for SimClient {
     fn deployment_id(&self) -> Result<u64, MasterClientError> {
         Ok(DEPLOYMENT_ID)
     }
 
-    fn report(&self, report: &HostReport) -> Result<Vec<MasterRequest>, MasterClientError> {
-        let mut m = self.0.lock().expect("mailbox");
-        m.sent.push(report.clone());
-        m.answers
-            .pop_front()
-            .ok_or_else(|| MasterClientError("no answer arrived yet".into()))
+    fn report(&self, _report: &HostReport) -> Result<Vec<MasterRequest>, MasterClientError> {
+        Err(MasterClientError(
+            "the simulator carries reports itself".into(),
+        ))
     }
 }
 
 /// A host's reporting and, when it runs a master replica, its ticker.
 pub(super) struct HostReporter {
     rounds: ReportRounds,
-    mailbox: Arc<Mutex<Mailbox>>,
     /// Host-clock tick of the next report.
     next_report: u64,
+    /// Reports sent so far (numbers the answers).
+    sent: u64,
+    /// The report waiting for its answer, and the host-clock tick at which
+    /// the host stops waiting (as `TcpMasterClient` times out): its number.
+    waiting: Option<(u64, u64)>,
     ticker: Option<HostTicker>,
 }
 
@@ -308,10 +308,15 @@ struct HostTicker {
     next_tick: u64,
 }
 
+/// A report on its way to the master: (host, its incarnation, report
+/// number, the report).
+type Outgoing = (usize, u64, u64, HostReport);
+
 /// A report proposed to the master shard for a host.
 struct Rpc {
     from: usize,
     from_incarnation: u64,
+    number: u64,
     server: usize,
     server_incarnation: u64,
     handle: RequestHandle<SmResult>,
@@ -324,6 +329,7 @@ struct HeldAnswer {
     from: usize,
     to: usize,
     to_incarnation: u64,
+    number: u64,
     requests: Vec<MasterRequest>,
 }
 
@@ -425,6 +431,7 @@ pub(super) struct MasterSim {
     pub(super) plan: MasterPlan,
     configs: Arc<BTreeMap<ShardId, Config>>,
     log: Arc<Mutex<FactoryLog>>,
+    outbox: Vec<Outgoing>,
     rpcs: Vec<Rpc>,
     held: Vec<HeldAnswer>,
     held_seq: u64,
@@ -457,6 +464,7 @@ impl MasterSim {
             plan,
             configs: Arc::new(configs),
             log: Arc::new(Mutex::new(FactoryLog::default())),
+            outbox: Vec::new(),
             rpcs: Vec::new(),
             held: Vec::new(),
             held_seq: 0,
@@ -536,10 +544,9 @@ impl MasterSim {
         // What a host restarts of its own is not the master's doing: only
         // starts of report rounds are checked.
         self.log.lock().expect("factory log").started.clear();
-        let mailbox = Arc::new(Mutex::new(Mailbox::default()));
         let rounds = ReportRounds::new(
             nh,
-            Arc::new(SimMasterClient(mailbox.clone())),
+            Arc::new(SimClient),
             factory,
             ReportingOptions {
                 interval: std::time::Duration::from_millis(self.plan.report_ticks * RTT_MS),
@@ -550,8 +557,9 @@ impl MasterSim {
         )?;
         slot.reporter = Some(HostReporter {
             rounds,
-            mailbox,
             next_report: 1 + h as u64 % self.plan.report_ticks,
+            sent: 0,
+            waiting: None,
             ticker: None,
         });
         Ok(())
@@ -746,7 +754,7 @@ impl Sim {
         self.run_tickers();
         self.run_reporters()?;
         self.carry_reports();
-        self.carry_answers();
+        self.carry_answers()?;
         if self.round.is_multiple_of(ROUNDS_PER_TICK) {
             self.read_master_state()?;
         }
@@ -802,82 +810,90 @@ impl Sim {
         }
     }
 
-    /// Reports due on each host's clock, and the checks of what they
-    /// proposed.
+    /// Reports due on each host's clock: a host sends its next report once
+    /// it has its previous one's answer (or stopped waiting for it).
     fn run_reporters(&mut self) -> Result<(), String> {
         for h in 0..self.hosts.len() {
-            let due = {
-                let slot = &self.hosts[h];
-                slot.nh.is_some()
-                    && slot
-                        .reporter
-                        .as_ref()
-                        .is_some_and(|r| slot.local_ticks >= r.next_report)
+            let report_ticks = self.master().plan.report_ticks;
+            let slot = &mut self.hosts[h];
+            let (Some(nh), Some(rep)) = (&slot.nh, &mut slot.reporter) else {
+                continue;
             };
-            if !due {
+            let now = slot.local_ticks;
+            if now < rep.next_report || rep.waiting.is_some_and(|(_, until)| now < until) {
                 continue;
             }
-            let report_ticks = self.master().plan.report_ticks;
-            let before: Vec<MasterRequest> = self.hosts[h]
-                .reporter
-                .as_ref()
-                .expect("due")
-                .rounds
-                .in_flight()
-                .cloned()
-                .collect();
-            let result = {
-                let slot = &mut self.hosts[h];
-                let nh = slot.nh.as_ref().expect("due");
-                let rep = slot.reporter.as_mut().expect("due");
-                rep.next_report = slot.local_ticks + report_ticks;
-                rep.rounds.round(nh, &|| false)
+            let report = match rep.rounds.prepare(nh) {
+                Ok(r) => r,
+                Err(e) => return Err(format!("host {h}'s report failed: {e}")),
             };
-            if let Err(e) = result {
-                return Err(format!("host {h}'s report round failed: {e}"));
+            rep.sent += 1;
+            rep.waiting = Some((rep.sent, now + RPC_TIMEOUT_TICKS));
+            rep.next_report = now + report_ticks;
+            let out = (h, slot.incarnation, rep.sent, report);
+            self.master_mut().outbox.push(out);
+            self.trace_event("report-round", h as u64, now);
+        }
+        Ok(())
+    }
+
+    /// Host `h` carries out the answer to its report (`carry_out`, the
+    /// second half of a reporter's round), and the checks of what it did:
+    /// no replica started under an id removed before, no membership change
+    /// proposed while another one of the shard is in flight.
+    fn carry_out(&mut self, h: usize, requests: &[MasterRequest]) -> Result<(), String> {
+        let before: Vec<MasterRequest> = match &self.hosts[h].reporter {
+            Some(rep) => rep.rounds.in_flight().cloned().collect(),
+            None => return Ok(()),
+        };
+        let result = {
+            let slot = &mut self.hosts[h];
+            let (Some(nh), Some(rep)) = (&slot.nh, &mut slot.reporter) else {
+                return Ok(());
+            };
+            rep.waiting = None;
+            rep.rounds.carry_out(nh, requests, &|| false)
+        };
+        if let Err(e) = result {
+            return Err(format!("host {h} could not carry out its answer: {e}"));
+        }
+        // Replicas started by the answer.
+        let started = std::mem::take(&mut self.master().log.lock().expect("log").started);
+        for (shard, replica) in started {
+            self.trace_event("master-start", shard.0, replica.0);
+            let view_removed = self
+                .master()
+                .removed_at
+                .get(&shard)
+                .is_some_and(|m| m.contains_key(&replica));
+            if view_removed && self.master_asked_start(shard, replica) {
+                return Err(format!(
+                    "the master asked host {h} to start replica {replica} of {shard}, \
+                     an id removed before"
+                ));
             }
-            self.trace_event("report-round", h as u64, self.hosts[h].local_ticks);
-            // Replicas started by the round.
-            let started = std::mem::take(&mut self.master().log.lock().expect("log").started);
-            for (shard, replica) in started {
-                self.trace_event("master-start", shard.0, replica.0);
-                let view_removed = self
-                    .master()
-                    .removed_at
-                    .get(&shard)
-                    .is_some_and(|m| m.contains_key(&replica));
-                if view_removed && self.master_asked_start(shard, replica) {
-                    return Err(format!(
-                        "the master asked host {h} to start replica {replica} of {shard}, \
-                         an id removed before"
-                    ));
-                }
-            }
-            let configs = self.master().configs.clone();
-            sync_hosted(&mut self.hosts[h], &configs);
-            // Membership changes proposed by this round.
-            let now: Vec<MasterRequest> = self.hosts[h]
-                .reporter
-                .as_ref()
-                .expect("due")
-                .rounds
-                .in_flight()
-                .cloned()
-                .collect();
-            for req in now.iter().filter(|r| !before.contains(r)) {
-                let Some((shard, change)) = Change::of(req) else {
-                    continue;
-                };
-                self.trace_event("proposed-change", shard.0, h as u64);
-                let others = self.changes_in_flight(shard, Some((h, req)));
-                let view = self.master().views.get(&shard).cloned().unwrap_or_default();
-                if let Some(other) = concurrent_change(change, &others, &view) {
-                    return Err(format!(
-                        "two concurrent membership changes of {shard}: host {h} proposes \
-                         {change:?} while {other:?} is in flight and has not taken effect \
-                         (membership {view:?})"
-                    ));
-                }
+        }
+        let configs = self.master().configs.clone();
+        sync_hosted(&mut self.hosts[h], &configs);
+        // Membership changes proposed by this answer.
+        let now: Vec<MasterRequest> = self.hosts[h]
+            .reporter
+            .as_ref()
+            .map(|r| r.rounds.in_flight().cloned().collect())
+            .unwrap_or_default();
+        for req in now.iter().filter(|r| !before.contains(r)) {
+            let Some((shard, change)) = Change::of(req) else {
+                continue;
+            };
+            self.trace_event("proposed-change", shard.0, h as u64);
+            let others = self.changes_in_flight(shard, Some((h, req)));
+            let view = self.master().views.get(&shard).cloned().unwrap_or_default();
+            if let Some(other) = concurrent_change(change, &others, &view) {
+                return Err(format!(
+                    "two concurrent membership changes of {shard}: host {h} proposes \
+                     {change:?} while {other:?} is in flight and has not taken effect \
+                     (membership {view:?})"
+                ));
             }
         }
         Ok(())
@@ -906,16 +922,30 @@ impl Sim {
     }
 
     /// The membership changes of `shard` in flight on every host, but for
-    /// `except` (a host and the request it just proposed).
+    /// `except` (a host and the request it just proposed): proposed there
+    /// and not completed, on a host whose replica still has a change
+    /// pending in a term at least the proposer's (a deposed leader's
+    /// uncommitted change can no longer take effect).
     fn changes_in_flight(
         &self,
         shard: ShardId,
         except: Option<(usize, &MasterRequest)>,
     ) -> Vec<Change> {
+        let info = |h: usize| {
+            self.hosts[h].nh.as_ref().and_then(|nh| {
+                nh.get_node_host_info()
+                    .shards
+                    .into_iter()
+                    .find(|s| s.shard_id == shard)
+            })
+        };
+        let min_term = except
+            .and_then(|(h, _)| info(h))
+            .map_or(longship::Term(0), |s| s.term);
         let mut out = Vec::new();
         for (h, slot) in self.hosts.iter().enumerate() {
             let Some(rep) = &slot.reporter else { continue };
-            if slot.nh.is_none() {
+            if !info(h).is_some_and(|s| s.pending_config_change && s.term >= min_term) {
                 continue;
             }
             for req in rep.rounds.in_flight() {
@@ -936,53 +966,50 @@ impl Sim {
     /// the simulated links.
     fn carry_reports(&mut self) {
         let timeout = self.timeout(RPC_TIMEOUT_TICKS);
-        for h in 0..self.hosts.len() {
-            let sent = match &self.hosts[h].reporter {
-                Some(rep) if self.hosts[h].nh.is_some() => {
-                    std::mem::take(&mut rep.mailbox.lock().expect("mailbox").sent)
-                }
-                _ => continue,
+        let outbox = std::mem::take(&mut self.master_mut().outbox);
+        for (h, incarnation, number, report) in outbox {
+            if self.hosts[h].incarnation != incarnation || self.hosts[h].nh.is_none() {
+                continue;
+            }
+            let faults = self.net.faults;
+            if faults.drop > 0.0 && self.rng.chance(faults.drop) {
+                self.trace_event("report-dropped", h as u64, 0);
+                continue;
+            }
+            let Some(server) = self.master_server(Some(h)) else {
+                self.trace_event("report-unreachable", h as u64, 0);
+                continue;
             };
-            for report in sent {
-                let faults = self.net.faults;
-                if faults.drop > 0.0 && self.rng.chance(faults.drop) {
-                    self.trace_event("report-dropped", h as u64, 0);
-                    continue;
-                }
-                let Some(server) = self.master_server(Some(h)) else {
-                    self.trace_event("report-unreachable", h as u64, 0);
-                    continue;
-                };
-                let copies = if faults.duplicate > 0.0 && self.rng.chance(faults.duplicate) {
-                    2
-                } else {
-                    1
-                };
-                let cmd = serde_json::to_vec(&Command::Report(report_from(&report)))
-                    .expect("commands serialise");
-                for _ in 0..copies {
-                    let nh = self.hosts[server].nh.as_ref().expect("server runs");
-                    let session = Session::noop(MASTER_SHARD_ID);
-                    if let Ok(handle) = nh.propose(&session, cmd.clone(), timeout) {
-                        let rpc = Rpc {
-                            from: h,
-                            from_incarnation: self.hosts[h].incarnation,
-                            server,
-                            server_incarnation: self.hosts[server].incarnation,
-                            handle,
-                        };
-                        self.master_mut().rpcs.push(rpc);
-                        self.master_mut().reports_delivered += 1;
-                        self.trace_event("report", h as u64, server as u64);
-                    }
+            let copies = if faults.duplicate > 0.0 && self.rng.chance(faults.duplicate) {
+                2
+            } else {
+                1
+            };
+            let cmd = serde_json::to_vec(&Command::Report(report_from(&report)))
+                .expect("commands serialise");
+            for _ in 0..copies {
+                let nh = self.hosts[server].nh.as_ref().expect("server runs");
+                let session = Session::noop(MASTER_SHARD_ID);
+                if let Ok(handle) = nh.propose(&session, cmd.clone(), timeout) {
+                    let rpc = Rpc {
+                        from: h,
+                        from_incarnation: incarnation,
+                        number,
+                        server,
+                        server_incarnation: self.hosts[server].incarnation,
+                        handle,
+                    };
+                    self.master_mut().rpcs.push(rpc);
+                    self.master_mut().reports_delivered += 1;
+                    self.trace_event("report", h as u64, server as u64);
                 }
             }
         }
     }
 
     /// Carries the answers of applied reports back (through the links'
-    /// faults) into the hosts' mailboxes.
-    fn carry_answers(&mut self) {
+    /// faults) to the hosts, which carry them out.
+    fn carry_answers(&mut self) -> Result<(), String> {
         let rpcs = std::mem::take(&mut self.master_mut().rpcs);
         let mut keep = Vec::new();
         for rpc in rpcs {
@@ -1029,6 +1056,7 @@ impl Sim {
                 from: rpc.server,
                 to: rpc.from,
                 to_incarnation: rpc.from_incarnation,
+                number: rpc.number,
                 requests,
             });
         }
@@ -1041,7 +1069,15 @@ impl Sim {
         due.sort_by_key(|a| (a.due_round, a.seq));
         for a in due {
             let slot = &self.hosts[a.to];
-            if slot.incarnation != a.to_incarnation || slot.nh.is_none() {
+            // Only the answer the host waits for (a duplicate, or one that
+            // comes after the host stopped waiting, is not read).
+            let waited = slot.incarnation == a.to_incarnation
+                && slot.nh.is_some()
+                && slot
+                    .reporter
+                    .as_ref()
+                    .is_some_and(|r| r.waiting.is_some_and(|(n, _)| n == a.number));
+            if !waited {
                 continue;
             }
             if self.log && !a.requests.is_empty() {
@@ -1050,16 +1086,11 @@ impl Sim {
                     self.round, self.ticks, a.to, a.requests
                 );
             }
-            if let Some(rep) = &slot.reporter {
-                rep.mailbox
-                    .lock()
-                    .expect("mailbox")
-                    .answers
-                    .push_back(a.requests);
-            }
             self.master_mut().answers_delivered += 1;
             self.trace_event("answer", a.to as u64, a.from as u64);
+            self.carry_out(a.to, &a.requests)?;
         }
+        Ok(())
     }
 
     /// Whether replica `replica` of `shard` at `addr` counts as live for
