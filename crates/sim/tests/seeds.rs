@@ -14,13 +14,13 @@ use longship_sim::{Failure, run_master_seed, run_seed};
 
 /// Seeds CI runs.
 const CI_SEEDS: std::ops::Range<u64> = 0..200;
-/// Master-mode seeds CI runs (about 30 s of CPU in a debug build), each
-/// losing hosts for good and repairing: 6 and 56 lose two hosts (6 also
-/// aborts a move whose target died), 4 and 40 lose one and gain two and
-/// balance after the heal, 35 loses two and gains two, and in 44 hosts
-/// are declared dead thirty times (some come back) and fifteen moves are
-/// given up.
-const CI_MASTER_SEEDS: [u64; 6] = [6, 4, 40, 56, 35, 44];
+/// Master-mode seeds CI runs (about 30 s of CPU in a debug build), chosen
+/// because each loses hosts for good and the master repairs their shards;
+/// the test checks that they still do, so a change that alters the runs
+/// may need new ones (`longship-sim --master --seeds 0..60 --verbose`
+/// shows each seed's `host_deaths` and `master_repairs`). 6, 56, 27 and 36
+/// lose two hosts, 4 and 44 one (44 with many repairs and given-up moves).
+const CI_MASTER_SEEDS: [u64; 6] = [6, 4, 27, 56, 36, 44];
 /// Client operations per master-mode seed.
 const CI_MASTER_OPS: u64 = 1_000;
 /// Client operations per seed.
