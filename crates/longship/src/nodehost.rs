@@ -21,7 +21,7 @@ use longship_transport::{TcpConfig, TcpTransport, Transport};
 use parking_lot::Mutex;
 
 use crate::config::{Config, NodeHostConfig};
-use crate::engine::{ApplyWorker, SnapshotWorker, StepWorker, recover_from_store};
+use crate::engine::{ApplyWorker, SnapshotWorker, StepWorker, recover_verified};
 use crate::error::{Error, Result};
 use crate::events::EventListener;
 use crate::host::{HostState, SnapshotJob};
@@ -997,7 +997,8 @@ impl NodeHost {
             replica.rsm.set_on_disk_index(i);
         }
         if !snap.is_empty() {
-            if let Err(e) = recover_from_store(&replica, &snap) {
+            // `restart_point` verified it in full (a witness has no data).
+            if let Err(e) = recover_verified(&replica, &snap) {
                 replica.rsm.sm.close();
                 return Err(e);
             }

@@ -283,6 +283,20 @@ impl ApplyWorker {
 /// Replaces the state machine's state by the snapshot at `meta.index` in
 /// the replica's store (a witness only takes the metadata).
 pub(crate) fn recover_from_store(r: &Replica, meta: &SnapshotMeta) -> Result<(), Error> {
+    // Check every checksum before the state machine sees a byte: a damaged
+    // file found only at its end would have replaced the state machine's
+    // state already (durably, for an on-disk state machine). Recoveries
+    // are rare; reading the file twice is the price.
+    // Attached files included: the state machine gets only checked files.
+    if !(meta.witness || r.config.is_witness) {
+        r.snapshots.verify(meta.index)?;
+    }
+    recover_verified(r, meta)
+}
+
+/// [`recover_from_store`] of a snapshot whose checksums the caller has
+/// just verified in full ([`restart_point`] at a restart does).
+pub(crate) fn recover_verified(r: &Replica, meta: &SnapshotMeta) -> Result<(), Error> {
     let applied = AppliedState {
         index: meta.index,
         term: meta.term,
@@ -292,12 +306,6 @@ pub(crate) fn recover_from_store(r: &Replica, meta: &SnapshotMeta) -> Result<(),
         r.rsm.set_applied(applied);
         return Ok(());
     }
-    // Check every checksum before the state machine sees a byte: a damaged
-    // file found only at its end would have replaced the state machine's
-    // state already (durably, for an on-disk state machine). Recoveries
-    // are rare; reading the file twice is the price.
-    // Attached files included: the state machine gets only checked files.
-    r.snapshots.verify(meta.index)?;
     let (info, mut reader) = r.snapshots.open_snapshot(meta.index)?;
     let files = crate::snapshot_files::attached(&r.snapshots, &info)?;
     r.rsm
@@ -323,6 +331,8 @@ pub(crate) fn recover_from_store(r: &Replica, meta: &SnapshotMeta) -> Result<(),
 /// everything from index 1 and no snapshot is needed. When neither works
 /// the replica cannot be restarted from this host's data: the error names
 /// the damaged snapshots and says it must be rebuilt (docs/recovery.md).
+/// A snapshot returned has been verified in full: recover it with
+/// [`recover_verified`].
 pub(crate) fn restart_point(
     host: &HostState,
     snapshots: &longship_storage::snapshot::SnapshotStore,

@@ -8,7 +8,7 @@ mod apply;
 mod snapshot;
 mod step;
 
-pub(crate) use apply::{ApplyLock, ApplyWorker, recover_from_store, restart_point};
+pub(crate) use apply::{ApplyLock, ApplyWorker, recover_verified, restart_point};
 pub(crate) use snapshot::SnapshotWorker;
 pub(crate) use step::StepWorker;
 
