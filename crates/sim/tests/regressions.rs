@@ -137,3 +137,32 @@ fn seed_8013877_a_damaged_follower_never_applies_a_replaced_entry() {
 fn seed_8156408_an_ordinary_crash_during_repair_guards_nobody() {
     must_pass(8156408, 3000);
 }
+
+/// Master mode (docs/master.md, "Removed replicas and the engine's
+/// volatile commit index"): a replica removed from shard 1 could not be
+/// told to stop (its host was cut off from the master) and restarted; a
+/// commit index alone is not written, so it came back applying only up to
+/// an older membership in which it was a voter again, and with a replica
+/// that lagged behind the removal it elected itself in a term whose
+/// leader the current membership had already elected: two leaders in term
+/// 3. Fixed in the engine: a cycle whose committed entries hold a membership
+/// change writes the hard state before applying them. (A later change to
+/// the master or the simulator may make this seed another run.)
+#[test]
+fn master_seed_5087_a_restarted_replica_falls_back_to_an_older_membership() {
+    if let Err(f) = longship_sim::run_master_seed(5087, 3000) {
+        panic!("{f}");
+    }
+}
+
+/// Master mode, the liveness side of the same engine issue: the leader of
+/// a shard died for good right after committing a removal, and the
+/// restarted voters fell back to the membership before it, which needs
+/// the removed (and deleted) replica's vote: no leader for ever. Fixed
+/// with `master_seed_5087_...`.
+#[test]
+fn master_seed_4150_voters_restarted_into_an_older_membership_elect_no_leader() {
+    if let Err(f) = longship_sim::run_master_seed(4150, 3000) {
+        panic!("{f}");
+    }
+}
