@@ -211,7 +211,7 @@ impl Sim {
                     slot.fs.crash_after_op(Some(slot.fs.op_count()));
                     slot.reporter = None;
                     drop(nh);
-                    return Err(longship::Error::Rejected(format!("master mode start: {e}")));
+                    return Err(e);
                 }
                 return Ok(nh);
             }

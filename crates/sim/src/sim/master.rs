@@ -525,7 +525,11 @@ impl MasterSim {
                 Err(longship::Error::ReplicaDataRemoved { .. }) => {
                     nh.remove_data(*shard, *replica)?;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    return Err(longship::Error::Rejected(format!(
+                        "replica {replica} of {shard}: {e}"
+                    )));
+                }
             }
         }
         if h < 3 && !slot.master_bootstrapped {
