@@ -90,19 +90,21 @@ impl Model for KvModel {
 pub fn prune_invisible_unknowns(
     history: &[Operation<KvInput, KvOutput>],
 ) -> Vec<Operation<KvInput, KvOutput>> {
-    let seen: Vec<(&str, &str)> = history
-        .iter()
-        .filter_map(|op| match (&op.input, &op.outcome) {
-            (
-                KvInput::Get { key },
-                Outcome::Returned {
-                    output: KvOutput::Value(v),
-                    ..
-                },
-            ) => Some((key.as_str(), v.as_str())),
-            _ => None,
-        })
-        .collect();
+    // Every value a get saw, by key, so the pass stays linear in the
+    // history (a long load test has tens of thousands of operations).
+    let mut seen: std::collections::HashMap<&str, Vec<&str>> = std::collections::HashMap::new();
+    for op in history {
+        if let (
+            KvInput::Get { key },
+            Outcome::Returned {
+                output: KvOutput::Value(v),
+                ..
+            },
+        ) = (&op.input, &op.outcome)
+        {
+            seen.entry(key.as_str()).or_default().push(v.as_str());
+        }
+    }
     history
         .iter()
         .filter(|op| {
@@ -112,9 +114,8 @@ pub fn prune_invisible_unknowns(
                 }
                 _ => return true,
             };
-            let key = op.input.key();
-            seen.iter()
-                .any(|(k, v)| *k == key && v.contains(value.as_str()))
+            seen.get(op.input.key())
+                .is_some_and(|vs| vs.iter().any(|v| v.contains(value.as_str())))
         })
         .cloned()
         .collect()

@@ -17,6 +17,9 @@
 //! have taken effect at any point after its invocation, or never: it gets a
 //! return time of +infinity and any output, and it may be left out. The
 //! search succeeds once every operation with a known outcome is linearized.
+//! Such an operation is never linearized where it would leave the state as
+//! it is (an unknown read): that choice can only lead where leaving it out
+//! leads too.
 //!
 //! Linearizability is compositional (Herlihy & Wing), so a model that
 //! partitions its inputs (a key-value map, per key) is checked one
@@ -467,6 +470,17 @@ impl<S: Clone + Eq + Hash> PartitionSearch<S> {
                 let op = &history[ops[event.op]];
                 let next_state = model.step(&self.state, &op.input, op.output());
                 match next_state {
+                    // An operation with an unknown outcome that leaves the
+                    // state as it is (a read, a put of the current value)
+                    // is never worth linearizing: whatever the search can
+                    // do from (linearized + op, state) it can do from
+                    // (linearized, state) by leaving the op out, so taking
+                    // it would only double the configurations to explore
+                    // (a history with n unknown reads concurrent with a
+                    // stretch that needs backtracking: 2^n).
+                    Some(next_state) if op.output().is_none() && next_state == self.state => {
+                        self.node = self.list.next[node]
+                    }
                     Some(next_state) if self.remember(event.op, &next_state) => {
                         self.linearized.flip(event.op);
                         self.linearized_count += 1;
