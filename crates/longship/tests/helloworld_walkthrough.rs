@@ -144,10 +144,7 @@ fn helloworld_binary() -> PathBuf {
     bin
 }
 
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("127.0.0.1:{}", l.local_addr().unwrap().port())
-}
+use longship_testkit::free_addr;
 
 /// Output lines of one process, shared with its reader threads.
 #[derive(Default)]

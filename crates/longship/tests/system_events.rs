@@ -80,10 +80,7 @@ impl EventListener for Recorder {
     }
 }
 
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("127.0.0.1:{}", l.local_addr().unwrap().port())
-}
+use longship_testkit::free_addr;
 
 struct Hosts {
     dir: tempfile::TempDir,

@@ -25,11 +25,7 @@ use longship_transport::{TcpConfig, TcpTransport, TlsPaths, Transport};
 const RTT_MS: u64 = 10;
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A free loopback address: bind port 0, read the port, release it.
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("127.0.0.1:{}", l.local_addr().unwrap().port())
-}
+use longship_testkit::free_addr;
 
 /// NodeHosts on loopback TCP with data in a temp dir.
 struct TcpCluster {
@@ -656,12 +652,7 @@ fn wait_for_leader(c: &TcpCluster, on: &[u64]) -> u64 {
 #[test]
 fn hosts_listen_on_one_address_and_are_known_by_another() {
     let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<u16> = (0..3)
-        .map(|_| {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        })
-        .collect();
+    let ports: Vec<u16> = (0..3).map(|_| longship_testkit::free_port()).collect();
     let known = |i: usize| format!("localhost:{}", ports[i]);
     let hosts: Vec<NodeHost> = (0..3)
         .map(|i| {

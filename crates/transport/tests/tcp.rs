@@ -25,12 +25,7 @@ use longship_transport::{
 const WAIT: Duration = Duration::from_secs(10);
 const DEPLOYMENT: u64 = 1;
 
-/// A free loopback address: bind port 0, read the port, release it.
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    format!("127.0.0.1:{port}")
-}
+use longship_testkit::free_addr;
 
 #[derive(Default)]
 struct Seen {

@@ -2,17 +2,11 @@
 //! Prometheus text, latency histograms included, over HTTP.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use longship_testkit::free_port;
 
 /// Kills the node when the test ends, passing or not.
 struct Killed(Child);

@@ -8,7 +8,7 @@
 //! (SIGSTOP/SIGCONT) of one node and a one-way partition of another.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,13 +20,7 @@ use longship_sim::linearizability::{Budget, Operation, check};
 
 const SHARDS: u64 = 4;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use longship_testkit::free_port;
 
 struct Node {
     id: u64,
@@ -145,14 +139,7 @@ fn cluster(dir: &Path, redirects: bool) -> Vec<Node> {
 fn cluster_on(dir: &Path, redirects: bool, raft_ips: [&str; 3]) -> Vec<Node> {
     let raft: Vec<String> = raft_ips
         .iter()
-        .map(|ip| {
-            let port = TcpListener::bind(format!("{ip}:0"))
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            format!("{ip}:{port}")
-        })
+        .map(|ip| format!("{ip}:{}", longship_testkit::free_port_on(ip)))
         .collect();
     let peers = (1..=3)
         .map(|i| format!("{i}={}", raft[i - 1]))

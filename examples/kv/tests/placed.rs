@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,13 +36,7 @@ const SHARDS: u64 = 16;
 /// The whole test ends within this (the watchdog kills what it started).
 const TEST_DEADLINE: Duration = Duration::from_secs(420);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use longship_testkit::free_port;
 
 /// The pids of every process the test started and has not reaped; a
 /// watchdog thread kills them all (`kill -9 <pid>`) and ends the test

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,13 +16,7 @@ use longship_kv::slots::shard_of;
 
 pub const SHARDS: u64 = 6;
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use longship_testkit::free_port;
 
 /// Starts three kv nodes (one NodeHost each, in this process) with
 /// `shards` shards over free loopback raft ports. A raft port picked by
