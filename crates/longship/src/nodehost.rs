@@ -1298,13 +1298,16 @@ impl NodeHost {
 
     // ------------------------------------------------------------ membership
 
-    fn config_change(
+    /// A membership change of `shard`. `ordered`: check
+    /// `config_change_index` even when the replica's
+    /// [`Config::ordered_config_change`] is off (a master's requests).
+    pub(crate) fn config_change(
         &self,
         shard: ShardId,
         change_type: ConfigChangeType,
         replica_id: ReplicaId,
         address: String,
-        config_change_index: Index,
+        (config_change_index, ordered): (Index, bool),
         timeout: Duration,
     ) -> Result<RequestHandle<()>> {
         let r = self.replica_for(shard)?;
@@ -1321,7 +1324,7 @@ impl NodeHost {
             change_type,
             replica_id,
             address,
-            config_change_id: if r.config.ordered_config_change {
+            config_change_id: if ordered || r.config.ordered_config_change {
                 config_change_index
             } else {
                 Index(0)
@@ -1384,7 +1387,7 @@ impl NodeHost {
             ConfigChangeType::AddReplica,
             replica_id,
             address.into(),
-            config_change_index,
+            (config_change_index, false),
             timeout,
         )
     }
@@ -1399,13 +1402,48 @@ impl NodeHost {
         config_change_index: Index,
         timeout: Duration,
     ) -> Result<RequestHandle<()>> {
+        let addr = self.non_voting_address(shard, replica_id)?;
+        self.request_add_replica(shard, replica_id, addr, config_change_index, timeout)
+    }
+
+    /// The address of non-voting member `replica_id` of `shard`.
+    fn non_voting_address(&self, shard: ShardId, replica_id: ReplicaId) -> Result<String> {
         let m = self.replica_for(shard)?.rsm.applied().membership;
-        let addr = m.non_votings.get(&replica_id).cloned().ok_or_else(|| {
+        m.non_votings.get(&replica_id).cloned().ok_or_else(|| {
             Error::Rejected(format!(
                 "replica {replica_id} is not a non-voting member of shard {shard}"
             ))
-        })?;
-        self.request_add_replica(shard, replica_id, addr, config_change_index, timeout)
+        })
+    }
+
+    /// A membership change a master asked for: checked against
+    /// `config_change_index` (unless it is `Index(0)`) whatever the
+    /// replica's [`Config::ordered_config_change`], so that a request
+    /// delayed or repeated in the network cannot take effect after another
+    /// change. `AddReplica` of a replica with no `address` promotes that
+    /// non-voting member.
+    pub(crate) fn master_config_change(
+        &self,
+        shard: ShardId,
+        change_type: ConfigChangeType,
+        replica_id: ReplicaId,
+        address: Option<String>,
+        config_change_index: Index,
+        timeout: Duration,
+    ) -> Result<RequestHandle<()>> {
+        let address = match (address, change_type) {
+            (Some(a), _) => a,
+            (None, ConfigChangeType::AddReplica) => self.non_voting_address(shard, replica_id)?,
+            (None, _) => String::new(),
+        };
+        self.config_change(
+            shard,
+            change_type,
+            replica_id,
+            address,
+            (config_change_index, true),
+            timeout,
+        )
     }
 
     /// Removes a replica for good: its id can never be used again in this
@@ -1423,7 +1461,7 @@ impl NodeHost {
             ConfigChangeType::RemoveReplica,
             replica_id,
             String::new(),
-            config_change_index,
+            (config_change_index, false),
             timeout,
         )
     }
@@ -1444,7 +1482,7 @@ impl NodeHost {
             ConfigChangeType::AddNonVoting,
             replica_id,
             address.into(),
-            config_change_index,
+            (config_change_index, false),
             timeout,
         )
     }
@@ -1466,7 +1504,7 @@ impl NodeHost {
             ConfigChangeType::AddWitness,
             replica_id,
             address.into(),
-            config_change_index,
+            (config_change_index, false),
             timeout,
         )
     }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use longship_raft::{Index, ReplicaId, Role, ShardId, Term};
+use longship_raft::{ConfigChangeType, Index, ReplicaId, Role, ShardId, Term};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
@@ -166,6 +166,11 @@ pub enum MasterRequest {
         replica_id: ReplicaId,
         /// Its host's raft address.
         address: String,
+        /// Ordered change: the `config_change_id` of the membership the
+        /// master based it on; the change is rejected when applied to any
+        /// other membership, so a delayed or repeated request can never
+        /// take effect after another change. `Index(0)`: unordered.
+        config_change_id: Index,
     },
     /// Propose the promotion of a non-voting replica to voter.
     PromoteNonVoting {
@@ -173,6 +178,8 @@ pub enum MasterRequest {
         shard_id: ShardId,
         /// The replica to promote.
         replica_id: ReplicaId,
+        /// As for `AddNonVoting`.
+        config_change_id: Index,
     },
     /// Propose the removal of a replica, for good.
     DeleteReplica {
@@ -180,6 +187,8 @@ pub enum MasterRequest {
         shard_id: ShardId,
         /// The replica to remove.
         replica_id: ReplicaId,
+        /// As for `AddNonVoting`.
+        config_change_id: Index,
     },
     /// Ask the shard to move leadership to `target`.
     TransferLeader {
@@ -379,20 +388,44 @@ impl NodeHost {
                 shard_id,
                 replica_id,
                 address,
+                config_change_id,
             } => self
-                .request_add_non_voting(*shard_id, *replica_id, address.clone(), Index(0), timeout)
+                .master_config_change(
+                    *shard_id,
+                    ConfigChangeType::AddNonVoting,
+                    *replica_id,
+                    Some(address.clone()),
+                    *config_change_id,
+                    timeout,
+                )
                 .map(Some),
             MasterRequest::PromoteNonVoting {
                 shard_id,
                 replica_id,
+                config_change_id,
             } => self
-                .request_promote_non_voting(*shard_id, *replica_id, Index(0), timeout)
+                .master_config_change(
+                    *shard_id,
+                    ConfigChangeType::AddReplica,
+                    *replica_id,
+                    None,
+                    *config_change_id,
+                    timeout,
+                )
                 .map(Some),
             MasterRequest::DeleteReplica {
                 shard_id,
                 replica_id,
+                config_change_id,
             } => self
-                .request_delete_replica(*shard_id, *replica_id, Index(0), timeout)
+                .master_config_change(
+                    *shard_id,
+                    ConfigChangeType::RemoveReplica,
+                    *replica_id,
+                    None,
+                    *config_change_id,
+                    timeout,
+                )
                 .map(Some),
             MasterRequest::TransferLeader { shard_id, target } => {
                 self.request_leader_transfer(*shard_id, *target)?;

@@ -157,17 +157,29 @@ fn a_reporter_carries_out_what_the_master_asks() {
         start: Start::Join,
         non_voting: true,
     }]);
+    // Ordered on the membership the report showed, as a master asks.
     masters[leader].answer(vec![MasterRequest::AddNonVoting {
         shard_id: SHARD,
         replica_id: ReplicaId(3),
         address: addr(3),
+        config_change_id: m.config_change_id,
     }]);
     wait_until("replica 3 runs on host 3", WAIT, || {
         runs(&hosts[2], SHARD, ReplicaId(3))
     });
+    let membership = || {
+        hosts[leader]
+            .sync_get_shard_membership(SHARD, Duration::from_secs(5))
+            .unwrap()
+    };
+    wait_until("replica 3 is a non-voting member", WAIT, || {
+        membership().non_votings.contains_key(&ReplicaId(3))
+    });
+    let m = membership();
     masters[leader].answer(vec![MasterRequest::PromoteNonVoting {
         shard_id: SHARD,
         replica_id: ReplicaId(3),
+        config_change_id: m.config_change_id,
     }]);
     wait_until("replica 3 votes", WAIT, || {
         masters[leader].last_report().is_some_and(|r| {
@@ -192,9 +204,13 @@ fn a_reporter_carries_out_what_the_master_asks() {
             == Some(ReplicaId(3))
     });
     let old = ReplicaId(leader as u64 + 1);
+    let m = hosts[2]
+        .sync_get_shard_membership(SHARD, Duration::from_secs(5))
+        .unwrap();
     masters[2].answer(vec![MasterRequest::DeleteReplica {
         shard_id: SHARD,
         replica_id: old,
+        config_change_id: m.config_change_id,
     }]);
     wait_until("the old leader removed", WAIT, || {
         hosts[2]

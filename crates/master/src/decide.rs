@@ -818,6 +818,7 @@ pub fn requests_for(s: &MasterState, host: &str) -> Vec<Request> {
                     out.push(Request::Delete {
                         shard,
                         replica: *replica,
+                        based_on: m.config_change_id,
                     });
                 }
             }
@@ -856,6 +857,7 @@ pub fn requests_for(s: &MasterState, host: &str) -> Vec<Request> {
                                 shard,
                                 replica: *add,
                                 host: to.clone(),
+                                based_on: m.config_change_id,
                             });
                         }
                     }
@@ -868,6 +870,7 @@ pub fn requests_for(s: &MasterState, host: &str) -> Vec<Request> {
                             out.push(Request::Promote {
                                 shard,
                                 replica: *add,
+                                based_on: m.config_change_id,
                             });
                         }
                     }
@@ -887,6 +890,7 @@ pub fn requests_for(s: &MasterState, host: &str) -> Vec<Request> {
                             out.push(Request::Delete {
                                 shard,
                                 replica: *old,
+                                based_on: m.config_change_id,
                             });
                         }
                     }
@@ -898,6 +902,7 @@ pub fn requests_for(s: &MasterState, host: &str) -> Vec<Request> {
                             out.push(Request::Delete {
                                 shard,
                                 replica: *add,
+                                based_on: m.config_change_id,
                             });
                         }
                     }

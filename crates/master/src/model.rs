@@ -144,6 +144,11 @@ pub enum Request {
         replica: u64,
         /// Its host.
         host: HostId,
+        /// The `config_change_id` of the membership the change is based
+        /// on: the change takes effect only on that membership (see
+        /// [`Membership::config_change_id`]).
+        #[serde(default)]
+        based_on: u64,
     },
     /// (To the shard's leader) promote a non-voting replica.
     Promote {
@@ -151,6 +156,9 @@ pub enum Request {
         shard: u64,
         /// The replica.
         replica: u64,
+        /// As for `AddNonVoting`.
+        #[serde(default)]
+        based_on: u64,
     },
     /// (To the shard's leader) remove a replica for good.
     Delete {
@@ -158,6 +166,9 @@ pub enum Request {
         shard: u64,
         /// The replica.
         replica: u64,
+        /// As for `AddNonVoting`.
+        #[serde(default)]
+        based_on: u64,
     },
     /// (To the shard's leader) move leadership to `target`.
     TransferLeader {

@@ -509,18 +509,30 @@ pub fn to_master_request(r: &Request) -> MasterRequest {
             shard,
             replica,
             host,
+            based_on,
         } => MasterRequest::AddNonVoting {
             shard_id: ShardId(*shard),
             replica_id: ReplicaId(*replica),
             address: host.clone(),
+            config_change_id: longship::Index(*based_on),
         },
-        Request::Promote { shard, replica } => MasterRequest::PromoteNonVoting {
+        Request::Promote {
+            shard,
+            replica,
+            based_on,
+        } => MasterRequest::PromoteNonVoting {
             shard_id: ShardId(*shard),
             replica_id: ReplicaId(*replica),
+            config_change_id: longship::Index(*based_on),
         },
-        Request::Delete { shard, replica } => MasterRequest::DeleteReplica {
+        Request::Delete {
+            shard,
+            replica,
+            based_on,
+        } => MasterRequest::DeleteReplica {
             shard_id: ShardId(*shard),
             replica_id: ReplicaId(*replica),
+            config_change_id: longship::Index(*based_on),
         },
         Request::TransferLeader { shard, target } => MasterRequest::TransferLeader {
             shard_id: ShardId(*shard),

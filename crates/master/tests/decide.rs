@@ -214,6 +214,7 @@ impl World {
                 shard,
                 replica,
                 host: to,
+                ..
             } => {
                 if self.leader_host(*shard).as_deref() != Some(h) {
                     return;
@@ -225,7 +226,7 @@ impl World {
                     self.changes += 1;
                 }
             }
-            Request::Promote { shard, replica } => {
+            Request::Promote { shard, replica, .. } => {
                 if self.leader_host(*shard).as_deref() != Some(h) {
                     return;
                 }
@@ -238,7 +239,7 @@ impl World {
                     self.changes += 1;
                 }
             }
-            Request::Delete { shard, replica } => {
+            Request::Delete { shard, replica, .. } => {
                 if self.leader_host(*shard).as_deref() != Some(h) {
                     return;
                 }

@@ -37,10 +37,13 @@
 //! - a removed replica id is never reused: no membership any replica
 //!   applied lists as a member an id that an older membership listed as
 //!   removed, and no operation of the master adds an id seen removed;
-//! - never two concurrent membership changes for one shard: when a host
-//!   proposes a change the master asked for, no other change of that
+//! - every membership change the master asks for is ordered (based on
+//!   the config change id of the membership it saw), and never two
+//!   concurrent changes for one shard that could both take effect: when a
+//!   host proposes a change the master asked for, no other change of that
 //!   shard may be in flight (proposed and not completed) anywhere unless
-//!   it already took effect;
+//!   it already took effect or both are ordered (then the first applied
+//!   voids the rest);
 //! - the master's changes never cost a live quorum: when a shard's
 //!   membership changes, if it had a quorum of live voters before, it has
 //!   one after ("live": the host runs, or went down too recently for any
@@ -352,21 +355,30 @@ enum Change {
 }
 
 impl Change {
-    fn of(req: &MasterRequest) -> Option<(ShardId, Change)> {
+    /// The change `req` asks for, with its shard and the config change id
+    /// it is based on (`Index(0)`: unordered).
+    fn of(req: &MasterRequest) -> Option<(ShardId, Change, Index)> {
         match req {
             MasterRequest::AddNonVoting {
                 shard_id,
                 replica_id,
+                config_change_id,
                 ..
-            } => Some((*shard_id, Change::AddNonVoting(*replica_id))),
+            } => Some((
+                *shard_id,
+                Change::AddNonVoting(*replica_id),
+                *config_change_id,
+            )),
             MasterRequest::PromoteNonVoting {
                 shard_id,
                 replica_id,
-            } => Some((*shard_id, Change::Promote(*replica_id))),
+                config_change_id,
+            } => Some((*shard_id, Change::Promote(*replica_id), *config_change_id)),
             MasterRequest::DeleteReplica {
                 shard_id,
                 replica_id,
-            } => Some((*shard_id, Change::Delete(*replica_id))),
+                config_change_id,
+            } => Some((*shard_id, Change::Delete(*replica_id), *config_change_id)),
             _ => None,
         }
     }
@@ -386,14 +398,23 @@ impl Change {
     }
 }
 
-/// Never two concurrent membership changes for one shard: `new` is
-/// proposed while `others` of the same shard are in flight. Returns the
-/// first other change that is different and has not taken effect in `v`.
-fn concurrent_change(new: Change, others: &[Change], v: &View) -> Option<Change> {
+/// Never two concurrent membership changes for one shard that could both
+/// take effect: `new` (with the config change id it is based on) is
+/// proposed while `others` of the same shard are in flight. Ordered
+/// changes exclude each other: whichever is applied first changes the
+/// membership's config change id, and every other one based on the old id
+/// is rejected when applied (a request the master gave up on, still in
+/// flight behind a partition, can no longer take effect after the next
+/// change). Returns the first other change that could still take effect
+/// beside `new`: different, not taken effect in `v`, and `new` or it
+/// unordered.
+fn concurrent_change(new: (Change, Index), others: &[(Change, Index)], v: &View) -> Option<Change> {
     others
         .iter()
-        .copied()
-        .find(|o| *o != new && !o.took_effect(v))
+        .find(|(o, base)| {
+            *o != new.0 && !o.took_effect(v) && (new.1 == Index(0) || *base == Index(0))
+        })
+        .map(|(o, _)| *o)
 }
 
 /// Raft majority of `n` voters.
@@ -886,17 +907,27 @@ impl Sim {
             .map(|r| r.rounds.in_flight().cloned().collect())
             .unwrap_or_default();
         for req in now.iter().filter(|r| !before.contains(r)) {
-            let Some((shard, change)) = Change::of(req) else {
+            let Some((shard, change, base)) = Change::of(req) else {
                 continue;
             };
             self.trace_event("proposed-change", shard.0, h as u64);
+            if base == Index(0) {
+                return Err(format!(
+                    "the master asked host {h} for an unordered membership change of \
+                     {shard}: {change:?}"
+                ));
+            }
             let others = self.changes_in_flight(shard, Some((h, req)));
             let view = self.master().views.get(&shard).cloned().unwrap_or_default();
-            if let Some(other) = concurrent_change(change, &others, &view) {
+            let changes: Vec<(Change, Index)> = others.iter().map(|(_, c, b)| (*c, *b)).collect();
+            if let Some(other) = concurrent_change((change, base), &changes, &view) {
+                let (oh, _, _) = others.iter().find(|(_, c, _)| *c == other).expect("found");
                 return Err(format!(
-                    "two concurrent membership changes of {shard}: host {h} proposes \
-                     {change:?} while {other:?} is in flight and has not taken effect \
-                     (membership {view:?})"
+                    "two concurrent membership changes of {shard}: host {h} ({}) proposes \
+                     {change:?} while {other:?}, proposed through host {oh} ({}), is in \
+                     flight and has not taken effect (membership {view:?})",
+                    self.describe_replica(h, shard),
+                    self.describe_replica(*oh, shard),
                 ));
             }
         }
@@ -930,11 +961,31 @@ impl Sim {
     /// and not completed, on a host whose replica still has a change
     /// pending in a term at least the proposer's (a deposed leader's
     /// uncommitted change can no longer take effect).
+    /// Host `h`'s replica of `shard` as its NodeHost reports it: term,
+    /// leader, applied index, whether a change is pending.
+    fn describe_replica(&self, h: usize, shard: ShardId) -> String {
+        let info = self.hosts[h].nh.as_ref().and_then(|nh| {
+            nh.get_node_host_info()
+                .shards
+                .into_iter()
+                .find(|s| s.shard_id == shard)
+        });
+        match info {
+            Some(s) => format!(
+                "term {}, leader {}, applied {}, pending change {}",
+                s.term.0, s.leader_id.0, s.applied.0, s.pending_config_change
+            ),
+            None => "no replica running".into(),
+        }
+    }
+
+    /// Membership changes of `shard` that hosts proposed at the master's
+    /// request and that may still take effect, with the proposing host.
     fn changes_in_flight(
         &self,
         shard: ShardId,
         except: Option<(usize, &MasterRequest)>,
-    ) -> Vec<Change> {
+    ) -> Vec<(usize, Change, Index)> {
         let info = |h: usize| {
             self.hosts[h].nh.as_ref().and_then(|nh| {
                 nh.get_node_host_info()
@@ -956,10 +1007,10 @@ impl Sim {
                 if except.is_some_and(|(eh, er)| eh == h && er == req) {
                     continue;
                 }
-                if let Some((s, c)) = Change::of(req)
+                if let Some((s, c, base)) = Change::of(req)
                     && s == shard
                 {
-                    out.push(c);
+                    out.push((h, c, base));
                 }
             }
         }
@@ -1592,18 +1643,48 @@ mod tests {
     fn concurrency_check_flags_a_different_change_not_yet_in_effect() {
         let mut v = View::default();
         v.voters.insert(ReplicaId(1), "a".into());
+        let unordered = |c| (c, Index(0));
         let add4 = Change::AddNonVoting(ReplicaId(4));
         let add5 = Change::AddNonVoting(ReplicaId(5));
         // The same change again is a repeat, not a second change.
-        assert_eq!(concurrent_change(add4, &[add4], &v), None);
-        assert_eq!(concurrent_change(add5, &[add4], &v), Some(add4));
+        assert_eq!(
+            concurrent_change(unordered(add4), &[unordered(add4)], &v),
+            None
+        );
+        assert_eq!(
+            concurrent_change(unordered(add5), &[unordered(add4)], &v),
+            Some(add4)
+        );
+        // Ordered on the same membership, at most one can take effect.
+        assert_eq!(
+            concurrent_change((add5, Index(7)), &[(add4, Index(7))], &v),
+            None
+        );
+        // One of the two unordered: both could.
+        assert_eq!(
+            concurrent_change((add5, Index(7)), &[unordered(add4)], &v),
+            Some(add4)
+        );
+        assert_eq!(
+            concurrent_change(unordered(add5), &[(add4, Index(7))], &v),
+            Some(add4)
+        );
         // Once 4 is a member (or removed) the earlier change is over.
         v.non_votings.insert(ReplicaId(4), "b".into());
-        assert_eq!(concurrent_change(add5, &[add4], &v), None);
+        assert_eq!(
+            concurrent_change(unordered(add5), &[unordered(add4)], &v),
+            None
+        );
         let del1 = Change::Delete(ReplicaId(1));
-        assert_eq!(concurrent_change(add5, &[del1], &v), Some(del1));
+        assert_eq!(
+            concurrent_change(unordered(add5), &[unordered(del1)], &v),
+            Some(del1)
+        );
         v.removed.insert(ReplicaId(1));
-        assert_eq!(concurrent_change(add5, &[del1], &v), None);
+        assert_eq!(
+            concurrent_change(unordered(add5), &[unordered(del1)], &v),
+            None
+        );
     }
 
     #[test]
