@@ -130,6 +130,9 @@ pub enum Start {
     /// Start a replica that was added to a running shard
     /// ([`NodeHost::request_add_replica`] and the like) and has never run on
     /// this host: it learns the membership and the state from the leader.
+    /// The start records the replica in the log storage (durably), so every
+    /// later start of it, even one before it received anything, is a
+    /// `Restart`.
     Join,
 }
 
@@ -837,7 +840,23 @@ impl NodeHost {
         crate::tombstone::check_not_removed(host, shard, me)?;
         let stored = host.logdb.read_state(shard, me).is_some();
         match (&start, stored) {
-            (Start::Restart, true) | (Start::Join, false) => {}
+            (Start::Restart, true) => {}
+            (Start::Join, false) => {
+                // Recorded durably before it runs: a joining replica may be
+                // promoted to voter (counted in the shard's quorum) before
+                // any entry reaches it, and a host that restarts must know
+                // to start it again, with `Restart` (master seed 11690: a
+                // voter with nothing stored was forgotten by its host's
+                // restart and its shard lost its quorum for ever).
+                host.logdb.save_raft_state(&[LogUpdate {
+                    shard_id: shard,
+                    replica_id: me,
+                    entries: Vec::new(),
+                    hard_state: Some(HardState::default()),
+                    snapshot: None,
+                    clear_recovery: false,
+                }])?;
+            }
             (Start::New(_) | Start::Join, true) => {
                 return Err(Error::ReplicaHasData {
                     shard_id: shard,

@@ -425,3 +425,35 @@ fn a_replica_applies_a_membership_change_only_once_its_commit_is_durable() {
         );
     }
 }
+
+/// A joining replica is recorded durably when it starts: its host's
+/// restart before anything reached it starts it again (with `Restart`; a
+/// second `Join` is refused), and it then catches up like any joiner.
+/// Without the record, the host forgot such a replica on restart although
+/// the shard may already count it as a voter (master seed 11690: a shard
+/// lost its quorum for ever).
+#[test]
+fn a_joining_replica_is_recorded_before_it_receives_anything() {
+    let mut c = TestCluster::new(2);
+    c.start_shard(SHARD, &[1]);
+    c.wait_leader(SHARD);
+    c.propose(1, SHARD, "set k v");
+    // Not a member yet: nothing reaches it.
+    c.start_replica_on(2, Start::Join, config(SHARD, 2));
+    assert!(c.nh(2).has_node_info(sid(), rid(2)));
+    c.stop_host(2);
+    c.start_host(2);
+    assert!(c.nh(2).has_node_info(sid(), rid(2)));
+    let err = c
+        .nh(2)
+        .start_replica(
+            Start::Join,
+            |_, _| Box::new(Kv::default()),
+            config(SHARD, 2),
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::ReplicaHasData { .. }), "{err}");
+    c.start_replica_on(2, Start::Restart, config(SHARD, 2));
+    add_replica(&c, 1, 2, Index(0)).unwrap();
+    assert_eq!(c.read(2, SHARD, "get k"), b"v");
+}

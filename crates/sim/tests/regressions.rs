@@ -166,3 +166,30 @@ fn master_seed_4150_voters_restarted_into_an_older_membership_elect_no_leader() 
         panic!("{f}");
     }
 }
+
+/// Master mode: a replica joined on host 3 was promoted to voter before
+/// any entry reached it (a small shard catches up at once), so its host
+/// stored nothing of it; host 3 crashed, and its restart, which starts
+/// every replica its log storage holds, forgot it. With the voter on the
+/// host that died for good, the shard (4 voters, 2 running) had no quorum
+/// for ever. Fixed in the NodeHost: `Start::Join` records the replica
+/// durably before it runs. (Seed 11321 was the same.)
+#[test]
+fn master_seed_11690_a_joined_voter_with_nothing_stored_survives_its_hosts_restart() {
+    if let Err(f) = longship_sim::run_master_seed(11690, 3000) {
+        panic!("{f}");
+    }
+}
+
+/// Master mode: a move aborted (its new replica's host died) while the
+/// `AddNonVoting` it had asked for was still in flight through a stale
+/// leader; the next move's `AddNonVoting` was proposed meanwhile, so two
+/// changes of one shard could both have taken effect. Fixed in the master:
+/// the changes it asks for are ordered on the config change id of the
+/// membership it saw, so at most one of them can.
+#[test]
+fn master_seed_10664_an_aborted_change_still_in_flight_cannot_take_effect_after_the_next() {
+    if let Err(f) = longship_sim::run_master_seed(10664, 3000) {
+        panic!("{f}");
+    }
+}
