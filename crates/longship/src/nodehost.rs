@@ -1592,6 +1592,16 @@ impl NodeHost {
         Ok((!replica_id.is_none()).then_some(Leader { replica_id, term }))
     }
 
+    /// Why this NodeHost's log storage refuses all writes, if it does: an
+    /// earlier write or fsync failed, and what reached the disk is unknown
+    /// until the NodeHost is closed and built again (which repairs or
+    /// reports the log's tail). Meanwhile every replica that writes fails
+    /// and no replica can start: a health check restarts the NodeHost when
+    /// this is `Some`, even when no replica runs to report it.
+    pub fn log_storage_failure(&self) -> Option<String> {
+        self.host.logdb.failure()
+    }
+
     /// Whether log storage holds data of (shard, replica).
     pub fn has_node_info(&self, shard: ShardId, replica: ReplicaId) -> bool {
         self.host.logdb.read_state(shard, replica).is_some()

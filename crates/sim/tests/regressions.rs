@@ -193,3 +193,24 @@ fn master_seed_10664_an_aborted_change_still_in_flight_cannot_take_effect_after_
         panic!("{f}");
     }
 }
+
+/// An injected write error failed host 4's log storage; a replica then
+/// joining there could not start (its start now writes its state), and
+/// the host, running nothing else, was never seen as sick: the simulator
+/// stopped on the failed start. A NodeHost now tells that its log storage
+/// refuses writes (`NodeHost::log_storage_failure`), and a host whose log
+/// storage failed is crashed and restarted like one with a failed replica.
+#[test]
+fn seed_11000229_a_join_on_a_host_whose_log_storage_failed_restarts_the_host() {
+    must_pass(11000229, 3000);
+}
+
+/// Master mode, the same with the master: a new host's log storage failed
+/// at the first replica it was asked to start, and the master asked again
+/// for ever while no shard could finish its move.
+#[test]
+fn master_seed_13706_a_host_whose_log_storage_failed_is_restarted() {
+    if let Err(f) = longship_sim::run_master_seed(13706, 3000) {
+        panic!("{f}");
+    }
+}

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use logdb_util::*;
 use longship_raft::{Index, Rng};
 use longship_storage::vfs::{CrashMode, FaultProbabilities, FaultyFs, FileSystem};
-use longship_storage::{Wal, WalOptions};
+use longship_storage::{LogDb, Wal, WalOptions};
 
 const DIR: &str = "/node/wal";
 
@@ -178,10 +178,18 @@ fn injected_io_errors_then_reopen_with_or_without_crash() {
             match run(db, &a) {
                 Ok(()) => {
                     assert!(valid);
+                    // (Work after the durable write, a new segment say, may
+                    // have failed the log: the next operation says so.)
                     acked = next;
                 }
                 Err(longship_storage::Error::InvalidArgument(_)) => assert!(!valid),
-                Err(_) => {
+                Err(e) => {
+                    // The log says so until it is reopened.
+                    assert!(db.failure().is_some(), "seed {seed} step {step}: {e}");
+                    assert!(matches!(
+                        run(db, &a),
+                        Err(longship_storage::Error::Failed(_))
+                    ));
                     failures += 1;
                     // The process dies; sometimes the machine too.
                     drop(wal.take());
@@ -197,6 +205,7 @@ fn injected_io_errors_then_reopen_with_or_without_crash() {
                             Err(e) => panic!("seed {seed} step {step}: {e}"),
                         }
                     };
+                    assert_eq!(reopened.failure(), None);
                     let got = dump(&reopened).unwrap();
                     if valid && got == next {
                         acked = next;

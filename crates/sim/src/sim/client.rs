@@ -733,7 +733,11 @@ impl Sim {
             if let Some(nh) = &self.hosts[host].nh {
                 let faults_before = self.hosts[host].fs.faults_injected();
                 if let Err(e) = super::host::start_replica(nh, &hosted) {
-                    if self.hosts[host].fs.faults_injected() == faults_before {
+                    // An injected fault now, or one that failed the log
+                    // storage earlier: the host is crashed and restarts.
+                    if self.hosts[host].fs.faults_injected() == faults_before
+                        && nh.log_storage_failure().is_none()
+                    {
                         return Err(format!(
                             "joining replica {replica} of {shard} did not start: {e}"
                         ));

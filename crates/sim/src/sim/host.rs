@@ -345,7 +345,10 @@ impl Sim {
             let Some(nh) = &self.hosts[h].nh else {
                 continue;
             };
-            let failed = nh.get_node_host_info().shards.iter().any(|s| s.failed);
+            // A failed replica, or log storage that refuses writes (a host
+            // running no replica yet shows only that).
+            let failed = nh.get_node_host_info().shards.iter().any(|s| s.failed)
+                || nh.log_storage_failure().is_some();
             if !failed {
                 continue;
             }

@@ -213,6 +213,14 @@ pub trait LogDb: Send + Sync {
         Vec::new()
     }
 
+    /// Why the log storage refuses all work until it is reopened, if it
+    /// does: an earlier write or fsync failed ([`Error::Failed`](crate::Error::Failed)), so what
+    /// reached the disk is unknown. `None` while it works (and for storage
+    /// that never fails so).
+    fn failure(&self) -> Option<String> {
+        None
+    }
+
     /// Puts a replica under `guard`, merged with the guard it already has
     /// ([`RecoveryGuard::merge`]); creates the replica's state if nothing
     /// is stored for it. Durable on return; kept until an update with

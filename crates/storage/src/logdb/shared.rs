@@ -132,6 +132,10 @@ impl LogDb for SharedLogDb {
     /// The damage of the shared storage, limited to the owner's replicas
     /// (damage naming none of them is left out, unless its replicas are
     /// unknown).
+    fn failure(&self) -> Option<String> {
+        self.inner.failure()
+    }
+
     fn damage_found(&self) -> Vec<Damage> {
         self.inner
             .damage_found()

@@ -399,6 +399,10 @@ impl LogDb for Wal {
         self.damage.clone()
     }
 
+    fn failure(&self) -> Option<String> {
+        self.writer.lock().failed.clone()
+    }
+
     fn set_recovery_guard(
         &self,
         shard_id: ShardId,
