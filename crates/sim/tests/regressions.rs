@@ -214,3 +214,17 @@ fn master_seed_13706_a_host_whose_log_storage_failed_is_restarted() {
         panic!("{f}");
     }
 }
+
+/// Host 2 crashed after a received snapshot (157) and its own (158) were
+/// committed to its snapshot store but before the log storage recorded
+/// them; its restart replayed from the recorded snapshot (131), took one at
+/// 156, recorded it and compacted the log behind it, and then kept "the two
+/// newest" snapshots, 157 and 158, removing 156. The next start found no
+/// snapshot behind the compacted log ("must be rebuilt"). Fixed in the
+/// engine: snapshots above the recorded one do not count among those kept
+/// (`SnapshotStore::keep_newest_upto`). Found by the 100,000-seed run of
+/// 2026-12-05 at seed 11052946 (the only failure of its first 56,000).
+#[test]
+fn seed_11052946_snapshots_above_the_recorded_one_never_push_it_out() {
+    must_pass(11052946, 3000);
+}

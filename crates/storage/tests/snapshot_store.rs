@@ -320,6 +320,27 @@ fn remove_and_keep_newest() {
     assert!(names(&*fs, store.dir()).is_empty());
 }
 
+/// Snapshots above the recorded one (a crash cut off their recording) do
+/// not count among the kept: the recorded one and the one before it stay.
+#[test]
+fn keep_newest_upto_leaves_and_ignores_snapshots_above_the_recorded_one() {
+    let fs = mem_fs();
+    let store = open_store(&fs, Path::new("/s"));
+    for i in [118, 131, 156, 157, 158] {
+        write_snapshot(&store, i, &bytes(i, 100), &[]);
+    }
+    assert_eq!(
+        store.keep_newest_upto(2, Index(156)).unwrap(),
+        vec![Index(118)]
+    );
+    assert_eq!(
+        store.list().unwrap(),
+        vec![Index(158), Index(157), Index(156), Index(131)]
+    );
+    // keep_newest counts them all (what lost the recorded one before).
+    assert_eq!(store.keep_newest(2).unwrap(), vec![Index(156), Index(131)]);
+}
+
 #[test]
 fn export_import_round_trip() {
     let fs = mem_fs();

@@ -375,7 +375,18 @@ pub(crate) fn save_snapshot(host: &HostState, r: &Replica, overhead: u64) -> Res
             });
         }
     }
-    match r.snapshots.keep_newest(2) {
+    // Counted at or below the recorded snapshot only: a snapshot above it
+    // (committed to the store by a run that crashed before recording it)
+    // must not push the recorded one out (seed 11052946: a restart
+    // replayed from an older snapshot past two such orphans, saved one
+    // below them, and kept the orphans instead; the next start found no
+    // snapshot behind the compacted log).
+    let recorded = host
+        .logdb
+        .snapshot(r.shard_id, r.replica_id)
+        .index
+        .max(info.meta.index);
+    match r.snapshots.keep_newest_upto(2, recorded) {
         Ok(removed) => {
             if let (Some(l), Some(index)) = (&host.listener, removed.iter().max()) {
                 l.snapshot_compacted(crate::events::SnapshotEvent {

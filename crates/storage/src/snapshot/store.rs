@@ -508,9 +508,20 @@ impl SnapshotStore {
     /// inspection, so a damaged newest snapshot never causes the removal of
     /// the valid one before it. Returns the removed indexes, newest first.
     pub fn keep_newest(&self, keep: usize) -> Result<Vec<Index>> {
+        self.keep_newest_upto(keep, Index(u64::MAX))
+    }
+
+    /// [`SnapshotStore::keep_newest`] among the snapshots at or below
+    /// `upto` (the snapshot the log storage records): those above it are
+    /// left alone and do not count. A snapshot above the recorded one is
+    /// one whose recording a crash cut off (never a restart point) or one
+    /// being recorded now; counting it among the kept could remove the
+    /// recorded one, which a restart needs once the log is compacted
+    /// behind it.
+    pub fn keep_newest_upto(&self, keep: usize, upto: Index) -> Result<Vec<Index>> {
         let mut valid = 0usize;
         let mut removed = Vec::new();
-        for index in self.list()? {
+        for index in self.list()?.into_iter().filter(|i| *i <= upto) {
             if valid < keep {
                 if self.shared.check_structure(index).is_ok() {
                     valid += 1;
