@@ -11,6 +11,13 @@ fn must_pass(seed: u64, ops: u64) {
     }
 }
 
+/// [`must_pass`] in master mode (`longship-sim --master`).
+fn must_pass_master(seed: u64, ops: u64) {
+    if let Err(f) = longship_sim::run_master_seed(seed, ops) {
+        panic!("{f}");
+    }
+}
+
 /// A follower received a snapshot into its store but crashed (after an I/O
 /// error stopped it) before log storage recorded it. After the restart the
 /// leader streamed the same snapshot again and the receiver refused it
@@ -150,9 +157,7 @@ fn seed_8156408_an_ordinary_crash_during_repair_guards_nobody() {
 /// the master or the simulator may make this seed another run.)
 #[test]
 fn master_seed_5087_a_restarted_replica_falls_back_to_an_older_membership() {
-    if let Err(f) = longship_sim::run_master_seed(5087, 3000) {
-        panic!("{f}");
-    }
+    must_pass_master(5087, 3000);
 }
 
 /// Master mode, the liveness side of the same engine issue: the leader of
@@ -162,9 +167,7 @@ fn master_seed_5087_a_restarted_replica_falls_back_to_an_older_membership() {
 /// with `master_seed_5087_...`.
 #[test]
 fn master_seed_4150_voters_restarted_into_an_older_membership_elect_no_leader() {
-    if let Err(f) = longship_sim::run_master_seed(4150, 3000) {
-        panic!("{f}");
-    }
+    must_pass_master(4150, 3000);
 }
 
 /// Master mode: a replica joined on host 3 was promoted to voter before
@@ -176,9 +179,7 @@ fn master_seed_4150_voters_restarted_into_an_older_membership_elect_no_leader() 
 /// durably before it runs. (Seed 11321 was the same.)
 #[test]
 fn master_seed_11690_a_joined_voter_with_nothing_stored_survives_its_hosts_restart() {
-    if let Err(f) = longship_sim::run_master_seed(11690, 3000) {
-        panic!("{f}");
-    }
+    must_pass_master(11690, 3000);
 }
 
 /// Master mode: a move aborted (its new replica's host died) while the
@@ -189,9 +190,7 @@ fn master_seed_11690_a_joined_voter_with_nothing_stored_survives_its_hosts_resta
 /// membership it saw, so at most one of them can.
 #[test]
 fn master_seed_10664_an_aborted_change_still_in_flight_cannot_take_effect_after_the_next() {
-    if let Err(f) = longship_sim::run_master_seed(10664, 3000) {
-        panic!("{f}");
-    }
+    must_pass_master(10664, 3000);
 }
 
 /// An injected write error failed host 4's log storage; a replica then
@@ -210,9 +209,7 @@ fn seed_11000229_a_join_on_a_host_whose_log_storage_failed_restarts_the_host() {
 /// for ever while no shard could finish its move.
 #[test]
 fn master_seed_13706_a_host_whose_log_storage_failed_is_restarted() {
-    if let Err(f) = longship_sim::run_master_seed(13706, 3000) {
-        panic!("{f}");
-    }
+    must_pass_master(13706, 3000);
 }
 
 /// Host 2 crashed after a received snapshot (157) and its own (158) were
