@@ -225,3 +225,17 @@ fn master_seed_13706_a_host_whose_log_storage_failed_is_restarted() {
 fn seed_11052946_snapshots_above_the_recorded_one_never_push_it_out() {
     must_pass(11052946, 3000);
 }
+
+/// Two replicas of one shard under recovery guards at once, the third
+/// behind both: no leader could ever be elected. Two causes, both fixed.
+/// The simulator damaged a second replica's log while the shard's first
+/// guarded replica was down (its guard is durable, but a down host was not
+/// asked), against its own one-guard-at-a-time rule; and the log storage
+/// guarded a replica whose damaged batch held only its hard state (a term
+/// and vote, restored from the batch header; its log was untouched), with
+/// a restart term above its log's last term that no candidate could meet.
+/// Found by the 100,000-seed run of 2026-12-05 at seed 12048564.
+#[test]
+fn seed_12048564_a_lost_hard_state_alone_guards_nobody() {
+    must_pass(12048564, 3000);
+}

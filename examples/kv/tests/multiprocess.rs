@@ -615,6 +615,13 @@ fn bit_flip_in_the_last_record_of_a_stopped_node_is_reported_and_guarded() {
     assert_eq!(seen.damage.len(), 1, "{:?}", seen.damage);
     assert!(!seen.damage[0].torn, "{}", seen.damage[0]);
     assert!(!seen.damage[0].replicas.is_empty(), "{}", seen.damage[0]);
+    // A replica is guarded when the damaged batch held its entries; a
+    // batch that only set hard states (a commit index, a vote) is restored
+    // from its header and guards nobody.
+    let guards_expected = seen.damage[0]
+        .replicas
+        .iter()
+        .any(|r| r.entries_may_be_lost());
 
     nodes[1].start();
     wait_ready(&addrs[1]);
@@ -623,7 +630,7 @@ fn bit_flip_in_the_last_record_of_a_stopped_node_is_reported_and_guarded() {
     let log = std::fs::read_to_string(&nodes[1].log).unwrap();
     assert!(
         log.contains("log storage damage found at open")
-            && log.contains("replica starts under a recovery guard"),
+            && (!guards_expected || log.contains("replica starts under a recovery guard")),
         "node 2 did not report the damage: {log}"
     );
     check_final_history(&addrs, &history, start);

@@ -36,8 +36,10 @@ pub(super) struct HostSlot {
     pub(super) restart_at: Option<u64>,
     /// When a host whose replicas failed (I/O errors) is restarted.
     pub(super) sick_since: Option<u64>,
-    /// Its disk's newest durable bytes were damaged at its last crash and
-    /// it has not started since (its replicas will start guarded).
+    /// Down, and its replicas will start guarded: its disk's newest
+    /// durable bytes were damaged at its last crash, or a replica ran
+    /// under a recovery guard when it crashed (guards are durable). Reset
+    /// when it starts; a running host's guards are asked of its NodeHost.
     pub(super) damaged: bool,
     /// Not part of the cluster now: a host that has not joined yet, or
     /// one that died for good (master mode). It is never restarted.
@@ -265,6 +267,16 @@ impl Sim {
             && !self.any_replica_guarded()
             && self.full_copies_survive(h);
         let slot = &mut self.hosts[h];
+        // A guard outlives the crash: remember it while the host is down
+        // (seed 12048564 damaged a second replica of a shard whose first
+        // guarded replica was down, and no leader could be elected).
+        let guarded = slot.nh.as_ref().is_some_and(|nh| {
+            nh.get_node_host_info()
+                .shards
+                .iter()
+                .any(|s| s.recovery_guard.is_some())
+        });
+        slot.damaged |= guarded;
         slot.fs.crash_after_op(Some(slot.fs.op_count()));
         let was_running = slot.nh.take().is_some();
         slot.reporter = None;

@@ -35,10 +35,10 @@ use longship_raft::{HardState, Index, RecoveryGuard};
 
 use super::commit::repair_batch;
 use super::format::{
-    BatchHeader, FLAG_LAST, KIND_BATCH_HEADER, RECORD_HEADER_BYTES, Record, RecordError,
-    SEGMENT_HEADER_BYTES, Summary, batch_header_at, check_record, check_segment_header,
-    decode_record, parse_segment_file_name, seal_batch, segment_seed, valid_record_after,
-    valid_records_after,
+    BatchHeader, FLAG_LAST, KIND_BATCH_HEADER, KIND_UPDATE, RECORD_HEADER_BYTES, Record,
+    RecordError, SEGMENT_HEADER_BYTES, Summary, batch_header_at, check_record,
+    check_segment_header, decode_record, parse_segment_file_name, seal_batch, segment_seed,
+    valid_record_after, valid_records_after,
 };
 use super::index::{IndexState, Loc, Segment, UpdateArgs};
 use crate::error::{Error, Result};
@@ -424,6 +424,14 @@ struct Loss {
     range: Option<(Index, Index)>,
     /// The last hard state the batch set.
     hard_state: Option<HardState>,
+    /// Whether the batch may have changed what the replica acknowledged
+    /// (entries, a snapshot installed) or its guard (a guard set, a
+    /// removal, a relocation): only then is a guard needed. A batch that
+    /// set only its hard state (a vote, a term, a commit index) left its
+    /// log as it was, and restoring the hard state from the header is
+    /// the whole repair; guarding it anyway stopped a shard whose other
+    /// voter was guarded (simulator seed 12048564).
+    needs_guard: bool,
 }
 
 impl Loss {
@@ -453,21 +461,34 @@ fn plan_repair(idx: &IndexState, tail: &TailDamage, path: &Path) -> (Vec<Op>, Da
                     continue;
                 }
                 let loss = losses.entry(key).or_default();
-                if let Summary::Update {
-                    snapshot,
-                    hard_state,
-                    entries,
-                    ..
-                } = item
-                {
-                    if let Some((i, _)) = snapshot {
-                        loss.cover(*i, *i);
+                match item {
+                    Summary::Update {
+                        kind,
+                        snapshot,
+                        hard_state,
+                        entries,
+                        ..
+                    } => {
+                        if let Some((i, _)) = snapshot {
+                            loss.cover(*i, *i);
+                            loss.needs_guard = true;
+                        }
+                        if let Some((f, l)) = entries {
+                            loss.cover(*f, *l);
+                            loss.needs_guard = true;
+                        }
+                        if let Some(hs) = hard_state {
+                            loss.hard_state = Some(*hs);
+                        }
+                        if *kind != KIND_UPDATE {
+                            loss.needs_guard = true;
+                        }
                     }
-                    if let Some((f, l)) = entries {
-                        loss.cover(*f, *l);
-                    }
-                    if let Some(hs) = hard_state {
-                        loss.hard_state = Some(*hs);
+                    // A lost local snapshot record or compaction leaves the
+                    // log (and what was acknowledged) whole.
+                    Summary::SaveSnapshot { .. } | Summary::Compact { .. } => {}
+                    Summary::Remove { .. } | Summary::SetGuard { .. } | Summary::Discard { .. } => {
+                        loss.needs_guard = true;
                     }
                 }
             }
@@ -490,7 +511,7 @@ fn plan_repair(idx: &IndexState, tail: &TailDamage, path: &Path) -> (Vec<Op>, Da
                     }
                 }
                 let acked = loss.range.map_or(last, |(_, hi)| hi.max(last));
-                if !tail.torn {
+                if !tail.torn && loss.needs_guard {
                     guards.push(Op::SetGuard {
                         key,
                         guard: RecoveryGuard {
