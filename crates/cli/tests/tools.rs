@@ -223,4 +223,33 @@ fn inspect_and_import_snapshot_say_what_they_found_and_did() {
     }
     let (_, help) = longship_code(&["inspect", "--help"]);
     assert!(help.contains("3 damage at"), "{help}");
+
+    // The library's logs reach stderr, filtered by RUST_LOG; with
+    // `--log-format json`, one JSON object a line (for log shippers).
+    for (format, json) in [("text", false), ("json", true)] {
+        let out = Command::new(env!("CARGO_BIN_EXE_longship"))
+            .args(["--log-format", format, "inspect", &nh_dir_s])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("damaged tail of the log"))
+            .unwrap_or_else(|| panic!("{format}: no warning logged: {stderr}"));
+        if json {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not one JSON object a line ({e}): {line}"));
+            assert_eq!(v["level"], "WARN", "{line}");
+        } else {
+            assert!(line.contains("WARN"), "{line}");
+        }
+    }
+    let quiet = Command::new(env!("CARGO_BIN_EXE_longship"))
+        .args(["inspect", &nh_dir_s])
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&quiet.stderr);
+    assert!(!stderr.contains("damaged tail"), "RUST_LOG=error: {stderr}");
 }

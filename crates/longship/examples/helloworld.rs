@@ -67,6 +67,11 @@ struct Args {
         default_value = "localhost:63001,localhost:63002,localhost:63003"
     )]
     peers: Vec<String>,
+    /// Log format on stderr: `text` (human-readable lines) or `json` (one
+    /// JSON object a line, for log shippers). `RUST_LOG` filters; default
+    /// `warn`.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 // ------------------------------------------------------------ state machine
@@ -270,10 +275,14 @@ fn main() {
     // The library's warnings and errors on stderr (RUST_LOG filters them).
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if args.log_format == "json" {
+        logs.json().try_init()
+    } else {
+        logs.try_init()
+    };
     if let Err(e) = run(args) {
         eprintln!("helloworld: {e}");
         std::process::exit(1);
