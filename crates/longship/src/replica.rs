@@ -359,31 +359,3 @@ impl Replica {
 
 /// Shared handle.
 pub(crate) type ReplicaRef = Arc<Replica>;
-
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn sizes() {
-        use std::mem::size_of;
-        eprintln!("Replica {}", size_of::<super::Replica>());
-        eprintln!("Config {}", size_of::<crate::config::Config>());
-        eprintln!("CoreState {}", size_of::<super::CoreState>());
-        eprintln!(
-            "Raft {}",
-            size_of::<longship_raft::Raft<longship_storage::logdb::ReplicaLog>>()
-        );
-        eprintln!(
-            "ReplicaLog {}",
-            size_of::<longship_storage::logdb::ReplicaLog>()
-        );
-        eprintln!("Inbox {}", size_of::<super::Inbox>());
-        eprintln!("Pending {}", size_of::<super::Pending>());
-        eprintln!("Rsm {}", size_of::<crate::rsm::Rsm>());
-        eprintln!(
-            "SnapshotStore {}",
-            size_of::<longship_storage::snapshot::SnapshotStore>()
-        );
-        eprintln!("Membership {}", size_of::<longship_raft::Membership>());
-        eprintln!("StopFlag {}", size_of::<crate::sm::StopFlag>());
-    }
-}
