@@ -20,11 +20,17 @@ fn round_trip(fs: Arc<dyn FileSystem>, root: &Path) {
     let store = open_store(&fs, root);
     assert_eq!(store.dir(), root.join(replica_dir_name(SHARD, REPLICA)));
     assert!(store.list().unwrap().is_empty());
+    // Opening creates nothing (a host with many replicas that never
+    // snapshot makes no directory per replica); the first snapshot does,
+    // and a reopened store that never wrote lists nothing.
+    assert!(!fs.exists(store.dir()), "opening created the directory");
+    assert!(open_store(&fs, root).list().unwrap().is_empty());
 
     let data_a = bytes(1, 100_000);
     let data_b = bytes(2, 1_000_003);
     let ext = bytes(3, 4_321);
     let a = write_snapshot(&store, 100, &data_a, &[]);
+    assert!(fs.is_dir(store.dir()));
     let b = write_snapshot(&store, 250, &data_b, &[("sst-000001", ext.clone())]);
     let c = write_snapshot(&store, 0x1_0000_0000, &[], &[("empty", Vec::new())]);
 

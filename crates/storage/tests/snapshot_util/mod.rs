@@ -113,8 +113,12 @@ pub fn truncate(fs: &dyn FileSystem, path: &Path, len: u64) {
     fs.open(path).expect("open").set_len(len).expect("set_len");
 }
 
-/// Names (last components) of the entries of `dir`.
+/// Names (last components) of the entries of `dir`; none if it does not
+/// exist (a store's directory is created by its first snapshot).
 pub fn names(fs: &dyn FileSystem, dir: &Path) -> Vec<String> {
+    if !fs.exists(dir) {
+        return Vec::new();
+    }
     fs.list(dir)
         .expect("list")
         .iter()
