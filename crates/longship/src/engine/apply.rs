@@ -111,7 +111,7 @@ impl ApplyWorker {
                     more = true;
                     break;
                 }
-                let Some(task) = r.apply_queue.lock().pop_front() else {
+                let Some(task) = pop_task(&r.apply_queue) else {
                     break;
                 };
                 done += 1;
@@ -376,4 +376,20 @@ pub(crate) fn restart_point(
             SnapshotMeta::default()
         }
     })
+}
+
+/// Takes the next task of a replica's apply queue. A queue found empty
+/// gives back capacity beyond a few slots: a burst (an election's
+/// entries, a catch-up) would otherwise keep its peak allocation for the
+/// replica's life, which for 10,000 mostly idle replicas per host was a
+/// tenth of their memory.
+fn pop_task(
+    queue: &parking_lot::Mutex<std::collections::VecDeque<ApplyTask>>,
+) -> Option<ApplyTask> {
+    let mut q = queue.lock();
+    let task = q.pop_front();
+    if task.is_none() && q.capacity() > 4 {
+        *q = std::collections::VecDeque::new();
+    }
+    task
 }
