@@ -573,7 +573,9 @@ impl Load {
             &hist,
             Budget {
                 steps_max: 200_000_000,
-                time_max: Some(Duration::from_secs(120)),
+                // Generous: a loaded 2-core machine (the test suite runs
+                // in parallel) took 142 s for 28,888 operations once.
+                time_max: Some(Duration::from_secs(400)),
             },
         );
         eprintln!(
