@@ -334,6 +334,48 @@ fn injected_errors_and_torn_writes_fail_the_commit_cleanly() {
     assert!(failures as u64 >= (end - start), "most ops fail the commit");
 }
 
+/// The first snapshot of a store creates its directory (and the root
+/// above it). An error at any operation of that first commit, then a
+/// retry that succeeds, then a crash: the snapshot is still there. A
+/// directory left by the failed attempt exists but need not be durable (its
+/// parent's sync failed); the retry syncs it anyway (simulator seed
+/// 13101315: a compacted log whose only snapshot vanished at a crash).
+#[test]
+fn a_retried_first_commit_survives_a_crash_whatever_failed_first() {
+    let seed = 9;
+    let probe = Disk::mem(seed);
+    let start = probe.fs.op_count();
+    commit(&probe.store(), 10).unwrap();
+    let end = probe.fs.op_count();
+    let mut failed = 0;
+    for k in start + 1..=end {
+        let disk = Disk::mem(seed);
+        let store = disk.store();
+        disk.fs.schedule_fault(k, Fault::Error);
+        if commit(&store, 10).is_err() {
+            failed += 1;
+            // The snapshot may be in place already (a failed final sync).
+            if store.list().unwrap().is_empty() {
+                commit(&store, 10).unwrap();
+            }
+        }
+        // Whatever was left half done is made durable by a later sync of
+        // the same store (the retry above, or this second snapshot).
+        commit(&store, 20).unwrap();
+        drop(store);
+        disk.fs.crash(CrashMode::DropUnsynced).unwrap();
+        let listed: Vec<u64> = disk
+            .store()
+            .list()
+            .unwrap()
+            .iter()
+            .map(|i| i.get())
+            .collect();
+        assert!(listed.contains(&20), "fault at op {k}: {listed:?}");
+    }
+    assert!(failed > 0);
+}
+
 #[test]
 fn a_failed_write_poisons_the_sink() {
     let disk = Disk::mem(9);

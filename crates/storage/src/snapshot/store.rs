@@ -55,6 +55,11 @@ pub(crate) struct Shared {
     publish_lock: Mutex<()>,
     /// Makes temporary and deletion directory names unique within this store.
     next_temp_id: AtomicU64,
+    /// How many directories, from `dir`'s parent up, hold an entry this
+    /// store may have to create (see [`Shared::ensure_dir`]).
+    ancestors_to_sync: usize,
+    /// `ensure_dir` succeeded: `dir` and its entries up the tree are durable.
+    dir_durable: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -72,12 +77,39 @@ impl Shared {
     /// shards never snapshot, and a directory and its parent's fsync each
     /// made starting 30,000 replicas take tens of seconds.
     pub(crate) fn new_staging(&self, index: Index) -> Result<Staging> {
-        create_dir_durable(&*self.fs, &self.dir)?;
+        self.ensure_dir()?;
         Staging::create(
             self.fs.clone(),
             &self.dir,
             &temp_dir_name(index, self.next_id()),
         )
+    }
+
+    /// Creates the store's directory if needed and makes it durable: syncs
+    /// each of the `ancestors_to_sync` directories above it, whether or
+    /// not this call created anything. A directory that exists is not
+    /// necessarily durable: an earlier attempt may have created it and
+    /// then failed to sync its parent (an I/O error), and a snapshot
+    /// published into it would vanish with it at a crash while the log
+    /// storage, compacted behind the snapshot, remembers it (simulator seed
+    /// 13101315). Done once per store.
+    fn ensure_dir(&self) -> Result<()> {
+        if self.dir_durable.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.fs
+            .create_dir_all(&self.dir)
+            .map_err(io_err("create directory", &self.dir))?;
+        let mut at = self.dir.parent();
+        for _ in 0..self.ancestors_to_sync {
+            let Some(d) = at.filter(|d| !d.as_os_str().is_empty()) else {
+                break;
+            };
+            self.fs.sync_dir(d).map_err(io_err("fsync directory", d))?;
+            at = d.parent();
+        }
+        self.dir_durable.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Reads and checks the metadata of the snapshot at `index`.
@@ -212,11 +244,15 @@ impl SnapshotStore {
         shard: ShardId,
         replica: ReplicaId,
     ) -> Result<SnapshotStore> {
-        Self::open_dir(
+        // The replica's directory lives in `root`, which may itself be
+        // new (a NodeHost's `snapshots/`): two directories hold entries
+        // this store may create.
+        Self::open_in(
             fs,
             root.join(replica_dir_name(shard, replica)),
             shard,
             replica,
+            2,
         )
     }
 
@@ -229,6 +265,18 @@ impl SnapshotStore {
         dir: PathBuf,
         shard: ShardId,
         replica: ReplicaId,
+    ) -> Result<SnapshotStore> {
+        // E.g. a directory inside a replica's store, inside the snapshot
+        // root: three directories up may need their new entries synced.
+        Self::open_in(fs, dir, shard, replica, 3)
+    }
+
+    fn open_in(
+        fs: Arc<dyn FileSystem>,
+        dir: PathBuf,
+        shard: ShardId,
+        replica: ReplicaId,
+        ancestors_to_sync: usize,
     ) -> Result<SnapshotStore> {
         let mut removed = 0usize;
         let existing = if fs.exists(&dir) {
@@ -262,6 +310,8 @@ impl SnapshotStore {
                 replica,
                 publish_lock: Mutex::new(()),
                 next_temp_id: AtomicU64::new(0),
+                ancestors_to_sync,
+                dir_durable: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -292,6 +342,9 @@ impl SnapshotStore {
                 replica,
                 publish_lock: Mutex::new(()),
                 next_temp_id: AtomicU64::new(0),
+                ancestors_to_sync: 0,
+                // Read-only: never writes.
+                dir_durable: std::sync::atomic::AtomicBool::new(true),
             }),
         })
     }
