@@ -239,3 +239,16 @@ fn seed_11052946_snapshots_above_the_recorded_one_never_push_it_out() {
 fn seed_12048564_a_lost_hard_state_alone_guards_nobody() {
     must_pass(12048564, 3000);
 }
+
+/// The first snapshot of a replica creates its directory (and the
+/// NodeHost's snapshot root). An injected error failed the sync of the
+/// root's parent; the retried snapshot found the root there and did not
+/// sync it again, and a crash took the root with the snapshot that the
+/// log storage, compacted behind it, recorded ("must be rebuilt" at the
+/// next start). Fixed in the snapshot store: the first snapshot syncs the
+/// directories above it whether or not it created them. Found by the
+/// 100,000-seed run of 2026-12-05 at seeds 13101315, 13102293 and 13107400.
+#[test]
+fn seed_13101315_a_directory_left_by_a_failed_attempt_is_synced_again() {
+    must_pass(13101315, 3000);
+}
