@@ -252,3 +252,17 @@ fn seed_12048564_a_lost_hard_state_alone_guards_nobody() {
 fn seed_13101315_a_directory_left_by_a_failed_attempt_is_synced_again() {
     must_pass(13101315, 3000);
 }
+
+/// A replica lost, with its damaged log tail, the very entry that removed
+/// it from its shard; no leader talks to a non-member, so it never learns
+/// of the removal and its recovery guard stays for good (a zombie replica,
+/// harmless: it never campaigns). The simulator's admin held every
+/// membership change of the shard while any of its replicas was guarded,
+/// so its retried Remove waited for ever. The harness now counts only
+/// guarded replicas that the newest known membership still holds. Found by
+/// the 100,000-seed run of 2026-12-05 at seeds 13213884 and 13216712
+/// (product code unchanged).
+#[test]
+fn seed_13213884_a_removed_replica_under_a_guard_does_not_hold_up_the_admin() {
+    must_pass(13213884, 3000);
+}

@@ -262,18 +262,40 @@ impl Sim {
         slot.nh.as_ref()
     }
 
-    /// Whether a replica of shard `si` runs under a recovery guard, or is
-    /// on a host whose log was damaged and has not started since.
+    /// Whether a member of shard `si` runs under a recovery guard, or is on
+    /// a host whose log was damaged (or held a guard) and has not started
+    /// since. A guarded replica that the newest membership any running
+    /// replica knows no longer holds does not count: it lost the very entry
+    /// that removed it, so no leader will ever talk to it again and its
+    /// guard stays for good, which must not stop the shard's membership
+    /// changes for good (seeds 13213884 and 13216712).
     fn shard_recovering(&self, si: usize) -> bool {
         let shard = self.shards[si].id;
-        self.hosts.iter().any(|slot| match &slot.nh {
-            None => slot.damaged && slot.hosted.contains_key(&shard),
-            Some(nh) => nh
-                .get_node_host_info()
-                .shards
-                .iter()
-                .any(|s| s.shard_id == shard && s.recovery_guard.is_some()),
-        })
+        let infos: Vec<longship::ShardInfo> = self
+            .hosts
+            .iter()
+            .filter_map(|slot| slot.nh.as_ref())
+            .flat_map(|nh| nh.get_node_host_info().shards)
+            .filter(|s| s.shard_id == shard)
+            .collect();
+        let newest = infos
+            .iter()
+            .max_by_key(|s| s.membership.config_change_id)
+            .map(|s| &s.membership);
+        let member = |id: ReplicaId| {
+            newest.is_none_or(|m| {
+                m.voters.contains_key(&id)
+                    || m.non_votings.contains_key(&id)
+                    || m.witnesses.contains_key(&id)
+            })
+        };
+        let down = self
+            .hosts
+            .iter()
+            .any(|slot| slot.nh.is_none() && slot.damaged && slot.hosted.contains_key(&shard));
+        down || infos
+            .iter()
+            .any(|s| s.recovery_guard.is_some() && member(s.replica_id))
     }
 
     fn attempt<T>(
