@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod builder;
 mod compression;
 mod config;
 mod engine;
@@ -34,23 +35,22 @@ mod sm;
 mod snapshot_files;
 mod tombstone;
 pub mod tools;
+mod types;
 mod verify;
 mod work;
 
+pub use builder::NodeHostBuilder;
 pub use compression::Compression;
 #[doc(hidden)]
 pub use compression::fuzzing;
 pub use config::{Config, NodeHostConfig};
 pub use error::{Error, Result};
 pub use events::EventListener;
-pub use info::NodeHostInfoOption;
+pub use info::{LogInfo, MembershipInfo, NodeHostInfo, NodeHostInfoOption, ShardInfo};
 pub use latency::LatencyKind;
 pub use longship_raft::{HardState, Index, ReplicaId, Role, ShardId, Status as RaftStatus, Term};
 pub use metrics::{Gauges, Metrics};
-pub use nodehost::{
-    Leader, LogInfo, MembershipInfo, NodeHost, NodeHostBuilder, NodeHostInfo, NodeUser, ShardInfo,
-    SnapshotOption, SnapshotResult, Start,
-};
+pub use nodehost::{NodeHost, NodeUser};
 pub use reporter::{
     HostReport, MAX_REPORT_METADATA_BYTES, MAX_REPORTED_MEMBERS, MAX_REPORTED_REPLICAS,
     MAX_REQUESTS_PER_ROUND, MasterClient, MasterClientError, MasterReporter, MasterRequest,
@@ -63,6 +63,7 @@ pub use sm::{
     SNAPSHOT_FILES_MAX, SNAPSHOT_FILES_METADATA_MAX_BYTES, SmEntry, SmError, SmResult,
     SnapshotFile, SnapshotFiles, StateMachine, StopFlag,
 };
+pub use types::{Leader, SnapshotOption, SnapshotResult, Start};
 
 /// The transports a [`NodeHostBuilder`] takes (from `longship-transport`):
 /// TCP (the default of [`NodeHost::new`]) and an in-memory network for

@@ -1,10 +1,9 @@
 //! [`NodeHost`]: the API. One per server; hosts replicas of many shards
 //! that share one log storage, one transport and the worker pools.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
-use std::path::{Path, PathBuf};
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -12,20 +11,18 @@ use bytes::Bytes;
 use longship_raft::codec::encode_config_change;
 use longship_raft::{
     ConfigChange, ConfigChangeType, Entry, EntryType, HardState, Index, Membership, Raft,
-    ReplicaId, ShardId, Term, bootstrap_entries,
+    ReplicaId, ShardId, bootstrap_entries,
 };
-use longship_storage::logdb::{LogDb, LogUpdate, MemLogDb, ReplicaLog, Wal, WalOptions};
+use longship_storage::logdb::{LogUpdate, ReplicaLog};
 use longship_storage::snapshot::SnapshotStore;
-use longship_storage::vfs::{FileSystem, OsFs};
-use longship_transport::{TcpConfig, TcpTransport, Transport};
 use parking_lot::Mutex;
 
+use crate::builder::{DirLock, NodeHostBuilder};
 use crate::config::{Config, NodeHostConfig};
 use crate::engine::{ApplyWorker, SnapshotWorker, StepWorker, recover_verified};
 use crate::error::{Error, Result};
-use crate::events::EventListener;
 use crate::host::{HostState, SnapshotJob};
-use crate::inbound::Handler;
+use crate::info::{MembershipInfo, NodeHostInfo};
 use crate::metrics::{Gauges, Metrics};
 use crate::replica::{
     ApplyTask, Command, CoreState, Inbox, Pending, PendingConfigChange, PendingProposal,
@@ -35,482 +32,7 @@ use crate::request::{RequestHandle, request};
 use crate::rsm::{Rsm, UserSm};
 use crate::session::Session;
 use crate::sm::{ConcurrentStateMachine, OnDiskStateMachine, SmResult, StateMachine, StopFlag};
-
-/// Options of a requested snapshot ([`NodeHost::request_snapshot`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SnapshotOption {
-    /// Export a snapshot into this directory instead of taking a local one,
-    /// as its child `snapshot-<index as 16 hex digits>` (a copy
-    /// [`tools::import_snapshot`] takes). The directory is created if
-    /// missing (and interrupted exports' temporary directories in it are
-    /// removed). The completed request names the exported directory
-    /// ([`SnapshotResult::export_dir`]).
-    ///
-    /// An export is a backup: it changes nothing on the replica (no local
-    /// snapshot, no log compaction), and it is taken whenever the replica
-    /// has applied anything, idle or not. Exports are named by index only:
-    /// exporting an index that the directory already holds (a second export
-    /// of an idle shard, another shard's snapshot at the same index) fails
-    /// with [`Error::Snapshot`] ("already exists") and leaves the first
-    /// export as it was; use one directory per shard. A witness has no
-    /// state to export ([`Error::Witness`]).
-    ///
-    /// [`tools::import_snapshot`]: crate::tools::import_snapshot
-    pub export_path: Option<PathBuf>,
-    /// Entries to keep in the log behind this snapshot instead of the
-    /// replica's `compaction_overhead`; for this request only (automatic
-    /// snapshots and other requests keep theirs). Refused with
-    /// `export_path` ([`Error::InvalidConfig`]): an export compacts nothing.
-    pub compaction_overhead: Option<u64>,
-}
-
-/// A completed snapshot request ([`NodeHost::request_snapshot`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SnapshotResult {
-    /// Index of the snapshot (the last entry it covers).
-    pub index: Index,
-    /// The exported snapshot's directory (`<export_path>/snapshot-<index as
-    /// 16 hex digits>`) when [`SnapshotOption::export_path`] was set: pass it
-    /// to [`tools::import_snapshot`](crate::tools::import_snapshot) as is.
-    pub export_dir: Option<PathBuf>,
-}
-
-/// The leader of a shard as known by the local replica
-/// ([`NodeHost::get_leader`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Leader {
-    /// The leading replica.
-    pub replica_id: ReplicaId,
-    /// The term it leads in.
-    pub term: Term,
-}
-
-/// How [`NodeHost::start_replica`] starts a replica: bootstrap a new shard,
-/// restart one with data on this host, or join an existing shard.
-///
-/// Which one fits depends on what this NodeHost's log storage holds of the
-/// replica ([`NodeHost::has_node_info`] tells): `New` and `Join` need it to
-/// hold nothing, `Restart` needs it to hold data. A wrong choice changes
-/// nothing and fails with [`Error::ReplicaHasData`] or
-/// [`Error::ReplicaHasNoData`].
-///
-/// Why the check, rather than ignoring the members of a replica that
-/// already has data (as dragonboat does): a replica repaired with
-/// [`tools::import_snapshot`](crate::tools::import_snapshot) owns the
-/// imported membership, and a later `New` with the old members (or a
-/// `Join`) would be silently ignored, hiding a mistake in a repair script.
-/// After an import, every member of the new membership (survivors and new
-/// hosts alike) is started with `Restart`.
-///
-/// A program that starts the same way after every reboot picks the variant
-/// from stored data:
-///
-/// ```no_run
-/// # use longship::{NodeHost, ReplicaId, ShardId, Start};
-/// # use std::collections::BTreeMap;
-/// # fn f(nh: &NodeHost, members: BTreeMap<ReplicaId, String>) {
-/// let start = if nh.has_node_info(ShardId(128), ReplicaId(1)) {
-///     Start::Restart
-/// } else {
-///     Start::New(members)
-/// };
-/// # }
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Start {
-    /// Bootstrap a new shard whose initial voters are these replicas (replica
-    /// id → raft address; this replica among them). Every initial member is
-    /// started with the same map. Witness and non-voting replicas cannot be
-    /// initial members: they are added to a running shard and `Join`.
-    New(BTreeMap<ReplicaId, String>),
-    /// Restart a replica from the data this NodeHost holds of it: after a
-    /// reboot, [`NodeHost::stop_replica`], or an import by
-    /// [`tools::import_snapshot`](crate::tools::import_snapshot).
-    Restart,
-    /// Start a replica that was added to a running shard
-    /// ([`NodeHost::request_add_replica`] and the like) and has never run on
-    /// this host: it learns the membership and the state from the leader.
-    /// The start records the replica in the log storage (durably), so every
-    /// later start of it, even one before it received anything, is a
-    /// `Restart`.
-    Join,
-}
-
-/// A shard's membership, as returned by [`NodeHost::sync_get_shard_membership`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MembershipInfo {
-    /// Index of the config change that produced it; pass it as the
-    /// `config_change_index` of the next membership change (checked when
-    /// [`Config::ordered_config_change`] is set).
-    pub config_change_id: Index,
-    /// Voting replicas and their addresses (the shape [`Start::New`] and
-    /// [`tools::import_snapshot`](crate::tools::import_snapshot) take).
-    pub voters: BTreeMap<ReplicaId, String>,
-    /// Non-voting replicas.
-    pub non_votings: BTreeMap<ReplicaId, String>,
-    /// Witnesses.
-    pub witnesses: BTreeMap<ReplicaId, String>,
-    /// Removed replica ids (never usable again).
-    pub removed: BTreeSet<ReplicaId>,
-}
-
-impl From<&Membership> for MembershipInfo {
-    fn from(m: &Membership) -> Self {
-        MembershipInfo {
-            config_change_id: m.config_change_id,
-            voters: m.voters.clone(),
-            non_votings: m.non_votings.clone(),
-            witnesses: m.witnesses.clone(),
-            removed: m.removed.clone(),
-        }
-    }
-}
-
-/// One replica in [`NodeHostInfo`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ShardInfo {
-    /// The shard.
-    pub shard_id: ShardId,
-    /// The local replica.
-    pub replica_id: ReplicaId,
-    /// The known leader ([`ReplicaId::NONE`] when none is known).
-    pub leader_id: ReplicaId,
-    /// The current term of the local replica.
-    pub term: Term,
-    /// Whether the local replica leads.
-    pub is_leader: bool,
-    /// Applied index.
-    pub applied: Index,
-    /// Index of the newest snapshot.
-    pub snapshot_index: Index,
-    /// Whether the replica stopped after a failure.
-    pub failed: bool,
-    /// Whether the replica is quiesced (its shard idle, no heartbeats).
-    pub quiesced: bool,
-    /// The config-change id of the membership the replica applied (the
-    /// base for an ordered membership change; not linearizable, see
-    /// [`NodeHost::sync_get_shard_membership`]).
-    pub config_change_id: Index,
-    /// The membership the replica applied (dragonboat's `Nodes`, with the
-    /// non-voting replicas, witnesses and removed ids; not linearizable).
-    pub membership: MembershipInfo,
-    /// A membership change is in progress: proposed and not yet applied,
-    /// as this host knows it (the leader's log, or a change requested
-    /// through this host still waiting).
-    pub pending_config_change: bool,
-    /// The replica is still catching up (dragonboat's `Pending`): it has
-    /// applied nothing yet, or fewer entries than it knows are committed
-    /// (a replica just started, joined or restored from a snapshot).
-    pub catching_up: bool,
-    /// The local replica is non-voting.
-    pub is_non_voting: bool,
-    /// The local replica is a witness.
-    pub is_witness: bool,
-    /// The local replica runs under a recovery guard: its storage lost
-    /// data it may have acknowledged, and it neither votes nor campaigns
-    /// until a leader has brought its log past that (docs/recovery.md).
-    pub recovery_guard: Option<longship_raft::RecoveryGuard>,
-}
-
-impl ShardInfo {
-    /// The known leader and its term, as [`NodeHost::get_leader`] reports
-    /// it (`None` while no leader is known).
-    pub fn leader(&self) -> Option<Leader> {
-        (!self.leader_id.is_none()).then_some(Leader {
-            replica_id: self.leader_id,
-            term: self.term,
-        })
-    }
-}
-
-/// What a NodeHost hosts, from [`NodeHost::get_node_host_info`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeHostInfo {
-    /// The host's raft address.
-    pub raft_address: String,
-    /// Running replicas.
-    pub shards: Vec<ShardInfo>,
-    /// Replicas with data in log storage, running or not (empty when
-    /// asked without, see `log_info_included`).
-    pub log_info: Vec<LogInfo>,
-    /// Whether `log_info` was gathered
-    /// ([`NodeHostInfoOption::skip_log_info`](crate::NodeHostInfoOption::skip_log_info)
-    /// unset).
-    pub log_info_included: bool,
-}
-
-/// One replica's log in [`NodeHostInfo::log_info`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LogInfo {
-    /// The shard.
-    pub shard_id: ShardId,
-    /// The replica.
-    pub replica_id: ReplicaId,
-    /// First index the log holds (entries before it were compacted).
-    pub first_index: Index,
-    /// Last index the log holds.
-    pub last_index: Index,
-}
-
-/// Directories held by NodeHosts of this process (a second NodeHost on the
-/// same directory is refused even on file systems without OS locks).
-fn held_dirs() -> &'static Mutex<HashSet<PathBuf>> {
-    static HELD: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
-    HELD.get_or_init(|| Mutex::new(HashSet::new()))
-}
-
-/// Builds a [`NodeHost`] with injected parts (transport, file system, log
-/// storage), and chooses between worker threads and manual stepping.
-pub struct NodeHostBuilder {
-    cfg: NodeHostConfig,
-    transport: Option<Arc<dyn Transport>>,
-    fs: Option<Arc<dyn FileSystem>>,
-    logdb: Option<Arc<dyn LogDb>>,
-    listener: Option<Arc<dyn EventListener>>,
-    manual: bool,
-}
-
-impl NodeHostBuilder {
-    /// The transport to use (default: TCP on `raft_address`).
-    pub fn transport(mut self, t: Arc<dyn Transport>) -> Self {
-        self.transport = Some(t);
-        self
-    }
-
-    /// The file system for log storage, snapshots and the lock (default: the OS).
-    pub fn file_system(mut self, fs: Arc<dyn FileSystem>) -> Self {
-        self.fs = Some(fs);
-        self
-    }
-
-    /// Log storage (default: the write-ahead log in `wal_dir`).
-    pub fn log_db(mut self, db: Arc<dyn LogDb>) -> Self {
-        self.logdb = Some(db);
-        self
-    }
-
-    /// In-memory log storage (tests; nothing survives `close`).
-    pub fn mem_log_db(self) -> Self {
-        self.log_db(Arc::new(MemLogDb::new()))
-    }
-
-    /// An event listener.
-    pub fn event_listener(mut self, l: Arc<dyn EventListener>) -> Self {
-        self.listener = Some(l);
-        self
-    }
-
-    /// No threads: the caller drives the NodeHost with
-    /// [`NodeHost::run_once`] and [`NodeHost::tick`] (the simulator).
-    pub fn manual(mut self) -> Self {
-        self.manual = true;
-        self
-    }
-
-    /// Creates the NodeHost.
-    pub fn build(self) -> Result<NodeHost> {
-        let cfg = self.cfg;
-        cfg.validate()?;
-        let transport: Arc<dyn Transport> = match self.transport {
-            Some(t) => t,
-            None => Arc::new(
-                TcpTransport::new(TcpConfig {
-                    address: cfg.raft_address.clone(),
-                    listen_address: (!cfg.listen_address.is_empty())
-                        .then(|| cfg.listen_address.clone()),
-                    deployment_id: cfg.deployment_id,
-                    connections_per_host: cfg.connections_per_host,
-                    max_frame_bytes: cfg.max_frame_bytes,
-                    tls: cfg.mutual_tls.clone(),
-                    ..TcpConfig::default()
-                })
-                .map_err(|e| Error::TransportSetup(e.to_string()))?,
-            ),
-        };
-        if transport.local_address() != cfg.raft_address {
-            return Err(Error::invalid_config(
-                "raft_address",
-                "differs from the transport's address",
-            ));
-        }
-        let os_fs = self.fs.is_none();
-        let fs: Arc<dyn FileSystem> = self.fs.unwrap_or_else(|| Arc::new(OsFs::new()));
-        fs.create_dir_all(&cfg.node_host_dir)?;
-        let lock = DirLock::acquire(&cfg.node_host_dir, os_fs)?;
-        crate::owner::claim(
-            &*fs,
-            &cfg.node_host_dir,
-            &cfg.raft_address,
-            cfg.deployment_id,
-            cfg.reassign_directory,
-        )?;
-        let logdb: Arc<dyn LogDb> = match self.logdb {
-            Some(db) => db,
-            None => Arc::new(Wal::open(
-                fs.clone(),
-                &cfg.wal_dir(),
-                WalOptions::default(),
-            )?),
-        };
-        // Request keys, read contexts and client ids must not repeat across
-        // restarts, even with a configured seed: mix in the incarnation. Nor
-        // across hosts given the same seed: a proposal is completed by its
-        // key when its entry is applied, so a peer's entry with the same
-        // key would complete an unrelated local proposal with the peer's
-        // result. Mix in the host's address too (unique in a deployment).
-        let incarnation = next_incarnation(&*fs, &cfg.node_host_dir)?;
-        let seed = mix_seed(
-            mix_seed(
-                cfg.seed.unwrap_or_else(os_seed),
-                address_hash(&cfg.raft_address),
-            ),
-            incarnation,
-        );
-        let host = Arc::new(HostState::new(
-            cfg,
-            fs,
-            logdb,
-            transport.clone(),
-            self.listener,
-            seed,
-        ));
-        // What replay discarded or could not trust (the Wal logged it too).
-        for d in host.logdb.damage_found() {
-            tracing::warn!(damage = %d, "log storage damage found at open");
-            if let Some(l) = &host.listener {
-                l.storage_damage_found(&d);
-            }
-        }
-        transport.start(Arc::new(Handler(host.clone())))?;
-        let nh = NodeHost {
-            host,
-            threads: Mutex::new(Vec::new()),
-            dir_lock: Mutex::new(Some(lock)),
-            metrics_server: Mutex::new(None),
-            closed: AtomicBool::new(false),
-        };
-        if !self.manual {
-            nh.spawn_threads();
-        }
-        if !nh.host.cfg.metrics_address.is_empty() {
-            let host = nh.host.clone();
-            let server = crate::metrics_http::MetricsServer::start(
-                &nh.host.cfg.metrics_address,
-                move || prometheus_text_of(&host),
-            )?;
-            *nh.metrics_server.lock() = Some(server);
-        }
-        Ok(nh)
-    }
-}
-
-/// Name of the file counting the starts of a NodeHost directory.
-const INCARNATION_FILE: &str = "INCARNATION";
-
-/// Reads, increments and durably stores the start counter of `dir`
-/// (8 bytes LE + CRC32C; written to a temporary file, fsynced, renamed).
-fn next_incarnation(fs: &dyn FileSystem, dir: &Path) -> Result<u64> {
-    let path = dir.join(INCARNATION_FILE);
-    let mut current = 0u64;
-    if fs.exists(&path) {
-        let f = fs.open_read(&path)?;
-        let mut buf = [0u8; 12];
-        let n = f.read_at(0, &mut buf)?;
-        let crc = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
-        if n != 12 || crc32c::crc32c(&buf[..8]) != crc {
-            return Err(Error::Storage(longship_storage::Error::corruption(
-                &path,
-                0,
-                "bad start counter",
-            )));
-        }
-        current = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
-    }
-    let next = current + 1;
-    let mut buf = next.to_le_bytes().to_vec();
-    buf.extend_from_slice(&crc32c::crc32c(&buf).to_le_bytes());
-    let tmp = dir.join(format!("{INCARNATION_FILE}.tmp"));
-    let f = fs.create(&tmp)?;
-    f.write_at(0, &buf)?;
-    f.sync()?;
-    drop(f);
-    fs.rename(&tmp, &path)?;
-    fs.sync_dir(dir)?;
-    Ok(next)
-}
-
-/// A seed for this start from the configured seed and the incarnation (SplitMix64 finalizer).
-fn mix_seed(seed: u64, incarnation: u64) -> u64 {
-    let mut z = seed ^ incarnation.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// FNV-1a of a raft address (its share of this host's seed).
-fn address_hash(address: &str) -> u64 {
-    address.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
-fn os_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    h.write_u64(std::process::id() as u64);
-    h.finish()
-}
-
-/// The exclusive hold of a NodeHost directory.
-pub(crate) struct DirLock {
-    dir: PathBuf,
-    _file: Option<std::fs::File>,
-}
-
-impl DirLock {
-    pub(crate) fn acquire(dir: &Path, os: bool) -> Result<DirLock> {
-        let canonical = if os {
-            dir.canonicalize()?
-        } else {
-            dir.to_path_buf()
-        };
-        if !held_dirs().lock().insert(canonical.clone()) {
-            return Err(Error::DirLocked(dir.to_path_buf()));
-        }
-        let file = if os {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(dir.join("LOCK"));
-            let f = match f {
-                Ok(f) => f,
-                Err(e) => {
-                    held_dirs().lock().remove(&canonical);
-                    return Err(e.into());
-                }
-            };
-            if f.try_lock().is_err() {
-                held_dirs().lock().remove(&canonical);
-                return Err(Error::DirLocked(dir.to_path_buf()));
-            }
-            Some(f)
-        } else {
-            None
-        };
-        Ok(DirLock {
-            dir: canonical,
-            _file: file,
-        })
-    }
-}
-
-impl Drop for DirLock {
-    fn drop(&mut self) {
-        held_dirs().lock().remove(&self.dir);
-    }
-}
+use crate::types::{Leader, SnapshotOption, SnapshotResult, Start};
 
 /// Hosts replicas of many shards. See the crate documentation.
 ///
@@ -608,14 +130,7 @@ impl NodeHost {
 
     /// A builder for a NodeHost with `cfg`.
     pub fn builder(cfg: NodeHostConfig) -> NodeHostBuilder {
-        NodeHostBuilder {
-            cfg,
-            transport: None,
-            fs: None,
-            logdb: None,
-            listener: None,
-            manual: false,
-        }
+        NodeHostBuilder::new(cfg)
     }
 
     /// The raft address of this host.
@@ -692,6 +207,31 @@ fn gauges_of(host: &HostState) -> Gauges {
 }
 
 impl NodeHost {
+    /// The NodeHost over a built host state, holding its directory; starts
+    /// the worker threads unless `manual`, and the metrics endpoint if
+    /// configured.
+    pub(crate) fn assemble(host: Arc<HostState>, lock: DirLock, manual: bool) -> Result<NodeHost> {
+        let nh = NodeHost {
+            host,
+            threads: Mutex::new(Vec::new()),
+            dir_lock: Mutex::new(Some(lock)),
+            metrics_server: Mutex::new(None),
+            closed: AtomicBool::new(false),
+        };
+        if !manual {
+            nh.spawn_threads();
+        }
+        if !nh.host.cfg.metrics_address.is_empty() {
+            let host = nh.host.clone();
+            let server = crate::metrics_http::MetricsServer::start(
+                &nh.host.cfg.metrics_address,
+                move || prometheus_text_of(&host),
+            )?;
+            *nh.metrics_server.lock() = Some(server);
+        }
+        Ok(nh)
+    }
+
     fn spawn_threads(&self) {
         self.host.step_on_receive.store(true, Ordering::Release);
         let mut threads = self.threads.lock();
@@ -1905,23 +1445,4 @@ fn _assert_send_sync() {
     is::<NodeHost>();
     is::<NodeUser>();
     let _ = ApplyTask::Entries(Vec::new());
-}
-
-#[cfg(test)]
-mod incarnation_tests {
-    use super::*;
-    use longship_storage::vfs::MemFs;
-
-    #[test]
-    fn the_start_counter_grows_and_a_damaged_one_is_refused() {
-        let fs = MemFs::new();
-        let dir = Path::new("/nh");
-        fs.create_dir_all(dir).unwrap();
-        assert_eq!(next_incarnation(&fs, dir).unwrap(), 1);
-        assert_eq!(next_incarnation(&fs, dir).unwrap(), 2);
-        assert_ne!(mix_seed(7, 1), mix_seed(7, 2));
-        let f = fs.open(&dir.join(INCARNATION_FILE)).unwrap();
-        f.write_at(0, &[0xff]).unwrap();
-        assert!(matches!(next_incarnation(&fs, dir), Err(Error::Storage(_))));
-    }
 }

@@ -77,9 +77,9 @@ pub(crate) struct PendingConfigChange {
 pub(crate) struct PendingSnapshot {
     /// Names the request for its job (`SnapshotJob::Requested`).
     pub(crate) key: u64,
-    pub(crate) completer: Completer<crate::nodehost::SnapshotResult>,
+    pub(crate) completer: Completer<crate::types::SnapshotResult>,
     pub(crate) deadline: u64,
-    pub(crate) opt: crate::nodehost::SnapshotOption,
+    pub(crate) opt: crate::types::SnapshotOption,
     /// Applied index when the request was made.
     pub(crate) min: Index,
 }

@@ -25,8 +25,10 @@ use longship_raft::{ConfigChangeType, Index, ReplicaId, Role, ShardId, Term};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
-use crate::nodehost::{MembershipInfo, NodeHost, Start};
+use crate::info::MembershipInfo;
+use crate::nodehost::NodeHost;
 use crate::request::RequestHandle;
+use crate::types::Start;
 
 /// Most replicas one [`HostReport`] lists; a host with more reports the
 /// first ones by shard id and sets [`HostReport::truncated`]. The bound keeps

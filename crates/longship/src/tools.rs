@@ -40,11 +40,11 @@ use longship_storage::logdb::{Damage, LogDb, Wal, WalOptions};
 use longship_storage::snapshot::{META_FILE_NAME, SnapshotInfo, SnapshotStore};
 use longship_storage::vfs::{FileSystem, OsFs};
 
+use crate::builder::DirLock;
 use crate::config::NodeHostConfig;
 use crate::error::{Error, Result};
-use crate::nodehost::DirLock;
 #[allow(unused_imports)] // links in the documentation
-use crate::nodehost::{MembershipInfo, SnapshotResult};
+use crate::info::MembershipInfo;
 
 /// What [`import_snapshot`] installed.
 #[derive(Clone, Debug, PartialEq, Eq)]

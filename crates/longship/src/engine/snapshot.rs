@@ -136,7 +136,7 @@ fn run_requested(host: &HostState, r: &Replica, key: u64) {
             if let Ok(index) = res {
                 answer_covered(r, index, Some(key));
             }
-            res.map(|index| crate::nodehost::SnapshotResult {
+            res.map(|index| crate::types::SnapshotResult {
                 index,
                 export_dir: None,
             })
@@ -184,7 +184,7 @@ fn answer_covered(r: &Replica, index: Index, also: Option<u64>) {
         answered
     };
     for p in answered {
-        p.completer.complete(Ok(crate::nodehost::SnapshotResult {
+        p.completer.complete(Ok(crate::types::SnapshotResult {
             index,
             export_dir: None,
         }));
@@ -285,7 +285,7 @@ pub(crate) fn export_snapshot(
     host: &HostState,
     r: &Replica,
     dir: &std::path::Path,
-) -> Result<crate::nodehost::SnapshotResult, Error> {
+) -> Result<crate::types::SnapshotResult, Error> {
     if r.config.is_witness {
         return Err(Error::Witness(r.shard_id));
     }
@@ -314,7 +314,7 @@ pub(crate) fn export_snapshot(
     let info = write_state(r, guard, sink, SnapshotContent::Full)?;
     host.metrics.latencies.snapshot.record(started.elapsed());
     Metrics::add(&host.metrics.snapshots_exported, 1);
-    Ok(crate::nodehost::SnapshotResult {
+    Ok(crate::types::SnapshotResult {
         index: info.meta.index,
         export_dir: Some(store.snapshot_dir(info.meta.index)),
     })
