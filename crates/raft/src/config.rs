@@ -46,6 +46,16 @@ pub struct RaftConfig {
     pub max_pending_reads: usize,
     /// Seed of the replica's random source (election timeouts).
     pub seed: u64,
+    /// Asynchronous storage writes: [`Raft::get_update`](crate::Raft::get_update)
+    /// may be called again while the writes of earlier updates are still
+    /// in flight, and each write is reported durable with
+    /// [`Raft::persisted`](crate::Raft::persisted), in the order the
+    /// updates were taken. The caller must complete writes in that order
+    /// and send an update's `persisted_messages` only once its write and
+    /// every earlier one are durable. Off (the default), every update is
+    /// persisted and [`advanced`](crate::Raft::advance) before the next is
+    /// taken.
+    pub async_storage_writes: bool,
 }
 
 impl Default for RaftConfig {
@@ -65,6 +75,7 @@ impl Default for RaftConfig {
             max_apply_bytes: 64 << 20,
             max_pending_reads: 4096,
             seed: 0,
+            async_storage_writes: false,
         }
     }
 }

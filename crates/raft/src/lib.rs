@@ -52,7 +52,7 @@ pub use raft::{
     TERM_MAX,
 };
 pub use recovery::RecoveryGuard;
-pub use update::{LeaderInfo, ProposalError, ReadState, Update};
+pub use update::{LeaderInfo, ProposalError, ReadState, Update, WriteToken};
 /// A deterministic multi-replica cluster for tests of the core (and of
 /// code built on it): behind the `testkit` feature, off by default.
 #[cfg(feature = "testkit")]

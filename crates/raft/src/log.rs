@@ -9,12 +9,17 @@ use crate::memlog::limit_size;
 /// Entries and a snapshot received or created but not yet durable.
 ///
 /// Invariant: when `snapshot` is set, `offset == snapshot.index + 1`;
-/// `entries[i].index == offset + i`.
+/// `entries[i].index == offset + i`; `offset <= in_progress <= offset +
+/// entries.len()`.
 #[derive(Debug)]
 struct Unstable {
     snapshot: Option<SnapshotMeta>,
     entries: Vec<Entry>,
     offset: Index,
+    /// The first index not yet handed out to be written: entries below it
+    /// are in a write in flight (asynchronous storage writes), readable
+    /// here until that write is reported durable.
+    in_progress: Index,
 }
 
 impl Unstable {
@@ -54,6 +59,15 @@ impl Unstable {
             self.entries.truncate((after.0 - self.offset.0) as usize);
             self.entries.extend_from_slice(ents);
         }
+        // Replaced entries that were handed out are written again: the new
+        // write, later in order, replaces them in storage too.
+        self.in_progress = self.in_progress.min(after).max(self.offset);
+    }
+
+    /// The entries not yet handed out to be written.
+    fn not_in_progress(&self) -> &[Entry] {
+        let from = (self.in_progress.0 - self.offset.0) as usize;
+        &self.entries[from.min(self.entries.len())..]
     }
 
     fn stable_to(&mut self, i: Index, t: Term) {
@@ -63,6 +77,7 @@ impl Unstable {
         let n = (i.0 - self.offset.0 + 1) as usize;
         self.entries.drain(..n);
         self.offset = i.next();
+        self.in_progress = self.in_progress.max(self.offset);
     }
 }
 
@@ -112,6 +127,7 @@ impl<L: LogReader> RaftLog<L> {
                 snapshot: None,
                 entries: Vec::new(),
                 offset: last.next(),
+                in_progress: last.next(),
             },
             reader,
             committed,
@@ -397,8 +413,22 @@ impl<L: LogReader> RaftLog<L> {
     /// handed out, now or later, and the error is kept in
     /// [`storage_error`](Self::storage_error).
     pub fn take_next_committed(&mut self, max_bytes: u64) -> Vec<Entry> {
+        self.take_next_committed_holding(max_bytes, Index(u64::MAX))
+            .0
+    }
+
+    /// As [`take_next_committed`](Self::take_next_committed), but stops
+    /// before the first config change above `hold_above` (a config change
+    /// is handed out only once the durable commit index covers it, see
+    /// [`Raft::persisted`](crate::Raft::persisted)); returns the index of
+    /// the config change it stopped at, if any.
+    pub fn take_next_committed_holding(
+        &mut self,
+        max_bytes: u64,
+        hold_above: Index,
+    ) -> (Vec<Entry>, Option<Index>) {
         if !self.has_next_committed() {
-            return Vec::new();
+            return (Vec::new(), None);
         }
         let hi = self.committed.min(self.stable_last_index()).next();
         let budget = max_bytes.min(self.max_applying_bytes - self.applying_bytes);
@@ -414,16 +444,25 @@ impl<L: LogReader> RaftLog<L> {
                         self.applying.next()
                     )),
                 });
-                return Vec::new();
+                return (Vec::new(), None);
             }
         };
+        let mut ents = ents;
+        let mut held = None;
+        if let Some(cut) = ents
+            .iter()
+            .position(|e| e.is_config_change() && e.index > hold_above)
+        {
+            held = Some(ents[cut].index);
+            ents.truncate(cut);
+        }
         if let Some(last) = ents.last() {
             self.applying = last.index;
             let bytes: u64 = ents.iter().map(Entry::size_bytes).sum();
             self.applying_bytes += bytes;
             self.applying_batches.push_back((last.index, bytes));
         }
-        ents
+        (ents, held)
     }
 
     /// Committed entries not yet applied (for the config-change-before-campaign check).
@@ -436,9 +475,28 @@ impl<L: LogReader> RaftLog<L> {
             .unwrap_or_default()
     }
 
-    /// Entries not yet durable.
+    /// Entries not yet durable (including those in a write in flight).
     pub fn unstable_entries(&self) -> &[Entry] {
         &self.unstable.entries
+    }
+
+    /// Entries not yet durable and not yet handed out to be written.
+    pub fn unstable_not_in_progress(&self) -> &[Entry] {
+        self.unstable.not_in_progress()
+    }
+
+    /// Marks every unstable entry handed out to be written.
+    pub fn mark_in_progress(&mut self) {
+        self.unstable.in_progress = self
+            .unstable
+            .offset
+            .plus(self.unstable.entries.len() as u64);
+    }
+
+    /// The last unstable entry's index and term, if any: once a write
+    /// taken after it was handed out is durable, so is every entry up to it.
+    pub fn unstable_last(&self) -> Option<(Index, Term)> {
+        self.unstable.entries.last().map(|e| (e.index, e.term))
     }
 
     /// A snapshot received but not yet durable.
@@ -477,6 +535,7 @@ impl<L: LogReader> RaftLog<L> {
         self.committed = snap.index;
         self.applying = snap.index;
         self.unstable.offset = snap.index.next();
+        self.unstable.in_progress = snap.index.next();
         self.unstable.entries.clear();
         self.unstable.snapshot = Some(snap);
     }

@@ -75,6 +75,10 @@ pub struct ClusterOptions {
     pub max_uncommitted_bytes: u64,
     /// Seed for election timeouts.
     pub seed: u64,
+    /// Asynchronous storage writes on every node
+    /// ([`RaftConfig::async_storage_writes`]): the caller may take several
+    /// updates with [`Cluster::process_begin`] before finishing them, in order.
+    pub async_storage_writes: bool,
 }
 
 impl Default for ClusterOptions {
@@ -89,6 +93,7 @@ impl Default for ClusterOptions {
             max_inflight_msgs: 256,
             max_uncommitted_bytes: 0,
             seed: 1,
+            async_storage_writes: false,
         }
     }
 }
@@ -157,6 +162,7 @@ impl Cluster {
             max_inflight_msgs: o.max_inflight_msgs,
             max_uncommitted_bytes: o.max_uncommitted_bytes,
             seed: o.seed,
+            async_storage_writes: o.async_storage_writes,
             ..RaftConfig::default()
         }
     }
@@ -661,7 +667,9 @@ pub fn durable_last_index(r: &Raft<MemLog>) -> Index {
 /// persistence while other nodes act (a leader's appends leave before its
 /// own write, thesis §10.2.1; a crash between the halves loses the write).
 /// Between the halves the node must not be stepped or ticked, as in an
-/// engine, whose worker runs the whole cycle for a replica at once.
+/// engine, whose worker runs the whole cycle for a replica at once, unless
+/// the cluster runs asynchronous storage writes: then the node may be
+/// stepped and further updates begun, each finished in the order begun.
 impl Cluster {
     /// First half of node `id`'s update cycle: takes the update and queues
     /// the messages that may leave before persistence. Returns `None` if

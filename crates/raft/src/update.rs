@@ -124,6 +124,31 @@ pub struct Update {
     /// lifted: the storage must forget the guard (durably, with this
     /// update's other state).
     pub recovery_cleared: bool,
+    /// What this update's write makes durable, to give back to
+    /// [`Raft::persisted`](crate::Raft::persisted) once it is.
+    pub write: WriteToken,
+}
+
+/// What one update handed out to be written: given back to
+/// [`Raft::persisted`](crate::Raft::persisted) once the write (and every
+/// earlier one) is durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteToken {
+    /// The replica's term when the update was taken.
+    pub term: Term,
+    /// The last entry not yet durable when the update was taken (in this
+    /// write or an earlier one), if any.
+    pub last: Option<(Index, Term)>,
+    /// The hard state this write persists, if any.
+    pub hard_state: Option<HardState>,
+    /// The index of the snapshot this write installs, if any.
+    pub snapshot: Option<Index>,
+    /// Whether the write must be synced (fsync) before it is reported
+    /// persisted: it holds entries, a snapshot, a new term or vote, a
+    /// lifted recovery guard, or a commit index a config change waits for.
+    /// Otherwise it holds at most a commit index, which is volatile state
+    /// (Raft §5, Figure 2) and may be written without a sync.
+    pub must_sync: bool,
 }
 
 impl Update {

@@ -10,7 +10,8 @@
 //! if it does not hold, whatever the expected text says.
 //!
 //! Commands (ids are replica ids; `*` lists are comma-separated):
-//! - `cluster voters=1,2,3 [prevote] [checkquorum] [lease] [election=N] [heartbeat=N] [max-append=N] [inflight=N] [max-uncommitted=N] [seed=N]`
+//! - `cluster voters=1,2,3 [prevote] [checkquorum] [lease] [async] [election=N] [heartbeat=N] [max-append=N] [inflight=N] [max-uncommitted=N] [seed=N]`
+//!   (`async`: asynchronous storage writes, see `begin` and `persist`)
 //! - `add-node ID` — a new replica with an empty log, joining: it learns the membership from the log it replicates
 //! - `campaign ID`, `tick ID [N]`, `tick-all [N]`, `tick-election ID` (ticks until the node's role changes or,
 //!   not leading, it starts a campaign round; prints the ticks, at most 1000)
@@ -19,6 +20,9 @@
 //! - `propose ID DATA`, `propose-conf ID add|remove|add-non-voting|add-witness TARGET [based-on=N]`
 //! - `read-index ID CTX`, `transfer ID TARGET`
 //! - `process ID` (one update cycle), `process-all`, `stabilize`
+//! - `begin ID` (takes an update and sends what may leave before its write; the write stays in flight),
+//!   `persist ID` (completes the node's oldest write in flight: persists it, sends what waited for it,
+//!   applies, reports it to the core)
 //! - `deliver [from=ID] [to=ID] [type=T] [index=N] [limit=N]`, `drop [...]` (same filters), `dup [...]` (append a
 //!   copy of each matching queued message to the queue: duplicates, and with `deliver` reordering),
 //!   `queue` (print queued messages); `index=N` matches the message's log index (`prev` of an append,
@@ -50,6 +54,9 @@ use longship_raft::{
 
 struct Env {
     cluster: Option<Cluster>,
+    /// Updates begun and not yet persisted, oldest first, per node.
+    writes:
+        std::collections::BTreeMap<ReplicaId, std::collections::VecDeque<longship_raft::Update>>,
 }
 
 fn id(s: &str) -> u64 {
@@ -118,6 +125,7 @@ impl Env {
                     max_uncommitted_bytes: kv(args, "max-uncommitted")
                         .map_or(0, |v| v.parse().unwrap()),
                     seed: kv(args, "seed").map_or(1, |v| v.parse().unwrap()),
+                    async_storage_writes: args.contains(&"async"),
                 };
                 self.cluster = Some(Cluster::new(&voters, opts));
             }
@@ -183,6 +191,21 @@ impl Env {
             }
             "process" => out = self.c().process(ReplicaId(id(args[0]))),
             "process-all" => out = self.c().process_all(),
+            "begin" => {
+                let n = ReplicaId(id(args[0]));
+                if let Some((u, _)) = self.c().process_begin(n, Some(&mut out)) {
+                    self.writes.entry(n).or_default().push_back(u);
+                }
+            }
+            "persist" => {
+                let n = ReplicaId(id(args[0]));
+                let u = self
+                    .writes
+                    .get_mut(&n)
+                    .and_then(|q| q.pop_front())
+                    .unwrap_or_else(|| panic!("node {} has no write in flight", n.0));
+                self.c().process_finish(n, &u, Some(&mut out));
+            }
             "stabilize" => out = self.c().stabilize(),
             "deliver" => out = self.c().deliver_matching(filter(args)),
             "drop" => {
@@ -272,7 +295,11 @@ impl Env {
                 );
                 self.c().raft(l).step(m);
             }
-            "restart" => self.c().restart(ReplicaId(id(args[0]))),
+            "restart" => {
+                let n = ReplicaId(id(args[0]));
+                self.writes.remove(&n);
+                self.c().restart(n);
+            }
             "status" => {
                 let which: Vec<u64> = match args.first() {
                     Some(x) => vec![id(x)],
@@ -510,7 +537,10 @@ fn conf(args: &[&str]) -> ConfigChange {
 /// Runs one file; returns the file's text with actual outputs.
 fn run_file(path: &Path) -> (String, String) {
     let text = std::fs::read_to_string(path).unwrap();
-    let mut env = Env { cluster: None };
+    let mut env = Env {
+        cluster: None,
+        writes: Default::default(),
+    };
     let mut rewritten = String::new();
     let blocks: Vec<&str> = text
         .split("\n\n")

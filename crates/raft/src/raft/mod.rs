@@ -27,7 +27,7 @@ use crate::progress::Progress;
 use crate::read_only::ReadOnly;
 use crate::recovery::RecoveryGuard;
 use crate::rng::Rng;
-use crate::update::{LeaderInfo, ProposalError, ReadState, Update};
+use crate::update::{LeaderInfo, ProposalError, ReadState, Update, WriteToken};
 
 /// The role a replica plays in its current term.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,10 +103,26 @@ pub struct Raft<L: LogReader> {
     rng: Rng,
     /// The hard state last handed out for persisting.
     prev_hard_state: HardState,
+    /// The hard state known durable: term and vote of the newest write
+    /// reported persisted; its commit index only from a write that had to
+    /// be synced ([`WriteToken::must_sync`]). Messages of a term leave
+    /// only once it is durable.
+    durable_hs: HardState,
     /// The leader/term last reported in an update.
     prev_leader: LeaderInfo,
-    /// An update was taken and not yet advanced.
-    update_in_progress: bool,
+    /// Updates taken whose writes are not yet reported durable (at most one
+    /// unless `async_storage_writes`).
+    writes_in_flight: u64,
+    /// An update that installs a snapshot was taken and is not yet durable:
+    /// no further update is handed out until it is (a barrier).
+    snapshot_in_flight: bool,
+    /// Asynchronous writes: the committed config change that committed
+    /// entries stopped before, because the durable commit index does not
+    /// cover it yet.
+    held_config_change: Option<Index>,
+    /// The highest commit index handed out in a write that must be synced
+    /// (durable once that write is reported persisted).
+    synced_commit_handed_out: Index,
     /// Messages dropped because no correct peer could have sent them.
     invalid_messages: u64,
     /// Of `invalid_messages`, those dropped because the sender is not a member.
@@ -173,11 +189,15 @@ impl<L: LogReader> Raft<L> {
             ready_reads: Vec::new(),
             dropped_reads: Vec::new(),
             prev_hard_state: hard_state,
+            durable_hs: hard_state,
             prev_leader: LeaderInfo {
                 leader_id: ReplicaId::NONE,
                 term: hard_state.term,
             },
-            update_in_progress: false,
+            writes_in_flight: 0,
+            snapshot_in_flight: false,
+            held_config_change: None,
+            synced_commit_handed_out: hard_state.commit,
             invalid_messages: 0,
             non_member_messages: 0,
             last_invalid: None,
@@ -516,14 +536,16 @@ impl<L: LogReader> Raft<L> {
     }
 
     /// Queues a message. Acknowledgements of entries and votes wait for
-    /// persistence; everything else leaves at once if our term is durable.
+    /// persistence; everything else leaves at once if our term and vote
+    /// are durable (with asynchronous writes: reported persisted, not
+    /// merely handed out).
     fn send(&mut self, m: Message) {
         debug_assert_ne!(m.to, self.id, "message to self: {m:?}");
         let waits = matches!(
             m.msg_type,
             MessageType::ReplicateResp | MessageType::RequestVoteResp
-        ) || self.term != self.prev_hard_state.term
-            || self.vote != self.prev_hard_state.vote;
+        ) || self.term != self.durable_hs.term
+            || self.vote != self.durable_hs.vote;
         if waits {
             self.msgs_after_persist.push(m);
         } else {
@@ -593,12 +615,15 @@ impl<L: LogReader> Raft<L> {
 
     /// Whether [`get_update`](Self::get_update) has anything to return.
     pub fn has_update(&self) -> bool {
+        if self.snapshot_in_flight {
+            return false;
+        }
         !self.msgs.is_empty()
             || !self.msgs_after_persist.is_empty()
-            || !self.log.unstable_entries().is_empty()
+            || !self.log.unstable_not_in_progress().is_empty()
             || self.log.unstable_snapshot().is_some()
             || self.hard_state() != self.prev_hard_state
-            || self.log.has_next_committed()
+            || (self.log.has_next_committed() && !self.config_change_held())
             || !self.ready_reads.is_empty()
             || !self.dropped_reads.is_empty()
             || !self.dropped_proposals.is_empty()
@@ -613,14 +638,31 @@ impl<L: LogReader> Raft<L> {
         }
     }
 
-    /// Takes what must be done now. Must be followed by
-    /// [`advance`](Self::advance) before the next call.
+    /// Whether committed entries wait for a config change's commit index to
+    /// be durable (asynchronous writes).
+    fn config_change_held(&self) -> bool {
+        self.held_config_change
+            .is_some_and(|c| c > self.log.applying() && c > self.durable_hs.commit)
+    }
+
+    /// Takes what must be done now. Without `async_storage_writes`, must
+    /// be followed by [`advance`](Self::advance) before the next call;
+    /// with it, may be called again before earlier updates are durable,
+    /// each update's write being reported with [`persisted`](Self::persisted)
+    /// in order (see [`RaftConfig::async_storage_writes`]).
     pub fn get_update(&mut self) -> Update {
-        assert!(
-            !self.update_in_progress,
-            "get_update called twice without advance"
-        );
-        self.update_in_progress = true;
+        if self.cfg.async_storage_writes {
+            assert!(
+                !self.snapshot_in_flight,
+                "get_update while a snapshot write is in flight"
+            );
+        } else {
+            assert!(
+                self.writes_in_flight == 0,
+                "get_update called twice without advance"
+            );
+        }
+        self.writes_in_flight += 1;
         // Lifted in the same update as the entries that satisfied it: the
         // storage forgets the guard no earlier than it holds them.
         let recovery_cleared = self.recovery_guard_satisfied();
@@ -628,7 +670,18 @@ impl<L: LogReader> Raft<L> {
             self.recovery_guard = None;
         }
         let hs = self.hard_state();
-        let committed_entries = self.log.take_next_committed(self.cfg.max_apply_bytes);
+        // With writes in flight, a config change is handed out only once
+        // the durable commit index covers it: applied, it changes the
+        // membership, and a replica restarted with an older commit index
+        // would see it uncommitted and campaign in the membership before
+        // it (the engine's synchronous cycle makes the same rule by
+        // persisting the commit index with the update that hands it out).
+        let (committed_entries, held) = if self.cfg.async_storage_writes {
+            self.log
+                .take_next_committed_holding(self.cfg.max_apply_bytes, self.durable_hs.commit)
+        } else {
+            (self.log.take_next_committed(self.cfg.max_apply_bytes), None)
+        };
         if self.role == Role::Leader {
             let freed: u64 = committed_entries.iter().map(Entry::payload_bytes).sum();
             self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(freed);
@@ -636,13 +689,40 @@ impl<L: LogReader> Raft<L> {
         let leader = self.current_leader_info();
         let leader_change = (leader != self.prev_leader).then_some(leader);
         self.prev_leader = leader;
-        let hard_state = (hs != self.prev_hard_state).then_some(hs);
+        // A held config change needs a synced write of a commit index
+        // covering it; one handed out before (and not yet durable) will do.
+        // A commit index handed out in a write that needed no sync does
+        // not: the caller may not have synced it.
+        let sync_commit = held.is_some_and(|c| self.synced_commit_handed_out < c);
+        self.held_config_change = held;
+        let hard_state = (hs != self.prev_hard_state || sync_commit).then_some(hs);
+        self.prev_hard_state = hs;
+        let entries = self.log.unstable_not_in_progress().to_vec();
+        self.log.mark_in_progress();
+        let snapshot = self.log.unstable_snapshot().cloned();
+        self.snapshot_in_flight = snapshot.is_some();
+        let must_sync = !entries.is_empty()
+            || snapshot.is_some()
+            || recovery_cleared
+            || sync_commit
+            || hard_state
+                .is_some_and(|h| h.term != self.durable_hs.term || h.vote != self.durable_hs.vote);
+        if must_sync && let Some(h) = hard_state {
+            self.synced_commit_handed_out = self.synced_commit_handed_out.max(h.commit);
+        }
+        let write = WriteToken {
+            term: self.term,
+            last: self.log.unstable_last(),
+            hard_state,
+            snapshot: snapshot.as_ref().map(|s| s.index),
+            must_sync,
+        };
         Update {
             shard_id: self.shard_id,
             replica_id: self.id,
-            entries: self.log.unstable_entries().to_vec(),
+            entries,
             hard_state,
-            snapshot: self.log.unstable_snapshot().cloned(),
+            snapshot,
             committed_entries,
             messages: std::mem::take(&mut self.msgs),
             persisted_messages: std::mem::take(&mut self.msgs_after_persist),
@@ -652,23 +732,46 @@ impl<L: LogReader> Raft<L> {
             dropped_leader: self.dropped_leader.take(),
             leader_change,
             recovery_cleared,
+            write,
         }
     }
 
     /// Tells the core that everything `update` asked to persist is durable.
     /// (Applying committed entries is reported separately with
-    /// [`applied_to`](Self::applied_to).)
+    /// [`applied_to`](Self::applied_to).) The same as
+    /// [`persisted`](Self::persisted) with the update's write token.
     pub fn advance(&mut self, update: &Update) {
-        assert!(self.update_in_progress, "advance without get_update");
-        self.update_in_progress = false;
-        if let Some(hs) = update.hard_state {
-            self.prev_hard_state = hs;
+        self.persisted(&update.write);
+    }
+
+    /// Tells the core that the write of the update that handed out `write`
+    /// is durable, and with it every earlier one (writes complete in the
+    /// order their updates were taken).
+    ///
+    /// Entries are marked durable only if the term has not changed since
+    /// the write was handed out: otherwise the entries it held may have
+    /// been replaced since, and the same index and term appended again by
+    /// a later leader, by a write that is not durable yet (etcd's ABA
+    /// case). Every write handed out while entries are unstable names the
+    /// newest one, so a later write of the current term marks them.
+    pub fn persisted(&mut self, write: &WriteToken) {
+        assert!(self.writes_in_flight > 0, "persisted without get_update");
+        self.writes_in_flight -= 1;
+        if let Some(hs) = write.hard_state {
+            self.durable_hs.term = hs.term;
+            self.durable_hs.vote = hs.vote;
+            if write.must_sync || !self.cfg.async_storage_writes {
+                self.durable_hs.commit = self.durable_hs.commit.max(hs.commit);
+            }
         }
-        if let Some(snap) = &update.snapshot {
-            self.log.stable_snap_to(snap.index);
+        if let Some(i) = write.snapshot {
+            self.log.stable_snap_to(i);
+            self.snapshot_in_flight = false;
         }
-        if let Some(last) = update.entries.last() {
-            self.log.stable_to(last.index, last.term);
+        if let Some((i, t)) = write.last
+            && write.term == self.term
+        {
+            self.log.stable_to(i, t);
         }
         if self.role == Role::Leader {
             // The leader counts its own log only once durable (DESIGN §2).
@@ -680,6 +783,11 @@ impl<L: LogReader> Raft<L> {
                 self.broadcast_append();
             }
         }
+    }
+
+    /// Updates taken whose writes are not yet reported durable.
+    pub fn writes_in_flight(&self) -> u64 {
+        self.writes_in_flight
     }
 
     /// Records that the state machine applied every entry up to `index`

@@ -58,13 +58,18 @@ impl Sim {
             self.note(|| "step: process (nothing)".to_string());
             return;
         };
-        if self.pending.contains_key(&id) {
+        let another =
+            self.async_writes && self.c.nodes[&id].raft.has_update() && self.rng.chance(0.5);
+        if self.pending.contains_key(&id) && !another {
             self.note(|| format!("step: finish delayed persistence of {}", id.0));
             self.finish(id);
             return;
         }
         let roll = self.rng.below(20);
-        let (delay, crash) = (roll < 5, roll == 5);
+        // Asynchronous writes stay in flight more often, so that updates
+        // overlap.
+        let delay = roll < 5 || (self.async_writes && (6..12).contains(&roll));
+        let crash = roll == 5;
         self.note(|| format!("step: process {} delay={delay} crash={crash}", id.0));
         if !self.begin(id) {
             return;
@@ -81,8 +86,9 @@ impl Sim {
     /// Runs every live node's update cycle, delaying some persistence.
     fn act_process_all(&mut self) {
         self.note(|| "step: process all".to_string());
+        let finish_chance = if self.async_writes { 0.5 } else { 0.8 };
         for id in self.pending.keys().copied().collect::<Vec<_>>() {
-            if self.rng.chance(0.8) {
+            if self.rng.chance(finish_chance) {
                 self.finish(id);
             }
         }
@@ -90,13 +96,15 @@ impl Sim {
             if !self.begin(id) {
                 continue;
             }
-            match self.rng.below(100) {
-                0..10 => {}
-                10..12 => {
-                    self.note(|| format!("  crash of {} during its write", id.0));
-                    self.restart(id);
-                }
-                _ => self.finish(id),
+            let keep = if self.async_writes { 30 } else { 10 };
+            let x = self.rng.below(100);
+            if x < keep {
+                // The write stays in flight.
+            } else if x < keep + 2 {
+                self.note(|| format!("  crash of {} during its write", id.0));
+                self.restart(id);
+            } else {
+                self.finish(id);
             }
         }
     }
@@ -106,7 +114,7 @@ impl Sim {
         self.note(|| "step: deliver all".to_string());
         let msgs: Vec<Message> = self.c.queue.drain(..).collect();
         for m in msgs {
-            if self.pending.contains_key(&m.to) {
+            if self.blocked(m.to) {
                 self.c.queue.push_back(m);
             } else if self.rng.chance(0.05) {
                 self.note(|| format!("  lost {}", format_message(&m)));
@@ -125,7 +133,7 @@ impl Sim {
             .queue
             .iter()
             .enumerate()
-            .filter(|(_, m)| !self.pending.contains_key(&m.to))
+            .filter(|(_, m)| !self.blocked(m.to))
             .map(|(i, _)| i)
             .collect()
     }

@@ -30,6 +30,9 @@ const MEMBERS_MAX: usize = 7;
 struct Params {
     replicas: u64,
     options: ClusterOptions,
+    /// Asynchronous storage writes: a node takes further updates while
+    /// earlier writes are in flight, and is stepped meanwhile.
+    async_writes: bool,
 }
 
 impl Params {
@@ -55,8 +58,20 @@ impl Params {
             },
             max_uncommitted_bytes: if rng.chance(0.2) { 256 } else { 0 },
             seed,
+            async_storage_writes: false,
         };
-        Params { replicas, options }
+        // Drawn apart from the options' stream, so that the seeds of
+        // synchronous runs keep their histories.
+        let async_writes = Rng::new(seed ^ 0xA5_1C_0A_0B).chance(0.5);
+        let options = ClusterOptions {
+            async_storage_writes: async_writes,
+            ..options
+        };
+        Params {
+            replicas,
+            options,
+            async_writes,
+        }
     }
 }
 
@@ -75,6 +90,10 @@ pub(crate) struct Stats {
     /// Messages dropped because the receiver did not know the sender as a
     /// member (yet), counted on the cores alive at the end.
     pub(crate) non_member_drops: u64,
+    /// Seeds run with asynchronous storage writes.
+    pub(crate) async_seeds: u64,
+    /// Times a node took an update while an earlier write was in flight.
+    pub(crate) overlapping_writes: u64,
 }
 
 impl Stats {
@@ -85,6 +104,8 @@ impl Stats {
         self.snapshots_delivered += o.snapshots_delivered;
         self.restarts += o.restarts;
         self.delayed_writes_lost += o.delayed_writes_lost;
+        self.async_seeds += o.async_seeds;
+        self.overlapping_writes += o.overlapping_writes;
         self.config_changes_applied += o.config_changes_applied;
         self.reads_ready += o.reads_ready;
         self.transfers += o.transfers;
@@ -100,8 +121,11 @@ pub(crate) struct Sim {
     c: Cluster,
     trace: bool,
     pub(crate) step: usize,
-    /// Updates taken whose persistence is delayed.
-    pending: BTreeMap<ReplicaId, Update>,
+    /// Updates taken whose persistence is delayed, oldest first (at most
+    /// one per node unless `async_writes`).
+    pending: BTreeMap<ReplicaId, VecDeque<Update>>,
+    /// Asynchronous storage writes (see [`Params::async_writes`]).
+    async_writes: bool,
     /// Snapshot status reports not yet given to the leader.
     reports: VecDeque<Message>,
     /// Removed replicas: never stepped again.
@@ -133,16 +157,26 @@ pub(crate) struct Sim {
 }
 
 impl Sim {
-    pub(crate) fn new(seed: u64, trace: bool) -> Sim {
-        let p = Params::from_seed(seed);
+    /// The run of `seed`; `force_sync` overrides the seed's draw of
+    /// asynchronous storage writes.
+    pub(crate) fn new(seed: u64, trace: bool, force_sync: bool) -> Sim {
+        let mut p = Params::from_seed(seed);
+        if force_sync {
+            p.async_writes = false;
+            p.options.async_storage_writes = false;
+        }
         let voters: Vec<u64> = (1..=p.replicas).collect();
         if trace {
-            println!("seed {seed}: {} replicas, {:?}", p.replicas, p.options);
+            println!(
+                "seed {seed}: {} replicas, async writes {}, {:?}",
+                p.replicas, p.async_writes, p.options
+            );
         }
         let c = Cluster::new(&voters, p.options);
         let mut sim = Sim {
             stats: Stats {
                 seeds: 1,
+                async_seeds: u64::from(p.async_writes),
                 ..Stats::default()
             },
             seed,
@@ -151,6 +185,7 @@ impl Sim {
             trace,
             step: 0,
             pending: BTreeMap::new(),
+            async_writes: p.async_writes,
             reports: VecDeque::new(),
             stopped: BTreeSet::new(),
             next_id: p.replicas + 1,
@@ -223,12 +258,19 @@ impl Sim {
             .collect()
     }
 
-    /// Live nodes that may be stepped now (no delayed persistence).
+    /// Live nodes that may be stepped now (no delayed persistence, unless
+    /// writes are asynchronous).
     fn steppable(&self) -> Vec<ReplicaId> {
         self.live()
             .into_iter()
-            .filter(|id| !self.pending.contains_key(id))
+            .filter(|id| !self.blocked(*id))
             .collect()
+    }
+
+    /// Whether `id` may not be stepped now: it waits for a write, and
+    /// writes are synchronous (an engine runs the whole cycle at once).
+    fn blocked(&self, id: ReplicaId) -> bool {
+        !self.async_writes && self.pending.contains_key(&id)
     }
 
     fn pick<T: Copy>(&mut self, v: &[T]) -> Option<T> {
@@ -256,14 +298,23 @@ impl Sim {
         self.out = out;
         let Some((u, dropped)) = r else { return false };
         self.on_dropped(dropped);
-        self.pending.insert(id, u);
+        let queue = self.pending.entry(id).or_default();
+        queue.push_back(u);
+        self.stats.overlapping_writes += u64::from(queue.len() > 1);
         true
     }
 
+    /// Completes `id`'s oldest delayed write.
     fn finish(&mut self, id: ReplicaId) {
-        let Some(u) = self.pending.remove(&id) else {
+        let Some(queue) = self.pending.get_mut(&id) else {
             return;
         };
+        let Some(u) = queue.pop_front() else {
+            return;
+        };
+        if queue.is_empty() {
+            self.pending.remove(&id);
+        }
         let mut out = std::mem::take(&mut self.out);
         let dropped = self
             .c
@@ -326,7 +377,7 @@ impl Sim {
         if self.stopped.contains(&r.to) {
             return;
         }
-        if self.pending.contains_key(&r.to) {
+        if self.blocked(r.to) {
             self.reports.push_back(r);
             return;
         }
@@ -408,7 +459,9 @@ impl Sim {
         self.note(|| "== heal and converge".to_string());
         self.c.heal();
         for id in self.pending.keys().copied().collect::<Vec<_>>() {
-            self.finish(id);
+            while self.pending.contains_key(&id) {
+                self.finish(id);
+            }
         }
         let mut final_index: Option<(ReplicaId, Term, Index)> = None;
         for round in 0..CONVERGE_ROUNDS {
