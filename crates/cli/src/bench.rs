@@ -45,6 +45,16 @@ pub enum LogDbKind {
     Mem,
 }
 
+/// How NodeHosts write their logs (`NodeHostConfig::async_log_writes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogWrites {
+    /// A step worker writes and fsyncs its cycle itself.
+    Sync,
+    /// A log writer thread writes the queued cycles with one fsync while
+    /// the step workers go on stepping.
+    Async,
+}
+
 /// Which NodeHost a client sends its requests to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ProposeOn {
@@ -118,6 +128,9 @@ pub struct BenchArgs {
     /// fsyncs of the same disk would (`longship_storage::logdb::SharedLogDb`).
     #[arg(long)]
     pub shared_wal: bool,
+    /// Synchronous or asynchronous log writes [default: the NodeHostConfig default].
+    #[arg(long, value_enum)]
+    pub log_writes: Option<LogWrites>,
     /// Timeout of each request in milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub timeout_ms: u64,
@@ -185,6 +198,7 @@ pub fn run(args: BenchArgs) -> Res<()> {
         apply_workers: args.apply_workers,
         inline_apply_bytes: args.inline_apply_bytes,
         shared_wal: args.shared_wal,
+        async_log_writes: args.log_writes.map(|w| w == LogWrites::Async),
         quiesce: args.idle,
         snapshot_entries: 0,
     };

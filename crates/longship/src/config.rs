@@ -242,6 +242,15 @@ pub struct NodeHostConfig {
     pub connections_per_host: usize,
     /// Largest transport frame in bytes (bigger messages are dropped; snapshots stream in chunks).
     pub max_frame_bytes: u32,
+    /// Asynchronous log writes: step workers hand each cycle's log write
+    /// to a log writer thread and go on stepping (their shards' next
+    /// proposals are replicated while the fsync runs); the writer groups
+    /// the queued writes of every step worker into one fsync, then sends
+    /// what waited for it (append acknowledgements, votes) and reports it
+    /// to the cores. Off (default): a step worker writes and fsyncs its
+    /// cycle itself. The same ordering rules hold either way
+    /// (docs/engine.md, "Asynchronous log writes").
+    pub async_log_writes: bool,
 }
 
 /// Worker threads for this machine: one per `cpus_per_worker` CPUs, at
@@ -278,6 +287,7 @@ impl Default for NodeHostConfig {
             mutual_tls: None,
             connections_per_host: default_workers(2),
             max_frame_bytes: 64 << 20,
+            async_log_writes: false,
         }
     }
 }

@@ -80,6 +80,8 @@ pub(crate) struct HostState {
     /// worker's cycle (see `inbound`). Off in manual mode, where the
     /// simulator alone decides what runs.
     pub(crate) step_on_receive: AtomicBool,
+    /// Writes queued for the log writer (`async_log_writes`).
+    pub(crate) writes: crate::engine::WriteQueue,
 }
 
 /// A quiesced replica gets one tick in this many (its requests expire that
@@ -181,6 +183,7 @@ impl HostState {
             receivers: Mutex::new(BTreeMap::new()),
             snapshot_root,
             step_on_receive: AtomicBool::new(false),
+            writes: Default::default(),
         }
     }
 

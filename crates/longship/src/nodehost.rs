@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 
 use crate::builder::{DirLock, NodeHostBuilder};
 use crate::config::{Config, NodeHostConfig};
-use crate::engine::{ApplyWorker, SnapshotWorker, StepWorker, recover_verified};
+use crate::engine::{ApplyWorker, LogWriter, SnapshotWorker, StepWorker, recover_verified};
 use crate::error::{Error, Result};
 use crate::host::{HostState, SnapshotJob};
 use crate::info::{MembershipInfo, NodeHostInfo};
@@ -249,6 +249,18 @@ impl NodeHost {
                 }
             }));
         }
+        if self.host.cfg.async_log_writes {
+            let w = LogWriter {
+                host: self.host.clone(),
+            };
+            threads.push(spawn("ls-write".into(), move || {
+                while !w.host.is_stopped() {
+                    if !crate::engine::supervised(&w.host, || w.run_once()) {
+                        w.host.writes.wait(idle);
+                    }
+                }
+            }));
+        }
         for id in 0..self.host.cfg.apply_workers {
             let w = ApplyWorker {
                 host: self.host.clone(),
@@ -295,11 +307,30 @@ impl NodeHost {
 
     /// Manual mode: runs every worker once. Returns whether any did work.
     pub fn run_once(&self) -> bool {
+        self.run_workers(true)
+    }
+
+    /// Manual mode: runs every worker once but the log writer of
+    /// asynchronous log writes (`NodeHostConfig::async_log_writes`), whose
+    /// queued writes stay in flight until a later [`run_once`](Self::run_once):
+    /// the simulator's way of letting writes outlast a round (and a crash
+    /// lose them). The same as `run_once` without asynchronous writes.
+    pub fn run_once_deferring_writes(&self) -> bool {
+        self.run_workers(false)
+    }
+
+    fn run_workers(&self, write: bool) -> bool {
         let mut any = false;
         for id in 0..self.host.step_ready.len() {
             any |= StepWorker {
                 host: self.host.clone(),
                 id,
+            }
+            .run_once();
+        }
+        if write && self.host.cfg.async_log_writes {
+            any |= LogWriter {
+                host: self.host.clone(),
             }
             .run_once();
         }
@@ -480,6 +511,7 @@ impl NodeHost {
                 .min(host.cfg.max_frame_bytes as u64 / 2),
             max_apply_bytes: host.cfg.max_apply_batch_bytes,
             seed: host.random_id(),
+            async_storage_writes: host.cfg.async_log_writes,
             ..longship_raft::RaftConfig::default()
         };
         let reader = ReplicaLog::new(host.logdb.clone(), shard, me);
@@ -608,12 +640,41 @@ impl NodeHost {
         // and the state machine it reads), an apply round. A replica
         // restarted afterwards then loads a state nothing changes under it.
         drop(self.host.step_busy[self.host.step_worker_of(r.shard_id)].lock());
+        // With asynchronous log writes, also its writes queued or being
+        // written (the closed replica queues no more).
+        if self.host.cfg.async_log_writes {
+            self.drain_writes_of(r);
+        }
         let _save = r.snapshot_save.lock();
         let _g = r.apply_lock.lock();
         if !r.unloaded.swap(true, Ordering::AcqRel) {
             r.rsm.sm.close();
             if let Some(l) = &self.host.listener {
                 l.replica_unloaded(r.shard_id, r.replica_id);
+            }
+        }
+    }
+
+    /// Waits until no write of `r` is queued for the log writer or in its
+    /// round (asynchronous log writes). Where no writer thread runs (manual
+    /// mode, or a closing host), runs the writer here.
+    fn drain_writes_of(&self, r: &Replica) {
+        let threaded = !self.host.is_stopped() && self.host.step_on_receive.load(Ordering::Acquire);
+        loop {
+            // Checked under the round lock: no round has taken its writes
+            // and is still writing them.
+            let round = self.host.writes.busy.lock();
+            if !self.host.writes.holds(r) {
+                return;
+            }
+            drop(round);
+            if threaded {
+                std::thread::sleep(Duration::from_micros(200));
+            } else {
+                LogWriter {
+                    host: self.host.clone(),
+                }
+                .run_once();
             }
         }
     }
@@ -704,10 +765,18 @@ impl NodeHost {
             w.wake();
         }
         self.host.snapshot_ready.wake();
+        self.host.writes.wake();
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
         }
         self.host.transport.close();
+        // Writes still queued are written (a crash would lose them, which
+        // is safe, but a clean close keeps what it can); with the transport
+        // closed, nothing that waited for them leaves any more.
+        let writer = LogWriter {
+            host: self.host.clone(),
+        };
+        while writer.run_once() {}
         let replicas: Vec<ReplicaRef> = std::mem::take(&mut *self.host.replicas.write())
             .into_values()
             .collect();

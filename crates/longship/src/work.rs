@@ -56,6 +56,11 @@ impl ReadySet {
         self.cv.notify_one();
     }
 
+    /// Whether no shard is ready.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.set.lock().is_empty()
+    }
+
     pub(crate) fn take(&self) -> BTreeSet<ShardId> {
         std::mem::take(&mut *self.set.lock())
     }

@@ -21,4 +21,6 @@ pub mod log;
 pub mod net;
 pub mod sim;
 
-pub use sim::{Failure, Report, SimConfig, run, run_master_seed, run_seed};
+pub use sim::{
+    Failure, Report, SimConfig, run, run_master_seed, run_master_seed_sync, run_seed, run_seed_sync,
+};

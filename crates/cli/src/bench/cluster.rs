@@ -30,6 +30,8 @@ pub struct ClusterOptions {
     pub inline_apply_bytes: u64,
     /// The hosts share one write-ahead log (one fsync for all of them).
     pub shared_wal: bool,
+    /// `NodeHostConfig::async_log_writes` (`None`: its default).
+    pub async_log_writes: Option<bool>,
     /// Replicas quiesce when idle.
     pub quiesce: bool,
     /// `Config::snapshot_entries` of every replica (0: no automatic snapshots).
@@ -80,6 +82,9 @@ impl Cluster {
         }
         if let Some(n) = self.opts.apply_workers {
             cfg.apply_workers = n;
+        }
+        if let Some(a) = self.opts.async_log_writes {
+            cfg.async_log_writes = a;
         }
         cfg
     }

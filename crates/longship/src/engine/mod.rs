@@ -1,5 +1,6 @@
-//! The workers: step (feed cores, persist, send), apply (state machines,
-//! request completion) and snapshot (save, stream), one file each. Each
+//! The workers: step (feed cores, persist, send), write (the log writer of
+//! asynchronous log writes), apply (state machines, request completion)
+//! and snapshot (save, stream), one file each. Each
 //! has a `run_once` that does one bounded round of work and returns whether
 //! it did any, so threads loop over it in production and the simulator
 //! calls it directly. See docs/engine.md for how work moves between them.
@@ -7,10 +8,12 @@
 mod apply;
 mod snapshot;
 mod step;
+mod write;
 
 pub(crate) use apply::{ApplyLock, ApplyWorker, recover_verified, restart_point};
 pub(crate) use snapshot::SnapshotWorker;
 pub(crate) use step::StepWorker;
+pub(crate) use write::{LogWriter, WriteQueue};
 
 use longship_raft::{ConfigChangeRejected, Index, Message, MessageType, ProposalError, ReplicaId};
 

@@ -67,19 +67,52 @@ pub(crate) struct StepWorker {
 impl StepWorker {
     /// One cycle: step every ready replica, then one persist for all of them.
     pub(crate) fn run_once(&self) -> bool {
-        let _cycle = self.host.step_busy[self.id].lock();
-        self.cycle()
+        let did = {
+            let _cycle = self.host.step_busy[self.id].lock();
+            self.cycle()
+        };
+        if did {
+            self.write_after_cycle();
+        }
+        did
     }
 
     /// Runs one cycle unless another thread is running one of this worker
     /// (then returns false at once: that thread will see what is marked
     /// ready when its cycle ends). Whether a cycle ran.
     pub(crate) fn try_run_once(&self) -> bool {
-        let Some(_cycle) = self.host.step_busy[self.id].try_lock() else {
-            return false;
-        };
-        self.cycle();
+        {
+            let Some(_cycle) = self.host.step_busy[self.id].try_lock() else {
+                return false;
+            };
+            self.cycle();
+        }
+        self.write_after_cycle();
         true
+    }
+
+    /// Asynchronous log writes, threaded mode: who writes what a cycle
+    /// queued. With more of its shards ready, the worker goes on stepping
+    /// and the log writer thread writes meanwhile (woken here). With
+    /// nothing else to do, the thread writes it itself, as a synchronous
+    /// cycle would: waking the writer would only add a hand-off while this
+    /// thread waited anyway. (A writer round already running takes it next.)
+    fn write_after_cycle(&self) {
+        let host = &self.host;
+        if !host.cfg.async_log_writes
+            || !host.step_on_receive.load(Ordering::Acquire)
+            || super::LogWriter::in_round()
+            || host.writes.is_empty()
+        {
+            return;
+        }
+        if host.step_ready[self.id].is_empty() {
+            let writer = super::LogWriter { host: host.clone() };
+            if writer.try_run_once() {
+                return;
+            }
+        }
+        host.writes.notify();
     }
 
     /// The body of a cycle; the caller holds `step_busy[self.id]`.
@@ -123,7 +156,11 @@ impl StepWorker {
                 // master's simulator found it). With the commit index
                 // durable, a restarted replica re-applies the change
                 // before it may campaign (`campaign_start`).
+                // (With asynchronous writes the core keeps this rule itself:
+                // it hands out a config change only once a synced write of
+                // its commit index is durable.)
                 if let Some(u) = u.as_mut()
+                    && !host.cfg.async_log_writes
                     && u.committed_entries.iter().any(Entry::is_config_change)
                 {
                     u.hard_state = Some(core.raft.hard_state());
@@ -174,6 +211,14 @@ impl StepWorker {
         for (r, u) in &mut work {
             self.release_before_write(r, u);
         }
+        if host.cfg.async_log_writes {
+            // The log writer persists the cycle's updates, sends what waits
+            // for them and reports them to the cores (engine/write.rs);
+            // this worker goes on stepping meanwhile.
+            let threaded = host.step_on_receive.load(Ordering::Acquire);
+            host.writes.push(work, threaded);
+            return true;
+        }
         let mut updates: Vec<LogUpdate> = Vec::new();
         // Which `work` item each of `updates` came from.
         let mut persisted: Vec<usize> = Vec::new();
@@ -222,8 +267,10 @@ impl StepWorker {
             let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.after_persist(&r, u)
             }));
-            if let Err(p) = done {
-                fail_replica(host, &r, "advancing", &*p);
+            match done {
+                Ok(true) => host.mark_step(r.shard_id),
+                Ok(false) => {}
+                Err(p) => fail_replica(host, &r, "advancing", &*p),
             }
         }
         true
@@ -460,7 +507,7 @@ impl StepWorker {
 
     /// Sends messages, batched per destination host. Snapshots go to the
     /// snapshot workers to be streamed.
-    fn send(&self, msgs: Vec<(&Replica, Message)>) {
+    pub(super) fn send(&self, msgs: Vec<(&Replica, Message)>) {
         if msgs.is_empty() {
             return;
         }
@@ -534,8 +581,12 @@ impl StepWorker {
     /// installs a snapshot keeps everything for after the write.
     fn release_before_write(&self, r: &ReplicaRef, u: &mut longship_raft::Update) {
         // A membership change waits for the write that makes the commit
-        // index past it durable (see `cycle`).
-        if u.snapshot.is_some() || u.committed_entries.iter().any(Entry::is_config_change) {
+        // index past it durable (see `cycle`); with asynchronous writes,
+        // the core hands it out only once that write is durable, and it
+        // must not wait behind later updates' entries.
+        let cc_waits = !self.host.cfg.async_log_writes
+            && u.committed_entries.iter().any(Entry::is_config_change);
+        if u.snapshot.is_some() || cc_waits {
             return;
         }
         if !u.committed_entries.is_empty() {
@@ -672,7 +723,8 @@ impl StepWorker {
 
     /// After the write: hand a received snapshot (and what `release_before_write` left)
     /// to the apply worker, report leadership, and advance the core.
-    fn after_persist(&self, r: &ReplicaRef, mut u: longship_raft::Update) {
+    /// Returns whether the replica has more to do (to be marked ready).
+    pub(super) fn after_persist(&self, r: &ReplicaRef, mut u: longship_raft::Update) -> bool {
         let host = &self.host;
         let new_leader_elsewhere = u.leader_change.is_some_and(|l| l.leader_id != r.replica_id);
         if let Some(l) = u.leader_change {
@@ -717,15 +769,18 @@ impl StepWorker {
         if applied <= core.raft.log().committed() {
             core.raft.applied_to(applied);
         }
-        if core.raft.has_update() {
-            host.mark_step(r.shard_id);
-        }
+        core.raft.has_update()
     }
 }
 
 /// Fails a replica whose protocol work panicked; the worker goes on with its
 /// other shards.
-fn fail_replica(host: &HostState, r: &Replica, during: &str, payload: &(dyn std::any::Any + Send)) {
+pub(super) fn fail_replica(
+    host: &HostState,
+    r: &Replica,
+    during: &str,
+    payload: &(dyn std::any::Any + Send),
+) {
     let why = format!(
         "panicked while {during}: {}",
         crate::rsm::panic_message(payload)

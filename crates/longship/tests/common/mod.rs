@@ -128,14 +128,29 @@ pub struct TestCluster {
     pub net: MemNetwork,
     pub dir: tempfile::TempDir,
     pub hosts: BTreeMap<u64, NodeHost>,
+    /// `NodeHostConfig::async_log_writes` of every host (also set for every
+    /// test by `LONGSHIP_TEST_ASYNC_LOG_WRITES=1`, to run the suite in that mode).
+    pub async_log_writes: bool,
 }
 
 impl TestCluster {
     pub fn new(n: u64) -> TestCluster {
+        Self::with_log_writes(n, false)
+    }
+
+    /// `n` hosts with asynchronous log writes.
+    pub fn new_async(n: u64) -> TestCluster {
+        Self::with_log_writes(n, true)
+    }
+
+    fn with_log_writes(n: u64, async_log_writes: bool) -> TestCluster {
+        let async_log_writes =
+            async_log_writes || std::env::var_os("LONGSHIP_TEST_ASYNC_LOG_WRITES").is_some();
         let mut c = TestCluster {
             net: MemNetwork::new(),
             dir: tempfile::tempdir().unwrap(),
             hosts: BTreeMap::new(),
+            async_log_writes,
         };
         for i in 1..=n {
             c.start_host(i);
@@ -157,6 +172,7 @@ impl TestCluster {
             // CPU count): tests rely on shards running on different workers.
             step_workers: 2,
             apply_workers: 2,
+            async_log_writes: self.async_log_writes,
             ..NodeHostConfig::default()
         }
     }

@@ -191,6 +191,7 @@ impl Sim {
             apply_workers: 2,
             snapshot_workers: 1,
             seed: Some(seed),
+            async_log_writes: self.cfg.async_log_writes,
             ..NodeHostConfig::default()
         };
         let faults_before = slot.fs.faults_injected();

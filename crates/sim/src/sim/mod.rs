@@ -70,6 +70,17 @@ pub struct SimConfig {
     /// repairs and balances the shards, while hosts also die for good and
     /// join (see the `master` module).
     pub master: bool,
+    /// The NodeHosts run asynchronous log writes
+    /// (`NodeHostConfig::async_log_writes`); writes sometimes stay queued
+    /// across rounds (and are lost by a crash).
+    pub async_log_writes: bool,
+}
+
+/// Whether seed `seed` runs asynchronous log writes: half the seeds, drawn
+/// apart from the other draws so that a seed's other choices stay as they
+/// were before the option existed.
+fn draws_async_log_writes(seed: u64) -> bool {
+    Rng::new(seed ^ 0x5eed_a5c0_0000_0003).chance(0.5)
 }
 
 impl SimConfig {
@@ -87,6 +98,7 @@ impl SimConfig {
             faults: true,
             lin_steps_max: 4_000_000,
             master: false,
+            async_log_writes: draws_async_log_writes(seed),
         }
     }
 
@@ -107,6 +119,7 @@ impl SimConfig {
             faults: true,
             lin_steps_max: 4_000_000,
             master: true,
+            async_log_writes: draws_async_log_writes(seed),
         }
     }
 }
@@ -118,6 +131,8 @@ pub struct Report {
     pub seed: u64,
     /// Fingerprint of everything that happened; equal for equal seeds.
     pub trace_hash: u64,
+    /// Whether the run had asynchronous log writes.
+    pub async_log_writes: bool,
     /// Rounds run.
     pub rounds: u64,
     /// Ticks run.
@@ -216,6 +231,23 @@ pub fn run(cfg: &SimConfig) -> Result<Report, Failure> {
 /// Runs seed `seed` with `ops` operations, catching panics as failures.
 pub fn run_seed(seed: u64, ops: u64) -> Result<Report, Failure> {
     run_config(SimConfig::from_seed(seed, ops))
+}
+
+/// [`run_seed`] with synchronous log writes whatever the seed draws: the
+/// run a seed found before the simulator drew asynchronous writes stood for.
+pub fn run_seed_sync(seed: u64, ops: u64) -> Result<Report, Failure> {
+    run_config(SimConfig {
+        async_log_writes: false,
+        ..SimConfig::from_seed(seed, ops)
+    })
+}
+
+/// [`run_master_seed`] with synchronous log writes whatever the seed draws.
+pub fn run_master_seed_sync(seed: u64, ops: u64) -> Result<Report, Failure> {
+    run_config(SimConfig {
+        async_log_writes: false,
+        ..SimConfig::master_from_seed(seed, ops)
+    })
 }
 
 /// Runs seed `seed` in master mode with `ops` operations, catching panics
@@ -482,6 +514,7 @@ impl Sim {
         Report {
             seed: self.cfg.seed,
             trace_hash: self.trace.0,
+            async_log_writes: self.cfg.async_log_writes,
             rounds: self.round,
             ticks: self.ticks,
             packets: self.net.delivered,
@@ -550,8 +583,14 @@ impl Sim {
             if self.phase == Phase::Faults && self.rng.chance(0.05) {
                 continue;
             }
+            // Asynchronous log writes sometimes stay queued for a round.
+            let defer = self.cfg.async_log_writes && self.rng.chance(0.3);
             if let Some(nh) = &self.hosts[h].nh {
-                nh.run_once();
+                if defer {
+                    nh.run_once_deferring_writes();
+                } else {
+                    nh.run_once();
+                }
             }
         }
         if self.round.is_multiple_of(ROUNDS_PER_TICK) {
