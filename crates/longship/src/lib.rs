@@ -33,6 +33,7 @@ mod rsm;
 mod session;
 mod sm;
 mod snapshot_files;
+mod submit;
 mod tombstone;
 pub mod tools;
 mod types;
@@ -50,7 +51,7 @@ pub use info::{LogInfo, MembershipInfo, NodeHostInfo, NodeHostInfoOption, ShardI
 pub use latency::LatencyKind;
 pub use longship_raft::{HardState, Index, ReplicaId, Role, ShardId, Status as RaftStatus, Term};
 pub use metrics::{Gauges, Metrics};
-pub use nodehost::{NodeHost, NodeUser};
+pub use nodehost::NodeHost;
 pub use reporter::{
     HostReport, MAX_REPORT_METADATA_BYTES, MAX_REPORTED_MEMBERS, MAX_REPORTED_REPLICAS,
     MAX_REQUESTS_PER_ROUND, MasterClient, MasterClientError, MasterReporter, MasterRequest,
@@ -63,6 +64,7 @@ pub use sm::{
     SNAPSHOT_FILES_MAX, SNAPSHOT_FILES_METADATA_MAX_BYTES, SmEntry, SmError, SmResult,
     SnapshotFile, SnapshotFiles, StateMachine, StopFlag,
 };
+pub use submit::NodeUser;
 pub use types::{Leader, SnapshotOption, SnapshotResult, Start};
 
 /// The transports a [`NodeHostBuilder`] takes (from `longship-transport`):
