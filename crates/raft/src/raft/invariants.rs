@@ -25,7 +25,10 @@ impl<L: LogReader> Raft<L> {
     ///   durable part ends at or before the last index, entries not yet
     ///   durable follow one another with terms that never decrease (Raft
     ///   §5.3), and the commit index never falls below the one handed out
-    ///   for persisting (Raft Figure 2: it only grows);
+    ///   for persisting (Raft Figure 2: it only grows), and no entry is
+    ///   handed out to apply before it is durable here;
+    /// - writes: the durable term never runs ahead of the term handed out,
+    ///   and without asynchronous writes at most one write is in flight;
     /// - terms: the current term is at least the term of every entry
     ///   (checked on the last entry and the entries not yet durable) and
     ///   at least the durable term (Raft §5.1);
@@ -75,6 +78,26 @@ impl<L: LogReader> Raft<L> {
             return fail(format!(
                 "commit {committed} below the persisted commit {}",
                 self.prev_hard_state.commit
+            ));
+        }
+        if self.durable_hs.term > self.prev_hard_state.term {
+            return fail(format!(
+                "durable term {} past the term handed out {}",
+                self.durable_hs.term, self.prev_hard_state.term
+            ));
+        }
+        if !self.cfg.async_storage_writes && self.writes_in_flight > 1 {
+            return fail(format!(
+                "{} writes in flight with synchronous writes",
+                self.writes_in_flight
+            ));
+        }
+        // Committed entries are handed out only once durable here (or
+        // covered by the snapshot being installed).
+        let durable_or_snapshot = log.stable_last_index().max(log.snapshot().index);
+        if applying > durable_or_snapshot {
+            return fail(format!(
+                "entries up to {applying} handed out to apply, durable only to {durable_or_snapshot}"
             ));
         }
         if self.term < self.prev_hard_state.term {
