@@ -108,7 +108,9 @@ impl StepWorker {
         }
         if host.step_ready[self.id].is_empty() {
             let writer = super::LogWriter { host: host.clone() };
-            if writer.try_run_once() {
+            // A round can queue more than it wrote (the cycles it ran for
+            // replicas its writes made ready): the writer thread takes those.
+            if writer.try_run_once() && host.writes.is_empty() {
                 return;
             }
         }
