@@ -221,41 +221,60 @@ impl StepWorker {
             host.writes.push(work, threaded);
             return true;
         }
+        if must_sync && !self.persist(&mut work) {
+            return true;
+        }
+        for shard in self.complete_writes(work) {
+            host.mark_step(shard);
+        }
+        true
+    }
+
+    /// Writes what `work`'s updates ask to persist with one log write (one
+    /// fsync), moving their entries out (`persisted` needs only the
+    /// updates' write tokens). Returns false if the write failed: what is
+    /// on disk is then unknown, so nothing that depends on it may leave and
+    /// no later write of these replicas may count as durable; every replica
+    /// of `work` is failed. Shared by the synchronous cycle and the log
+    /// writer (engine/write.rs).
+    pub(super) fn persist(&self, work: &mut [(ReplicaRef, longship_raft::Update)]) -> bool {
+        let host = &self.host;
         let mut updates: Vec<LogUpdate> = Vec::new();
-        // Which `work` item each of `updates` came from.
-        let mut persisted: Vec<usize> = Vec::new();
-        if must_sync {
-            for (i, (_, u)) in work.iter_mut().enumerate() {
-                if u.needs_persist() {
-                    let entries = std::mem::take(&mut u.entries);
-                    let mut lu = LogUpdate::from_raft(u);
-                    lu.entries = entries;
-                    updates.push(lu);
-                    persisted.push(i);
-                }
+        for (_, u) in work.iter_mut() {
+            if u.needs_persist() {
+                let entries = std::mem::take(&mut u.entries);
+                let mut lu = LogUpdate::from_raft(u);
+                lu.entries = entries;
+                updates.push(lu);
             }
         }
-        if !updates.is_empty() {
-            let n: usize = updates.iter().map(|u| u.entries.len()).sum();
-            let started = std::time::Instant::now();
-            let saved = host.logdb.save_raft_state(&updates);
-            host.metrics.latencies.fsync.record(started.elapsed());
-            if let Err(e) = saved {
-                // What is on disk is unknown: nothing that depends on this
-                // write may leave. Stop the affected replicas.
-                tracing::error!(error = %e, "log storage write failed; stopping the replicas of this batch");
-                for (r, _) in &work {
-                    fail_replica_with(host, r, format!("log storage write failed: {e}"));
-                }
-                return true;
+        if updates.is_empty() {
+            return true;
+        }
+        let n: usize = updates.iter().map(|u| u.entries.len()).sum();
+        let started = std::time::Instant::now();
+        let saved = host.logdb.save_raft_state(&updates);
+        host.metrics.latencies.fsync.record(started.elapsed());
+        if let Err(e) = saved {
+            tracing::error!(error = %e, "log storage write failed; stopping the replicas of this batch");
+            for (r, _) in work.iter() {
+                fail_replica_with(host, r, format!("log storage write failed: {e}"));
             }
-            Metrics::add(&host.metrics.persist_batches, 1);
-            Metrics::add(&host.metrics.entries_persisted, n as u64);
+            return false;
         }
-        // `advance` marks the written entries stable: give them back.
-        for (lu, i) in updates.into_iter().zip(persisted) {
-            work[i].1.entries = lu.entries;
-        }
+        Metrics::add(&host.metrics.persist_batches, 1);
+        Metrics::add(&host.metrics.entries_persisted, n as u64);
+        true
+    }
+
+    /// After `work`'s write is durable: sends what waited for it, then
+    /// completes each update ([`after_persist`](Self::after_persist)); a
+    /// panic fails only its replica. Returns the shards that have more to
+    /// do (to be marked ready).
+    pub(super) fn complete_writes(
+        &self,
+        mut work: Vec<(ReplicaRef, longship_raft::Update)>,
+    ) -> Vec<longship_raft::ShardId> {
         let mut late: Vec<(&Replica, Message)> = Vec::new();
         for (r, u) in &mut work {
             late.extend(
@@ -265,17 +284,18 @@ impl StepWorker {
             );
         }
         self.send(late);
+        let mut ready = Vec::new();
         for (r, u) in work {
             let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.after_persist(&r, u)
             }));
             match done {
-                Ok(true) => host.mark_step(r.shard_id),
+                Ok(true) => ready.push(r.shard_id),
                 Ok(false) => {}
-                Err(p) => fail_replica(host, &r, "advancing", &*p),
+                Err(p) => fail_replica(&self.host, &r, "advancing", &*p),
             }
         }
-        true
+        ready
     }
 
     /// One tick of a replica's core, unless it is quiesced; a leader that
@@ -777,12 +797,7 @@ impl StepWorker {
 
 /// Fails a replica whose protocol work panicked; the worker goes on with its
 /// other shards.
-pub(super) fn fail_replica(
-    host: &HostState,
-    r: &Replica,
-    during: &str,
-    payload: &(dyn std::any::Any + Send),
-) {
+fn fail_replica(host: &HostState, r: &Replica, during: &str, payload: &(dyn std::any::Any + Send)) {
     let why = format!(
         "panicked while {during}: {}",
         crate::rsm::panic_message(payload)

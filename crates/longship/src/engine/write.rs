@@ -23,14 +23,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use longship_raft::{Entry, Message, Update};
-use longship_storage::logdb::LogUpdate;
+use longship_raft::{Entry, Update};
 use parking_lot::{Condvar, Mutex};
 
 use super::StepWorker;
-use super::fail_replica_with;
 use crate::host::HostState;
-use crate::metrics::Metrics;
 use crate::replica::{Replica, ReplicaRef};
 
 /// Entry bytes queued before a step worker waits for the writer (threaded
@@ -198,57 +195,16 @@ impl LogWriter {
         // state, relearnt from the leader); the core counts them durable
         // for nothing but term and vote, which they do not change.
         let must_sync = tasks.iter().any(|(_, u)| u.write.must_sync);
-        if must_sync {
-            let mut updates: Vec<LogUpdate> = Vec::new();
-            for (_, u) in tasks.iter_mut() {
-                if u.needs_persist() {
-                    let entries = std::mem::take(&mut u.entries);
-                    let mut lu = LogUpdate::from_raft(u);
-                    lu.entries = entries;
-                    updates.push(lu);
-                }
-            }
-            let n: usize = updates.iter().map(|u| u.entries.len()).sum();
-            let started = std::time::Instant::now();
-            let saved = host.logdb.save_raft_state(&updates);
-            host.metrics.latencies.fsync.record(started.elapsed());
-            if let Err(e) = saved {
-                // What is on disk is unknown: nothing that depends on this
-                // write may leave, and no later write of these replicas
-                // may be taken as durable. Stop them.
-                tracing::error!(error = %e, "log storage write failed; stopping the replicas of this batch");
-                for (r, _) in &tasks {
-                    fail_replica_with(host, r, format!("log storage write failed: {e}"));
-                }
-                return true;
-            }
-            Metrics::add(&host.metrics.persist_batches, 1);
-            Metrics::add(&host.metrics.entries_persisted, n as u64);
-        }
         let stepper = StepWorker {
             host: host.clone(),
             id: 0,
         };
-        let mut late: Vec<(&Replica, Message)> = Vec::new();
-        for (r, u) in &mut tasks {
-            late.extend(
-                std::mem::take(&mut u.persisted_messages)
-                    .into_iter()
-                    .map(|m| (&**r, m)),
-            );
+        if must_sync && !stepper.persist(&mut tasks) {
+            return true;
         }
-        stepper.send(late);
         let mut ready = vec![Vec::new(); host.step_ready.len()];
-        for (r, u) in tasks {
-            let shard = r.shard_id;
-            let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                stepper.after_persist(&r, u)
-            }));
-            match done {
-                Ok(true) => ready[host.step_worker_of(shard)].push(shard),
-                Ok(false) => {}
-                Err(p) => super::step::fail_replica(host, &r, "completing a write", &*p),
-            }
+        for shard in stepper.complete_writes(tasks) {
+            ready[host.step_worker_of(shard)].push(shard);
         }
         // Replicas the writes made ready (a leader's commit, a snapshot
         // barrier lifted): in threaded mode, step them here if their worker
