@@ -101,7 +101,12 @@ run() {
 echo "## longship-kv vs redis-server --appendfsync always"
 echo
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, load average before: $(cut -d' ' -f1-3 /proc/loadavg), fdatasync probe p50: $(fsync_probe_us) us"
-echo "longship-kv: $kv_bin (commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown) in $(pwd)); redis-benchmark -d 16 -r 100000 -P 1"
+if [ -n "${KV_BIN:-}" ]; then
+    built="given by KV_BIN"
+else
+    built="built from commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown) in $(pwd)"
+fi
+echo "longship-kv: $kv_bin ($built); redis-benchmark -d 16 -r 100000 -P 1"
 echo
 echo "| test | clients | redis+fsync ops/s | p50 ms | p99 ms | longship-kv ops/s | p50 ms | p99 ms | kv / redis |"
 echo "|---|---|---|---|---|---|---|---|---|"
